@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the tests and the demo need. Installs only what is missing.
+set -euo pipefail
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v openssl >/dev/null || need+=(openssl)
+command -v go >/dev/null || { echo "Go is required to build the Kubernetes binaries (or set KUBEBUILDER_ASSETS)" >&2; }
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,51 @@
+# Everything a fresh machine needs is installed by these targets: the Python
+# environment (.venv, through uv), Debian packages (etcd-server) and the Go-built
+# Kubernetes binaries (cached under ~/.cache/lmms-operator, keyed by version).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+DEVCLUSTER_DIR ?= $(CURDIR)/.devcluster
+export PATH := $(BIN):$(PATH)
+
+.PHONY: all venv system-deps binaries devcluster devcluster-down demo test test-unit lint crds catalogue clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade uv
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[runner,dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+system-deps:
+	@bash .ci/system-deps.sh
+
+binaries: system-deps venv
+	@bash operator/lmms_operator/testing/build-k8s.sh
+
+devcluster: binaries
+	@$(BIN)/lmms-devcluster up --dir $(DEVCLUSTER_DIR)
+
+devcluster-down:
+	@if [ -x $(BIN)/lmms-devcluster ]; then $(BIN)/lmms-devcluster down --dir $(DEVCLUSTER_DIR); fi
+
+demo: binaries
+	@$(BIN)/python -m lmms_operator.testing.demo --dir $(DEVCLUSTER_DIR)
+
+lint: venv
+	$(BIN)/ruff check operator runner-image tests
+	$(BIN)/ruff format --check operator runner-image tests
+	$(BIN)/mypy
+
+test: binaries
+	$(MAKE) lint
+	$(BIN)/python -m pytest tests
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+clean: devcluster-down
+	rm -rf $(VENV) $(DEVCLUSTER_DIR)

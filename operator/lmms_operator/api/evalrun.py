@@ -1,0 +1,405 @@
+"""The EvalRun API (``eval.lmms.dev/v1alpha1``): the single source of truth.
+
+The CRD in ``crds/`` is generated from these models (``python -m lmms_operator.api.crdgen``)
+and the runner reads its configuration with the same types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from .base import DNS_LABEL, DNS_SUBDOMAIN, QUANTITY, ApiModel
+
+PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class ModelSpec(ApiModel):
+    """The model to evaluate."""
+
+    type: str = Field(
+        description="lmms-eval model backend (--model), e.g. qwen2_vl, llava_onevision, "
+        "openai. Checked against lmms-eval 0.7.3's model registry.",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+    )
+    pretrained: str | None = Field(
+        default=None,
+        description="Model id on the Hugging Face Hub or a local path (pretrained= in "
+        "--model_args). Optional when the model type has a preset.",
+        min_length=1,
+        max_length=1024,
+    )
+    revision: str | None = Field(
+        default=None,
+        description="Model revision (branch, tag or commit) passed as revision= in --model_args.",
+        min_length=1,
+        max_length=256,
+    )
+    args: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra --model_args entries (key=value). Values override the preset's.",
+        max_length=64,
+        json_schema_extra={
+            "additionalProperties": {"type": "string", "maxLength": 4096},
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(k, !k.contains(',') && !k.contains('=') && "
+                    "!self[k].contains(','))",
+                    "message": "model args keys may not contain ',' or '=' and values may "
+                    "not contain ','",
+                }
+            ],
+        },
+    )
+
+
+class CustomTaskSource(ApiModel):
+    """Task YAML (and small data files) from a ConfigMap, passed with --include_path."""
+
+    config_map: str = Field(
+        description="Name of a ConfigMap in the run's namespace holding task YAML files.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Task names the ConfigMap defines. Listed tasks are evaluated in "
+        "addition to spec.tasks; spec.tasks may also name them.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 200}},
+        max_length=100,
+    )
+
+
+class GenerationSpec(ApiModel):
+    """Generation settings (--gen_kwargs)."""
+
+    temperature: float | None = Field(default=None, ge=0, description="Sampling temperature.")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Maximum number of new tokens."
+    )
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling p.")
+    num_beams: int | None = Field(default=None, ge=1, le=64, description="Beam search width.")
+    do_sample: bool | None = Field(default=None, description="Sample instead of greedy decoding.")
+
+
+class EvaluationSpec(ApiModel):
+    """How lmms-eval evaluates."""
+
+    batch_size: int = Field(default=1, ge=1, le=4096, description="--batch_size.")
+    limit: int | None = Field(
+        default=None, ge=1, description="Evaluate at most this many samples per task (--limit)."
+    )
+    num_fewshot: int | None = Field(default=None, ge=0, le=128, description="--num_fewshot.")
+    seed: int = Field(
+        default=1234,
+        ge=0,
+        description="Seed for Python, NumPy, torch and few-shot sampling (--seed).",
+    )
+    log_samples: bool = Field(default=False, description="Save per-sample outputs (--log_samples).")
+    generation: GenerationSpec | None = Field(default=None, description="Generation settings.")
+
+
+class ResourcesSpec(ApiModel):
+    """Compute for the evaluation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.nodes == 1 || self.gpus >= 1",
+                    "message": "a multi-node run (nodes > 1) needs at least one GPU per node",
+                    "fieldPath": ".gpus",
+                }
+            ]
+        }
+    )
+
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per node (pod).")
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        description="Extended resource name of the GPUs, e.g. nvidia.com/gpu, amd.com/gpu, "
+        "or a MIG profile such as nvidia.com/mig-1g.10gb.",
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+    )
+    cpu: str | None = Field(
+        default=None,
+        description="CPU request and limit (a quantity).",
+        pattern=QUANTITY,
+        max_length=64,
+    )
+    memory: str | None = Field(
+        default=None,
+        description="Memory request and limit (a quantity).",
+        pattern=QUANTITY,
+        max_length=64,
+    )
+    shared_memory: str | None = Field(
+        default=None,
+        description="Size of the memory-backed /dev/shm. Defaults to 8Gi when more than one "
+        "GPU is requested; PyTorch data loaders and NCCL need it.",
+        pattern=QUANTITY,
+        max_length=64,
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Number of nodes (pods). More than one makes an Indexed Job with one pod "
+        "per node and a headless Service for the torchrun rendezvous.",
+    )
+
+
+class SchedulingSpec(ApiModel):
+    """Where the pods may run."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Pod nodeSelector.", max_length=64
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod tolerations (core/v1 Toleration).",
+        json_schema_extra={"items": {"type": "object", **PRESERVE}},
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pod affinity (core/v1 Affinity).",
+        json_schema_extra=dict(PRESERVE),
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="Pod priorityClassName.", max_length=253, pattern=DNS_SUBDOMAIN
+    )
+    queue_name: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue: the Job is labelled kueue.x-k8s.io/queue-name and "
+        "created suspended, so that Kueue admits it when quota allows.",
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+
+
+class CacheSpec(ApiModel):
+    """A volume for the Hugging Face cache (HF_HOME) and the runner's resume state."""
+
+    persistent_volume_claim: str = Field(
+        description="Name of a PersistentVolumeClaim in the run's namespace.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the run's namespace."""
+
+    name: str = Field(description="Secret name.", max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(description="Key in the Secret.", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class SecretSource(ApiModel):
+    """Where a secret value comes from. It reaches the pod only through secretKeyRef."""
+
+    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the value.")
+
+
+class S3Output(ApiModel):
+    """An S3-compatible object store for the full output."""
+
+    bucket: str = Field(
+        description="Bucket name.",
+        min_length=3,
+        max_length=63,
+        pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$",
+    )
+    prefix: str = Field(default="", description="Key prefix, e.g. runs/.", max_length=512)
+    endpoint: str = Field(
+        default="",
+        description="Endpoint URL of an S3-compatible store; empty means AWS S3.",
+        max_length=1024,
+        pattern=r"^(https?://.+)?$",
+    )
+    region: str = Field(default="", description="Region name.", max_length=64)
+    credentials_secret: str | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally "
+        "AWS_SESSION_TOKEN). Empty: the pod's own identity (IRSA, workload identity).",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+class OutputSpec(ApiModel):
+    """Where results go besides the run's status and results ConfigMap."""
+
+    s3: S3Output | None = Field(default=None, description="Upload the full output to S3.")
+
+
+class EvalRunSpec(ApiModel):
+    """The desired evaluation. Editing anything but suspend starts a new evaluation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "size(self.tasks) > 0 || self.customTasks.exists(c, size(c.tasks) > 0)",
+                    "message": "at least one task is required: list spec.tasks or the tasks "
+                    "of a spec.customTasks entry",
+                    "fieldPath": ".tasks",
+                },
+            ]
+        }
+    )
+
+    model: ModelSpec = Field(description="The model to evaluate.")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lmms-eval task, group or tag names (--tasks). Checked against lmms-eval "
+        "0.7.3's task index; names of custom tasks are allowed.",
+        max_length=200,
+        json_schema_extra={
+            "items": {"type": "string", "maxLength": 200, "pattern": r"^[A-Za-z0-9_.\-]+$"},
+            "x-kubernetes-list-type": "set",
+        },
+    )
+    custom_tasks: list[CustomTaskSource] = Field(
+        default_factory=list, description="Custom tasks from ConfigMaps.", max_length=20
+    )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Evaluation settings."
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Placement of the pods."
+    )
+    image: str | None = Field(
+        default=None,
+        description="Runner image; empty means the operator's default runner image.",
+        max_length=1024,
+        pattern=r"^[^\s]+$",
+    )
+    cache: CacheSpec | None = Field(default=None, description="Cache volume mounted as HF_HOME.")
+    hugging_face_token: SecretSource | None = Field(
+        default=None, description="Hugging Face token (HF_TOKEN) for gated models and datasets."
+    )
+    timeout_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        le=30 * 86_400,
+        description="Wall-clock limit of the evaluation (the Job's activeDeadlineSeconds).",
+    )
+    retries: int = Field(
+        default=1, ge=0, le=20, description="Retries after a failed pod (the Job's backoffLimit)."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=86_400,
+        ge=0,
+        description="Delete the finished Job (not the EvalRun) after this many seconds.",
+    )
+    output: OutputSpec | None = Field(default=None, description="Extra result destinations.")
+    leaderboard: str | None = Field(
+        default="default",
+        description="Leaderboard (in the run's namespace) to publish the scores to.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Suspend the run: the Job is suspended and its pods deleted; false resumes it.",
+    )
+    cancel: bool = Field(
+        default=False,
+        description="Stop the evaluation for good: the Job is deleted and the run ends "
+        "Cancelled. Unlike suspend it cannot be resumed.",
+    )
+
+
+# -- status -------------------------------------------------------------------------
+
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
+
+
+class Condition(ApiModel):
+    """A condition (KEP-1623)."""
+
+    type: str = Field(description="Condition type, e.g. Ready.", max_length=316)
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason.", max_length=1024)
+    message: str = Field(default="", description="Human-readable details.", max_length=32768)
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this condition reflects."
+    )
+
+
+class TaskProgress(ApiModel):
+    """Progress of one task."""
+
+    name: str = Field(description="Task name.")
+    done: int = Field(default=0, description="Samples done.")
+    total: int = Field(default=0, description="Samples in all.")
+
+
+class Progress(ApiModel):
+    """Live progress scraped from the runner."""
+
+    percent: float = Field(default=0, description="Overall percent done.")
+    tasks: list[TaskProgress] = Field(default_factory=list, description="Per-task progress.")
+    samples_per_second: float | None = Field(default=None, description="Current throughput.")
+    eta_seconds: float | None = Field(default=None, description="Estimated time to finish.")
+    phase: str | None = Field(default=None, description="The runner's own phase.")
+    last_update: str | None = Field(default=None, description="When this was scraped.")
+
+
+class MetricResult(ApiModel):
+    """One metric of one task."""
+
+    task: str = Field(description="Task or group name.")
+    metric: str = Field(description="Metric name, e.g. exact_match,none.")
+    value: float | None = Field(default=None, description="Metric value.")
+    stderr: float | None = Field(default=None, description="Standard error, when known.")
+    higher_is_better: bool | None = Field(default=None, description="Direction of the metric.")
+
+
+class EvalRunStatus(ApiModel):
+    """What the operator observed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase | None = Field(default=None, description="Where the run stands.")
+    reason: str | None = Field(default=None, description="CamelCase reason of the phase.")
+    message: str | None = Field(default=None, description="Human-readable details.")
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status reflects."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    spec_hash: str | None = Field(default=None, description="Hash of the evaluated spec.")
+    job_name: str | None = Field(default=None, description="The Job running the evaluation.")
+    pod_name: str | None = Field(default=None, description="The newest pod of the Job.")
+    start_time: str | None = Field(default=None, description="When the Job started.")
+    completion_time: str | None = Field(default=None, description="When the run ended.")
+    progress: Progress | None = Field(default=None, description="Live progress.")
+    summary: str | None = Field(default=None, description="Progress as shown by kubectl.")
+    results: list[MetricResult] = Field(
+        default_factory=list, description="Primary metric per task."
+    )
+    results_config_map: str | None = Field(default=None, description="ConfigMap with full results.")
+    results_location: str | None = Field(default=None, description="Object-store URL of results.")
+
+
+class EvalRun(ApiModel):
+    """An evaluation of one model on lmms-eval tasks, run as a GPU Job."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = Field(default="eval.lmms.dev/v1alpha1")
+    kind: str = Field(default="EvalRun")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: EvalRunSpec
+    status: EvalRunStatus = Field(default_factory=EvalRunStatus)

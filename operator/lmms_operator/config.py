@@ -1,0 +1,72 @@
+"""Operator settings, read from the environment (the Helm chart sets them).
+
+| variable                       | default                          | meaning                               |
+|--------------------------------|----------------------------------|---------------------------------------|
+| LMMS_RUNNER_IMAGE              | lmms-operator-runner:0.1.0       | default runner image                  |
+| LMMS_RUNNER_COMMAND            | lmms-runner                      | runner command (space-separated)      |
+| LMMS_RUNNER_PORT               | 8080                             | port the runner serves /progress on   |
+| LMMS_IMAGE_PULL_POLICY         | IfNotPresent                     | runner imagePullPolicy                |
+| LMMS_UNSCHEDULABLE_TIMEOUT     | 600                              | s a pod may stay Unschedulable        |
+| LMMS_IMAGE_PULL_TIMEOUT        | 300                              | s a pod may fail to pull its image    |
+| LMMS_SCRAPE_INTERVAL           | 5                                | s between progress scrapes            |
+| LMMS_RESYNC_INTERVAL           | 15                               | s between checks of an active run     |
+| LMMS_DEFAULT_SHM               | 8Gi                              | /dev/shm size for multi-GPU pods      |
+| LMMS_RUNNER_UID                | 1000                             | uid and gid of the runner             |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    runner_image: str = "lmms-operator-runner:0.1.0"
+    runner_command: tuple[str, ...] = ("lmms-runner",)
+    runner_port: int = 8080
+    image_pull_policy: str = "IfNotPresent"
+    unschedulable_timeout: float = 600.0
+    image_pull_timeout: float = 300.0
+    scrape_interval: float = 5.0
+    resync_interval: float = 15.0
+    default_shm: str = "8Gi"
+    runner_uid: int = 1000
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        d = cls()
+        command = os.environ.get("LMMS_RUNNER_COMMAND")
+        return cls(
+            runner_image=os.environ.get("LMMS_RUNNER_IMAGE") or d.runner_image,
+            runner_command=tuple(command.split()) if command else d.runner_command,
+            runner_port=_int("LMMS_RUNNER_PORT", d.runner_port),
+            image_pull_policy=os.environ.get("LMMS_IMAGE_PULL_POLICY") or d.image_pull_policy,
+            unschedulable_timeout=_float("LMMS_UNSCHEDULABLE_TIMEOUT", d.unschedulable_timeout),
+            image_pull_timeout=_float("LMMS_IMAGE_PULL_TIMEOUT", d.image_pull_timeout),
+            scrape_interval=_float("LMMS_SCRAPE_INTERVAL", d.scrape_interval),
+            resync_interval=_float("LMMS_RESYNC_INTERVAL", d.resync_interval),
+            default_shm=os.environ.get("LMMS_DEFAULT_SHM") or d.default_shm,
+            runner_uid=_int("LMMS_RUNNER_UID", d.runner_uid),
+        )

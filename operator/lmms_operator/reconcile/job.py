@@ -1,0 +1,323 @@
+"""spec -> the objects that run an evaluation: Job, run-config ConfigMap, token Secret,
+and (multi-node) a headless Service. Pure functions; the k8s layer applies them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .. import presets
+from ..api import API_VERSION, EvalRunSpec
+from ..config import Settings
+
+LABEL_PREFIX = "eval.lmms.dev"
+LABEL_RUN = f"{LABEL_PREFIX}/run"
+LABEL_RUN_UID = f"{LABEL_PREFIX}/run-uid"
+LABEL_SPEC_HASH = f"{LABEL_PREFIX}/spec-hash"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "lmms-operator"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+CONFIG_DIR = "/etc/lmms/run"
+CONFIG_FILE = f"{CONFIG_DIR}/config.json"
+TASKS_DIR = "/etc/lmms/tasks"
+HF_HOME = "/var/cache/huggingface"
+OUTPUT_DIR = "/var/lib/lmms/output"
+RDZV_PORT = 29500
+
+#: Runner exit codes (see the runner): a configuration error will not get better on retry.
+EXIT_CONFIG_ERROR = 2
+
+
+def spec_hash(spec: EvalRunSpec) -> str:
+    """Identifies an evaluation: every spec field but ``suspend`` (which only pauses it)."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude={"suspend"})
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return digest[:10]
+
+
+def job_name(run_name: str, hash_: str) -> str:
+    """Deterministic, at most 63 characters (Job names become label values)."""
+    return f"{run_name[:52].rstrip('-.')}-{hash_}"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "EvalRun",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything one evaluation needs, in creation order."""
+
+    job: dict[str, Any]
+    config_map: dict[str, Any]
+    token_secret: dict[str, Any]
+    service: dict[str, Any] | None
+
+
+def run_config(run: RunRef, spec: EvalRunSpec, hash_: str) -> dict[str, Any]:
+    """What the runner reads: the EvalRun (with presets resolved) as a manifest."""
+    pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
+    resolved = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"pretrained": pretrained, "args": args})}
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "EvalRun",
+        "metadata": {
+            "name": run.name,
+            "namespace": run.namespace,
+            "uid": run.uid,
+            "annotations": {f"{LABEL_PREFIX}/spec-hash": hash_},
+        },
+        "spec": resolved.to_wire(),
+    }
+
+
+def _labels(run: RunRef, hash_: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "lmms-runner",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_RUN: run.name[:63].rstrip("-._"),
+        LABEL_RUN_UID: run.uid,
+        LABEL_SPEC_HASH: hash_,
+    }
+
+
+def _meta(name: str, run: RunRef, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": run.namespace,
+        "labels": dict(labels),
+        "ownerReferences": [run.owner_reference()],
+    }
+
+
+def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Desired:
+    hash_ = spec_hash(spec)
+    name = job_name(run.name, hash_)
+    labels = _labels(run, hash_)
+    res = spec.resources
+    multi_node = res.nodes > 1
+
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(f"{name}-config", run, labels),
+        "data": {"config.json": json.dumps(run_config(run, spec, hash_), indent=1, sort_keys=True)},
+    }
+    token_secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(f"{name}-token", run, labels),
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+    env: list[dict[str, Any]] = [
+        _field_env("POD_IP", "status.podIP"),
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        {"name": "LMMS_RUN_CONFIG", "value": CONFIG_FILE},
+        {"name": "LMMS_RUNNER_PORT", "value": str(settings.runner_port)},
+        {"name": "LMMS_OUTPUT_DIR", "value": OUTPUT_DIR},
+        _secret_env("LMMS_RUNNER_TOKEN", f"{name}-token", "token"),
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "TMPDIR", "value": "/tmp"},
+    ]
+    if spec.hugging_face_token is not None:
+        ref = spec.hugging_face_token.secret_key_ref
+        env.append(_secret_env("HF_TOKEN", ref.name, ref.key))
+    s3 = spec.output.s3 if spec.output else None
+    if s3 is not None and s3.credentials_secret:
+        env += [
+            _secret_env("AWS_ACCESS_KEY_ID", s3.credentials_secret, "AWS_ACCESS_KEY_ID"),
+            _secret_env("AWS_SECRET_ACCESS_KEY", s3.credentials_secret, "AWS_SECRET_ACCESS_KEY"),
+            _secret_env("AWS_SESSION_TOKEN", s3.credentials_secret, "AWS_SESSION_TOKEN", True),
+        ]
+    if multi_node:
+        rdzv = f"{name}-rdzv"
+        env += [
+            {"name": "LMMS_NNODES", "value": str(res.nodes)},
+            {"name": "LMMS_NPROC_PER_NODE", "value": str(res.gpus)},
+            _field_env(
+                "LMMS_NODE_RANK", "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+            ),
+            {"name": "LMMS_MASTER_ADDR", "value": f"{name}-0.{rdzv}"},
+            {"name": "LMMS_MASTER_PORT", "value": str(RDZV_PORT)},
+        ]
+
+    mounts: list[dict[str, Any]] = [
+        {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "hf-home", "mountPath": HF_HOME},
+        {"name": "output", "mountPath": OUTPUT_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "run-config", "configMap": {"name": f"{name}-config"}},
+        {"name": "output", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if spec.cache is not None:
+        volumes.append(
+            {
+                "name": "hf-home",
+                "persistentVolumeClaim": {"claimName": spec.cache.persistent_volume_claim},
+            }
+        )
+    else:
+        volumes.append({"name": "hf-home", "emptyDir": {}})
+    for i, source in enumerate(spec.custom_tasks):
+        volumes.append({"name": f"tasks-{i}", "configMap": {"name": source.config_map}})
+        mounts.append(
+            {
+                "name": f"tasks-{i}",
+                "mountPath": f"{TASKS_DIR}/{source.config_map}",
+                "readOnly": True,
+            }
+        )
+    if res.gpus > 1 or res.shared_memory:
+        shm: dict[str, Any] = {
+            "medium": "Memory",
+            "sizeLimit": res.shared_memory or settings.default_shm,
+        }
+        volumes.append({"name": "dshm", "emptyDir": shm})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+
+    quantities: dict[str, str] = {}
+    if res.gpus:
+        quantities[res.gpu_resource_name] = str(res.gpus)
+    if res.cpu:
+        quantities["cpu"] = res.cpu
+    if res.memory:
+        quantities["memory"] = res.memory
+    container: dict[str, Any] = {
+        "name": "runner",
+        "image": spec.image or settings.runner_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.runner_command),
+        "env": env,
+        "volumeMounts": mounts,
+        "ports": [{"name": "http", "containerPort": settings.runner_port, "protocol": "TCP"}],
+        "resources": {"requests": dict(quantities), "limits": dict(quantities)},
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": settings.runner_uid,
+            "runAsGroup": settings.runner_uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    sched = spec.scheduling
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.runner_uid,
+            "runAsGroup": settings.runner_uid,
+            "fsGroup": settings.runner_uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in sched.tolerations]
+    if sched.affinity:
+        pod_spec["affinity"] = dict(sched.affinity)
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if multi_node:
+        pod_spec["subdomain"] = f"{name}-rdzv"
+
+    job_labels = dict(labels)
+    if sched.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
+    job_spec: dict[str, Any] = {
+        # Kueue admits a queued Job by unsuspending it, so it must start suspended.
+        "suspend": spec.suspend or bool(sched.queue_name),
+        "backoffLimit": spec.retries,
+        "activeDeadlineSeconds": spec.timeout_seconds,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "runner",
+                        "operator": "In",
+                        "values": [EXIT_CONFIG_ERROR],
+                    },
+                },
+                # Preemption and node drains do not use up retries.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    if multi_node:
+        job_spec.update(
+            {"completionMode": "Indexed", "completions": res.nodes, "parallelism": res.nodes}
+        )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(name, run, job_labels),
+        "spec": job_spec,
+    }
+    service: dict[str, Any] | None = None
+    if multi_node:
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(f"{name}-rdzv", run, labels),
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": {LABEL_RUN_UID: run.uid, LABEL_SPEC_HASH: hash_},
+                "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
+            },
+        }
+    return Desired(job=job, config_map=config_map, token_secret=token_secret, service=service)

@@ -1,0 +1,44 @@
+"""Every Event and condition reason the operator uses, in one place (CamelCase)."""
+
+from __future__ import annotations
+
+# Phase reasons while the run is active.
+JOB_PENDING = "JobPending"
+SCHEDULING = "Scheduling"
+STARTING = "Starting"
+RUNNING = "Running"
+RETRYING = "Retrying"
+SUSPENDED = "Suspended"
+QUEUED = "Queued"
+UNSCHEDULABLE = "Unschedulable"
+IMAGE_PULL_BACKOFF = "ImagePullBackOff"
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+
+# Terminal reasons.
+SUCCEEDED = "Succeeded"
+CANCELLED = "Cancelled"
+INVALID_SPEC = "InvalidSpec"
+IMAGE_PULL_ERROR = "ImagePullError"
+OOM_KILLED = "OOMKilled"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+RUNNER_ERROR = "RunnerError"
+JOB_DELETED = "JobDeleted"
+
+# Events about the operator's own actions.
+JOB_CREATED = "JobCreated"
+JOB_REPLACED = "JobReplaced"
+JOB_SUSPENDED = "JobSuspended"
+JOB_RESUMED = "JobResumed"
+JOB_STOPPED = "JobStopped"
+
+FAILURE_REASONS = (
+    INVALID_SPEC,
+    UNSCHEDULABLE,
+    IMAGE_PULL_ERROR,
+    OOM_KILLED,
+    DEADLINE_EXCEEDED,
+    BACKOFF_LIMIT_EXCEEDED,
+    RUNNER_ERROR,
+    JOB_DELETED,
+)

@@ -1,0 +1,302 @@
+"""Observed state (Job, pods) -> the EvalRun's status. Pure functions.
+
+The phase says where the run stands; conditions follow KEP-1623 and kstatus:
+``Ready`` (True once Succeeded), ``Reconciling`` (True while the run is active),
+``Stalled`` (True once Failed), ``Suspended`` and ``PodScheduled``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Settings
+from . import reasons as R
+from .job import EXIT_CONFIG_ERROR
+
+TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
+ACTIVE = frozenset({"Pending", "Queued", "Running"})
+
+#: Exit codes the runner uses for failures it understood (see lmms_runner).
+RUNNER_EXIT_CODES = {
+    EXIT_CONFIG_ERROR: "configuration error",
+    3: "evaluation failed",
+    4: "upload failed",
+}
+
+IMAGE_PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+IMAGE_PULL_RETRYING = frozenset({"ErrImagePull", "ImagePullBackOff"})
+CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
+@dataclass
+class Observation:
+    """The status the operator should write, and what it must do about the Job."""
+
+    phase: str
+    reason: str
+    message: str
+    pod_name: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    scheduled: tuple[str, str, str] | None = None  # (status, reason, message)
+    stop_job: bool = False  # the run failed while its Job still holds resources
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def fmt_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in obj.get("status", {}).get("conditions") or []:
+        if c.get("type") == ctype and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def _newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not pods:
+        return None
+    return max(
+        pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"])
+    )
+
+
+def _container(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    for s in statuses:
+        if s.get("name") == "runner":
+            return dict(s)
+    return dict(statuses[0]) if statuses else {}
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    state = _container(pod).get("state") or {}
+    term = state.get("terminated")
+    return dict(term) if term else None
+
+
+def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The reason a Job failed, from its newest failed pod."""
+    failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+    pod = _newest(failed)
+    if pod is None:
+        return None
+    term = _terminated(pod) or {}
+    code = term.get("exitCode")
+    message = (term.get("message") or "").strip()
+    name = pod["metadata"]["name"]
+    if term.get("reason") == "OOMKilled":
+        return R.OOM_KILLED, (
+            f"pod {name} ran out of memory (OOMKilled); raise spec.resources.memory or lower "
+            "spec.evaluation.batchSize"
+        )
+    if code in RUNNER_EXIT_CODES:
+        detail = f": {message}" if message else ""
+        return R.RUNNER_ERROR, f"runner {RUNNER_EXIT_CODES[code]} (exit code {code}){detail}"
+    pod_reason = pod.get("status", {}).get("reason")
+    if code is None and pod_reason:
+        return R.BACKOFF_LIMIT_EXCEEDED, f"pod {name} failed: {pod_reason}"
+    tail = f"; last output: {message[-1000:]}" if message else ""
+    return R.BACKOFF_LIMIT_EXCEEDED, f"pod {name} exited with code {code}{tail}"
+
+
+def observe(
+    spec_suspend: bool,
+    cancel: bool,
+    queue_name: str | None,
+    retries: int,
+    timeout_seconds: int,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    now: dt.datetime,
+    settings: Settings,
+) -> Observation:
+    """What the run's status is, given its current Job (None: not created yet) and pods."""
+    if cancel:
+        return Observation(
+            "Cancelled",
+            R.CANCELLED,
+            "spec.cancel is true: the evaluation was stopped",
+            completion_time=fmt_time(now),
+        )
+    if job is None:
+        return Observation("Pending", R.JOB_PENDING, "creating the Job")
+    job_status = job.get("status") or {}
+    pod = _newest(pods)
+    pod_name = pod["metadata"]["name"] if pod else None
+    start = job_status.get("startTime")
+
+    def obs(phase: str, reason: str, message: str, **kw: Any) -> Observation:
+        return Observation(phase, reason, message, pod_name=pod_name, start_time=start, **kw)
+
+    complete = _cond(job, "Complete")
+    if complete:
+        done = job_status.get("completionTime") or complete.get("lastTransitionTime")
+        return obs("Succeeded", R.SUCCEEDED, "the evaluation finished", completion_time=done)
+    failed = _cond(job, "Failed")
+    if failed:
+        done = failed.get("lastTransitionTime") or fmt_time(now)
+        job_reason = failed.get("reason") or ""
+        if job_reason == "DeadlineExceeded":
+            return obs(
+                "Failed",
+                R.DEADLINE_EXCEEDED,
+                f"the evaluation ran longer than spec.timeoutSeconds ({timeout_seconds}s)",
+                completion_time=done,
+            )
+        from_pod = _failed_pod_reason(pods)
+        if from_pod:
+            reason, message = from_pod
+            if reason == R.BACKOFF_LIMIT_EXCEEDED:
+                message = f"failed {retries + 1} time(s) (spec.retries={retries}); {message}"
+            return obs("Failed", reason, message, completion_time=done)
+        return obs(
+            "Failed",
+            R.BACKOFF_LIMIT_EXCEEDED,
+            failed.get("message") or f"the Job failed ({job_reason})",
+            completion_time=done,
+        )
+
+    if (job.get("spec") or {}).get("suspend"):
+        if spec_suspend:
+            return obs("Queued", R.SUSPENDED, "spec.suspend is true: the Job is suspended")
+        if queue_name:
+            return obs(
+                "Queued",
+                R.QUEUED,
+                f"waiting for Kueue to admit the Job in LocalQueue {queue_name!r}",
+            )
+        return obs("Queued", R.SUSPENDED, "the Job is suspended")
+
+    if pod is None:
+        return obs("Pending", R.JOB_PENDING, "waiting for the Job controller to create a pod")
+
+    pod_status = pod.get("status") or {}
+    scheduled = None
+    for c in pod_status.get("conditions") or []:
+        if c.get("type") == "PodScheduled":
+            scheduled = (
+                c.get("status", "Unknown"),
+                c.get("reason") or "Scheduled",
+                c.get("message") or "",
+            )
+            if c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                since = parse_time(c.get("lastTransitionTime")) or now
+                waited = (now - since).total_seconds()
+                message = f"pod {pod_name} cannot be scheduled: {c.get('message', '')}".strip()
+                if waited >= settings.unschedulable_timeout:
+                    return obs(
+                        "Failed",
+                        R.UNSCHEDULABLE,
+                        f"{message} (waited {int(waited)}s)",
+                        completion_time=fmt_time(now),
+                        stop_job=True,
+                        scheduled=scheduled,
+                    )
+                return obs("Pending", R.UNSCHEDULABLE, message, scheduled=scheduled)
+
+    waiting = (_container(pod).get("state") or {}).get("waiting") or {}
+    wreason = waiting.get("reason") or ""
+    if wreason in IMAGE_PULL_FATAL or wreason in IMAGE_PULL_RETRYING:
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or now
+        waited = (now - created).total_seconds()
+        image = (pod.get("spec", {}).get("containers") or [{}])[0].get("image")
+        message = f"cannot pull image {image!r}: {wreason}: {waiting.get('message', '')}".strip()
+        if wreason in IMAGE_PULL_FATAL or waited >= settings.image_pull_timeout:
+            return obs(
+                "Failed",
+                R.IMAGE_PULL_ERROR,
+                message,
+                completion_time=fmt_time(now),
+                stop_job=True,
+                scheduled=scheduled,
+            )
+        return obs("Pending", R.IMAGE_PULL_BACKOFF, message, scheduled=scheduled)
+    if wreason in CONFIG_WAITING:
+        return obs(
+            "Pending",
+            R.CONTAINER_CONFIG_ERROR,
+            f"pod {pod_name}: {wreason}: {waiting.get('message', '')}",
+            scheduled=scheduled,
+        )
+
+    active_running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+    if active_running:
+        return obs("Running", R.RUNNING, f"pod {pod_name} is running", scheduled=scheduled)
+    if pod_status.get("phase") == "Failed" and job_status.get("active", 0) == 0:
+        return obs(
+            "Pending",
+            R.RETRYING,
+            f"pod {pod_name} failed; the Job controller retries",
+            scheduled=scheduled,
+        )
+    if scheduled and scheduled[0] == "True":
+        return obs("Pending", R.STARTING, f"pod {pod_name} is starting", scheduled=scheduled)
+    return obs(
+        "Pending", R.SCHEDULING, f"pod {pod_name} is waiting to be scheduled", scheduled=scheduled
+    )
+
+
+def conditions(
+    previous: list[dict[str, Any]], ob: Observation, generation: int, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """KEP-1623 conditions for an observation; lastTransitionTime moves only on change."""
+    prev = {c.get("type"): c for c in previous or []}
+    wanted: list[tuple[str, bool, str, str]] = [
+        ("Ready", ob.phase == "Succeeded", ob.reason, ob.message),
+        ("Reconciling", ob.phase in ACTIVE, ob.reason, ob.message),
+        ("Stalled", ob.phase == "Failed", ob.reason, ob.message),
+        ("Suspended", ob.phase == "Queued", ob.reason, ob.message),
+    ]
+    out = []
+    for ctype, ok, reason, message in wanted:
+        out.append(
+            _condition(
+                prev.get(ctype), ctype, "True" if ok else "False", reason, message, generation, now
+            )
+        )
+    if ob.scheduled:
+        status, reason, message = ob.scheduled
+        out.append(
+            _condition(
+                prev.get("PodScheduled"),
+                "PodScheduled",
+                status,
+                reason or "Scheduled",
+                message,
+                generation,
+                now,
+            )
+        )
+    return out
+
+
+def _condition(
+    prev: dict[str, Any] | None,
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    changed = prev is None or prev.get("status") != status
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": fmt_time(now)
+        if changed or prev is None
+        else prev.get("lastTransitionTime", fmt_time(now)),
+        "observedGeneration": generation,
+    }

@@ -1,0 +1,154 @@
+"""What the API server's schema cannot check, checked before anything is created.
+
+Pure functions: a raw spec in, a parsed spec or a list of problems out. Each problem
+names the field (``spec.tasks[1]``) and says why, with a suggestion where one exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import catalogue, presets
+from ..api import EvalRunSpec
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class InvalidSpec(ValueError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = "spec"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def parse_spec(raw: Mapping[str, Any] | None) -> EvalRunSpec:
+    """Parses a spec as the API server stored it; raises InvalidSpec naming each field."""
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec([Problem("spec", "required")])
+    try:
+        return EvalRunSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(
+                p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function"))
+            )
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown field"
+            problems.append(Problem(_path(loc), message))
+        raise InvalidSpec(problems) from None
+
+
+def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> list[Problem]:
+    """Semantic checks against lmms-eval's registries and the presets."""
+    cat = cat or catalogue.load()
+    problems: list[Problem] = []
+    model_type = spec.model.type
+    if model_type not in cat.models:
+        hint = cat.suggest_model(model_type)
+        problems.append(
+            Problem(
+                "spec.model.type",
+                f"unknown lmms-eval model type {model_type!r}"
+                + (
+                    f"; did you mean {hint!r}?"
+                    if hint
+                    else f" (lmms-eval {cat.lmms_eval_version} knows {len(cat.models)} model types)"
+                ),
+            )
+        )
+    else:
+        pretrained, _ = presets.resolve(model_type, spec.model.pretrained, spec.model.args)
+        if pretrained is None and model_type not in NO_PRETRAINED:
+            problems.append(
+                Problem(
+                    "spec.model.pretrained",
+                    f"required: model type {model_type!r} has no preset, so name the checkpoint",
+                )
+            )
+    custom = {t for source in spec.custom_tasks for t in source.tasks}
+    known = cat.task_names | custom
+    for i, task in enumerate(spec.tasks):
+        if task not in known:
+            hint = catalogue.closest(task, known)
+            problems.append(
+                Problem(
+                    f"spec.tasks[{i}]",
+                    f"unknown task {task!r}"
+                    + (f"; did you mean {hint!r}?" if hint else "")
+                    + (
+                        " (custom tasks must be listed in spec.customTasks[].tasks)"
+                        if spec.custom_tasks
+                        else ""
+                    ),
+                )
+            )
+    seen: set[str] = set()
+    for i, source in enumerate(spec.custom_tasks):
+        if source.config_map in seen:
+            problems.append(
+                Problem(
+                    f"spec.customTasks[{i}].configMap",
+                    f"ConfigMap {source.config_map!r} is listed twice",
+                )
+            )
+        seen.add(source.config_map)
+    if spec.resources.nodes > 1 and spec.resources.gpus < 1:
+        problems.append(
+            Problem("spec.resources.gpus", "a multi-node run needs at least one GPU per node")
+        )
+    return problems
+
+
+#: Backends that talk to a server or need no checkpoint.
+NO_PRETRAINED = frozenset(
+    {
+        "dummy",
+        "dummy_video_reader",
+        "openai",
+        "openai_compatible",
+        "openai_compatible_chat",
+        "async_openai",
+        "async_openai_compatible",
+        "async_openai_compatible_chat",
+        "litellm",
+        "litellm_chat",
+        "litellm_compatible",
+        "claude",
+        "gemini",
+        "gemini_api",
+        "gpt4v",
+        "batch_gpt4",
+        "gpt4o_audio",
+        "generation_api",
+        "from_log",
+        "reka",
+    }
+)
+
+
+def validate(raw: Mapping[str, Any] | None) -> EvalRunSpec:
+    """Parses and checks a spec; raises InvalidSpec with every problem found."""
+    spec = parse_spec(raw)
+    problems = check_spec(spec)
+    if problems:
+        raise InvalidSpec(problems)
+    return spec

@@ -1,0 +1,715 @@
+"""The process executor: a tiny kubelet that runs one node's pods as local processes.
+
+For end-to-end tests and the local demo. For every pod bound to its node it starts the
+first container's ``command`` + ``args`` as a local process (the image is ignored: the
+project's own environment provides the commands) with the container's environment,
+downward-API values included; ``POD_IP`` is a unique address in 127.0.0.0/8 that the
+process can bind to. The pod's ConfigMap, Secret, downwardAPI, emptyDir and PVC volumes
+appear at their mount paths through bind mounts in a private mount namespace
+(``unshare --mount``), and the termination-message file at its path. The pod's status
+follows the process: Running when it starts, then Succeeded or Failed with the real exit
+code and the termination message, so the real Job controller completes or fails Jobs.
+Deleting the pod stops the process (SIGTERM, then SIGKILL after the grace period).
+
+Processes run as the executor's own user; ``securityContext`` and resource limits are
+recorded, not enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+log = logging.getLogger("lmms.executor")
+
+TERMINATION_LOG_LIMIT = 4096
+FALLBACK_LOG_LINES = 80
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class IPPool:
+    """Hands out unique loopback addresses, one per pod, from a random /16."""
+
+    def __init__(self) -> None:
+        self._second = random.randint(64, 127)
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def allocate(self) -> str:
+        with self._lock:
+            n = self._next
+            self._next += 1
+        return f"127.{self._second}.{(n >> 8) & 0xFF}.{n & 0xFF}"
+
+
+class PodRunner:
+    """Runs one pod: prepares its volumes, starts the process, reports its status."""
+
+    def __init__(self, executor: Executor, pod: client.V1Pod) -> None:
+        self.ex = executor
+        self.namespace: str = pod.metadata.namespace
+        self.name: str = pod.metadata.name
+        self.uid: str = pod.metadata.uid
+        self.pod = pod
+        self.dir = executor.state_dir / "pods" / self.uid
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.done = threading.Event()
+        self.pod_ip = executor.ips.allocate()
+        self.thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
+
+    # -- the pod's life -----------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._run_inner()
+        except Exception as exc:
+            log.exception("pod %s/%s: executor error", self.namespace, self.name)
+            if not self.stopping.is_set():
+                self._report_terminated(128, "ExecutorError", f"executor error: {exc}", _now())
+        finally:
+            self.done.set()
+
+    def _run_inner(self) -> None:
+        spec = self.pod.spec
+        container = spec.containers[0]
+        restart_policy = spec.restart_policy or "Always"
+        restarts = 0
+        while not self.stopping.is_set():
+            try:
+                plan = self._plan(container)
+            except _NotReady as exc:
+                # Like a kubelet: the pod waits (ContainerCreating) until its volumes exist.
+                self._report_waiting("ContainerCreating", str(exc))
+                if self.stopping.wait(2):
+                    return
+                continue
+            except _InvalidPod as exc:
+                self._report_terminated(128, "CreateContainerConfigError", str(exc), _now())
+                return
+            started = _now()
+            self._launch(plan)
+            self._report_running(started, restarts)
+            assert self.proc is not None
+            code = self.proc.wait()
+            if code < 0:
+                code = 128 - code
+            if self.stopping.is_set():
+                return
+            finished = _now()
+            message = self._termination_message(container, code)
+            retry = restart_policy == "Always" or (restart_policy == "OnFailure" and code != 0)
+            if not retry:
+                reason = "Completed" if code == 0 else "Error"
+                self._report_terminated(code, reason, message, finished, started, restarts)
+                return
+            restarts += 1
+            self._report_last_state(code, message, started, finished, restarts)
+            if self.stopping.wait(min(10, 2**restarts)):
+                return
+
+    def stop(self, grace: float) -> None:
+        """Stops the process: SIGTERM, then SIGKILL once ``grace`` seconds have passed."""
+        self.stopping.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=max(grace, 0.1))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.thread.join(timeout=5)
+
+    # -- building the process ----------------------------------------------------------
+    def _plan(self, container: client.V1Container) -> dict[str, Any]:
+        if not container.command and not container.args:
+            raise _InvalidPod(
+                f"container {container.name!r} has no command: the executor ignores images "
+                "and needs an explicit command"
+            )
+        argv = [*(container.command or []), *(container.args or [])]
+        env = self._environment(container)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        volumes = self._volumes()
+        mounts: list[dict[str, Any]] = []
+        for vm in container.volume_mounts or []:
+            if vm.name not in volumes:
+                raise _InvalidPod(f"volumeMount {vm.name!r} names no volume of the pod")
+            source = volumes[vm.name]
+            if vm.sub_path:
+                source = source / vm.sub_path
+                if not source.exists():
+                    source.mkdir(parents=True)
+            mounts.append(
+                {"source": str(source), "target": vm.mount_path, "readOnly": bool(vm.read_only)}
+            )
+        term_path = container.termination_message_path or "/dev/termination-log"
+        term_file = self.dir / "termination-log"
+        term_file.write_text("")
+        term_file.chmod(0o666)
+        mounts.append({"source": str(term_file), "target": term_path, "readOnly": False})
+        argv = [_expand(a, env) for a in argv]
+        return {
+            "argv": argv,
+            "env": env,
+            "mounts": mounts,
+            "workingDir": container.working_dir or "/",
+        }
+
+    def _launch(self, plan: dict[str, Any]) -> None:
+        plan_file = self.dir / "plan.json"
+        plan_file.write_text(json.dumps(plan))
+        log_file = open(self.dir / "container.log", "ab")  # noqa: SIM115 - owned by the child
+        launcher = [sys.executable, "-m", "lmms_operator.testing.launch", str(plan_file)]
+        self.proc = subprocess.Popen(
+            [*self.ex.unshare_prefix, *launcher],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.dir,
+        )
+        log_file.close()
+        self.ex.register_child(self.proc.pid)
+        log.info(
+            "pod %s/%s: started pid %d at %s", self.namespace, self.name, self.proc.pid, self.pod_ip
+        )
+
+    def _environment(self, container: client.V1Container) -> dict[str, str]:
+        env: dict[str, str] = {
+            # The project's own environment provides the commands the image would have.
+            "PATH": os.pathsep.join(
+                [os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]
+            ),
+            "HOSTNAME": self.name,
+            "HOME": str(self.dir / "home"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        (self.dir / "home").mkdir(parents=True, exist_ok=True)
+        for src in container.env_from or []:
+            prefix = src.prefix or ""
+            if src.config_map_ref:
+                cm = self._config_map(src.config_map_ref.name, src.config_map_ref.optional)
+                env.update({prefix + k: v for k, v in cm.items()})
+            if src.secret_ref:
+                secret = self._secret(src.secret_ref.name, src.secret_ref.optional)
+                env.update({prefix + k: v.decode(errors="replace") for k, v in secret.items()})
+        for var in container.env or []:
+            if var.value_from is None:
+                env[var.name] = _expand(var.value or "", env)
+                continue
+            vf = var.value_from
+            if vf.field_ref:
+                env[var.name] = self._field(vf.field_ref.field_path)
+            elif vf.secret_key_ref:
+                ref = vf.secret_key_ref
+                values = self._secret(ref.name, ref.optional)
+                if ref.key in values:
+                    env[var.name] = values[ref.key].decode(errors="replace")
+                elif not ref.optional:
+                    raise _NotReady(f"secret {ref.name!r} has no key {ref.key!r}")
+            elif vf.config_map_key_ref:
+                ref = vf.config_map_key_ref
+                cm = self._config_map(ref.name, ref.optional)
+                if ref.key in cm:
+                    env[var.name] = cm[ref.key]
+                elif not ref.optional:
+                    raise _NotReady(f"configmap {ref.name!r} has no key {ref.key!r}")
+            elif vf.resource_field_ref:
+                env[var.name] = self._resource(container, vf.resource_field_ref.resource)
+        return env
+
+    def _field(self, path: str) -> str:
+        meta = self.pod.metadata
+        simple = {
+            "metadata.name": meta.name,
+            "metadata.namespace": meta.namespace,
+            "metadata.uid": meta.uid,
+            "spec.nodeName": self.pod.spec.node_name,
+            "spec.serviceAccountName": self.pod.spec.service_account_name or "default",
+            "status.podIP": self.pod_ip,
+            "status.podIPs": self.pod_ip,
+            "status.hostIP": "127.0.0.1",
+            "status.hostIPs": "127.0.0.1",
+        }
+        if path in simple:
+            return str(simple[path] or "")
+        for prefix, mapping in (
+            ("metadata.labels", meta.labels),
+            ("metadata.annotations", meta.annotations),
+        ):
+            if path.startswith(prefix + "['") and path.endswith("']"):
+                return str((mapping or {}).get(path[len(prefix) + 2 : -2], ""))
+            if path == prefix:
+                return "\n".join(f'{k}="{v}"' for k, v in sorted((mapping or {}).items()))
+        raise _InvalidPod(f"unsupported fieldRef {path!r}")
+
+    @staticmethod
+    def _resource(container: client.V1Container, resource: str) -> str:
+        kind, _, name = resource.partition(".")
+        res = container.resources
+        values = (res.limits if kind == "limits" else res.requests) if res else None
+        return str((values or {}).get(name, "0"))
+
+    def _config_map(self, name: str, optional: bool | None) -> dict[str, str]:
+        try:
+            cm = self.ex.core.read_namespaced_config_map(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                if optional:
+                    return {}
+                raise _NotReady(f'configmap "{name}" not found') from None
+            raise
+        data = dict(cm.data or {})
+        for key, value in (cm.binary_data or {}).items():
+            data[key] = base64.b64decode(value).decode(errors="replace")
+        return data
+
+    def _secret(self, name: str, optional: bool | None) -> dict[str, bytes]:
+        try:
+            secret = self.ex.core.read_namespaced_secret(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                if optional:
+                    return {}
+                raise _NotReady(f'secret "{name}" not found') from None
+            raise
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    def _volumes(self) -> dict[str, Path]:
+        result: dict[str, Path] = {}
+        root = self.dir / "volumes"
+        for vol in self.pod.spec.volumes or []:
+            target = root / vol.name
+            if vol.config_map is not None:
+                src = vol.config_map
+                data = {k: v.encode() for k, v in self._config_map(src.name, src.optional).items()}
+                _write_files(target, data, src.items, src.default_mode)
+            elif vol.secret is not None:
+                src = vol.secret
+                _write_files(
+                    target,
+                    self._secret(src.secret_name, src.optional),
+                    src.items,
+                    src.default_mode,
+                )
+            elif vol.downward_api is not None:
+                self._downward(target, vol.downward_api.items or [])
+            elif vol.projected is not None:
+                target.mkdir(parents=True, exist_ok=True)
+                for source in vol.projected.sources or []:
+                    if source.config_map is not None:
+                        cm = self._config_map(source.config_map.name, source.config_map.optional)
+                        _write_files(
+                            target,
+                            {k: v.encode() for k, v in cm.items()},
+                            source.config_map.items,
+                            None,
+                        )
+                    elif source.secret is not None:
+                        data = self._secret(source.secret.name, source.secret.optional)
+                        _write_files(target, data, source.secret.items, None)
+                    elif source.downward_api is not None:
+                        self._downward(target, source.downward_api.items or [])
+            elif vol.empty_dir is not None:
+                target.mkdir(parents=True, exist_ok=True)
+            elif vol.persistent_volume_claim is not None:
+                target = self.ex.pvc_dir(self.namespace, vol.persistent_volume_claim.claim_name)
+            elif vol.host_path is not None:
+                target = Path(vol.host_path.path)
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                raise _InvalidPod(f"volume {vol.name!r}: unsupported volume type")
+            result[vol.name] = target
+        return result
+
+    def _downward(self, target: Path, items: list[Any]) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            if item.field_ref:
+                value = self._field(item.field_ref.field_path)
+            else:
+                value = self._resource(
+                    self.pod.spec.containers[0], item.resource_field_ref.resource
+                )
+            path = target / item.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value)
+
+    def _termination_message(self, container: client.V1Container, code: int) -> str:
+        path = self.dir / "termination-log"
+        try:
+            message = path.read_bytes()[:TERMINATION_LOG_LIMIT].decode(errors="replace")
+        except OSError:
+            message = ""
+        policy = container.termination_message_policy or "File"
+        if not message and code != 0 and policy == "FallbackToLogsOnError":
+            lines = (self.dir / "container.log").read_text(errors="replace").splitlines()
+            message = "\n".join(lines[-FALLBACK_LOG_LINES:])[-TERMINATION_LOG_LIMIT:]
+        return str(message)
+
+    # -- status -----------------------------------------------------------------------
+    def _container_status(
+        self, state: dict[str, Any], restarts: int, ready: bool, last: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        container = self.pod.spec.containers[0]
+        status: dict[str, Any] = {
+            "name": container.name,
+            "image": container.image or "",
+            "imageID": "",
+            "containerID": f"process://{self.proc.pid}" if self.proc else None,
+            "ready": ready,
+            "started": "running" in state,
+            "restartCount": restarts,
+            "state": state,
+        }
+        if last:
+            status["lastState"] = last
+        return status
+
+    def _patch_status(self, status: dict[str, Any]) -> None:
+        if self.stopping.is_set():
+            return
+        try:
+            self.ex.core.patch_namespaced_pod_status(self.name, self.namespace, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning(
+                    "pod %s/%s: status patch failed: %s", self.namespace, self.name, exc.reason
+                )
+
+    def _conditions(self, ready: bool, reason: str | None = None) -> list[dict[str, Any]]:
+        now = _now()
+        conds = []
+        for ctype in ("Initialized", "ContainersReady", "Ready", "PodReadyToStartContainers"):
+            ok = True if ctype in ("Initialized", "PodReadyToStartContainers") else ready
+            cond: dict[str, Any] = {
+                "type": ctype,
+                "status": "True" if ok else "False",
+                "lastTransitionTime": now,
+            }
+            if not ok and reason:
+                cond["reason"] = reason
+            conds.append(cond)
+        return conds
+
+    def _report_waiting(self, reason: str, message: str) -> None:
+        waiting = {"waiting": {"reason": reason, "message": message}}
+        self._patch_status(
+            {
+                "phase": "Pending",
+                "containerStatuses": [self._container_status(waiting, 0, False)],
+            }
+        )
+
+    def _report_running(self, started: str, restarts: int) -> None:
+        self._patch_status(
+            {
+                "phase": "Running",
+                "hostIP": "127.0.0.1",
+                "hostIPs": [{"ip": "127.0.0.1"}],
+                "podIP": self.pod_ip,
+                "podIPs": [{"ip": self.pod_ip}],
+                "startTime": started,
+                "conditions": self._conditions(True),
+                "containerStatuses": [
+                    self._container_status({"running": {"startedAt": started}}, restarts, True)
+                ],
+            }
+        )
+
+    def _report_last_state(
+        self, code: int, message: str, started: str, finished: str, restarts: int
+    ) -> None:
+        last = {"terminated": _terminated(code, "Error", message, started, finished)}
+        waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "restarting"}}
+        self._patch_status(
+            {
+                "containerStatuses": [self._container_status(waiting, restarts, False, last)],
+            }
+        )
+
+    def _report_terminated(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        finished: str,
+        started: str | None = None,
+        restarts: int = 0,
+    ) -> None:
+        terminated = {
+            "terminated": _terminated(code, reason, message, started or finished, finished)
+        }
+        self._patch_status(
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "hostIP": "127.0.0.1",
+                "podIP": self.pod_ip,
+                "podIPs": [{"ip": self.pod_ip}],
+                "startTime": started or finished,
+                "conditions": self._conditions(False, "PodCompleted"),
+                "containerStatuses": [self._container_status(terminated, restarts, False)],
+            }
+        )
+        log.info("pod %s/%s: exited %d (%s)", self.namespace, self.name, code, reason)
+
+
+def _terminated(
+    code: int, reason: str, message: str, started: str, finished: str
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "exitCode": code,
+        "reason": reason,
+        "startedAt": started,
+        "finishedAt": finished,
+    }
+    if message:
+        result["message"] = message
+    return result
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion; ``$$(VAR)`` escapes it."""
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif value.startswith("$(", i) and ")" in value[i:]:
+            end = value.index(")", i)
+            name = value[i + 2 : end]
+            out.append(env.get(name, value[i : end + 1]))
+            i = end + 1
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def _write_files(
+    target: Path, data: dict[str, bytes], items: list[Any] | None, mode: int | None
+) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    chosen = [(i.key, i.path, i.mode) for i in items] if items else [(k, k, None) for k in data]
+    for key, rel, item_mode in chosen:
+        if key not in data:
+            continue
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data[key])
+        path.chmod(item_mode or mode or 0o644)
+
+
+class _NotReady(Exception):
+    """Something the pod needs does not exist yet; the pod waits, as with a kubelet."""
+
+
+class _InvalidPod(Exception):
+    """The pod cannot be run by the executor at all."""
+
+
+class Executor:
+    def __init__(self, node: str, state_dir: Path, api: client.ApiClient) -> None:
+        self.node = node
+        self.state_dir = state_dir
+        self.core = client.CoreV1Api(api)
+        self.ips = IPPool()
+        self.runners: dict[str, PodRunner] = {}
+        self.lock = threading.Lock()
+        self.unshare_prefix = _unshare_prefix()
+
+    def register_child(self, pid: int) -> None:
+        with (self.state_dir / "children").open("a") as fh:
+            fh.write(f"{pid}\n")
+
+    def pvc_dir(self, namespace: str, claim: str) -> Path:
+        path = self.state_dir / "pvcs" / namespace / claim
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def ensure_node(self) -> None:
+        capacity = {
+            "cpu": "32",
+            "memory": "256Gi",
+            "pods": "110",
+            "nvidia.com/gpu": "8",
+            "ephemeral-storage": "500Gi",
+        }
+        now = _now()
+        status = {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "ExecutorReady",
+                    "message": "the process executor runs this node's pods",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                },
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "executor",
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "osImage": "local processes",
+                "containerRuntimeVersion": "process://",
+                "kernelVersion": "",
+                "bootID": "",
+                "machineID": "",
+                "systemUUID": "",
+                "kubeProxyVersion": "",
+            },
+        }
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.core.patch_node_status(self.node, {"status": status})
+                return
+            except ApiException as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def handle(self, pod: client.V1Pod) -> None:
+        uid = pod.metadata.uid
+        with self.lock:
+            runner = self.runners.get(uid)
+            if pod.metadata.deletion_timestamp is not None:
+                if runner is not None:
+                    grace = pod.metadata.deletion_grace_period_seconds or 0
+                    threading.Thread(
+                        target=self._delete, args=(runner, pod, grace), daemon=True
+                    ).start()
+                    del self.runners[uid]
+                else:
+                    threading.Thread(target=self._force_delete, args=(pod,), daemon=True).start()
+                return
+            if runner is None and (pod.status.phase in (None, "Pending")):
+                runner = PodRunner(self, pod)
+                self.runners[uid] = runner
+                runner.start()
+
+    def _delete(self, runner: PodRunner, pod: client.V1Pod, grace: float) -> None:
+        runner.stop(grace)
+        self._force_delete(pod)
+        shutil.rmtree(runner.dir, ignore_errors=True)
+
+    def _force_delete(self, pod: client.V1Pod) -> None:
+        # With no kubelet to confirm, the pod object would stay Terminating forever.
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0,
+                    preconditions=client.V1Preconditions(uid=pod.metadata.uid),
+                ),
+            )
+
+    def run(self, stop: threading.Event) -> None:
+        self.ensure_node()
+        selector = f"spec.nodeName={self.node}"
+        while not stop.is_set():
+            pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
+            for pod in pods.items:
+                self.handle(pod)
+            w = watch.Watch()
+            try:
+                for event in w.stream(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=pods.metadata.resource_version,
+                    timeout_seconds=60,
+                ):
+                    if stop.is_set():
+                        break
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.handle(event["object"])
+                    elif event["type"] == "DELETED":
+                        with self.lock:
+                            runner = self.runners.pop(event["object"].metadata.uid, None)
+                        if runner:
+                            threading.Thread(target=runner.stop, args=(0,), daemon=True).start()
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("watch failed: %s", exc.reason)
+                    stop.wait(1)
+            except Exception as exc:  # connection reset and the like: list and watch again
+                log.warning("watch interrupted: %s", exc)
+                stop.wait(1)
+
+    def shutdown(self) -> None:
+        with self.lock:
+            runners = list(self.runners.values())
+            self.runners.clear()
+        for runner in runners:
+            runner.stop(2)
+
+
+def _unshare_prefix() -> list[str]:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise SystemExit("executor: util-linux's unshare is required")
+    if os.geteuid() == 0:
+        return [unshare, "--mount", "--propagation", "private"]
+    return [unshare, "--map-root-user", "--mount", "--propagation", "private"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmms-executor", description=__doc__.split("\n")[0])
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    api = config.new_client_from_config(config_file=args.kubeconfig)
+    executor = Executor(args.node, args.state_dir, api)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    worker = threading.Thread(target=executor.run, args=(stop,), daemon=True)
+    worker.start()
+    stop.wait()
+    executor.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

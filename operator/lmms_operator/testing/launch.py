@@ -1,0 +1,58 @@
+"""Runs inside the pod's private mount namespace: bind-mounts the volumes, then execs.
+
+Started by the process executor as ``unshare --mount -- python -m ...launch PLAN``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import sys
+from pathlib import Path
+
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _mount(source: str | None, target: str, flags: int) -> None:
+    src = source.encode() if source else None
+    if _libc.mount(src, target.encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} -> {target}: {os.strerror(err)}")
+
+
+def bind(source: str, target: str, read_only: bool) -> None:
+    src = Path(source)
+    dst = Path(target)
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            dst.touch()
+    _mount(source, target, MS_BIND | MS_REC)
+    if read_only:
+        _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def main() -> None:
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    for m in plan["mounts"]:
+        bind(m["source"], m["target"], m["readOnly"])
+    os.chdir(plan["workingDir"])
+    argv = plan["argv"]
+    try:
+        os.execvpe(argv[0], argv, plan["env"])
+    except OSError as exc:
+        print(f"exec {argv[0]}: {exc.strerror}", file=sys.stderr)
+        sys.exit(127)
+
+
+if __name__ == "__main__":
+    main()

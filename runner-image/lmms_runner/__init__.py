@@ -1,0 +1,1 @@
+"""The runner: runs lmms-eval inside the evaluation pod and reports on it."""

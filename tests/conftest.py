@@ -1,0 +1,39 @@
+"""Shared fixtures: a real local control plane for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from lmms_operator.testing import devcluster
+from tests.helpers import wait_for
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.DevCluster]:
+    """A running devcluster (etcd, apiserver, controller-manager, scheduler, kwok,
+    executor); every process it started is stopped at the end, also on failure."""
+    directory = Path(os.environ.get("LMMS_TEST_CLUSTER_DIR") or tmp_path_factory.mktemp("dc"))
+    with devcluster.running(directory) as dc:
+        yield dc
+
+
+@pytest.fixture(scope="session")
+def api(cluster: devcluster.DevCluster) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture()
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(api)
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods need the namespace's default ServiceAccount, made by the controller-manager.
+    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30)
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
