@@ -12,6 +12,7 @@ from kubernetes import client, config
 
 from lmms_operator.testing import devcluster
 from tests.helpers import wait_for
+from tests.operator_process import OperatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +38,23 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: devcluster.DevCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def operator_process(
+    cluster: devcluster.DevCluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The real operator (`lmms-operator run`) as a process against the devcluster."""
+    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+    proc.start()
+    yield proc
+    proc.stop()

@@ -286,7 +286,7 @@ class EvalRunSpec(ApiModel):
     )
     timeout_seconds: int = Field(
         default=86_400,
-        ge=60,
+        ge=1,
         le=30 * 86_400,
         description="Wall-clock limit of the evaluation (the Job's activeDeadlineSeconds).",
     )

@@ -6,9 +6,12 @@ exists" counts as success, "not found" on delete counts as success.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -226,3 +229,41 @@ def read_secret_value(namespace: str, name: str, key: str) -> str | None:
         raise
     raw = (secret.get("data") or {}).get(key)
     return base64.b64decode(raw).decode() if raw else None
+
+
+# -- events --------------------------------------------------------------------------
+def event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Records a core/v1 Event about ``obj``; never fails the caller."""
+    meta = obj["metadata"]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{meta['name'][:200]}.",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": "lmms-operator"},
+        "reportingComponent": "lmms-operator",
+        "reportingInstance": os.environ.get("POD_NAME", "lmms-operator"),
+        "firstTimestamp": now[:19] + "Z",
+        "lastTimestamp": now[:19] + "Z",
+        "count": 1,
+    }
+    try:
+        client.CoreV1Api(api()).create_namespaced_event(
+            meta["namespace"], body, _preload_content=False
+        )
+    except Exception as exc:  # events are best effort
+        log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)

@@ -232,6 +232,13 @@ def observe(
     active_running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     if active_running:
         return obs("Running", R.RUNNING, f"pod {pod_name} is running", scheduled=scheduled)
+    if pod_status.get("phase") == "Succeeded":
+        return obs(
+            "Running",
+            R.RUNNING,
+            f"pod {pod_name} finished; the Job is completing",
+            scheduled=scheduled,
+        )
     if pod_status.get("phase") == "Failed" and job_status.get("active", 0) == 0:
         return obs(
             "Pending",

@@ -45,6 +45,10 @@ KWOK_NODES = ("gpu-node-0", "gpu-node-1")
 #: The node whose pods the process executor runs for real.
 EXECUTOR_NODE = "executor-0"
 EXECUTOR_LABEL = "lmms.dev/executor"
+#: A node no kubelet manages: tests write its pods' status as a kubelet would report
+#: states that cannot be produced here (an image that cannot be pulled, an OOM kill).
+MANUAL_NODE = "manual-0"
+MANUAL_LABEL = "lmms.dev/manual"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPUS_PER_NODE = 8
 
@@ -296,6 +300,9 @@ class DevCluster:
                     # Without the node lifecycle controller (see below) nothing would lift
                     # the not-ready taint this plugin puts on every new Node.
                     "--disable-admission-plugins=TaintNodesByCondition",
+                # etcd 3.4 cannot serve watch progress requests, which the streaming
+                # "watch list" needs; turned off, clients fall back to list + watch.
+                "--feature-gates=WatchList=false",
                     "--profiling=false",
                     "--v=0",
                 ],
@@ -376,6 +383,9 @@ class DevCluster:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)
+        # etcd 3.4 cannot serve watch progress requests, so the API server refuses the
+        # streaming "watch list"; clients must not ask for it (kwok's client-go does).
+        env["KUBE_FEATURE_WatchListClient"] = "false"
         proc = subprocess.Popen(
             argv,
             stdout=log,
@@ -419,11 +429,30 @@ class DevCluster:
     def _create_nodes(self) -> None:
         docs = [_node_manifest(n, kwok=True) for n in KWOK_NODES]
         docs.append(_node_manifest(EXECUTOR_NODE, kwok=False))
+        docs.append(_node_manifest(MANUAL_NODE, kwok=False, label=MANUAL_LABEL))
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        manual = _node_manifest(MANUAL_NODE, kwok=False, label=MANUAL_LABEL)["status"]
+        manual["conditions"] = [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Manual",
+                "message": "tests report this node's pods",
+            }
+        ]
+        self.kubectl(
+            "patch",
+            "node",
+            MANUAL_NODE,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": manual}),
+        )
 
     def _wait_nodes_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        names = [*KWOK_NODES, EXECUTOR_NODE]
+        names = [*KWOK_NODES, EXECUTOR_NODE, MANUAL_NODE]
         while time.monotonic() < deadline:
             out = json.loads(self.kubectl("get", "nodes", "-o", "json"))
             ready = {
@@ -480,7 +509,7 @@ class DevCluster:
         self.kubeconfig.chmod(0o600)
 
 
-def _node_manifest(name: str, kwok: bool) -> dict[str, Any]:
+def _node_manifest(name: str, kwok: bool, label: str = EXECUTOR_LABEL) -> dict[str, Any]:
     capacity = {
         "cpu": "32",
         "memory": "256Gi",
@@ -505,9 +534,9 @@ def _node_manifest(name: str, kwok: bool) -> dict[str, Any]:
         node["metadata"]["annotations"]["kwok.x-k8s.io/node"] = "fake"
         labels["type"] = "kwok"
     else:
-        labels[EXECUTOR_LABEL] = "true"
-        # Only pods that ask for the executor run as real processes on this machine.
-        node["spec"]["taints"] = [{"key": EXECUTOR_LABEL, "value": "true", "effect": "NoSchedule"}]
+        labels[label] = "true"
+        # Only pods that ask for this node land on it (the executor runs them for real).
+        node["spec"]["taints"] = [{"key": label, "value": "true", "effect": "NoSchedule"}]
     return node
 
 

@@ -27,10 +27,9 @@ def _mount(source: str | None, target: str, flags: int) -> None:
         raise OSError(err, f"mount {source} -> {target}: {os.strerror(err)}")
 
 
-def bind(source: str, target: str, read_only: bool) -> None:
-    src = Path(source)
+def bind(source: str, target: str, read_only: bool, is_dir: bool) -> None:
     dst = Path(target)
-    if src.is_dir():
+    if is_dir:
         dst.mkdir(parents=True, exist_ok=True)
     else:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -43,8 +42,18 @@ def bind(source: str, target: str, read_only: bool) -> None:
 
 def main() -> None:
     plan = json.loads(Path(sys.argv[1]).read_text())
+    # Hold every source open first: a mount over /tmp would otherwise hide sources that
+    # live under /tmp from the mounts after it.
+    held = []
     for m in plan["mounts"]:
-        bind(m["source"], m["target"], m["readOnly"])
+        fd = os.open(m["source"], os.O_PATH)
+        held.append(fd)
+        m["isDir"] = Path(m["source"]).is_dir()
+        m["source"] = f"/proc/self/fd/{fd}"
+    for m in plan["mounts"]:
+        bind(m["source"], m["target"], m["readOnly"], m["isDir"])
+    for fd in held:
+        os.close(fd)
     os.chdir(plan["workingDir"])
     argv = plan["argv"]
     try:

@@ -1,0 +1,57 @@
+"""`lmms-operator`: run the operator, or look at runs and leaderboards."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401 - registers the handlers
+
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if not args.verbose:
+        # Kopf reports every handler call at INFO; the operator's own log says what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("lmms").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    namespaces = args.namespace or []
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmms-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        help="watch this namespace (repeatable); default: all namespaces",
+    )
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="liveness endpoint URL ('' to disable)",
+    )
+    run.add_argument("--verbose", "-v", action="store_true")
+    run.set_defaults(func=_run)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

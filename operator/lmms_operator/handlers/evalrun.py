@@ -1,0 +1,168 @@
+"""Thin Kopf adapters for EvalRuns and their Jobs and pods; no business logic here."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from .. import controller, k8s
+from ..api import GROUP, VERSION
+from ..config import Settings
+from ..reconcile import job as jobs
+from ..reconcile import status as st
+
+log = logging.getLogger("lmms.handlers")
+
+SETTINGS = Settings.from_env()
+MANAGED = {jobs.LABEL_MANAGED_BY: jobs.MANAGED_BY}
+
+# The last status this operator wrote per run: fresher than the watch cache right after
+# a write, so a burst of pod events does not write (or announce) the same change twice.
+_written: dict[str, dict[str, Any]] = {}
+_written_lock = threading.Lock()
+# One writer per run at a time: compute-then-write must not interleave between the spec
+# handler and the Job/pod event handlers, or an older status could land last.
+_run_locks: dict[str, threading.Lock] = {}
+
+
+def _run_lock(uid: str) -> threading.Lock:
+    with _written_lock:
+        return _run_locks.setdefault(uid, threading.Lock())
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _remember(uid: str, generation: int, fields: Mapping[str, Any]) -> None:
+    with _written_lock:
+        cached = _written.setdefault(uid, {})
+        if cached.get("_generation") != generation:
+            cached.clear()
+            cached["_generation"] = generation
+        cached.update(fields)
+
+
+def _with_written(body: Mapping[str, Any]) -> dict[str, Any]:
+    run = _plain(body)
+    meta = run["metadata"]
+    with _written_lock:
+        cached = dict(_written.get(meta["uid"], {}))
+    generation = cached.pop("_generation", None)
+    if generation is not None and generation > meta.get("generation", 1):
+        # The watch cache lags behind a generation we already handled: mark it stale.
+        run["_stale"] = True
+    if generation == meta.get("generation"):
+        status = dict(run.get("status") or {})
+        status.update(cached)
+        run["status"] = {k: v for k, v in status.items() if v is not None}
+    return run
+
+
+# -- indexes: in-memory views of what the watches saw ------------------------------------
+@kopf.index(GROUP, VERSION, "evalruns")
+def evalruns_by_uid(uid: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {uid: _plain(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def jobs_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def pods_by_run(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {labels.get(jobs.LABEL_RUN_UID): _plain(body)}
+
+
+# -- spec changes ----------------------------------------------------------------------
+@kopf.on.resume(GROUP, VERSION, "evalruns", backoff=5)
+@kopf.on.create(GROUP, VERSION, "evalruns", backoff=5)
+@kopf.on.update(GROUP, VERSION, "evalruns", field="spec", backoff=5)
+def evalrun_spec(body: kopf.Body, **_: Any) -> None:
+    meta = body["metadata"]
+    with _run_lock(meta["uid"]):
+        run = _with_written(body)
+        try:
+            fields = controller.ensure(run, SETTINGS)
+        except controller.RetryLater as exc:
+            _write_status(run, controller.waiting_for_references(run, str(exc)))
+            raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+        _write_status(run, fields)
+
+
+def _write_status(run: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+    if not fields:
+        return
+    meta = run["metadata"]
+    k8s.patch_evalrun_status(meta["namespace"], meta["name"], dict(fields))
+    _remember(meta["uid"], meta.get("generation", 1), fields)
+
+
+# -- observed changes ----------------------------------------------------------------------
+def _observe(uid: str | None, indexes: Mapping[str, Any]) -> None:
+    """Recomputes a run's status from the watch caches and writes what changed."""
+    if not uid:
+        return
+    found = list(indexes["evalruns_by_uid"].get(uid, []))
+    if not found:
+        return
+    with _run_lock(uid):
+        run = _with_written(found[0])
+        if run.get("_stale"):
+            return  # a newer event for this run follows
+        meta = run["metadata"]
+        status = run.get("status") or {}
+        job_name = status.get("jobName")
+        if not job_name or status.get("phase") in st.TERMINAL:
+            return
+        job_list = list(indexes["jobs_by_name"].get((meta["namespace"], job_name), []))
+        pods = [
+            p
+            for p in list(indexes["pods_by_run"].get(uid, []))
+            if p["metadata"].get("labels", {}).get("job-name") == job_name
+        ]
+        fields, stop = controller.observe(run, job_list[0] if job_list else None, pods, SETTINGS)
+        _write_status(run, fields)
+    if stop:
+        controller.stop_children(run, stop, str(fields.get("reason")))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def job_event(labels: Mapping[str, str], **kwargs: Any) -> None:
+    _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def pod_event(labels: Mapping[str, str], **kwargs: Any) -> None:
+    _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
+
+
+def _active(status: Mapping[str, Any], **_: Any) -> bool:
+    return status.get("phase") in st.ACTIVE
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "evalruns",
+    interval=SETTINGS.resync_interval,
+    initial_delay=SETTINGS.resync_interval,
+    when=_active,
+)
+def evalrun_resync(uid: str, **kwargs: Any) -> None:
+    """Time-based decisions (how long a pod has been unschedulable) and missed events."""
+    _observe(uid, kwargs)
+
+
+@kopf.on.event(GROUP, VERSION, "evalruns")
+def evalrun_event(type: str | None, uid: str, **_: Any) -> None:
+    if type == "DELETED":
+        with _written_lock:
+            _written.pop(uid, None)
+            _run_locks.pop(uid, None)

@@ -1,0 +1,27 @@
+"""Operator-wide Kopf settings: our own bookkeeping names, watch timeouts, workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from ..api import GROUP
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Kopf's bookkeeping stays out of the user's status: annotations with our prefix.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Watches that hang on a dead connection would miss events: bound them.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 16
+    # Kopf's own events about handler retries would repeat ours.
+    settings.posting.level = 40  # logging.ERROR

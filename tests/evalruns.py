@@ -1,0 +1,110 @@
+"""Helpers to write, read and wait for EvalRuns in tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubernetes import client
+
+from lmms_operator.api import GROUP, VERSION
+from lmms_operator.testing import devcluster
+from tests.helpers import wait_for
+
+EXECUTOR = {
+    "nodeSelector": {devcluster.EXECUTOR_LABEL: "true"},
+    "tolerations": [{"key": devcluster.EXECUTOR_LABEL, "operator": "Exists"}],
+}
+MANUAL = {
+    "nodeSelector": {devcluster.MANUAL_LABEL: "true"},
+    "tolerations": [{"key": devcluster.MANUAL_LABEL, "operator": "Exists"}],
+}
+KWOK = {"nodeSelector": {"type": "kwok"}}
+
+
+def manifest(name: str, scheduling: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EvalRun",
+        "metadata": {"name": name},
+        "spec": {"model": {"type": "dummy", "pretrained": "local"}, "tasks": ["mme"]},
+    }
+    if scheduling is not None:
+        body["spec"]["scheduling"] = copy.deepcopy(scheduling)
+    body["spec"].update(spec)
+    return body
+
+
+def create(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "evalruns", body
+        )
+    )
+
+
+def get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "evalruns", name
+        )
+    )
+
+
+def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "evalruns", name, {"spec": spec}
+    )
+
+
+def delete(api: client.ApiClient, namespace: str, name: str) -> None:
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "evalruns", name
+    )
+
+
+def wait_phase(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    phase: str,
+    timeout: float = 60,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        run = get(api, namespace, name)
+        status = run.get("status") or {}
+        if status.get("phase") == phase and (reason is None or status.get("reason") == reason):
+            return run
+        return None
+
+    try:
+        return wait_for(probe, timeout=timeout)
+    except AssertionError:
+        status = get(api, namespace, name).get("status")
+        raise AssertionError(f"{name} did not reach {phase}/{reason}: status={status}") from None
+
+
+def condition(run: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for c in (run.get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return dict(c)
+    raise AssertionError(f"no {ctype} condition in {run.get('status')}")
+
+
+def event_reasons(api: client.ApiClient, namespace: str, name: str) -> list[str]:
+    events = client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=EvalRun"
+    )
+    # Event timestamps have one-second resolution; the resourceVersion orders them.
+    items = sorted(events.items, key=lambda e: int(e.metadata.resource_version))
+    return [e.reason for e in items]
+
+
+def jobs_of(api: client.ApiClient, namespace: str, run: dict[str, Any]) -> list[client.V1Job]:
+    uid = run["metadata"]["uid"]
+    return list(
+        client.BatchV1Api(api)
+        .list_namespaced_job(namespace, label_selector=f"eval.lmms.dev/run-uid={uid}")
+        .items
+    )

@@ -1,0 +1,94 @@
+"""Starts and stops the real operator process for cluster and e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from lmms_operator.testing import devcluster
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTED_RUNNER = REPO / "tests" / "fixtures" / "scripted_runner.py"
+
+#: Short timeouts so that time-based failures show within a test.
+TEST_SETTINGS = {
+    "LMMS_UNSCHEDULABLE_TIMEOUT": "4",
+    "LMMS_IMAGE_PULL_TIMEOUT": "4",
+    "LMMS_RESYNC_INTERVAL": "1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    def __init__(
+        self, cluster: devcluster.DevCluster, workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.liveness_port = _free_port()
+        self.log_path = workdir / "operator.log"
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            {
+                "KUBECONFIG": str(self.cluster.kubeconfig),
+                "LMMS_RUNNER_COMMAND": f"{sys.executable} {SCRIPTED_RUNNER}",
+                **TEST_SETTINGS,
+                **self.extra_env,
+            }
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lmms_operator",
+                "run",
+                "--liveness",
+                f"http://127.0.0.1:{self.liveness_port}/healthz",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("operator did not become live in 60s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
