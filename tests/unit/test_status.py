@@ -1,0 +1,157 @@
+"""Observed Job and pods -> phase, reason and message (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from lmms_operator.config import Settings
+from lmms_operator.reconcile import reasons as R
+from lmms_operator.reconcile import status as st
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)
+S = Settings(unschedulable_timeout=60, image_pull_timeout=60)
+
+
+def job(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "j"}, "spec": {}, "status": status}
+
+
+def pod(
+    phase: str = "Pending",
+    container: dict[str, Any] | None = None,
+    conditions: list[dict[str, Any]] | None = None,
+    created: str = "2026-11-27T11:59:00Z",
+    name: str = "j-abc",
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase, "conditions": conditions or []}
+    if container is not None:
+        status["containerStatuses"] = [{"name": "runner", **container}]
+    return {
+        "metadata": {"name": name, "creationTimestamp": created},
+        "spec": {"containers": [{"image": "img:1"}]},
+        "status": status,
+    }
+
+
+def observe(j: dict[str, Any] | None, pods: list[dict[str, Any]], **kw: Any) -> st.Observation:
+    args: dict[str, Any] = {
+        "spec_suspend": False,
+        "cancel": False,
+        "queue_name": None,
+        "retries": 1,
+        "timeout_seconds": 600,
+    }
+    args.update(kw)
+    return st.observe(job=j, pods=pods, now=NOW, settings=S, **args)
+
+
+def failed_job(reason: str) -> dict[str, Any]:
+    return job(
+        conditions=[
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": reason,
+                "lastTransitionTime": "2026-11-27T11:59:59Z",
+            }
+        ]
+    )
+
+
+def terminated(code: int, reason: str = "Error", message: str = "") -> dict[str, Any]:
+    return {"state": {"terminated": {"exitCode": code, "reason": reason, "message": message}}}
+
+
+def test_no_job_yet_is_pending() -> None:
+    assert observe(None, []).phase == "Pending"
+
+
+def test_running_and_succeeded() -> None:
+    assert observe(job(active=1), [pod("Running")]).phase == "Running"
+    done = observe(
+        job(
+            conditions=[{"type": "Complete", "status": "True"}],
+            completionTime="2026-11-27T11:59:30Z",
+        ),
+        [pod("Succeeded")],
+    )
+    assert (done.phase, done.reason, done.completion_time) == (
+        "Succeeded",
+        R.SUCCEEDED,
+        "2026-11-27T11:59:30Z",
+    )
+
+
+def test_a_finished_pod_before_job_completion_stays_running() -> None:
+    assert observe(job(), [pod("Succeeded")]).phase == "Running"
+
+
+def test_failure_reasons() -> None:
+    assert observe(failed_job("DeadlineExceeded"), []).reason == R.DEADLINE_EXCEEDED
+    oom = observe(failed_job("BackoffLimitExceeded"), [pod("Failed", terminated(137, "OOMKilled"))])
+    assert oom.reason == R.OOM_KILLED
+    runner = observe(
+        failed_job("PodFailurePolicy"),
+        [pod("Failed", terminated(3, message="task mme: no results"))],
+    )
+    assert runner.reason == R.RUNNER_ERROR and "task mme: no results" in runner.message
+    crash = observe(failed_job("BackoffLimitExceeded"), [pod("Failed", terminated(1))])
+    assert crash.reason == R.BACKOFF_LIMIT_EXCEEDED and "code 1" in crash.message
+
+
+def test_unschedulable_waits_then_fails_and_stops_the_job() -> None:
+    def cond(since: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                "lastTransitionTime": since,
+            }
+        ]
+
+    early = observe(job(active=1), [pod(conditions=cond("2026-11-27T11:59:30Z"))])
+    assert (early.phase, early.reason, early.stop_job) == ("Pending", R.UNSCHEDULABLE, False)
+    late = observe(job(active=1), [pod(conditions=cond("2026-11-27T11:58:00Z"))])
+    assert (late.phase, late.reason, late.stop_job) == ("Failed", R.UNSCHEDULABLE, True)
+    assert "Insufficient nvidia.com/gpu" in late.message
+
+
+def test_image_pull() -> None:
+    backoff = {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}
+    early = observe(job(active=1), [pod(container=backoff, created="2026-11-27T11:59:50Z")])
+    assert (early.phase, early.reason) == ("Pending", R.IMAGE_PULL_BACKOFF)
+    late = observe(job(active=1), [pod(container=backoff, created="2026-11-27T11:50:00Z")])
+    assert (late.phase, late.reason, late.stop_job) == ("Failed", R.IMAGE_PULL_ERROR, True)
+    invalid = {"state": {"waiting": {"reason": "InvalidImageName"}}}
+    assert observe(job(active=1), [pod(container=invalid)]).phase == "Failed"
+
+
+def test_suspended_and_queued() -> None:
+    suspended = {"metadata": {"name": "j"}, "spec": {"suspend": True}, "status": {}}
+    assert observe(suspended, [], spec_suspend=True).reason == R.SUSPENDED
+    queued = observe(suspended, [], queue_name="team-a")
+    assert (queued.phase, queued.reason) == ("Queued", R.QUEUED) and "team-a" in queued.message
+
+
+def test_cancel_wins() -> None:
+    assert observe(job(active=1), [pod("Running")], cancel=True).phase == "Cancelled"
+
+
+def test_conditions_follow_kstatus_and_keep_transition_times() -> None:
+    running = st.Observation("Running", R.RUNNING, "running")
+    first = st.conditions([], running, 3, NOW)
+    by = {c["type"]: c for c in first}
+    assert by["Ready"]["status"] == "False" and by["Reconciling"]["status"] == "True"
+    assert by["Stalled"]["status"] == "False"
+    assert all(c["observedGeneration"] == 3 for c in first)
+    later = st.conditions(first, running, 3, NOW + dt.timedelta(minutes=5))
+    assert later == first  # nothing changed, nothing moves
+    failed = st.conditions(
+        first, st.Observation("Failed", R.OOM_KILLED, "oom"), 3, NOW + dt.timedelta(minutes=5)
+    )
+    by = {c["type"]: c for c in failed}
+    assert by["Stalled"]["status"] == "True" and by["Stalled"]["reason"] == R.OOM_KILLED
+    assert by["Ready"]["lastTransitionTime"] == first[0]["lastTransitionTime"]

@@ -1,0 +1,95 @@
+"""The operator's own checks: the lmms-eval catalogue, presets, field paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lmms_operator import catalogue, presets
+from lmms_operator.reconcile.validate import InvalidSpec, validate
+
+
+def spec(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"model": {"type": "qwen2_vl"}, "tasks": ["mme"]}
+    base.update(over)
+    return base
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(InvalidSpec) as exc:
+        validate(raw)
+    return [str(p) for p in exc.value.problems]
+
+
+def test_a_good_spec_passes_with_defaults() -> None:
+    parsed = validate(spec())
+    assert parsed.evaluation.batch_size == 1 and parsed.resources.gpus == 1
+
+
+def test_unknown_model_type_suggests_the_closest() -> None:
+    (p,) = problems(spec(model={"type": "qwen2vl"}))
+    assert p.startswith("spec.model.type:") and "did you mean 'qwen2_vl'?" in p
+
+
+def test_unknown_tasks_name_their_index_and_suggest() -> None:
+    got = problems(spec(tasks=["mme", "textvqa_vall", "zzzzzzzzzz"]))
+    assert got[0].startswith("spec.tasks[1]:") and "did you mean 'textvqa_val'?" in got[0]
+    assert got[1].startswith("spec.tasks[2]:") and "did you mean" not in got[1]
+
+
+def test_custom_task_names_are_allowed() -> None:
+    validate(spec(tasks=["colors"], customTasks=[{"configMap": "c", "tasks": ["colors"]}]))
+
+
+def test_schema_errors_name_the_field_in_camel_case() -> None:
+    (p,) = problems(spec(evaluation={"batchSize": 0}))
+    assert p.startswith("spec.evaluation.batchSize:")
+    (p,) = problems(spec(resources={"gpuz": 1}))
+    assert p == "spec.resources.gpuz: unknown field"
+
+
+def test_a_model_without_preset_needs_pretrained() -> None:
+    (p,) = problems(spec(model={"type": "mantis"}))
+    assert p.startswith("spec.model.pretrained: required")
+    validate(spec(model={"type": "mantis", "pretrained": "TIGER-Lab/Mantis-8B-siglip-llama3"}))
+
+
+@pytest.mark.parametrize("bad", [None, "x", 3, []])
+def test_garbage_never_crashes(bad: Any) -> None:
+    with pytest.raises(InvalidSpec):
+        validate(bad)
+
+
+def test_catalogue_comes_from_lmms_eval_0_7_3() -> None:
+    cat = catalogue.load()
+    assert cat.lmms_eval_version == "0.7.3"
+    assert {"qwen2_vl", "llava_onevision", "dummy", "openai"} <= cat.models
+    assert {"mme", "textvqa_val", "mmmu_val"} <= cat.task_names
+    assert len(cat.tasks) > 500
+
+
+def test_presets_cover_the_models_users_name_most() -> None:
+    cat = catalogue.load()
+    wanted = {
+        "llava",
+        "llava_onevision",
+        "qwen2_vl",
+        "qwen2_5_vl",
+        "llama_vision",
+        "instructblip",
+        "whisper",
+        "llava_vid",
+        "longva",
+        "video_llava",
+    }
+    assert wanted <= set(presets.PRESETS)
+    assert set(presets.PRESETS) <= cat.models
+    assert any(p.video for p in presets.PRESETS.values())
+
+
+def test_user_values_win_over_the_preset() -> None:
+    pretrained, args = presets.resolve("qwen2_vl", None, {"max_pixels": "1003520"})
+    assert pretrained == "Qwen/Qwen2-VL-7B-Instruct" and args["max_pixels"] == "1003520"
+    pretrained, _ = presets.resolve("qwen2_vl", "/models/mine", {})
+    assert pretrained == "/models/mine"
