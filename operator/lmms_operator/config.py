@@ -12,6 +12,7 @@
 | LMMS_RESYNC_INTERVAL           | 15                               | s between checks of an active run     |
 | LMMS_DEFAULT_SHM               | 8Gi                              | /dev/shm size for multi-GPU pods      |
 | LMMS_RUNNER_UID                | 1000                             | uid and gid of the runner             |
+| LMMS_HOLD_TIMEOUT              | 600                              | s a runner serves results until acked |
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Settings:
     resync_interval: float = 15.0
     default_shm: str = "8Gi"
     runner_uid: int = 1000
+    hold_timeout: float = 600.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -69,4 +71,5 @@ class Settings:
             resync_interval=_float("LMMS_RESYNC_INTERVAL", d.resync_interval),
             default_shm=os.environ.get("LMMS_DEFAULT_SHM") or d.default_shm,
             runner_uid=_int("LMMS_RUNNER_UID", d.runner_uid),
+            hold_timeout=_float("LMMS_HOLD_TIMEOUT", d.hold_timeout),
         )

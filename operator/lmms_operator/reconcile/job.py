@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
+from ..api.runner import EXIT_CONFIG_ERROR
 from ..config import Settings
 
 LABEL_PREFIX = "eval.lmms.dev"
@@ -27,9 +28,6 @@ TASKS_DIR = "/etc/lmms/tasks"
 HF_HOME = "/var/cache/huggingface"
 OUTPUT_DIR = "/var/lib/lmms/output"
 RDZV_PORT = 29500
-
-#: Runner exit codes (see the runner): a configuration error will not get better on retry.
-EXIT_CONFIG_ERROR = 2
 
 
 def spec_hash(spec: EvalRunSpec) -> str:
@@ -149,10 +147,15 @@ def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Des
         {"name": "LMMS_RUNNER_PORT", "value": str(settings.runner_port)},
         {"name": "LMMS_OUTPUT_DIR", "value": OUTPUT_DIR},
         _secret_env("LMMS_RUNNER_TOKEN", f"{name}-token", "token"),
+        {"name": "LMMS_TASKS_DIR", "value": TASKS_DIR},
+        {"name": "LMMS_HOLD_TIMEOUT", "value": str(int(settings.hold_timeout))},
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp"},
         {"name": "TMPDIR", "value": "/tmp"},
     ]
+    if spec.cache is not None:
+        # Resume state (finished results, lmms-eval's response cache) lives on the volume.
+        env.append({"name": "LMMS_STATE_DIR", "value": f"{HF_HOME}/lmms-runner"})
     if spec.hugging_face_token is not None:
         ref = spec.hugging_face_token.secret_key_ref
         env.append(_secret_env("HF_TOKEN", ref.name, ref.key))

@@ -11,9 +11,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_FAILED
 from ..config import Settings
 from . import reasons as R
-from .job import EXIT_CONFIG_ERROR
 
 TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
 ACTIVE = frozenset({"Pending", "Queued", "Running"})
@@ -21,8 +21,8 @@ ACTIVE = frozenset({"Pending", "Queued", "Running"})
 #: Exit codes the runner uses for failures it understood (see lmms_runner).
 RUNNER_EXIT_CODES = {
     EXIT_CONFIG_ERROR: "configuration error",
-    3: "evaluation failed",
-    4: "upload failed",
+    EXIT_EVALUATION_FAILED: "evaluation failed",
+    EXIT_UPLOAD_FAILED: "upload failed",
 }
 
 IMAGE_PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})

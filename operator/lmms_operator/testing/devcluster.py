@@ -300,9 +300,9 @@ class DevCluster:
                     # Without the node lifecycle controller (see below) nothing would lift
                     # the not-ready taint this plugin puts on every new Node.
                     "--disable-admission-plugins=TaintNodesByCondition",
-                # etcd 3.4 cannot serve watch progress requests, which the streaming
-                # "watch list" needs; turned off, clients fall back to list + watch.
-                "--feature-gates=WatchList=false",
+                    # etcd 3.4 cannot serve watch progress requests, which the streaming
+                    # "watch list" needs; turned off, clients fall back to list + watch.
+                    "--feature-gates=WatchList=false",
                     "--profiling=false",
                     "--v=0",
                 ],

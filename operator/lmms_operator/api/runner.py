@@ -1,0 +1,83 @@
+"""What the runner serves and the operator reads: one definition for both sides."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+
+RunnerPhase = Literal[
+    "starting", "loading", "evaluating", "postprocessing", "uploading", "done", "failed"
+]
+
+#: Runner exit codes. The operator maps them to failure reasons; a configuration error
+#: fails the Job at once (podFailurePolicy) instead of being retried.
+EXIT_OK = 0
+EXIT_CONFIG_ERROR = 2
+EXIT_EVALUATION_FAILED = 3
+EXIT_UPLOAD_FAILED = 4
+
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class TaskState(ApiModel):
+    name: str
+    done: int = 0
+    total: int = 0
+
+
+class RunnerProgress(ApiModel):
+    """``GET /progress``."""
+
+    phase: RunnerPhase = "starting"
+    percent: float = 0.0
+    done: int = 0
+    total: int = 0
+    tasks: list[TaskState] = Field(default_factory=list)
+    samples_per_second: float | None = None
+    eta_seconds: float | None = None
+    started_at: str | None = None
+    updated_at: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    last_lines: list[str] = Field(default_factory=list)
+
+
+class Metric(ApiModel):
+    name: str
+    value: float | None = None
+    raw: str | None = Field(default=None, description="The value as written when not numeric.")
+    stderr: float | None = None
+    higher_is_better: bool | None = None
+
+
+class TaskResult(ApiModel):
+    task: str
+    group: bool = False
+    samples: int | None = None
+    primary: str | None = None
+    metrics: list[Metric] = Field(default_factory=list)
+
+
+class Provenance(ApiModel):
+    lmms_eval_version: str | None = None
+    torch_version: str | None = None
+    model: str
+    pretrained: str | None = None
+    revision: str | None = None
+    seed: int | None = None
+    config_hash: str
+    argv: list[str] = Field(default_factory=list, description="The exact command, redacted.")
+
+
+class ResultsSummary(ApiModel):
+    """``GET /results`` and (compacted) the termination message."""
+
+    tasks: list[TaskResult] = Field(default_factory=list)
+    provenance: Provenance
+    results_file: str | None = None
+    s3_location: str | None = None
+    evaluation_seconds: float | None = None
+    truncated: bool = False

@@ -1,0 +1,71 @@
+"""The run configuration: an EvalRun manifest (or only its spec), read with the
+operator's own API types, so a workstation run and a pod run mean the same thing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmms_operator import presets
+from lmms_operator.api import EvalRunSpec
+from lmms_operator.reconcile.validate import InvalidSpec, parse_spec
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be run; retrying will not help (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    spec: EvalRunSpec
+    name: str
+    pretrained: str | None
+    model_args: dict[str, str]
+    config_hash: str
+
+    @property
+    def tasks(self) -> list[str]:
+        """Every task to evaluate: spec.tasks, then custom tasks not already listed."""
+        seen: list[str] = list(self.spec.tasks)
+        for source in self.spec.custom_tasks:
+            seen += [t for t in source.tasks if t not in seen]
+        return seen
+
+
+def load(path: Path) -> RunConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not YAML or JSON: {exc}") from None
+    return from_document(raw, source=str(path))
+
+
+def from_document(raw: Any, source: str = "config") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected an EvalRun manifest or its spec")
+    if raw.get("kind") == "EvalRun" or "spec" in raw:
+        spec_raw = raw.get("spec")
+        name = str((raw.get("metadata") or {}).get("name") or "evalrun")
+    else:
+        spec_raw, name = raw, "evalrun"
+    try:
+        spec = parse_spec(spec_raw)
+    except InvalidSpec as exc:
+        raise ConfigError(str(exc)) from None
+    if not spec.tasks and not any(s.tasks for s in spec.custom_tasks):
+        raise ConfigError("spec.tasks: at least one task is required")
+    pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
+    canonical = json.dumps(
+        spec.model_dump(mode="json", by_alias=True, exclude={"suspend"}), sort_keys=True
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return RunConfig(
+        spec=spec, name=name, pretrained=pretrained, model_args=args, config_hash=digest
+    )

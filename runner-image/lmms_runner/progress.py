@@ -1,0 +1,153 @@
+"""Follows lmms-eval's output (loguru on stdout, tqdm bars on stderr) into a structured
+progress state. lmms-eval reports progress only through these lines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import time
+from collections import deque
+
+from lmms_operator.api.runner import RunnerPhase, RunnerProgress, TaskState
+
+TQDM = re.compile(
+    r"(?:(?P<desc>[^\r\n|]*?):\s*)?(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
+    r"\s*\[(?P<elapsed>[\d:]+)<(?P<remaining>[\d:?]+)(?:,\s*(?P<rate>[\d.]+|\?)\s*(?P<unit>it/s|s/it))?"
+)
+SELECTED = re.compile(r"Selected Tasks: \[(?P<tasks>[^\]]*)\]")
+POSTPROCESSED = re.compile(r"Postprocessed (?P<n>\d+) docs for (?P<task>[^/\s]+)")
+LOGURU_LEVEL = re.compile(r"\|\s*(?P<level>DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL)\s*\|")
+#: lmms-eval's API backends log this, then score a placeholder answer: a silent wrong.
+FAILED_REQUEST = re.compile(r"All \d+ attempts failed")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RESPONDING = "Model Responding"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(clock: str) -> float | None:
+    if "?" in clock:
+        return None
+    total = 0.0
+    for part in clock.split(":"):
+        total = total * 60 + float(part)
+    return total
+
+
+class Tracker:
+    """Thread-safe: the output readers feed it, the HTTP server reads snapshots."""
+
+    def __init__(self, tasks: list[str], keep_lines: int = 20) -> None:
+        self._lock = threading.Lock()
+        self._tasks = {t: TaskState(name=t) for t in tasks}
+        self._phase: RunnerPhase = "starting"
+        self._bars_done = 0  # samples of "Model Responding" bars that finished
+        self._bar_n = 0
+        self._bar_total = 0
+        self._rate: float | None = None
+        self._eta: float | None = None
+        self._started = _now()
+        self._updated = self._started
+        self._last = deque[str](maxlen=keep_lines)
+        self._reason: str | None = None
+        self._message: str | None = None
+        self.last_error: str | None = None
+        self.failed_requests = 0
+        self.changes = 0  # bumps on every state change (for tests and /metrics)
+        self._t0 = time.monotonic()
+
+    def feed(self, line: str) -> None:
+        line = ANSI.sub("", line).strip()
+        if not line:
+            return
+        with self._lock:
+            self._updated = _now()
+            self.changes += 1
+            bar = TQDM.search(line)
+            if bar:
+                self._on_bar(bar)
+                return
+            self._last.append(line[:500])
+            level = LOGURU_LEVEL.search(line)
+            if level and level.group("level") in ("ERROR", "CRITICAL"):
+                self.last_error = line.split(" - ", 1)[-1][:1000]
+                if FAILED_REQUEST.search(line):
+                    self.failed_requests += 1
+            elif line.startswith(
+                ("Traceback", "RuntimeError", "ValueError", "KeyError")
+            ) or re.match(r"^\w+(Error|Exception):", line):
+                self.last_error = line[:1000]
+            if self._phase == "starting" and level:
+                self._phase = "loading"
+            selected = SELECTED.search(line)
+            if selected:
+                for name in re.findall(r"'([^']+)'", selected.group("tasks")):
+                    self._tasks.setdefault(name, TaskState(name=name))
+            post = POSTPROCESSED.search(line)
+            if post:
+                self._phase = "postprocessing"
+                n = int(post.group("n"))
+                self._tasks[post.group("task")] = TaskState(
+                    name=post.group("task"), done=n, total=n
+                )
+
+    def _on_bar(self, bar: re.Match[str]) -> None:
+        desc = (bar.group("desc") or "").strip()
+        n, total = int(bar.group("n")), int(bar.group("total"))
+        if desc.startswith(RESPONDING):
+            if self._phase in ("starting", "loading"):
+                self._phase = "evaluating"
+            if n < self._bar_n and self._bar_n >= self._bar_total > 0:
+                self._bars_done += self._bar_total  # a new request type started
+            self._bar_n, self._bar_total = n, total
+            rate = bar.group("rate")
+            if rate and rate != "?":
+                value = float(rate)
+                self._rate = (
+                    value if bar.group("unit") == "it/s" else (1 / value if value else None)
+                )
+            self._eta = _seconds(bar.group("remaining"))
+        elif desc.startswith("Postprocessing"):
+            self._phase = "postprocessing"
+
+    def set_phase(
+        self, phase: RunnerPhase, reason: str | None = None, message: str | None = None
+    ) -> None:
+        with self._lock:
+            self._phase = phase
+            self._reason, self._message = reason, message
+            self._updated = _now()
+            self.changes += 1
+
+    @property
+    def phase(self) -> RunnerPhase:
+        with self._lock:
+            return self._phase
+
+    def snapshot(self) -> RunnerProgress:
+        with self._lock:
+            done = self._bars_done + self._bar_n
+            total = self._bars_done + self._bar_total
+            if self._phase in ("postprocessing", "uploading", "done"):
+                percent = 100.0
+            elif total:
+                percent = round(100.0 * done / total, 2)
+            else:
+                percent = 0.0
+            return RunnerProgress(
+                phase=self._phase,
+                percent=percent,
+                done=done,
+                total=total,
+                tasks=[t.model_copy() for t in self._tasks.values()],
+                samples_per_second=self._rate,
+                eta_seconds=self._eta,
+                started_at=self._started,
+                updated_at=self._updated,
+                reason=self._reason,
+                message=self._message,
+                last_lines=list(self._last),
+            )
