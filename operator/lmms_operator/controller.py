@@ -148,6 +148,14 @@ def _check_references(spec: EvalRunSpec, namespace: str) -> None:
             missing.append(
                 f"spec.customTasks[{i}].configMap: ConfigMap {source.config_map!r} not found"
             )
+    if spec.model.api_key is not None:
+        ref = spec.model.api_key.secret_key_ref
+        has = k8s.secret_has_key(namespace, ref.name, ref.key)
+        if not has:
+            missing.append(
+                f"spec.model.apiKey.secretKeyRef: Secret {ref.name!r} "
+                + ("not found" if has is None else f"has no key {ref.key!r}")
+            )
     if spec.hugging_face_token is not None:
         ref = spec.hugging_face_token.secret_key_ref
         has = k8s.secret_has_key(namespace, ref.name, ref.key)

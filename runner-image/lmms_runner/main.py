@@ -129,17 +129,36 @@ class Runner:
         self.child: subprocess.Popen[bytes] | None = None
         self.server: RunnerServer | None = None
         self.stopping = threading.Event()
+        self.include_paths = self._include_paths()
 
     def argv(self, tasks: list[str] | None = None, output: Path | None = None) -> list[str]:
         cache = str(self.state / "response-cache") if self.state else None
         return command.build(
             self.cfg,
             str(output or self.output),
-            self.args.include_path,
+            self.include_paths,
             cache,
             self.dist,
             tasks=tasks,
         )
+
+    def _include_paths(self) -> list[str]:
+        """lmms-eval takes one --include_path: several task directories (one per
+        custom-task ConfigMap, under $LMMS_TASKS_DIR) are copied into one."""
+        dirs = [Path(p) for p in (self.args.include_path or [])]
+        tasks_dir = Path(self.env.get("LMMS_TASKS_DIR", "/etc/lmms/tasks"))
+        for source in self.cfg.spec.custom_tasks:
+            path = tasks_dir / source.config_map
+            if not path.is_dir():
+                raise ConfigError(f"spec.customTasks: {path} is not mounted")
+            dirs.append(path)
+        if len(dirs) <= 1:
+            return [str(d) for d in dirs]
+        merged = Path(self.env.get("TMPDIR", "/tmp")) / "lmms-runner-tasks"
+        shutil.rmtree(merged, ignore_errors=True)
+        for i, d in enumerate(dirs):
+            shutil.copytree(d, merged / f"{i}-{d.name}")
+        return [str(merged)]
 
     def run(self) -> int:
         listen = _parse_listen(self.args.listen)
@@ -367,10 +386,6 @@ def parse_args(argv: list[str] | None, env: dict[str, str]) -> argparse.Namespac
     parser = argparse.ArgumentParser(prog="lmms-runner", description=__doc__.split("\n")[0])
     pod_ip = env.get("POD_IP")
     port = env.get("LMMS_RUNNER_PORT", "8080")
-    tasks_dir = Path(env.get("LMMS_TASKS_DIR", "/etc/lmms/tasks"))
-    default_includes = (
-        sorted(str(p) for p in tasks_dir.iterdir() if p.is_dir()) if tasks_dir.is_dir() else []
-    )
     parser.add_argument(
         "--config",
         default=env.get("LMMS_RUN_CONFIG"),
@@ -406,10 +421,7 @@ def parse_args(argv: list[str] | None, env: dict[str, str]) -> argparse.Namespac
     parser.add_argument(
         "--termination-log", default=env.get("LMMS_TERMINATION_LOG", TERMINATION_LOG)
     )
-    args = parser.parse_args(argv)
-    if args.include_path is None:
-        args.include_path = default_includes
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,6 +118,13 @@ CORPUS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("leaderboard-bad", {"leaderboard": "My Board"}, "spec.leaderboard"),
     ("suspend-not-bool", {"suspend": "maybe"}, "spec.suspend"),
+    (
+        "secret-in-model-args",
+        {"model": {"type": "openai", "args": {"api_key": "sk-abc"}}},
+        "spec.model.args.api_key",
+    ),
+    ("env-reserved", {"env": [{"name": "HF_TOKEN", "value": "hf_x"}]}, "spec.env[0].name"),
+    ("env-bad-name", {"env": [{"name": "1-X", "value": "y"}]}, "spec.env[0].name"),
 ]
 
 

@@ -15,6 +15,19 @@ from .base import DNS_LABEL, DNS_SUBDOMAIN, QUANTITY, ApiModel
 PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 
 
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the run's namespace."""
+
+    name: str = Field(description="Secret name.", max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(description="Key in the Secret.", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class SecretSource(ApiModel):
+    """Where a secret value comes from. It reaches the pod only through secretKeyRef."""
+
+    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the value.")
+
+
 class ModelSpec(ApiModel):
     """The model to evaluate."""
 
@@ -53,6 +66,12 @@ class ModelSpec(ApiModel):
                 }
             ],
         },
+    )
+    api_key: SecretSource | None = Field(
+        default=None,
+        description="API key of a model server (openai, litellm and other API backends), "
+        "given to the runner as OPENAI_API_KEY. Keys never belong in args, which are stored "
+        "in a ConfigMap.",
     )
 
 
@@ -192,19 +211,6 @@ class CacheSpec(ApiModel):
     )
 
 
-class SecretKeyRef(ApiModel):
-    """A key of a Secret in the run's namespace."""
-
-    name: str = Field(description="Secret name.", max_length=253, pattern=DNS_SUBDOMAIN)
-    key: str = Field(description="Key in the Secret.", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
-
-
-class SecretSource(ApiModel):
-    """Where a secret value comes from. It reaches the pod only through secretKeyRef."""
-
-    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the value.")
-
-
 class S3Output(ApiModel):
     """An S3-compatible object store for the full output."""
 
@@ -235,6 +241,15 @@ class OutputSpec(ApiModel):
     """Where results go besides the run's status and results ConfigMap."""
 
     s3: S3Output | None = Field(default=None, description="Upload the full output to S3.")
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the runner and lmms-eval (a plain value)."""
+
+    name: str = Field(
+        description="Variable name.", max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
+    value: str = Field(default="", description="Value.", max_length=32768)
 
 
 class EvalRunSpec(ApiModel):
@@ -273,6 +288,12 @@ class EvalRunSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute.")
     scheduling: SchedulingSpec = Field(
         default_factory=SchedulingSpec, description="Placement of the pods."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra environment variables, e.g. HF_HUB_OFFLINE or NCCL_DEBUG. Plain "
+        "values only: tokens belong in huggingFaceToken and output.s3.credentialsSecret.",
+        max_length=64,
     )
     image: str | None = Field(
         default=None,

@@ -153,9 +153,13 @@ def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Des
         {"name": "HOME", "value": "/tmp"},
         {"name": "TMPDIR", "value": "/tmp"},
     ]
+    env += [{"name": v.name, "value": v.value} for v in spec.env]
     if spec.cache is not None:
         # Resume state (finished results, lmms-eval's response cache) lives on the volume.
         env.append({"name": "LMMS_STATE_DIR", "value": f"{HF_HOME}/lmms-runner"})
+    if spec.model.api_key is not None:
+        ref = spec.model.api_key.secret_key_ref
+        env.append(_secret_env("OPENAI_API_KEY", ref.name, ref.key))
     if spec.hugging_face_token is not None:
         ref = spec.hugging_face_token.secret_key_ref
         env.append(_secret_env("HF_TOKEN", ref.name, ref.key))

@@ -6,6 +6,7 @@ names the field (``spec.tasks[1]``) and says why, with a suggestion where one ex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,15 @@ def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> lis
                     f"required: model type {model_type!r} has no preset, so name the checkpoint",
                 )
             )
+    for key in spec.model.args:
+        if SECRET_ARG.search(key):
+            problems.append(
+                Problem(
+                    f"spec.model.args.{key}",
+                    "looks like a secret; model args are stored in a ConfigMap: put the key in a "
+                    "Secret and reference it from spec.model.apiKey",
+                )
+            )
     custom = {t for source in spec.custom_tasks for t in source.tasks}
     known = cat.task_names | custom
     for i, task in enumerate(spec.tasks):
@@ -111,12 +121,39 @@ def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> lis
                 )
             )
         seen.add(source.config_map)
+    for i, var in enumerate(spec.env):
+        if var.name in RESERVED_ENV or var.name.startswith(RESERVED_ENV_PREFIXES):
+            problems.append(
+                Problem(
+                    f"spec.env[{i}].name",
+                    f"{var.name} is set by the operator and cannot be overridden",
+                )
+            )
     if spec.resources.nodes > 1 and spec.resources.gpus < 1:
         problems.append(
             Problem("spec.resources.gpus", "a multi-node run needs at least one GPU per node")
         )
     return problems
 
+
+#: Model arg names that hold secrets.
+SECRET_ARG = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+
+#: Variables the operator sets on the runner (secrets among them).
+RESERVED_ENV = frozenset(
+    {
+        "POD_IP",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "HF_HOME",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HOME",
+        "TMPDIR",
+        "PATH",
+    }
+)
+RESERVED_ENV_PREFIXES = ("LMMS_", "AWS_")
 
 #: Backends that talk to a server or need no checkpoint.
 NO_PRETRAINED = frozenset(

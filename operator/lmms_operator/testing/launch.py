@@ -40,8 +40,26 @@ def bind(source: str, target: str, read_only: bool, is_dir: bool) -> None:
         _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
 
+def _protected() -> list[str]:
+    """Paths this machine's own environment lives in: a pod volume must not hide them
+    (a pod's /tmp emptyDir over a checkout under /tmp would hide the Python it runs)."""
+    here = Path(__file__).resolve()
+    return [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, str(here.parents[2]))]
+
+
 def main() -> None:
     plan = json.loads(Path(sys.argv[1]).read_text())
+    protected = _protected()
+    kept = []
+    for m in plan["mounts"]:
+        target = os.path.realpath(m["target"]).rstrip("/") + "/"
+        if any((p.rstrip("/") + "/").startswith(target) for p in protected):
+            print(
+                f"executor: not mounting {m['target']}: it would hide {protected}", file=sys.stderr
+            )
+            continue
+        kept.append(m)
+    plan["mounts"] = kept
     # Hold every source open first: a mount over /tmp would otherwise hide sources that
     # live under /tmp from the mounts after it.
     held = []

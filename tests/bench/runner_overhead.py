@@ -1,0 +1,160 @@
+"""Benchmark: the same evaluation through `lmms-runner` and through plain lmms-eval.
+
+Both run the real lmms-eval 0.7.3 on a local task against a local OpenAI-compatible
+server whose per-request delay makes the evaluation last a few minutes, alternately,
+``--repeats`` times each. Writes the wall-time ratio to docs/benchmarks.md.
+
+    python tests/bench/runner_overhead.py [--samples 400] [--delay 0.35] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures import colortask  # noqa: E402
+
+DOC = REPO / "docs" / "benchmarks.md"
+SECTION = "## Runner overhead"
+
+
+def run(argv: list[str], env: dict[str, str]) -> float:
+    start = time.monotonic()
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:4]} failed ({proc.returncode}): {proc.stderr[-2000:]!r}")
+    return elapsed
+
+
+def write_section(text: str) -> None:
+    DOC.parent.mkdir(exist_ok=True)
+    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if SECTION in current:
+        head, _, rest = current.partition(SECTION)
+        tail = rest.split("\n## ", 1)
+        current = head + text + ("\n## " + tail[1] if len(tail) > 1 else "")
+    else:
+        current = current.rstrip() + "\n\n" + text
+    DOC.write_text(current)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--delay", type=float, default=0.35)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="lmms-bench-"))
+    tasks = colortask.write(tmp / "tasks", "colors", samples=args.samples)
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests/fixtures/openai_server.py"), "--delay", str(args.delay)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    url = f"http://127.0.0.1:{json.loads(server.stdout.readline())['port']}/v1"
+    margs = {
+        "model_version": "local",
+        "base_url": url,
+        "api_key": "sk-bench",
+        "num_concurrent": "1",
+    }
+    config = tmp / "evalrun.json"
+    config.write_text(
+        json.dumps(
+            {
+                "kind": "EvalRun",
+                "metadata": {"name": "bench"},
+                "spec": {"model": {"type": "openai", "args": margs}, "tasks": ["colors"]},
+            }
+        )
+    )
+    env = dict(os.environ, HF_HOME=str(tmp / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    plain = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "openai",
+        "--model_args",
+        ",".join(f"{k}={v}" for k, v in margs.items()),
+        "--tasks",
+        "colors",
+        "--include_path",
+        str(tasks),
+        "--batch_size",
+        "1",
+        "--seed",
+        "1234",
+        "--timezone",
+        "UTC",
+        "--verbosity",
+        "INFO",
+    ]
+    times: dict[str, list[float]] = {"lmms-eval": [], "lmms-runner": []}
+    try:
+        for i in range(args.repeats):
+            times["lmms-eval"].append(run([*plain, "--output_path", str(tmp / f"plain{i}")], env))
+            runner = [
+                sys.executable,
+                "-m",
+                "lmms_runner",
+                "--config",
+                str(config),
+                "--include-path",
+                str(tasks),
+                "--output",
+                str(tmp / f"runner{i}"),
+                "--listen",
+                "127.0.0.1:0",
+                "--hold-timeout",
+                "0",
+                "--termination-log",
+                str(tmp / "term"),
+            ]
+            times["lmms-runner"].append(run(runner, env))
+            print(
+                f"round {i + 1}: plain {times['lmms-eval'][-1]:.1f}s, "
+                f"runner {times['lmms-runner'][-1]:.1f}s",
+                flush=True,
+            )
+    finally:
+        server.terminate()
+    plain_s = statistics.median(times["lmms-eval"])
+    runner_s = statistics.median(times["lmms-runner"])
+    ratio = runner_s / plain_s
+    text = (
+        f"{SECTION}\n\n"
+        f"`python tests/bench/runner_overhead.py --samples {args.samples} --delay {args.delay} "
+        f"--repeats {args.repeats}` on {os.cpu_count()} CPU cores, "
+        f"{time.strftime('%Y-%m-%d')}: the same evaluation ({args.samples} samples of a local "
+        f"task, a local OpenAI-compatible model answering in {args.delay}s) through plain "
+        "lmms-eval and through `lmms-runner` (which serves /progress and /metrics, parses "
+        "every output line, redacts secrets and checks the results), alternately.\n\n"
+        "| | median wall time | runs |\n|---|---:|---|\n"
+        f"| plain `python -m lmms_eval` | {plain_s:.1f} s | "
+        f"{', '.join(f'{t:.1f}' for t in times['lmms-eval'])} |\n"
+        f"| `lmms-runner` | {runner_s:.1f} s | "
+        f"{', '.join(f'{t:.1f}' for t in times['lmms-runner'])} |\n\n"
+        f"**Ratio runner / plain: {ratio:.3f}** (target: at most 1.02). Without a cache volume "
+        "the runner starts lmms-eval once; with one it starts it once per task (to resume "
+        "task by task), which adds lmms-eval's start-up (10-25 s) per extra task.\n"
+    )
+    write_section(text)
+    print(text)
+    return 0 if ratio <= 1.02 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""An EvalRun through the real operator, the real Job controller and scheduler, the
+process executor and the real runner running real lmms-eval 0.7.3 (offline)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests import evalruns as er
+from tests.e2e.test_runner import ModelServer
+from tests.fixtures import colortask
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator_process")]
+
+TASK_DIR = "/etc/lmms/tasks/colors-task"
+
+
+@pytest.fixture()
+def model_server() -> Iterator[ModelServer]:
+    server = ModelServer(delay=0.05, wrong_every=5)
+    yield server
+    server.stop()
+
+
+def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
+    api: client.ApiClient, namespace: str, model_server: ModelServer
+) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="colors-task"),
+            data=colortask.files("colors", samples=10, data_dir=TASK_DIR),
+        ),
+    )
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="hf"),
+            string_data={"token": "hf_e2eSECRETe2eSECRETe2e"},
+        ),
+    )
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="model-key"),
+            string_data={"key": "sk-e2e-0123456789abcdef"},
+        ),
+    )
+    spec: dict[str, Any] = {
+        "model": {
+            "type": "openai",
+            "args": {
+                "model_version": "local",
+                "base_url": model_server.url,
+                "num_concurrent": "1",
+            },
+            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
+        },
+        "tasks": [],
+        "customTasks": [{"configMap": "colors-task", "tasks": ["colors"]}],
+        "huggingFaceToken": {"secretKeyRef": {"name": "hf", "key": "token"}},
+        "env": [
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+        ],
+        "resources": {"gpus": 1},
+        "scheduling": er.EXECUTOR,
+    }
+    body = er.manifest("colors-e2e", **spec)
+    body["spec"]["tasks"] = []
+    er.create(api, namespace, body)
+    er.wait_phase(api, namespace, "colors-e2e", "Running", timeout=120)
+    run = er.wait_phase(api, namespace, "colors-e2e", "Succeeded", timeout=300)
+    assert model_server.requests() == 10
+    (pod,) = core.list_namespaced_pod(
+        namespace, label_selector=f"job-name={run['status']['jobName']}"
+    ).items
+    term = pod.status.container_statuses[0].state.terminated
+    assert term.exit_code == 0
+    summary = json.loads(term.message)
+    assert summary["ok"] is True
+    assert summary["tasks"]["colors"]["exact_match"] == pytest.approx(0.8)  # 2 of 10 wrong
+    for secret in ("hf_e2eSECRETe2eSECRETe2e", "sk-e2e-0123456789abcdef"):
+        assert secret not in term.message
+        assert secret not in json.dumps(run["status"])
+    config_maps = core.list_namespaced_config_map(
+        namespace, label_selector="app.kubernetes.io/managed-by=lmms-operator"
+    ).items
+    for cm in config_maps:
+        for secret in ("hf_e2eSECRETe2eSECRETe2e", "sk-e2e-0123456789abcdef"):
+            assert secret not in json.dumps(cm.data)

@@ -1,0 +1,57 @@
+"""The Dockerfile and the Job agree: every path and command they refer to exists.
+
+No container runtime exists here, so the image is checked by reading it."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from lmms_operator.config import Settings
+from lmms_operator.reconcile import job as jobs
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "runner-image" / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def final_stage() -> str:
+    return DOCKERFILE.rsplit("\nFROM ", 1)[1]
+
+
+def test_entrypoint_is_the_runner_command() -> None:
+    assert 'ENTRYPOINT ["lmms-runner"]' in final_stage()
+    assert PYPROJECT["project"]["scripts"]["lmms-runner"] == "lmms_runner.main:main"
+    assert Settings().runner_command == ("lmms-runner",)
+
+
+def test_non_root_user_matches_the_job() -> None:
+    user = re.search(r"^USER (\d+):(\d+)$", final_stage(), re.M)
+    assert user is not None
+    assert int(user.group(1)) == int(user.group(2)) == Settings().runner_uid != 0
+
+
+def test_paths_the_job_mounts_exist_in_the_image() -> None:
+    stage = final_stage()
+    for path in (jobs.CONFIG_DIR, jobs.TASKS_DIR, jobs.HF_HOME, jobs.OUTPUT_DIR):
+        assert path in stage, f"{path} is not created in the image"
+    assert f"LMMS_RUN_CONFIG={jobs.CONFIG_FILE}" in stage
+    assert f"HF_HOME={jobs.HF_HOME}" in stage
+    volume = re.search(r"^VOLUME \[(.*)\]$", stage, re.M)
+    assert volume is not None and '"/tmp"' in volume.group(1)  # read-only root filesystem
+
+
+def test_versions_are_pinned_and_no_compiler_ships() -> None:
+    assert '"lmms-eval==0.7.3"' in DOCKERFILE and '"filelock<4"' in DOCKERFILE
+    assert re.search(r'"torch==[\d.]+" "torchvision==[\d.]+"', DOCKERFILE)
+    assert "build-essential" not in final_stage()
+    runner_extra = PYPROJECT["project"]["optional-dependencies"]["runner"]
+    assert "lmms-eval==0.7.3" in runner_extra and "filelock<4" in runner_extra
+
+
+def test_copied_sources_exist() -> None:
+    for line in DOCKERFILE.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for src in line.split()[1:-1]:
+                assert (REPO / src).exists(), src
