@@ -426,18 +426,15 @@ def parse_args(argv: list[str] | None, env: dict[str, str]) -> argparse.Namespac
 
 def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
+    args = parse_args(argv, env)  # usage errors exit 2 too (argparse)
     try:
-        args = parse_args(argv, env)
         if not args.config:
             raise ConfigError("no configuration: pass --config or set LMMS_RUN_CONFIG")
         cfg = load(Path(args.config))
         runner = Runner(cfg, args, env)
     except ConfigError as exc:
         _log(f"configuration error: {exc}")
-        _write_termination(
-            env.get("LMMS_TERMINATION_LOG", TERMINATION_LOG),
-            results.failure_message("ConfigError", str(exc)),
-        )
+        _write_termination(args.termination_log, results.failure_message("ConfigError", str(exc)))
         return EXIT_CONFIG_ERROR
 
     def on_signal(signum: int, _frame: object) -> None:

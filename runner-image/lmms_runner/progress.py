@@ -20,6 +20,7 @@ POSTPROCESSED = re.compile(r"Postprocessed (?P<n>\d+) docs for (?P<task>[^/\s]+)
 LOGURU_LEVEL = re.compile(r"\|\s*(?P<level>DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL)\s*\|")
 #: lmms-eval's API backends log this, then score a placeholder answer: a silent wrong.
 FAILED_REQUEST = re.compile(r"All \d+ attempts failed")
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|NotFound)\b.*:")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RESPONDING = "Model Responding"
 
@@ -76,9 +77,8 @@ class Tracker:
                 self.last_error = line.split(" - ", 1)[-1][:1000]
                 if FAILED_REQUEST.search(line):
                     self.failed_requests += 1
-            elif line.startswith(
-                ("Traceback", "RuntimeError", "ValueError", "KeyError")
-            ) or re.match(r"^\w+(Error|Exception):", line):
+            elif EXCEPTION_LINE.match(line):
+                # The last line of a traceback says what went wrong; "Traceback" does not.
                 self.last_error = line[:1000]
             if self._phase == "starting" and level:
                 self._phase = "loading"

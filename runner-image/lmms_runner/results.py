@@ -119,42 +119,32 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def termination_message(summary: ResultsSummary, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-    """At most ``limit`` bytes of JSON: every task's primary metric first, then the rest
-    while they fit; ``truncated`` says when something was left out."""
-    tasks: dict[str, dict[str, float | None]] = {}
+    """At most ``limit`` bytes of JSON: every task's primary metric first (the first key
+    of each task), then the other metrics while they fit; ``truncated`` says when
+    something was left out."""
+    primaries: dict[str, dict[str, float | None]] = {}
     for t in summary.tasks:
         primary = next((m for m in t.metrics if m.name == t.primary), None)
-        tasks[t.task] = {primary.name: primary.value} if primary else {}
-    doc: dict[str, Any] = {
-        "v": 1,
-        "ok": True,
-        "primary": {t.task: t.primary for t in summary.tasks},
-        "tasks": tasks,
-        "truncated": False,
-    }
+        primaries[t.task] = {primary.name: primary.value} if primary else {}
+    doc: dict[str, Any] = {"v": 1, "ok": True, "truncated": False, "tasks": {}}
     if summary.s3_location:
         doc["s3"] = summary.s3_location
 
-    def size(d: dict[str, Any]) -> int:
-        return len(json.dumps(d, separators=(",", ":")).encode())
+    def fits() -> bool:
+        return len(json.dumps(doc, separators=(",", ":")).encode()) <= limit
 
-    if size(doc) > limit:
-        doc["tasks"] = {}
-        doc["truncated"] = True
-        for name, values in tasks.items():
-            doc["tasks"][name] = values
-            if size(doc) > limit:
-                del doc["tasks"][name]
-                break
-        while size(doc) > limit and doc["primary"]:
-            doc["primary"].popitem()
-        return json.dumps(doc, separators=(",", ":"))
+    for name, values in primaries.items():
+        doc["tasks"][name] = values
+        if not fits():
+            del doc["tasks"][name]
+            doc["truncated"] = True
+            return json.dumps(doc, separators=(",", ":"))
     for t in summary.tasks:
         for m in t.metrics:
             if m.name == t.primary or m.value is None:
                 continue
             doc["tasks"][t.task][m.name] = m.value
-            if size(doc) > limit:
+            if not fits():
                 del doc["tasks"][t.task][m.name]
                 doc["truncated"] = True
     return json.dumps(doc, separators=(",", ":"))

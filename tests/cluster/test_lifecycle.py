@@ -305,6 +305,7 @@ def test_a_missing_custom_task_configmap_waits_then_runs(
     body = er.manifest(
         "custom",
         er.EXECUTOR,
+        model=scripted(sleep="1"),
         tasks=[],
         customTasks=[{"configMap": "my-task", "tasks": ["my_task"]}],
     )

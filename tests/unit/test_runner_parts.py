@@ -1,0 +1,182 @@
+"""The runner's pure parts: the lmms-eval command, results parsing, the termination
+message, progress parsing and redaction."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmms_operator.api.runner import Provenance
+from lmms_runner import command, results
+from lmms_runner.config import from_document
+from lmms_runner.progress import Tracker
+from lmms_runner.redact import Redactor
+
+PROV = Provenance(model="qwen2_vl", config_hash="abc")
+
+
+def cfg(**spec: Any) -> Any:
+    base: dict[str, Any] = {"model": {"type": "qwen2_vl"}, "tasks": ["mme", "textvqa_val"]}
+    base.update(spec)
+    return from_document({"kind": "EvalRun", "metadata": {"name": "r"}, "spec": base})
+
+
+def test_command_is_an_argument_list_with_every_setting() -> None:
+    c = cfg(
+        model={"type": "qwen2_vl", "revision": "v1", "args": {"max_pixels": "1003520"}},
+        evaluation={
+            "batchSize": 4,
+            "limit": 10,
+            "numFewshot": 0,
+            "seed": 7,
+            "logSamples": True,
+            "generation": {"temperature": 0, "maxNewTokens": 64},
+        },
+    )
+    argv = command.build(c, "/out", ["/tasks"], cache_file="/cache")
+    assert argv[1:3] == ["-m", "lmms_eval"]
+    joined = " ".join(argv)
+    assert "--model qwen2_vl" in joined
+    assert (
+        "--model_args pretrained=Qwen/Qwen2-VL-7B-Instruct,revision=v1,max_pixels=1003520" in joined
+    )
+    assert "--tasks mme,textvqa_val" in joined and "--include_path /tasks" in joined
+    assert "--batch_size 4" in joined and "--limit 10" in joined and "--num_fewshot 0" in joined
+    assert "--seed 7" in joined and "--log_samples" in joined and "--use_cache /cache" in joined
+    assert "--gen_kwargs temperature=0.0,max_new_tokens=64" in joined
+    assert argv[-4:] == ["--timezone", "UTC", "--verbosity", "INFO"] or "--timezone UTC" in joined
+
+
+def test_launchers_for_gpus_and_nodes() -> None:
+    c = cfg()
+    multi = command.build(c, "/o", dist=command.Distributed(gpus=4))
+    assert multi[1:8] == [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "4",
+        "--num_machines",
+        "1",
+    ]
+    nodes = command.build(
+        c, "/o", dist=command.Distributed(gpus=8, nodes=2, node_rank=1, master_addr="j-0.j-rdzv")
+    )
+    assert nodes[1:3] == ["-m", "torch.distributed.run"]
+    assert (
+        "--nnodes=2" in nodes and "--node_rank=1" in nodes and "--master_addr=j-0.j-rdzv" in nodes
+    )
+    env = command.child_env(
+        {"RANK": "3", "WORLD_SIZE": "8", "MASTER_ADDR": "x", "KEEP": "1", "LMMS_RUNNER_TOKEN": "t"},
+        command.Distributed(gpus=4),
+    )
+    assert env.get("KEEP") == "1" and not {"RANK", "WORLD_SIZE", "MASTER_ADDR"} & set(env)
+    assert "LMMS_RUNNER_TOKEN" not in env
+
+
+RESULTS: dict[str, Any] = {
+    "results": {
+        "mme": {
+            "alias": "mme",
+            "mme_cognition_score,none": 320.5,
+            "mme_cognition_score_stderr,none": "N/A",
+            "mme_perception_score,none": 1450.2,
+        },
+        "wer_task": {
+            "alias": "wer_task",
+            "wer,none": 0.12,
+            "wer_stderr,none": 0.01,
+            "per_class,none": [0.1, 0.2],
+        },
+        "grp": {"alias": "grp", "acc,none": 0.5},
+    },
+    "higher_is_better": {
+        "mme": {"mme_perception_score": True, "mme_cognition_score": True},
+        "wer_task": {"wer": False},
+    },
+    "group_subtasks": {"grp": ["a", "b"], "mme": []},
+    "n-samples": {"mme": {"original": 2374, "effective": 100}},
+}
+
+
+def test_results_are_parsed_with_direction_and_odd_values() -> None:
+    summary = results.parse(RESULTS, PROV)
+    by = {t.task: t for t in summary.tasks}
+    assert by["mme"].primary == "mme_perception_score"  # the order of higher_is_better
+    assert by["mme"].samples == 100
+    cog = next(m for m in by["mme"].metrics if m.name == "mme_cognition_score")
+    assert cog.value == 320.5 and cog.stderr is None  # "N/A" stderr copes
+    wer = {m.name: m for m in by["wer_task"].metrics}
+    assert wer["wer"].higher_is_better is False and wer["wer"].stderr == 0.01
+    assert wer["per_class"].value is None and wer["per_class"].raw == "[0.1, 0.2]"
+    assert by["grp"].group is True and by["mme"].group is False
+
+
+def test_missing_tasks_are_found() -> None:
+    assert results.missing_tasks(RESULTS, ["mme", "grp", "nope"]) == ["nope"]
+    assert results.missing_tasks(RESULTS, ["some_tag"], tags=["some_tag"]) == []
+
+
+def test_termination_message_fits_and_says_when_it_truncated() -> None:
+    small = json.loads(results.termination_message(results.parse(RESULTS, PROV)))
+    assert small["ok"] is True and small["truncated"] is False
+    assert next(iter(small["tasks"]["mme"])) == "mme_perception_score"
+    many = {
+        "results": {
+            f"task_{i:04d}": {"acc,none": i / 1000, "f1,none": 0.5, "bleu,none": 0.1}
+            for i in range(400)
+        }
+    }
+    text = results.termination_message(results.parse(many, PROV))
+    assert len(text.encode()) <= 4096
+    doc = json.loads(text)
+    assert doc["truncated"] is True and doc["tasks"]
+
+
+def test_combining_per_task_results() -> None:
+    a = {
+        "results": {"x": {"acc,none": 1.0}},
+        "higher_is_better": {"x": {"acc": True}},
+        "total_evaluation_time_seconds": "2.5",
+    }
+    b = {
+        "results": {"y": {"acc,none": 0.0}},
+        "higher_is_better": {"y": {"acc": True}},
+        "total_evaluation_time_seconds": "1.5",
+    }
+    c = results.combine([a, b])
+    assert set(c["results"]) == {"x", "y"} and c["total_evaluation_time_seconds"] == 4.0
+
+
+def test_progress_from_lmms_eval_output() -> None:
+    t = Tracker(["colors"])
+    t.feed(
+        "2026-11-27 07:19:24 | INFO     | lmms_eval.__main__:cli:731 - Selected Tasks: ['colors']"
+    )
+    assert t.snapshot().phase == "loading"
+    t.feed("Model Responding:  50%|█████     | 9/18 [00:02<00:02,  3.22it/s, tokens=18]")
+    snap = t.snapshot()
+    assert (snap.phase, snap.done, snap.total, snap.percent) == ("evaluating", 9, 18, 50.0)
+    assert snap.samples_per_second == 3.22 and snap.eta_seconds == 2
+    t.feed(
+        "2026-11-27 | INFO | lmms_eval.evaluator:evaluate:1399 - Postprocessed 18 docs for "
+        "colors/none with 4 worker(s) in 0.00s"
+    )
+    snap = t.snapshot()
+    assert snap.phase == "postprocessing" and snap.percent == 100
+    assert snap.tasks[0].done == snap.tasks[0].total == 18
+    t.feed("2026-11-27 | ERROR | lmms_eval.models:x:140 - All 5 attempts failed. Last error: boom")
+    assert t.failed_requests == 1 and "All 5 attempts failed" in (t.last_error or "")
+
+
+def test_redaction() -> None:
+    r = Redactor.from_environment(
+        {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwx", "OTHER": "visible"},
+        {"api_key": "secret-value-1", "max_pixels": "1003520"},
+    )
+    text = r(
+        "token hf_abcdefghijklmnopqrstuvwx key secret-value-1 px 1003520 visible sk-"
+        "ABCDEFGHIJKLMNOPQRST"
+    )
+    assert "hf_abc" not in text and "secret-value-1" not in text and "sk-ABC" not in text
+    assert "1003520" in text and "visible" in text
