@@ -21,8 +21,8 @@ TEST_SETTINGS = {
     "LMMS_UNSCHEDULABLE_TIMEOUT": "4",
     "LMMS_IMAGE_PULL_TIMEOUT": "4",
     "LMMS_RESYNC_INTERVAL": "1",
-    # The operator does not collect results from the runner yet: let it exit when done.
-    "LMMS_HOLD_TIMEOUT": "0",
+    "LMMS_SCRAPE_INTERVAL": "1",
+    "LMMS_HOLD_TIMEOUT": "120",
 }
 
 

@@ -13,6 +13,8 @@
 | LMMS_DEFAULT_SHM               | 8Gi                              | /dev/shm size for multi-GPU pods      |
 | LMMS_RUNNER_UID                | 1000                             | uid and gid of the runner             |
 | LMMS_HOLD_TIMEOUT              | 600                              | s a runner serves results until acked |
+| LMMS_SCRAPE_TIMEOUT            | 3                                | s before a runner scrape gives up     |
+| LMMS_SCRAPE_CONCURRENCY        | 32                               | runners scraped at once, at most      |
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Settings:
     default_shm: str = "8Gi"
     runner_uid: int = 1000
     hold_timeout: float = 600.0
+    scrape_timeout: float = 3.0
+    scrape_concurrency: int = 32
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -72,4 +76,6 @@ class Settings:
             default_shm=os.environ.get("LMMS_DEFAULT_SHM") or d.default_shm,
             runner_uid=_int("LMMS_RUNNER_UID", d.runner_uid),
             hold_timeout=_float("LMMS_HOLD_TIMEOUT", d.hold_timeout),
+            scrape_timeout=_float("LMMS_SCRAPE_TIMEOUT", d.scrape_timeout),
+            scrape_concurrency=_int("LMMS_SCRAPE_CONCURRENCY", d.scrape_concurrency),
         )

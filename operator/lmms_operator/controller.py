@@ -16,9 +16,11 @@ from kubernetes.client.rest import ApiException
 
 from . import k8s
 from .api import EvalRunSpec
+from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
 from .reconcile import job as jobs
 from .reconcile import reasons as R
+from .reconcile import results as res
 from .reconcile import status as st
 from .reconcile.validate import InvalidSpec, Problem, validate
 
@@ -332,6 +334,8 @@ def observe(
         settings,
     )
     fields = _write(body, status, ob, generation, status.get("specHash"), job_name)
+    if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
+        fields.update(publish_results(body, status, None, _termination_message(pods)))
     stop = None
     if ob.stop_job:
         # A run that failed before it started must not hold its GPUs any longer. The
@@ -345,3 +349,120 @@ def stop_children(body: Mapping[str, Any], selector: str, reason: str) -> None:
     namespace = body["metadata"]["namespace"]
     if k8s.delete_run_children(namespace, selector):
         k8s.event(body, "Normal", R.JOB_STOPPED, f"deleted the Job of the run: {reason}")
+
+
+# -- progress and results from the runner -------------------------------------------------
+def progress_fields(status: Mapping[str, Any], progress: RunnerProgress) -> dict[str, Any]:
+    """status.progress and the Progress column, when they changed (lastUpdate aside)."""
+    percent = round(progress.percent, 1)
+    new = {
+        "percent": percent,
+        "tasks": [{"name": t.name, "done": t.done, "total": t.total} for t in progress.tasks],
+        "samplesPerSecond": round(progress.samples_per_second, 3)
+        if progress.samples_per_second is not None
+        else None,
+        "etaSeconds": round(progress.eta_seconds) if progress.eta_seconds is not None else None,
+        "phase": progress.phase,
+    }
+    new = {k: v for k, v in new.items() if v is not None}
+    old = dict(status.get("progress") or {})
+    old.pop("lastUpdate", None)
+    if old == new:
+        return {}
+    new["lastUpdate"] = st.fmt_time(_now())
+    return {"progress": new, "summary": f"{percent:.0f}%"}
+
+
+def reachability_fields(
+    body: Mapping[str, Any], status: Mapping[str, Any], reachable: bool, message: str
+) -> dict[str, Any]:
+    """The RunnerReachable condition (and an Event when it changes); never fails a run."""
+    conditions = list(status.get("conditions") or [])
+    current = next((c for c in conditions if c.get("type") == "RunnerReachable"), None)
+    wanted = "True" if reachable else "False"
+    if current is not None and current.get("status") == wanted:
+        return {}
+    if current is None and reachable:
+        return {}
+    generation = int(body["metadata"].get("generation") or 1)
+    cond = {
+        "type": "RunnerReachable",
+        "status": wanted,
+        "reason": "Scraped" if reachable else "ScrapeFailed",
+        "message": message[:1000],
+        "lastTransitionTime": st.fmt_time(_now()),
+        "observedGeneration": generation,
+    }
+    others = [c for c in conditions if c.get("type") != "RunnerReachable"]
+    k8s.event(
+        body,
+        "Normal" if reachable else "Warning",
+        "RunnerReachable" if reachable else "RunnerUnreachable",
+        message,
+    )
+    return {"conditions": [*others, cond]}
+
+
+def publish_results(
+    body: Mapping[str, Any],
+    status: Mapping[str, Any],
+    summary: ResultsSummary | None,
+    termination: str | None,
+) -> dict[str, Any]:
+    """Writes the results ConfigMap (owned by the run) and returns the status fields.
+    Idempotent: a ConfigMap that exists already is the one published before."""
+    if status.get("resultsConfigMap"):
+        return {}
+    if summary is not None:
+        primaries = res.primary_results(summary)
+        source = "runner"
+        summary_json = summary.model_dump_json(by_alias=True, indent=1)
+    else:
+        primaries = res.from_termination_message(termination) or []
+        source = "termination-message"
+        summary_json = None
+        if not primaries:
+            return {}
+    meta = body["metadata"]
+    job_name = status.get("jobName") or meta["name"]
+    name = f"{job_name}-results"
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": {
+                jobs.LABEL_MANAGED_BY: jobs.MANAGED_BY,
+                f"{jobs.LABEL_PREFIX}/results-of": meta["uid"],
+            },
+            "ownerReferences": [
+                jobs.RunRef(meta["name"], meta["namespace"], meta["uid"]).owner_reference()
+            ],
+        },
+        "data": res.config_map_data(summary_json, primaries, source),
+    }
+    k8s.create(cm)
+    fields: dict[str, Any] = {"results": primaries, "resultsConfigMap": name}
+    if summary is not None and summary.s3_location:
+        fields["resultsLocation"] = summary.s3_location
+    k8s.event(
+        body,
+        "Normal",
+        R.RESULTS_COLLECTED,
+        f"results of {len(primaries)} task(s) in ConfigMap {name} (from the {source})",
+    )
+    return fields
+
+
+def _termination_message(pods: list[dict[str, Any]]) -> str | None:
+    for pod in sorted(
+        pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True
+    ):
+        if (pod.get("status") or {}).get("phase") != "Succeeded":
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("message"):
+                return str(term["message"])
+    return None

@@ -4,6 +4,7 @@ process executor and the real runner running real lmms-eval 0.7.3 (offline)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ TASK_DIR = "/etc/lmms/tasks/colors-task"
 
 @pytest.fixture()
 def model_server() -> Iterator[ModelServer]:
-    server = ModelServer(delay=0.05, wrong_every=5)
+    server = ModelServer(delay=0.4, wrong_every=5)
     yield server
     server.stop()
 
@@ -75,8 +76,32 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     body["spec"]["tasks"] = []
     er.create(api, namespace, body)
     er.wait_phase(api, namespace, "colors-e2e", "Running", timeout=120)
-    run = er.wait_phase(api, namespace, "colors-e2e", "Succeeded", timeout=300)
+    # The operator scrapes the runner: status.progress rises through intermediate values.
+    seen: list[float] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        run = er.get(api, namespace, "colors-e2e")
+        status = run.get("status") or {}
+        if status.get("progress"):
+            seen.append(status["progress"]["percent"])
+        if status.get("phase") in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.3)
+    assert status["phase"] == "Succeeded", status
+    assert any(0 < p < 100 for p in seen), seen
+    assert seen == sorted(seen)
+    assert status["summary"] == "100%"
     assert model_server.requests() == 10
+    # Results: in status (primary metric per task) and in a ConfigMap owned by the run.
+    (result,) = status["results"]
+    assert (result["task"], result["metric"]) == ("colors", "exact_match")
+    assert result["value"] == pytest.approx(0.8) and result["higherIsBetter"] is True
+    cm = core.read_namespaced_config_map(status["resultsConfigMap"], namespace)
+    assert cm.metadata.owner_references[0].uid == run["metadata"]["uid"]
+    assert cm.data["source"] == "runner"
+    full = json.loads(cm.data["results.json"])
+    assert full["provenance"]["lmmsEvalVersion"] == "0.7.3"
+    assert "ResultsCollected" in er.event_reasons(api, namespace, "colors-e2e")
     (pod,) = core.list_namespaced_pod(
         namespace, label_selector=f"job-name={run['status']['jobName']}"
     ).items

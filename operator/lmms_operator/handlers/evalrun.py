@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import threading
@@ -12,9 +13,11 @@ import kopf
 
 from .. import controller, k8s
 from ..api import GROUP, VERSION
+from ..api.runner import ResultsSummary, RunnerProgress
 from ..config import Settings
 from ..reconcile import job as jobs
 from ..reconcile import status as st
+from ..scrape import ScrapeError, Scraper
 
 log = logging.getLogger("lmms.handlers")
 
@@ -166,3 +169,116 @@ def evalrun_event(type: str | None, uid: str, **_: Any) -> None:
         with _written_lock:
             _written.pop(uid, None)
             _run_locks.pop(uid, None)
+
+
+# -- progress and results from the runner --------------------------------------------------
+_scraper: Scraper | None = None
+_tokens: dict[str, str] = {}
+
+
+def _scraper_instance() -> Scraper:
+    global _scraper
+    if _scraper is None:
+        _scraper = Scraper(SETTINGS)
+    return _scraper
+
+
+def _running(status: Mapping[str, Any], **_: Any) -> bool:
+    return status.get("phase") == "Running" and not status.get("resultsConfigMap")
+
+
+def _runner_pod(uid: str, job_name: str, indexes: Mapping[str, Any]) -> dict[str, Any] | None:
+    for pod in list(indexes["pods_by_run"].get(uid, [])):
+        labels = pod["metadata"].get("labels", {})
+        status = pod.get("status") or {}
+        if (
+            labels.get("job-name") == job_name
+            and status.get("phase") == "Running"
+            and status.get("podIP")
+        ):
+            return dict(pod)
+    return None
+
+
+def _update(uid: str, runs: kopf.Index[str, Any], compute: Any) -> None:
+    """Runs ``compute(run, status) -> fields`` under the run's lock and writes the result."""
+    with _run_lock(uid):
+        found = list(runs.get(uid, []))
+        if not found:
+            return
+        run = _with_written(found[0])
+        if run.get("_stale"):
+            return
+        _write_status(run, compute(run, run.get("status") or {}))
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "evalruns",
+    interval=SETTINGS.scrape_interval,
+    initial_delay=SETTINGS.scrape_interval,
+    when=_running,
+)
+async def evalrun_scrape(uid: str, status: kopf.Status, **kwargs: Any) -> None:
+    """Pulls /progress into status.progress; once the runner is done, pulls /results,
+    publishes them and acknowledges, so that the runner exits."""
+    runs = kwargs["evalruns_by_uid"]
+    job_name = status.get("jobName")
+    if not job_name:
+        return
+    pod = _runner_pod(uid, job_name, kwargs)
+    if pod is None:
+        return
+    base = f"http://{pod['status']['podIP']}:{SETTINGS.runner_port}"
+    scraper = _scraper_instance()
+    try:
+        progress = RunnerProgress.model_validate(await scraper.request("GET", f"{base}/progress"))
+    except (ScrapeError, ValueError) as exc:
+        message = f"cannot scrape the runner of pod {pod['metadata']['name']}: {exc}"
+        await asyncio.to_thread(
+            _update,
+            uid,
+            runs,
+            lambda run, st_: controller.reachability_fields(run, st_, False, message),
+        )
+        return
+    await asyncio.to_thread(
+        _update,
+        uid,
+        runs,
+        lambda run, st_: {
+            **controller.reachability_fields(run, st_, True, "the runner answers"),
+            **controller.progress_fields(st_, progress),
+        },
+    )
+    if progress.phase not in ("done", "failed") or progress.reason == "EvaluationFailed":
+        return
+    namespace = pod["metadata"]["namespace"]
+    token = _tokens.get(job_name) or await asyncio.to_thread(
+        k8s.read_secret_value, namespace, f"{job_name}-token", "token"
+    )
+    if not token:
+        return
+    _tokens[job_name] = token
+    try:
+        summary = ResultsSummary.model_validate(
+            await scraper.request("GET", f"{base}/results", token=token)
+        )
+    except (ScrapeError, ValueError) as exc:
+        log.warning("results of %s not fetched yet: %s", job_name, exc)
+        return
+    await asyncio.to_thread(
+        _update, uid, runs, lambda run, st_: controller.publish_results(run, st_, summary, None)
+    )
+    try:
+        await scraper.request("POST", f"{base}/ack", token=token)
+    except ScrapeError as exc:
+        log.warning("could not acknowledge the results of %s: %s", job_name, exc)
+    _tokens.pop(job_name, None)
+
+
+@kopf.on.cleanup()
+async def close_scraper(**_: Any) -> None:
+    if _scraper is not None:
+        await _scraper.close()

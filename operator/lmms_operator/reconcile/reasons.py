@@ -31,6 +31,7 @@ JOB_REPLACED = "JobReplaced"
 JOB_SUSPENDED = "JobSuspended"
 JOB_RESUMED = "JobResumed"
 JOB_STOPPED = "JobStopped"
+RESULTS_COLLECTED = "ResultsCollected"
 
 FAILURE_REASONS = (
     INVALID_SPEC,

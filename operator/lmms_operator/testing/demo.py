@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {node['metadata']['name']:<12} gpus={alloc.get(devcluster.GPU_RESOURCE, '0')}")
 
     logs = cluster.log_dir
-    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), LMMS_HOLD_TIMEOUT="0")
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), LMMS_SCRAPE_INTERVAL="2")
     model = _start(
         [
             sys.executable,
@@ -137,25 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         status = run.get("status") or {}
         print(f"\nphase={phase} reason={status.get('reason')}: {status.get('message')}")
-        pods = json.loads(
-            kubectl(
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                f"job-name={status.get('jobName')}",
-                "-o",
-                "json",
+        if status.get("results"):
+            print(
+                "\nScores (status.results; the full results are in ConfigMap "
+                f"{status.get('resultsConfigMap')}):"
             )
-        )["items"]
-        for pod in pods:
-            term = (pod["status"].get("containerStatuses") or [{}])[0].get("state", {}).get(
-                "terminated"
-            ) or {}
-            if term.get("message"):
-                print("Scores (the runner's termination message):")
-                print("  " + term["message"])
+            for r in status["results"]:
+                arrow = "higher is better" if r.get("higherIsBetter") else "lower is better"
+                print(f"  {r['task']:<12} {r['metric']:<14} {r['value']:.4f}  ({arrow})")
         print(
             f"\nexport KUBECONFIG={cluster.kubeconfig}   # the cluster stays up;"
             " stop it with: make devcluster-down"

@@ -1,0 +1,62 @@
+"""Runner results -> what the EvalRun's status and its results ConfigMap hold. Pure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..api.runner import ResultsSummary
+
+#: ConfigMaps are limited to 1 MiB; leave room for metadata.
+CONFIG_MAP_BUDGET = 900 * 1024
+
+
+def primary_results(summary: ResultsSummary) -> list[dict[str, Any]]:
+    """``status.results``: the primary metric of every task."""
+    out: list[dict[str, Any]] = []
+    for task in summary.tasks:
+        metric = next((m for m in task.metrics if m.name == task.primary), None)
+        if metric is None:
+            continue
+        entry: dict[str, Any] = {"task": task.task, "metric": metric.name, "value": metric.value}
+        if metric.stderr is not None:
+            entry["stderr"] = metric.stderr
+        if metric.higher_is_better is not None:
+            entry["higherIsBetter"] = metric.higher_is_better
+        out.append(entry)
+    return out
+
+
+def from_termination_message(message: str | None) -> list[dict[str, Any]] | None:
+    """The fallback when the runner could not be reached: its termination message holds
+    every task's primary metric first."""
+    if not message:
+        return None
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("ok") is not True:
+        return None
+    out = []
+    for task, metrics in (doc.get("tasks") or {}).items():
+        if isinstance(metrics, dict) and metrics:
+            name, value = next(iter(metrics.items()))
+            out.append({"task": task, "metric": name, "value": value})
+    return out
+
+
+def config_map_data(
+    summary_json: str | None, primaries: list[dict[str, Any]], source: str
+) -> dict[str, str]:
+    """The results ConfigMap's data: the full summary when it fits, else the primaries
+    and a note (the full output is in the object store when one is configured)."""
+    data = {"source": source, "primary.json": json.dumps(primaries, indent=1)}
+    if summary_json and len(summary_json.encode()) < CONFIG_MAP_BUDGET:
+        data["results.json"] = summary_json
+    elif summary_json:
+        data["note"] = (
+            "the full results exceed the ConfigMap size limit; configure "
+            "spec.output.s3 to keep them"
+        )
+    return data

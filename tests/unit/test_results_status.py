@@ -1,0 +1,69 @@
+"""Runner results and progress -> the EvalRun's status (pure parts)."""
+
+from __future__ import annotations
+
+import json
+
+from lmms_operator.api.runner import Metric, Provenance, ResultsSummary, RunnerProgress, TaskResult
+from lmms_operator.controller import progress_fields
+from lmms_operator.reconcile import results as res
+
+SUMMARY = ResultsSummary(
+    provenance=Provenance(model="qwen2_vl", config_hash="h"),
+    tasks=[
+        TaskResult(
+            task="mme",
+            primary="mme_perception_score",
+            metrics=[
+                Metric(name="mme_perception_score", value=1450.2, higher_is_better=True),
+                Metric(name="mme_cognition_score", value=320.5, higher_is_better=True),
+            ],
+        ),
+        TaskResult(
+            task="asr",
+            primary="wer",
+            metrics=[Metric(name="wer", value=0.12, stderr=0.01, higher_is_better=False)],
+        ),
+    ],
+)
+
+
+def test_status_results_hold_the_primary_metric_with_direction() -> None:
+    assert res.primary_results(SUMMARY) == [
+        {"task": "mme", "metric": "mme_perception_score", "value": 1450.2, "higherIsBetter": True},
+        {"task": "asr", "metric": "wer", "value": 0.12, "stderr": 0.01, "higherIsBetter": False},
+    ]
+
+
+def test_termination_message_fallback() -> None:
+    msg = json.dumps(
+        {"v": 1, "ok": True, "tasks": {"mme": {"mme_perception_score": 1450.2, "other": 1}}}
+    )
+    assert res.from_termination_message(msg) == [
+        {"task": "mme", "metric": "mme_perception_score", "value": 1450.2}
+    ]
+    assert res.from_termination_message('{"ok": false, "reason": "x"}') is None
+    assert res.from_termination_message("not json") is None
+
+
+def test_large_results_stay_under_the_configmap_limit() -> None:
+    data = res.config_map_data("x" * (2 * 1024 * 1024), [], "runner")
+    assert "results.json" not in data and "note" in data
+    assert sum(len(v) for v in data.values()) < res.CONFIG_MAP_BUDGET
+
+
+def test_progress_is_written_only_when_it_changed() -> None:
+    p = RunnerProgress(
+        phase="evaluating",
+        percent=42.04,
+        done=42,
+        total=100,
+        samples_per_second=3.21,
+        eta_seconds=18.2,
+    )
+    first = progress_fields({}, p)
+    assert first["summary"] == "42%" and first["progress"]["percent"] == 42.0
+    assert first["progress"]["lastUpdate"]
+    assert progress_fields({"progress": first["progress"]}, p) == {}
+    later = RunnerProgress(phase="evaluating", percent=50, done=50, total=100)
+    assert progress_fields({"progress": first["progress"]}, later)["summary"] == "50%"
