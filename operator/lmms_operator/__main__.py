@@ -32,6 +32,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import cli
+
     parser = argparse.ArgumentParser(prog="lmms-operator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
@@ -49,6 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=_run)
+
+    board = sub.add_parser("leaderboard", help="leaderboard views")
+    board_sub = board.add_subparsers(dest="action", required=True)
+    show = board_sub.add_parser("show", help="print the ranked table")
+    show.add_argument("name")
+    show.add_argument("--namespace", "-n")
+    show.add_argument("--task", help="only this task")
+    show.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    show.set_defaults(func=lambda a: cli.leaderboard_show(a.name, a.namespace, a.output, a.task))
+
+    runs = sub.add_parser("runs", help="list EvalRuns with phase, progress and results")
+    runs.add_argument("--namespace", "-n")
+    runs.add_argument("--all-namespaces", "-A", action="store_true")
+    runs.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    runs.set_defaults(func=lambda a: cli.runs(a.namespace, a.all_namespaces, a.output))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from . import k8s
+from . import k8s, leaderboards
 from .api import EvalRunSpec
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
@@ -444,6 +444,13 @@ def publish_results(
     }
     k8s.create(cm)
     fields: dict[str, Any] = {"results": primaries, "resultsConfigMap": name}
+    board = (body.get("spec") or {}).get("leaderboard")
+    if board and primaries:
+        # Before the status says "published": a failure here is retried, and publishing
+        # the same run again changes nothing.
+        entries = leaderboards.entries_for_run(body, primaries, st.fmt_time(_now()))
+        leaderboards.publish(meta["namespace"], board, entries)
+        fields["leaderboardPublished"] = True
     if summary is not None and summary.s3_location:
         fields["resultsLocation"] = summary.s3_location
     k8s.event(

@@ -4,6 +4,9 @@ process executor and the real runner running real lmms-eval 0.7.3 (offline)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from lmms_operator.testing.devcluster import DevCluster
 from tests import evalruns as er
 from tests.e2e.test_runner import ModelServer
 from tests.fixtures import colortask
@@ -28,7 +32,7 @@ def model_server() -> Iterator[ModelServer]:
 
 
 def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
-    api: client.ApiClient, namespace: str, model_server: ModelServer
+    cluster: DevCluster, api: client.ApiClient, namespace: str, model_server: ModelServer
 ) -> None:
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map(
@@ -102,6 +106,33 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     full = json.loads(cm.data["results.json"])
     assert full["provenance"]["lmmsEvalVersion"] == "0.7.3"
     assert "ResultsCollected" in er.event_reasons(api, namespace, "colors-e2e")
+    # Published to the Leaderboard the spec names ("default"), created on first use.
+    assert status["leaderboardPublished"] is True
+    board = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "eval.lmms.dev", "v1alpha1", namespace, "leaderboards", "default"
+    )
+    assert board["status"]["entries"] == 1
+    (best,) = board["status"]["top"]
+    assert (best["task"], best["rank"], best["run"]) == ("colors", 1, f"{namespace}/colors-e2e")
+    assert best["value"] == pytest.approx(0.8)
+    # The command-line views.
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+    shown = subprocess.run(
+        [sys.executable, "-m", "lmms_operator", "leaderboard", "show", "default", "-n", namespace],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert "colors" in shown and "exact_match" in shown and "0.8" in shown
+    listed = subprocess.run(
+        [sys.executable, "-m", "lmms_operator", "runs", "-n", namespace],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert "colors-e2e" in listed and "Succeeded" in listed and "colors=0.8" in listed
     (pod,) = core.list_namespaced_pod(
         namespace, label_selector=f"job-name={run['status']['jobName']}"
     ).items

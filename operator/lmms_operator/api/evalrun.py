@@ -412,6 +412,9 @@ class EvalRunStatus(ApiModel):
     )
     results_config_map: str | None = Field(default=None, description="ConfigMap with full results.")
     results_location: str | None = Field(default=None, description="Object-store URL of results.")
+    leaderboard_published: bool | None = Field(
+        default=None, description="The scores are in the Leaderboard named by spec.leaderboard."
+    )
 
 
 class EvalRun(ApiModel):

@@ -33,7 +33,8 @@ def api() -> client.ApiClient:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()
+                # Read $KUBECONFIG now, not when the kubernetes package was imported.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             cfg = client.Configuration.get_default_copy()
             cfg.connection_pool_maxsize = 32
             _api = client.ApiClient(cfg)

@@ -1,0 +1,248 @@
+"""Publishing scores to a Leaderboard: its table lives in ConfigMaps, its summary in status.
+
+Storage: ConfigMap ``<prefix>`` is the index (generation and the table's ConfigMaps);
+``<prefix>-<generation>-<i>`` hold the table (JSON, CSV, Markdown), split before a
+ConfigMap would pass 1 MiB. A publish writes a new generation, then swaps the index
+with optimistic concurrency (resourceVersion), retrying on conflict, then deletes the
+old generation: readers always see one complete table, and no entry is lost when many
+runs finish at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from . import k8s
+from .api import GROUP, VERSION
+from .reconcile import leaderboard as lb
+from .reconcile.job import LABEL_MANAGED_BY, LABEL_PREFIX, MANAGED_BY
+
+log = logging.getLogger("lmms.leaderboards")
+
+LABEL_BOARD = f"{LABEL_PREFIX}/leaderboard"
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ensure(namespace: str, name: str) -> dict[str, Any]:
+    """The Leaderboard, created with defaults when missing."""
+    co = client.CustomObjectsApi(k8s.api())
+    try:
+        return dict(
+            co.get_namespaced_custom_object(GROUP, VERSION, namespace, "leaderboards", name)
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Leaderboard",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+        },
+        "spec": {},
+    }
+    try:
+        return dict(
+            co.create_namespaced_custom_object(GROUP, VERSION, namespace, "leaderboards", body)
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        return dict(
+            co.get_namespaced_custom_object(GROUP, VERSION, namespace, "leaderboards", name)
+        )
+
+
+def prefix(board: Mapping[str, Any]) -> str:
+    storage = (board.get("spec") or {}).get("storage") or {}
+    custom = (storage.get("configMap") or {}).get("namePrefix")
+    return str(custom or f"leaderboard-{board['metadata']['name']}")
+
+
+def read(
+    namespace: str, board: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The table's entries and the index ConfigMap (None when nothing was published).
+    A table swapped while it is read is read again."""
+    core = client.CoreV1Api(k8s.api())
+    for _ in range(20):
+        try:
+            index = core.read_namespaced_config_map(prefix(board), namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return [], None
+            raise
+        meta = json.loads((index.data or {}).get("index.json") or "{}")
+        entries: list[dict[str, Any]] = []
+        try:
+            for cm_name in meta.get("configMaps", []):
+                cm = core.read_namespaced_config_map(cm_name, namespace)
+                entries += json.loads((cm.data or {}).get("table.json") or "[]")
+        except ApiException as exc:
+            if exc.status == 404:
+                continue  # a newer generation replaced this one meanwhile
+            raise
+        return entries, {"resourceVersion": index.metadata.resource_version, **meta}
+    raise RuntimeError(f"leaderboard {prefix(board)}: the table keeps changing while read")
+
+
+def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
+    """Adds entries; returns False when they were all there already."""
+    with _lock(namespace, board_name):
+        for attempt in range(20):
+            board = ensure(namespace, board_name)
+            spec = board.get("spec") or {}
+            entries, index = read(namespace, board)
+            merged = lb.merge(entries, new)
+            if merged == lb.merge(entries, []):
+                return False
+            ranked = lb.rank(merged, spec.get("rankBy") or {})
+            if _swap(namespace, board, ranked, index):
+                _update_status(namespace, board, ranked, spec)
+                return True
+            log.info(
+                "leaderboard %s/%s changed meanwhile (attempt %d): retrying",
+                namespace,
+                board_name,
+                attempt + 1,
+            )
+        raise RuntimeError(f"leaderboard {namespace}/{board_name}: too many conflicts")
+
+
+def _swap(
+    namespace: str,
+    board: Mapping[str, Any],
+    ranked: list[dict[str, Any]],
+    index: dict[str, Any] | None,
+) -> bool:
+    core = client.CoreV1Api(k8s.api())
+    base = prefix(board)
+    generation = int(index["generation"]) + 1 if index else 1
+    owner = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Leaderboard",
+        "name": board["metadata"]["name"],
+        "uid": board["metadata"]["uid"],
+    }
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_BOARD: board["metadata"]["name"]}
+    names = []
+    # A unique suffix: a writer that loses the race deletes only what it wrote.
+    suffix = secrets.token_hex(3)
+    for i, chunk in enumerate(lb.shard(ranked)):
+        name = f"{base}-{generation}-{suffix}-{i}"
+        names.append(name)
+        body = {
+            "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
+            "data": lb.render(chunk),
+        }
+        try:
+            core.create_namespaced_config_map(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            core.replace_namespaced_config_map(name, namespace, body)
+    index_data = {"index.json": json.dumps({"generation": generation, "configMaps": names})}
+    try:
+        if index is None:
+            core.create_namespaced_config_map(
+                namespace,
+                {
+                    "metadata": {"name": base, "labels": labels, "ownerReferences": [owner]},
+                    "data": index_data,
+                },
+            )
+        else:
+            core.replace_namespaced_config_map(
+                base,
+                namespace,
+                {
+                    "metadata": {
+                        "name": base,
+                        "labels": labels,
+                        "ownerReferences": [owner],
+                        "resourceVersion": index["resourceVersion"],
+                    },
+                    "data": index_data,
+                },
+            )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        for name in names:
+            _delete(core, namespace, name)
+        return False
+    for name in (index or {}).get("configMaps", []):
+        if name not in names:
+            _delete(core, namespace, name)
+    return True
+
+
+def _delete(core: client.CoreV1Api, namespace: str, name: str) -> None:
+    try:
+        core.delete_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def _update_status(
+    namespace: str, board: Mapping[str, Any], ranked: list[dict[str, Any]], spec: Mapping[str, Any]
+) -> None:
+    _, index = read(namespace, board)
+    status = {
+        "entries": len(ranked),
+        "models": len({(e["model"], e.get("revision")) for e in ranked}),
+        "tasks": len({e["task"] for e in ranked}),
+        "lastUpdate": _now(),
+        "top": lb.top(ranked, int(spec.get("top") or 5)),
+        "configMaps": [prefix(board), *((index or {}).get("configMaps") or [])],
+    }
+    client.CustomObjectsApi(k8s.api()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "leaderboards", board["metadata"]["name"], {"status": status}
+    )
+
+
+def entries_for_run(
+    run: Mapping[str, Any], results: list[dict[str, Any]], finished_at: str
+) -> list[dict[str, Any]]:
+    """Leaderboard entries of a finished run (its primary metric per task)."""
+    spec = run.get("spec") or {}
+    model = spec.get("model") or {}
+    from . import presets
+
+    pretrained, _ = presets.resolve(str(model.get("type")), model.get("pretrained"), {})
+    return [
+        {
+            "model": pretrained or model.get("type"),
+            "revision": model.get("revision"),
+            "task": r["task"],
+            "metric": r["metric"],
+            "value": r.get("value"),
+            "stderr": r.get("stderr"),
+            "higherIsBetter": r.get("higherIsBetter"),
+            "run": f"{run['metadata']['namespace']}/{run['metadata']['name']}",
+            "finishedAt": finished_at,
+        }
+        for r in results
+    ]

@@ -1,0 +1,118 @@
+"""Leaderboard tables: entries in, ranked table out (JSON, CSV, Markdown). Pure.
+
+An entry is keyed by (model, revision, task, metric): a re-run of the same model on the
+same task replaces the older entry (the newer finish wins); publishing the same run
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: Bytes of table text per ConfigMap (JSON + CSV + Markdown), well under the 1 MiB limit.
+SHARD_BUDGET = 700 * 1024
+
+COLUMNS = (
+    "rank",
+    "task",
+    "metric",
+    "value",
+    "stderr",
+    "higherIsBetter",
+    "model",
+    "revision",
+    "run",
+    "finishedAt",
+)
+
+
+def key(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    return (
+        str(entry.get("model")),
+        str(entry.get("revision") or ""),
+        str(entry["task"]),
+        str(entry["metric"]),
+    )
+
+
+def merge(
+    existing: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Entries after adding ``new``; an older finish never replaces a newer one."""
+    table = {key(e): dict(e) for e in existing}
+    for entry in new:
+        k = key(entry)
+        old = table.get(k)
+        if old is not None and old.get("run") == entry.get("run"):
+            continue  # the same run published again
+        if old is None or str(entry.get("finishedAt") or "") >= str(old.get("finishedAt") or ""):
+            table[k] = dict(entry)
+    return sorted(table.values(), key=lambda e: (e["task"], e["metric"], str(e.get("model"))))
+
+
+def rank(entries: Iterable[Mapping[str, Any]], rank_by: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Ranks per task by its ranking metric (``rankBy`` or the first metric published for
+    it), respecting higher_is_better (lower WER is better). Unranked metrics keep rank 0."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_task.setdefault(str(e["task"]), []).append(dict(e))
+    out: list[dict[str, Any]] = []
+    for task in sorted(by_task):
+        rows = by_task[task]
+        metric = rank_by.get(task) or rows[0]["metric"]
+        ranked = [r for r in rows if r["metric"] == metric and r.get("value") is not None]
+        lower_better = any(r.get("higherIsBetter") is False for r in ranked)
+        ranked.sort(key=lambda r: (r["value"] if lower_better else -r["value"], str(r["model"])))
+        for i, r in enumerate(ranked, start=1):
+            r["rank"] = i
+        rest = [dict(r, rank=0) for r in rows if r not in ranked]
+        out += ranked + sorted(rest, key=lambda r: (r["metric"], str(r["model"])))
+    return out
+
+
+def top(ranked: Iterable[Mapping[str, Any]], n: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in ranked if 0 < int(r.get("rank") or 0) <= n]
+
+
+def render(ranked: list[dict[str, Any]]) -> dict[str, str]:
+    """The table as JSON, CSV and Markdown."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in ranked:
+        writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in COLUMNS})
+    md = [
+        "| rank | task | metric | value | ± | model | revision | run |",
+        "|---:|---|---|---:|---:|---|---|---|",
+    ]
+    for r in ranked:
+        value = "" if r.get("value") is None else f"{r['value']:.4g}"
+        err = "" if r.get("stderr") is None else f"{r['stderr']:.2g}"
+        arrow = "↓" if r.get("higherIsBetter") is False else "↑"
+        md.append(
+            f"| {r.get('rank') or ''} | {r['task']} | {r['metric']} {arrow} | {value} | "
+            f"{err} | {r['model']} | {r.get('revision') or ''} | {r.get('run')} |"
+        )
+    return {
+        "table.json": json.dumps(ranked, indent=1),
+        "table.csv": buf.getvalue(),
+        "table.md": "\n".join(md) + "\n",
+    }
+
+
+def shard(entries: list[dict[str, Any]], budget: int = SHARD_BUDGET) -> list[list[dict[str, Any]]]:
+    """Splits the entries so that each ConfigMap's rendered table stays under ``budget``."""
+    shards: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for e in entries:
+        cost = 3 * len(json.dumps(e))  # JSON, CSV and Markdown of one row, roughly
+        if shards[-1] and size + cost > budget:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += cost
+    return shards

@@ -1,0 +1,73 @@
+"""Ranking and storage of leaderboard tables (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from lmms_operator.reconcile import leaderboard as lb
+
+
+def entry(
+    model: str,
+    task: str,
+    metric: str,
+    value: float,
+    hib: bool = True,
+    run: str | None = None,
+    at: str = "2026-11-27T10:00:00Z",
+) -> dict[str, object]:
+    return {
+        "model": model,
+        "revision": None,
+        "task": task,
+        "metric": metric,
+        "value": value,
+        "stderr": None,
+        "higherIsBetter": hib,
+        "run": run or f"ns/{model}",
+        "finishedAt": at,
+    }
+
+
+def test_ranking_respects_direction_and_rank_by() -> None:
+    entries = [
+        entry("a", "mme", "score", 1400),
+        entry("b", "mme", "score", 1500),
+        entry("a", "asr", "wer", 0.20, hib=False),
+        entry("b", "asr", "wer", 0.10, hib=False),
+        entry("a", "mme", "cognition", 300),
+    ]
+    ranked = lb.rank(entries, {"mme": "score"})
+    mme = [r for r in ranked if r["task"] == "mme" and r["rank"]]
+    assert [(r["model"], r["rank"]) for r in mme] == [("b", 1), ("a", 2)]
+    asr = [r for r in ranked if r["task"] == "asr"]
+    assert [(r["model"], r["rank"]) for r in asr] == [("b", 1), ("a", 2)]  # lower WER wins
+    assert next(r for r in ranked if r["metric"] == "cognition")["rank"] == 0
+    assert [r["model"] for r in lb.top(ranked, 1)] == ["b", "b"]
+
+
+def test_publishing_twice_changes_nothing_and_reruns_replace() -> None:
+    first = lb.merge([], [entry("a", "mme", "score", 1400, run="ns/r1")])
+    again = lb.merge(
+        first, [entry("a", "mme", "score", 1400, run="ns/r1", at="2026-11-28T00:00:00Z")]
+    )
+    assert again == first
+    rerun = lb.merge(
+        first, [entry("a", "mme", "score", 1450, run="ns/r2", at="2026-11-28T00:00:00Z")]
+    )
+    assert len(rerun) == 1 and rerun[0]["value"] == 1450
+    older = lb.merge(rerun, [entry("a", "mme", "score", 1, run="ns/r0", at="2026-11-01T00:00:00Z")])
+    assert older == rerun  # an older finish never replaces a newer one
+
+
+def test_tables_render_and_split_under_the_limit() -> None:
+    ranked = lb.rank([entry(f"model-{i:04d}", "mme", "score", float(i)) for i in range(6000)], {})
+    shards = lb.shard(ranked)
+    assert len(shards) > 1 and sum(len(s) for s in shards) == 6000
+    for chunk in shards:
+        files = lb.render(chunk)
+        assert sum(len(v.encode()) for v in files.values()) < 1024 * 1024
+    files = lb.render(ranked[:2])
+    assert json.loads(files["table.json"])[0]["rank"] == 1
+    assert files["table.csv"].splitlines()[0].startswith("rank,task,metric,value")
+    assert "| 1 | mme | score ↑ |" in files["table.md"]
