@@ -41,6 +41,7 @@ class OperatorProcess:
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness_port = _free_port()
+        self.metrics_port = _free_port()
         self.log_path = workdir / "operator.log"
 
     def start(self) -> None:
@@ -62,6 +63,8 @@ class OperatorProcess:
                 "run",
                 "--liveness",
                 f"http://127.0.0.1:{self.liveness_port}/healthz",
+                "--metrics-address",
+                f"127.0.0.1:{self.metrics_port}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -91,6 +94,11 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -21,6 +21,10 @@ def _run(args: argparse.Namespace) -> int:
         # Kopf reports every handler call at INFO; the operator's own log says what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("lmms").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.metrics_address:
+        from . import metrics
+
+        metrics.serve(args.metrics_address)
     namespaces = args.namespace or []
     kopf.run(
         standalone=True,
@@ -48,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
         help="liveness endpoint URL ('' to disable)",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default="0.0.0.0:8080",
+        help="HOST:PORT of the Prometheus /metrics endpoint ('' to disable)",
     )
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=_run)

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from . import k8s, leaderboards
+from . import k8s, leaderboards, metrics
 from .api import EvalRunSpec
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
@@ -450,6 +450,7 @@ def publish_results(
         # the same run again changes nothing.
         entries = leaderboards.entries_for_run(body, primaries, st.fmt_time(_now()))
         leaderboards.publish(meta["namespace"], board, entries)
+        metrics.published(board, entries)
         fields["leaderboardPublished"] = True
     if summary is not None and summary.s3_location:
         fields["resultsLocation"] = summary.s3_location

@@ -18,6 +18,7 @@ from lmms_operator.testing.devcluster import DevCluster
 from tests import evalruns as er
 from tests.e2e.test_runner import ModelServer
 from tests.fixtures import colortask
+from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator_process")]
 
@@ -32,7 +33,11 @@ def model_server() -> Iterator[ModelServer]:
 
 
 def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
-    cluster: DevCluster, api: client.ApiClient, namespace: str, model_server: ModelServer
+    cluster: DevCluster,
+    api: client.ApiClient,
+    namespace: str,
+    model_server: ModelServer,
+    operator_process: OperatorProcess,
 ) -> None:
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map(
@@ -133,6 +138,21 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
         check=True,
     ).stdout
     assert "colors-e2e" in listed and "Succeeded" in listed and "colors=0.8" in listed
+    # The operator's own /metrics: the score gauge, transitions, runs by phase, work done.
+    text = operator_process.metrics()
+    assert (
+        'lmms_operator_score{leaderboard="default",metric="exact_match",model="openai",'
+        'task="colors"} 0.8'
+    ) in text
+    assert (
+        'lmms_operator_evalrun_transitions_total{from_phase="Running",to_phase="Succeeded"}' in text
+    )
+    assert 'lmms_operator_scrapes_total{result="ok"}' in text
+    assert 'lmms_operator_gpu_seconds_total{model="openai",namespace="' + namespace in text
+    assert (
+        f'lmms_operator_evalrun_progress_ratio{{name="colors-e2e",namespace="{namespace}"}}'
+        not in text
+    )  # the per-run series went when the run ended
     (pod,) = core.list_namespaced_pod(
         namespace, label_selector=f"job-name={run['status']['jobName']}"
     ).items

@@ -6,12 +6,13 @@ import asyncio
 import copy
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from .. import controller, k8s
+from .. import controller, k8s, metrics
 from ..api import GROUP, VERSION
 from ..api.runner import ResultsSummary, RunnerProgress
 from ..config import Settings
@@ -89,7 +90,7 @@ def pods_by_run(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[An
 @kopf.on.update(GROUP, VERSION, "evalruns", field="spec", backoff=5)
 def evalrun_spec(body: kopf.Body, **_: Any) -> None:
     meta = body["metadata"]
-    with _run_lock(meta["uid"]):
+    with metrics.timed_handler("evalrun_spec"), _run_lock(meta["uid"]):
         run = _with_written(body)
         try:
             fields = controller.ensure(run, SETTINGS)
@@ -105,6 +106,7 @@ def _write_status(run: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
     meta = run["metadata"]
     k8s.patch_evalrun_status(meta["namespace"], meta["name"], dict(fields))
     _remember(meta["uid"], meta.get("generation", 1), fields)
+    metrics.observe_status(run, run.get("status") or {}, fields)
 
 
 # -- observed changes ----------------------------------------------------------------------
@@ -138,12 +140,14 @@ def _observe(uid: str | None, indexes: Mapping[str, Any]) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 def job_event(labels: Mapping[str, str], **kwargs: Any) -> None:
-    _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
+    with metrics.timed_handler("job_event"):
+        _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 def pod_event(labels: Mapping[str, str], **kwargs: Any) -> None:
-    _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
+    with metrics.timed_handler("pod_event"):
+        _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
 
 
 def _active(status: Mapping[str, Any], **_: Any) -> bool:
@@ -160,12 +164,15 @@ def _active(status: Mapping[str, Any], **_: Any) -> bool:
 )
 def evalrun_resync(uid: str, **kwargs: Any) -> None:
     """Time-based decisions (how long a pod has been unschedulable) and missed events."""
-    _observe(uid, kwargs)
+    with metrics.timed_handler("evalrun_resync"):
+        _observe(uid, kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, "evalruns")
-def evalrun_event(type: str | None, uid: str, **_: Any) -> None:
+def evalrun_event(type: str | None, uid: str, **kwargs: Any) -> None:
     if type == "DELETED":
+        meta = kwargs["body"]["metadata"]
+        metrics.deleted(uid, meta.get("namespace", ""), meta.get("name", ""))
         with _written_lock:
             _written.pop(uid, None)
             _run_locks.pop(uid, None)
@@ -232,9 +239,12 @@ async def evalrun_scrape(uid: str, status: kopf.Status, **kwargs: Any) -> None:
         return
     base = f"http://{pod['status']['podIP']}:{SETTINGS.runner_port}"
     scraper = _scraper_instance()
+    started = time.monotonic()
     try:
         progress = RunnerProgress.model_validate(await scraper.request("GET", f"{base}/progress"))
+        metrics.SCRAPES.labels("ok").inc()
     except (ScrapeError, ValueError) as exc:
+        metrics.SCRAPES.labels("error").inc()
         message = f"cannot scrape the runner of pod {pod['metadata']['name']}: {exc}"
         await asyncio.to_thread(
             _update,
@@ -243,6 +253,7 @@ async def evalrun_scrape(uid: str, status: kopf.Status, **kwargs: Any) -> None:
             lambda run, st_: controller.reachability_fields(run, st_, False, message),
         )
         return
+    metrics.SCRAPE_DURATION.observe(time.monotonic() - started)
     await asyncio.to_thread(
         _update,
         uid,

@@ -80,7 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     assert model.stdout is not None
     port = json.loads(model.stdout.readline())["port"]
     operator = _start(
-        [sys.executable, "-m", "lmms_operator", "run", "--liveness", ""], logs / "operator.log", env
+        [
+            sys.executable,
+            "-m",
+            "lmms_operator",
+            "run",
+            "--liveness",
+            "",
+            "--metrics-address",
+            "127.0.0.1:0",
+        ],
+        logs / "operator.log",
+        env,
     )
     try:
         kubectl("create", "namespace", NAMESPACE, check=False)

@@ -48,17 +48,20 @@ def _now() -> str:
 
 
 class IPPool:
-    """Hands out unique loopback addresses, one per pod, from a random /16."""
+    """Hands out unique loopback addresses, one per pod, in 127.64.0.0/10."""
 
     def __init__(self) -> None:
+        # A random start, so that two devclusters on one machine do not share addresses.
         self._second = random.randint(64, 127)
-        self._next = 1
+        self._next = random.randint(0, 200) * 256 + 1
         self._lock = threading.Lock()
 
     def allocate(self) -> str:
         with self._lock:
             n = self._next
             self._next += 1
+            if self._next & 0xFF == 0:
+                self._next += 1  # skip .0
         return f"127.{self._second}.{(n >> 8) & 0xFF}.{n & 0xFF}"
 
 
