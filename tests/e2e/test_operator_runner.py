@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,3 +171,60 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     for cm in config_maps:
         for secret in ("hf_e2eSECRETe2eSECRETe2e", "sk-e2e-0123456789abcdef"):
             assert secret not in json.dumps(cm.data)
+
+
+def test_killing_the_operator_mid_run_loses_nothing_and_publishes_once(
+    api: client.ApiClient,
+    namespace: str,
+    model_server: ModelServer,
+    operator_process: OperatorProcess,
+) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="colors-task"),
+            data=colortask.files("colors", samples=10, data_dir=TASK_DIR),
+        ),
+    )
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="model-key"),
+            string_data={"key": "sk-local-0123456789"},
+        ),
+    )
+    body = er.manifest(
+        "survivor",
+        er.EXECUTOR,
+        model={
+            "type": "openai",
+            "args": {"model_version": "local", "base_url": model_server.url, "num_concurrent": "1"},
+            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
+        },
+        customTasks=[{"configMap": "colors-task", "tasks": ["colors"]}],
+        env=[
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+        ],
+        leaderboard="survivors",
+    )
+    body["spec"]["tasks"] = []
+    er.create(api, namespace, body)
+    er.wait_phase(api, namespace, "survivor", "Running", timeout=120)
+    operator_process.stop(signal.SIGKILL)  # no chance to clean up
+    time.sleep(5)
+    operator_process.start()
+    run = er.wait_phase(api, namespace, "survivor", "Succeeded", timeout=300)
+    status = run["status"]
+    assert status["results"][0]["value"] == pytest.approx(0.8)
+    board = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "eval.lmms.dev", "v1alpha1", namespace, "leaderboards", "survivors"
+    )
+    assert board["status"]["entries"] == 1
+    assert er.event_reasons(api, namespace, "survivor").count("ResultsCollected") == 1
+    results_cms = core.list_namespaced_config_map(
+        namespace, label_selector=f"eval.lmms.dev/results-of={run['metadata']['uid']}"
+    ).items
+    assert [c.metadata.name for c in results_cms] == [status["resultsConfigMap"]]
+    assert model_server.requests() == 10  # the evaluation itself ran once
