@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +21,50 @@ from kubernetes import client
 
 from lmms_operator.testing.devcluster import DevCluster
 from tests import evalruns as er
-from tests.e2e.test_runner import ModelServer
+from tests.e2e.test_runner import ModelServer, _free_port
 from tests.fixtures import colortask
 from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator_process")]
 
 TASK_DIR = "/etc/lmms/tasks/colors-task"
+
+
+@pytest.fixture()
+def prometheus(tmp_path: Path, operator_process: OperatorProcess) -> Iterator[str]:
+    """A real Prometheus (Debian's package) on loopback, scraping the operator."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed (make test installs Debian's prometheus)")
+    port = _free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: lmms-operator\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{operator_process.metrics_port}']}}]\n"
+    )
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def promql(base: str, query: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return list(json.load(resp)["data"]["result"])
 
 
 @pytest.fixture()
@@ -39,6 +80,7 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     namespace: str,
     model_server: ModelServer,
     operator_process: OperatorProcess,
+    prometheus: str,
 ) -> None:
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map(

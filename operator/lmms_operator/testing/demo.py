@@ -156,6 +156,21 @@ def main(argv: list[str] | None = None) -> int:
             for r in status["results"]:
                 arrow = "higher is better" if r.get("higherIsBetter") else "lower is better"
                 print(f"  {r['task']:<12} {r['metric']:<14} {r['value']:.4f}  ({arrow})")
+        print("\nlmms-operator leaderboard show default -n demo")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lmms_operator",
+                "leaderboard",
+                "show",
+                "default",
+                "-n",
+                NAMESPACE,
+            ],
+            env=env,
+            check=False,
+        )
         print(
             f"\nexport KUBECONFIG={cluster.kubeconfig}   # the cluster stays up;"
             " stop it with: make devcluster-down"
