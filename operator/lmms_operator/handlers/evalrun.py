@@ -40,7 +40,25 @@ def _run_lock(uid: str) -> threading.Lock:
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+    """A copy for the in-memory indexes, without what no decision reads (managedFields,
+    annotations, a Job's pod template): the indexes hold every run, Job and pod."""
+    obj = copy.deepcopy(dict(body))
+    meta = obj.get("metadata") or {}
+    meta.pop("managedFields", None)
+    meta.pop("annotations", None)
+    kind = obj.get("kind")
+    if kind == "Job":
+        obj["spec"] = {"suspend": (obj.get("spec") or {}).get("suspend")}
+    elif kind == "Pod":
+        spec = obj.get("spec") or {}
+        obj["spec"] = {
+            "nodeName": spec.get("nodeName"),
+            "containers": [
+                {"name": c.get("name"), "image": c.get("image")}
+                for c in spec.get("containers") or []
+            ],
+        }
+    return obj
 
 
 def _remember(uid: str, generation: int, fields: Mapping[str, Any]) -> None:
