@@ -128,7 +128,14 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
 
     if not same_evaluation:
         status = {"conditions": status.get("conditions") or []}
-    ob = st.observe(
+    ob = _observe_spec(spec, job, pods, settings)
+    return _write(body, status, ob, generation, hash_, job_name=desired_name)
+
+
+def _observe_spec(
+    spec: EvalRunSpec, job: dict[str, Any], pods: list[dict[str, Any]], settings: Settings
+) -> st.Observation:
+    return st.observe(
         spec.suspend,
         spec.cancel,
         spec.scheduling.queue_name,
@@ -139,7 +146,6 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         _now(),
         settings,
     )
-    return _write(body, status, ob, generation, hash_, job_name=desired_name)
 
 
 def _check_references(spec: EvalRunSpec, namespace: str) -> None:
@@ -322,17 +328,7 @@ def observe(
         if job is None:
             ob = _job_deleted(job_name)
             return _write(body, status, ob, generation, status.get("specHash"), job_name), None
-    ob = st.observe(
-        spec.suspend,
-        spec.cancel,
-        spec.scheduling.queue_name,
-        spec.retries,
-        spec.timeout_seconds,
-        job,
-        pods,
-        _now(),
-        settings,
-    )
+    ob = _observe_spec(spec, job, pods, settings)
     fields = _write(body, status, ob, generation, status.get("specHash"), job_name)
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
         fields.update(publish_results(body, status, None, _termination_message(pods)))

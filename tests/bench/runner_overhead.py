@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.bench.docs import write_section  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## Runner overhead"
 
 
@@ -35,18 +35,6 @@ def run(argv: list[str], env: dict[str, str]) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"{argv[:4]} failed ({proc.returncode}): {proc.stderr[-2000:]!r}")
     return elapsed
-
-
-def write_section(text: str) -> None:
-    DOC.parent.mkdir(exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if SECTION in current:
-        head, _, rest = current.partition(SECTION)
-        tail = rest.split("\n## ", 1)
-        current = head + text + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        current = current.rstrip() + "\n\n" + text
-    DOC.write_text(current)
 
 
 def main() -> int:
@@ -152,7 +140,7 @@ def main() -> int:
         "the runner starts lmms-eval once; with one it starts it once per task (to resume "
         "task by task), which adds lmms-eval's start-up (10-25 s) per extra task.\n"
     )
-    write_section(text)
+    write_section(SECTION, text)
     print(text)
     return 0 if ratio <= 1.02 else 1
 

@@ -29,11 +29,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from kubernetes import client, config  # noqa: E402
-from tests.operator_process import OperatorProcess  # noqa: E402
 
 from lmms_operator.testing import devcluster  # noqa: E402
+from tests.bench.docs import write_section  # noqa: E402
+from tests.operator_process import OperatorProcess  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## Scale"
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 #: Resources only the operator writes in this benchmark (events are counted by source).
@@ -218,14 +218,7 @@ def main() -> int:
         f"{operator_events / args.runs:.2f} (of which RunnerUnreachable: "
         f"{reach / args.runs:.2f}, since kwok pods serve no /progress).\n"
     )
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if SECTION in current:
-        head, _, rest = current.partition(SECTION)
-        tail = rest.split("\n## ", 1)
-        current = head + text + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        current = current.rstrip() + "\n\n" + text
-    DOC.write_text(current)
+    write_section(SECTION, text)
     print(text)
     print(
         json.dumps(

@@ -74,15 +74,11 @@ def model_server() -> Iterator[ModelServer]:
     server.stop()
 
 
-def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
-    cluster: DevCluster,
-    api: client.ApiClient,
-    namespace: str,
-    model_server: ModelServer,
-    operator_process: OperatorProcess,
-    prometheus: str,
-) -> None:
-    core = client.CoreV1Api(api)
+def colors_run(
+    core: client.CoreV1Api, namespace: str, name: str, model_server: ModelServer, api_key: str
+) -> dict[str, Any]:
+    """The custom "colors" task in a ConfigMap, the model's key in a Secret, and an
+    EvalRun (not yet created) on the executor node that evaluates it offline."""
     core.create_namespaced_config_map(
         namespace,
         client.V1ConfigMap(
@@ -93,39 +89,46 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     core.create_namespaced_secret(
         namespace,
         client.V1Secret(
+            metadata=client.V1ObjectMeta(name="model-key"), string_data={"key": api_key}
+        ),
+    )
+    body = er.manifest(
+        name,
+        er.EXECUTOR,
+        model={
+            "type": "openai",
+            "args": {"model_version": "local", "base_url": model_server.url, "num_concurrent": "1"},
+            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
+        },
+        customTasks=[{"configMap": "colors-task", "tasks": ["colors"]}],
+        env=[
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+        ],
+    )
+    body["spec"]["tasks"] = []
+    return body
+
+
+def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
+    cluster: DevCluster,
+    api: client.ApiClient,
+    namespace: str,
+    model_server: ModelServer,
+    operator_process: OperatorProcess,
+    prometheus: str,
+) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
             metadata=client.V1ObjectMeta(name="hf"),
             string_data={"token": "hf_e2eSECRETe2eSECRETe2e"},
         ),
     )
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="model-key"),
-            string_data={"key": "sk-e2e-0123456789abcdef"},
-        ),
-    )
-    spec: dict[str, Any] = {
-        "model": {
-            "type": "openai",
-            "args": {
-                "model_version": "local",
-                "base_url": model_server.url,
-                "num_concurrent": "1",
-            },
-            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
-        },
-        "tasks": [],
-        "customTasks": [{"configMap": "colors-task", "tasks": ["colors"]}],
-        "huggingFaceToken": {"secretKeyRef": {"name": "hf", "key": "token"}},
-        "env": [
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "HF_DATASETS_OFFLINE", "value": "1"},
-        ],
-        "resources": {"gpus": 1},
-        "scheduling": er.EXECUTOR,
-    }
-    body = er.manifest("colors-e2e", **spec)
-    body["spec"]["tasks"] = []
+    body = colors_run(core, namespace, "colors-e2e", model_server, "sk-e2e-0123456789abcdef")
+    body["spec"]["huggingFaceToken"] = {"secretKeyRef": {"name": "hf", "key": "token"}}
+    body["spec"]["resources"] = {"gpus": 1}
     er.create(api, namespace, body)
     er.wait_phase(api, namespace, "colors-e2e", "Running", timeout=120)
     # The operator scrapes the runner: status.progress rises through intermediate values.
@@ -222,36 +225,8 @@ def test_killing_the_operator_mid_run_loses_nothing_and_publishes_once(
     operator_process: OperatorProcess,
 ) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="colors-task"),
-            data=colortask.files("colors", samples=10, data_dir=TASK_DIR),
-        ),
-    )
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="model-key"),
-            string_data={"key": "sk-local-0123456789"},
-        ),
-    )
-    body = er.manifest(
-        "survivor",
-        er.EXECUTOR,
-        model={
-            "type": "openai",
-            "args": {"model_version": "local", "base_url": model_server.url, "num_concurrent": "1"},
-            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
-        },
-        customTasks=[{"configMap": "colors-task", "tasks": ["colors"]}],
-        env=[
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "HF_DATASETS_OFFLINE", "value": "1"},
-        ],
-        leaderboard="survivors",
-    )
-    body["spec"]["tasks"] = []
+    body = colors_run(core, namespace, "survivor", model_server, "sk-local-0123456789")
+    body["spec"]["leaderboard"] = "survivors"
     er.create(api, namespace, body)
     er.wait_phase(api, namespace, "survivor", "Running", timeout=120)
     operator_process.stop(signal.SIGKILL)  # no chance to clean up

@@ -27,7 +27,11 @@ class LeaderboardStorage(ApiModel):
     config_map: ConfigMapStorage = Field(
         default_factory=ConfigMapStorage, description="ConfigMap storage."
     )
-    s3: S3Output | None = Field(default=None, description="Also write the table to S3.")
+    s3: S3Output | None = Field(
+        default=None,
+        description="Reserved: S3 storage of the table is not implemented yet; the table "
+        "lives in ConfigMaps only.",
+    )
 
 
 class LeaderboardSpec(ApiModel):
