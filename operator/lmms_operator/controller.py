@@ -14,8 +14,8 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from . import k8s, leaderboards, metrics
-from .api import EvalRunSpec
+from . import k8s, leaderboards, metrics, objectstore
+from .api import EvalRunSpec, S3Output
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
 from .reconcile import job as jobs
@@ -406,16 +406,23 @@ def publish_results(
     termination: str | None,
 ) -> dict[str, Any]:
     """Writes the results ConfigMap (owned by the run) and returns the status fields.
+    The results come from the runner (``summary``); when it could not be reached, from
+    the object store the runner uploaded to, then from its termination message.
     Idempotent: a ConfigMap that exists already is the one published before."""
     if status.get("resultsConfigMap"):
         return {}
+    location = summary.s3_location if summary is not None else None
+    source = "runner"
+    if summary is None:
+        location = res.location_from_termination_message(termination)
+        summary = _summary_from_object_store(body, location)
+        source = "object store"
     if summary is not None:
         primaries = res.primary_results(summary)
-        source = "runner"
         summary_json = summary.model_dump_json(by_alias=True, indent=1)
     else:
         primaries = res.from_termination_message(termination) or []
-        source = "termination-message"
+        source = "termination message"
         summary_json = None
         if not primaries:
             return {}
@@ -436,7 +443,7 @@ def publish_results(
                 jobs.RunRef(meta["name"], meta["namespace"], meta["uid"]).owner_reference()
             ],
         },
-        "data": res.config_map_data(summary_json, primaries, source),
+        "data": res.config_map_data(summary_json, primaries, source, location),
     }
     k8s.create(cm)
     fields: dict[str, Any] = {"results": primaries, "resultsConfigMap": name}
@@ -448,8 +455,8 @@ def publish_results(
         leaderboards.publish(meta["namespace"], board, entries)
         metrics.published(board, entries)
         fields["leaderboardPublished"] = True
-    if summary is not None and summary.s3_location:
-        fields["resultsLocation"] = summary.s3_location
+    if location:
+        fields["resultsLocation"] = location
     k8s.event(
         body,
         "Normal",
@@ -457,6 +464,36 @@ def publish_results(
         f"results of {len(primaries)} task(s) in ConfigMap {name} (from the {source})",
     )
     return fields
+
+
+def _summary_from_object_store(
+    body: Mapping[str, Any], location: str | None
+) -> ResultsSummary | None:
+    """The summary the runner uploaded next to its output, or None (with an Event
+    saying why) when there is none to read."""
+    s3 = ((body.get("spec") or {}).get("output") or {}).get("s3")
+    if not location or not s3:
+        return None
+    url = location.rstrip("/") + "/" + objectstore.SUMMARY_KEY
+    try:
+        doc = objectstore.get_json(body["metadata"]["namespace"], S3Output.model_validate(s3), url)
+        return ResultsSummary.model_validate(doc)
+    except (objectstore.ObjectStoreError, ValueError) as exc:
+        message = str(exc).splitlines()[0][:300]
+        meta = body["metadata"]
+        log.warning(
+            "results of %s/%s not read from the object store: %s",
+            meta["namespace"],
+            meta["name"],
+            message,
+        )
+        k8s.event(
+            body,
+            "Warning",
+            R.RESULTS_NOT_IN_OBJECT_STORE,
+            f"falling back to the termination message: {message}",
+        )
+        return None
 
 
 def _termination_message(pods: list[dict[str, Any]]) -> str | None:

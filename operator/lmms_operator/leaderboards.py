@@ -21,8 +21,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from . import k8s
-from .api import GROUP, VERSION
+from . import k8s, objectstore
+from .api import GROUP, VERSION, S3Output
 from .reconcile import leaderboard as lb
 from .reconcile.job import LABEL_MANAGED_BY, LABEL_PREFIX, MANAGED_BY
 
@@ -119,7 +119,8 @@ def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
                 return False
             ranked = lb.rank(merged, spec.get("rankBy") or {})
             if _swap(namespace, board, ranked, index):
-                _update_status(namespace, board, ranked, spec)
+                stored = _store(namespace, board, ranked)
+                _update_status(namespace, board, ranked, spec, stored)
                 return True
             log.info(
                 "leaderboard %s/%s changed meanwhile (attempt %d): retrying",
@@ -206,11 +207,62 @@ def _delete(core: client.CoreV1Api, namespace: str, name: str) -> None:
             raise
 
 
+def s3_key_prefix(s3: S3Output, namespace: str, name: str) -> str:
+    parts = [p for p in (s3.prefix.strip("/"), namespace, name) if p]
+    return "/".join(parts) + "/"
+
+
+def _store(
+    namespace: str, board: Mapping[str, Any], ranked: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Copies the whole table to the object store when the Leaderboard asks for it.
+    Returns the status fields that say how that went (None: no object store). The
+    ConfigMaps stay the source of truth: a failed copy is reported, and the next
+    publish writes the whole table again."""
+    raw = ((board.get("spec") or {}).get("storage") or {}).get("s3")
+    if not raw:
+        return None
+    s3 = S3Output.model_validate(raw)
+    name = board["metadata"]["name"]
+    now = _now()
+    try:
+        url = objectstore.put_texts(
+            namespace, s3, s3_key_prefix(s3, namespace, name), lb.render(ranked)
+        )
+    except objectstore.ObjectStoreError as exc:
+        message = str(exc)[:500]
+        log.warning("leaderboard %s/%s: %s", namespace, name, message)
+        k8s.event(board, "Warning", "ObjectStoreWriteFailed", message)
+        return {
+            "condition": {
+                "type": "ObjectStoreSynced",
+                "status": "False",
+                "reason": "ObjectStoreWriteFailed",
+                "message": message,
+                "lastTransitionTime": now,
+            }
+        }
+    return {
+        "tableLocation": url,
+        "condition": {
+            "type": "ObjectStoreSynced",
+            "status": "True",
+            "reason": "Written",
+            "message": f"the table is in {url}table.json (also .csv, .md)",
+            "lastTransitionTime": now,
+        },
+    }
+
+
 def _update_status(
-    namespace: str, board: Mapping[str, Any], ranked: list[dict[str, Any]], spec: Mapping[str, Any]
+    namespace: str,
+    board: Mapping[str, Any],
+    ranked: list[dict[str, Any]],
+    spec: Mapping[str, Any],
+    stored: dict[str, Any] | None,
 ) -> None:
     _, index = read(namespace, board)
-    status = {
+    status: dict[str, Any] = {
         "entries": len(ranked),
         "models": len({(e["model"], e.get("revision")) for e in ranked}),
         "tasks": len({e["task"] for e in ranked}),
@@ -218,6 +270,21 @@ def _update_status(
         "top": lb.top(ranked, int(spec.get("top") or 5)),
         "configMaps": [prefix(board), *((index or {}).get("configMaps") or [])],
     }
+    if stored is not None:
+        if "tableLocation" in stored:
+            status["tableLocation"] = stored["tableLocation"]
+        cond = stored["condition"]
+        before = next(
+            (
+                c
+                for c in (board.get("status") or {}).get("conditions") or []
+                if c.get("type") == cond["type"]
+            ),
+            None,
+        )
+        if before and before.get("status") == cond["status"]:
+            cond["lastTransitionTime"] = before.get("lastTransitionTime")
+        status["conditions"] = [cond]
     client.CustomObjectsApi(k8s.api()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, "leaderboards", board["metadata"]["name"], {"status": status}
     )

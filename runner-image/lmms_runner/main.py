@@ -30,6 +30,7 @@ from lmms_operator.api.runner import (
     EXIT_EVALUATION_FAILED,
     EXIT_OK,
     EXIT_UPLOAD_FAILED,
+    RESULTS_SUMMARY_FILE,
     Provenance,
 )
 
@@ -219,6 +220,10 @@ class Runner:
         code = EXIT_OK
         s3 = self.cfg.spec.output.s3 if self.cfg.spec.output else None
         if s3 is not None:
+            # Uploaded with the output: the operator reads it when it cannot reach us.
+            (self.output / RESULTS_SUMMARY_FILE).write_text(
+                summary.model_dump_json(by_alias=True, indent=1)
+            )
             self.tracker.set_phase("uploading")
             prefix = upload.key_prefix(
                 s3, self.env.get("POD_NAMESPACE", ""), self.cfg.name, self.cfg.config_hash

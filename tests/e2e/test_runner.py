@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.fixtures import colortask
+from tests.fixtures.s3 import s3_server
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -347,29 +348,8 @@ def test_a_restarted_run_resumes_from_the_cache_volume(tmp_path: Path, tasks_dir
 def test_upload_to_a_real_s3_compatible_server(
     tmp_path: Path, model_server: ModelServer, tasks_dir: Path
 ) -> None:
-    port = _free_port()
-    moto = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import boto3
-
-        endpoint = f"http://127.0.0.1:{port}"
-        creds = {
-            "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE",
-            "AWS_SECRET_ACCESS_KEY": "s3cr3t-key-value",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
-        )
-        wait_for(lambda: s3.create_bucket(Bucket="evals"), timeout=30)
+    with s3_server("evals") as store:
+        endpoint, s3, creds = store.endpoint, store.client, store.env
         config = run_config(tmp_path, model_server.url, ["shades"])
         doc = yaml.safe_load(config.read_text())
         doc["spec"]["output"] = {"s3": {"bucket": "evals", "prefix": "runs/", "endpoint": endpoint}}
@@ -384,10 +364,10 @@ def test_upload_to_a_real_s3_compatible_server(
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="evals")["Contents"]]
         assert any(k.endswith("_results.json") for k in keys)
         assert any(k.endswith("lmms-runner.json") for k in keys)
+        summary_key = next(k for k in keys if k.endswith("results-summary.json"))
+        stored = json.loads(s3.get_object(Bucket="evals", Key=summary_key)["Body"].read())
+        assert stored["tasks"][0]["task"] == "shades"
         assert json.loads(runner.term.read_text())["s3"] == location
         runner.post("/ack", RUNNER_TOKEN)
         assert runner.wait(30) == 0
         assert creds["AWS_SECRET_ACCESS_KEY"] not in runner.output()
-    finally:
-        moto.terminate()
-        moto.wait(timeout=10)

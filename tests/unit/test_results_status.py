@@ -44,12 +44,21 @@ def test_termination_message_fallback() -> None:
     ]
     assert res.from_termination_message('{"ok": false, "reason": "x"}') is None
     assert res.from_termination_message("not json") is None
+    assert res.location_from_termination_message(msg) is None
+    uploaded = json.dumps({"v": 1, "ok": True, "tasks": {}, "s3": "s3://b/runs/x/"})
+    assert res.location_from_termination_message(uploaded) == "s3://b/runs/x/"
 
 
 def test_large_results_stay_under_the_configmap_limit() -> None:
-    data = res.config_map_data("x" * (2 * 1024 * 1024), [], "runner")
-    assert "results.json" not in data and "note" in data
+    primaries = [{"task": "mme", "metric": "score", "value": 1.0}]
+    data = res.config_map_data("x" * (2 * 1024 * 1024), primaries, "runner", None)
+    assert "results.json" not in data and "spec.output.s3" in data["note"]
+    assert json.loads(data["primary.json"]) == primaries
     assert sum(len(v) for v in data.values()) < res.CONFIG_MAP_BUDGET
+    stored = res.config_map_data("x" * (2 * 1024 * 1024), primaries, "runner", "s3://b/k/")
+    assert stored["location"] == "s3://b/k/" and "s3://b/k/" in stored["note"]
+    small = res.config_map_data('{"tasks": []}', primaries, "runner", "s3://b/k/")
+    assert small["results.json"] == '{"tasks": []}' and "note" not in small
 
 
 def test_progress_is_written_only_when_it_changed() -> None:

@@ -29,8 +29,10 @@ class LeaderboardStorage(ApiModel):
     )
     s3: S3Output | None = Field(
         default=None,
-        description="Reserved: S3 storage of the table is not implemented yet; the table "
-        "lives in ConfigMaps only.",
+        description="Also copy the whole table (table.json, table.csv, table.md) to "
+        "s3://<bucket>/<prefix>/<namespace>/<name>/ after every change. The ConfigMaps stay "
+        "the source of truth; status.tableLocation and the ObjectStoreSynced condition say "
+        "where the copy is and whether the last write worked.",
     )
 
 
@@ -79,7 +81,7 @@ class LeaderboardStatus(ApiModel):
     table_location: str | None = Field(default=None, description="Object-store URL, when used.")
     conditions: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="Conditions (KEP-1623).",
+        description="Conditions (KEP-1623): ObjectStoreSynced when storage.s3 is set.",
         json_schema_extra={
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
         },

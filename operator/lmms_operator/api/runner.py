@@ -72,6 +72,11 @@ class Provenance(ApiModel):
     argv: list[str] = Field(default_factory=list, description="The exact command, redacted.")
 
 
+#: The runner writes its ResultsSummary under this name into the output it uploads, so
+#: that the operator can read the results from the object store.
+RESULTS_SUMMARY_FILE = "results-summary.json"
+
+
 class ResultsSummary(ApiModel):
     """``GET /results`` and (compacted) the termination message."""
 

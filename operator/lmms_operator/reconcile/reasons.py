@@ -32,6 +32,8 @@ JOB_SUSPENDED = "JobSuspended"
 JOB_RESUMED = "JobResumed"
 JOB_STOPPED = "JobStopped"
 RESULTS_COLLECTED = "ResultsCollected"
+RESULTS_NOT_IN_OBJECT_STORE = "ResultsNotInObjectStore"
+LEADERBOARD_STORE_FAILED = "ObjectStoreWriteFailed"
 
 FAILURE_REASONS = (
     INVALID_SPEC,

@@ -27,9 +27,7 @@ def primary_results(summary: ResultsSummary) -> list[dict[str, Any]]:
     return out
 
 
-def from_termination_message(message: str | None) -> list[dict[str, Any]] | None:
-    """The fallback when the runner could not be reached: its termination message holds
-    every task's primary metric first."""
+def _termination_doc(message: str | None) -> dict[str, Any] | None:
     if not message:
         return None
     try:
@@ -37,6 +35,15 @@ def from_termination_message(message: str | None) -> list[dict[str, Any]] | None
     except ValueError:
         return None
     if not isinstance(doc, dict) or doc.get("ok") is not True:
+        return None
+    return doc
+
+
+def from_termination_message(message: str | None) -> list[dict[str, Any]] | None:
+    """The last fallback when neither the runner nor the object store answers: the
+    termination message holds every task's primary metric first."""
+    doc = _termination_doc(message)
+    if doc is None:
         return None
     out = []
     for task, metrics in (doc.get("tasks") or {}).items():
@@ -46,17 +53,32 @@ def from_termination_message(message: str | None) -> list[dict[str, Any]] | None
     return out
 
 
+def location_from_termination_message(message: str | None) -> str | None:
+    """The ``s3://`` URL of the uploaded output, when the runner uploaded it."""
+    doc = _termination_doc(message)
+    location = doc.get("s3") if doc else None
+    return location if isinstance(location, str) and location.startswith("s3://") else None
+
+
 def config_map_data(
-    summary_json: str | None, primaries: list[dict[str, Any]], source: str
+    summary_json: str | None, primaries: list[dict[str, Any]], source: str, location: str | None
 ) -> dict[str, str]:
-    """The results ConfigMap's data: the full summary when it fits, else the primaries
-    and a note (the full output is in the object store when one is configured)."""
+    """The results ConfigMap's data: the full summary when it fits under the 1 MiB
+    object limit; else the primaries and where the full results are (the object store
+    when one is configured)."""
     data = {"source": source, "primary.json": json.dumps(primaries, indent=1)}
+    if location:
+        data["location"] = location
     if summary_json and len(summary_json.encode()) < CONFIG_MAP_BUDGET:
         data["results.json"] = summary_json
+    elif summary_json and location:
+        data["note"] = (
+            "the full results exceed the ConfigMap size limit: they are in the object "
+            f"store at {location}"
+        )
     elif summary_json:
         data["note"] = (
-            "the full results exceed the ConfigMap size limit; configure "
-            "spec.output.s3 to keep them"
+            "the full results exceed the ConfigMap size limit and no object store is "
+            "configured: configure spec.output.s3 to keep them"
         )
     return data

@@ -1,0 +1,181 @@
+"""The operator and an S3-compatible store (moto's server on loopback), on the real
+control plane: results read from the store when the runner cannot be reached, results
+too large for a ConfigMap, and Leaderboard tables copied to the store.
+
+The stand-in runner exits at once with a termination message that points at the
+store, as the real runner does after uploading; the test puts the summary there."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from lmms_operator.api import GROUP, VERSION
+from lmms_operator.api.runner import RESULTS_SUMMARY_FILE
+from tests import evalruns as er
+from tests.fixtures.s3 import SECRET_KEY, S3Server, s3_server
+from tests.helpers import wait_for
+from tests.operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator_process")]
+
+
+@pytest.fixture()
+def store() -> Iterator[S3Server]:
+    with s3_server("evals", "boards") as server:
+        yield server
+
+
+def _credentials(api: client.ApiClient, namespace: str, store: S3Server) -> None:
+    client.CoreV1Api(api).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "s3-creds"}, "stringData": store.env},
+    )
+
+
+def _summary(task: str, value: float, extra_metrics: int = 0) -> dict[str, Any]:
+    metrics = [{"name": "exact_match", "value": value, "higherIsBetter": True}]
+    # Long metric names make a summary past the 1 MiB ConfigMap limit.
+    metrics += [
+        {"name": f"breakdown_{i:06d}_" + "x" * 80, "value": 0.5} for i in range(extra_metrics)
+    ]
+    return {
+        "tasks": [{"task": task, "primary": "exact_match", "samples": 12, "metrics": metrics}],
+        "provenance": {"model": "dummy", "configHash": "abc"},
+    }
+
+
+def _run(name: str, store: S3Server, key_prefix: str, termination_value: float) -> dict[str, Any]:
+    """An EvalRun whose runner says (termination message) it uploaded to key_prefix."""
+    message = {
+        "v": 1,
+        "ok": True,
+        "truncated": False,
+        "tasks": {"colors": {"exact_match": termination_value}},
+        "s3": f"s3://evals/{key_prefix}",
+    }
+    return er.manifest(
+        name,
+        er.EXECUTOR,
+        model={
+            "type": "dummy",
+            "pretrained": f"org/{name}",  # one model per run: each keeps its own entry
+            "args": {
+                "scripted_message_b64": base64.b64encode(json.dumps(message).encode()).decode()
+            },
+        },
+        output={
+            "s3": {"bucket": "evals", "endpoint": store.endpoint, "credentialsSecret": "s3-creds"}
+        },
+        leaderboard="board",
+    )
+
+
+def _results_config_map(api: client.ApiClient, namespace: str, run: dict[str, Any]) -> Any:
+    name = run["status"]["resultsConfigMap"]
+    return client.CoreV1Api(api).read_namespaced_config_map(name, namespace).data
+
+
+def test_results_come_from_the_object_store_when_the_runner_is_gone(
+    api: client.ApiClient,
+    namespace: str,
+    store: S3Server,
+    operator_process: OperatorProcess,
+) -> None:
+    _credentials(api, namespace, store)
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "leaderboards",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Leaderboard",
+            "metadata": {"name": "board"},
+            "spec": {
+                "storage": {
+                    "s3": {
+                        "bucket": "boards",
+                        "prefix": "tables",
+                        "endpoint": store.endpoint,
+                        "credentialsSecret": "s3-creds",
+                    }
+                }
+            },
+        },
+    )
+    # small: the full summary fits in the ConfigMap; big: only the primaries do.
+    store.client.put_object(
+        Bucket="evals",
+        Key=f"runs/small/{RESULTS_SUMMARY_FILE}",
+        Body=json.dumps(_summary("colors", 0.75)).encode(),
+    )
+    big_summary = json.dumps(_summary("colors", 0.5, extra_metrics=12_000))
+    assert len(big_summary) > 1024 * 1024
+    store.client.put_object(
+        Bucket="evals", Key=f"runs/big/{RESULTS_SUMMARY_FILE}", Body=big_summary.encode()
+    )
+    # The termination message says 0.1: the store's value wins when it can be read.
+    er.create(api, namespace, _run("small", store, "runs/small/", termination_value=0.1))
+    er.create(api, namespace, _run("big", store, "runs/big/", termination_value=0.1))
+    er.create(api, namespace, _run("gone", store, "runs/missing/", termination_value=0.25))
+
+    small = er.wait_phase(api, namespace, "small", "Succeeded", timeout=90)
+    wait_for(lambda: er.get(api, namespace, "small")["status"].get("leaderboardPublished"))
+    small = er.get(api, namespace, "small")
+    assert small["status"]["results"][0]["value"] == 0.75
+    assert small["status"]["resultsLocation"] == "s3://evals/runs/small/"
+    data = _results_config_map(api, namespace, small)
+    assert data["source"] == "object store" and data["location"] == "s3://evals/runs/small/"
+    assert json.loads(data["results.json"])["tasks"][0]["metrics"][0]["value"] == 0.75
+
+    er.wait_phase(api, namespace, "big", "Succeeded", timeout=90)
+    big = wait_for(lambda: (r := er.get(api, namespace, "big"))["status"].get("results") and r)
+    assert big["status"]["results"][0]["value"] == 0.5
+    data = _results_config_map(api, namespace, big)
+    assert "results.json" not in data
+    assert "s3://evals/runs/big/" in data["note"] and data["location"] == "s3://evals/runs/big/"
+    assert sum(len(v) for v in data.values()) < 1024 * 1024
+
+    # No summary in the store: the termination message's primaries, and a Warning.
+    er.wait_phase(api, namespace, "gone", "Succeeded", timeout=90)
+    gone = wait_for(lambda: (r := er.get(api, namespace, "gone"))["status"].get("results") and r)
+    assert gone["status"]["results"] == [{"task": "colors", "metric": "exact_match", "value": 0.25}]
+    assert _results_config_map(api, namespace, gone)["source"] == "termination message"
+    assert "ResultsNotInObjectStore" in er.event_reasons(api, namespace, "gone")
+
+    # The Leaderboard's whole table is in the store too, and status says where.
+    def board_synced() -> dict[str, Any] | None:
+        board = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "leaderboards", "board"
+        )
+        status = board.get("status") or {}
+        return board if status.get("entries") == 3 and status.get("tableLocation") else None
+
+    board = wait_for(board_synced, timeout=60)
+    location = f"s3://boards/tables/{namespace}/board/"
+    assert board["status"]["tableLocation"] == location
+    synced = board["status"]["conditions"][0]
+    assert (synced["type"], synced["status"]) == ("ObjectStoreSynced", "True")
+    table = json.loads(store.text("boards", f"tables/{namespace}/board/table.json"))
+    assert sorted((e["run"], e["value"]) for e in table) == [
+        (f"{namespace}/big", 0.5),
+        (f"{namespace}/gone", 0.25),
+        (f"{namespace}/small", 0.75),
+    ]
+    assert [e["rank"] for e in sorted(table, key=lambda e: -e["value"])] == [1, 2, 3]
+    assert "| 1 | colors |" in store.text("boards", f"tables/{namespace}/board/table.md")
+    assert store.text("boards", f"tables/{namespace}/board/table.csv").count("\n") == 4
+
+    # The key never leaves its Secret: not in statuses, ConfigMaps, events or the log.
+    core = client.CoreV1Api(api)
+    texts = [json.dumps(er.get(api, namespace, n)) for n in ("small", "big", "gone")]
+    texts += [json.dumps(cm.data) for cm in core.list_namespaced_config_map(namespace).items]
+    texts += [e.message or "" for e in core.list_namespaced_event(namespace).items]
+    texts.append(operator_process.log_path.read_text(errors="replace"))
+    assert not [t for t in texts if SECRET_KEY in t]
