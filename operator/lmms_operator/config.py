@@ -15,6 +15,12 @@
 | LMMS_HOLD_TIMEOUT              | 600                              | s a runner serves results until acked |
 | LMMS_SCRAPE_TIMEOUT            | 3                                | s before a runner scrape gives up     |
 | LMMS_SCRAPE_CONCURRENCY        | 32                               | runners scraped at once, at most      |
+| LMMS_ALLOWED_FEATURES          | (all)                            | comma list of optional spec features  |
+
+LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
+(spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
+remoteModels (model.apiKey). Unset: all; empty: none. A run using another ends Failed
+with reason InvalidSpec, naming the field.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class Settings:
     scrape_timeout: float = 3.0
     scrape_concurrency: int = 32
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    allowed_features: frozenset[str] | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -78,4 +85,20 @@ class Settings:
             hold_timeout=_float("LMMS_HOLD_TIMEOUT", d.hold_timeout),
             scrape_timeout=_float("LMMS_SCRAPE_TIMEOUT", d.scrape_timeout),
             scrape_concurrency=_int("LMMS_SCRAPE_CONCURRENCY", d.scrape_concurrency),
+            allowed_features=_features(os.environ.get("LMMS_ALLOWED_FEATURES")),
         )
+
+
+def _features(raw: str | None) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    from .reconcile.validate import FEATURES
+
+    names = frozenset(f.strip() for f in raw.split(",") if f.strip())
+    unknown = sorted(names - set(FEATURES))
+    if unknown:
+        raise ValueError(
+            f"LMMS_ALLOWED_FEATURES: unknown feature(s) {', '.join(unknown)}; "
+            f"known: {', '.join(FEATURES)}"
+        )
+    return names

@@ -58,7 +58,7 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     run = jobs.RunRef(name, namespace, uid)
 
     try:
-        spec = validate(body.get("spec"))
+        spec = validate(body.get("spec"), settings.allowed_features)
     except InvalidSpec as exc:
         return _invalid(body, status, exc.problems, generation)
 

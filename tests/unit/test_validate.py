@@ -93,3 +93,23 @@ def test_user_values_win_over_the_preset() -> None:
     assert pretrained == "Qwen/Qwen2-VL-7B-Instruct" and args["max_pixels"] == "1003520"
     pretrained, _ = presets.resolve("qwen2_vl", "/models/mine", {})
     assert pretrained == "/models/mine"
+
+
+def test_features_the_operator_does_not_allow_are_refused_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lmms_operator.config import Settings
+
+    risky = spec(image="registry.example/custom:1", resources={"gpus": 1, "nodes": 2})
+    assert validate(risky).image == "registry.example/custom:1"  # everything allowed
+    with pytest.raises(InvalidSpec) as exc:
+        validate(risky, frozenset({"multiNode"}))
+    [problem] = exc.value.problems
+    assert problem.field == "spec.image" and "imageOverride is not allowed" in str(problem)
+    monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "multiNode, s3Output")
+    assert Settings.from_env().allowed_features == {"multiNode", "s3Output"}
+    monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "")
+    assert Settings.from_env().allowed_features == frozenset()
+    monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "gpuSharing")
+    with pytest.raises(ValueError, match="unknown feature.*gpuSharing"):
+        Settings.from_env()

@@ -103,19 +103,44 @@ def pods_by_run(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[An
 
 
 # -- spec changes ----------------------------------------------------------------------
-@kopf.on.resume(GROUP, VERSION, "evalruns", backoff=5)
-@kopf.on.create(GROUP, VERSION, "evalruns", backoff=5)
-@kopf.on.update(GROUP, VERSION, "evalruns", field="spec", backoff=5)
-def evalrun_spec(body: kopf.Body, **_: Any) -> None:
+# Level-triggered: a run whose status does not reflect its metadata.generation yet (new,
+# edited, or waiting for a referenced object) is reconciled from the watch event and,
+# should that fail, again by the resync loop. Nothing is stored on the object for this
+# (no Kopf progress or diff-base annotations, no finalizer): the status is the record.
+_retry_at: dict[str, float] = {}
+
+
+def _needs_spec(run: Mapping[str, Any]) -> bool:
+    if (run.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    status = run.get("status") or {}
+    if status.get("observedGeneration") != (run.get("metadata") or {}).get("generation", 1):
+        return True
+    return status.get("reason") == "WaitingForReferences"
+
+
+def _reconcile_spec(body: Mapping[str, Any], *, retry: bool = False) -> None:
     meta = body["metadata"]
-    with metrics.timed_handler("evalrun_spec"), _run_lock(meta["uid"]):
-        run = _with_written(body)
-        try:
-            fields = controller.ensure(run, SETTINGS)
-        except controller.RetryLater as exc:
-            _write_status(run, controller.waiting_for_references(run, str(exc)))
-            raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
-        _write_status(run, fields)
+    uid = meta["uid"]
+    if not retry and uid in _retry_at:
+        return  # backing off: the resync loop retries when it is due
+    try:
+        with metrics.timed_handler("evalrun_spec"), _run_lock(uid):
+            run = _with_written(body)
+            if run.get("_stale") or not _needs_spec(run):
+                return
+            try:
+                fields = controller.ensure(run, SETTINGS)
+            except controller.RetryLater as exc:
+                _write_status(run, controller.waiting_for_references(run, str(exc)))
+                _retry_at[uid] = time.monotonic() + exc.delay
+                return
+            _retry_at.pop(uid, None)
+            _write_status(run, fields)
+    except Exception:
+        # Counted as an error by timed_handler; the resync loop retries.
+        log.exception("reconciling %s/%s failed: retrying", meta["namespace"], meta["name"])
+        _retry_at[uid] = time.monotonic() + 5
 
 
 def _write_status(run: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
@@ -168,32 +193,18 @@ def pod_event(labels: Mapping[str, str], **kwargs: Any) -> None:
         _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
 
 
-def _active(status: Mapping[str, Any], **_: Any) -> bool:
-    return status.get("phase") in st.ACTIVE
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "evalruns",
-    interval=SETTINGS.resync_interval,
-    initial_delay=SETTINGS.resync_interval,
-    when=_active,
-)
-def evalrun_resync(uid: str, **kwargs: Any) -> None:
-    """Time-based decisions (how long a pod has been unschedulable) and missed events."""
-    with metrics.timed_handler("evalrun_resync"):
-        _observe(uid, kwargs)
-
-
 @kopf.on.event(GROUP, VERSION, "evalruns")
-def evalrun_event(type: str | None, uid: str, **kwargs: Any) -> None:
+def evalrun_event(type: str | None, uid: str, body: kopf.Body, **kwargs: Any) -> None:
     if type == "DELETED":
-        meta = kwargs["body"]["metadata"]
+        meta = body["metadata"]
         metrics.deleted(uid, meta.get("namespace", ""), meta.get("name", ""))
         with _written_lock:
             _written.pop(uid, None)
             _run_locks.pop(uid, None)
+        _retry_at.pop(uid, None)
+        return
+    if _needs_spec(_with_written(body)):
+        _reconcile_spec(body)
 
 
 # -- progress and results from the runner --------------------------------------------------
@@ -206,10 +217,6 @@ def _scraper_instance() -> Scraper:
     if _scraper is None:
         _scraper = Scraper(SETTINGS)
     return _scraper
-
-
-def _running(status: Mapping[str, Any], **_: Any) -> bool:
-    return status.get("phase") == "Running" and not status.get("resultsConfigMap")
 
 
 def _runner_pod(uid: str, job_name: str, indexes: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -237,22 +244,14 @@ def _update(uid: str, runs: kopf.Index[str, Any], compute: Any) -> None:
         _write_status(run, compute(run, run.get("status") or {}))
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "evalruns",
-    interval=SETTINGS.scrape_interval,
-    initial_delay=SETTINGS.scrape_interval,
-    when=_running,
-)
-async def evalrun_scrape(uid: str, status: kopf.Status, **kwargs: Any) -> None:
+async def _scrape(uid: str, status: Mapping[str, Any], indexes: Mapping[str, Any]) -> None:
     """Pulls /progress into status.progress; once the runner is done, pulls /results,
     publishes them and acknowledges, so that the runner exits."""
-    runs = kwargs["evalruns_by_uid"]
+    runs = indexes["evalruns_by_uid"]
     job_name = status.get("jobName")
     if not job_name:
         return
-    pod = _runner_pod(uid, job_name, kwargs)
+    pod = _runner_pod(uid, job_name, indexes)
     if pod is None:
         return
     base = f"http://{pod['status']['podIP']}:{SETTINGS.runner_port}"
@@ -307,7 +306,77 @@ async def evalrun_scrape(uid: str, status: kopf.Status, **kwargs: Any) -> None:
     _tokens.pop(job_name, None)
 
 
+# -- periodic work: one loop each for all runs (no per-object timers) -----------------------
+def _active(status: Mapping[str, Any]) -> bool:
+    return status.get("phase") in st.ACTIVE
+
+
+def _running(status: Mapping[str, Any]) -> bool:
+    return status.get("phase") == "Running" and not status.get("resultsConfigMap")
+
+
+def _runs(indexes: Mapping[str, Any]) -> list[dict[str, Any]]:
+    index = indexes["evalruns_by_uid"]
+    return [found[0] for uid in list(index) if (found := list(index.get(uid, [])))]
+
+
+def _resync_pass(indexes: Mapping[str, Any]) -> None:
+    """Time-based decisions (how long a pod has been unschedulable), missed events, and
+    spec reconciliations that are due for a retry."""
+    now = time.monotonic()
+    for body in _runs(indexes):
+        uid = body["metadata"]["uid"]
+        try:
+            if _needs_spec(_with_written(body)):
+                if _retry_at.get(uid, 0) <= now:
+                    _reconcile_spec(body, retry=True)
+            elif _active(body.get("status") or {}):
+                with metrics.timed_handler("evalrun_resync"):
+                    _observe(uid, indexes)
+        except Exception:
+            log.exception("resync of %s failed", uid)
+
+
+async def _every(interval: float, work: Any) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("periodic work failed")
+
+
+_loops: list[asyncio.Task[None]] = []
+
+
+@kopf.on.startup()
+async def start_loops(**kwargs: Any) -> None:
+    """The resync and scrape loops over every run in the watch caches."""
+    indexes = {k: kwargs[k] for k in ("evalruns_by_uid", "jobs_by_name", "pods_by_run")}
+
+    async def resync() -> None:
+        await asyncio.to_thread(_resync_pass, indexes)
+
+    async def scrape() -> None:
+        pending = []
+        for body in _runs(indexes):
+            status = _with_written(body).get("status") or {}
+            if _running(status):
+                pending.append(_scrape(body["metadata"]["uid"], status, indexes))
+        # The scraper bounds the connections open at once (LMMS_SCRAPE_CONCURRENCY).
+        for result in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("scrape failed: %s", result)
+
+    _loops.append(asyncio.create_task(_every(SETTINGS.resync_interval, resync)))
+    _loops.append(asyncio.create_task(_every(SETTINGS.scrape_interval, scrape)))
+
+
 @kopf.on.cleanup()
 async def close_scraper(**_: Any) -> None:
+    for task in _loops:
+        task.cancel()
     if _scraper is not None:
         await _scraper.close()

@@ -11,7 +11,9 @@ from ..api import GROUP
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Kopf's bookkeeping stays out of the user's status: annotations with our prefix.
+    # The handlers are level-triggered (event handlers, indexes and the operator's own
+    # loops), so Kopf stores nothing on the objects: no progress or diff-base
+    # annotations, no finalizer. These settings only keep any future use under our name.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"

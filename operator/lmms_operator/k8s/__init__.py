@@ -153,22 +153,28 @@ def patch_job_suspend(namespace: str, name: str, suspend: bool) -> None:
 
 
 def delete_run_children(namespace: str, selector: str) -> int:
-    """Deletes the Jobs (with their pods), ConfigMaps, Secrets and Services matching."""
+    """Deletes the Jobs (with their pods and token Secrets), ConfigMaps and Services
+    matching."""
     body = client.V1DeleteOptions(propagation_policy="Background")
     core, batch = client.CoreV1Api(api()), client.BatchV1Api(api())
     deleted = 0
     for job in list_jobs(namespace, selector):
+        name = job["metadata"]["name"]
         try:
-            batch.delete_namespaced_job(
-                job["metadata"]["name"], namespace, body=body, _preload_content=False
-            )
+            batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
             deleted += 1
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        # By name: the operator may not list Secrets (least privilege). A token whose Job
+        # is gone already is removed with the run (owner reference).
+        try:
+            core.delete_namespaced_secret(f"{name}-token", namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
                 raise
     for lister, deleter in (
         (core.list_namespaced_config_map, core.delete_namespaced_config_map),
-        (core.list_namespaced_secret, core.delete_namespaced_secret),
         (core.list_namespaced_service, core.delete_namespaced_service),
     ):
         items = _json(lister(namespace, label_selector=selector, _preload_content=False))

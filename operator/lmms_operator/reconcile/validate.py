@@ -182,10 +182,50 @@ NO_PRETRAINED = frozenset(
 )
 
 
-def validate(raw: Mapping[str, Any] | None) -> EvalRunSpec:
+#: Features a platform team can turn off (LMMS_ALLOWED_FEATURES; Helm: allowedFeatures),
+#: with the field each one is about.
+FEATURES = {
+    "imageOverride": "spec.image",
+    "multiNode": "spec.resources.nodes",
+    "customTasks": "spec.customTasks",
+    "s3Output": "spec.output.s3",
+    "remoteModels": "spec.model.apiKey",
+}
+
+
+def used_features(spec: EvalRunSpec) -> dict[str, str]:
+    """The optional features the spec uses, with their fields."""
+    used = {
+        "imageOverride": spec.image is not None,
+        "multiNode": spec.resources.nodes > 1,
+        "customTasks": bool(spec.custom_tasks),
+        "s3Output": spec.output is not None and spec.output.s3 is not None,
+        "remoteModels": spec.model.api_key is not None,
+    }
+    return {name: FEATURES[name] for name, on in used.items() if on}
+
+
+def check_features(spec: EvalRunSpec, allowed: frozenset[str] | None) -> list[Problem]:
+    """Problems for the features this operator does not allow (None: all allowed)."""
+    if allowed is None:
+        return []
+    return [
+        Problem(
+            field,
+            f"{name} is not allowed by this operator (allowed features: "
+            f"{', '.join(sorted(allowed)) or 'none'})",
+        )
+        for name, field in used_features(spec).items()
+        if name not in allowed
+    ]
+
+
+def validate(
+    raw: Mapping[str, Any] | None, allowed_features: frozenset[str] | None = None
+) -> EvalRunSpec:
     """Parses and checks a spec; raises InvalidSpec with every problem found."""
     spec = parse_spec(raw)
-    problems = check_spec(spec)
+    problems = check_spec(spec) + check_features(spec, allowed_features)
     if problems:
         raise InvalidSpec(problems)
     return spec
