@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .reconcile import status as st
+from .reconcile.reasons import FAILURE_REASONS
 
 PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled")
 REGISTRY = CollectorRegistry()
@@ -40,6 +41,10 @@ FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+# Every known reason starts at 0, so that rates and dashboards see the series before the
+# first failure.
+for _reason in FAILURE_REASONS:
+    FAILURES.labels(_reason)
 DURATION = Histogram(
     "lmms_operator_evalrun_duration_seconds",
     "Time from creation to the end of an EvalRun, by final phase.",
@@ -68,8 +73,9 @@ THROUGHPUT = Gauge(
 )
 SCORE = Gauge(
     "lmms_operator_score",
-    "Published scores: the primary metric of a task, per leaderboard, model and metric.",
-    ["leaderboard", "model", "task", "metric"],
+    "Published scores: the primary metric of a task, per leaderboard, model and metric; "
+    "direction is higher or lower (which is better) or unknown.",
+    ["leaderboard", "model", "task", "metric", "direction"],
     registry=REGISTRY,
 )
 HANDLER_CALLS = Counter(
@@ -181,7 +187,11 @@ def deleted(uid: str, namespace: str, name: str) -> None:
 def published(leaderboard: str, entries: list[dict[str, Any]]) -> None:
     for e in entries:
         if e.get("value") is not None:
-            SCORE.labels(leaderboard, str(e["model"]), e["task"], e["metric"]).set(e["value"])
+            better = e.get("higherIsBetter")
+            direction = "unknown" if better is None else ("higher" if better else "lower")
+            SCORE.labels(leaderboard, str(e["model"]), e["task"], e["metric"], direction).set(
+                e["value"]
+            )
 
 
 @contextmanager

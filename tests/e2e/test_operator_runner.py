@@ -23,6 +23,7 @@ from lmms_operator.testing.devcluster import DevCluster
 from tests import evalruns as er
 from tests.e2e.test_runner import ModelServer, _free_port
 from tests.fixtures import colortask
+from tests.helpers import wait_for
 from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator_process")]
@@ -65,6 +66,31 @@ def promql(base: str, query: str) -> list[dict[str, Any]]:
     url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     with urllib.request.urlopen(url, timeout=5) as resp:
         return list(json.load(resp)["data"]["result"])
+
+
+def promql_range(base: str, query: str, start: float, end: float) -> list[dict[str, Any]]:
+    params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"}
+    url = f"{base}/api/v1/query_range?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return list(json.load(resp)["data"]["result"])
+
+
+DASHBOARD = Path(__file__).parents[2] / "helm" / "lmms-operator" / "files" / "dashboard.json"
+#: What Grafana puts in for the dashboard's variables ("All") and its interval macros.
+GRAFANA_VARIABLES = {"$namespace": ".*", "$leaderboard": ".*", "$__rate_interval": "1m"}
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every panel, variables filled in."""
+    out = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(name, value)
+            assert "$" not in expr, (panel["title"], expr)
+            out.append((panel["title"], expr))
+    return out
 
 
 @pytest.fixture()
@@ -118,6 +144,7 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     operator_process: OperatorProcess,
     prometheus: str,
 ) -> None:
+    started = time.time()
     core = client.CoreV1Api(api)
     core.create_namespaced_secret(
         namespace,
@@ -187,8 +214,8 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     # The operator's own /metrics: the score gauge, transitions, runs by phase, work done.
     text = operator_process.metrics()
     assert (
-        'lmms_operator_score{leaderboard="default",metric="exact_match",model="openai",'
-        'task="colors"} 0.8'
+        'lmms_operator_score{direction="higher",leaderboard="default",metric="exact_match",'
+        'model="openai",task="colors"} 0.8'
     ) in text
     assert (
         'lmms_operator_evalrun_transitions_total{from_phase="Running",to_phase="Succeeded"}' in text
@@ -199,6 +226,21 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
         f'lmms_operator_evalrun_progress_ratio{{name="colors-e2e",namespace="{namespace}"}}'
         not in text
     )  # the per-run series went when the run ended
+    # A real Prometheus scraped the operator: PromQL answers with the score...
+    score = wait_for(
+        lambda: promql(prometheus, 'lmms_operator_score{task="colors",leaderboard="default"}'),
+        timeout=60,
+    )
+    assert float(score[0]["value"][1]) == pytest.approx(0.8)
+    # ...and every panel of the Grafana dashboard has data over the run (Grafana asks
+    # query_range for time series panels; the per-run series existed while it ran).
+    time.sleep(3)  # two scrapes after the end, for the rates
+    empty = [
+        (title, expr)
+        for title, expr in dashboard_queries()
+        if not promql_range(prometheus, expr, started, time.time())
+    ]
+    assert not empty, f"dashboard panels without data: {empty}"
     (pod,) = core.list_namespaced_pod(
         namespace, label_selector=f"job-name={run['status']['jobName']}"
     ).items

@@ -111,5 +111,5 @@ def test_features_the_operator_does_not_allow_are_refused_naming_the_field(
     monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "")
     assert Settings.from_env().allowed_features == frozenset()
     monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "gpuSharing")
-    with pytest.raises(ValueError, match="unknown feature.*gpuSharing"):
+    with pytest.raises(ValueError, match=r"unknown feature.*gpuSharing"):
         Settings.from_env()

@@ -25,6 +25,8 @@ from .leaderboard import LeaderboardSpec, LeaderboardStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CRD_DIR = REPO_ROOT / "crds"
+#: The Helm chart templates its CRDs from its own copy (a chart cannot read outside itself).
+CHART_CRD_DIR = REPO_ROOT / "helm" / "lmms-operator" / "files" / "crds"
 
 _COPY = (
     "minimum",
@@ -285,18 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true")
     group.add_argument("--check", action="store_true")
-    parser.add_argument("--dir", type=Path, default=CRD_DIR)
+    parser.add_argument("--dir", type=Path, action="append", help="default: crds/ and the chart's")
     args = parser.parse_args(argv)
     drift = []
-    for name, obj in all_crds().items():
-        path = args.dir / name
-        text = render(obj)
-        if args.write:
-            args.dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
-        elif not path.exists() or path.read_text() != text:
-            drift.append(str(path))
+    for directory in args.dir or [CRD_DIR, CHART_CRD_DIR]:
+        for name, obj in all_crds().items():
+            path = directory / name
+            text = render(obj)
+            if args.write:
+                directory.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(f"wrote {path}")
+            elif not path.exists() or path.read_text() != text:
+                drift.append(str(path))
     if drift:
         print("CRDs drifted from the API models; run: python -m lmms_operator.api.crdgen --write")
         print("\n".join(drift))

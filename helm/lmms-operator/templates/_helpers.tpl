@@ -1,0 +1,42 @@
+{{/* The release's full name, at most 63 characters. */}}
+{{- define "lmms-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lmms-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lmms-operator
+{{- end -}}
+
+{{- define "lmms-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "lmms-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "lmms-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels every runner pod carries (set by the operator). */}}
+{{- define "lmms-operator.runnerSelector" -}}
+app.kubernetes.io/managed-by: lmms-operator
+{{- end -}}
+
+{{/* Namespaces with runner pods, for NetworkPolicies and the PodMonitor. */}}
+{{- define "lmms-operator.runnerNamespaces" -}}
+{{- $ns := .Values.networkPolicy.runnerNamespaces | default .Values.watch.namespaces | default (list .Release.Namespace) -}}
+{{- toJson $ns -}}
+{{- end -}}
