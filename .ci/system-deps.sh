@@ -6,6 +6,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v openssl >/dev/null || need+=(openssl)
+command -v lua5.1 >/dev/null || need+=(lua5.1)
 command -v go >/dev/null || { echo "Go is required to build the Kubernetes binaries (or set KUBEBUILDER_ASSETS)" >&2; }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -113,6 +113,40 @@ def find_binaries(build: bool = True) -> dict[str, str]:
     return found
 
 
+
+@functools.cache
+def find_helm() -> str:
+    """The helm binary: ``$PATH``, else the one built with the Kubernetes binaries."""
+    path = shutil.which("helm")
+    if path:
+        return path
+    out = subprocess.run(
+        ["bash", str(HERE / "build-k8s.sh")], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")
+
+
+KSTATUS_CLI_UTILS = "v0.37.2"
+
+
+@functools.cache
+def find_kstatus_check() -> str:
+    """``kstatus-check`` (testing/kstatus: sigs.k8s.io/cli-utils' kstatus), built once
+    and cached by version."""
+    cache = Path(os.environ.get("LMMS_CACHE_DIR") or Path.home() / ".cache" / "lmms-operator")
+    binary = cache / f"kstatus-check-cli-utils-{KSTATUS_CLI_UTILS}" / "kstatus-check"
+    if not binary.exists():
+        _log(f"building kstatus-check (sigs.k8s.io/cli-utils {KSTATUS_CLI_UTILS})")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["go", "build", "-trimpath", "-o", str(binary) + ".tmp", "."],
+            cwd=HERE / "kstatus",
+            check=True,
+            env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"},
+        )
+        os.replace(str(binary) + ".tmp", binary)
+    return str(binary)
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
