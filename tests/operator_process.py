@@ -34,9 +34,16 @@ def _free_port() -> int:
 
 class OperatorProcess:
     def __init__(
-        self, cluster: devcluster.DevCluster, workdir: Path, env: dict[str, str] | None = None
+        self,
+        cluster: devcluster.DevCluster,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        kubeconfig: Path | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.args = args or []
         self.workdir = workdir
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -48,7 +55,7 @@ class OperatorProcess:
         env = dict(os.environ)
         env.update(
             {
-                "KUBECONFIG": str(self.cluster.kubeconfig),
+                "KUBECONFIG": str(self.kubeconfig),
                 "LMMS_RUNNER_COMMAND": f"{sys.executable} {SCRIPTED_RUNNER}",
                 **TEST_SETTINGS,
                 **self.extra_env,
@@ -65,6 +72,7 @@ class OperatorProcess:
                 f"http://127.0.0.1:{self.liveness_port}/healthz",
                 "--metrics-address",
                 f"127.0.0.1:{self.metrics_port}",
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

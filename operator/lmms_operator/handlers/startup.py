@@ -19,6 +19,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # No cluster scanning (watching CRDs and namespaces): the resources are known, and
+    # the chart's RBAC grants no cluster-wide read of CRDs or namespaces. Namespaces are
+    # given by exact name (--namespace), never as globs.
+    settings.scanning.disabled = True
     # Watches that hang on a dead connection would miss events: bound them.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -132,9 +132,15 @@ KSTATUS_CLI_UTILS = "v0.37.2"
 @functools.cache
 def find_kstatus_check() -> str:
     """``kstatus-check`` (testing/kstatus: sigs.k8s.io/cli-utils' kstatus), built once
-    and cached by version."""
+    and cached by version and source."""
     cache = Path(os.environ.get("LMMS_CACHE_DIR") or Path.home() / ".cache" / "lmms-operator")
-    binary = cache / f"kstatus-check-cli-utils-{KSTATUS_CLI_UTILS}" / "kstatus-check"
+    import hashlib
+
+    source = hashlib.sha256()
+    for name in ("main.go", "go.mod", "go.sum"):
+        source.update((HERE / "kstatus" / name).read_bytes())
+    key = f"kstatus-check-cli-utils-{KSTATUS_CLI_UTILS}-{source.hexdigest()[:10]}"
+    binary = cache / key / "kstatus-check"
     if not binary.exists():
         _log(f"building kstatus-check (sigs.k8s.io/cli-utils {KSTATUS_CLI_UTILS})")
         binary.parent.mkdir(parents=True, exist_ok=True)

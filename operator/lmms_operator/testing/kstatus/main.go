@@ -8,9 +8,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -20,8 +22,14 @@ type result struct {
 }
 
 func main() {
+	data, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reading objects:", err)
+		os.Exit(2)
+	}
+	// apimachinery's decoder keeps integers int64, as unstructured objects need.
 	var objs []map[string]interface{}
-	if err := json.NewDecoder(os.Stdin).Decode(&objs); err != nil {
+	if err := utiljson.Unmarshal(data, &objs); err != nil {
 		fmt.Fprintln(os.Stderr, "reading objects:", err)
 		os.Exit(2)
 	}

@@ -1,0 +1,207 @@
+"""The Helm chart on the real control plane: `helm install`, the operator running with
+the chart's ServiceAccount token (not an admin credential) in both RBAC modes, runner
+pods admitted under Pod Security "restricted", kstatus computed by the real kstatus
+library over what the operator wrote, and `helm uninstall` keeping the CRDs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from lmms_operator.testing import devcluster
+from tests import evalruns as er
+from tests.helpers import wait_for
+from tests.operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.chart]
+
+CHART = Path(__file__).parents[2] / "helm" / "lmms-operator"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+def _helm(cluster: devcluster.DevCluster, *args: str) -> str:
+    out = subprocess.run(
+        [devcluster.find_helm(), "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def _can_i(cluster: devcluster.DevCluster, who: str, *args: str) -> bool:
+    out = cluster.kubectl("auth", "can-i", *args, f"--as={who}", check=False)
+    return out.strip() == "yes"
+
+
+def _scripted(name: str, value: float, exit_code: int = 0, sleep: float = 0) -> dict[str, Any]:
+    message = (
+        {"v": 1, "ok": True, "truncated": False, "tasks": {"mme": {"score": value}}}
+        if exit_code == 0
+        else {"v": 1, "ok": False, "reason": "EvaluationFailed", "message": "model crashed"}
+    )
+    args = {
+        "scripted_message_b64": base64.b64encode(json.dumps(message).encode()).decode(),
+        "scripted_exit": str(exit_code),
+        "scripted_sleep": str(sleep),
+    }
+    return er.manifest(
+        name,
+        er.EXECUTOR,
+        model={"type": "dummy", "pretrained": f"org/{name}", "args": args},
+        leaderboard="chart",
+        retries=0,
+    )
+
+
+def _kstatus(*objs: dict[str, Any]) -> list[str]:
+    out = subprocess.run(
+        [devcluster.find_kstatus_check()],
+        input=json.dumps(list(objs)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [r["status"] for r in json.loads(out.stdout)]
+
+
+def test_the_chart_installs_and_its_service_account_runs_evalruns(
+    cluster: devcluster.DevCluster,
+    api: client.ApiClient,
+    operator_process: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    core = client.CoreV1Api(api)
+    suffix = uuid.uuid4().hex[:6]
+    system, evals = f"lmms-system-{suffix}", f"evals-{suffix}"
+    for ns in (system, evals):
+        core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
+    for ns in (system, evals):
+        wait_for(lambda n=ns: core.read_namespaced_service_account("default", n), timeout=30)
+    # The tests' CRDs were applied with kubectl: hand them to the release, as the docs say
+    # for any cluster whose CRDs were applied before the chart.
+    for crd in ("evalruns.eval.lmms.dev", "leaderboards.eval.lmms.dev"):
+        cluster.kubectl("label", "crd", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        cluster.kubectl(
+            "annotate",
+            "crd",
+            crd,
+            "meta.helm.sh/release-name=lmms",
+            f"meta.helm.sh/release-namespace={system}",
+            "--overwrite",
+        )
+    # The admin-credential operator of the other tests steps aside meanwhile.
+    operator_process.stop()
+    chart_operator: OperatorProcess | None = None
+    installed = False
+    try:
+        _helm(cluster, "install", "lmms", str(CHART), "-n", system, "--wait=false")
+        installed = True
+        sa = f"system:serviceaccount:{system}:lmms-lmms-operator"
+        # Least privilege, as the API server's authorizer sees it.
+        assert _can_i(
+            cluster, sa, "patch", "evalruns.eval.lmms.dev", "--subresource=status", "-n", evals
+        )
+        assert _can_i(cluster, sa, "create", "jobs.batch", "-n", evals)
+        assert _can_i(cluster, sa, "get", "secrets", "-n", evals)
+        assert not _can_i(cluster, sa, "list", "secrets", "--all-namespaces")
+        assert not _can_i(cluster, sa, "watch", "secrets", "-n", evals)
+        assert not _can_i(cluster, sa, "create", "pods", "--subresource=exec", "-n", evals)
+        assert not _can_i(cluster, sa, "patch", "evalruns.eval.lmms.dev", "-n", evals)
+        assert not _can_i(cluster, sa, "delete", "nodes")
+        # The Deployment's pod passes Pod Security "restricted" in the release namespace.
+        wait_for(
+            lambda: (
+                core.list_namespaced_pod(
+                    system, label_selector="app.kubernetes.io/component=operator"
+                ).items
+            ),
+            timeout=60,
+        )
+
+        # The operator with the chart ServiceAccount's token, watching every namespace.
+        token = cluster.kubectl("create", "token", "lmms-lmms-operator", "-n", system).strip()
+        config = yaml.safe_load(cluster.kubeconfig.read_text())
+        config["users"] = [{"name": "admin", "user": {"token": token}}]
+        sa_kubeconfig = tmp_path / "sa-kubeconfig"
+        sa_kubeconfig.write_text(yaml.safe_dump(config))
+        chart_operator = OperatorProcess(cluster, tmp_path, kubeconfig=sa_kubeconfig)
+        chart_operator.start()
+
+        er.create(api, evals, _scripted("ok", 0.9, sleep=4))
+        running = er.wait_phase(api, evals, "ok", "Running", timeout=60)
+        er.create(api, evals, _scripted("broken", 0.0, exit_code=3))
+        done = er.wait_phase(api, evals, "ok", "Succeeded", timeout=60)
+        done = wait_for(lambda: (r := er.get(api, evals, "ok"))["status"].get("results") and r)
+        assert done["status"]["results"][0]["value"] == 0.9
+        failed = er.wait_phase(api, evals, "broken", "Failed", timeout=60)
+        board = wait_for(
+            lambda: client.CustomObjectsApi(api).get_namespaced_custom_object(
+                "eval.lmms.dev", "v1alpha1", evals, "leaderboards", "chart"
+            )["status"]
+        )
+        assert board["entries"] == 1  # created by the operator, with the chart's rights
+
+        # kstatus (the library Flux, kpt and cli-utils use) reads what the operator wrote.
+        edited = json.loads(json.dumps(done))
+        edited["metadata"]["generation"] += 1  # an edit the operator has not seen yet
+        assert _kstatus(running, done, failed, edited) == [
+            "InProgress",
+            "Current",
+            "Failed",
+            "InProgress",
+        ]
+
+        # Selected-namespaces mode: Roles instead of the ClusterRole.
+        chart_operator.stop()
+        _helm(
+            cluster,
+            "upgrade",
+            "lmms",
+            str(CHART),
+            "-n",
+            system,
+            "--set",
+            f"watch.namespaces={{{evals}}}",
+        )
+        rbac = client.RbacAuthorizationV1Api(api)
+        assert not [
+            r for r in rbac.list_cluster_role().items if r.metadata.name == "lmms-lmms-operator"
+        ]
+        assert rbac.read_namespaced_role("lmms-lmms-operator", evals).rules
+        assert not _can_i(cluster, sa, "list", "jobs.batch", "-n", "default")
+        chart_operator = OperatorProcess(
+            cluster, tmp_path, kubeconfig=sa_kubeconfig, args=["--namespace", evals]
+        )
+        chart_operator.start()
+        er.create(api, evals, _scripted("scoped", 0.7))
+        er.wait_phase(api, evals, "scoped", "Succeeded", timeout=60)
+        wait_for(lambda: er.get(api, evals, "scoped")["status"].get("leaderboardPublished"))
+        log = chart_operator.log()  # both runs of the chart-credential operator
+        assert "Forbidden" not in log and "403" not in log, log[-3000:]
+
+        # Uninstalling keeps the CRDs and so everyone's EvalRuns.
+        chart_operator.stop()
+        _helm(cluster, "uninstall", "lmms", "-n", system)
+        installed = False
+        assert "evalruns.eval.lmms.dev" in cluster.kubectl("get", "crd", "-o", "name")
+        assert er.get(api, evals, "ok")["status"]["phase"] == "Succeeded"
+    finally:
+        if chart_operator is not None:
+            chart_operator.stop()
+        if installed:
+            _helm(cluster, "uninstall", "lmms", "-n", system)
+        operator_process.start()
+        for ns in (system, evals):
+            core.delete_namespace(ns, propagation_policy="Background")
