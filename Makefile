@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 DEVCLUSTER_DIR ?= $(CURDIR)/.devcluster
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all venv system-deps binaries devcluster devcluster-down demo test test-unit lint crds catalogue clean
+.PHONY: all venv system-deps binaries devcluster devcluster-down demo test test-unit chart lint crds catalogue clean
 
 all: test
 
@@ -25,6 +25,7 @@ system-deps:
 
 binaries: system-deps venv
 	@bash operator/lmms_operator/testing/build-k8s.sh
+	@$(BIN)/python -c "from lmms_operator.testing import devcluster as d; d.find_kstatus_check()"
 
 devcluster: binaries
 	@$(BIN)/lmms-devcluster up --dir $(DEVCLUSTER_DIR)
@@ -46,6 +47,10 @@ test: binaries
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit
+
+# helm lint and helm template over several value sets, promtool rule tests, Lua checks.
+chart: binaries
+	$(BIN)/python -m pytest tests/chart
 
 clean: devcluster-down
 	rm -rf $(VENV) $(DEVCLUSTER_DIR)

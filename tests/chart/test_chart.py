@@ -383,3 +383,16 @@ def test_the_gitops_docs_carry_the_tested_scripts() -> None:
     ):
         key = f"resource.customizations.health.eval.lmms.dev_{kind}"
         assert data[key].strip() == (ARGOCD / script).read_text().strip()
+
+
+def test_the_operator_image_fits_the_deployment() -> None:
+    dockerfile = (REPO / "operator" / "Dockerfile").read_text()
+    (deploy,) = by_kind(render(), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert 'ENTRYPOINT ["lmms-operator"]' in dockerfile  # the chart passes `run ...` args
+    assert pod["containers"][0]["args"][0] == "run"
+    assert f"USER {pod['securityContext']['runAsUser']}:" in dockerfile  # non-root, as run
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for src in line.split()[1:-1]:
+                assert (REPO / src).exists(), src

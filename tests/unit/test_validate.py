@@ -113,3 +113,18 @@ def test_features_the_operator_does_not_allow_are_refused_naming_the_field(
     monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "gpuSharing")
     with pytest.raises(ValueError, match=r"unknown feature.*gpuSharing"):
         Settings.from_env()
+
+
+def test_secret_looking_env_vars_are_refused_but_ordinary_ones_pass() -> None:
+    ok = spec(env=[{"name": "TOKENIZERS_PARALLELISM", "value": "false"}])
+    assert validate(ok).env[0].name == "TOKENIZERS_PARALLELISM"
+    bad = spec(
+        env=[
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "WANDB_API_KEY", "value": "abc"},
+            {"name": "MY_TOKEN", "value": "abc"},
+        ]
+    )
+    found = problems(bad)
+    assert [p.split(":")[0] for p in found] == ["spec.env[1].name", "spec.env[2].name"]
+    assert all("looks like a secret" in p and "abc" not in p for p in found)

@@ -11,6 +11,7 @@ carry them.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,100 @@ def render(obj: dict[str, Any]) -> str:
     return header + yaml.safe_dump(obj, sort_keys=False, width=100)
 
 
+DOCS = REPO_ROOT / "docs" / "crd-reference.md"
+
+
+def _type(schema: dict[str, Any]) -> str:
+    t = schema.get("type")
+    if t == "array":
+        return f"[]{_type(schema.get('items') or {})}"
+    if t == "object" and "additionalProperties" in schema and not schema.get("properties"):
+        return f"map[string]{_type(schema['additionalProperties'] or {})}"
+    if schema.get("x-kubernetes-int-or-string"):
+        return "int-or-string"
+    if schema.get("x-kubernetes-preserve-unknown-fields") and not t:
+        return "any"
+    return str(t or "object")
+
+
+def _rules(schema: dict[str, Any]) -> str:
+    out = []
+    if "enum" in schema:
+        out.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
+    for key, label in (
+        ("minimum", ">="),
+        ("maximum", "<="),
+        ("minLength", "length >="),
+        ("maxLength", "length <="),
+        ("minItems", "items >="),
+        ("maxItems", "items <="),
+    ):
+        if key in schema:
+            out.append(f"{label} {schema[key]}")
+    if "pattern" in schema:
+        out.append(f"pattern `{schema['pattern']}`")
+    for rule in schema.get("x-kubernetes-validations") or []:
+        out.append(str(rule.get("message") or rule["rule"]))
+    return "; ".join(out).replace("|", "\\|")
+
+
+def _rows(schema: dict[str, Any], path: str, required: bool) -> list[str]:
+    default = f"`{json.dumps(schema['default'])}`" if "default" in schema else ""
+    desc = " ".join(str(schema.get("description") or "").split()).replace("|", "\\|")
+    rows = [
+        f"| `{path}` | {_type(schema)} | {'yes' if required else ''} | {default} | {desc} "
+        f"| {_rules(schema)} |"
+    ]
+    node = schema.get("items") if schema.get("type") == "array" else schema
+    node = node or {}
+    needed = set(node.get("required") or [])
+    suffix = "[]" if schema.get("type") == "array" else ""
+    for name, child in (node.get("properties") or {}).items():
+        rows += _rows(child, f"{path}{suffix}.{name}", name in needed)
+    return rows
+
+
+def reference() -> str:
+    """docs/crd-reference.md: every field of every CRD, from the same schemas."""
+    lines = [
+        "# CRD reference",
+        "",
+        "Generated from the API models by `python -m lmms_operator.api.crdgen --write`; "
+        "do not edit. Each table lists a field's path, type, whether it is required, its "
+        "default, what it means, and what the API server checks.",
+    ]
+    for obj in all_crds().values():
+        names = obj["spec"]["names"]
+        version = obj["spec"]["versions"][0]
+        schema = version["schema"]["openAPIV3Schema"]
+        lines += [
+            "",
+            f"## {names['kind']} (`{obj['spec']['group']}/{version['name']}`)",
+            "",
+            str(schema.get("description") or ""),
+            "",
+            f"Short names: {', '.join(names.get('shortNames') or [])}; scope: "
+            f"{obj['spec']['scope']}; `kubectl get {names['plural']}` columns: "
+            + ", ".join(c["name"] for c in version.get("additionalPrinterColumns") or [])
+            + ".",
+        ]
+        for part in ("spec", "status"):
+            sub = schema["properties"][part]
+            lines += [
+                "",
+                f"### {part}",
+                "",
+                "| field | type | required | default | description | validation |",
+                "|---|---|---|---|---|---|",
+            ]
+            needed = set(sub.get("required") or [])
+            for name, child in (sub.get("properties") or {}).items():
+                lines += _rows(child, f"{part}.{name}", name in needed)
+            if sub.get("x-kubernetes-validations"):
+                lines += ["", f"Rules on `{part}`: {_rules(sub)}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmms_operator.api.crdgen")
     group = parser.add_mutually_exclusive_group(required=True)
@@ -300,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {path}")
             elif not path.exists() or path.read_text() != text:
                 drift.append(str(path))
+    if not args.dir:
+        text = reference()
+        if args.write:
+            DOCS.write_text(text)
+            print(f"wrote {DOCS}")
+        elif not DOCS.exists() or DOCS.read_text() != text:
+            drift.append(str(DOCS))
     if drift:
         print("CRDs drifted from the API models; run: python -m lmms_operator.api.crdgen --write")
         print("\n".join(drift))

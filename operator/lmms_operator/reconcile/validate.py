@@ -129,12 +129,26 @@ def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> lis
                     f"{var.name} is set by the operator and cannot be overridden",
                 )
             )
+        elif SECRET_ENV.search(var.name):
+            problems.append(
+                Problem(
+                    f"spec.env[{i}].name",
+                    f"{var.name} looks like a secret; env values are stored in the Job: use "
+                    "huggingFaceToken, model.apiKey or output.s3.credentialsSecret, which "
+                    "read Secrets",
+                )
+            )
     if spec.resources.nodes > 1 and spec.resources.gpus < 1:
         problems.append(
             Problem("spec.resources.gpus", "a multi-node run needs at least one GPU per node")
         )
     return problems
 
+
+#: Environment variable names that hold secrets (TOKENIZERS_PARALLELISM does not).
+SECRET_ENV = re.compile(
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY(_ID)?|PRIVATE_KEY)$", re.IGNORECASE
+)
 
 #: Model arg names that hold secrets.
 SECRET_ARG = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)

@@ -113,7 +113,6 @@ def find_binaries(build: bool = True) -> dict[str, str]:
     return found
 
 
-
 @functools.cache
 def find_helm() -> str:
     """The helm binary: ``$PATH``, else the one built with the Kubernetes binaries."""
@@ -152,6 +151,7 @@ def find_kstatus_check() -> str:
         )
         os.replace(str(binary) + ".tmp", binary)
     return str(binary)
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
