@@ -117,6 +117,7 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         except ApiException as exc:
             if exc.status in (400, 422):
                 problem = Problem("spec", f"the API server refused the Job: {k8s.api_message(exc)}")
+                k8s.delete_secret(namespace, f"{desired_name}-token")  # nothing half-created
                 return _invalid(body, status, [problem], generation)
             raise
         if created:

@@ -168,11 +168,7 @@ def delete_run_children(namespace: str, selector: str) -> int:
                 raise
         # By name: the operator may not list Secrets (least privilege). A token whose Job
         # is gone already is removed with the run (owner reference).
-        try:
-            core.delete_namespaced_secret(f"{name}-token", namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        delete_secret(namespace, f"{name}-token")
     for lister, deleter in (
         (core.list_namespaced_config_map, core.delete_namespaced_config_map),
         (core.list_namespaced_service, core.delete_namespaced_service),
@@ -185,6 +181,14 @@ def delete_run_children(namespace: str, selector: str) -> int:
                 if exc.status != 404:
                     raise
     return deleted
+
+
+def delete_secret(namespace: str, name: str) -> None:
+    try:
+        client.CoreV1Api(api()).delete_namespaced_secret(name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def config_map_exists(namespace: str, name: str) -> bool:
