@@ -10,6 +10,7 @@
 | LMMS_IMAGE_PULL_TIMEOUT        | 300                              | s a pod may fail to pull its image    |
 | LMMS_SCRAPE_INTERVAL           | 5                                | s between progress scrapes            |
 | LMMS_RESYNC_INTERVAL           | 15                               | s between checks of an active run     |
+| LMMS_OBSERVE_DELAY             | 0.5                              | s from a Job/pod event to its status  |
 | LMMS_DEFAULT_SHM               | 8Gi                              | /dev/shm size for multi-GPU pods      |
 | LMMS_RUNNER_UID                | 1000                             | uid and gid of the runner             |
 | LMMS_HOLD_TIMEOUT              | 600                              | s a runner serves results until acked |
@@ -59,6 +60,7 @@ class Settings:
     image_pull_timeout: float = 300.0
     scrape_interval: float = 5.0
     resync_interval: float = 15.0
+    observe_delay: float = 0.5
     default_shm: str = "8Gi"
     runner_uid: int = 1000
     hold_timeout: float = 600.0
@@ -80,6 +82,7 @@ class Settings:
             image_pull_timeout=_float("LMMS_IMAGE_PULL_TIMEOUT", d.image_pull_timeout),
             scrape_interval=_float("LMMS_SCRAPE_INTERVAL", d.scrape_interval),
             resync_interval=_float("LMMS_RESYNC_INTERVAL", d.resync_interval),
+            observe_delay=_float("LMMS_OBSERVE_DELAY", d.observe_delay),
             default_shm=os.environ.get("LMMS_DEFAULT_SHM") or d.default_shm,
             runner_uid=_int("LMMS_RUNNER_UID", d.runner_uid),
             hold_timeout=_float("LMMS_HOLD_TIMEOUT", d.hold_timeout),

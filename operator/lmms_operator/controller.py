@@ -77,7 +77,10 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         return _write(body, status, ob, generation, hash_, job_name=status.get("jobName"))
 
     stale = f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}!={hash_}"
-    replaced = k8s.delete_run_children(namespace, stale)
+    # A run that never had a status nor another spec has nothing of another spec to stop
+    # (saves three list calls per new run).
+    fresh = not status and generation == 1
+    replaced = 0 if fresh else k8s.delete_run_children(namespace, stale)
     if replaced:
         k8s.event(
             body,
@@ -100,16 +103,22 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
 
     _check_references(spec, namespace)
     desired_name = jobs.job_name(name, hash_)
-    job = k8s.get_job(namespace, desired_name)
+    token_name = f"{desired_name}-token"
+    # A new run has no Job yet: create first and read only on conflict (an earlier
+    # attempt that stopped before writing the status), two requests fewer per run.
+    job = None if fresh else k8s.get_job(namespace, desired_name)
     pods: list[dict[str, Any]] = []
     if job is None:
         if same_evaluation and status.get("jobName") == desired_name:
             ob = _job_deleted(desired_name)
             return _write(body, status, ob, generation, hash_, job_name=desired_name)
-        token = k8s.read_secret_value(namespace, f"{desired_name}-token", "token")
+        token = None if fresh else k8s.read_secret_value(namespace, token_name, "token")
         desired = jobs.build(run, spec, settings, token or secrets.token_urlsafe(32))
         try:
-            k8s.create(desired.token_secret)
+            if not k8s.create(desired.token_secret) and token is None:
+                # The Secret is there already: the Job must carry its token.
+                token = k8s.read_secret_value(namespace, token_name, "token")
+                desired = jobs.build(run, spec, settings, token or secrets.token_urlsafe(32))
             k8s.create(desired.config_map)
             if desired.service is not None:
                 k8s.create(desired.service)
@@ -117,12 +126,14 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         except ApiException as exc:
             if exc.status in (400, 422):
                 problem = Problem("spec", f"the API server refused the Job: {k8s.api_message(exc)}")
-                k8s.delete_secret(namespace, f"{desired_name}-token")  # nothing half-created
+                k8s.delete_secret(namespace, token_name)  # nothing half-created
                 return _invalid(body, status, [problem], generation)
             raise
         if created:
             k8s.event(body, "Normal", R.JOB_CREATED, f"created Job {desired_name}")
-        job = desired.job
+            job = desired.job
+        else:
+            job = k8s.get_job(namespace, desired_name) or desired.job
     else:
         _sync_suspend(body, spec, job)
         pods = k8s.list_pods(namespace, f"job-name={desired_name}")

@@ -189,6 +189,9 @@ def main() -> int:
             re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{op.proc.pid}/status").read_text()).group(1)
         )  # type: ignore[union-attr]
         time.sleep(5)
+        rss_now_kib = int(
+            re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{op.proc.pid}/status").read_text()).group(1)
+        )  # type: ignore[union-attr]
         writes_after = apiserver_writes(cluster)
         events = core.list_namespaced_event("bulk").items
         operator_events = sum(
@@ -213,6 +216,7 @@ def main() -> int:
         f"| create -> Job at low load, p50 of {args.single} | {p50:.0f} ms | <= 150 ms |\n"
         f"| operator peak RSS with {args.runs} runs present | {rss_kib / 1024:.0f} MiB | "
         "<= 150 MiB |\n"
+        f"| operator RSS after they finished | {rss_now_kib / 1024:.0f} MiB | |\n"
         f"| API writes per completed run | {per_run:.1f} | <= 12 |\n\n"
         f"Writes per run by kind: {breakdown}, events from the operator: "
         f"{operator_events / args.runs:.2f} (of which RunnerUnreachable: "
@@ -227,6 +231,7 @@ def main() -> int:
                 "plain_rate": plain_rate,
                 "p50_ms": p50,
                 "rss_mib": rss_kib / 1024,
+                "rss_after_mib": rss_now_kib / 1024,
                 "writes_per_run": per_run,
             }
         )

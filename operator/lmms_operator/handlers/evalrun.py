@@ -111,12 +111,21 @@ _retry_at: dict[str, float] = {}
 
 
 def _needs_spec(run: Mapping[str, Any]) -> bool:
-    if (run.get("metadata") or {}).get("deletionTimestamp"):
+    """Whether the status does not reflect the spec yet. Cheap (no copy): it runs on
+    every event of every EvalRun."""
+    meta = run.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
         return False
     status = run.get("status") or {}
-    if status.get("observedGeneration") != (run.get("metadata") or {}).get("generation", 1):
+    observed, reason = status.get("observedGeneration"), status.get("reason")
+    with _written_lock:
+        cached = _written.get(meta.get("uid", ""))
+        if cached and cached.get("_generation") == meta.get("generation", 1):
+            observed = cached.get("observedGeneration", observed)
+            reason = cached.get("reason", reason)
+    if observed != meta.get("generation", 1):
         return True
-    return status.get("reason") == "WaitingForReferences"
+    return reason == "WaitingForReferences"
 
 
 def _reconcile_spec(body: Mapping[str, Any], *, retry: bool = False) -> None:
@@ -181,16 +190,52 @@ def _observe(uid: str | None, indexes: Mapping[str, Any]) -> None:
         controller.stop_children(run, stop, str(fields.get("reason")))
 
 
+# A run's Job and pods change in bursts (created, scheduled, started, running): one
+# observation shortly after the first event of a burst sees them all, and writes the
+# status once instead of once per step.
+_observe_pending: set[str] = set()
+
+
+def _observe_later(uid: str | None, handler: str, indexes: Mapping[str, Any]) -> None:
+    if not uid:
+        return
+    with _written_lock:
+        if uid in _observe_pending:
+            return  # the observation already scheduled will see this event too
+        _observe_pending.add(uid)
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        with _written_lock:
+            _observe_pending.discard(uid)
+        with metrics.timed_handler(handler):
+            _observe(uid, indexes)
+
+    async def later() -> None:
+        try:
+            await asyncio.to_thread(run)
+        except Exception:
+            log.exception("observing run %s failed; the resync loop retries", uid)
+
+    def spawn() -> None:
+        task = loop.create_task(later())
+        _tasks.add(task)  # a reference until it is done
+        task.add_done_callback(_tasks.discard)
+
+    loop.call_later(SETTINGS.observe_delay, spawn)
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_event(labels: Mapping[str, str], **kwargs: Any) -> None:
-    with metrics.timed_handler("job_event"):
-        _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
+async def job_event(labels: Mapping[str, str], **kwargs: Any) -> None:
+    _observe_later(labels.get(jobs.LABEL_RUN_UID), "job_event", kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def pod_event(labels: Mapping[str, str], **kwargs: Any) -> None:
-    with metrics.timed_handler("pod_event"):
-        _observe(labels.get(jobs.LABEL_RUN_UID), kwargs)
+async def pod_event(labels: Mapping[str, str], **kwargs: Any) -> None:
+    _observe_later(labels.get(jobs.LABEL_RUN_UID), "pod_event", kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, "evalruns")
@@ -203,7 +248,7 @@ def evalrun_event(type: str | None, uid: str, body: kopf.Body, **kwargs: Any) ->
             _run_locks.pop(uid, None)
         _retry_at.pop(uid, None)
         return
-    if _needs_spec(_with_written(body)):
+    if _needs_spec(body):
         _reconcile_spec(body)
 
 
@@ -327,7 +372,7 @@ def _resync_pass(indexes: Mapping[str, Any]) -> None:
     for body in _runs(indexes):
         uid = body["metadata"]["uid"]
         try:
-            if _needs_spec(_with_written(body)):
+            if _needs_spec(body):
                 if _retry_at.get(uid, 0) <= now:
                     _reconcile_spec(body, retry=True)
             elif _active(body.get("status") or {}):

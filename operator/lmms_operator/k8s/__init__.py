@@ -45,6 +45,16 @@ def _json(resp: Any) -> dict[str, Any]:
     return dict(json.loads(resp.data))
 
 
+def _release(resp: Any) -> None:
+    """Reads a response whose body is not needed, so that its connection goes back to
+    the pool: an unread response keeps its connection, and the next request would open
+    (and TLS-handshake) a new one."""
+    try:
+        resp.data  # noqa: B018 - reading is the point
+    finally:
+        resp.release_conn()
+
+
 def is_status(exc: BaseException, *codes: int) -> bool:
     return isinstance(exc, ApiException) and exc.status in codes
 
@@ -73,14 +83,16 @@ def get_evalrun(namespace: str, name: str) -> dict[str, Any] | None:
 
 def patch_evalrun_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     try:
-        client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            "evalruns",
-            name,
-            {"status": status},
-            _preload_content=False,
+        _release(
+            client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                "evalruns",
+                name,
+                {"status": status},
+                _preload_content=False,
+            )
         )
     except ApiException as exc:
         if exc.status != 404:  # deleted meanwhile: nothing to report on
@@ -105,19 +117,24 @@ def create(obj: dict[str, Any]) -> bool:
     kind = obj["kind"]
     try:
         if kind == "Job":
-            client.BatchV1Api(api()).create_namespaced_job(ns, obj, _preload_content=False)
+            resp = client.BatchV1Api(api()).create_namespaced_job(ns, obj, _preload_content=False)
         elif kind == "ConfigMap":
-            client.CoreV1Api(api()).create_namespaced_config_map(ns, obj, _preload_content=False)
+            resp = client.CoreV1Api(api()).create_namespaced_config_map(
+                ns, obj, _preload_content=False
+            )
         elif kind == "Secret":
-            client.CoreV1Api(api()).create_namespaced_secret(ns, obj, _preload_content=False)
+            resp = client.CoreV1Api(api()).create_namespaced_secret(ns, obj, _preload_content=False)
         elif kind == "Service":
-            client.CoreV1Api(api()).create_namespaced_service(ns, obj, _preload_content=False)
+            resp = client.CoreV1Api(api()).create_namespaced_service(
+                ns, obj, _preload_content=False
+            )
         else:
             raise ValueError(f"cannot create {kind}")
     except ApiException as exc:
         if exc.status == 409:
             return False
         raise
+    _release(resp)
     return True
 
 
@@ -147,8 +164,10 @@ def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
 
 
 def patch_job_suspend(namespace: str, name: str, suspend: bool) -> None:
-    client.BatchV1Api(api()).patch_namespaced_job(
-        name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False
+    _release(
+        client.BatchV1Api(api()).patch_namespaced_job(
+            name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False
+        )
     )
 
 
@@ -161,7 +180,9 @@ def delete_run_children(namespace: str, selector: str) -> int:
     for job in list_jobs(namespace, selector):
         name = job["metadata"]["name"]
         try:
-            batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
+            _release(
+                batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
+            )
             deleted += 1
         except ApiException as exc:
             if exc.status != 404:
@@ -176,7 +197,7 @@ def delete_run_children(namespace: str, selector: str) -> int:
         items = _json(lister(namespace, label_selector=selector, _preload_content=False))
         for item in items.get("items", []):
             try:
-                deleter(item["metadata"]["name"], namespace, _preload_content=False)
+                _release(deleter(item["metadata"]["name"], namespace, _preload_content=False))
             except ApiException as exc:
                 if exc.status != 404:
                     raise
@@ -185,7 +206,11 @@ def delete_run_children(namespace: str, selector: str) -> int:
 
 def delete_secret(namespace: str, name: str) -> None:
     try:
-        client.CoreV1Api(api()).delete_namespaced_secret(name, namespace, _preload_content=False)
+        _release(
+            client.CoreV1Api(api()).delete_namespaced_secret(
+                name, namespace, _preload_content=False
+            )
+        )
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -193,7 +218,11 @@ def delete_secret(namespace: str, name: str) -> None:
 
 def config_map_exists(namespace: str, name: str) -> bool:
     try:
-        client.CoreV1Api(api()).read_namespaced_config_map(name, namespace, _preload_content=False)
+        _release(
+            client.CoreV1Api(api()).read_namespaced_config_map(
+                name, namespace, _preload_content=False
+            )
+        )
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -217,8 +246,10 @@ def secret_has_key(namespace: str, name: str, key: str) -> bool | None:
 
 def pvc_exists(namespace: str, name: str) -> bool:
     try:
-        client.CoreV1Api(api()).read_namespaced_persistent_volume_claim(
-            name, namespace, _preload_content=False
+        _release(
+            client.CoreV1Api(api()).read_namespaced_persistent_volume_claim(
+                name, namespace, _preload_content=False
+            )
         )
     except ApiException as exc:
         if exc.status == 404:
@@ -273,8 +304,10 @@ def event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None
         "count": 1,
     }
     try:
-        client.CoreV1Api(api()).create_namespaced_event(
-            meta["namespace"], body, _preload_content=False
+        _release(
+            client.CoreV1Api(api()).create_namespaced_event(
+                meta["namespace"], body, _preload_content=False
+            )
         )
     except Exception as exc:  # events are best effort
         log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
