@@ -41,6 +41,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    settings.execution.max_workers = 48
+    settings.execution.max_workers = 16
     # Kopf's own events about handler retries would repeat ours.
     settings.posting.level = 40  # logging.ERROR
