@@ -51,6 +51,10 @@ def test_a_run_succeeds_and_says_so(api: client.ApiClient, namespace: str) -> No
     assert status["startTime"] and status["completionTime"]
     # Kopf's bookkeeping stays out of the status.
     assert not {k for k in status if k.startswith("evalrun_") or k == "kopf"}
+    # Nothing on the object but its status: no finalizer (deleting never waits for the
+    # operator) and no bookkeeping annotations (GitOps tools see no drift).
+    assert not done["metadata"].get("finalizers")
+    assert not done["metadata"].get("annotations")
     reasons = er.event_reasons(api, namespace, "ok")
     assert reasons.index("JobCreated") < reasons.index("Running") < reasons.index("Succeeded")
     job = client.BatchV1Api(api).read_namespaced_job(status["jobName"], namespace)

@@ -107,7 +107,7 @@ def pods_by_run(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[An
 # edited, or waiting for a referenced object) is reconciled from the watch event and,
 # should that fail, again by the resync loop. Nothing is stored on the object for this
 # (no Kopf progress or diff-base annotations, no finalizer): the status is the record.
-_retry_at: dict[str, float] = {}
+_retry_at: dict[str, tuple[int, float]] = {}  # uid -> (generation, when to retry)
 
 
 def _needs_spec(run: Mapping[str, Any]) -> bool:
@@ -131,8 +131,9 @@ def _needs_spec(run: Mapping[str, Any]) -> bool:
 def _reconcile_spec(body: Mapping[str, Any], *, retry: bool = False) -> None:
     meta = body["metadata"]
     uid = meta["uid"]
-    if not retry and uid in _retry_at:
-        return  # backing off: the resync loop retries when it is due
+    generation = meta.get("generation", 1)
+    if not retry and _retry_at.get(uid, (None, 0.0))[0] == generation:
+        return  # backing off: the resync loop retries when it is due (an edit does not wait)
     try:
         with metrics.timed_handler("evalrun_spec"), _run_lock(uid):
             run = _with_written(body)
@@ -142,14 +143,14 @@ def _reconcile_spec(body: Mapping[str, Any], *, retry: bool = False) -> None:
                 fields = controller.ensure(run, SETTINGS)
             except controller.RetryLater as exc:
                 _write_status(run, controller.waiting_for_references(run, str(exc)))
-                _retry_at[uid] = time.monotonic() + exc.delay
+                _retry_at[uid] = (generation, time.monotonic() + exc.delay)
                 return
             _retry_at.pop(uid, None)
             _write_status(run, fields)
     except Exception:
         # Counted as an error by timed_handler; the resync loop retries.
         log.exception("reconciling %s/%s failed: retrying", meta["namespace"], meta["name"])
-        _retry_at[uid] = time.monotonic() + 5
+        _retry_at[uid] = (generation, time.monotonic() + 5)
 
 
 def _write_status(run: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
@@ -373,7 +374,7 @@ def _resync_pass(indexes: Mapping[str, Any]) -> None:
         uid = body["metadata"]["uid"]
         try:
             if _needs_spec(body):
-                if _retry_at.get(uid, 0) <= now:
+                if _retry_at.get(uid, (None, 0.0))[1] <= now:
                     _reconcile_spec(body, retry=True)
             elif _active(body.get("status") or {}):
                 with metrics.timed_handler("evalrun_resync"):
@@ -407,6 +408,8 @@ async def start_loops(**kwargs: Any) -> None:
     async def scrape() -> None:
         pending = []
         for body in _runs(indexes):
+            if (body.get("status") or {}).get("phase") in st.TERMINAL:
+                continue  # finished (the watch cache lags behind, never ahead): no copy
             status = _with_written(body).get("status") or {}
             if _running(status):
                 pending.append(_scrape(body["metadata"]["uid"], status, indexes))
