@@ -1,6 +1,7 @@
 # Everything a fresh machine needs is installed by these targets: the Python
-# environment (.venv, through uv), Debian packages (etcd-server) and the Go-built
-# Kubernetes binaries (cached under ~/.cache/lmms-operator, keyed by version).
+# environment (.venv, through uv), Debian packages (.ci/system-deps.sh: etcd-server,
+# util-linux, prometheus, openssl, lua5.1) and the Go-built binaries (Kubernetes, kwok,
+# helm, kstatus-check; cached under ~/.cache/lmms-operator, keyed by version).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

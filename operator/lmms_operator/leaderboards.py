@@ -118,9 +118,10 @@ def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
             if merged == lb.merge(entries, []):
                 return False
             ranked = lb.rank(merged, spec.get("rankBy") or {})
-            if _swap(namespace, board, ranked, index):
+            names = _swap(namespace, board, ranked, index)
+            if names is not None:
                 stored = _store(namespace, board, ranked)
-                _update_status(namespace, board, ranked, spec, stored)
+                _update_status(namespace, board, ranked, spec, names, stored)
                 return True
             log.info(
                 "leaderboard %s/%s changed meanwhile (attempt %d): retrying",
@@ -136,7 +137,9 @@ def _swap(
     board: Mapping[str, Any],
     ranked: list[dict[str, Any]],
     index: dict[str, Any] | None,
-) -> bool:
+) -> list[str] | None:
+    """Writes the new generation and swaps the index to it: the new table's ConfigMaps,
+    or None when another writer swapped first (nothing of ours is left behind)."""
     core = client.CoreV1Api(k8s.api())
     base = prefix(board)
     generation = int(index["generation"]) + 1 if index else 1
@@ -192,11 +195,11 @@ def _swap(
             raise
         for name in names:
             _delete(core, namespace, name)
-        return False
+        return None
     for name in (index or {}).get("configMaps", []):
         if name not in names:
             _delete(core, namespace, name)
-    return True
+    return names
 
 
 def _delete(core: client.CoreV1Api, namespace: str, name: str) -> None:
@@ -259,16 +262,16 @@ def _update_status(
     board: Mapping[str, Any],
     ranked: list[dict[str, Any]],
     spec: Mapping[str, Any],
+    config_maps: list[str],
     stored: dict[str, Any] | None,
 ) -> None:
-    _, index = read(namespace, board)
     status: dict[str, Any] = {
         "entries": len(ranked),
         "models": len({(e["model"], e.get("revision")) for e in ranked}),
         "tasks": len({e["task"] for e in ranked}),
         "lastUpdate": _now(),
         "top": lb.top(ranked, int(spec.get("top") or 5)),
-        "configMaps": [prefix(board), *((index or {}).get("configMaps") or [])],
+        "configMaps": [prefix(board), *config_maps],
     }
     if stored is not None:
         if "tableLocation" in stored:

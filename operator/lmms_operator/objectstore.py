@@ -49,10 +49,8 @@ def _client(namespace: str, s3: S3Output) -> Any:
         raise ObjectStoreError(f"boto3 is not installed: {exc}") from None
     creds: dict[str, str] = {}
     if s3.credentials_secret:
-        for key, arg in _CREDENTIAL_KEYS.items():
-            value = k8s.read_secret_value(namespace, s3.credentials_secret, key)
-            if value:
-                creds[arg] = value
+        data = k8s.read_secret(namespace, s3.credentials_secret) or {}
+        creds = {arg: data[key] for key, arg in _CREDENTIAL_KEYS.items() if data.get(key)}
         if "aws_access_key_id" not in creds or "aws_secret_access_key" not in creds:
             raise ObjectStoreError(
                 f"Secret {namespace}/{s3.credentials_secret} lacks AWS_ACCESS_KEY_ID or "

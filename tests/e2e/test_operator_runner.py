@@ -195,21 +195,19 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     assert best["value"] == pytest.approx(0.8)
     # The command-line views.
     env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
-    shown = subprocess.run(
-        [sys.executable, "-m", "lmms_operator", "leaderboard", "show", "default", "-n", namespace],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "lmms_operator", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+
+    shown = cli("leaderboard", "show", "default", "-n", namespace)
     assert "colors" in shown and "exact_match" in shown and "0.8" in shown
-    listed = subprocess.run(
-        [sys.executable, "-m", "lmms_operator", "runs", "-n", namespace],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
+    listed = cli("runs", "-n", namespace)
     assert "colors-e2e" in listed and "Succeeded" in listed and "colors=0.8" in listed
     # The operator's own /metrics: the score gauge, transitions, runs by phase, work done.
     text = operator_process.metrics()

@@ -6,6 +6,7 @@ exists" counts as success, "not found" on delete counts as success.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -230,20 +231,6 @@ def config_map_exists(namespace: str, name: str) -> bool:
     return True
 
 
-def secret_has_key(namespace: str, name: str, key: str) -> bool | None:
-    """True/False when the Secret exists (with/without the key); None when it does not."""
-    try:
-        secret = _json(
-            client.CoreV1Api(api()).read_namespaced_secret(name, namespace, _preload_content=False)
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
-    return key in keys
-
-
 def pvc_exists(namespace: str, name: str) -> bool:
     try:
         _release(
@@ -258,9 +245,9 @@ def pvc_exists(namespace: str, name: str) -> bool:
     return True
 
 
-def read_secret_value(namespace: str, name: str, key: str) -> str | None:
-    import base64
-
+def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """The Secret's data, decoded (None when it does not exist). One read for all keys;
+    the values are for the caller only: never log them."""
     try:
         secret = _json(
             client.CoreV1Api(api()).read_namespaced_secret(name, namespace, _preload_content=False)
@@ -269,8 +256,17 @@ def read_secret_value(namespace: str, name: str, key: str) -> str | None:
         if exc.status == 404:
             return None
         raise
-    raw = (secret.get("data") or {}).get(key)
-    return base64.b64decode(raw).decode() if raw else None
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def secret_has_key(namespace: str, name: str, key: str) -> bool | None:
+    """True/False when the Secret exists (with/without the key); None when it does not."""
+    data = read_secret(namespace, name)
+    return None if data is None else key in data
+
+
+def read_secret_value(namespace: str, name: str, key: str) -> str | None:
+    return (read_secret(namespace, name) or {}).get(key) or None
 
 
 # -- events --------------------------------------------------------------------------
