@@ -13,10 +13,12 @@ export PATH := $(BIN):$(PATH)
 
 all: test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tests/infra/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade uv
-	$(BIN)/uv pip install --python $(BIN)/python -e ".[runner,dev]"
+	# The operator (with the runner's extras and the dev tools) and, apart from it, the
+	# development-only devcluster package (tests/infra: never in the wheel or the images).
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[runner,dev]" -e tests/infra
 	touch $@
 
 venv: $(VENV)/.installed
@@ -25,8 +27,8 @@ system-deps:
 	@bash .ci/system-deps.sh
 
 binaries: system-deps venv
-	@bash operator/lmms_operator/testing/build-k8s.sh
-	@$(BIN)/python -c "from lmms_operator.testing import devcluster as d; d.find_kstatus_check()"
+	@bash tests/infra/lmms_devcluster/build-k8s.sh
+	@$(BIN)/python -c "from lmms_devcluster import devcluster as d; d.find_kstatus_check()"
 
 devcluster: binaries
 	@$(BIN)/lmms-devcluster up --dir $(DEVCLUSTER_DIR)
@@ -35,12 +37,13 @@ devcluster-down:
 	@if [ -x $(BIN)/lmms-devcluster ]; then $(BIN)/lmms-devcluster down --dir $(DEVCLUSTER_DIR); fi
 
 demo: binaries
-	@$(BIN)/python -m lmms_operator.testing.demo --dir $(DEVCLUSTER_DIR)
+	@$(BIN)/python -m lmms_devcluster.demo --dir $(DEVCLUSTER_DIR)
 
 lint: venv
 	$(BIN)/ruff check operator runner-image tests
 	$(BIN)/ruff format --check operator runner-image tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: binaries
 	$(MAKE) lint

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from lmms_operator.testing import devcluster
+from lmms_devcluster import devcluster
 from tests.helpers import wait_for
 from tests.operator_process import OperatorProcess
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from kubernetes import client
 
+from lmms_devcluster import devcluster
 from lmms_operator.api import GROUP, VERSION
-from lmms_operator.testing import devcluster
 from tests.helpers import wait_for
 
 EXECUTOR = {

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from lmms_operator.testing import devcluster
+from lmms_devcluster import devcluster
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTED_RUNNER = REPO / "tests" / "fixtures" / "scripted_runner.py"

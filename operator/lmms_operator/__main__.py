@@ -8,9 +8,11 @@ import sys
 
 
 def _run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import kopf
 
-    from . import handlers  # noqa: F401 - registers the handlers
+    from . import handlers  # registers the handlers
 
     kopf.configure(
         verbose=args.verbose,
@@ -26,6 +28,9 @@ def _run(args: argparse.Namespace) -> int:
 
         metrics.serve(args.metrics_address)
     namespaces = args.namespace or []
+    handlers.operator.SETTINGS = dataclasses.replace(
+        handlers.operator.SETTINGS, namespaces=tuple(namespaces)
+    )
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

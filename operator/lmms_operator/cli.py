@@ -5,20 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubernetes import client, config
-
 from . import k8s, leaderboards
-from .api import GROUP, VERSION
 
 
 def _namespace(namespace: str | None) -> str:
-    if namespace:
-        return namespace
-    try:
-        _, context = config.list_kube_config_contexts()
-        return str(context.get("context", {}).get("namespace") or "default")
-    except (config.ConfigException, TypeError):
-        return "default"
+    return namespace or k8s.current_namespace()
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -30,14 +21,10 @@ def _table(rows: list[list[str]]) -> str:
 
 def leaderboard_show(name: str, namespace: str | None, output: str, task: str | None) -> int:
     ns = _namespace(namespace)
-    co = client.CustomObjectsApi(k8s.api())
-    try:
-        board = co.get_namespaced_custom_object(GROUP, VERSION, ns, "leaderboards", name)
-    except client.ApiException as exc:
-        if exc.status == 404:
-            print(f"leaderboard {ns}/{name} not found")
-            return 1
-        raise
+    board = k8s.get_leaderboard(ns, name)
+    if board is None:
+        print(f"leaderboard {ns}/{name} not found")
+        return 1
     entries, _ = leaderboards.read(ns, board)
     entries = [e for e in entries if task is None or e["task"] == task]
     entries.sort(key=lambda e: (e["task"], e["rank"] == 0, e["rank"], e["metric"]))

@@ -17,6 +17,7 @@
 | LMMS_SCRAPE_TIMEOUT            | 3                                | s before a runner scrape gives up     |
 | LMMS_SCRAPE_CONCURRENCY        | 32                               | runners scraped at once, at most      |
 | LMMS_ALLOWED_FEATURES          | (all)                            | comma list of optional spec features  |
+| LMMS_WORKERS                   | 16                               | runs reconciled at once, at most      |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -28,6 +29,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+
+from .reconcile.job import RunnerDefaults
+from .reconcile.status import Timeouts
+from .reconcile.validate import FEATURES
 
 
 def _int(name: str, default: int) -> int:
@@ -66,8 +71,27 @@ class Settings:
     hold_timeout: float = 600.0
     scrape_timeout: float = 3.0
     scrape_concurrency: int = 32
+    workers: int = 16
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     allowed_features: frozenset[str] | None = None
+
+    @property
+    def runner(self) -> RunnerDefaults:
+        return RunnerDefaults(
+            image=self.runner_image,
+            command=self.runner_command,
+            port=self.runner_port,
+            image_pull_policy=self.image_pull_policy,
+            default_shm=self.default_shm,
+            uid=self.runner_uid,
+            hold_timeout=self.hold_timeout,
+        )
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(
+            unschedulable=self.unschedulable_timeout, image_pull=self.image_pull_timeout
+        )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -88,6 +112,7 @@ class Settings:
             hold_timeout=_float("LMMS_HOLD_TIMEOUT", d.hold_timeout),
             scrape_timeout=_float("LMMS_SCRAPE_TIMEOUT", d.scrape_timeout),
             scrape_concurrency=_int("LMMS_SCRAPE_CONCURRENCY", d.scrape_concurrency),
+            workers=max(1, _int("LMMS_WORKERS", d.workers)),
             allowed_features=_features(os.environ.get("LMMS_ALLOWED_FEATURES")),
         )
 
@@ -95,8 +120,6 @@ class Settings:
 def _features(raw: str | None) -> frozenset[str] | None:
     if raw is None:
         return None
-    from .reconcile.validate import FEATURES
-
     names = frozenset(f.strip() for f in raw.split(",") if f.strip())
     unknown = sorted(names - set(FEATURES))
     if unknown:

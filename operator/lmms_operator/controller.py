@@ -12,29 +12,20 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
-from . import k8s, leaderboards, metrics, objectstore
+from . import errors, k8s, leaderboards, metrics, objectstore
 from .api import EvalRunSpec, S3Output
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
+from .errors import InvalidSpec, Problem, RetryLater
 from .reconcile import job as jobs
 from .reconcile import reasons as R
 from .reconcile import results as res
 from .reconcile import status as st
-from .reconcile.validate import InvalidSpec, Problem, validate
+from .reconcile.validate import validate
 
 log = logging.getLogger("lmms.controller")
 
 TERMINAL = st.TERMINAL
-
-
-class RetryLater(Exception):
-    """Not an error of the spec: something it needs does not exist yet."""
-
-    def __init__(self, message: str, delay: float = 10.0) -> None:
-        super().__init__(message)
-        self.delay = delay
 
 
 def _now() -> dt.datetime:
@@ -113,22 +104,20 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             ob = _job_deleted(desired_name)
             return _write(body, status, ob, generation, hash_, job_name=desired_name)
         token = None if fresh else k8s.read_secret_value(namespace, token_name, "token")
-        desired = jobs.build(run, spec, settings, token or secrets.token_urlsafe(32))
+        desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
         try:
             if not k8s.create(desired.token_secret) and token is None:
                 # The Secret is there already: the Job must carry its token.
                 token = k8s.read_secret_value(namespace, token_name, "token")
-                desired = jobs.build(run, spec, settings, token or secrets.token_urlsafe(32))
+                desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
             k8s.create(desired.config_map)
             if desired.service is not None:
                 k8s.create(desired.service)
             created = k8s.create(desired.job)
-        except ApiException as exc:
-            if exc.status in (400, 422):
-                problem = Problem("spec", f"the API server refused the Job: {k8s.api_message(exc)}")
-                k8s.delete_secret(namespace, token_name)  # nothing half-created
-                return _invalid(body, status, [problem], generation)
-            raise
+        except errors.Invalid as exc:
+            problem = Problem("spec", f"the API server refused the Job: {exc.message}")
+            k8s.delete_secret(namespace, token_name)  # nothing half-created
+            return _invalid(body, status, [problem], generation)
         if created:
             k8s.event(body, "Normal", R.JOB_CREATED, f"created Job {desired_name}")
             job = desired.job
@@ -156,7 +145,7 @@ def _observe_spec(
         job,
         pods,
         _now(),
-        settings,
+        settings.timeouts,
     )
 
 
@@ -220,7 +209,7 @@ def waiting_for_references(body: Mapping[str, Any], message: str) -> dict[str, A
     """Status while referenced objects are missing (the handler retries)."""
     _, _, _, generation = _meta(body)
     status = dict(body.get("status") or {})
-    ob = st.Observation("Pending", "WaitingForReferences", message)
+    ob = st.Observation("Pending", R.WAITING_FOR_REFERENCES, message)
     return _write(
         body, status, ob, generation, status.get("specHash"), job_name=status.get("jobName")
     )
@@ -386,7 +375,7 @@ def reachability_fields(
 ) -> dict[str, Any]:
     """The RunnerReachable condition (and an Event when it changes); never fails a run."""
     conditions = list(status.get("conditions") or [])
-    current = next((c for c in conditions if c.get("type") == "RunnerReachable"), None)
+    current = next((c for c in conditions if c.get("type") == R.RUNNER_REACHABLE), None)
     wanted = "True" if reachable else "False"
     if current is not None and current.get("status") == wanted:
         return {}
@@ -394,18 +383,18 @@ def reachability_fields(
         return {}
     generation = int(body["metadata"].get("generation") or 1)
     cond = {
-        "type": "RunnerReachable",
+        "type": R.RUNNER_REACHABLE,
         "status": wanted,
-        "reason": "Scraped" if reachable else "ScrapeFailed",
+        "reason": R.SCRAPED if reachable else R.SCRAPE_FAILED,
         "message": message[:1000],
         "lastTransitionTime": st.fmt_time(_now()),
         "observedGeneration": generation,
     }
-    others = [c for c in conditions if c.get("type") != "RunnerReachable"]
+    others = [c for c in conditions if c.get("type") != R.RUNNER_REACHABLE]
     k8s.event(
         body,
         "Normal" if reachable else "Warning",
-        "RunnerReachable" if reachable else "RunnerUnreachable",
+        R.RUNNER_REACHABLE if reachable else R.RUNNER_UNREACHABLE,
         message,
     )
     return {"conditions": [*others, cond]}
@@ -490,7 +479,7 @@ def _summary_from_object_store(
     try:
         doc = objectstore.get_json(body["metadata"]["namespace"], S3Output.model_validate(s3), url)
         return ResultsSummary.model_validate(doc)
-    except (objectstore.ObjectStoreError, ValueError) as exc:
+    except (errors.ObjectStoreError, ValueError) as exc:
         message = str(exc).splitlines()[0][:300]
         meta = body["metadata"]
         log.warning(

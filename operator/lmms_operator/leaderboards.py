@@ -18,24 +18,23 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
-
-from . import k8s, objectstore
+from . import errors, k8s, objectstore
 from .api import GROUP, VERSION, S3Output
 from .reconcile import leaderboard as lb
+from .reconcile import reasons as R
 from .reconcile.job import LABEL_MANAGED_BY, LABEL_PREFIX, MANAGED_BY
 
 log = logging.getLogger("lmms.leaderboards")
 
 LABEL_BOARD = f"{LABEL_PREFIX}/leaderboard"
-_locks: dict[tuple[str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
+# One writer per Leaderboard in this process (a fixed set of locks, hashed by name: the
+# set never grows with the leaderboards seen); other writers are caught by the
+# resourceVersion of the index ConfigMap.
+_locks = tuple(threading.Lock() for _ in range(64))
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault((namespace, name), threading.Lock())
+    return _locks[hash((namespace, name)) % len(_locks)]
 
 
 def _now() -> str:
@@ -44,14 +43,9 @@ def _now() -> str:
 
 def ensure(namespace: str, name: str) -> dict[str, Any]:
     """The Leaderboard, created with defaults when missing."""
-    co = client.CustomObjectsApi(k8s.api())
-    try:
-        return dict(
-            co.get_namespaced_custom_object(GROUP, VERSION, namespace, "leaderboards", name)
-        )
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    board = k8s.get_leaderboard(namespace, name)
+    if board is not None:
+        return board
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Leaderboard",
@@ -62,16 +56,13 @@ def ensure(namespace: str, name: str) -> dict[str, Any]:
         },
         "spec": {},
     }
-    try:
-        return dict(
-            co.create_namespaced_custom_object(GROUP, VERSION, namespace, "leaderboards", body)
-        )
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        return dict(
-            co.get_namespaced_custom_object(GROUP, VERSION, namespace, "leaderboards", name)
-        )
+    created = k8s.create_leaderboard(body)
+    if created is not None:
+        return created
+    board = k8s.get_leaderboard(namespace, name)  # created by someone else meanwhile
+    if board is None:
+        raise errors.Conflict(f"leaderboard {namespace}/{name} was created and deleted meanwhile")
+    return board
 
 
 def prefix(board: Mapping[str, Any]) -> str:
@@ -85,26 +76,20 @@ def read(
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The table's entries and the index ConfigMap (None when nothing was published).
     A table swapped while it is read is read again."""
-    core = client.CoreV1Api(k8s.api())
     for _ in range(20):
-        try:
-            index = core.read_namespaced_config_map(prefix(board), namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return [], None
-            raise
-        meta = json.loads((index.data or {}).get("index.json") or "{}")
+        index = k8s.read_config_map(namespace, prefix(board))
+        if index is None:
+            return [], None
+        meta = json.loads((index.get("data") or {}).get("index.json") or "{}")
         entries: list[dict[str, Any]] = []
-        try:
-            for cm_name in meta.get("configMaps", []):
-                cm = core.read_namespaced_config_map(cm_name, namespace)
-                entries += json.loads((cm.data or {}).get("table.json") or "[]")
-        except ApiException as exc:
-            if exc.status == 404:
-                continue  # a newer generation replaced this one meanwhile
-            raise
-        return entries, {"resourceVersion": index.metadata.resource_version, **meta}
-    raise RuntimeError(f"leaderboard {prefix(board)}: the table keeps changing while read")
+        for cm_name in meta.get("configMaps", []):
+            cm = k8s.read_config_map(namespace, cm_name)
+            if cm is None:
+                break  # a newer generation replaced this one meanwhile
+            entries += json.loads((cm.get("data") or {}).get("table.json") or "[]")
+        else:
+            return entries, {"resourceVersion": index["metadata"]["resourceVersion"], **meta}
+    raise errors.Conflict(f"leaderboard {prefix(board)}: the table keeps changing while read")
 
 
 def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
@@ -129,7 +114,7 @@ def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
                 board_name,
                 attempt + 1,
             )
-        raise RuntimeError(f"leaderboard {namespace}/{board_name}: too many conflicts")
+        raise errors.Conflict(f"leaderboard {namespace}/{board_name}: too many conflicts")
 
 
 def _swap(
@@ -140,7 +125,6 @@ def _swap(
 ) -> list[str] | None:
     """Writes the new generation and swaps the index to it: the new table's ConfigMaps,
     or None when another writer swapped first (nothing of ours is left behind)."""
-    core = client.CoreV1Api(k8s.api())
     base = prefix(board)
     generation = int(index["generation"]) + 1 if index else 1
     owner = {
@@ -161,15 +145,13 @@ def _swap(
             "data": lb.render(chunk),
         }
         try:
-            core.create_namespaced_config_map(namespace, body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            core.replace_namespaced_config_map(name, namespace, body)
+            k8s.create_config_map(namespace, body)
+        except errors.Conflict:
+            k8s.replace_config_map(namespace, name, body)
     index_data = {"index.json": json.dumps({"generation": generation, "configMaps": names})}
     try:
         if index is None:
-            core.create_namespaced_config_map(
+            k8s.create_config_map(
                 namespace,
                 {
                     "metadata": {"name": base, "labels": labels, "ownerReferences": [owner]},
@@ -177,9 +159,9 @@ def _swap(
                 },
             )
         else:
-            core.replace_namespaced_config_map(
-                base,
+            k8s.replace_config_map(
                 namespace,
+                base,
                 {
                     "metadata": {
                         "name": base,
@@ -190,24 +172,14 @@ def _swap(
                     "data": index_data,
                 },
             )
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
+    except errors.Conflict:
         for name in names:
-            _delete(core, namespace, name)
+            k8s.delete_config_map(namespace, name)
         return None
     for name in (index or {}).get("configMaps", []):
         if name not in names:
-            _delete(core, namespace, name)
+            k8s.delete_config_map(namespace, name)
     return names
-
-
-def _delete(core: client.CoreV1Api, namespace: str, name: str) -> None:
-    try:
-        core.delete_namespaced_config_map(name, namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
 
 
 def s3_key_prefix(s3: S3Output, namespace: str, name: str) -> str:
@@ -232,15 +204,15 @@ def _store(
         url = objectstore.put_texts(
             namespace, s3, s3_key_prefix(s3, namespace, name), lb.render(ranked)
         )
-    except objectstore.ObjectStoreError as exc:
+    except errors.ObjectStoreError as exc:
         message = str(exc)[:500]
         log.warning("leaderboard %s/%s: %s", namespace, name, message)
-        k8s.event(board, "Warning", "ObjectStoreWriteFailed", message)
+        k8s.event(board, "Warning", R.LEADERBOARD_STORE_FAILED, message)
         return {
             "condition": {
-                "type": "ObjectStoreSynced",
+                "type": R.OBJECT_STORE_SYNCED,
                 "status": "False",
-                "reason": "ObjectStoreWriteFailed",
+                "reason": R.LEADERBOARD_STORE_FAILED,
                 "message": message,
                 "lastTransitionTime": now,
             }
@@ -248,9 +220,9 @@ def _store(
     return {
         "tableLocation": url,
         "condition": {
-            "type": "ObjectStoreSynced",
+            "type": R.OBJECT_STORE_SYNCED,
             "status": "True",
-            "reason": "Written",
+            "reason": R.LEADERBOARD_STORE_WRITTEN,
             "message": f"the table is in {url}table.json (also .csv, .md)",
             "lastTransitionTime": now,
         },
@@ -288,9 +260,7 @@ def _update_status(
         if before and before.get("status") == cond["status"]:
             cond["lastTransitionTime"] = before.get("lastTransitionTime")
         status["conditions"] = [cond]
-    client.CustomObjectsApi(k8s.api()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, "leaderboards", board["metadata"]["name"], {"status": status}
-    )
+    k8s.patch_leaderboard_status(namespace, board["metadata"]["name"], status)
 
 
 def entries_for_run(

@@ -101,7 +101,10 @@ SCRAPE_DURATION = Histogram(
 )
 
 _lock = threading.Lock()
-_phases: dict[str, str] = {}  # run uid -> phase
+# run uid -> (namespace, phase), for every run the watch shows (finished ones included):
+# the lmms_operator_evalruns gauge counts them. Entries go when the run is deleted, or
+# when a relist no longer holds it.
+_phases: dict[str, tuple[str, str]] = {}
 
 
 class _PhaseCollector(Collector):
@@ -113,7 +116,7 @@ class _PhaseCollector(Collector):
         )
         with _lock:
             counts = {p: 0 for p in PHASES}
-            for phase in _phases.values():
+            for _, phase in _phases.values():
                 counts[phase] = counts.get(phase, 0) + 1
         for phase, n in counts.items():
             family.add_metric([phase], n)
@@ -138,12 +141,9 @@ def observe_status(
     if new_phase and new_phase != old_phase:
         TRANSITIONS.labels(old_phase, new_phase).inc()
         with _lock:
-            _phases[meta["uid"]] = new_phase
+            _phases[meta["uid"]] = (meta["namespace"], new_phase)
         if new_phase in st.TERMINAL:
             _ended(run, old, fields, new_phase)
-    elif old_phase:
-        with _lock:
-            _phases.setdefault(meta["uid"], old_phase)
     progress = fields.get("progress")
     if progress and (new_phase or old_phase) == "Running":
         PROGRESS.labels(meta["namespace"], meta["name"]).set(progress.get("percent", 0) / 100)
@@ -176,6 +176,22 @@ def forget_run(namespace: str, name: str) -> None:
     for gauge in (PROGRESS, THROUGHPUT):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+
+
+def seen(uid: str, namespace: str, phase: str | None) -> None:
+    """The watch showed a run in this phase."""
+    if phase in PHASES:
+        with _lock:
+            _phases[uid] = (namespace, phase)
+
+
+def retain(namespace: str | None, uids: set[str]) -> None:
+    """A relist of ``namespace`` (None: all) holds these runs only: forget the others."""
+    with _lock:
+        for uid in [
+            u for u, (ns, _) in _phases.items() if u not in uids and namespace in (None, ns)
+        ]:
+            del _phases[uid]
 
 
 def deleted(uid: str, namespace: str, name: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from . import k8s
 from .api import S3Output
 from .api.runner import RESULTS_SUMMARY_FILE
+from .errors import ObjectStoreError
 
 #: Where the runner puts its results summary in the output it uploads.
 SUMMARY_KEY = RESULTS_SUMMARY_FILE
@@ -25,10 +26,6 @@ _CREDENTIAL_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
     "AWS_SESSION_TOKEN": "aws_session_token",
 }
-
-
-class ObjectStoreError(RuntimeError):
-    """Reading or writing the object store failed; the message holds no secret."""
 
 
 def split_url(url: str) -> tuple[str, str]:

@@ -12,10 +12,9 @@ from typing import Any
 import aiohttp
 
 from .config import Settings
+from .errors import ScrapeError
 
-
-class ScrapeError(RuntimeError):
-    pass
+__all__ = ["ScrapeError", "Scraper"]
 
 
 class Scraper:

@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from lmms_operator import presets
-from lmms_operator.api import EvalRunSpec
-from lmms_operator.reconcile.validate import InvalidSpec, parse_spec
+from lmms_operator.api import EvalRunSpec, parse_spec
+from lmms_operator.errors import InvalidSpec
 
 
 class ConfigError(ValueError):

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import client, config  # noqa: E402
 
-from lmms_operator.testing import devcluster  # noqa: E402
+from lmms_devcluster import devcluster  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lmms_operator.testing import devcluster
+from lmms_devcluster import devcluster
 
 pytestmark = pytest.mark.chart
 

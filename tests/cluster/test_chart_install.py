@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from lmms_operator.testing import devcluster
+from lmms_devcluster import devcluster
 from tests import evalruns as er
 from tests.helpers import wait_for
 from tests.operator_process import OperatorProcess

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from lmms_operator.testing import devcluster
+from lmms_devcluster import devcluster
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster

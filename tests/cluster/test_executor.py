@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from kubernetes import client
 
-from lmms_operator.testing import devcluster
+from lmms_devcluster import devcluster
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster

@@ -10,8 +10,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 from kubernetes import client
 
+from lmms_devcluster.devcluster import DevCluster
 from lmms_operator.api import GROUP, VERSION
-from lmms_operator.testing.devcluster import DevCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from lmms_operator.testing.devcluster import DevCluster
+from lmms_devcluster.devcluster import DevCluster
 from tests import evalruns as er
 from tests.e2e.test_runner import ModelServer, _free_port
 from tests.fixtures import colortask

@@ -15,7 +15,7 @@ RUN = jobs.RunRef("qwen2vl-mme", "team-a", "0b8e6f5c-1111-2222-3333-444455556666
 def build(**over: Any) -> jobs.Desired:
     raw: dict[str, Any] = {"model": {"type": "qwen2_vl"}, "tasks": ["mme"]}
     raw.update(over)
-    return jobs.build(RUN, validate(raw), Settings(), token="t0ken")
+    return jobs.build(RUN, validate(raw), Settings().runner, token="t0ken")
 
 
 def pod(desired: jobs.Desired) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def test_name_is_deterministic_and_short() -> None:
     assert a.job["metadata"]["name"] == b.job["metadata"]["name"]
     long = jobs.RunRef("x" * 253, "ns", RUN.uid)
     name = jobs.build(
-        long, validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]}), Settings(), "t"
+        long, validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]}), Settings().runner, "t"
     ).job["metadata"]["name"]
     assert len(name) <= 63
 

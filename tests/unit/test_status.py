@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from lmms_operator.config import Settings
 from lmms_operator.reconcile import reasons as R
 from lmms_operator.reconcile import status as st
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)
-S = Settings(unschedulable_timeout=60, image_pull_timeout=60)
+S = st.Timeouts(unschedulable=60, image_pull=60)
 
 
 def job(**status: Any) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def observe(j: dict[str, Any] | None, pods: list[dict[str, Any]], **kw: Any) -> 
         "timeout_seconds": 600,
     }
     args.update(kw)
-    return st.observe(job=j, pods=pods, now=NOW, settings=S, **args)
+    return st.observe(job=j, pods=pods, now=NOW, timeouts=S, **args)
 
 
 def failed_job(reason: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .evalrun import (
     TaskProgress,
 )
 from .leaderboard import Leaderboard, LeaderboardEntry, LeaderboardSpec, LeaderboardStatus
+from .parse import parse_spec
 
 __all__ = [
     "API_VERSION",
@@ -54,4 +55,5 @@ __all__ = [
     "SecretKeyRef",
     "SecretSource",
     "TaskProgress",
+    "parse_spec",
 ]

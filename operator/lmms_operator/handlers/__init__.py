@@ -1,5 +1,5 @@
 """Kopf handlers. Importing this package registers them."""
 
-from . import evalrun, startup
+from . import operator, startup
 
-__all__ = ["evalrun", "startup"]
+__all__ = ["operator", "startup"]

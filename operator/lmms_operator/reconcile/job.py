@@ -12,7 +12,6 @@ from typing import Any
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
-from ..config import Settings
 
 LABEL_PREFIX = "eval.lmms.dev"
 LABEL_RUN = f"{LABEL_PREFIX}/run"
@@ -40,6 +39,20 @@ def spec_hash(spec: EvalRunSpec) -> str:
 def job_name(run_name: str, hash_: str) -> str:
     """Deterministic, at most 63 characters (Job names become label values)."""
     return f"{run_name[:52].rstrip('-.')}-{hash_}"
+
+
+@dataclass(frozen=True)
+class RunnerDefaults:
+    """What the operator's configuration decides about every runner pod (values: this
+    module reads no environment)."""
+
+    image: str = "lmms-operator-runner:0.1.0"
+    command: tuple[str, ...] = ("lmms-runner",)
+    port: int = 8080
+    image_pull_policy: str = "IfNotPresent"
+    default_shm: str = "8Gi"
+    uid: int = 1000
+    hold_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,7 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Desired:
+def build(run: RunRef, spec: EvalRunSpec, runner: RunnerDefaults, token: str) -> Desired:
     hash_ = spec_hash(spec)
     name = job_name(run.name, hash_)
     labels = _labels(run, hash_)
@@ -144,11 +157,11 @@ def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Des
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
         {"name": "LMMS_RUN_CONFIG", "value": CONFIG_FILE},
-        {"name": "LMMS_RUNNER_PORT", "value": str(settings.runner_port)},
+        {"name": "LMMS_RUNNER_PORT", "value": str(runner.port)},
         {"name": "LMMS_OUTPUT_DIR", "value": OUTPUT_DIR},
         _secret_env("LMMS_RUNNER_TOKEN", f"{name}-token", "token"),
         {"name": "LMMS_TASKS_DIR", "value": TASKS_DIR},
-        {"name": "LMMS_HOLD_TIMEOUT", "value": str(int(settings.hold_timeout))},
+        {"name": "LMMS_HOLD_TIMEOUT", "value": str(int(runner.hold_timeout))},
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp"},
         {"name": "TMPDIR", "value": "/tmp"},
@@ -214,7 +227,7 @@ def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Des
     if res.gpus > 1 or res.shared_memory:
         shm: dict[str, Any] = {
             "medium": "Memory",
-            "sizeLimit": res.shared_memory or settings.default_shm,
+            "sizeLimit": res.shared_memory or runner.default_shm,
         }
         volumes.append({"name": "dshm", "emptyDir": shm})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -228,12 +241,12 @@ def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Des
         quantities["memory"] = res.memory
     container: dict[str, Any] = {
         "name": "runner",
-        "image": spec.image or settings.runner_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": list(settings.runner_command),
+        "image": spec.image or runner.image,
+        "imagePullPolicy": runner.image_pull_policy,
+        "command": list(runner.command),
         "env": env,
         "volumeMounts": mounts,
-        "ports": [{"name": "http", "containerPort": settings.runner_port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": runner.port, "protocol": "TCP"}],
         "resources": {"requests": dict(quantities), "limits": dict(quantities)},
         "readinessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
@@ -246,8 +259,8 @@ def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Des
             "capabilities": {"drop": ["ALL"]},
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
-            "runAsUser": settings.runner_uid,
-            "runAsGroup": settings.runner_uid,
+            "runAsUser": runner.uid,
+            "runAsGroup": runner.uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
@@ -259,9 +272,9 @@ def build(run: RunRef, spec: EvalRunSpec, settings: Settings, token: str) -> Des
         "terminationGracePeriodSeconds": 60,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": settings.runner_uid,
-            "runAsGroup": settings.runner_uid,
-            "fsGroup": settings.runner_uid,
+            "runAsUser": runner.uid,
+            "runAsGroup": runner.uid,
+            "fsGroup": runner.uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

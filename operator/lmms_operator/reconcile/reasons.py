@@ -1,6 +1,17 @@
-"""Every Event and condition reason the operator uses, in one place (CamelCase)."""
+"""Every condition type, condition reason and Event reason the operator uses, in one
+place (CamelCase)."""
 
 from __future__ import annotations
+
+# Condition types of an EvalRun (KEP-1623; Ready/Reconciling/Stalled as kstatus reads them).
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+SUSPENDED_CONDITION = "Suspended"
+POD_SCHEDULED = "PodScheduled"
+RUNNER_REACHABLE = "RunnerReachable"
+# Condition type of a Leaderboard stored in S3.
+OBJECT_STORE_SYNCED = "ObjectStoreSynced"
 
 # Phase reasons while the run is active.
 JOB_PENDING = "JobPending"
@@ -13,6 +24,8 @@ QUEUED = "Queued"
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+WAITING_FOR_REFERENCES = "WaitingForReferences"
+SCHEDULED = "Scheduled"
 
 # Terminal reasons.
 SUCCEEDED = "Succeeded"
@@ -34,6 +47,11 @@ JOB_STOPPED = "JobStopped"
 RESULTS_COLLECTED = "ResultsCollected"
 RESULTS_NOT_IN_OBJECT_STORE = "ResultsNotInObjectStore"
 LEADERBOARD_STORE_FAILED = "ObjectStoreWriteFailed"
+LEADERBOARD_STORE_WRITTEN = "Written"
+# RunnerReachable: condition reasons, and the Events when it changes.
+SCRAPED = "Scraped"
+SCRAPE_FAILED = "ScrapeFailed"
+RUNNER_UNREACHABLE = "RunnerUnreachable"
 
 FAILURE_REASONS = (
     INVALID_SPEC,

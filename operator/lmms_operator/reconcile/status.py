@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_FAILED
-from ..config import Settings
 from . import reasons as R
 
 TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
@@ -28,6 +27,14 @@ RUNNER_EXIT_CODES = {
 IMAGE_PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 IMAGE_PULL_RETRYING = frozenset({"ErrImagePull", "ImagePullBackOff"})
 CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a pod may wait for what it cannot get before the run fails (seconds)."""
+
+    unschedulable: float = 600.0
+    image_pull: float = 300.0
 
 
 @dataclass
@@ -118,7 +125,7 @@ def observe(
     job: dict[str, Any] | None,
     pods: list[dict[str, Any]],
     now: dt.datetime,
-    settings: Settings,
+    timeouts: Timeouts,
 ) -> Observation:
     """What the run's status is, given its current Job (None: not created yet) and pods."""
     if cancel:
@@ -183,17 +190,17 @@ def observe(
     pod_status = pod.get("status") or {}
     scheduled = None
     for c in pod_status.get("conditions") or []:
-        if c.get("type") == "PodScheduled":
+        if c.get("type") == R.POD_SCHEDULED:
             scheduled = (
                 c.get("status", "Unknown"),
-                c.get("reason") or "Scheduled",
+                c.get("reason") or R.SCHEDULED,
                 c.get("message") or "",
             )
             if c.get("status") == "False" and c.get("reason") == "Unschedulable":
                 since = parse_time(c.get("lastTransitionTime")) or now
                 waited = (now - since).total_seconds()
                 message = f"pod {pod_name} cannot be scheduled: {c.get('message', '')}".strip()
-                if waited >= settings.unschedulable_timeout:
+                if waited >= timeouts.unschedulable:
                     return obs(
                         "Failed",
                         R.UNSCHEDULABLE,
@@ -211,7 +218,7 @@ def observe(
         waited = (now - created).total_seconds()
         image = (pod.get("spec", {}).get("containers") or [{}])[0].get("image")
         message = f"cannot pull image {image!r}: {wreason}: {waiting.get('message', '')}".strip()
-        if wreason in IMAGE_PULL_FATAL or waited >= settings.image_pull_timeout:
+        if wreason in IMAGE_PULL_FATAL or waited >= timeouts.image_pull:
             return obs(
                 "Failed",
                 R.IMAGE_PULL_ERROR,
@@ -259,10 +266,10 @@ def conditions(
     """KEP-1623 conditions for an observation; lastTransitionTime moves only on change."""
     prev = {c.get("type"): c for c in previous or []}
     wanted: list[tuple[str, bool, str, str]] = [
-        ("Ready", ob.phase == "Succeeded", ob.reason, ob.message),
-        ("Reconciling", ob.phase in ACTIVE, ob.reason, ob.message),
-        ("Stalled", ob.phase == "Failed", ob.reason, ob.message),
-        ("Suspended", ob.phase == "Queued", ob.reason, ob.message),
+        (R.READY, ob.phase == "Succeeded", ob.reason, ob.message),
+        (R.RECONCILING, ob.phase in ACTIVE, ob.reason, ob.message),
+        (R.STALLED, ob.phase == "Failed", ob.reason, ob.message),
+        (R.SUSPENDED_CONDITION, ob.phase == "Queued", ob.reason, ob.message),
     ]
     out = []
     for ctype, ok, reason, message in wanted:
@@ -275,16 +282,23 @@ def conditions(
         status, reason, message = ob.scheduled
         out.append(
             _condition(
-                prev.get("PodScheduled"),
-                "PodScheduled",
+                prev.get(R.POD_SCHEDULED),
+                R.POD_SCHEDULED,
                 status,
-                reason or "Scheduled",
+                reason or R.SCHEDULED,
                 message,
                 generation,
                 now,
             )
         )
+    # Conditions set elsewhere (RunnerReachable, by the scrape) are kept as they are.
+    managed = {c["type"] for c in out}
+    out += [dict(c) for t, c in prev.items() if t not in managed and t in _KEPT]
     return out
+
+
+#: Condition types that conditions() does not compute but must not drop.
+_KEPT = frozenset({R.RUNNER_REACHABLE})
 
 
 def _condition(

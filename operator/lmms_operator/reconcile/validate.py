@@ -8,54 +8,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-
-from pydantic import ValidationError
 
 from .. import catalogue, presets
 from ..api import EvalRunSpec
+from ..api.parse import parse_spec
+from ..errors import InvalidSpec, Problem
 
-
-@dataclass(frozen=True)
-class Problem:
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
-
-
-class InvalidSpec(ValueError):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = "spec"
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-def parse_spec(raw: Mapping[str, Any] | None) -> EvalRunSpec:
-    """Parses a spec as the API server stored it; raises InvalidSpec naming each field."""
-    if not isinstance(raw, Mapping):
-        raise InvalidSpec([Problem("spec", "required")])
-    try:
-        return EvalRunSpec.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(
-                p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function"))
-            )
-            message = err["msg"]
-            if err["type"] == "extra_forbidden":
-                message = "unknown field"
-            problems.append(Problem(_path(loc), message))
-        raise InvalidSpec(problems) from None
+__all__ = ["FEATURES", "InvalidSpec", "Problem", "check_spec", "parse_spec", "validate"]
 
 
 def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> list[Problem]:

@@ -188,7 +188,7 @@ class PodRunner:
         plan_file = self.dir / "plan.json"
         plan_file.write_text(json.dumps(plan))
         log_file = open(self.dir / "container.log", "ab")  # noqa: SIM115 - owned by the child
-        launcher = [sys.executable, "-m", "lmms_operator.testing.launch", str(plan_file)]
+        launcher = [sys.executable, "-m", "lmms_devcluster.launch", str(plan_file)]
         self.proc = subprocess.Popen(
             [*self.ex.unshare_prefix, *launcher],
             stdout=log_file,

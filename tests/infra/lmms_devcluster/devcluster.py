@@ -404,7 +404,7 @@ class DevCluster:
                 [
                     sys.executable,
                     "-m",
-                    "lmms_operator.testing.executor",
+                    "lmms_devcluster.executor",
                     "--kubeconfig",
                     str(self.kubeconfig),
                     "--node",

@@ -1,0 +1,627 @@
+"""The operator's state machinery, in one place: what it remembers about runs, and when
+it works on them.
+
+- **The store** holds the *active* runs only (not finished, or finished but edited since),
+  and the Jobs and pods of those runs, each trimmed to the fields the code reads. A
+  finished run is dropped as soon as the watch shows it finished: it costs a phase count
+  in the metrics and no periodic work. Nothing else is kept per object: the status
+  cache, the token cache and the backoff entries of a run go when the run leaves.
+- **Informers** (``k8s.Informer``) fill it: EvalRuns, and the Jobs and pods carrying the
+  operator's managed-by label, selected on the API server, so another tenant's objects
+  never reach the process.
+- **Per-run serialisation**: one writer per run at a time (a fixed set of locks, hashed by
+  run: the set never grows), so compute-then-write never interleaves.
+- **Debounce**: a burst of Job and pod events becomes one observation (``observe_delay``).
+- **Backoff**: a failed reconciliation is retried by the resync loop when due.
+- **Loops**: one resync loop and one scrape loop over the active runs (no per-object
+  timers, no work for finished runs).
+
+The decisions are the controller's (``controller.sync`` and friends), which read,
+compute a plan with the pure functions of ``reconcile/``, and apply it through ``k8s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import controller, errors, k8s, metrics
+from .api.runner import ResultsSummary, RunnerProgress
+from .config import Settings
+from .reconcile import job as jobs
+from .reconcile import reasons as R
+from .reconcile import status as st
+from .scrape import Scraper
+
+log = logging.getLogger("lmms.runtime")
+
+MANAGED_SELECTOR = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
+
+
+# -- trimming: what the code reads of each object ------------------------------------------
+def _meta(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def trim_run(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An active EvalRun without managedFields and annotations."""
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": "EvalRun",
+        "metadata": _meta(
+            obj,
+            "name",
+            "namespace",
+            "uid",
+            "generation",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "labels",
+        ),
+        "spec": obj.get("spec") or {},
+        "status": obj.get("status") or {},
+    }
+
+
+def trim_job(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A Job: its name, labels, whether it is suspended, its status."""
+    return {
+        "kind": "Job",
+        "metadata": _meta(obj, "name", "namespace", "uid", "labels", "creationTimestamp"),
+        "spec": {"suspend": (obj.get("spec") or {}).get("suspend")},
+        "status": obj.get("status") or {},
+    }
+
+
+def trim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod: its name, labels, node, container images and status."""
+    spec = obj.get("spec") or {}
+    return {
+        "kind": "Pod",
+        "metadata": _meta(obj, "name", "namespace", "uid", "labels", "creationTimestamp"),
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "containers": [
+                {"name": c.get("name"), "image": c.get("image")}
+                for c in spec.get("containers") or []
+            ],
+        },
+        "status": obj.get("status") or {},
+    }
+
+
+def keep(run: Mapping[str, Any]) -> bool:
+    """Whether a run needs the operator: not finished, or its spec changed since.
+    A finished run is a record; the operator holds nothing for it."""
+    meta = run.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    status = run.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation", 1):
+        return True
+    return status.get("phase") not in st.TERMINAL
+
+
+# -- the store --------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    body: dict[str, Any]
+    written: dict[str, Any] = field(default_factory=dict)  # fresher than the watch
+    written_generation: int | None = None
+    retry: tuple[int, float] | None = None  # (generation, when) while backing off
+    token: str | None = None  # the runner's token, once read (for /results and /ack)
+    progress: RunnerProgress | None = None
+
+
+class Store:
+    """Active runs and their children; fed by the informers (from their threads)."""
+
+    def __init__(self, on_run: Callable[[str, bool], None]) -> None:
+        self._lock = threading.RLock()
+        self.runs: dict[str, _Run] = {}
+        # run uid -> kind ("jobs", "pods") -> name -> trimmed object
+        self.children: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        self._on_run = on_run  # (uid, observe_only) -> schedule work
+        self._listing: dict[tuple[str, str | None], set[Any]] = {}
+
+    def run_sink(self) -> _Sink:
+        return _Sink(self, "evalruns")
+
+    def child_sink(self, kind: str) -> _Sink:
+        return _Sink(self, kind)
+
+    # -- EvalRuns ---------------------------------------------------------------------------
+    def _run_seen(self, obj: Mapping[str, Any]) -> str | None:
+        meta = obj.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        if not uid:
+            return None
+        status = obj.get("status") or {}
+        metrics.seen(uid, str(meta.get("namespace") or ""), status.get("phase"))
+        with self._lock:
+            if keep(obj):
+                entry = self.runs.get(uid)
+                if entry is None:
+                    self.runs[uid] = _Run(trim_run(obj))
+                else:
+                    entry.body = trim_run(obj)
+                return uid
+            self._forget(uid)
+        return None
+
+    def _run_deleted(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        metrics.deleted(uid, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        with self._lock:
+            self._forget(uid)
+
+    def _forget(self, uid: str) -> None:
+        """Everything held for a run goes: its body, caches and children."""
+        self.runs.pop(uid, None)
+        self.children.pop(uid, None)
+
+    def get(self, uid: str) -> dict[str, Any] | None:
+        """The run with what this process wrote since the watch last showed it; marked
+        ``_stale`` when the watch lags behind a generation already handled."""
+        with self._lock:
+            entry = self.runs.get(uid)
+            if entry is None:
+                return None
+            run = dict(entry.body)
+            written = dict(entry.written)
+            generation = entry.written_generation
+        meta = run["metadata"]
+        if generation is not None and generation > meta.get("generation", 1):
+            run["_stale"] = True
+        if generation == meta.get("generation", 1) and written:
+            status = dict(run.get("status") or {})
+            status.update(written)
+            run["status"] = {k: v for k, v in status.items() if v is not None}
+        return run
+
+    def remember(self, uid: str, generation: int, fields: Mapping[str, Any]) -> None:
+        with self._lock:
+            entry = self.runs.get(uid)
+            if entry is None:
+                return
+            if entry.written_generation != generation:
+                entry.written = {}
+                entry.written_generation = generation
+            entry.written.update(fields)
+
+    def uids(self) -> list[str]:
+        with self._lock:
+            return list(self.runs)
+
+    def entry(self, uid: str) -> _Run | None:
+        with self._lock:
+            return self.runs.get(uid)
+
+    # -- children ------------------------------------------------------------------------------
+    @staticmethod
+    def _owner_uid(obj: Mapping[str, Any]) -> str:
+        return str(((obj.get("metadata") or {}).get("labels") or {}).get(jobs.LABEL_RUN_UID, ""))
+
+    def _child_seen(self, kind: str, obj: Mapping[str, Any]) -> str | None:
+        uid = self._owner_uid(obj)
+        name = (obj.get("metadata") or {}).get("name", "")
+        with self._lock:
+            if uid not in self.runs:
+                return None  # a finished run's child: nothing to decide about it
+            trimmed = trim_job(obj) if kind == "jobs" else trim_pod(obj)
+            self.children.setdefault(uid, {}).setdefault(kind, {})[name] = trimmed
+            return uid
+
+    def _child_deleted(self, kind: str, obj: Mapping[str, Any]) -> str | None:
+        uid = self._owner_uid(obj)
+        name = (obj.get("metadata") or {}).get("name", "")
+        with self._lock:
+            (self.children.get(uid) or {}).get(kind, {}).pop(name, None)
+            return uid if uid in self.runs else None
+
+    def job(self, uid: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return (self.children.get(uid) or {}).get("jobs", {}).get(name)
+
+    def pods_of(self, uid: str, job_name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            pods = list((self.children.get(uid) or {}).get("pods", {}).values())
+        return [p for p in pods if p["metadata"].get("labels", {}).get("job-name") == job_name]
+
+    # -- relists: what a new list does not hold is gone ------------------------------------
+    def listed(
+        self, kind: str, scope: str | None, objects: list[dict[str, Any]], final: bool
+    ) -> None:
+        seen = self._listing.setdefault((kind, scope), set())
+        touched: list[tuple[str, bool]] = []
+        for obj in objects:
+            meta = obj.get("metadata") or {}
+            if kind == "evalruns":
+                seen.add(meta.get("uid"))
+                uid = self._run_seen(obj)
+                if uid:
+                    touched.append((uid, False))
+            else:
+                seen.add(meta.get("uid"))
+                uid = self._child_seen(kind, obj)
+                if uid:
+                    touched.append((uid, True))
+        if final:
+            self._prune(kind, scope, self._listing.pop((kind, scope), set()))
+        for uid, observe_only in touched:
+            self._on_run(uid, observe_only)
+
+    def _prune(self, kind: str, scope: str | None, seen: set[Any]) -> None:
+        def in_scope(obj: Mapping[str, Any]) -> bool:
+            return scope is None or obj["metadata"].get("namespace") == scope
+
+        with self._lock:
+            if kind == "evalruns":
+                metrics.retain(scope, {u for u in seen if u})
+                gone = [u for u, e in self.runs.items() if u not in seen and in_scope(e.body)]
+                for uid in gone:
+                    self._forget(uid)
+                return
+            for kinds in self.children.values():
+                objects = kinds.get(kind, {})
+                for name in [
+                    n
+                    for n, o in objects.items()
+                    if o["metadata"].get("uid") not in seen and in_scope(o)
+                ]:
+                    del objects[name]
+
+    def event(self, kind: str, type_: str, obj: dict[str, Any]) -> None:
+        if kind == "evalruns":
+            if type_ == "DELETED":
+                self._run_deleted(obj)
+                return
+            uid = self._run_seen(obj)
+            if uid:
+                self._on_run(uid, False)
+            return
+        uid = self._child_deleted(kind, obj) if type_ == "DELETED" else self._child_seen(kind, obj)
+        if uid:
+            self._on_run(uid, True)
+
+    def sizes(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "runs": len(self.runs),
+                "jobs": sum(len(c.get("jobs", {})) for c in self.children.values()),
+                "pods": sum(len(c.get("pods", {})) for c in self.children.values()),
+            }
+
+
+class _Sink:
+    def __init__(self, store: Store, kind: str) -> None:
+        self.store, self.kind = store, kind
+
+    def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
+        self.store.listed(self.kind, scope, objects, final)
+
+    def event(self, type_: str, obj: dict[str, Any]) -> None:
+        self.store.event(self.kind, type_, obj)
+
+
+def needs_spec(run: Mapping[str, Any]) -> bool:
+    """Whether the status does not reflect the spec yet (new, edited, or waiting for a
+    referenced object)."""
+    meta = run.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    status = run.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation", 1):
+        return True
+    return status.get("reason") == R.WAITING_FOR_REFERENCES
+
+
+# -- the runtime --------------------------------------------------------------------------------
+class Runtime:
+    """Informers, store, workers and loops of one operator process."""
+
+    LOCKS = 256
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(self._wake)
+        self._locks = tuple(threading.Lock() for _ in range(self.LOCKS))
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._children_synced = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="reconcile"
+        )
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.informers: list[k8s.Informer] = []
+        self._scraper: Scraper | None = None
+
+    # -- start and stop -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """EvalRuns are listed first, so that the children informers know which runs are
+        active; observations wait for the children's first list, spec work does not."""
+        self._loop = asyncio.get_running_loop()
+        scopes: Iterable[str | None] = self.settings.namespaces or (None,)
+        runs = [
+            k8s.Informer(k8s.watch.evalruns(), self.store.run_sink(), namespace=ns) for ns in scopes
+        ]
+        self.informers += [i.start() for i in runs]
+        await self._synced(runs)
+        children = [
+            k8s.Informer(
+                resource(),
+                self.store.child_sink(kind),
+                namespace=ns,
+                label_selector=MANAGED_SELECTOR,
+            )
+            for kind, resource in (("jobs", k8s.watch.jobs), ("pods", k8s.watch.pods))
+            for ns in scopes
+        ]
+        self.informers += [i.start() for i in children]
+        await self._synced(children)
+        self._children_synced.set()
+        for uid in self.store.uids():
+            self._wake(uid, True)
+        self._loops.append(
+            asyncio.create_task(self._every(self.settings.resync_interval, self.resync))
+        )
+        self._loops.append(
+            asyncio.create_task(self._every(self.settings.scrape_interval, self.scrape))
+        )
+        log.info("watching %s", ", ".join(map(repr, self.informers)))
+
+    async def _synced(self, informers: list[k8s.Informer]) -> None:
+        while not all(i.synced.is_set() for i in informers):
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for informer in self.informers:
+            informer.stop()
+        if self._scraper is not None:
+            await self._scraper.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def health(self) -> dict[str, Any]:
+        """For the liveness probe: every informer has heard from the API server lately."""
+        now = time.monotonic()
+        silent = [
+            repr(i)
+            for i in self.informers
+            if i.synced.is_set() and now - i.last_contact > 2 * (i.WATCH_TIMEOUT + 30)
+        ]
+        if silent:
+            raise RuntimeError(f"no answer from the API server for: {', '.join(silent)}")
+        return {"informers": len(self.informers), **self.store.sizes()}
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def _lock(self, uid: str) -> threading.Lock:
+        return self._locks[hash(uid) % self.LOCKS]
+
+    def _wake(self, uid: str, observe_only: bool) -> None:
+        """Called from informer threads: work on the run soon (observations debounced)."""
+        if observe_only and not self._children_synced.is_set():
+            return  # the children caches are incomplete: after their first list
+        loop = self._loop
+        if loop is None:
+            return
+        delay = self.settings.observe_delay if observe_only else 0.0
+        loop.call_soon_threadsafe(self._schedule, uid, delay)
+
+    def _schedule(self, uid: str, delay: float) -> None:
+        with self._pending_lock:
+            if uid in self._pending:
+                return  # the pass already scheduled will see this change too
+            self._pending.add(uid)
+        assert self._loop is not None
+        self._loop.call_later(delay, self._spawn, uid)
+
+    def _spawn(self, uid: str) -> None:
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._executor, self._sync, uid)
+        self._tasks.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        self._tasks.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("reconciling failed: %s", future.exception())
+
+    def _sync(self, uid: str, *, resync: bool = False) -> None:
+        """One pass over one run: its spec if the status does not reflect it yet, else
+        what its Job and pods show."""
+        with self._pending_lock:
+            self._pending.discard(uid)
+        with self._lock(uid):
+            run = self.store.get(uid)
+            if run is None or run.get("_stale"):
+                return
+            if needs_spec(run):
+                self._sync_spec(uid, run, resync)
+            elif run.get("status", {}).get("phase") in st.ACTIVE and self._children_synced.is_set():
+                self._observe(uid, run, "evalrun_resync" if resync else "observe")
+
+    def _sync_spec(self, uid: str, run: dict[str, Any], resync: bool) -> None:
+        entry = self.store.entry(uid)
+        if entry is None:
+            return
+        generation = run["metadata"].get("generation", 1)
+        backing_off = entry.retry is not None and entry.retry[0] == generation
+        if backing_off and (not resync or (entry.retry or (0, 0.0))[1] > time.monotonic()):
+            return  # backing off: the resync loop retries when it is due
+        meta = run["metadata"]
+        try:
+            with metrics.timed_handler("evalrun_spec"):
+                try:
+                    fields = controller.ensure(run, self.settings)
+                except errors.RetryLater as exc:
+                    self._write(run, controller.waiting_for_references(run, str(exc)))
+                    entry.retry = (generation, time.monotonic() + exc.delay)
+                    return
+                entry.retry = None
+                self._write(run, fields)
+        except Exception as exc:
+            # Counted as an error by timed_handler; the resync loop retries.
+            log.warning(
+                "reconciling %s/%s failed, retrying: %s",
+                meta["namespace"],
+                meta["name"],
+                exc if isinstance(exc, errors.OperatorError) else repr(exc),
+                exc_info=not isinstance(exc, errors.OperatorError),
+            )
+            entry.retry = (generation, time.monotonic() + 5)
+
+    def _observe(self, uid: str, run: dict[str, Any], handler: str) -> None:
+        status = run.get("status") or {}
+        job_name = status.get("jobName")
+        if not job_name:
+            return
+        with metrics.timed_handler(handler):
+            fields, stop = controller.observe(
+                run,
+                self.store.job(uid, job_name),
+                self.store.pods_of(uid, job_name),
+                self.settings,
+            )
+            self._write(run, fields)
+        if stop:
+            controller.stop_children(run, stop, str(fields.get("reason")))
+
+    def _write(self, run: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+        if not fields:
+            return
+        meta = run["metadata"]
+        k8s.patch_evalrun_status(meta["namespace"], meta["name"], dict(fields))
+        self.store.remember(meta["uid"], meta.get("generation", 1), fields)
+        metrics.observe_status(run, run.get("status") or {}, fields)
+
+    def update(
+        self, uid: str, compute: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """Runs ``compute(run, status) -> fields`` under the run's lock and writes them."""
+        with self._lock(uid):
+            run = self.store.get(uid)
+            if run is None or run.get("_stale"):
+                return
+            self._write(run, compute(run, run.get("status") or {}))
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, fn, *args)
+
+    # -- loops -----------------------------------------------------------------------------------
+    async def _every(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("periodic work failed")
+
+    async def resync(self) -> None:
+        """Time-based decisions (how long a pod has been unschedulable), missed events,
+        and spec reconciliations due for a retry: active runs only."""
+
+        def one(uid: str) -> None:
+            try:
+                self._sync(uid, resync=True)
+            except Exception:
+                log.exception("resync of %s failed", uid)
+
+        await asyncio.gather(*(self._in_thread(one, uid) for uid in self.store.uids()))
+
+    async def scrape(self) -> None:
+        pending = []
+        for uid in self.store.uids():
+            run = self.store.get(uid)
+            status = (run or {}).get("status") or {}
+            if status.get("phase") == "Running" and not status.get("resultsConfigMap"):
+                pending.append(self._scrape(uid, run or {}, status))
+        # The scraper bounds the connections open at once (LMMS_SCRAPE_CONCURRENCY).
+        for result in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("scrape failed: %s", result)
+
+    def _runner_pod(self, uid: str, job_name: str) -> dict[str, Any] | None:
+        for pod in self.store.pods_of(uid, job_name):
+            status = pod.get("status") or {}
+            if status.get("phase") == "Running" and status.get("podIP"):
+                return pod
+        return None
+
+    async def _scrape(self, uid: str, run: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Pulls /progress into status.progress; once the runner is done, pulls /results,
+        publishes them and acknowledges, so that the runner exits."""
+        job_name = status.get("jobName")
+        pod = self._runner_pod(uid, str(job_name)) if job_name else None
+        if pod is None:
+            return
+        if self._scraper is None:
+            self._scraper = Scraper(self.settings)
+        scraper = self._scraper
+        base = f"http://{pod['status']['podIP']}:{self.settings.runner_port}"
+        started = time.monotonic()
+        try:
+            progress = RunnerProgress.model_validate(
+                await scraper.request("GET", f"{base}/progress")
+            )
+            metrics.SCRAPES.labels("ok").inc()
+        except (errors.ScrapeError, ValueError) as exc:
+            metrics.SCRAPES.labels("error").inc()
+            message = f"cannot scrape the runner of pod {pod['metadata']['name']}: {exc}"
+            await self._in_thread(
+                self.update,
+                uid,
+                lambda run, st_: controller.reachability_fields(run, st_, False, message),
+            )
+            return
+        metrics.SCRAPE_DURATION.observe(time.monotonic() - started)
+        await self._in_thread(
+            self.update,
+            uid,
+            lambda run, st_: {
+                **controller.reachability_fields(run, st_, True, "the runner answers"),
+                **controller.progress_fields(st_, progress),
+            },
+        )
+        if progress.phase not in ("done", "failed") or progress.reason == "EvaluationFailed":
+            return
+        entry = self.store.entry(uid)
+        if entry is None:
+            return
+        if entry.token is None:
+            namespace = pod["metadata"]["namespace"]
+            entry.token = await self._in_thread(
+                k8s.read_secret_value, namespace, f"{job_name}-token", "token"
+            )
+        token = entry.token
+        if not token:
+            return
+        try:
+            summary = ResultsSummary.model_validate(
+                await scraper.request("GET", f"{base}/results", token=token)
+            )
+        except (errors.ScrapeError, ValueError) as exc:
+            log.warning("results of %s not fetched yet: %s", job_name, exc)
+            return
+        await self._in_thread(
+            self.update, uid, lambda run, st_: controller.publish_results(run, st_, summary, None)
+        )
+        try:
+            await scraper.request("POST", f"{base}/ack", token=token)
+        except errors.ScrapeError as exc:
+            log.warning("could not acknowledge the results of %s: %s", job_name, exc)
