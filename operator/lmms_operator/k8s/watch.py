@@ -99,6 +99,8 @@ class Informer:
         self.synced = threading.Event()  # set once the first list is delivered
         self.last_contact = 0.0  # monotonic time of the last answer from the API server
         self.relists = 0
+        #: Where the watch resumes; None: list first.
+        self.version: str | None = None
         self._stop = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(
@@ -134,18 +136,17 @@ class Informer:
 
     def _run(self) -> None:
         backoff = self.BACKOFF_MIN
-        version: str | None = None
         while not self._stop.is_set():
             try:
-                if version is None:
-                    version = self._list()
+                if self.version is None:
+                    self.version = self._list()
                     self.relists += 1
                     self.synced.set()
-                version = self._watch(version)
+                self.version = self._watch(self.version)
                 backoff = self.BACKOFF_MIN
             except errors.Gone:
-                log.info("%r: resourceVersion %s expired; relisting", self, version)
-                version = None
+                log.info("%r: resourceVersion %s expired; relisting", self, self.version)
+                self.version = None
             except Exception as exc:
                 if self._stop.is_set():
                     return
@@ -192,6 +193,7 @@ class Informer:
                 _request_timeout=(30, self.WATCH_TIMEOUT + 30),
             )
         self._response = response
+        self.last_contact = time.monotonic()
         try:
             for line in _lines(response):
                 if self._stop.is_set():

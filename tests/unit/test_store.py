@@ -1,0 +1,131 @@
+"""The runtime's store: what it keeps of runs and their children, and what it drops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmms_operator import metrics
+from lmms_operator.runtime import Store, keep
+
+MANAGED = {"app.kubernetes.io/managed-by": "lmms-operator"}
+
+
+def run(
+    uid: str, phase: str | None, generation: int = 1, observed: int | None = 1, namespace: str = "a"
+) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if phase:
+        status = {"phase": phase, "observedGeneration": observed}
+    return {
+        "apiVersion": "eval.lmms.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {
+            "name": f"r-{uid}",
+            "namespace": namespace,
+            "uid": uid,
+            "generation": generation,
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x" * 4000},
+        },
+        "spec": {"model": {"type": "dummy"}, "tasks": ["mme"]},
+        "status": status,
+    }
+
+
+def pod(name: str, run_uid: str, namespace: str = "a") -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"pod-{name}",
+            "labels": {**MANAGED, "eval.lmms.dev/run-uid": run_uid, "job-name": "j"},
+            "managedFields": [{"manager": "kubelet"}],
+        },
+        "spec": {
+            "nodeName": "n1",
+            "containers": [{"name": "runner", "image": "i", "env": []}],
+            "volumes": [{"name": "v"}],
+        },
+        "status": {"phase": "Running", "podIP": "10.0.0.1"},
+    }
+
+
+def make() -> tuple[Store, list[tuple[str, bool]]]:
+    woken: list[tuple[str, bool]] = []
+    return Store(lambda uid, observe: woken.append((uid, observe))), woken
+
+
+def test_keep_only_what_needs_the_operator() -> None:
+    assert keep(run("1", None))  # new
+    assert keep(run("1", "Running"))
+    assert not keep(run("1", "Succeeded"))
+    assert keep(run("1", "Succeeded", generation=2, observed=1))  # edited since it finished
+    deleting = run("1", "Running")
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-27T00:00:00Z"
+    assert not keep(deleting)
+
+
+def test_finished_runs_cost_nothing_but_a_phase_count() -> None:
+    store, woken = make()
+    runs = [run(str(i), "Succeeded") for i in range(50)] + [run("new", None)]
+    store.listed("evalruns", None, runs, final=True)
+    assert list(store.runs) == ["new"]
+    assert woken == [("new", False)]
+    # Children of finished runs are not kept either.
+    store.listed("pods", None, [pod("p0", "0"), pod("p1", "new")], final=True)
+    assert store.sizes() == {"runs": 1, "jobs": 0, "pods": 1}
+    assert sum(1 for _, phase in metrics._phases.values() if phase == "Succeeded") >= 50
+
+
+def test_kept_objects_are_trimmed() -> None:
+    store, _ = make()
+    store.event("evalruns", "ADDED", run("x", "Running"))
+    store.event("pods", "ADDED", pod("p", "x"))
+    body = store.runs["x"].body
+    assert "managedFields" not in body["metadata"] and "annotations" not in body["metadata"]
+    (kept,) = store.pods_of("x", "j")
+    assert set(kept["spec"]) == {"nodeName", "containers"}
+    assert kept["spec"]["containers"] == [{"name": "runner", "image": "i"}]
+    assert "managedFields" not in kept["metadata"]
+
+
+def test_a_run_that_finishes_or_goes_takes_everything_with_it() -> None:
+    store, _ = make()
+    store.event("evalruns", "ADDED", run("x", "Running"))
+    store.event("pods", "ADDED", pod("p", "x"))
+    store.remember("x", 1, {"phase": "Running", "progress": {"percent": 50}})
+    store.entry("x").token = "secret"  # type: ignore[union-attr]
+    store.event("evalruns", "MODIFIED", run("x", "Succeeded"))
+    assert store.runs == {} and store.children == {}
+    store.event("evalruns", "ADDED", run("y", "Running"))
+    store.event("pods", "ADDED", pod("q", "y"))
+    store.event("evalruns", "DELETED", run("y", "Running"))
+    assert store.runs == {} and store.children == {}
+    assert "y" not in metrics._phases
+
+
+def test_a_relist_drops_what_went_missing_in_its_scope_only() -> None:
+    store, _ = make()
+    store.listed(
+        "evalruns", None, [run("a1", "Running"), run("b1", "Running", namespace="b")], final=True
+    )
+    store.listed("pods", None, [pod("p", "a1"), pod("q", "b1", namespace="b")], final=True)
+    # A relist of namespace a (paged) no longer holds a1 nor its pod.
+    store.listed("evalruns", "a", [], final=False)
+    store.listed("evalruns", "a", [run("a2", None)], final=True)
+    assert set(store.runs) == {"b1", "a2"}
+    assert "a1" not in metrics._phases and "b1" in metrics._phases
+    store.listed("pods", "b", [], final=True)
+    assert store.sizes()["pods"] == 0
+
+
+def test_status_written_here_overlays_a_lagging_watch() -> None:
+    store, _ = make()
+    store.event("evalruns", "ADDED", run("x", "Pending"))
+    store.remember("x", 1, {"phase": "Running", "jobName": "j"})
+    got = store.get("x")
+    assert got is not None and got["status"]["phase"] == "Running"
+    store.remember("x", 2, {"observedGeneration": 2})
+    got = store.get("x")
+    assert got is not None and got.get("_stale")
