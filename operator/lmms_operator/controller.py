@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import errors, k8s, leaderboards, metrics, objectstore
-from .api import EvalRunSpec, S3Output
+from .api import EvalRunSpec, Progress, S3Output, TaskProgress
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
 from .errors import InvalidSpec, Problem, RetryLater
@@ -308,9 +308,13 @@ def observe(
     job: dict[str, Any] | None,
     pods: list[dict[str, Any]],
     settings: Settings,
+    *,
+    periodic: bool = True,
 ) -> tuple[dict[str, Any], str | None]:
     """The status fields that changed, given the run's current Job and its pods, and
-    the label selector of children to delete once that status is written (or None)."""
+    the label selector of children to delete once that status is written (or None).
+    An event-driven pass (``periodic`` False) does not write a passing state within the
+    same phase: the periodic resync writes it if it lasts."""
     _, namespace, uid, generation = _meta(body)
     status = dict(body.get("status") or {})
     if status.get("phase") in TERMINAL or status.get("phase") is None:
@@ -330,6 +334,8 @@ def observe(
             ob = _job_deleted(job_name)
             return _write(body, status, ob, generation, status.get("specHash"), job_name), None
     ob = _observe_spec(spec, job, pods, settings)
+    if ob.passing and not periodic and ob.phase == status.get("phase"):
+        return {}, None
     fields = _write(body, status, ob, generation, status.get("specHash"), job_name)
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
         fields.update(publish_results(body, status, None, _termination_message(pods)))
@@ -350,18 +356,18 @@ def stop_children(body: Mapping[str, Any], selector: str, reason: str) -> None:
 
 # -- progress and results from the runner -------------------------------------------------
 def progress_fields(status: Mapping[str, Any], progress: RunnerProgress) -> dict[str, Any]:
-    """status.progress and the Progress column, when they changed (lastUpdate aside)."""
+    """status.progress (the typed ``Progress``) and the Progress column, when they changed
+    (lastUpdate aside)."""
     percent = round(progress.percent, 1)
-    new = {
-        "percent": percent,
-        "tasks": [{"name": t.name, "done": t.done, "total": t.total} for t in progress.tasks],
-        "samplesPerSecond": round(progress.samples_per_second, 3)
+    new = Progress(
+        percent=percent,
+        tasks=[TaskProgress(name=t.name, done=t.done, total=t.total) for t in progress.tasks],
+        samples_per_second=round(progress.samples_per_second, 3)
         if progress.samples_per_second is not None
         else None,
-        "etaSeconds": round(progress.eta_seconds) if progress.eta_seconds is not None else None,
-        "phase": progress.phase,
-    }
-    new = {k: v for k, v in new.items() if v is not None}
+        eta_seconds=round(progress.eta_seconds) if progress.eta_seconds is not None else None,
+        phase=progress.phase,
+    ).to_wire()
     old = dict(status.get("progress") or {})
     old.pop("lastUpdate", None)
     if old == new:

@@ -42,6 +42,9 @@ from .scrape import Scraper
 log = logging.getLogger("lmms.runtime")
 
 MANAGED_SELECTOR = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
+#: Failed scrapes in a row before RunnerReachable turns False (a runner that has just
+#: started may not listen yet; one slow answer is not an outage).
+UNREACHABLE_AFTER = 3
 
 
 # -- trimming: what the code reads of each object ------------------------------------------
@@ -118,7 +121,7 @@ class _Run:
     written_generation: int | None = None
     retry: tuple[int, float] | None = None  # (generation, when) while backing off
     token: str | None = None  # the runner's token, once read (for /results and /ack)
-    progress: RunnerProgress | None = None
+    scrape_failures: int = 0  # in a row
 
 
 class Store:
@@ -353,19 +356,17 @@ class Runtime:
         active; observations wait for the children's first list, spec work does not."""
         self._loop = asyncio.get_running_loop()
         scopes: Iterable[str | None] = self.settings.namespaces or (None,)
-        runs = [
-            k8s.Informer(k8s.watch.evalruns(), self.store.run_sink(), namespace=ns) for ns in scopes
-        ]
+        runs = [k8s.Informer("EvalRun", self.store.run_sink(), namespace=ns) for ns in scopes]
         self.informers += [i.start() for i in runs]
         await self._synced(runs)
         children = [
             k8s.Informer(
-                resource(),
+                api_kind,
                 self.store.child_sink(kind),
                 namespace=ns,
                 label_selector=MANAGED_SELECTOR,
             )
-            for kind, resource in (("jobs", k8s.watch.jobs), ("pods", k8s.watch.pods))
+            for kind, api_kind in (("jobs", "Job"), ("pods", "Pod"))
             for ns in scopes
         ]
         self.informers += [i.start() for i in children]
@@ -411,9 +412,16 @@ class Runtime:
         return self._locks[hash(uid) % self.LOCKS]
 
     def _wake(self, uid: str, observe_only: bool) -> None:
-        """Called from informer threads: work on the run soon (observations debounced)."""
-        if observe_only and not self._children_synced.is_set():
-            return  # the children caches are incomplete: after their first list
+        """Called from informer threads: work on the run soon. An EvalRun event is work
+        only when the status does not reflect the spec (most are the echo of our own
+        status writes); a Job or pod event is an observation, debounced, once the
+        children caches are complete."""
+        if not observe_only:
+            run = self.store.get(uid)
+            if run is None or not needs_spec(run):
+                return
+        elif not self._children_synced.is_set():
+            return
         loop = self._loop
         if loop is None:
             return
@@ -494,6 +502,7 @@ class Runtime:
                 self.store.job(uid, job_name),
                 self.store.pods_of(uid, job_name),
                 self.settings,
+                periodic=handler == "evalrun_resync",
             )
             self._write(run, fields)
         if stop:
@@ -503,6 +512,12 @@ class Runtime:
         if not fields:
             return
         meta = run["metadata"]
+        log.debug(
+            "status of %s/%s: %s",
+            meta["namespace"],
+            meta["name"],
+            ", ".join(f"{k}={fields[k]}" if k in ("phase", "reason") else k for k in fields),
+        )
         k8s.patch_evalrun_status(meta["namespace"], meta["name"], dict(fields))
         self.store.remember(meta["uid"], meta.get("generation", 1), fields)
         metrics.observe_status(run, run.get("status") or {}, fields)
@@ -582,7 +597,16 @@ class Runtime:
             metrics.SCRAPES.labels("ok").inc()
         except (errors.ScrapeError, ValueError) as exc:
             metrics.SCRAPES.labels("error").inc()
-            message = f"cannot scrape the runner of pod {pod['metadata']['name']}: {exc}"
+            entry = self.store.entry(uid)
+            if entry is None:
+                return
+            entry.scrape_failures += 1
+            if entry.scrape_failures < UNREACHABLE_AFTER:
+                return  # a runner that just started may not listen yet
+            message = (
+                f"cannot scrape the runner of pod {pod['metadata']['name']} "
+                f"({entry.scrape_failures} times in a row): {exc}"
+            )
             await self._in_thread(
                 self.update,
                 uid,
@@ -590,6 +614,9 @@ class Runtime:
             )
             return
         metrics.SCRAPE_DURATION.observe(time.monotonic() - started)
+        entry = self.store.entry(uid)
+        if entry is not None:
+            entry.scrape_failures = 0
         await self._in_thread(
             self.update,
             uid,

@@ -70,7 +70,7 @@ def test_only_labelled_pods_reach_the_process(
         core.create_namespaced_pod(namespace, _pod(f"theirs-{i}", {"team": "b"}))
     sink = Sink()
     informer = k8s.Informer(
-        k8s.watch.pods(),
+        "Pod",
         sink,
         namespace=namespace,
         label_selector="app.kubernetes.io/managed-by=lmms-operator",

@@ -154,3 +154,18 @@ def test_conditions_follow_kstatus_and_keep_transition_times() -> None:
     by = {c["type"]: c for c in failed}
     assert by["Stalled"]["status"] == "True" and by["Stalled"]["reason"] == R.OOM_KILLED
     assert by["Ready"]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+
+
+def test_conditions_keep_runner_reachable() -> None:
+    reachable = {
+        "type": "RunnerReachable",
+        "status": "False",
+        "reason": "ScrapeFailed",
+        "message": "connection refused",
+        "lastTransitionTime": "2026-11-27T00:00:00Z",
+        "observedGeneration": 1,
+    }
+    ob = st.Observation("Running", "Running", "pod p is running")
+    out = st.conditions([reachable], ob, 1, NOW)
+    assert reachable in out
+    assert {c["type"] for c in out} >= {"Ready", "Reconciling", "Stalled", "RunnerReachable"}

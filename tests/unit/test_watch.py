@@ -8,9 +8,8 @@ import json
 import threading
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
-from lmms_operator.k8s.watch import Informer, Resource
+from lmms_operator import errors
+from lmms_operator.k8s.watch import Informer
 
 
 class Answer:
@@ -62,7 +61,7 @@ def test_gone_relists_and_errors_resume_from_the_last_version() -> None:
                 {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
             ]
         ),
-        ApiException(status=500, reason="boom"),
+        errors.api_error(500, "boom"),
         Answer(
             lines=[
                 {
@@ -78,22 +77,23 @@ def test_gone_relists_and_errors_resume_from_the_last_version() -> None:
         Answer(
             {"kind": "PodList", "metadata": {"resourceVersion": "20"}, "items": [pod("c", "11")]}
         ),
-        ApiException(status=410, reason="Gone"),
+        errors.api_error(410, "Gone"),
         Answer({"kind": "PodList", "metadata": {"resourceVersion": "30"}, "items": []}),
     ]
 
-    def answer(**kwargs: Any) -> Any:
-        calls.append(kwargs)
+    def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
+        assert (method, path) == ("GET", "/api/v1/pods")
+        calls.append(dict(query))
         if not script:
             done.set()
-            raise ApiException(status=503, reason="the end")
+            raise errors.api_error(503, "the end")
         nxt = script.pop(0)
         if isinstance(nxt, Exception):
             raise nxt
         return nxt
 
     sink = Sink()
-    informer = Informer(Resource("pods", answer, answer), sink, label_selector="x=y")
+    informer = Informer("Pod", sink, label_selector="x=y", fetch=answer)
     informer.BACKOFF_MIN = 0.01
     informer.start()
     assert done.wait(10)
@@ -107,8 +107,8 @@ def test_gone_relists_and_errors_resume_from_the_last_version() -> None:
     ]
     watches = [c for c in calls if c.get("watch")]
     # After the 500, the watch resumed from the bookmark's version, not from the list's.
-    assert [c["resource_version"] for c in watches] == ["10", "15", "15", "20", "30"]
-    assert all(c["label_selector"] == "x=y" for c in calls)
-    assert all(c.get("allow_watch_bookmarks") for c in watches)
-    assert calls[1]["_continue"] == "c"
+    assert [c["resourceVersion"] for c in watches] == ["10", "15", "15", "20", "30"]
+    assert all(c["labelSelector"] == "x=y" for c in calls)
+    assert all(c.get("allowWatchBookmarks") == "true" for c in watches)
+    assert calls[1]["continue"] == "c"
     assert informer.relists == 3

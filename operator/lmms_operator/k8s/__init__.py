@@ -6,6 +6,7 @@ informers (``watch``) list and watch with server-side label selectors.
 
 from .client import (
     api,
+    call,
     config_map_exists,
     create,
     create_config_map,
@@ -24,20 +25,22 @@ from .client import (
     patch_evalrun_status,
     patch_job_suspend,
     patch_leaderboard_status,
+    path,
     pvc_exists,
     read_config_map,
     read_secret,
     read_secret_value,
     replace_config_map,
+    request,
     secret_has_key,
 )
-from .watch import Informer, Resource, Sink
+from .watch import Informer, Sink
 
 __all__ = [
     "Informer",
-    "Resource",
     "Sink",
     "api",
+    "call",
     "config_map_exists",
     "create",
     "create_config_map",
@@ -56,10 +59,12 @@ __all__ = [
     "patch_evalrun_status",
     "patch_job_suspend",
     "patch_leaderboard_status",
+    "path",
     "pvc_exists",
     "read_config_map",
     "read_secret",
     "read_secret_value",
     "replace_config_map",
+    "request",
     "secret_has_key",
 ]

@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client, config
@@ -77,6 +78,55 @@ def translated() -> Iterator[None]:
         raise errors.Unavailable(f"the API server did not answer: {type(exc).__name__}") from None
 
 
+def request(
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, Any] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    timeout: float | tuple[float, float] | None = 60,
+) -> Any:
+    """One request; returns the urllib3 response, body unread (the caller reads or
+    streams it, then releases the connection). Raises ``errors.ApiError`` for any answer
+    but 2xx.
+
+    The generated API methods are not used: each validates its arguments with pydantic,
+    which builds the schemas of the whole generated model tree on first use (measured:
+    +110 MiB of RSS for one pod list).
+    """
+    client_ = api()
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    params = [(k, v) for k, v in (query or {}).items() if v is not None]
+    with translated():
+        serialized = client_.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = client_.call_api(*serialized, _request_timeout=timeout).response
+    if not 200 <= response.status < 300:
+        try:
+            raw = response.data
+        finally:
+            response.release_conn()
+        try:
+            doc = json.loads(raw)
+            message, reason = (
+                str(doc.get("message") or response.reason),
+                str(doc.get("reason") or ""),
+            )
+        except (TypeError, ValueError, AttributeError):
+            message, reason = str(response.reason), ""
+        raise errors.api_error(int(response.status), message, reason)
+    return response
+
+
 def _json(resp: Any) -> dict[str, Any]:
     try:
         return dict(json.loads(resp.data))
@@ -94,223 +144,205 @@ def _release(resp: Any) -> None:
         resp.release_conn()
 
 
-def _get(call: Any, *args: Any) -> dict[str, Any] | None:
+def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    """A request whose JSON answer is returned."""
+    return _json(request(method, path, **kwargs))
+
+
+def _get(path: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     try:
-        with translated():
-            return _json(call(*args, _preload_content=False))
+        return call("GET", path)
     except errors.NotFound:
         return None
 
 
-def _exists(call: Any, *args: Any) -> bool:
+def _exists(path: str) -> bool:
     try:
-        with translated():
-            _release(call(*args, _preload_content=False))
+        _release(request("GET", path))
     except errors.NotFound:
         return False
     return True
 
 
-def _delete(call: Any, *args: Any, **kwargs: Any) -> bool:
+def _delete(path: str, **query: Any) -> bool:
     """Deletes; False when it was not there."""
     try:
-        with translated():
-            _release(call(*args, _preload_content=False, **kwargs))
+        _release(request("DELETE", path, query=query))
     except errors.NotFound:
         return False
     return True
 
 
-def _custom() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api())
+def _create(path: str, body: Mapping[str, Any]) -> bool:
+    """Creates; False when it existed already."""
+    try:
+        _release(request("POST", path, body=dict(body)))
+    except errors.Conflict:
+        return False
+    return True
 
 
-def _core() -> client.CoreV1Api:
-    return client.CoreV1Api(api())
+#: Paths of the resources the operator uses, by kind (namespaced collection).
+_CORE = "/api/v1/namespaces/{ns}/{plural}"
+_PLURALS = {
+    "ConfigMap": (_CORE, "configmaps"),
+    "Secret": (_CORE, "secrets"),
+    "Service": (_CORE, "services"),
+    "Pod": (_CORE, "pods"),
+    "PersistentVolumeClaim": (_CORE, "persistentvolumeclaims"),
+    "Event": (_CORE, "events"),
+    "Job": ("/apis/batch/v1/namespaces/{ns}/{plural}", "jobs"),
+    "EvalRun": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "evalruns"),
+    "Leaderboard": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "leaderboards"),
+}
 
 
-def _batch() -> client.BatchV1Api:
-    return client.BatchV1Api(api())
+def path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
+    """The API path of a collection (``name`` None) or an object, in a namespace or, for
+    a collection, in all namespaces (``namespace`` None)."""
+    template, plural = _PLURALS[kind]
+    if namespace is None:
+        base = template.split("/namespaces/")[0] + f"/{plural}"
+    else:
+        base = template.format(ns=quote(namespace, safe=""), plural=plural)
+    if name is not None:
+        base += "/" + quote(name, safe="")
+    return base + (f"/{sub}" if sub else "")
+
+
+MERGE_PATCH = "application/merge-patch+json"
 
 
 # -- EvalRuns and Leaderboards ------------------------------------------------------------
 def get_evalrun(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(_custom().get_namespaced_custom_object, GROUP, VERSION, namespace, "evalruns", name)
+    return _get(path("EvalRun", namespace, name))
 
 
-def _patch_status(plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+def _patch_status(kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
     """Merge-patches the status subresource; False when the object is gone."""
     try:
-        with translated():
-            _release(
-                _custom().patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    plural,
-                    name,
-                    {"status": dict(status)},
-                    _preload_content=False,
-                )
+        _release(
+            request(
+                "PATCH",
+                path(kind, namespace, name, "status"),
+                body={"status": dict(status)},
+                content_type=MERGE_PATCH,
             )
+        )
     except errors.NotFound:
         return False  # deleted meanwhile: nothing to report on
     return True
 
 
 def patch_evalrun_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    return _patch_status("evalruns", namespace, name, status)
+    return _patch_status("EvalRun", namespace, name, status)
 
 
 def list_evalruns(namespace: str | None = None) -> list[dict[str, Any]]:
-    co = _custom()
-    with translated():
-        if namespace:
-            resp = co.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, "evalruns", _preload_content=False
-            )
-        else:
-            resp = co.list_cluster_custom_object(GROUP, VERSION, "evalruns", _preload_content=False)
-        return list(_json(resp).get("items", []))
+    return list(call("GET", path("EvalRun", namespace)).get("items", []))
 
 
 def get_leaderboard(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(
-        _custom().get_namespaced_custom_object, GROUP, VERSION, namespace, "leaderboards", name
-    )
+    return _get(path("Leaderboard", namespace, name))
 
 
 def create_leaderboard(body: Mapping[str, Any]) -> dict[str, Any] | None:
     """Creates a Leaderboard; None when one of that name exists already."""
-    namespace = body["metadata"]["namespace"]
     try:
-        with translated():
-            return _json(
-                _custom().create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, "leaderboards", dict(body), _preload_content=False
-                )
-            )
+        return call("POST", path("Leaderboard", body["metadata"]["namespace"]), body=dict(body))
     except errors.Conflict:
         return None
 
 
 def patch_leaderboard_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    return _patch_status("leaderboards", namespace, name, status)
+    return _patch_status("Leaderboard", namespace, name, status)
 
 
 # -- children ------------------------------------------------------------------------------
 def create(obj: Mapping[str, Any]) -> bool:
     """Creates a namespaced Job, ConfigMap, Secret or Service; False when it existed."""
-    ns = obj["metadata"]["namespace"]
     kind = obj["kind"]
-    body = dict(obj)
-    creators = {
-        "Job": _batch().create_namespaced_job,
-        "ConfigMap": _core().create_namespaced_config_map,
-        "Secret": _core().create_namespaced_secret,
-        "Service": _core().create_namespaced_service,
-    }
-    if kind not in creators:
+    if kind not in ("Job", "ConfigMap", "Secret", "Service"):
         raise ValueError(f"cannot create {kind}")
-    try:
-        with translated():
-            _release(creators[kind](ns, body, _preload_content=False))
-    except errors.Conflict:
-        return False
-    return True
+    return _create(path(kind, obj["metadata"]["namespace"]), obj)
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(_batch().read_namespaced_job, name, namespace)
+    return _get(path("Job", namespace, name))
+
+
+def _list(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    return list(
+        call("GET", path(kind, namespace), query={"labelSelector": selector}).get("items", [])
+    )
 
 
 def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
-    with translated():
-        resp = _batch().list_namespaced_job(
-            namespace, label_selector=selector, _preload_content=False
-        )
-        return list(_json(resp).get("items", []))
+    return _list("Job", namespace, selector)
 
 
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    with translated():
-        resp = _core().list_namespaced_pod(
-            namespace, label_selector=selector, _preload_content=False
-        )
-        return list(_json(resp).get("items", []))
+    return _list("Pod", namespace, selector)
 
 
 def patch_job_suspend(namespace: str, name: str, suspend: bool) -> None:
-    with translated():
-        _release(
-            _batch().patch_namespaced_job(
-                name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False
-            )
+    _release(
+        request(
+            "PATCH",
+            path("Job", namespace, name),
+            body={"spec": {"suspend": suspend}},
+            content_type=MERGE_PATCH,
         )
+    )
 
 
 def delete_run_children(namespace: str, selector: str) -> int:
     """Deletes the Jobs (with their pods and token Secrets), ConfigMaps and Services
     matching ``selector``; returns how many Jobs were deleted."""
-    body = client.V1DeleteOptions(propagation_policy="Background")
-    core, batch = _core(), _batch()
     deleted = 0
     for job in list_jobs(namespace, selector):
         name = job["metadata"]["name"]
-        deleted += _delete(batch.delete_namespaced_job, name, namespace, body=body)
+        deleted += _delete(path("Job", namespace, name), propagationPolicy="Background")
         # By name: the operator may not list Secrets (least privilege). A token whose Job
         # is gone already is removed with the run (owner reference).
         delete_secret(namespace, f"{name}-token")
-    for lister, deleter in (
-        (core.list_namespaced_config_map, core.delete_namespaced_config_map),
-        (core.list_namespaced_service, core.delete_namespaced_service),
-    ):
-        with translated():
-            items = _json(lister(namespace, label_selector=selector, _preload_content=False))
-        for item in items.get("items", []):
-            _delete(deleter, item["metadata"]["name"], namespace)
+    for kind in ("ConfigMap", "Service"):
+        for item in _list(kind, namespace, selector):
+            _delete(path(kind, namespace, item["metadata"]["name"]))
     return deleted
 
 
 def delete_secret(namespace: str, name: str) -> None:
-    _delete(_core().delete_namespaced_secret, name, namespace)
+    _delete(path("Secret", namespace, name))
 
 
 # -- ConfigMaps ------------------------------------------------------------------------------
 def read_config_map(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(_core().read_namespaced_config_map, name, namespace)
+    return _get(path("ConfigMap", namespace, name))
 
 
 def config_map_exists(namespace: str, name: str) -> bool:
-    return _exists(_core().read_namespaced_config_map, name, namespace)
+    return _exists(path("ConfigMap", namespace, name))
 
 
 def create_config_map(namespace: str, body: Mapping[str, Any]) -> None:
     """Creates a ConfigMap; raises ``errors.Conflict`` when it exists."""
-    with translated():
-        _release(
-            _core().create_namespaced_config_map(namespace, dict(body), _preload_content=False)
-        )
+    _release(request("POST", path("ConfigMap", namespace), body=dict(body)))
 
 
 def replace_config_map(namespace: str, name: str, body: Mapping[str, Any]) -> None:
     """Replaces a ConfigMap; with ``metadata.resourceVersion`` set, raises
     ``errors.Conflict`` when another writer replaced it first."""
-    with translated():
-        _release(
-            _core().replace_namespaced_config_map(
-                name, namespace, dict(body), _preload_content=False
-            )
-        )
+    _release(request("PUT", path("ConfigMap", namespace, name), body=dict(body)))
 
 
 def delete_config_map(namespace: str, name: str) -> None:
-    _delete(_core().delete_namespaced_config_map, name, namespace)
+    _delete(path("ConfigMap", namespace, name))
 
 
 def pvc_exists(namespace: str, name: str) -> bool:
-    return _exists(_core().read_namespaced_persistent_volume_claim, name, namespace)
+    return _exists(path("PersistentVolumeClaim", namespace, name))
 
 
 # -- Secrets (read by name only) -------------------------------------------------------------
@@ -318,7 +350,7 @@ def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     """The Secret's data, decoded (None when it does not exist). One read for all keys;
     the values are for the caller only: never log them. A value that is not UTF-8 text
     is left out (a token or key is text)."""
-    secret = _get(_core().read_namespaced_secret, name, namespace)
+    secret = _get(path("Secret", namespace, name))
     if secret is None:
         return None
     out: dict[str, str] = {}
@@ -371,9 +403,6 @@ def event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None
         "count": 1,
     }
     try:
-        with translated():
-            _release(
-                _core().create_namespaced_event(meta["namespace"], body, _preload_content=False)
-            )
+        _release(request("POST", path("Event", meta["namespace"]), body=body))
     except errors.ApiError as exc:  # events are best effort
         log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)

@@ -23,14 +23,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes import client
-
 from .. import errors
-from ..api import GROUP, VERSION
-from .client import api, translated
+from .client import path, request
 
 log = logging.getLogger("lmms.watch")
 
@@ -45,40 +41,9 @@ class Sink(Protocol):
         """ADDED, MODIFIED or DELETED, in the order the API server sent them."""
 
 
-@dataclass(frozen=True)
-class Resource:
-    """A listable resource: how to list it in all namespaces and in one."""
-
-    name: str
-    list_all: Callable[..., Any]
-    list_namespaced: Callable[..., Any]
-
-
-def pods() -> Resource:
-    core = client.CoreV1Api(api())
-    return Resource("pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod)
-
-
-def jobs() -> Resource:
-    batch = client.BatchV1Api(api())
-    return Resource("jobs", batch.list_job_for_all_namespaces, batch.list_namespaced_job)
-
-
-def evalruns() -> Resource:
-    co = client.CustomObjectsApi(api())
-
-    def all_(**kw: Any) -> Any:
-        return co.list_cluster_custom_object(GROUP, VERSION, "evalruns", **kw)
-
-    def namespaced(namespace: str, **kw: Any) -> Any:
-        return co.list_namespaced_custom_object(GROUP, VERSION, namespace, "evalruns", **kw)
-
-    return Resource("evalruns", all_, namespaced)
-
-
 class Informer:
-    """Keeps ``sink`` told about every object of ``resource`` (in ``namespace``, or all)
-    that matches ``label_selector``."""
+    """Keeps ``sink`` told about every object of ``kind`` (in ``namespace``, or all) that
+    matches ``label_selector``. ``fetch`` makes the requests (``k8s.client.request``)."""
 
     PAGE = 250
     WATCH_TIMEOUT = 300  # server-side; the client gives it 30 s more before giving up
@@ -86,13 +51,15 @@ class Informer:
 
     def __init__(
         self,
-        resource: Resource,
+        kind: str,
         sink: Sink,
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        fetch: Callable[..., Any] = request,
     ) -> None:
-        self.resource = resource
+        self.kind = kind
+        self.fetch = fetch
         self.sink = sink
         self.namespace = namespace
         self.label_selector = label_selector
@@ -104,11 +71,11 @@ class Informer:
         self._stop = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(
-            target=self._run, name=f"informer-{resource.name}-{namespace or 'all'}", daemon=True
+            target=self._run, name=f"informer-{kind}-{namespace or 'all'}", daemon=True
         )
 
     def __repr__(self) -> str:
-        return f"Informer({self.resource.name}, {self.namespace or '*'}, {self.label_selector!r})"
+        return f"Informer({self.kind}, {self.namespace or '*'}, {self.label_selector!r})"
 
     def start(self) -> Informer:
         self._thread.start()
@@ -127,12 +94,10 @@ class Informer:
         self._thread.join(timeout)
 
     # -- the loop ------------------------------------------------------------------------
-    def _call(self, **kwargs: Any) -> Any:
+    def _call(self, query: dict[str, Any], timeout: tuple[float, float]) -> Any:
         if self.label_selector:
-            kwargs["label_selector"] = self.label_selector
-        if self.namespace:
-            return self.resource.list_namespaced(self.namespace, _preload_content=False, **kwargs)
-        return self.resource.list_all(_preload_content=False, **kwargs)
+            query["labelSelector"] = self.label_selector
+        return self.fetch("GET", path(self.kind, self.namespace), query=query, timeout=timeout)
 
     def _run(self) -> None:
         backoff = self.BACKOFF_MIN
@@ -159,15 +124,14 @@ class Informer:
         """Lists page by page, delivering each page; returns the list's resourceVersion."""
         cont: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": self.PAGE, "_request_timeout": (30, 120)}
+            query: dict[str, Any] = {"limit": self.PAGE}
             if cont:
-                kwargs["_continue"] = cont
-            with translated():
-                response = self._call(**kwargs)
-                try:
-                    page = json.loads(response.data)
-                finally:
-                    response.release_conn()
+                query["continue"] = cont
+            response = self._call(query, (30, 120))
+            try:
+                page = json.loads(response.data)
+            finally:
+                response.release_conn()
             self.last_contact = time.monotonic()
             meta = page.get("metadata") or {}
             cont = meta.get("continue") or None
@@ -184,14 +148,13 @@ class Informer:
     def _watch(self, version: str) -> str:
         """Watches from ``version`` until the server ends the stream; returns the last
         resourceVersion seen. Raises errors.Gone when ``version`` is too old."""
-        with translated():
-            response = self._call(
-                watch=True,
-                resource_version=version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self.WATCH_TIMEOUT,
-                _request_timeout=(30, self.WATCH_TIMEOUT + 30),
-            )
+        query = {
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": self.WATCH_TIMEOUT,
+        }
+        response = self._call(query, (30, self.WATCH_TIMEOUT + 30))
         self._response = response
         self.last_contact = time.monotonic()
         try:

@@ -49,6 +49,10 @@ class Observation:
     completion_time: str | None = None
     scheduled: tuple[str, str, str] | None = None  # (status, reason, message)
     stop_job: bool = False  # the run failed while its Job still holds resources
+    # A passing state (a pod being scheduled or started, a finished pod whose Job is
+    # completing): worth a status write only when it lasts, i.e. when the periodic
+    # resync sees it, not on every pod event of a burst.
+    passing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,7 +189,9 @@ def observe(
         return obs("Queued", R.SUSPENDED, "the Job is suspended")
 
     if pod is None:
-        return obs("Pending", R.JOB_PENDING, "waiting for the Job controller to create a pod")
+        return obs(
+            "Pending", R.JOB_PENDING, "waiting for the Job controller to create a pod", passing=True
+        )
 
     pod_status = pod.get("status") or {}
     scheduled = None
@@ -244,6 +250,7 @@ def observe(
             "Running",
             R.RUNNING,
             f"pod {pod_name} finished; the Job is completing",
+            passing=True,
             scheduled=scheduled,
         )
     if pod_status.get("phase") == "Failed" and job_status.get("active", 0) == 0:
@@ -254,9 +261,15 @@ def observe(
             scheduled=scheduled,
         )
     if scheduled and scheduled[0] == "True":
-        return obs("Pending", R.STARTING, f"pod {pod_name} is starting", scheduled=scheduled)
+        return obs(
+            "Pending", R.STARTING, f"pod {pod_name} is starting", scheduled=scheduled, passing=True
+        )
     return obs(
-        "Pending", R.SCHEDULING, f"pod {pod_name} is waiting to be scheduled", scheduled=scheduled
+        "Pending",
+        R.SCHEDULING,
+        f"pod {pod_name} is waiting to be scheduled",
+        scheduled=scheduled,
+        passing=True,
     )
 
 
