@@ -9,11 +9,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from . import errors, k8s, leaderboards, metrics, objectstore
-from .api import EvalRunSpec, Progress, S3Output, TaskProgress
+from .api import (
+    Condition,
+    EvalRunSpec,
+    MetricResult,
+    Progress,
+    S3Output,
+    TaskProgress,
+)
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
 from .errors import InvalidSpec, Problem, RetryLater
@@ -21,6 +28,7 @@ from .reconcile import job as jobs
 from .reconcile import reasons as R
 from .reconcile import results as res
 from .reconcile import status as st
+from .reconcile.plan import Event, Plan
 from .reconcile.validate import validate
 
 log = logging.getLogger("lmms.controller")
@@ -41,9 +49,30 @@ def run_selector(uid: str) -> str:
     return f"{jobs.LABEL_RUN_UID}={uid}"
 
 
+# -- applying a plan -----------------------------------------------------------------------
+def apply(body: Mapping[str, Any], plan: Plan) -> None:
+    """Carries out a plan for the run ``body``: children to delete, the Job's suspend,
+    the status, the Events, then children to stop (once the status says why, so that
+    their deletion does not read as JobDeleted)."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    for selector in plan.delete:
+        k8s.delete_run_children(namespace, selector)
+    if plan.suspend is not None:
+        k8s.patch_job_suspend(namespace, *plan.suspend)
+    if plan.status:
+        k8s.patch_evalrun_status(namespace, meta["name"], plan.status)
+    for event in plan.events:
+        k8s.event(body, event.type, event.reason, event.message)
+    if plan.stop and k8s.delete_run_children(namespace, plan.stop):
+        k8s.event(body, "Normal", R.JOB_STOPPED, f"deleted the Job of the run: {plan.stop_reason}")
+
+
 # -- spec changes (create, update, resume) ----------------------------------------------
-def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """Makes the cluster match the spec; returns the status fields to write."""
+def ensure(body: Mapping[str, Any], settings: Settings) -> Plan:
+    """What makes the cluster match the spec. Reads what it needs (referenced objects,
+    the Job); creating the Job's objects is the one step done here rather than in the
+    plan, since a create that finds its object there already must read it back."""
     name, namespace, uid, generation = _meta(body)
     status = dict(body.get("status") or {})
     run = jobs.RunRef(name, namespace, uid)
@@ -51,50 +80,53 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     try:
         spec = validate(body.get("spec"), settings.allowed_features)
     except InvalidSpec as exc:
-        return _invalid(body, status, exc.problems, generation)
+        return _invalid(status, exc.problems, generation, uid)
 
     hash_ = jobs.spec_hash(spec)
     if spec.cancel:
-        stopped = k8s.delete_run_children(namespace, run_selector(uid))
         if status.get("phase") == "Cancelled" and status.get("observedGeneration") == generation:
-            return {}
+            return Plan(delete=[run_selector(uid)])
+        running = k8s.list_jobs(namespace, run_selector(uid))
         ob = st.Observation(
             "Cancelled",
             R.CANCELLED,
             "spec.cancel is true: the evaluation was stopped"
-            + (" and its Job deleted" if stopped else ""),
+            + (" and its Job deleted" if running else ""),
             completion_time=st.fmt_time(_now()),
         )
-        return _write(body, status, ob, generation, hash_, job_name=status.get("jobName"))
+        plan = Plan(delete=[run_selector(uid)])
+        return plan.then(_transition(status, ob, generation, hash_, status.get("jobName")))
 
-    stale = f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}!={hash_}"
     # A run that never had a status nor another spec has nothing of another spec to stop
-    # (saves three list calls per new run).
+    # (saves the lists per new run).
     fresh = not status and generation == 1
-    replaced = 0 if fresh else k8s.delete_run_children(namespace, stale)
-    if replaced:
-        k8s.event(
-            body,
-            "Normal",
-            R.JOB_REPLACED,
-            "the spec changed: the previous evaluation's Job was deleted",
-        )
+    plan = Plan()
+    if not fresh:
+        stale = f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}!={hash_}"
+        plan.delete.append(stale)
+        if k8s.list_jobs(namespace, stale):
+            plan.events.append(
+                Event(
+                    "Normal",
+                    R.JOB_REPLACED,
+                    "the spec changed: the previous evaluation's Job was deleted",
+                )
+            )
 
     same_evaluation = status.get("specHash") == hash_
     if same_evaluation and status.get("phase") in TERMINAL:
         # Finished: never start it again (its Job may be gone after ttlSecondsAfterFinished).
         if status.get("observedGeneration") != generation:
-            return {
+            plan.status = {
                 "observedGeneration": generation,
                 "conditions": [
                     dict(c, observedGeneration=generation) for c in status.get("conditions") or []
                 ],
             }
-        return {}
+        return plan
 
     _check_references(spec, namespace)
     desired_name = jobs.job_name(name, hash_)
-    token_name = f"{desired_name}-token"
     # A new run has no Job yet: create first and read only on conflict (an earlier
     # attempt that stopped before writing the status), two requests fewer per run.
     job = None if fresh else k8s.get_job(namespace, desired_name)
@@ -102,35 +134,60 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     if job is None:
         if same_evaluation and status.get("jobName") == desired_name:
             ob = _job_deleted(desired_name)
-            return _write(body, status, ob, generation, hash_, job_name=desired_name)
-        token = None if fresh else k8s.read_secret_value(namespace, token_name, "token")
-        desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
+            return plan.then(_transition(status, ob, generation, hash_, desired_name))
         try:
-            if not k8s.create(desired.token_secret) and token is None:
-                # The Secret is there already: the Job must carry its token.
-                token = k8s.read_secret_value(namespace, token_name, "token")
-                desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
-            k8s.create(desired.config_map)
-            if desired.service is not None:
-                k8s.create(desired.service)
-            created = k8s.create(desired.job)
+            job, created = _create_children(run, spec, settings, desired_name, fresh)
         except errors.Invalid as exc:
             problem = Problem("spec", f"the API server refused the Job: {exc.message}")
-            k8s.delete_secret(namespace, token_name)  # nothing half-created
-            return _invalid(body, status, [problem], generation)
+            return plan.then(_invalid(status, [problem], generation, uid))
         if created:
-            k8s.event(body, "Normal", R.JOB_CREATED, f"created Job {desired_name}")
-            job = desired.job
-        else:
-            job = k8s.get_job(namespace, desired_name) or desired.job
+            plan.events.append(Event("Normal", R.JOB_CREATED, f"created Job {desired_name}"))
     else:
-        _sync_suspend(body, spec, job)
+        plan = plan.then(_suspend_plan(spec, job))
         pods = k8s.list_pods(namespace, f"job-name={desired_name}")
 
     if not same_evaluation:
         status = {"conditions": status.get("conditions") or []}
     ob = _observe_spec(spec, job, pods, settings)
-    return _write(body, status, ob, generation, hash_, job_name=desired_name)
+    return plan.then(_transition(status, ob, generation, hash_, desired_name))
+
+
+def _create_children(
+    run: jobs.RunRef, spec: EvalRunSpec, settings: Settings, name: str, fresh: bool
+) -> tuple[dict[str, Any], bool]:
+    """Creates the token Secret, the run's ConfigMap, the rendezvous Service and the Job;
+    returns the Job and whether this call created it. A Job the API server refuses
+    leaves nothing behind (the token Secret is deleted; it is the only object made
+    before the Job that no owner reference would clean up soon enough)."""
+    namespace = run.namespace
+    token_name = f"{name}-token"
+    token = None if fresh else k8s.read_secret_value(namespace, token_name, "token")
+    desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
+    try:
+        if not k8s.create(desired.token_secret) and token is None:
+            # The Secret is there already: the Job must carry its token.
+            token = k8s.read_secret_value(namespace, token_name, "token")
+            desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
+        k8s.create(desired.config_map)
+        if desired.service is not None:
+            k8s.create(desired.service)
+        created = k8s.create(desired.job)
+    except errors.Invalid:
+        k8s.delete_secret(namespace, token_name)  # nothing half-created
+        raise
+    if created:
+        return desired.job, True
+    return k8s.get_job(namespace, name) or desired.job, False
+
+
+def _transition(
+    status: dict[str, Any],
+    ob: st.Observation,
+    generation: int,
+    hash_: str | None,
+    job_name: str | None,
+) -> Plan:
+    return st.transition(status, ob, generation, hash_, job_name, _now())
 
 
 def _observe_spec(
@@ -192,45 +249,40 @@ def _check_references(spec: EvalRunSpec, namespace: str) -> None:
         raise RetryLater("; ".join(missing))
 
 
-def _sync_suspend(body: Mapping[str, Any], spec: EvalRunSpec, job: dict[str, Any]) -> None:
+def _suspend_plan(spec: EvalRunSpec, job: dict[str, Any]) -> Plan:
+    """Suspends or resumes the Job as the spec says (with a queue, Kueue decides)."""
     suspended = bool((job.get("spec") or {}).get("suspend"))
+    name = job["metadata"]["name"]
     if spec.suspend and not suspended:
-        k8s.patch_job_suspend(job["metadata"]["namespace"], job["metadata"]["name"], True)
-        k8s.event(body, "Normal", R.JOB_SUSPENDED, "spec.suspend is true: the Job is suspended")
         job.setdefault("spec", {})["suspend"] = True
-    elif not spec.suspend and suspended and not spec.scheduling.queue_name:
-        # With a queue, Kueue decides when the Job runs.
-        k8s.patch_job_suspend(job["metadata"]["namespace"], job["metadata"]["name"], False)
-        k8s.event(body, "Normal", R.JOB_RESUMED, "spec.suspend is false: the Job is resumed")
+        return Plan(
+            suspend=(name, True),
+            events=[Event("Normal", R.JOB_SUSPENDED, "spec.suspend is true: the Job is suspended")],
+        )
+    if not spec.suspend and suspended and not spec.scheduling.queue_name:
         job.setdefault("spec", {})["suspend"] = False
+        return Plan(
+            suspend=(name, False),
+            events=[Event("Normal", R.JOB_RESUMED, "spec.suspend is false: the Job is resumed")],
+        )
+    return Plan()
 
 
-def waiting_for_references(body: Mapping[str, Any], message: str) -> dict[str, Any]:
-    """Status while referenced objects are missing (the handler retries)."""
+def waiting_for_references(body: Mapping[str, Any], message: str) -> Plan:
+    """Status while referenced objects are missing (the runtime retries)."""
     _, _, _, generation = _meta(body)
     status = dict(body.get("status") or {})
     ob = st.Observation("Pending", R.WAITING_FOR_REFERENCES, message)
-    return _write(
-        body, status, ob, generation, status.get("specHash"), job_name=status.get("jobName")
-    )
+    return _transition(status, ob, generation, status.get("specHash"), status.get("jobName"))
 
 
-def _invalid(
-    body: Mapping[str, Any], status: dict[str, Any], problems: list[Problem], generation: int
-) -> dict[str, Any]:
-    _, namespace, uid, _ = _meta(body)
-    # The spec no longer describes a runnable evaluation: stop whatever ran before.
-    k8s.delete_run_children(namespace, run_selector(uid))
+def _invalid(status: dict[str, Any], problems: list[Problem], generation: int, uid: str) -> Plan:
+    """The spec no longer describes a runnable evaluation: stop whatever ran before."""
     message = "; ".join(str(p) for p in problems)
     ob = st.Observation("Failed", R.INVALID_SPEC, message, completion_time=st.fmt_time(_now()))
-    return _write(
-        body,
-        {"conditions": status.get("conditions") or [], "phase": status.get("phase")},
-        ob,
-        generation,
-        None,
-        job_name=None,
-    )
+    before = {"conditions": status.get("conditions") or [], "phase": status.get("phase")}
+    plan = Plan(delete=[run_selector(uid)])
+    return plan.then(_transition(before, ob, generation, None, None))
 
 
 def _job_deleted(job_name: str) -> st.Observation:
@@ -243,65 +295,6 @@ def _job_deleted(job_name: str) -> st.Observation:
     )
 
 
-def _write(
-    body: Mapping[str, Any],
-    status: dict[str, Any],
-    ob: st.Observation,
-    generation: int,
-    hash_: str | None,
-    job_name: str | None,
-) -> dict[str, Any]:
-    """The status fields for an observation, and an Event when the phase changes."""
-    now = _now()
-    new: dict[str, Any] = {
-        "phase": ob.phase,
-        "reason": ob.reason,
-        "message": ob.message,
-        "observedGeneration": generation,
-        "specHash": hash_,
-        "jobName": job_name,
-        "podName": ob.pod_name or status.get("podName"),
-        "startTime": ob.start_time or status.get("startTime"),
-        "completionTime": ob.completion_time if ob.phase in TERMINAL else None,
-        "conditions": st.conditions(status.get("conditions") or [], ob, generation, now),
-    }
-    if ob.phase == "Succeeded":
-        new["summary"] = "100%"
-    elif ob.phase in TERMINAL:
-        new["summary"] = None
-    changed = {k: v for k, v in new.items() if status.get(k) != v}
-    quiet = ob.phase == "Pending" and ob.reason in (R.JOB_PENDING, R.SCHEDULING, R.STARTING)
-    if quiet:
-        pass  # JobCreated already said it; the pod's own events say the rest
-    elif "phase" in changed or ("reason" in changed and ob.phase in TERMINAL):
-        warn = ob.phase == "Failed" or ob.reason in (
-            R.UNSCHEDULABLE,
-            R.IMAGE_PULL_BACKOFF,
-            R.CONTAINER_CONFIG_ERROR,
-        )
-        k8s.event(body, "Warning" if warn else "Normal", ob.reason, f"{ob.phase}: {ob.message}")
-    elif "reason" in changed and ob.reason in (R.UNSCHEDULABLE, R.IMAGE_PULL_BACKOFF):
-        k8s.event(body, "Warning", ob.reason, ob.message)
-    if set(changed) <= {"conditions"} and _same_conditions(
-        status.get("conditions"), new["conditions"]
-    ):
-        return {}
-    return changed
-
-
-def _same_conditions(old: Iterable[dict[str, Any]] | None, new: list[dict[str, Any]]) -> bool:
-    def key(c: dict[str, Any]) -> tuple[Any, ...]:
-        return (
-            c.get("type"),
-            c.get("status"),
-            c.get("reason"),
-            c.get("message"),
-            c.get("observedGeneration"),
-        )
-
-    return sorted(map(key, old or [])) == sorted(map(key, new))
-
-
 # -- observed changes (Job and pod events, resync) ------------------------------------------
 def observe(
     body: Mapping[str, Any],
@@ -310,52 +303,45 @@ def observe(
     settings: Settings,
     *,
     periodic: bool = True,
-) -> tuple[dict[str, Any], str | None]:
-    """The status fields that changed, given the run's current Job and its pods, and
-    the label selector of children to delete once that status is written (or None).
-    An event-driven pass (``periodic`` False) does not write a passing state within the
-    same phase: the periodic resync writes it if it lasts."""
+) -> Plan:
+    """What the run's status becomes, given its current Job and its pods (from the watch
+    caches; the Job is read when the cache has none yet). An event-driven pass
+    (``periodic`` False) does not write a passing state within the same phase: the
+    periodic resync writes it if it lasts."""
     _, namespace, uid, generation = _meta(body)
     status = dict(body.get("status") or {})
     if status.get("phase") in TERMINAL or status.get("phase") is None:
-        return {}, None
+        return Plan()
     if status.get("observedGeneration") != generation:
-        return {}, None  # the spec handler has not seen this generation yet
+        return Plan()  # the spec pass has not seen this generation yet
     job_name = status.get("jobName")
     if not job_name:
-        return {}, None
+        return Plan()
     try:
         spec = EvalRunSpec.model_validate(body.get("spec") or {})
     except ValueError:
-        return {}, None
+        return Plan()
     if job is None:
         job = k8s.get_job(namespace, job_name)
         if job is None:
-            ob = _job_deleted(job_name)
-            return _write(body, status, ob, generation, status.get("specHash"), job_name), None
+            return _transition(
+                status, _job_deleted(job_name), generation, status.get("specHash"), job_name
+            )
     ob = _observe_spec(spec, job, pods, settings)
     if ob.passing and not periodic and ob.phase == status.get("phase"):
-        return {}, None
-    fields = _write(body, status, ob, generation, status.get("specHash"), job_name)
+        return Plan()
+    plan = _transition(status, ob, generation, status.get("specHash"), job_name)
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
-        fields.update(publish_results(body, status, None, _termination_message(pods)))
-    stop = None
+        plan = plan.then(publish_results(body, status, None, _termination_message(pods)))
     if ob.stop_job:
-        # A run that failed before it started must not hold its GPUs any longer. The
-        # caller deletes the Job after writing the status, so the deletion does not read
-        # as JobDeleted.
-        stop = f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}={status.get('specHash')}"
-    return fields, stop
-
-
-def stop_children(body: Mapping[str, Any], selector: str, reason: str) -> None:
-    namespace = body["metadata"]["namespace"]
-    if k8s.delete_run_children(namespace, selector):
-        k8s.event(body, "Normal", R.JOB_STOPPED, f"deleted the Job of the run: {reason}")
+        # A run that failed before it started must not hold its GPUs any longer.
+        plan.stop = f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}={status.get('specHash')}"
+        plan.stop_reason = ob.reason
+    return plan
 
 
 # -- progress and results from the runner -------------------------------------------------
-def progress_fields(status: Mapping[str, Any], progress: RunnerProgress) -> dict[str, Any]:
+def progress_plan(status: Mapping[str, Any], progress: RunnerProgress) -> Plan:
     """status.progress (the typed ``Progress``) and the Progress column, when they changed
     (lastUpdate aside)."""
     percent = round(progress.percent, 1)
@@ -371,39 +357,38 @@ def progress_fields(status: Mapping[str, Any], progress: RunnerProgress) -> dict
     old = dict(status.get("progress") or {})
     old.pop("lastUpdate", None)
     if old == new:
-        return {}
+        return Plan()
     new["lastUpdate"] = st.fmt_time(_now())
-    return {"progress": new, "summary": f"{percent:.0f}%"}
+    return Plan(status={"progress": new, "summary": f"{percent:.0f}%"})
 
 
-def reachability_fields(
+def reachability(
     body: Mapping[str, Any], status: Mapping[str, Any], reachable: bool, message: str
-) -> dict[str, Any]:
+) -> Plan:
     """The RunnerReachable condition (and an Event when it changes); never fails a run."""
     conditions = list(status.get("conditions") or [])
     current = next((c for c in conditions if c.get("type") == R.RUNNER_REACHABLE), None)
     wanted = "True" if reachable else "False"
     if current is not None and current.get("status") == wanted:
-        return {}
+        return Plan()
     if current is None and reachable:
-        return {}
+        return Plan()
     generation = int(body["metadata"].get("generation") or 1)
-    cond = {
-        "type": R.RUNNER_REACHABLE,
-        "status": wanted,
-        "reason": R.SCRAPED if reachable else R.SCRAPE_FAILED,
-        "message": message[:1000],
-        "lastTransitionTime": st.fmt_time(_now()),
-        "observedGeneration": generation,
-    }
+    cond = Condition(
+        type=R.RUNNER_REACHABLE,
+        status="True" if reachable else "False",
+        reason=R.SCRAPED if reachable else R.SCRAPE_FAILED,
+        message=message[:1000],
+        last_transition_time=st.fmt_time(_now()),
+        observed_generation=generation,
+    ).to_wire()
     others = [c for c in conditions if c.get("type") != R.RUNNER_REACHABLE]
-    k8s.event(
-        body,
+    event = Event(
         "Normal" if reachable else "Warning",
         R.RUNNER_REACHABLE if reachable else R.RUNNER_UNREACHABLE,
         message,
     )
-    return {"conditions": [*others, cond]}
+    return Plan(status={"conditions": [*others, cond]}, events=[event])
 
 
 def publish_results(
@@ -411,13 +396,15 @@ def publish_results(
     status: Mapping[str, Any],
     summary: ResultsSummary | None,
     termination: str | None,
-) -> dict[str, Any]:
-    """Writes the results ConfigMap (owned by the run) and returns the status fields.
+) -> Plan:
+    """Writes the results ConfigMap (owned by the run) and publishes to the run's
+    Leaderboard, before the status says so (a failure is retried; publishing the same
+    run twice changes nothing); returns the status fields and the Event.
     The results come from the runner (``summary``); when it could not be reached, from
     the object store the runner uploaded to, then from its termination message.
     Idempotent: a ConfigMap that exists already is the one published before."""
     if status.get("resultsConfigMap"):
-        return {}
+        return Plan()
     location = summary.s3_location if summary is not None else None
     source = "runner"
     if summary is None:
@@ -432,7 +419,7 @@ def publish_results(
         source = "termination message"
         summary_json = None
         if not primaries:
-            return {}
+            return Plan()
     meta = body["metadata"]
     job_name = status.get("jobName") or meta["name"]
     name = f"{job_name}-results"
@@ -453,7 +440,10 @@ def publish_results(
         "data": res.config_map_data(summary_json, primaries, source, location),
     }
     k8s.create(cm)
-    fields: dict[str, Any] = {"results": primaries, "resultsConfigMap": name}
+    fields: dict[str, Any] = {
+        "results": [MetricResult.model_validate(p).to_wire() for p in primaries],
+        "resultsConfigMap": name,
+    }
     board = (body.get("spec") or {}).get("leaderboard")
     if board and primaries:
         # Before the status says "published": a failure here is retried, and publishing
@@ -464,13 +454,12 @@ def publish_results(
         fields["leaderboardPublished"] = True
     if location:
         fields["resultsLocation"] = location
-    k8s.event(
-        body,
+    event = Event(
         "Normal",
         R.RESULTS_COLLECTED,
         f"results of {len(primaries)} task(s) in ConfigMap {name} (from the {source})",
     )
-    return fields
+    return Plan(status=fields, events=[event])
 
 
 def _summary_from_object_store(

@@ -37,6 +37,7 @@ from .config import Settings
 from .reconcile import job as jobs
 from .reconcile import reasons as R
 from .reconcile import status as st
+from .reconcile.plan import Plan
 from .scrape import Scraper
 
 log = logging.getLogger("lmms.runtime")
@@ -104,13 +105,20 @@ def trim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
 def keep(run: Mapping[str, Any]) -> bool:
     """Whether a run needs the operator: not finished, or its spec changed since.
     A finished run is a record; the operator holds nothing for it."""
+    pending = _pending_spec(run)
+    if pending is not None:
+        return pending
+    return (run.get("status") or {}).get("phase") not in st.TERMINAL
+
+
+def _pending_spec(run: Mapping[str, Any]) -> bool | None:
+    """False for a run being deleted; True when the status does not reflect the spec's
+    generation; None otherwise."""
     meta = run.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return False
     status = run.get("status") or {}
-    if status.get("observedGeneration") != meta.get("generation", 1):
-        return True
-    return status.get("phase") not in st.TERMINAL
+    return True if status.get("observedGeneration") != meta.get("generation", 1) else None
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -241,6 +249,9 @@ class Store:
         return [p for p in pods if p["metadata"].get("labels", {}).get("job-name") == job_name]
 
     # -- relists: what a new list does not hold is gone ------------------------------------
+    def relisting(self, kind: str, scope: str | None) -> None:
+        self._listing[(kind, scope)] = set()
+
     def listed(
         self, kind: str, scope: str | None, objects: list[dict[str, Any]], final: bool
     ) -> None:
@@ -309,6 +320,9 @@ class _Sink:
     def __init__(self, store: Store, kind: str) -> None:
         self.store, self.kind = store, kind
 
+    def relisting(self, scope: str | None) -> None:
+        self.store.relisting(self.kind, scope)
+
     def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
         self.store.listed(self.kind, scope, objects, final)
 
@@ -319,13 +333,10 @@ class _Sink:
 def needs_spec(run: Mapping[str, Any]) -> bool:
     """Whether the status does not reflect the spec yet (new, edited, or waiting for a
     referenced object)."""
-    meta = run.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        return False
-    status = run.get("status") or {}
-    if status.get("observedGeneration") != meta.get("generation", 1):
-        return True
-    return status.get("reason") == R.WAITING_FOR_REFERENCES
+    pending = _pending_spec(run)
+    if pending is not None:
+        return pending
+    return (run.get("status") or {}).get("reason") == R.WAITING_FOR_REFERENCES
 
 
 # -- the runtime --------------------------------------------------------------------------------
@@ -473,13 +484,13 @@ class Runtime:
         try:
             with metrics.timed_handler("evalrun_spec"):
                 try:
-                    fields = controller.ensure(run, self.settings)
+                    plan = controller.ensure(run, self.settings)
                 except errors.RetryLater as exc:
-                    self._write(run, controller.waiting_for_references(run, str(exc)))
+                    self._apply(run, controller.waiting_for_references(run, str(exc)))
                     entry.retry = (generation, time.monotonic() + exc.delay)
                     return
                 entry.retry = None
-                self._write(run, fields)
+                self._apply(run, plan)
         except Exception as exc:
             # Counted as an error by timed_handler; the resync loop retries.
             log.warning(
@@ -497,40 +508,41 @@ class Runtime:
         if not job_name:
             return
         with metrics.timed_handler(handler):
-            fields, stop = controller.observe(
+            plan = controller.observe(
                 run,
                 self.store.job(uid, job_name),
                 self.store.pods_of(uid, job_name),
                 self.settings,
                 periodic=handler == "evalrun_resync",
             )
-            self._write(run, fields)
-        if stop:
-            controller.stop_children(run, stop, str(fields.get("reason")))
+            self._apply(run, plan)
 
-    def _write(self, run: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
-        if not fields:
+    def _apply(self, run: Mapping[str, Any], plan: Plan) -> None:
+        """Applies a plan (``controller.apply``) and remembers the status it wrote."""
+        if not plan:
             return
         meta = run["metadata"]
-        log.debug(
-            "status of %s/%s: %s",
-            meta["namespace"],
-            meta["name"],
-            ", ".join(f"{k}={fields[k]}" if k in ("phase", "reason") else k for k in fields),
-        )
-        k8s.patch_evalrun_status(meta["namespace"], meta["name"], dict(fields))
-        self.store.remember(meta["uid"], meta.get("generation", 1), fields)
-        metrics.observe_status(run, run.get("status") or {}, fields)
+        if plan.status:
+            log.debug(
+                "status of %s/%s: %s",
+                meta["namespace"],
+                meta["name"],
+                ", ".join(
+                    f"{k}={plan.status[k]}" if k in ("phase", "reason") else k for k in plan.status
+                ),
+            )
+        controller.apply(run, plan)
+        if plan.status:
+            self.store.remember(meta["uid"], meta.get("generation", 1), plan.status)
+            metrics.observe_status(run, run.get("status") or {}, plan.status)
 
-    def update(
-        self, uid: str, compute: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
-    ) -> None:
-        """Runs ``compute(run, status) -> fields`` under the run's lock and writes them."""
+    def update(self, uid: str, compute: Callable[[dict[str, Any], dict[str, Any]], Plan]) -> None:
+        """Runs ``compute(run, status) -> Plan`` under the run's lock and applies it."""
         with self._lock(uid):
             run = self.store.get(uid)
             if run is None or run.get("_stale"):
                 return
-            self._write(run, compute(run, run.get("status") or {}))
+            self._apply(run, compute(run, run.get("status") or {}))
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
@@ -610,7 +622,7 @@ class Runtime:
             await self._in_thread(
                 self.update,
                 uid,
-                lambda run, st_: controller.reachability_fields(run, st_, False, message),
+                lambda run, st_: controller.reachability(run, st_, False, message),
             )
             return
         metrics.SCRAPE_DURATION.observe(time.monotonic() - started)
@@ -620,10 +632,9 @@ class Runtime:
         await self._in_thread(
             self.update,
             uid,
-            lambda run, st_: {
-                **controller.reachability_fields(run, st_, True, "the runner answers"),
-                **controller.progress_fields(st_, progress),
-            },
+            lambda run, st_: controller.reachability(run, st_, True, "the runner answers").then(
+                controller.progress_plan(st_, progress)
+            ),
         )
         if progress.phase not in ("done", "failed") or progress.reason == "EvaluationFailed":
             return

@@ -29,6 +29,9 @@ class Sink:
         self.events: list[tuple[str, str]] = []
         self.kinds: set[str] = set()
 
+    def relisting(self, scope: str | None) -> None:
+        pass
+
     def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
         with self.lock:
             self.names += [o["metadata"]["name"] for o in objects]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from lmms_operator.api.runner import Metric, Provenance, ResultsSummary, RunnerProgress, TaskResult
-from lmms_operator.controller import progress_fields
+from lmms_operator.controller import progress_plan
 from lmms_operator.reconcile import results as res
 
 SUMMARY = ResultsSummary(
@@ -70,9 +70,10 @@ def test_progress_is_written_only_when_it_changed() -> None:
         samples_per_second=3.21,
         eta_seconds=18.2,
     )
-    first = progress_fields({}, p)
+    first = progress_plan({}, p).status
     assert first["summary"] == "42%" and first["progress"]["percent"] == 42.0
     assert first["progress"]["lastUpdate"]
-    assert progress_fields({"progress": first["progress"]}, p) == {}
+    assert first["progress"]["samplesPerSecond"] == 3.21  # the typed Progress, camelCase
+    assert not progress_plan({"progress": first["progress"]}, p)
     later = RunnerProgress(phase="evaluating", percent=50, done=50, total=100)
-    assert progress_fields({"progress": first["progress"]}, later)["summary"] == "50%"
+    assert progress_plan({"progress": first["progress"]}, later).status["summary"] == "50%"

@@ -169,3 +169,23 @@ def test_conditions_keep_runner_reachable() -> None:
     out = st.conditions([reachable], ob, 1, NOW)
     assert reachable in out
     assert {c["type"] for c in out} >= {"Ready", "Reconciling", "Stalled", "RunnerReachable"}
+
+
+def test_transition_writes_what_changed_and_says_so_once() -> None:
+    running = st.Observation("Running", R.RUNNING, "pod p is running", pod_name="p")
+    plan = st.transition({}, running, 1, "h", "j", NOW)
+    assert plan.status["phase"] == "Running" and plan.status["jobName"] == "j"
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "Running")]
+    # The same observation again: nothing to write, nothing to say.
+    again = st.transition(dict(plan.status), running, 1, "h", "j", NOW)
+    assert not again.status and not again.events
+    failed = st.Observation("Failed", R.OOM_KILLED, "pod p ran out of memory")
+    plan = st.transition(dict(plan.status), failed, 1, "h", "j", NOW)
+    assert plan.status["phase"] == "Failed"
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "OOMKilled")]
+
+
+def test_quiet_pending_reasons_post_no_event() -> None:
+    starting = st.Observation("Pending", R.STARTING, "pod p is starting")
+    plan = st.transition({"phase": "Queued"}, starting, 1, "h", "j", NOW)
+    assert plan.status["reason"] == "Starting" and not plan.events

@@ -129,3 +129,13 @@ def test_status_written_here_overlays_a_lagging_watch() -> None:
     store.remember("x", 2, {"observedGeneration": 2})
     got = store.get("x")
     assert got is not None and got.get("_stale")
+
+
+def test_an_interrupted_relist_does_not_keep_what_it_saw() -> None:
+    store, _ = make()
+    store.listed("evalruns", None, [run("x", "Running"), run("y", "Running")], final=True)
+    store.relisting("evalruns", None)
+    store.listed("evalruns", None, [run("x", "Running")], final=False)  # then the list fails
+    store.relisting("evalruns", None)  # the next list starts afresh
+    store.listed("evalruns", None, [run("y", "Running")], final=True)
+    assert set(store.runs) == {"y"}

@@ -34,6 +34,9 @@ class Sink:
     def __init__(self) -> None:
         self.seen: list[Any] = []
 
+    def relisting(self, scope: str | None) -> None:
+        pass
+
     def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
         self.seen.append(("list", [o["metadata"]["name"] for o in objects], final))
 

@@ -29,6 +29,7 @@ async def stop(**_: Any) -> None:
         await _runtime.stop()
 
 
-@kopf.on.probe(id="watches")
+# A failed probe fails the liveness endpoint (no retries: the kubelet asks again).
+@kopf.on.probe(id="watches", errors=kopf.ErrorsMode.PERMANENT)
 def watches(**_: Any) -> dict[str, Any]:
     return _runtime.health() if _runtime is not None else {"starting": True}

@@ -34,6 +34,9 @@ log = logging.getLogger("lmms.watch")
 class Sink(Protocol):
     """Where an informer delivers what it sees. Called from the informer's thread."""
 
+    def relisting(self, scope: str | None) -> None:
+        """A (re)list of ``scope`` (a namespace, or None: all) begins."""
+
     def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
         """One page of a (re)list; ``final`` on the last page of it."""
 
@@ -123,6 +126,7 @@ class Informer:
     def _list(self) -> str:
         """Lists page by page, delivering each page; returns the list's resourceVersion."""
         cont: str | None = None
+        self.sink.relisting(self.namespace)
         while True:
             query: dict[str, Any] = {"limit": self.PAGE}
             if cont:

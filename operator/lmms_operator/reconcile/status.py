@@ -8,11 +8,14 @@ The phase says where the run stands; conditions follow KEP-1623 and kstatus:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from ..api import Condition, EvalRunStatus, Phase
 from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_FAILED
 from . import reasons as R
+from .plan import Event, Plan
 
 TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
 ACTIVE = frozenset({"Pending", "Queued", "Running"})
@@ -334,3 +337,85 @@ def _condition(
         else prev.get("lastTransitionTime", fmt_time(now)),
         "observedGeneration": generation,
     }
+
+
+#: Pending reasons that need no Event (JobCreated said it; the pod's own Events say more).
+_QUIET = frozenset({R.JOB_PENDING, R.SCHEDULING, R.STARTING})
+_WARN = frozenset({R.UNSCHEDULABLE, R.IMAGE_PULL_BACKOFF, R.CONTAINER_CONFIG_ERROR})
+
+
+def transition(
+    status: dict[str, Any],
+    ob: Observation,
+    generation: int,
+    hash_: str | None,
+    job_name: str | None,
+    now: dt.datetime,
+) -> Plan:
+    """The status fields that change for an observation, and the Event that says so
+    when the phase changes (or a waiting reason that needs attention appears)."""
+    done = ob.phase in TERMINAL
+    wanted = EvalRunStatus(
+        phase=cast(Phase, ob.phase),
+        reason=ob.reason,
+        message=ob.message,
+        observed_generation=generation,
+        spec_hash=hash_,
+        job_name=job_name,
+        pod_name=ob.pod_name or status.get("podName"),
+        start_time=ob.start_time or status.get("startTime"),
+        completion_time=ob.completion_time if done else None,
+        conditions=[
+            Condition.model_validate(c)
+            for c in conditions(status.get("conditions") or [], ob, generation, now)
+        ],
+        summary="100%" if ob.phase == "Succeeded" else None,
+    )
+    fields = {
+        "phase",
+        "reason",
+        "message",
+        "observed_generation",
+        "spec_hash",
+        "job_name",
+        "pod_name",
+        "start_time",
+        "completion_time",
+        "conditions",
+    }
+    if done:
+        fields.add("summary")  # a finished run shows 100% or nothing in the Progress column
+    # Every field named is written, None included: a merge patch removes it.
+    new = wanted.model_dump(by_alias=True, mode="json", include=fields)
+    changed = {k: v for k, v in new.items() if status.get(k) != v}
+    events: list[Event] = []
+    quiet = ob.phase == "Pending" and ob.reason in _QUIET
+    if quiet:
+        pass
+    elif "phase" in changed or ("reason" in changed and ob.phase in TERMINAL):
+        warn = ob.phase == "Failed" or ob.reason in _WARN
+        events.append(
+            Event("Warning" if warn else "Normal", ob.reason, f"{ob.phase}: {ob.message}")
+        )
+    elif "reason" in changed and ob.reason in (R.UNSCHEDULABLE, R.IMAGE_PULL_BACKOFF):
+        events.append(Event("Warning", ob.reason, ob.message))
+    if set(changed) <= {"conditions"} and same_conditions(
+        status.get("conditions"), new["conditions"]
+    ):
+        return Plan(events=events)
+    return Plan(status=changed, events=events)
+
+
+def same_conditions(old: Iterable[dict[str, Any]] | None, new: list[dict[str, Any]]) -> bool:
+    """Equal but for lastTransitionTime."""
+
+    def key(c: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            c.get("type"),
+            c.get("status"),
+            c.get("reason"),
+            c.get("message"),
+            c.get("observedGeneration"),
+        )
+
+    return sorted(map(key, old or [])) == sorted(map(key, new))
