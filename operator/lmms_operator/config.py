@@ -17,7 +17,7 @@
 | LMMS_SCRAPE_TIMEOUT            | 3                                | s before a runner scrape gives up     |
 | LMMS_SCRAPE_CONCURRENCY        | 32                               | runners scraped at once, at most      |
 | LMMS_ALLOWED_FEATURES          | (all)                            | comma list of optional spec features  |
-| LMMS_WORKERS                   | 16                               | runs reconciled at once, at most      |
+| LMMS_WORKERS                   | 16                               | new/edited runs reconciled at once    |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),

@@ -125,7 +125,13 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> Plan:
             }
         return plan
 
-    _check_references(spec, namespace)
+    try:
+        _check_references(spec, namespace)
+    except RetryLater as exc:
+        # The previous evaluation's Job is stopped all the same (plan.delete).
+        waiting = waiting_for_references(body, str(exc))
+        waiting.retry_after = exc.delay
+        return plan.then(waiting)
     desired_name = jobs.job_name(name, hash_)
     # A new run has no Job yet: create first and read only on conflict (an earlier
     # attempt that stopped before writing the status), two requests fewer per run.
@@ -135,6 +141,10 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> Plan:
         if same_evaluation and status.get("jobName") == desired_name:
             ob = _job_deleted(desired_name)
             return plan.then(_transition(status, ob, generation, hash_, desired_name))
+        # The previous evaluation's Job goes before the new one asks for GPUs.
+        for selector in plan.delete:
+            k8s.delete_run_children(namespace, selector)
+        plan.delete = []
         try:
             job, created = _create_children(run, spec, settings, desired_name, fresh)
         except errors.Invalid as exc:

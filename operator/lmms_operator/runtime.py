@@ -353,8 +353,13 @@ class Runtime:
         self._pending_lock = threading.Lock()
         self._children_synced = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # New and edited runs have threads of their own: admitting a run (its Job) never
+        # waits behind the status updates of runs already going.
+        self._spec_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="spec"
+        )
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.workers, thread_name_prefix="reconcile"
+            max_workers=max(2, settings.workers // 2), thread_name_prefix="observe"
         )
         self._tasks: set[asyncio.Future[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -404,7 +409,8 @@ class Runtime:
             informer.stop()
         if self._scraper is not None:
             await self._scraper.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._spec_executor, self._executor):
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: every informer has heard from the API server lately."""
@@ -449,7 +455,10 @@ class Runtime:
 
     def _spawn(self, uid: str) -> None:
         assert self._loop is not None
-        future = self._loop.run_in_executor(self._executor, self._sync, uid)
+        run = self.store.get(uid)
+        spec = run is not None and needs_spec(run)
+        executor = self._spec_executor if spec else self._executor
+        future = self._loop.run_in_executor(executor, self._sync, uid)
         self._tasks.add(future)
         future.add_done_callback(self._done)
 
@@ -483,14 +492,12 @@ class Runtime:
         meta = run["metadata"]
         try:
             with metrics.timed_handler("evalrun_spec"):
-                try:
-                    plan = controller.ensure(run, self.settings)
-                except errors.RetryLater as exc:
-                    self._apply(run, controller.waiting_for_references(run, str(exc)))
-                    entry.retry = (generation, time.monotonic() + exc.delay)
-                    return
-                entry.retry = None
+                plan = controller.ensure(run, self.settings)
                 self._apply(run, plan)
+                if plan.retry_after is not None:
+                    entry.retry = (generation, time.monotonic() + plan.retry_after)
+                else:
+                    entry.retry = None
         except Exception as exc:
             # Counted as an error by timed_handler; the resync loop retries.
             log.warning(

@@ -29,6 +29,7 @@ class Plan:
     suspend: tuple[str, bool] | None = None  # (Job name, suspend)
     stop: str | None = None  # label selector, deleted after the status is written
     stop_reason: str = ""
+    retry_after: float | None = None  # seconds: a referenced object is missing
 
     def __bool__(self) -> bool:
         return bool(self.status or self.events or self.delete or self.suspend or self.stop)
@@ -42,4 +43,5 @@ class Plan:
             suspend=other.suspend or self.suspend,
             stop=other.stop or self.stop,
             stop_reason=other.stop_reason or self.stop_reason,
+            retry_after=other.retry_after if other.retry_after is not None else self.retry_after,
         )
