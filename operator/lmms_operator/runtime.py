@@ -43,9 +43,10 @@ from .scrape import Scraper
 log = logging.getLogger("lmms.runtime")
 
 MANAGED_SELECTOR = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
-#: Failed scrapes in a row before RunnerReachable turns False (a runner that has just
-#: started may not listen yet; one slow answer is not an outage).
-UNREACHABLE_AFTER = 3
+#: Seconds a runner may go unanswered (every scrape failing) before RunnerReachable
+#: turns False: a runner that has just started may not listen yet, and a slow answer or
+#: two is not an outage.
+UNREACHABLE_AFTER = 60.0
 
 
 # -- trimming: what the code reads of each object ------------------------------------------
@@ -129,7 +130,7 @@ class _Run:
     written_generation: int | None = None
     retry: tuple[int, float] | None = None  # (generation, when) while backing off
     token: str | None = None  # the runner's token, once read (for /results and /ack)
-    scrape_failures: int = 0  # in a row
+    unanswered_since: float | None = None  # monotonic time of the first failed scrape
 
 
 class Store:
@@ -619,12 +620,15 @@ class Runtime:
             entry = self.store.entry(uid)
             if entry is None:
                 return
-            entry.scrape_failures += 1
-            if entry.scrape_failures < UNREACHABLE_AFTER:
+            now = time.monotonic()
+            if entry.unanswered_since is None:
+                entry.unanswered_since = now
+            silent = now - entry.unanswered_since
+            if silent < UNREACHABLE_AFTER:
                 return  # a runner that just started may not listen yet
             message = (
                 f"cannot scrape the runner of pod {pod['metadata']['name']} "
-                f"({entry.scrape_failures} times in a row): {exc}"
+                f"(no answer for {silent:.0f}s): {exc}"
             )
             await self._in_thread(
                 self.update,
@@ -635,7 +639,7 @@ class Runtime:
         metrics.SCRAPE_DURATION.observe(time.monotonic() - started)
         entry = self.store.entry(uid)
         if entry is not None:
-            entry.scrape_failures = 0
+            entry.unanswered_since = None
         await self._in_thread(
             self.update,
             uid,
