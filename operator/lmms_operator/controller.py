@@ -317,7 +317,7 @@ def observe(
     """What the run's status becomes, given its current Job and its pods (from the watch
     caches; the Job is read when the cache has none yet). An event-driven pass
     (``periodic`` False) does not write a passing state within the same phase: the
-    periodic resync writes it if it lasts."""
+    periodic resync writes it once it has lasted ``status.PASSING_GRACE``."""
     _, namespace, uid, generation = _meta(body)
     status = dict(body.get("status") or {})
     if status.get("phase") in TERMINAL or status.get("phase") is None:
@@ -338,8 +338,9 @@ def observe(
                 status, _job_deleted(job_name), generation, status.get("specHash"), job_name
             )
     ob = _observe_spec(spec, job, pods, settings)
-    if ob.passing and not periodic and ob.phase == status.get("phase"):
-        return Plan()
+    same_phase = ob.passing and ob.phase == status.get("phase")
+    if same_phase and (not periodic or not ob.lasted(_now())):
+        return Plan()  # the resync writes it if it lasts
     plan = _transition(status, ob, generation, status.get("specHash"), job_name)
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
         plan = plan.then(publish_results(body, status, None, _termination_message(pods)))

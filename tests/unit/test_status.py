@@ -189,3 +189,11 @@ def test_quiet_pending_reasons_post_no_event() -> None:
     starting = st.Observation("Pending", R.STARTING, "pod p is starting")
     plan = st.transition({"phase": "Queued"}, starting, 1, "h", "j", NOW)
     assert plan.status["reason"] == "Starting" and not plan.events
+
+
+def test_passing_states_are_shown_once_they_last() -> None:
+    fresh = st.Observation("Pending", R.STARTING, "pod p is starting", passing=True, since=NOW)
+    assert not fresh.lasted(NOW + dt.timedelta(seconds=10))
+    assert fresh.lasted(NOW + dt.timedelta(seconds=st.PASSING_GRACE))
+    # Without a known start, a passing state is shown when the resync sees it.
+    assert st.Observation("Pending", R.JOB_PENDING, "", passing=True).lasted(NOW)

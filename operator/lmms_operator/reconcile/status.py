@@ -27,6 +27,9 @@ RUNNER_EXIT_CODES = {
     EXIT_UPLOAD_FAILED: "upload failed",
 }
 
+#: Seconds a passing state lasts before the status shows it.
+PASSING_GRACE = 30.0
+
 IMAGE_PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 IMAGE_PULL_RETRYING = frozenset({"ErrImagePull", "ImagePullBackOff"})
 CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
@@ -53,9 +56,15 @@ class Observation:
     scheduled: tuple[str, str, str] | None = None  # (status, reason, message)
     stop_job: bool = False  # the run failed while its Job still holds resources
     # A passing state (a pod being scheduled or started, a finished pod whose Job is
-    # completing): worth a status write only when it lasts, i.e. when the periodic
-    # resync sees it, not on every pod event of a burst.
+    # completing): worth a status write only once it has lasted PASSING_GRACE (the
+    # periodic resync writes it then), not on every pod event of a burst.
     passing: bool = False
+    since: dt.datetime | None = None  # when the passing state began, where known
+
+    def lasted(self, now: dt.datetime) -> bool:
+        """Whether a passing state has lasted long enough to be worth a status write."""
+        return self.since is None or (now - self.since).total_seconds() >= PASSING_GRACE
+
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,6 +105,13 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     state = _container(pod).get("state") or {}
     term = state.get("terminated")
     return dict(term) if term else None
+
+
+def _since(pod: dict[str, Any], ctype: str) -> dt.datetime | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return parse_time(c.get("lastTransitionTime"))
+    return None
 
 
 def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -193,7 +209,11 @@ def observe(
 
     if pod is None:
         return obs(
-            "Pending", R.JOB_PENDING, "waiting for the Job controller to create a pod", passing=True
+            "Pending",
+            R.JOB_PENDING,
+            "waiting for the Job controller to create a pod",
+            passing=True,
+            since=parse_time((job.get("metadata") or {}).get("creationTimestamp")),
         )
 
     pod_status = pod.get("status") or {}
@@ -254,6 +274,7 @@ def observe(
             R.RUNNING,
             f"pod {pod_name} finished; the Job is completing",
             passing=True,
+            since=parse_time((_terminated(pod) or {}).get("finishedAt")),
             scheduled=scheduled,
         )
     if pod_status.get("phase") == "Failed" and job_status.get("active", 0) == 0:
@@ -265,7 +286,12 @@ def observe(
         )
     if scheduled and scheduled[0] == "True":
         return obs(
-            "Pending", R.STARTING, f"pod {pod_name} is starting", scheduled=scheduled, passing=True
+            "Pending",
+            R.STARTING,
+            f"pod {pod_name} is starting",
+            scheduled=scheduled,
+            passing=True,
+            since=_since(pod, "PodScheduled"),
         )
     return obs(
         "Pending",
@@ -273,6 +299,7 @@ def observe(
         f"pod {pod_name} is waiting to be scheduled",
         scheduled=scheduled,
         passing=True,
+        since=parse_time(pod["metadata"].get("creationTimestamp")),
     )
 
 
