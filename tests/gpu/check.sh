@@ -4,17 +4,21 @@
 # real lmms-eval with the qwen2_vl backend on $DEVICE, then the results checked: every
 # task scored, the model on the device asked for, the runner's summary and provenance.
 #
-#   DEVICE=cuda PY=/opt/torch/.venv/bin/python3 bash tests/gpu/check.sh   # a GPU machine
+#   DEVICE=cuda PY=python3 WHEELS=.gpu/wheels bash tests/gpu/check.sh    # a GPU machine
 #   DEVICE=cpu PY=.venv/bin/python bash tests/gpu/check.sh                # here, slower
 #
-# WHEELS (optional): a folder of wheels to install first (packages that machine lacks).
+# WHEELS (optional): a folder of wheels that machine lacks (lmms-eval 0.7.3 and the 18
+# packages it needs there, pydantic, decord; the list is in ../shared/GPU-NOTES.md),
+# installed into a private folder first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 W=$(mktemp -d)
 if [ -n "${WHEELS:-}" ]; then
-  "$PY" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$W/site" "$WHEELS"/*.whl
+  export PYTHONPATH="$W/site"
 fi
 export PYTHONPATH="$PWD/operator:$PWD/runner-image:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HOME="$W/hf" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
