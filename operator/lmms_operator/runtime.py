@@ -12,12 +12,15 @@ it works on them.
 - **Per-run serialisation**: one writer per run at a time (a fixed set of locks, hashed by
   run: the set never grows), so compute-then-write never interleaves.
 - **Debounce**: a burst of Job and pod events becomes one observation (``observe_delay``).
+- **Threads**: new and edited runs are admitted on threads of their own (``workers``),
+  never behind the status updates of runs already going.
 - **Backoff**: a failed reconciliation is retried by the resync loop when due.
 - **Loops**: one resync loop and one scrape loop over the active runs (no per-object
   timers, no work for finished runs).
 
-The decisions are the controller's (``controller.sync`` and friends), which read,
-compute a plan with the pure functions of ``reconcile/``, and apply it through ``k8s``.
+The decisions are the controller's (``controller.ensure``, ``observe``, ``progress_plan``,
+``reachability``, ``publish_results``): they read, compute a ``Plan`` with the pure
+functions of ``reconcile/``, and ``controller.apply`` carries it out through ``k8s``.
 """
 
 from __future__ import annotations

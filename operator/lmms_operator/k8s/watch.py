@@ -175,7 +175,8 @@ class Informer:
                 if type_ in ("ADDED", "MODIFIED", "DELETED"):
                     self.sink.event(type_, obj)
                 if rv:
-                    version = str(rv)
+                    # Kept as it goes: a watch that breaks resumes from here.
+                    version = self.version = str(rv)
         finally:
             self._response = None
             response.release_conn()
