@@ -83,7 +83,9 @@ def trim_job(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A Job: its name, labels, whether it is suspended, its status."""
     return {
         "kind": "Job",
-        "metadata": _meta(obj, "name", "namespace", "uid", "labels", "creationTimestamp"),
+        "metadata": _meta(
+            obj, "name", "namespace", "uid", "labels", "creationTimestamp", "ownerReferences"
+        ),
         "spec": {"suspend": (obj.get("spec") or {}).get("suspend")},
         "status": obj.get("status") or {},
     }
@@ -228,10 +230,14 @@ class Store:
 
     def _child_seen(self, kind: str, obj: Mapping[str, Any]) -> str | None:
         uid = self._owner_uid(obj)
-        name = (obj.get("metadata") or {}).get("name", "")
+        meta = obj.get("metadata") or {}
+        name = meta.get("name", "")
         with self._lock:
-            if uid not in self.runs:
+            entry = self.runs.get(uid)
+            if entry is None:
                 return None  # a finished run's child: nothing to decide about it
+            if not _belongs(obj, entry.body, kind):
+                return None  # labels anyone can write; the namespace and owner are checked
             trimmed = trim_job(obj) if kind == "jobs" else trim_pod(obj)
             self.children.setdefault(uid, {}).setdefault(kind, {})[name] = trimmed
             return uid
@@ -318,6 +324,22 @@ class Store:
                 "jobs": sum(len(c.get("jobs", {})) for c in self.children.values()),
                 "pods": sum(len(c.get("pods", {})) for c in self.children.values()),
             }
+
+
+def _belongs(obj: Mapping[str, Any], run: Mapping[str, Any], kind: str) -> bool:
+    """Whether a labelled Job or pod is really the run's: in the run's namespace (labels
+    can be written by anyone who creates a pod; another tenant's pod claiming a run's uid
+    must not be scraped for it), and a Job controlled by the run."""
+    meta = obj.get("metadata") or {}
+    run_meta = run.get("metadata") or {}
+    if meta.get("namespace") != run_meta.get("namespace"):
+        return False
+    if kind == "jobs":
+        return any(
+            ref.get("controller") and ref.get("uid") == run_meta.get("uid")
+            for ref in meta.get("ownerReferences") or []
+        )
+    return True
 
 
 class _Sink:

@@ -7,6 +7,7 @@ every request has a timeout, so a thousand runs never open a thousand connection
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,11 @@ import aiohttp
 from .config import Settings
 from .errors import ScrapeError
 
-__all__ = ["ScrapeError", "Scraper"]
+__all__ = ["MAX_RESPONSE", "ScrapeError", "Scraper"]
+
+#: The most a runner's answer (/progress, /results) may hold: results over the 1 MiB
+#: ConfigMap limit go to the object store anyway.
+MAX_RESPONSE = 4 * 1024 * 1024
 
 
 class Scraper:
@@ -32,13 +37,24 @@ class Scraper:
         return self._session
 
     async def request(self, method: str, url: str, token: str | None = None) -> Any:
+        """The runner's JSON answer. A runner is the tenant's code: an answer over
+        ``MAX_RESPONSE`` bytes is refused without being read whole."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with self._semaphore:
             try:
                 async with self._client().request(method, url, headers=headers) as resp:
                     if resp.status >= 400:
                         raise ScrapeError(f"{method} {url}: HTTP {resp.status}")
-                    return await resp.json(content_type=None)
+                    if (resp.content_length or 0) > MAX_RESPONSE:
+                        raise ScrapeError(f"{method} {url}: answer over {MAX_RESPONSE} bytes")
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in resp.content.iter_chunked(64 * 1024):
+                        size += len(chunk)
+                        if size > MAX_RESPONSE:
+                            raise ScrapeError(f"{method} {url}: answer over {MAX_RESPONSE} bytes")
+                        chunks.append(chunk)
+                    return json.loads(b"".join(chunks))
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise ScrapeError(f"{method} {url}: {type(exc).__name__} {exc}") from None
 

@@ -71,3 +71,13 @@ def test_tables_render_and_split_under_the_limit() -> None:
     assert json.loads(files["table.json"])[0]["rank"] == 1
     assert files["table.csv"].splitlines()[0].startswith("rank,task,metric,value")
     assert "| 1 | mme | score ↑ |" in files["table.md"]
+
+
+def test_nan_and_infinite_scores_are_not_ranked() -> None:
+    entries = [
+        {"model": "a", "task": "t", "metric": "acc", "value": float("nan")},
+        {"model": "b", "task": "t", "metric": "acc", "value": 0.5},
+        {"model": "c", "task": "t", "metric": "acc", "value": float("inf")},
+    ]
+    ranked = {e["model"]: e["rank"] for e in lb.rank(entries, {})}
+    assert ranked == {"b": 1, "a": 0, "c": 0}

@@ -77,3 +77,11 @@ def test_progress_is_written_only_when_it_changed() -> None:
     assert not progress_plan({"progress": first["progress"]}, p)
     later = RunnerProgress(phase="evaluating", percent=50, done=50, total=100)
     assert progress_plan({"progress": first["progress"]}, later).status["summary"] == "50%"
+
+
+def test_non_finite_scores_become_null() -> None:
+    message = (
+        '{"ok": true, "tasks": {"a": {"acc": NaN}, "b": {"acc": Infinity}, "c": {"acc": 0.5}}}'
+    )
+    values = {r["task"]: r["value"] for r in res.from_termination_message(message) or []}
+    assert values == {"a": None, "b": None, "c": 0.5}

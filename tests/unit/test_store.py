@@ -139,3 +139,29 @@ def test_an_interrupted_relist_does_not_keep_what_it_saw() -> None:
     store.relisting("evalruns", None)  # the next list starts afresh
     store.listed("evalruns", None, [run("y", "Running")], final=True)
     assert set(store.runs) == {"y"}
+
+
+def test_children_are_the_runs_only_when_namespace_and_owner_say_so() -> None:
+    store, _ = make()
+    store.event("evalruns", "ADDED", run("x", "Running", namespace="a"))
+    # Another tenant labels a pod of its own with the run's uid: not the run's.
+    store.event("pods", "ADDED", pod("forged", "x", namespace="b"))
+    assert store.pods_of("x", "j") == []
+    job: dict[str, Any] = {
+        "kind": "Job",
+        "metadata": {
+            "name": "j",
+            "namespace": "a",
+            "uid": "job-uid",
+            "labels": {**MANAGED, "eval.lmms.dev/run-uid": "x"},
+        },
+        "spec": {},
+        "status": {},
+    }
+    store.event("jobs", "ADDED", job)  # labelled, but not controlled by the run
+    assert store.job("x", "j") is None
+    job["metadata"]["ownerReferences"] = [{"uid": "x", "controller": True, "kind": "EvalRun"}]
+    store.event("jobs", "ADDED", job)
+    assert store.job("x", "j") is not None
+    store.event("pods", "ADDED", pod("real", "x", namespace="a"))
+    assert [p["metadata"]["name"] for p in store.pods_of("x", "j")] == ["real"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -64,7 +65,7 @@ def rank(entries: Iterable[Mapping[str, Any]], rank_by: Mapping[str, str]) -> li
     for task in sorted(by_task):
         rows = by_task[task]
         metric = rank_by.get(task) or rows[0]["metric"]
-        ranked = [r for r in rows if r["metric"] == metric and r.get("value") is not None]
+        ranked = [r for r in rows if r["metric"] == metric and _finite(r.get("value"))]
         lower_better = any(r.get("higherIsBetter") is False for r in ranked)
         ranked.sort(key=lambda r: (r["value"] if lower_better else -r["value"], str(r["model"])))
         for i, r in enumerate(ranked, start=1):
@@ -72,6 +73,11 @@ def rank(entries: Iterable[Mapping[str, Any]], rank_by: Mapping[str, str]) -> li
         rest = [dict(r, rank=0) for r in rows if r not in ranked]
         out += ranked + sorted(rest, key=lambda r: (r["metric"], str(r["model"])))
     return out
+
+
+def _finite(value: Any) -> bool:
+    """A score that can be ranked: a number, not NaN or infinite (NaN would sort first)."""
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def top(ranked: Iterable[Mapping[str, Any]], n: int) -> list[dict[str, Any]]:

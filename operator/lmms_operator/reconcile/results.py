@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ..api.runner import ResultsSummary
 
 #: ConfigMaps are limited to 1 MiB; leave room for metadata.
 CONFIG_MAP_BUDGET = 900 * 1024
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def primary_results(summary: ResultsSummary) -> list[dict[str, Any]]:
@@ -18,8 +23,13 @@ def primary_results(summary: ResultsSummary) -> list[dict[str, Any]]:
         metric = next((m for m in task.metrics if m.name == task.primary), None)
         if metric is None:
             continue
-        entry: dict[str, Any] = {"task": task.task, "metric": metric.name, "value": metric.value}
-        if metric.stderr is not None:
+        # NaN and infinities are not JSON: the API server would refuse the status.
+        entry: dict[str, Any] = {
+            "task": task.task,
+            "metric": metric.name,
+            "value": _finite(metric.value),
+        }
+        if _finite(metric.stderr) is not None:
             entry["stderr"] = metric.stderr
         if metric.higher_is_better is not None:
             entry["higherIsBetter"] = metric.higher_is_better
@@ -49,7 +59,10 @@ def from_termination_message(message: str | None) -> list[dict[str, Any]] | None
     for task, metrics in (doc.get("tasks") or {}).items():
         if isinstance(metrics, dict) and metrics:
             name, value = next(iter(metrics.items()))
-            out.append({"task": task, "metric": name, "value": value})
+            number = (
+                value if isinstance(value, int | float) and not isinstance(value, bool) else None
+            )
+            out.append({"task": task, "metric": name, "value": _finite(number)})
     return out
 
 
