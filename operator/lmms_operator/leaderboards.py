@@ -11,6 +11,7 @@ runs finish at once.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import secrets
@@ -65,10 +66,27 @@ def ensure(namespace: str, name: str) -> dict[str, Any]:
     return board
 
 
+def _fit(name: str, limit: int) -> str:
+    """``name``, or when longer than ``limit``, its start and a hash of the whole (names
+    of any length map to distinct, valid label values and object names)."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: limit - 11].rstrip('-.')}-{digest}"
+
+
+def board_label(name: str) -> str:
+    """The label value naming a Leaderboard (label values hold at most 63 characters;
+    Leaderboard names up to 253)."""
+    return _fit(name, 63)
+
+
 def prefix(board: Mapping[str, Any]) -> str:
+    """Name of the index ConfigMap; the table's ConfigMaps add ``-<generation>-<suffix>-<i>``
+    (room is left for that within the 253 characters of a name)."""
     storage = (board.get("spec") or {}).get("storage") or {}
     custom = (storage.get("configMap") or {}).get("namePrefix")
-    return str(custom or f"leaderboard-{board['metadata']['name']}")
+    return _fit(str(custom or f"leaderboard-{board['metadata']['name']}"), 220)
 
 
 def read(
@@ -133,21 +151,27 @@ def _swap(
         "name": board["metadata"]["name"],
         "uid": board["metadata"]["uid"],
     }
-    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_BOARD: board["metadata"]["name"]}
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_BOARD: board_label(board["metadata"]["name"])}
     names = []
     # A unique suffix: a writer that loses the race deletes only what it wrote.
     suffix = secrets.token_hex(3)
-    for i, chunk in enumerate(lb.shard(ranked)):
-        name = f"{base}-{generation}-{suffix}-{i}"
-        names.append(name)
-        body = {
-            "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
-            "data": lb.render(chunk),
-        }
-        try:
-            k8s.create_config_map(namespace, body)
-        except errors.Conflict:
-            k8s.replace_config_map(namespace, name, body)
+    try:
+        for i, chunk in enumerate(lb.shard(ranked)):
+            name = f"{base}-{generation}-{suffix}-{i}"
+            names.append(name)
+            body = {
+                "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
+                "data": lb.render(chunk),
+            }
+            try:
+                k8s.create_config_map(namespace, body)
+            except errors.Conflict:
+                k8s.replace_config_map(namespace, name, body)
+    except errors.OperatorError:
+        # A failed publish is retried: it must not leave half a generation behind.
+        for name in names:
+            k8s.delete_config_map(namespace, name)
+        raise
     index_data = {"index.json": json.dumps({"generation": generation, "configMaps": names})}
     try:
         if index is None:
@@ -172,10 +196,15 @@ def _swap(
                     "data": index_data,
                 },
             )
-    except errors.Conflict:
+    except errors.OperatorError as exc:
+        # Another writer swapped first (Conflict: try again), or the write failed (a
+        # quota, say: the error goes up and the publish is retried). Either way the new
+        # generation goes: a retried publish never piles up ConfigMaps.
         for name in names:
             k8s.delete_config_map(namespace, name)
-        return None
+        if isinstance(exc, errors.Conflict):
+            return None
+        raise
     for name in (index or {}).get("configMaps", []):
         if name not in names:
             k8s.delete_config_map(namespace, name)

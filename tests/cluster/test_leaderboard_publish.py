@@ -12,11 +12,12 @@ from kubernetes import client
 
 from lmms_devcluster.devcluster import DevCluster
 from lmms_operator.api import GROUP, VERSION
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
 
 
-def _publish(args: tuple[str, str, int]) -> bool:
+def _publish(args: tuple[str, str, int], board: str = "board") -> bool:
     kubeconfig, namespace, i = args
     os.environ["KUBECONFIG"] = kubeconfig
     from lmms_operator import leaderboards
@@ -32,7 +33,7 @@ def _publish(args: tuple[str, str, int]) -> bool:
         "run": f"{namespace}/run-{i}",
         "finishedAt": "2026-11-27T10:00:00Z",
     }
-    return leaderboards.publish(namespace, "board", [entry])
+    return leaderboards.publish(namespace, board, [entry])
 
 
 def test_fifty_runs_finishing_at_once_lose_no_entry(
@@ -59,3 +60,52 @@ def test_fifty_runs_finishing_at_once_lose_no_entry(
     # The same run published again changes nothing (no write at all).
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         assert list(pool.map(_publish, jobs[:1])) == [False]
+
+
+def test_a_leaderboard_name_longer_than_a_label_value_works(
+    cluster: DevCluster, api: client.ApiClient, namespace: str
+) -> None:
+    name = "a-very-long-leaderboard-name-" + "x" * 180  # 209 characters: a valid name
+    assert _publish((str(cluster.kubeconfig), namespace, 1), board=name)
+    board = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "leaderboards", name
+    )
+    assert board["status"]["entries"] == 1
+    from lmms_operator.leaderboards import board_label
+
+    cms = (
+        client.CoreV1Api(api)
+        .list_namespaced_config_map(
+            namespace, label_selector=f"eval.lmms.dev/leaderboard={board_label(name)}"
+        )
+        .items
+    )
+    assert {c.metadata.name for c in cms} == set(board["status"]["configMaps"])
+    assert all(len(c.metadata.name) <= 253 for c in cms)
+
+
+def test_a_failed_publish_leaves_no_configmap_behind(
+    cluster: DevCluster, api: client.ApiClient, namespace: str
+) -> None:
+    """A quota lets the table's ConfigMap in but not the index: the publish fails (and
+    would be retried), and what it wrote is gone."""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_resource_quota(
+        namespace,
+        {"metadata": {"name": "cm"}, "spec": {"hard": {"count/configmaps": "2"}}},
+    )
+    wait_for(
+        lambda: (core.read_namespaced_resource_quota("cm", namespace).status.used or {}).get(
+            "count/configmaps"
+        ),
+        timeout=60,
+        message="quota usage computed",
+    )
+    from lmms_operator import errors
+
+    with pytest.raises(errors.Forbidden):
+        _publish((str(cluster.kubeconfig), namespace, 1))
+    left = core.list_namespaced_config_map(
+        namespace, label_selector="eval.lmms.dev/leaderboard=board"
+    ).items
+    assert left == []
