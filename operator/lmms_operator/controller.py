@@ -34,6 +34,9 @@ from .reconcile.validate import validate
 log = logging.getLogger("lmms.controller")
 
 TERMINAL = st.TERMINAL
+#: At most this many tasks, with names of at most this length, in status.progress.
+MAX_PROGRESS_TASKS = 256
+MAX_TASK_NAME = 253
 
 
 def _now() -> dt.datetime:
@@ -358,7 +361,11 @@ def progress_plan(status: Mapping[str, Any], progress: RunnerProgress) -> Plan:
     percent = round(progress.percent, 1)
     new = Progress(
         percent=percent,
-        tasks=[TaskProgress(name=t.name, done=t.done, total=t.total) for t in progress.tasks],
+        # The runner is the tenant's code: what it reports is bounded before the status.
+        tasks=[
+            TaskProgress(name=t.name[:MAX_TASK_NAME], done=t.done, total=t.total)
+            for t in progress.tasks[:MAX_PROGRESS_TASKS]
+        ],
         samples_per_second=round(progress.samples_per_second, 3)
         if progress.samples_per_second is not None
         else None,

@@ -85,3 +85,14 @@ def test_non_finite_scores_become_null() -> None:
     )
     values = {r["task"]: r["value"] for r in res.from_termination_message(message) or []}
     assert values == {"a": None, "b": None, "c": 0.5}
+
+
+def test_progress_from_a_runner_is_bounded() -> None:
+    from lmms_operator.api.runner import TaskState
+    from lmms_operator.controller import MAX_PROGRESS_TASKS, MAX_TASK_NAME
+
+    tasks = [TaskState(name="t" * 5000 + str(i), done=1, total=2) for i in range(1000)]
+    p = RunnerProgress(phase="evaluating", percent=1, done=1, total=2, tasks=tasks)
+    written = progress_plan({}, p).status["progress"]["tasks"]
+    assert len(written) == MAX_PROGRESS_TASKS
+    assert all(len(t["name"]) == MAX_TASK_NAME for t in written)
