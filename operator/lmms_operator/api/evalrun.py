@@ -397,7 +397,7 @@ class EvalRunStatus(ApiModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled.",
+        description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled, RunnerReachable.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     spec_hash: str | None = Field(default=None, description="Hash of the evaluated spec.")

@@ -1,6 +1,7 @@
 """Requests to the API server: plain dicts in and out, errors as ``errors.ApiError``.
 
-``_preload_content=False`` everywhere: no round trips through the generated models.
+Requests are serialised by the client's ``ApiClient`` (configuration, credentials, TLS)
+and answered as plain JSON: no generated API methods or models (see ``request``).
 "Already exists" on create and "not found" on delete count as success.
 """
 
@@ -29,7 +30,6 @@ log = logging.getLogger("lmms.k8s")
 
 _lock = threading.Lock()
 _api: client.ApiClient | None = None
-_namespace: str | None = None
 
 
 def api() -> client.ApiClient:
@@ -57,13 +57,15 @@ def current_namespace() -> str:
         return "default"
 
 
-def _message(exc: ApiException) -> tuple[str, str]:
-    """The API server's own message (it names the field) and reason, not the HTTP dump."""
+def _error(status: int, body: Any, reason: str | None) -> errors.ApiError:
+    """The ApiError for an answer: the API server's own message (it names the field) and
+    reason, not the HTTP dump."""
     try:
-        body = json.loads(exc.body)
-        return str(body.get("message") or exc.reason), str(body.get("reason") or "")
+        doc = json.loads(body)
+        message, why = str(doc.get("message") or reason), str(doc.get("reason") or "")
     except (TypeError, ValueError, AttributeError):
-        return str(exc.reason), ""
+        message, why = str(reason), ""
+    return errors.api_error(status, message, why)
 
 
 @contextlib.contextmanager
@@ -72,8 +74,7 @@ def translated() -> Iterator[None]:
     try:
         yield
     except ApiException as exc:
-        message, reason = _message(exc)
-        raise errors.api_error(int(exc.status or 0), message, reason) from None
+        raise _error(int(exc.status or 0), exc.body, exc.reason) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise errors.Unavailable(f"the API server did not answer: {type(exc).__name__}") from None
 
@@ -115,15 +116,7 @@ def request(
             raw = response.data
         finally:
             response.release_conn()
-        try:
-            doc = json.loads(raw)
-            message, reason = (
-                str(doc.get("message") or response.reason),
-                str(doc.get("reason") or ""),
-            )
-        except (TypeError, ValueError, AttributeError):
-            message, reason = str(response.reason), ""
-        raise errors.api_error(int(response.status), message, reason)
+        raise _error(int(response.status), raw, response.reason)
     return response
 
 
