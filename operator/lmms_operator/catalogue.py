@@ -12,9 +12,11 @@ import argparse
 import difflib
 import functools
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DATA_FILE = Path(__file__).parent / "data" / "catalogue.json"
 
@@ -26,6 +28,9 @@ class Catalogue:
     tasks: frozenset[str]
     groups: frozenset[str]
     tags: frozenset[str]
+    #: Backends that load code from the model's repository whatever the spec says
+    #: (``trust_remote_code=True`` written into lmms-eval's source, or its default).
+    remote_code_models: frozenset[str] = frozenset()
 
     @property
     def task_names(self) -> frozenset[str]:
@@ -54,6 +59,7 @@ def load() -> Catalogue:
         tasks=frozenset(raw["tasks"]),
         groups=frozenset(raw["groups"]),
         tags=frozenset(raw["tags"]),
+        remote_code_models=frozenset(raw.get("remoteCodeModels") or ()),
     )
 
 
@@ -69,12 +75,37 @@ def generate() -> dict[str, object]:
         names.update(aliases)
     tm = TaskManager(verbosity="ERROR")
     return {
+        "remoteCodeModels": sorted(_remote_code_models(models)),
         "lmmsEvalVersion": version("lmms-eval"),
         "models": sorted(names),
         "tasks": sorted(tm.all_subtasks),
         "groups": sorted(tm.all_groups),
         "tags": sorted(tm.all_tags),
     }
+
+
+#: ``trust_remote_code=True`` as an argument or as a parameter's default.
+_FORCES_REMOTE_CODE = re.compile(r"trust_remote_code\s*(:\s*[\w\[\]. ]+)?=\s*True")
+
+
+def _remote_code_models(models: Any) -> set[str]:
+    """Backends whose source passes or defaults ``trust_remote_code=True``, aliases
+    included: they run code from the model repository whatever the spec says."""
+    root = Path(models.__file__).parent
+    found: set[str] = set()
+    kinds = (
+        ("simple", models.AVAILABLE_SIMPLE_MODELS),
+        ("chat", models.AVAILABLE_CHAT_TEMPLATE_MODELS),
+    )
+    for kind, registry in kinds:
+        for name in registry:
+            source = root / kind / f"{name}.py"
+            if source.is_file() and _FORCES_REMOTE_CODE.search(source.read_text()):
+                found.add(name)
+    for name, aliases in models.MODEL_ALIASES.items():
+        if name in found:
+            found.update(aliases)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

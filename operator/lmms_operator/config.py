@@ -16,13 +16,17 @@
 | LMMS_HOLD_TIMEOUT              | 600                              | s a runner serves results until acked |
 | LMMS_SCRAPE_TIMEOUT            | 3                                | s before a runner scrape gives up     |
 | LMMS_SCRAPE_CONCURRENCY        | 32                               | runners scraped at once, at most      |
-| LMMS_ALLOWED_FEATURES          | (all)                            | comma list of optional spec features  |
+| LMMS_ALLOWED_FEATURES          | (all but remoteCode)             | comma list of optional spec features  |
+| LMMS_ALLOWED_ENV               | (none)                           | further spec.env names (NAME, PFX*)   |
+| LMMS_OWN_IDENTITY_BUCKETS      | (none)                           | buckets the operator's identity may use|
 | LMMS_WORKERS                   | 16                               | new/edited runs reconciled at once    |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
-remoteModels (model.apiKey). Unset: all; empty: none. A run using another ends Failed
-with reason InvalidSpec, naming the field.
+remoteModels (model.apiKey), remoteCode (trust_remote_code, and the backends that always
+set it). Unset: all but remoteCode; empty: none. A run using another ends Failed with
+reason InvalidSpec, naming the field. LMMS_ALLOWED_ENV adds names to the spec.env
+variables a run may set (docs/security.md lists the default ones).
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .objectstore import StorePolicy
 from .reconcile.job import RunnerDefaults
 from .reconcile.status import Timeouts
-from .reconcile.validate import FEATURES
+from .reconcile.validate import DEFAULT_FEATURES, FEATURES, Policy
 
 
 def _int(name: str, default: int) -> int:
@@ -73,7 +78,9 @@ class Settings:
     scrape_concurrency: int = 32
     workers: int = 16
     namespaces: tuple[str, ...] = field(default_factory=tuple)
-    allowed_features: frozenset[str] | None = None
+    allowed_features: frozenset[str] = DEFAULT_FEATURES
+    allowed_env: tuple[str, ...] = ()
+    own_identity_buckets: frozenset[str] = frozenset()
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -86,6 +93,14 @@ class Settings:
             uid=self.runner_uid,
             hold_timeout=self.hold_timeout,
         )
+
+    @property
+    def store_policy(self) -> StorePolicy:
+        return StorePolicy(own_identity_buckets=self.own_identity_buckets)
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(features=self.allowed_features, env=self.allowed_env)
 
     @property
     def timeouts(self) -> Timeouts:
@@ -114,12 +129,18 @@ class Settings:
             scrape_concurrency=_int("LMMS_SCRAPE_CONCURRENCY", d.scrape_concurrency),
             workers=max(1, _int("LMMS_WORKERS", d.workers)),
             allowed_features=_features(os.environ.get("LMMS_ALLOWED_FEATURES")),
+            allowed_env=_list("LMMS_ALLOWED_ENV"),
+            own_identity_buckets=frozenset(_list("LMMS_OWN_IDENTITY_BUCKETS")),
         )
 
 
-def _features(raw: str | None) -> frozenset[str] | None:
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in os.environ.get(name, "").split(",") if n.strip())
+
+
+def _features(raw: str | None) -> frozenset[str]:
     if raw is None:
-        return None
+        return DEFAULT_FEATURES
     names = frozenset(f.strip() for f in raw.split(",") if f.strip())
     unknown = sorted(names - set(FEATURES))
     if unknown:

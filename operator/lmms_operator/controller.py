@@ -21,7 +21,7 @@ from .api import (
     S3Output,
     TaskProgress,
 )
-from .api.runner import ResultsSummary, RunnerProgress
+from .api.runner import ResultsSummary, RunnerProgress, results_prefix
 from .config import Settings
 from .errors import InvalidSpec, Problem, RetryLater
 from .reconcile import job as jobs
@@ -81,7 +81,7 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> Plan:
     run = jobs.RunRef(name, namespace, uid)
 
     try:
-        spec = validate(body.get("spec"), settings.allowed_features)
+        spec = validate(body.get("spec"), settings.policy)
     except InvalidSpec as exc:
         return _invalid(status, exc.problems, generation, uid)
 
@@ -129,13 +129,15 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> Plan:
         return plan
 
     try:
-        _check_references(spec, namespace)
+        problems = _check_references(spec, namespace)
     except RetryLater as exc:
         # The previous evaluation's Job is stopped all the same (plan.delete).
         waiting = waiting_for_references(body, str(exc))
         waiting.retry_after = exc.delay
         return plan.then(waiting)
-    desired_name = jobs.job_name(name, hash_)
+    if problems:
+        return plan.then(_invalid(status, problems, generation, uid, R.INVALID_SECRET))
+    desired_name = jobs.job_name(name, uid, hash_)
     # A new run has no Job yet: create first and read only on conflict (an earlier
     # attempt that stopped before writing the status), two requests fewer per run.
     job = None if fresh else k8s.get_job(namespace, desired_name)
@@ -219,47 +221,63 @@ def _observe_spec(
     )
 
 
-def _check_references(spec: EvalRunSpec, namespace: str) -> None:
-    """Objects the run references must exist before its Job is created."""
+def _check_references(spec: EvalRunSpec, namespace: str) -> list[Problem]:
+    """Objects the run references must exist before its Job is created: RetryLater while
+    one is missing (or, for a Secret, not marked usable by EvalRuns); problems for a
+    Secret that is usable but cannot serve (a missing key, an empty or binary value)."""
     missing: list[str] = []
+    problems: list[Problem] = []
     for i, source in enumerate(spec.custom_tasks):
         if not k8s.config_map_exists(namespace, source.config_map):
             missing.append(
                 f"spec.customTasks[{i}].configMap: ConfigMap {source.config_map!r} not found"
             )
+    refs: list[tuple[str, str, tuple[str, ...]]] = []
     if spec.model.api_key is not None:
         ref = spec.model.api_key.secret_key_ref
-        has = k8s.secret_has_key(namespace, ref.name, ref.key)
-        if not has:
-            missing.append(
-                f"spec.model.apiKey.secretKeyRef: Secret {ref.name!r} "
-                + ("not found" if has is None else f"has no key {ref.key!r}")
-            )
+        refs.append(("spec.model.apiKey.secretKeyRef", ref.name, (ref.key,)))
     if spec.hugging_face_token is not None:
         ref = spec.hugging_face_token.secret_key_ref
-        has = k8s.secret_has_key(namespace, ref.name, ref.key)
-        if has is None:
-            missing.append(f"spec.huggingFaceToken.secretKeyRef: Secret {ref.name!r} not found")
-        elif not has:
-            missing.append(
-                f"spec.huggingFaceToken.secretKeyRef: Secret {ref.name!r} has no key {ref.key!r}"
-            )
+        refs.append(("spec.huggingFaceToken.secretKeyRef", ref.name, (ref.key,)))
+    s3 = spec.output.s3 if spec.output else None
+    if s3 is not None and s3.credentials_secret:
+        keys: tuple[str, ...] = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        refs.append(("spec.output.s3.credentialsSecret", s3.credentials_secret, keys))
+    for field, name, keys in refs:
+        data = k8s.read_tenant_secret(namespace, name)
+        if data is None:
+            missing.append(f"{field}: Secret {name!r} {SECRET_NOT_USABLE}")
+            continue
+        for key in keys:
+            problem = _secret_value_problem(data.get(key))
+            if problem:
+                problems.append(Problem(field, f"key {key!r} of Secret {name!r} {problem}"))
     if spec.cache is not None and not k8s.pvc_exists(namespace, spec.cache.persistent_volume_claim):
         missing.append(
             f"spec.cache.persistentVolumeClaim: PersistentVolumeClaim "
             f"{spec.cache.persistent_volume_claim!r} not found"
         )
-    s3 = spec.output.s3 if spec.output else None
-    if (
-        s3 is not None
-        and s3.credentials_secret
-        and k8s.secret_has_key(namespace, s3.credentials_secret, "AWS_ACCESS_KEY_ID") is None
-    ):
-        missing.append(
-            f"spec.output.s3.credentialsSecret: Secret {s3.credentials_secret!r} not found"
-        )
     if missing:
         raise RetryLater("; ".join(missing))
+    return problems
+
+
+#: What a run hears about a Secret it may not use, whether or not the Secret exists.
+SECRET_NOT_USABLE = (
+    f"is not usable by EvalRuns: it must exist and be labelled {k8s.USABLE_LABEL}=true"
+)
+
+
+def _secret_value_problem(value: bytes | None) -> str | None:
+    if value is None:
+        return "is missing"
+    if not value.strip():
+        return "is empty"
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    return None
 
 
 def _suspend_plan(spec: EvalRunSpec, job: dict[str, Any]) -> Plan:
@@ -289,10 +307,16 @@ def waiting_for_references(body: Mapping[str, Any], message: str) -> Plan:
     return _transition(status, ob, generation, status.get("specHash"), status.get("jobName"))
 
 
-def _invalid(status: dict[str, Any], problems: list[Problem], generation: int, uid: str) -> Plan:
+def _invalid(
+    status: dict[str, Any],
+    problems: list[Problem],
+    generation: int,
+    uid: str,
+    reason: str = R.INVALID_SPEC,
+) -> Plan:
     """The spec no longer describes a runnable evaluation: stop whatever ran before."""
     message = "; ".join(str(p) for p in problems)
-    ob = st.Observation("Failed", R.INVALID_SPEC, message, completion_time=st.fmt_time(_now()))
+    ob = st.Observation("Failed", reason, message, completion_time=st.fmt_time(_now()))
     before = {"conditions": status.get("conditions") or [], "phase": status.get("phase")}
     plan = Plan(delete=[run_selector(uid)])
     return plan.then(_transition(before, ob, generation, None, None))
@@ -485,16 +509,24 @@ def _summary_from_object_store(
 ) -> ResultsSummary | None:
     """The summary the runner uploaded next to its output, or None (with an Event
     saying why) when there is none to read."""
-    s3 = ((body.get("spec") or {}).get("output") or {}).get("s3")
-    if not location or not s3:
+    raw = ((body.get("spec") or {}).get("output") or {}).get("s3")
+    if not location or not raw:
         return None
-    url = location.rstrip("/") + "/" + objectstore.SUMMARY_KEY
+    meta = body["metadata"]
     try:
-        doc = objectstore.get_json(body["metadata"]["namespace"], S3Output.model_validate(s3), url)
+        s3 = S3Output.model_validate(raw)
+        # The runner (the tenant's code) says where it uploaded: only a place under the
+        # run's own bucket and prefix is read, with the run's own credentials.
+        own = f"s3://{s3.bucket}/" + results_prefix(s3.prefix, meta["namespace"], meta["name"])
+        url = location.rstrip("/") + "/" + objectstore.SUMMARY_KEY
+        if not url.startswith(own) or "/../" in url[len(own) - 1 :]:
+            raise errors.ObjectStoreError(
+                f"the runner named {location[:300]!r}, outside the run's own {own}"
+            )
+        doc = objectstore.get_json(meta["namespace"], s3, url)
         return ResultsSummary.model_validate(doc)
     except (errors.ObjectStoreError, ValueError) as exc:
-        message = str(exc).splitlines()[0][:300]
-        meta = body["metadata"]
+        message = (str(exc).splitlines() or [""])[0][:300]
         log.warning(
             "results of %s/%s not read from the object store: %s",
             meta["namespace"],

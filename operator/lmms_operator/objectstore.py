@@ -1,17 +1,30 @@
 """The operator's side of S3-compatible object storage (boto3).
 
 The operator reads a run's results from the store when the runner cannot be reached,
-and writes Leaderboard tables to it. Credentials come from the Secret that the
-resource names (``credentialsSecret``: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-optionally AWS_SESSION_TOKEN), read by name in the resource's namespace; without one,
-boto3's default chain (the operator's own identity) is used. Credentials are never
-logged: errors name the bucket, the key and the store's error code only.
+and writes Leaderboard tables to it. What it may do there is narrow, because it acts
+for every tenant:
+
+- Credentials come from the Secret that the resource names (``credentialsSecret``:
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optionally AWS_SESSION_TOKEN), read by name
+  in the resource's namespace, and only when the Secret is labelled usable by EvalRuns.
+- Without one, the operator's own identity (boto3's default chain) is used only for the
+  buckets the platform listed (``LMMS_OWN_IDENTITY_BUCKETS``); any other store is
+  refused, so that a tenant cannot point the operator's identity at a bucket or an
+  endpoint of its choosing.
+- Every read is capped in size and in total time, and every call has short connect and
+  read timeouts with one retry.
+
+Credentials are never logged: errors name the bucket, the key and the store's error
+code only.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import k8s
 from .api import S3Output
@@ -20,12 +33,37 @@ from .errors import ObjectStoreError
 
 #: Where the runner puts its results summary in the output it uploads.
 SUMMARY_KEY = RESULTS_SUMMARY_FILE
+#: The most the operator reads of one object, and the longest it spends reading it.
+MAX_OBJECT_BYTES = 8 * 1024 * 1024
+READ_DEADLINE = 20.0
+_CHUNK = 64 * 1024
 
 _CREDENTIAL_KEYS = {
     "AWS_ACCESS_KEY_ID": "aws_access_key_id",
     "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
     "AWS_SESSION_TOKEN": "aws_session_token",
 }
+
+
+@dataclass(frozen=True)
+class StorePolicy:
+    """What the platform allows: the buckets (``bucket`` on AWS S3, ``host/bucket``
+    elsewhere) that the operator's own identity may reach."""
+
+    own_identity_buckets: frozenset[str] = frozenset()
+
+    def own_identity_allowed(self, s3: S3Output) -> bool:
+        host = urlsplit(s3.endpoint).netloc if s3.endpoint else ""
+        return (f"{host}/{s3.bucket}" if host else s3.bucket) in self.own_identity_buckets
+
+
+_policy = StorePolicy()
+
+
+def configure(policy: StorePolicy) -> None:
+    """Set once at start-up from the operator's settings."""
+    global _policy
+    _policy = policy
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -38,29 +76,52 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
+def _credentials(namespace: str, s3: S3Output) -> dict[str, str]:
+    if not s3.credentials_secret:
+        if not _policy.own_identity_allowed(s3):
+            raise ObjectStoreError(
+                f"no credentialsSecret for bucket {s3.bucket!r}, and the operator uses its "
+                "own identity only for the buckets the platform lists "
+                "(settings.objectStore.ownIdentityBuckets)"
+            )
+        return {}
+    data = k8s.read_tenant_secret(namespace, s3.credentials_secret)
+    if data is None:
+        raise ObjectStoreError(
+            f"Secret {s3.credentials_secret!r} is not usable by EvalRuns: it must exist and "
+            f"be labelled {k8s.USABLE_LABEL}=true"
+        )
+    creds: dict[str, str] = {}
+    for key, arg in _CREDENTIAL_KEYS.items():
+        try:
+            value = (data.get(key) or b"").decode().strip()
+        except UnicodeDecodeError:
+            value = ""
+        if value:
+            creds[arg] = value
+    if "aws_access_key_id" not in creds or "aws_secret_access_key" not in creds:
+        raise ObjectStoreError(
+            f"Secret {namespace}/{s3.credentials_secret} lacks AWS_ACCESS_KEY_ID or "
+            "AWS_SECRET_ACCESS_KEY"
+        )
+    return creds
+
+
 def _client(namespace: str, s3: S3Output) -> Any:
     try:
         import boto3
         from botocore.config import Config
     except ImportError as exc:  # pragma: no cover - a dependency of the operator
         raise ObjectStoreError(f"boto3 is not installed: {exc}") from None
-    creds: dict[str, str] = {}
-    if s3.credentials_secret:
-        data = k8s.read_secret(namespace, s3.credentials_secret) or {}
-        creds = {arg: data[key] for key, arg in _CREDENTIAL_KEYS.items() if data.get(key)}
-        if "aws_access_key_id" not in creds or "aws_secret_access_key" not in creds:
-            raise ObjectStoreError(
-                f"Secret {namespace}/{s3.credentials_secret} lacks AWS_ACCESS_KEY_ID or "
-                "AWS_SECRET_ACCESS_KEY"
-            )
+    creds = _credentials(namespace, s3)
     return boto3.client(
         "s3",
         endpoint_url=s3.endpoint or None,
         region_name=s3.region or "us-east-1",
         config=Config(
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": 2, "mode": "standard"},
             connect_timeout=5,
-            read_timeout=30,
+            read_timeout=5,
             s3={"addressing_style": "path"} if s3.endpoint else None,
         ),
         **creds,
@@ -72,22 +133,55 @@ def _describe(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         err = response["Error"]
-        return f"{err.get('Code')}: {err.get('Message')}"
+        return f"{err.get('Code')}: {str(err.get('Message'))[:200]}"
     return type(exc).__name__ + (f": {exc}" if "Credential" not in type(exc).__name__ else "")
 
 
+def _read_capped(body: Any, where: str, deadline: float) -> bytes:
+    """Reads a streaming body up to MAX_OBJECT_BYTES and until ``deadline`` (monotonic),
+    taking what each receive brings, so that a store that drips bytes cannot hold the
+    caller past the deadline."""
+    raw = getattr(body, "_raw_stream", None)
+    read = getattr(raw, "read1", None) or body.read
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise ObjectStoreError(f"reading {where}: no answer within {READ_DEADLINE:.0f} s")
+            chunk = read(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_OBJECT_BYTES:
+                raise ObjectStoreError(f"{where} is larger than {MAX_OBJECT_BYTES} bytes")
+            chunks.append(chunk)
+    finally:
+        body.close()
+
+
 def get_json(namespace: str, s3: S3Output, url: str) -> Any:
-    """The JSON document at ``url`` (``s3://bucket/key``)."""
+    """The JSON document at ``url`` (``s3://bucket/key``), at most MAX_OBJECT_BYTES read
+    within READ_DEADLINE seconds."""
     bucket, key = split_url(url)
+    where = f"s3://{bucket}/{key}"
+    deadline = time.monotonic() + READ_DEADLINE
     client = _client(namespace, s3)
     try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        response = client.get_object(Bucket=bucket, Key=key)
+        length = int(response.get("ContentLength") or 0)
+        if length > MAX_OBJECT_BYTES:
+            response["Body"].close()
+            raise ObjectStoreError(f"{where} is {length} bytes; at most {MAX_OBJECT_BYTES}")
+        data = _read_capped(response["Body"], where, deadline)
+    except ObjectStoreError:
+        raise
     except Exception as exc:
-        raise ObjectStoreError(f"reading s3://{bucket}/{key}: {_describe(exc)}") from None
+        raise ObjectStoreError(f"reading {where}: {_describe(exc)}") from None
     try:
-        return json.loads(body)
+        return json.loads(data)
     except ValueError as exc:
-        raise ObjectStoreError(f"s3://{bucket}/{key} is not JSON: {exc}") from None
+        raise ObjectStoreError(f"{where} is not JSON: {exc}") from None
 
 
 def put_texts(namespace: str, s3: S3Output, key_prefix: str, files: dict[str, str]) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import controller, errors, k8s, metrics
+from . import controller, errors, k8s, metrics, objectstore
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
 from .reconcile import job as jobs
@@ -373,6 +373,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        objectstore.configure(settings.store_policy)
         self.store = Store(self._wake)
         self._locks = tuple(threading.Lock() for _ in range(self.LOCKS))
         self._pending: set[str] = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmms_operator.api import S3Output
+from lmms_operator.api.runner import results_prefix
 
 
 class UploadError(RuntimeError):
@@ -12,9 +13,7 @@ class UploadError(RuntimeError):
 
 
 def key_prefix(s3: S3Output, namespace: str, name: str, config_hash: str) -> str:
-    prefix = s3.prefix.strip("/")
-    parts = [p for p in (prefix, namespace, name, config_hash) if p]
-    return "/".join(parts) + "/"
+    return results_prefix(s3.prefix, namespace, name) + config_hash + "/"
 
 
 def upload_dir(directory: Path, s3: S3Output, prefix: str) -> str:

@@ -40,6 +40,20 @@ def test_name_is_deterministic_and_short() -> None:
     assert len(name) <= 63
 
 
+def test_names_are_unique_per_run_even_when_names_collide() -> None:
+    spec = validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]})
+    shared = "a-very-long-run-name-that-two-teams-might-both-choose-v"  # > 52 characters
+    names = {
+        jobs.build(jobs.RunRef(name, ns, uid), spec, Settings().runner, "t").job["metadata"]["name"]
+        for name, ns, uid in [
+            (shared + "1", "team-a", "uid-1"),
+            (shared + "2", "team-a", "uid-2"),  # same first 52 characters
+            (shared + "1", "team-b", "uid-3"),  # same name, another namespace
+        ]
+    }
+    assert len(names) == 3 and all(len(n) <= 63 for n in names)
+
+
 def test_suspend_does_not_change_the_evaluation_but_other_fields_do() -> None:
     base = validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]})
     assert jobs.spec_hash(base) == jobs.spec_hash(base.model_copy(update={"suspend": True}))

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from lmms_operator import catalogue, presets
-from lmms_operator.reconcile.validate import InvalidSpec, validate
+from lmms_operator.reconcile.validate import FEATURES, InvalidSpec, Policy, validate
 
 
 def spec(**over: Any) -> dict[str, Any]:
@@ -101,15 +101,17 @@ def test_features_the_operator_does_not_allow_are_refused_naming_the_field(
     from lmms_operator.config import Settings
 
     risky = spec(image="registry.example/custom:1", resources={"gpus": 1, "nodes": 2})
-    assert validate(risky).image == "registry.example/custom:1"  # everything allowed
+    assert validate(risky).image == "registry.example/custom:1"  # allowed by default
     with pytest.raises(InvalidSpec) as exc:
-        validate(risky, frozenset({"multiNode"}))
+        validate(risky, Policy(features=frozenset({"multiNode"})))
     [problem] = exc.value.problems
     assert problem.field == "spec.image" and "imageOverride is not allowed" in str(problem)
     monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "multiNode, s3Output")
     assert Settings.from_env().allowed_features == {"multiNode", "s3Output"}
     monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "")
     assert Settings.from_env().allowed_features == frozenset()
+    monkeypatch.delenv("LMMS_ALLOWED_FEATURES")
+    assert Settings.from_env().allowed_features == set(FEATURES) - {"remoteCode"}
     monkeypatch.setenv("LMMS_ALLOWED_FEATURES", "gpuSharing")
     with pytest.raises(ValueError, match=r"unknown feature.*gpuSharing"):
         Settings.from_env()
@@ -128,3 +130,125 @@ def test_secret_looking_env_vars_are_refused_but_ordinary_ones_pass() -> None:
     found = problems(bad)
     assert [p.split(":")[0] for p in found] == ["spec.env[1].name", "spec.env[2].name"]
     assert all("looks like a secret" in p and "abc" not in p for p in found)
+
+
+@pytest.mark.parametrize(
+    ("case", "field"),
+    [
+        (
+            {"model": {"type": "qwen2_vl", "args": {"trust_remote_code": "True"}}},
+            "spec.model.args.trust_remote_code",
+        ),
+        (
+            {"model": {"type": "qwen2_vl", "args": {"trust_remote_code": "1"}}},
+            "spec.model.args.trust_remote_code",
+        ),
+        ({"model": {"type": "internvl2"}}, "spec.model.type"),
+        ({"model": {"type": "phi3v"}}, "spec.model.type"),
+    ],
+)
+def test_remote_code_is_off_until_an_admin_turns_it_on(case: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSpec) as exc:
+        validate(spec(**case))
+    [problem] = exc.value.problems
+    assert problem.field == field and "remoteCode is not allowed" in str(problem)
+    assert validate(spec(**case), Policy(features=frozenset(FEATURES))).model.type
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONWARNINGS",
+        "BROWSER",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "HF_ENDPOINT",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "REQUESTS_CA_BUNDLE",
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "OPENAI_API_BASE",
+        "HF_DATASETS_TRUST_REMOTE_CODE",
+        "NCCL_NET_PLUGIN",
+        "VLLM_PLUGINS",
+        "TRANSFORMERS_CACHE",
+    ],
+)
+def test_env_that_could_change_code_or_endpoints_is_refused(name: str) -> None:
+    bad = spec(env=[{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": name, "value": "x"}])
+    found = problems(bad)
+    assert [p.split(":")[0] for p in found] == ["spec.env[1].name"], found
+    assert "not an allowed variable" in found[0]
+    # An admin can open a name, or a prefix.
+    assert validate(bad, Policy(env=(name,))).env[1].name == name
+    assert validate(bad, Policy(env=(name[:3] + "*",))).env[1].name == name
+
+
+@pytest.mark.parametrize(
+    ("case", "loc"),
+    [
+        (
+            {"model": {"type": "qwen2_vl", "pretrained": "Org/M,trust_remote_code=True"}},
+            "model.pretrained",
+        ),
+        ({"model": {"type": "qwen2_vl", "pretrained": 'Org/M"x'}}, "model.pretrained"),
+        ({"model": {"type": "qwen2_vl", "pretrained": "Org/M\u202e"}}, "model.pretrained"),
+        (
+            {"model": {"type": "qwen2_vl", "revision": "main,trust_remote_code=True"}},
+            "model.revision",
+        ),
+        ({"model": {"type": "qwen2_vl", "revision": "a b"}}, "model.revision"),
+        ({"model": {"type": "qwen2_vl", "args": {"a": "1=2"}}}, "model.args"),
+        ({"model": {"type": "qwen2_vl", "args": {"a": "x'y"}}}, "model.args"),
+        ({"model": {"type": "qwen2_vl", "args": {"a": "x\ny"}}}, "model.args"),
+        ({"model": {"type": "qwen2_vl", "args": {"a": "x\u2066y"}}}, "model.args"),
+        ({"model": {"type": "qwen2_vl", "args": {"a=b": "x"}}}, "model.args"),
+        ({"tasks": ["mme*"]}, "tasks"),
+        ({"tasks": ["mme,textvqa_val"]}, "tasks"),
+        ({"tasks": [""]}, "tasks"),
+        ({"tasks": ["../etc"]}, "tasks"),
+        ({"tasks": ["a/b"]}, "tasks"),
+        ({"tasks": [], "customTasks": [{"configMap": "c", "tasks": ["x,y"]}]}, "customTasks"),
+        ({"evaluation": {"seed": 2**32}}, "evaluation"),
+        ({"resources": {"gpuResourceName": "gpu"}}, "resources"),
+        ({"leaderboard": "a" * 64}, "leaderboard"),
+        ({"scheduling": {"tolerations": [{"key": "k"}] * 33}}, "scheduling"),
+        ({"env": [{"name": "NCCL_DEBUG", "value": "x" * 5000}]}, "env"),
+    ],
+)
+def test_grammar_refuses_injection_and_unbounded_input(case: dict[str, Any], loc: str) -> None:
+    with pytest.raises(InvalidSpec) as exc:
+        validate(spec(**case))
+    assert any(p.field.startswith(f"spec.{loc}") for p in exc.value.problems), exc.value
+
+
+def test_argument_lists_and_affinity_are_bounded() -> None:
+    args = {f"k{i}": "v" * 4000 for i in range(20)}
+    found = problems(spec(model={"type": "qwen2_vl", "args": args}))
+    assert found and found[0].startswith("spec.model.args:") and "command line" in found[0]
+    terms = [{"matchExpressions": [{"key": "k", "operator": "Exists"}]}] * 40
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }
+    }
+    found = problems(spec(scheduling={"affinity": affinity}))
+    assert found and found[0].startswith("spec.scheduling.affinity:")
+    found = problems(spec(model={"type": "qwen2_vl", "args": {"pretrained": "x"}}))
+    assert found and found[0].startswith("spec.model.args.pretrained:")
+
+
+def test_a_tenant_endpoint_needs_its_own_credentials() -> None:
+    found = problems(spec(output={"s3": {"bucket": "evals", "endpoint": "http://10.0.0.1:9000"}}))
+    assert found and found[0].startswith("spec.output.s3.credentialsSecret:")
+    ok = spec(
+        output={
+            "s3": {"bucket": "evals", "endpoint": "http://minio:9000", "credentialsSecret": "s3"}
+        }
+    )
+    assert validate(ok).output

@@ -6,13 +6,39 @@ and the runner reads its configuration with the same types.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from .base import DNS_LABEL, DNS_SUBDOMAIN, QUANTITY, ApiModel
 
 PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+# The grammars below keep every value that reaches lmms-eval's command line to one
+# meaning: lmms-eval splits --model_args on "," and "=", and --tasks on ",". Patterns are
+# RE2 (the API server) and Rust regex (pydantic) alike: no look-arounds, \x{...} escapes.
+
+#: Control characters, quotes and Unicode bidi/format controls (never in an identifier).
+_UNSAFE = r"\x00-\x1f\x7f\x{85}\x{200b}-\x{200f}\x{2028}-\x{202e}\x{2060}-\x{206f}\x{feff}"
+#: A model id on the Hugging Face Hub, an API model name, or a path in the image.
+MODEL_ID = r"^[A-Za-z0-9_./][A-Za-z0-9_./:@+\-]*$"
+#: A git branch, tag or commit (no ",", "=", spaces or ".." segments checked by CEL).
+REVISION = r"^[A-Za-z0-9_][A-Za-z0-9_./+\-]*$"
+#: A --model_args key: an identifier.
+ARG_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: A --model_args value: no ",", "=", quotes, control or bidi characters.
+ARG_VALUE = r"^[^,=\"'" + _UNSAFE + r"]*$"
+#: An lmms-eval task, group or tag name: no globs, commas, spaces or path segments.
+TASK_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_+\-]*(\.[A-Za-z0-9_+\-]+)*$"
+#: A domain-prefixed extended resource (nvidia.com/gpu), outside kubernetes.io.
+EXTENDED_RESOURCE = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_TASK_ITEMS: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TASK_NAME}
+TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=TASK_NAME)]
+ArgValue = Annotated[str, StringConstraints(max_length=4096, pattern=ARG_VALUE)]
+ArgKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=ARG_KEY)]
 
 
 class SecretKeyRef(ApiModel):
@@ -43,26 +69,42 @@ class ModelSpec(ApiModel):
         description="Model id on the Hugging Face Hub or a local path (pretrained= in "
         "--model_args). Optional when the model type has a preset.",
         min_length=1,
-        max_length=1024,
+        max_length=512,
+        pattern=MODEL_ID,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.split('/').exists(s, s == '..')",
+                    "message": "may not contain a '..' path segment",
+                }
+            ]
+        },
     )
     revision: str | None = Field(
         default=None,
         description="Model revision (branch, tag or commit) passed as revision= in --model_args.",
         min_length=1,
         max_length=256,
+        pattern=REVISION,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!self.contains('..')", "message": "may not contain '..'"}
+            ]
+        },
     )
-    args: dict[str, str] = Field(
+    args: dict[ArgKey, ArgValue] = Field(
         default_factory=dict,
-        description="Extra --model_args entries (key=value). Values override the preset's.",
+        description="Extra --model_args entries (key=value). Values override the preset's. "
+        "Keys are identifiers; values may not hold ',', '=', quotes, control or bidi "
+        "characters. trust_remote_code needs the remoteCode feature.",
         max_length=64,
         json_schema_extra={
-            "additionalProperties": {"type": "string", "maxLength": 4096},
+            "additionalProperties": {"type": "string", "maxLength": 4096, "pattern": ARG_VALUE},
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.all(k, !k.contains(',') && !k.contains('=') && "
-                    "!self[k].contains(','))",
-                    "message": "model args keys may not contain ',' or '=' and values may "
-                    "not contain ','",
+                    "rule": "self.all(k, size(k) <= 100 && k.matches('" + ARG_KEY + "'))",
+                    "message": "model args keys must be identifiers ([A-Za-z_][A-Za-z0-9_]*, "
+                    "at most 100 characters)",
                 }
             ],
         },
@@ -83,11 +125,11 @@ class CustomTaskSource(ApiModel):
         max_length=253,
         pattern=DNS_SUBDOMAIN,
     )
-    tasks: list[str] = Field(
+    tasks: list[TaskName] = Field(
         default_factory=list,
         description="Task names the ConfigMap defines. Listed tasks are evaluated in "
         "addition to spec.tasks; spec.tasks may also name them.",
-        json_schema_extra={"items": {"type": "string", "maxLength": 200}},
+        json_schema_extra={"items": _TASK_ITEMS, "x-kubernetes-list-type": "set"},
         max_length=100,
     )
 
@@ -115,6 +157,7 @@ class EvaluationSpec(ApiModel):
     seed: int = Field(
         default=1234,
         ge=0,
+        le=2**32 - 1,
         description="Seed for Python, NumPy, torch and few-shot sampling (--seed).",
     )
     log_samples: bool = Field(default=False, description="Save per-sample outputs (--log_samples).")
@@ -140,10 +183,20 @@ class ResourcesSpec(ApiModel):
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
         description="Extended resource name of the GPUs, e.g. nvidia.com/gpu, amd.com/gpu, "
-        "or a MIG profile such as nvidia.com/mig-1g.10gb.",
+        "or a MIG profile such as nvidia.com/mig-1g.10gb: domain-prefixed, outside "
+        "kubernetes.io.",
         max_length=253,
-        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-        r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        pattern=EXTENDED_RESOURCE,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.split('/')[0].endsWith('kubernetes.io') && "
+                    "!self.split('/')[0].endsWith('k8s.io')",
+                    "message": "must be an extended resource, outside the kubernetes.io and "
+                    "k8s.io domains",
+                }
+            ]
+        },
     )
     cpu: str | None = Field(
         default=None,
@@ -177,16 +230,20 @@ class SchedulingSpec(ApiModel):
     """Where the pods may run."""
 
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Pod nodeSelector.", max_length=64
+        default_factory=dict,
+        description="Pod nodeSelector.",
+        max_length=64,
+        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63}},
     )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Pod tolerations (core/v1 Toleration).",
+        max_length=32,
         json_schema_extra={"items": {"type": "object", **PRESERVE}},
     )
     affinity: dict[str, Any] = Field(
         default_factory=dict,
-        description="Pod affinity (core/v1 Affinity).",
+        description="Pod affinity (core/v1 Affinity): at most 32 terms in all and 16 KiB.",
         json_schema_extra=dict(PRESERVE),
     )
     priority_class_name: str | None = Field(
@@ -220,18 +277,29 @@ class S3Output(ApiModel):
         max_length=63,
         pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$",
     )
-    prefix: str = Field(default="", description="Key prefix, e.g. runs/.", max_length=512)
+    prefix: str = Field(
+        default="",
+        description="Key prefix, e.g. runs/.",
+        max_length=512,
+        pattern=r"^[A-Za-z0-9!_.*'()/\-]*$",
+    )
     endpoint: str = Field(
         default="",
-        description="Endpoint URL of an S3-compatible store; empty means AWS S3.",
+        description="Endpoint URL of an S3-compatible store; empty means AWS S3. A store "
+        "other than AWS S3 needs credentialsSecret: the operator never takes its own "
+        "identity to an endpoint a run names.",
         max_length=1024,
-        pattern=r"^(https?://.+)?$",
+        pattern=r"^(https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?)?$",
     )
-    region: str = Field(default="", description="Region name.", max_length=64)
+    region: str = Field(
+        default="", description="Region name.", max_length=64, pattern=r"^[a-z0-9\-]*$"
+    )
     credentials_secret: str | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally "
-        "AWS_SESSION_TOKEN). Empty: the pod's own identity (IRSA, workload identity).",
+        "AWS_SESSION_TOKEN), labelled eval.lmms.dev/usable-by-evalruns=true. Empty: the "
+        "pod's own identity (IRSA, workload identity); the operator then reads the results "
+        "only from buckets the platform lists (settings.objectStore.ownIdentityBuckets).",
         max_length=253,
         pattern=DNS_SUBDOMAIN,
     )
@@ -249,7 +317,7 @@ class EnvVar(ApiModel):
     name: str = Field(
         description="Variable name.", max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
     )
-    value: str = Field(default="", description="Value.", max_length=32768)
+    value: str = Field(default="", description="Value.", max_length=4096)
 
 
 class EvalRunSpec(ApiModel):
@@ -269,13 +337,13 @@ class EvalRunSpec(ApiModel):
     )
 
     model: ModelSpec = Field(description="The model to evaluate.")
-    tasks: list[str] = Field(
+    tasks: list[TaskName] = Field(
         default_factory=list,
         description="lmms-eval task, group or tag names (--tasks). Checked against lmms-eval "
         "0.7.3's task index; names of custom tasks are allowed.",
         max_length=200,
         json_schema_extra={
-            "items": {"type": "string", "maxLength": 200, "pattern": r"^[A-Za-z0-9_.\-]+$"},
+            "items": _TASK_ITEMS,
             "x-kubernetes-list-type": "set",
         },
     )
@@ -292,14 +360,16 @@ class EvalRunSpec(ApiModel):
     env: list[EnvVar] = Field(
         default_factory=list,
         description="Extra environment variables, e.g. HF_HUB_OFFLINE or NCCL_DEBUG. Plain "
-        "values only: tokens belong in huggingFaceToken and output.s3.credentialsSecret.",
+        "values only: tokens belong in huggingFaceToken and output.s3.credentialsSecret. "
+        "Only names that cannot change what code runs or where requests go are accepted "
+        "(docs/security.md lists them; settings.allowedEnv adds names).",
         max_length=64,
     )
     image: str | None = Field(
         default=None,
         description="Runner image; empty means the operator's default runner image.",
-        max_length=1024,
-        pattern=r"^[^\s]+$",
+        max_length=512,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@\-]*$",
     )
     cache: CacheSpec | None = Field(default=None, description="Cache volume mounted as HF_HOME.")
     hugging_face_token: SecretSource | None = Field(
@@ -322,9 +392,10 @@ class EvalRunSpec(ApiModel):
     output: OutputSpec | None = Field(default=None, description="Extra result destinations.")
     leaderboard: str | None = Field(
         default="default",
-        description="Leaderboard (in the run's namespace) to publish the scores to.",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
+        description="Leaderboard (in the run's namespace) to publish the scores to: a DNS "
+        "label of at most 63 characters (it is a label value).",
+        max_length=63,
+        pattern=DNS_LABEL,
     )
     suspend: bool = Field(
         default=False,

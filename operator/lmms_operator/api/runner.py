@@ -77,6 +77,14 @@ class Provenance(ApiModel):
 RESULTS_SUMMARY_FILE = "results-summary.json"
 
 
+def results_prefix(prefix: str, namespace: str, name: str) -> str:
+    """The key prefix under which a run's output goes in its bucket:
+    ``<spec.output.s3.prefix>/<namespace>/<run name>/`` (the runner adds its config hash).
+    The operator reads a run's results from under this prefix only."""
+    parts = [p for p in (prefix.strip("/"), namespace, name) if p]
+    return "/".join(parts) + "/"
+
+
 class ResultsSummary(ApiModel):
     """``GET /results`` and (compacted) the termination message."""
 

@@ -5,6 +5,7 @@ informers (``watch``) list and watch with server-side label selectors.
 """
 
 from .client import (
+    USABLE_LABEL,
     api,
     call,
     config_map_exists,
@@ -30,13 +31,14 @@ from .client import (
     read_config_map,
     read_secret,
     read_secret_value,
+    read_tenant_secret,
     replace_config_map,
     request,
-    secret_has_key,
 )
 from .watch import Informer, Sink
 
 __all__ = [
+    "USABLE_LABEL",
     "Informer",
     "Sink",
     "api",
@@ -64,7 +66,7 @@ __all__ = [
     "read_config_map",
     "read_secret",
     "read_secret_value",
+    "read_tenant_secret",
     "replace_config_map",
     "request",
-    "secret_has_key",
 ]

@@ -355,10 +355,25 @@ def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     return out
 
 
-def secret_has_key(namespace: str, name: str, key: str) -> bool | None:
-    """True/False when the Secret exists (with/without the key); None when it does not."""
-    data = read_secret(namespace, name)
-    return None if data is None else key in data
+#: The label by which a namespace's owners mark a Secret usable by EvalRuns.
+USABLE_LABEL = "eval.lmms.dev/usable-by-evalruns"
+
+
+def read_tenant_secret(namespace: str, name: str) -> dict[str, bytes] | None:
+    """The raw values of a Secret that a tenant's resource names, or None when it is not
+    usable: missing, or not labelled ``eval.lmms.dev/usable-by-evalruns: "true"``. The
+    two cases read alike, so that a run learns nothing about Secrets it may not use."""
+    secret = _get(path("Secret", namespace, name))
+    labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
+    if secret is None or labels.get(USABLE_LABEL) != "true":
+        return None
+    out: dict[str, bytes] = {}
+    for key, value in (secret.get("data") or {}).items():
+        try:
+            out[key] = base64.b64decode(value)
+        except (binascii.Error, TypeError):
+            continue
+    return out
 
 
 def read_secret_value(namespace: str, name: str, key: str) -> str | None:

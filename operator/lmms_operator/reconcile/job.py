@@ -36,9 +36,13 @@ def spec_hash(spec: EvalRunSpec) -> str:
     return digest[:10]
 
 
-def job_name(run_name: str, hash_: str) -> str:
-    """Deterministic, at most 63 characters (Job names become label values)."""
-    return f"{run_name[:52].rstrip('-.')}-{hash_}"
+def job_name(run_name: str, uid: str, hash_: str) -> str:
+    """Deterministic, unique to the run and its spec, at most 63 characters (Job names
+    become label values). The suffix hashes the run's uid with the spec hash: two runs
+    whose names share 52 characters, or one name in two namespaces, never share a Job
+    (nor its token Secret, config or results ConfigMap, which are named after it)."""
+    suffix = hashlib.sha256(f"{uid}/{hash_}".encode()).hexdigest()[:10]
+    return f"{run_name[:52].rstrip('-.')}-{suffix}"
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 def build(run: RunRef, spec: EvalRunSpec, runner: RunnerDefaults, token: str) -> Desired:
     hash_ = spec_hash(spec)
-    name = job_name(run.name, hash_)
+    name = job_name(run.name, run.uid, hash_)
     labels = _labels(run, hash_)
     res = spec.resources
     multi_node = res.nodes > 1

@@ -31,6 +31,7 @@ SCHEDULED = "Scheduled"
 SUCCEEDED = "Succeeded"
 CANCELLED = "Cancelled"
 INVALID_SPEC = "InvalidSpec"
+INVALID_SECRET = "InvalidSecret"
 IMAGE_PULL_ERROR = "ImagePullError"
 OOM_KILLED = "OOMKilled"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
@@ -55,6 +56,7 @@ RUNNER_UNREACHABLE = "RunnerUnreachable"
 
 FAILURE_REASONS = (
     INVALID_SPEC,
+    INVALID_SECRET,
     UNSCHEDULABLE,
     IMAGE_PULL_ERROR,
     OOM_KILLED,
