@@ -20,6 +20,8 @@ MANUAL = {
     "tolerations": [{"key": devcluster.MANUAL_LABEL, "operator": "Exists"}],
 }
 KWOK = {"nodeSelector": {"type": "kwok"}}
+#: The label that marks a Secret usable by EvalRuns.
+USABLE = {"eval.lmms.dev/usable-by-evalruns": "true"}
 
 
 def manifest(name: str, scheduling: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:

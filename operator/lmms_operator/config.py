@@ -8,6 +8,8 @@
 | LMMS_IMAGE_PULL_POLICY         | IfNotPresent                     | runner imagePullPolicy                |
 | LMMS_UNSCHEDULABLE_TIMEOUT     | 600                              | s a pod may stay Unschedulable        |
 | LMMS_IMAGE_PULL_TIMEOUT        | 300                              | s a pod may fail to pull its image    |
+| LMMS_CONFIG_ERROR_TIMEOUT      | 300                              | s a container may fail to be created  |
+| LMMS_POD_CREATION_TIMEOUT      | 300                              | s a Job may fail to create its pod    |
 | LMMS_SCRAPE_INTERVAL           | 5                                | s between progress scrapes            |
 | LMMS_RESYNC_INTERVAL           | 15                               | s between checks of an active run     |
 | LMMS_OBSERVE_DELAY             | 0.5                              | s from a Job/pod event to its status  |
@@ -19,6 +21,9 @@
 | LMMS_ALLOWED_FEATURES          | (all but remoteCode)             | comma list of optional spec features  |
 | LMMS_ALLOWED_ENV               | (none)                           | further spec.env names (NAME, PFX*)   |
 | LMMS_OWN_IDENTITY_BUCKETS      | (none)                           | buckets the operator's identity may use|
+| LMMS_RUNNER_NETWORK_POLICY     | true                             | a NetworkPolicy per run               |
+| LMMS_OPERATOR_NAMESPACE        | (the kubeconfig's)               | where the operator's pods run         |
+| LMMS_OPERATOR_POD_LABELS       | app.kubernetes.io/name=lmms-operator | labels of the operator's pods     |
 | LMMS_WORKERS                   | 16                               | new/edited runs reconciled at once    |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
@@ -68,6 +73,8 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     unschedulable_timeout: float = 600.0
     image_pull_timeout: float = 300.0
+    config_error_timeout: float = 300.0
+    pod_creation_timeout: float = 300.0
     scrape_interval: float = 5.0
     resync_interval: float = 15.0
     observe_delay: float = 0.5
@@ -81,6 +88,11 @@ class Settings:
     allowed_features: frozenset[str] = DEFAULT_FEATURES
     allowed_env: tuple[str, ...] = ()
     own_identity_buckets: frozenset[str] = frozenset()
+    runner_network_policy: bool = True
+    operator_namespace: str = ""
+    operator_pod_labels: tuple[tuple[str, str], ...] = (
+        ("app.kubernetes.io/name", "lmms-operator"),
+    )
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -92,11 +104,17 @@ class Settings:
             default_shm=self.default_shm,
             uid=self.runner_uid,
             hold_timeout=self.hold_timeout,
+            network_policy=self.runner_network_policy,
+            operator_namespace=self.operator_namespace,
+            operator_labels=self.operator_pod_labels,
         )
 
     @property
     def store_policy(self) -> StorePolicy:
-        return StorePolicy(own_identity_buckets=self.own_identity_buckets)
+        return StorePolicy(
+            enabled="s3Output" in self.allowed_features,
+            own_identity_buckets=self.own_identity_buckets,
+        )
 
     @property
     def policy(self) -> Policy:
@@ -105,7 +123,10 @@ class Settings:
     @property
     def timeouts(self) -> Timeouts:
         return Timeouts(
-            unschedulable=self.unschedulable_timeout, image_pull=self.image_pull_timeout
+            unschedulable=self.unschedulable_timeout,
+            image_pull=self.image_pull_timeout,
+            container_config=self.config_error_timeout,
+            pod_creation=self.pod_creation_timeout,
         )
 
     @classmethod
@@ -119,6 +140,8 @@ class Settings:
             image_pull_policy=os.environ.get("LMMS_IMAGE_PULL_POLICY") or d.image_pull_policy,
             unschedulable_timeout=_float("LMMS_UNSCHEDULABLE_TIMEOUT", d.unschedulable_timeout),
             image_pull_timeout=_float("LMMS_IMAGE_PULL_TIMEOUT", d.image_pull_timeout),
+            config_error_timeout=_float("LMMS_CONFIG_ERROR_TIMEOUT", d.config_error_timeout),
+            pod_creation_timeout=_float("LMMS_POD_CREATION_TIMEOUT", d.pod_creation_timeout),
             scrape_interval=_float("LMMS_SCRAPE_INTERVAL", d.scrape_interval),
             resync_interval=_float("LMMS_RESYNC_INTERVAL", d.resync_interval),
             observe_delay=_float("LMMS_OBSERVE_DELAY", d.observe_delay),
@@ -131,7 +154,21 @@ class Settings:
             allowed_features=_features(os.environ.get("LMMS_ALLOWED_FEATURES")),
             allowed_env=_list("LMMS_ALLOWED_ENV"),
             own_identity_buckets=frozenset(_list("LMMS_OWN_IDENTITY_BUCKETS")),
+            runner_network_policy=os.environ.get("LMMS_RUNNER_NETWORK_POLICY", "true").lower()
+            not in ("false", "0", "no"),
+            operator_namespace=os.environ.get("LMMS_OPERATOR_NAMESPACE", ""),
+            operator_pod_labels=_labels("LMMS_OPERATOR_POD_LABELS") or d.operator_pod_labels,
         )
+
+
+def _labels(name: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in _list(name):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{name}: expected key=value pairs, got {item!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def _list(name: str) -> tuple[str, ...]:

@@ -183,6 +183,9 @@ def _create_children(
             # The Secret is there already: the Job must carry its token.
             token = k8s.read_secret_value(namespace, token_name, "token")
             desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
+        if desired.network_policy is not None:
+            # Before the pods exist: a runner is never reachable from other runs.
+            k8s.create(desired.network_policy)
         k8s.create(desired.config_map)
         if desired.service is not None:
             k8s.create(desired.service)
@@ -370,7 +373,8 @@ def observe(
         return Plan()  # the resync writes it if it lasts
     plan = _transition(status, ob, generation, status.get("specHash"), job_name)
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
-        plan = plan.then(publish_results(body, status, None, _termination_message(pods)))
+        after = {**status, **plan.status}
+        plan = plan.then(publish_results(body, after, None, _termination_message(pods)))
     if ob.stop_job:
         # A run that failed before it started must not hold its GPUs any longer.
         plan.stop = f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}={status.get('specHash')}"
@@ -487,13 +491,42 @@ def publish_results(
         "resultsConfigMap": name,
     }
     board = (body.get("spec") or {}).get("leaderboard")
+    events: list[Event] = []
     if board and primaries:
-        # Before the status says "published": a failure here is retried, and publishing
-        # the same run again changes nothing.
+        # Before the status says "published": a failure here is retried (a bounded number
+        # of times), and publishing the same run again changes nothing.
         entries = leaderboards.entries_for_run(body, primaries, st.fmt_time(_now()))
-        leaderboards.publish(meta["namespace"], board, entries)
-        metrics.published(board, entries)
-        fields["leaderboardPublished"] = True
+        key = (meta["namespace"], meta["uid"])
+        try:
+            leaderboards.publish(meta["namespace"], board, entries)
+        except errors.OperatorError as exc:
+            tries = _publish_failures.get(key, 0) + 1
+            if tries < PUBLISH_TRIES and not isinstance(exc, leaderboards.LeaderboardFull):
+                _publish_failures[key] = tries
+                raise
+            _publish_failures.pop(key, None)
+            message = f"not published to Leaderboard {board!r} after {tries} tries: {exc}"[:1000]
+            fields["leaderboardPublished"] = False
+            fields["conditions"] = [
+                *(
+                    c
+                    for c in status.get("conditions") or []
+                    if c.get("type") != R.LEADERBOARD_PUBLISHED
+                ),
+                Condition(
+                    type=R.LEADERBOARD_PUBLISHED,
+                    status="False",
+                    reason=R.PUBLISH_FAILED,
+                    message=message,
+                    last_transition_time=st.fmt_time(_now()),
+                    observed_generation=int(meta.get("generation") or 1),
+                ).to_wire(),
+            ]
+            events.append(Event("Warning", R.PUBLISH_FAILED, message))
+        else:
+            _publish_failures.pop(key, None)
+            metrics.published(meta["namespace"], board, entries, meta["uid"])
+            fields["leaderboardPublished"] = True
     if location:
         fields["resultsLocation"] = location
     event = Event(
@@ -501,7 +534,21 @@ def publish_results(
         R.RESULTS_COLLECTED,
         f"results of {len(primaries)} task(s) in ConfigMap {name} (from the {source})",
     )
-    return Plan(status=fields, events=[event])
+    return Plan(status=fields, events=[event, *events])
+
+
+#: A Leaderboard publish that fails this many times in a row becomes a condition on the
+#: run (LeaderboardPublished False) and a Warning Event instead of an endless retry; the
+#: results stay in the run's status and ConfigMap.
+PUBLISH_TRIES = 5
+# (namespace, run uid) -> failed tries; an entry goes when the run's publish ends or the
+# run is deleted.
+_publish_failures: dict[tuple[str, str], int] = {}
+
+
+def forget(namespace: str, uid: str) -> None:
+    """The run was deleted: nothing kept for it here."""
+    _publish_failures.pop((namespace, uid), None)
 
 
 def _summary_from_object_store(

@@ -110,6 +110,14 @@ def read(
     raise errors.Conflict(f"leaderboard {prefix(board)}: the table keeps changing while read")
 
 
+#: A Leaderboard holds at most this many entries (its table stays a few ConfigMaps).
+MAX_ENTRIES = 10_000
+
+
+class LeaderboardFull(errors.OperatorError):
+    """The Leaderboard holds MAX_ENTRIES entries already: retrying will not help."""
+
+
 def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
     """Adds entries; returns False when they were all there already."""
     with _lock(namespace, board_name):
@@ -120,6 +128,12 @@ def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
             merged = lb.merge(entries, new)
             if merged == lb.merge(entries, []):
                 return False
+            if len(merged) > MAX_ENTRIES:
+                raise LeaderboardFull(
+                    f"Leaderboard {namespace}/{board_name} holds {len(entries)} entries; at "
+                    f"most {MAX_ENTRIES} are kept: delete old runs' entries or use another "
+                    "Leaderboard"
+                )
             ranked = lb.rank(merged, spec.get("rankBy") or {})
             names = _swap(namespace, board, ranked, index)
             if names is not None:

@@ -3,13 +3,17 @@
 Label values are bounded: ``phase`` is one of the six phases, ``reason`` one of the
 failure reasons in ``reconcile/reasons.py``, ``handler`` one of the operator's handlers,
 ``result`` ok/error. Per-run series (``namespace``, ``name``) exist only while the run
-is active; score series exist per (leaderboard, model, task, metric) published.
+is active; score series exist per (namespace, leaderboard, model, task, metric)
+published, and go when every run that set them, or their Leaderboard, is deleted.
+Values that come from tenants (model, task and metric names) are cut to
+``MAX_LABEL`` characters, with a hash of the whole when cut.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -73,9 +77,9 @@ THROUGHPUT = Gauge(
 )
 SCORE = Gauge(
     "lmms_operator_score",
-    "Published scores: the primary metric of a task, per leaderboard, model and metric; "
-    "direction is higher or lower (which is better) or unknown.",
-    ["leaderboard", "model", "task", "metric", "direction"],
+    "Published scores: the primary metric of a task, per namespace, leaderboard, model and "
+    "metric; direction is higher or lower (which is better) or unknown.",
+    ["namespace", "leaderboard", "model", "task", "metric", "direction"],
     registry=REGISTRY,
 )
 HANDLER_CALLS = Counter(
@@ -166,7 +170,7 @@ def _ended(
         spec = run.get("spec") or {}
         res = spec.get("resources") or {}
         gpus = int(res.get("gpus", 1)) * int(res.get("nodes", 1))
-        GPU_SECONDS.labels(meta["namespace"], str((spec.get("model") or {}).get("type"))).inc(
+        GPU_SECONDS.labels(meta["namespace"], bounded((spec.get("model") or {}).get("type"))).inc(
             gpus * max(0.0, (done - started).total_seconds())
         )
     forget_run(meta["namespace"], meta["name"])
@@ -198,16 +202,85 @@ def deleted(uid: str, namespace: str, name: str) -> None:
     with _lock:
         _phases.pop(uid, None)
     forget_run(namespace, name)
+    run_scores_gone(uid)
 
 
-def published(leaderboard: str, entries: list[dict[str, Any]]) -> None:
-    for e in entries:
-        if e.get("value") is not None:
+MAX_LABEL = 128
+# Score series -> the runs that set them, and run uid -> its series (bounded by the
+# entries published; both lose a run's entries when the run goes).
+_score_runs: dict[tuple[str, ...], set[str]] = {}
+_run_scores: dict[str, set[tuple[str, ...]]] = {}
+
+
+def bounded(value: object, limit: int = MAX_LABEL) -> str:
+    """A label value of at most ``limit`` characters: cut, with a hash of the whole."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 11] + "~" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def published(namespace: str, leaderboard: str, entries: list[dict[str, Any]], uid: str) -> None:
+    """Score series of a run's entries (set by ``uid``)."""
+    with _lock:
+        for e in entries:
+            if e.get("value") is None:
+                continue
             better = e.get("higherIsBetter")
             direction = "unknown" if better is None else ("higher" if better else "lower")
-            SCORE.labels(leaderboard, str(e["model"]), e["task"], e["metric"], direction).set(
-                e["value"]
+            labels = (
+                namespace,
+                bounded(leaderboard),
+                bounded(e["model"]),
+                bounded(e["task"]),
+                bounded(e["metric"]),
+                direction,
             )
+            SCORE.labels(*labels).set(e["value"])
+            _score_runs.setdefault(labels, set()).add(uid)
+            _run_scores.setdefault(uid, set()).add(labels)
+
+
+def _drop_scores(series: list[tuple[str, ...]]) -> None:
+    for labels in series:
+        _score_runs.pop(labels, None)
+        with contextlib.suppress(KeyError):
+            SCORE.remove(*labels)
+
+
+def run_scores_gone(uid: str) -> None:
+    """The run was deleted: the score series only it set go."""
+    with _lock:
+        gone = []
+        for labels in _run_scores.pop(uid, set()):
+            runs = _score_runs.get(labels, set())
+            runs.discard(uid)
+            if not runs:
+                gone.append(labels)
+        _drop_scores(gone)
+
+
+def retain_leaderboards(namespace: str | None, boards: set[tuple[str, str]]) -> None:
+    """A relist of ``namespace`` (None: all) holds these Leaderboards only."""
+    listed = {(ns, bounded(name)) for ns, name in boards}
+    with _lock:
+        stale = {k[:2] for k in _score_runs if namespace in (None, k[0]) and k[:2] not in listed}
+    for ns, board in stale:
+        _leaderboard_gone(ns, board)
+
+
+def leaderboard_gone(namespace: str, leaderboard: str) -> None:
+    """The Leaderboard was deleted: its score series go."""
+    _leaderboard_gone(namespace, bounded(leaderboard))
+
+
+def _leaderboard_gone(namespace: str, label: str) -> None:
+    with _lock:
+        gone = [k for k in _score_runs if k[0] == namespace and k[1] == label]
+        for runs in (_score_runs.get(k, set()) for k in gone):
+            for uid in runs:
+                _run_scores.get(uid, set()).difference_update(gone)
+        _drop_scores(gone)
 
 
 @contextmanager

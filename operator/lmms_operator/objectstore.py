@@ -47,9 +47,11 @@ _CREDENTIAL_KEYS = {
 
 @dataclass(frozen=True)
 class StorePolicy:
-    """What the platform allows: the buckets (``bucket`` on AWS S3, ``host/bucket``
-    elsewhere) that the operator's own identity may reach."""
+    """What the platform allows: object stores at all (the s3Output feature, which gates
+    Leaderboard ``storage.s3`` too), and the buckets (``bucket`` on AWS S3,
+    ``host/bucket`` elsewhere) that the operator's own identity may reach."""
 
+    enabled: bool = True
     own_identity_buckets: frozenset[str] = frozenset()
 
     def own_identity_allowed(self, s3: S3Output) -> bool:
@@ -77,6 +79,10 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def _credentials(namespace: str, s3: S3Output) -> dict[str, str]:
+    if not _policy.enabled:
+        raise ObjectStoreError(
+            "object stores are not allowed by this operator (the s3Output feature is off)"
+        )
     if not s3.credentials_secret:
         if not _policy.own_identity_allowed(s3):
             raise ObjectStoreError(

@@ -178,6 +178,7 @@ class Store:
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid") or "")
         metrics.deleted(uid, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        controller.forget(str(meta.get("namespace") or ""), uid)
         with self._lock:
             self._forget(uid)
 
@@ -366,6 +367,30 @@ def needs_spec(run: Mapping[str, Any]) -> bool:
 
 
 # -- the runtime --------------------------------------------------------------------------------
+class _BoardSink:
+    """Leaderboards: the score series of one that is deleted (or no longer listed) go."""
+
+    def __init__(self) -> None:
+        self._listing: set[tuple[str, str]] = set()
+
+    def relisting(self, scope: str | None) -> None:
+        self._listing = set()
+
+    def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
+        self._listing |= {_board_key(o) for o in objects}
+        if final:
+            metrics.retain_leaderboards(scope, self._listing)
+
+    def event(self, type_: str, obj: dict[str, Any]) -> None:
+        if type_ == "DELETED":
+            metrics.leaderboard_gone(*_board_key(obj))
+
+
+def _board_key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
 class Runtime:
     """Informers, store, workers and loops of one operator process."""
 
@@ -412,6 +437,9 @@ class Runtime:
             for kind, api_kind in (("jobs", "Job"), ("pods", "Pod"))
             for ns in scopes
         ]
+        # Leaderboards are few: watched whole, so that the score series of a deleted
+        # Leaderboard go with it.
+        children += [k8s.Informer("Leaderboard", _BoardSink(), namespace=ns) for ns in scopes]
         self.informers += [i.start() for i in children]
         await self._synced(children)
         self._children_synced.set()

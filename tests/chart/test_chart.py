@@ -169,6 +169,35 @@ def test_network_policy_lets_only_the_operator_reach_the_scrape_port() -> None:
     (deploy,) = by_kind(docs, "Deployment")
     pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    # Runners of different runs do not reach each other: the namespace-wide policy has
+    # no runner-to-runner rule (each run's own policy, made with its Job, allows its pods).
+    assert len(runners["spec"]["ingress"]) == 1
+    # The per-run policies name the operator's pods by the labels the pod carries.
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    pairs = dict(p.split("=") for p in env["LMMS_OPERATOR_POD_LABELS"]["value"].split(","))
+    assert pairs.items() <= pod_labels.items() and len(pairs) == 3
+    assert env["LMMS_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace"
+    )
+    assert env["LMMS_RUNNER_NETWORK_POLICY"]["value"] == "true"
+    rules = _rules(docs)
+    assert {"create", "delete"} <= {
+        v for r in rules if "networkpolicies" in r["resources"] for v in r["verbs"]
+    }
+
+
+def test_only_prometheus_may_scrape_the_operator_by_default() -> None:
+    docs = render()
+    operator = next(
+        d for d in by_kind(docs, "NetworkPolicy") if not d["metadata"]["name"].endswith("-runners")
+    )
+    metrics_rule = operator["spec"]["ingress"][0]
+    assert metrics_rule["from"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
 
 
 def test_the_dashboard_ships_in_a_grafana_configmap() -> None:

@@ -34,7 +34,13 @@ def store() -> Iterator[S3Server]:
 def _credentials(api: client.ApiClient, namespace: str, store: S3Server) -> None:
     client.CoreV1Api(api).create_namespaced_secret(
         namespace,
-        {"metadata": {"name": "s3-creds"}, "stringData": store.env},
+        {
+            "metadata": {
+                "name": "s3-creds",
+                "labels": {"eval.lmms.dev/usable-by-evalruns": "true"},
+            },
+            "stringData": store.env,
+        },
     )
 
 
@@ -112,26 +118,33 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
     # small: the full summary fits in the ConfigMap; big: only the primaries do.
     store.client.put_object(
         Bucket="evals",
-        Key=f"runs/small/{RESULTS_SUMMARY_FILE}",
+        Key=f"{namespace}/small/c0ffee/{RESULTS_SUMMARY_FILE}",
         Body=json.dumps(_summary("colors", 0.75)).encode(),
     )
     big_summary = json.dumps(_summary("colors", 0.5, extra_metrics=12_000))
     assert len(big_summary) > 1024 * 1024
     store.client.put_object(
-        Bucket="evals", Key=f"runs/big/{RESULTS_SUMMARY_FILE}", Body=big_summary.encode()
+        Bucket="evals",
+        Key=f"{namespace}/big/c0ffee/{RESULTS_SUMMARY_FILE}",
+        Body=big_summary.encode(),
     )
     # The termination message says 0.1: the store's value wins when it can be read.
-    er.create(api, namespace, _run("small", store, "runs/small/", termination_value=0.1))
-    er.create(api, namespace, _run("big", store, "runs/big/", termination_value=0.1))
-    er.create(api, namespace, _run("gone", store, "runs/missing/", termination_value=0.25))
+    small_at = f"s3://evals/{namespace}/small/c0ffee/"
+    big_at = f"s3://evals/{namespace}/big/c0ffee/"
+    er.create(api, namespace, _run("small", store, small_at[11:], termination_value=0.1))
+    er.create(api, namespace, _run("big", store, big_at[11:], termination_value=0.1))
+    er.create(api, namespace, _run("gone", store, f"{namespace}/gone/0/", termination_value=0.25))
+    # A runner (the tenant's code) naming another run's output is not believed: the
+    # operator reads only under the run's own bucket and prefix.
+    er.create(api, namespace, _run("thief", store, small_at[11:], termination_value=0.05))
 
     small = er.wait_phase(api, namespace, "small", "Succeeded", timeout=90)
     wait_for(lambda: er.get(api, namespace, "small")["status"].get("leaderboardPublished"))
     small = er.get(api, namespace, "small")
     assert small["status"]["results"][0]["value"] == 0.75
-    assert small["status"]["resultsLocation"] == "s3://evals/runs/small/"
+    assert small["status"]["resultsLocation"] == small_at
     data = _results_config_map(api, namespace, small)
-    assert data["source"] == "object store" and data["location"] == "s3://evals/runs/small/"
+    assert data["source"] == "object store" and data["location"] == small_at
     assert json.loads(data["results.json"])["tasks"][0]["metrics"][0]["value"] == 0.75
 
     er.wait_phase(api, namespace, "big", "Succeeded", timeout=90)
@@ -139,7 +152,7 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
     assert big["status"]["results"][0]["value"] == 0.5
     data = _results_config_map(api, namespace, big)
     assert "results.json" not in data
-    assert "s3://evals/runs/big/" in data["note"] and data["location"] == "s3://evals/runs/big/"
+    assert big_at in data["note"] and data["location"] == big_at
     assert sum(len(v) for v in data.values()) < 1024 * 1024
 
     # No summary in the store: the termination message's primaries, and a Warning.
@@ -148,6 +161,10 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
     assert gone["status"]["results"] == [{"task": "colors", "metric": "exact_match", "value": 0.25}]
     assert _results_config_map(api, namespace, gone)["source"] == "termination message"
     assert "ResultsNotInObjectStore" in er.event_reasons(api, namespace, "gone")
+    er.wait_phase(api, namespace, "thief", "Succeeded", timeout=90)
+    thief = wait_for(lambda: (r := er.get(api, namespace, "thief"))["status"].get("results") and r)
+    assert thief["status"]["results"][0]["value"] == 0.05  # its own message, not small's 0.75
+    assert "ResultsNotInObjectStore" in er.event_reasons(api, namespace, "thief")
 
     # The Leaderboard's whole table is in the store too, and status says where.
     def board_synced() -> dict[str, Any] | None:
@@ -155,7 +172,7 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
             GROUP, VERSION, namespace, "leaderboards", "board"
         )
         status = board.get("status") or {}
-        return board if status.get("entries") == 3 and status.get("tableLocation") else None
+        return board if status.get("entries") == 4 and status.get("tableLocation") else None
 
     board = wait_for(board_synced, timeout=60)
     location = f"s3://boards/tables/{namespace}/board/"
@@ -167,14 +184,15 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
         (f"{namespace}/big", 0.5),
         (f"{namespace}/gone", 0.25),
         (f"{namespace}/small", 0.75),
+        (f"{namespace}/thief", 0.05),
     ]
-    assert [e["rank"] for e in sorted(table, key=lambda e: -e["value"])] == [1, 2, 3]
+    assert [e["rank"] for e in sorted(table, key=lambda e: -e["value"])] == [1, 2, 3, 4]
     assert "| 1 | colors |" in store.text("boards", f"tables/{namespace}/board/table.md")
-    assert store.text("boards", f"tables/{namespace}/board/table.csv").count("\n") == 4
+    assert store.text("boards", f"tables/{namespace}/board/table.csv").count("\n") == 5
 
     # The key never leaves its Secret: not in statuses, ConfigMaps, events or the log.
     core = client.CoreV1Api(api)
-    texts = [json.dumps(er.get(api, namespace, n)) for n in ("small", "big", "gone")]
+    texts = [json.dumps(er.get(api, namespace, n)) for n in ("small", "big", "gone", "thief")]
     texts += [json.dumps(cm.data) for cm in core.list_namespaced_config_map(namespace).items]
     texts += [e.message or "" for e in core.list_namespaced_event(namespace).items]
     texts.append(operator_process.log_path.read_text(errors="replace"))

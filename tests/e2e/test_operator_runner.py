@@ -115,7 +115,8 @@ def colors_run(
     core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="model-key"), string_data={"key": api_key}
+            metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
+            string_data={"key": api_key},
         ),
     )
     body = er.manifest(
@@ -149,7 +150,7 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="hf"),
+            metadata=client.V1ObjectMeta(name="hf", labels=er.USABLE),
             string_data={"token": "hf_e2eSECRETe2eSECRETe2e"},
         ),
     )

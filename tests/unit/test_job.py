@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -187,3 +188,24 @@ def test_run_config_carries_the_resolved_preset() -> None:
     assert config["kind"] == "EvalRun"
     assert config["spec"]["model"]["pretrained"] == "Qwen/Qwen2-VL-7B-Instruct"
     assert config["spec"]["model"]["args"]["max_pixels"] == "12845056"
+
+
+def test_each_run_gets_a_network_policy_that_admits_the_operator_and_its_own_pods() -> None:
+    runner = dataclasses.replace(Settings().runner, operator_namespace="lmms-system")
+    spec = validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]})
+    policy = jobs.build(RUN, spec, runner, "t").network_policy
+    assert policy is not None
+    own = policy["spec"]["podSelector"]["matchLabels"]
+    assert own[jobs.LABEL_RUN_UID] == RUN.uid
+    # The policy selects exactly the Job's pods.
+    desired = jobs.build(RUN, spec, runner, "t")
+    assert own.items() <= desired.job["spec"]["template"]["metadata"]["labels"].items()
+    from_operator, from_own = policy["spec"]["ingress"]
+    assert from_operator["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert from_operator["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "lmms-system"
+    }
+    assert from_own == {"from": [{"podSelector": {"matchLabels": own}}]}
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == RUN.uid
+    off = dataclasses.replace(runner, network_policy=False)
+    assert jobs.build(RUN, spec, off, "t").network_policy is None

@@ -22,6 +22,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* The selector labels as key=value,key=value (LMMS_OPERATOR_POD_LABELS). */}}
+{{- define "lmms-operator.selectorPairs" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := include "lmms-operator.selectorLabels" . | fromYaml -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
 {{- define "lmms-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "lmms-operator.fullname" .) .Values.serviceAccount.name -}}

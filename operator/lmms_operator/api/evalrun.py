@@ -35,7 +35,12 @@ EXTENDED_RESOURCE = (
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-_TASK_ITEMS: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TASK_NAME}
+_TASK_ITEMS: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": TASK_NAME,
+}
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=TASK_NAME)]
 ArgValue = Annotated[str, StringConstraints(max_length=4096, pattern=ARG_VALUE)]
 ArgKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=ARG_KEY)]

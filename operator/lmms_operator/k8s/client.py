@@ -186,6 +186,7 @@ _PLURALS = {
     "PersistentVolumeClaim": (_CORE, "persistentvolumeclaims"),
     "Event": (_CORE, "events"),
     "Job": ("/apis/batch/v1/namespaces/{ns}/{plural}", "jobs"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1/namespaces/{ns}/{plural}", "networkpolicies"),
     "EvalRun": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "evalruns"),
     "Leaderboard": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "leaderboards"),
 }
@@ -254,9 +255,10 @@ def patch_leaderboard_status(namespace: str, name: str, status: Mapping[str, Any
 
 # -- children ------------------------------------------------------------------------------
 def create(obj: Mapping[str, Any]) -> bool:
-    """Creates a namespaced Job, ConfigMap, Secret or Service; False when it existed."""
+    """Creates a namespaced Job, ConfigMap, Secret, Service or NetworkPolicy; False when
+    it existed."""
     kind = obj["kind"]
-    if kind not in ("Job", "ConfigMap", "Secret", "Service"):
+    if kind not in ("Job", "ConfigMap", "Secret", "Service", "NetworkPolicy"):
         raise ValueError(f"cannot create {kind}")
     return _create(path(kind, obj["metadata"]["namespace"]), obj)
 
@@ -291,8 +293,8 @@ def patch_job_suspend(namespace: str, name: str, suspend: bool) -> None:
 
 
 def delete_run_children(namespace: str, selector: str) -> int:
-    """Deletes the Jobs (with their pods and token Secrets), ConfigMaps and Services
-    matching ``selector``; returns how many Jobs were deleted."""
+    """Deletes the Jobs (with their pods and token Secrets), ConfigMaps, Services and
+    NetworkPolicies matching ``selector``; returns how many Jobs were deleted."""
     deleted = 0
     for job in list_jobs(namespace, selector):
         name = job["metadata"]["name"]
@@ -300,7 +302,7 @@ def delete_run_children(namespace: str, selector: str) -> int:
         # By name: the operator may not list Secrets (least privilege). A token whose Job
         # is gone already is removed with the run (owner reference).
         delete_secret(namespace, f"{name}-token")
-    for kind in ("ConfigMap", "Service"):
+    for kind in ("ConfigMap", "Service", "NetworkPolicy"):
         for item in _list(kind, namespace, selector):
             _delete(path(kind, namespace, item["metadata"]["name"]))
     return deleted

@@ -57,6 +57,11 @@ class RunnerDefaults:
     default_shm: str = "8Gi"
     uid: int = 1000
     hold_timeout: float = 600.0
+    # A NetworkPolicy per run: its pods accept the scrape port from the operator's pods
+    # only, and (multi-node) each other; never other runs' pods.
+    network_policy: bool = True
+    operator_namespace: str = ""
+    operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Desired:
     config_map: dict[str, Any]
     token_secret: dict[str, Any]
     service: dict[str, Any] | None
+    network_policy: dict[str, Any] | None = None
 
 
 def run_config(run: RunRef, spec: EvalRunSpec, hash_: str) -> dict[str, Any]:
@@ -344,4 +350,40 @@ def build(run: RunRef, spec: EvalRunSpec, runner: RunnerDefaults, token: str) ->
                 "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
             },
         }
-    return Desired(job=job, config_map=config_map, token_secret=token_secret, service=service)
+    return Desired(
+        job=job,
+        config_map=config_map,
+        token_secret=token_secret,
+        service=service,
+        network_policy=_network_policy(name, run, labels, hash_, runner),
+    )
+
+
+def _network_policy(
+    name: str, run: RunRef, labels: dict[str, str], hash_: str, runner: RunnerDefaults
+) -> dict[str, Any] | None:
+    """Ingress to the run's pods: the runner port from the operator's pods, and every
+    port from the pods of the same run (the torchrun rendezvous of a multi-node run).
+    Policies add up: with this one, a runner is reachable by nothing else unless
+    another policy in the namespace allows it."""
+    if not runner.network_policy:
+        return None
+    own = {LABEL_RUN_UID: run.uid, LABEL_SPEC_HASH: hash_}
+    operator: dict[str, Any] = {"podSelector": {"matchLabels": dict(runner.operator_labels)}}
+    if runner.operator_namespace:
+        operator["namespaceSelector"] = {
+            "matchLabels": {"kubernetes.io/metadata.name": runner.operator_namespace}
+        }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(f"{name}-net", run, labels),
+        "spec": {
+            "podSelector": {"matchLabels": own},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [operator], "ports": [{"port": runner.port, "protocol": "TCP"}]},
+                {"from": [{"podSelector": {"matchLabels": own}}]},
+            ],
+        },
+    }

@@ -10,6 +10,7 @@ STALLED = "Stalled"
 SUSPENDED_CONDITION = "Suspended"
 POD_SCHEDULED = "PodScheduled"
 RUNNER_REACHABLE = "RunnerReachable"
+LEADERBOARD_PUBLISHED = "LeaderboardPublished"
 # Condition type of a Leaderboard stored in S3.
 OBJECT_STORE_SYNCED = "ObjectStoreSynced"
 
@@ -38,6 +39,7 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 RUNNER_ERROR = "RunnerError"
 JOB_DELETED = "JobDeleted"
+POD_CREATION_FAILED = "PodCreationFailed"
 
 # Events about the operator's own actions.
 JOB_CREATED = "JobCreated"
@@ -47,6 +49,7 @@ JOB_RESUMED = "JobResumed"
 JOB_STOPPED = "JobStopped"
 RESULTS_COLLECTED = "ResultsCollected"
 RESULTS_NOT_IN_OBJECT_STORE = "ResultsNotInObjectStore"
+PUBLISH_FAILED = "PublishFailed"
 LEADERBOARD_STORE_FAILED = "ObjectStoreWriteFailed"
 LEADERBOARD_STORE_WRITTEN = "Written"
 # RunnerReachable: condition reasons, and the Events when it changes.
@@ -59,6 +62,8 @@ FAILURE_REASONS = (
     INVALID_SECRET,
     UNSCHEDULABLE,
     IMAGE_PULL_ERROR,
+    CONTAINER_CONFIG_ERROR,
+    POD_CREATION_FAILED,
     OOM_KILLED,
     DEADLINE_EXCEEDED,
     BACKOFF_LIMIT_EXCEEDED,

@@ -10,6 +10,10 @@ from ..api.runner import ResultsSummary
 
 #: ConfigMaps are limited to 1 MiB; leave room for metadata.
 CONFIG_MAP_BUDGET = 900 * 1024
+#: What a runner (the tenant's code) reports is bounded before it reaches the status,
+#: ConfigMaps, Leaderboards and metrics: this many tasks, names this long.
+MAX_TASKS = 256
+MAX_NAME = 253
 
 
 def _finite(value: float | None) -> float | None:
@@ -19,14 +23,14 @@ def _finite(value: float | None) -> float | None:
 def primary_results(summary: ResultsSummary) -> list[dict[str, Any]]:
     """``status.results``: the primary metric of every task."""
     out: list[dict[str, Any]] = []
-    for task in summary.tasks:
+    for task in summary.tasks[:MAX_TASKS]:
         metric = next((m for m in task.metrics if m.name == task.primary), None)
         if metric is None:
             continue
         # NaN and infinities are not JSON: the API server would refuse the status.
         entry: dict[str, Any] = {
-            "task": task.task,
-            "metric": metric.name,
+            "task": task.task[:MAX_NAME],
+            "metric": metric.name[:MAX_NAME],
             "value": _finite(metric.value),
         }
         if _finite(metric.stderr) is not None:
@@ -56,13 +60,20 @@ def from_termination_message(message: str | None) -> list[dict[str, Any]] | None
     if doc is None:
         return None
     out = []
-    for task, metrics in (doc.get("tasks") or {}).items():
+    tasks = doc.get("tasks")
+    for task, metrics in list(tasks.items() if isinstance(tasks, dict) else ())[:MAX_TASKS]:
         if isinstance(metrics, dict) and metrics:
             name, value = next(iter(metrics.items()))
             number = (
                 value if isinstance(value, int | float) and not isinstance(value, bool) else None
             )
-            out.append({"task": task, "metric": name, "value": _finite(number)})
+            out.append(
+                {
+                    "task": str(task)[:MAX_NAME],
+                    "metric": str(name)[:MAX_NAME],
+                    "value": _finite(number),
+                }
+            )
     return out
 
 

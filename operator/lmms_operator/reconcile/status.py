@@ -41,6 +41,10 @@ class Timeouts:
 
     unschedulable: float = 600.0
     image_pull: float = 300.0
+    # A container that cannot be created (a missing Secret key, a bad volume) and a Job
+    # whose pods cannot be created (FailedCreate: a quota, an admission policy).
+    container_config: float = 300.0
+    pod_creation: float = 300.0
 
 
 @dataclass
@@ -208,12 +212,25 @@ def observe(
         return obs("Queued", R.SUSPENDED, "the Job is suspended")
 
     if pod is None:
+        since = parse_time(job_status.get("startTime")) or parse_time(
+            (job.get("metadata") or {}).get("creationTimestamp")
+        )
+        waited = (now - since).total_seconds() if since else 0.0
+        if waited >= timeouts.pod_creation:
+            return obs(
+                "Failed",
+                R.POD_CREATION_FAILED,
+                f"the Job controller created no pod in {int(waited)}s (see the Job's "
+                "FailedCreate events: a quota or an admission policy refuses its pods)",
+                completion_time=fmt_time(now),
+                stop_job=True,
+            )
         return obs(
             "Pending",
             R.JOB_PENDING,
             "waiting for the Job controller to create a pod",
             passing=True,
-            since=parse_time((job.get("metadata") or {}).get("creationTimestamp")),
+            since=since,
         )
 
     pod_status = pod.get("status") or {}
@@ -258,12 +275,19 @@ def observe(
             )
         return obs("Pending", R.IMAGE_PULL_BACKOFF, message, scheduled=scheduled)
     if wreason in CONFIG_WAITING:
-        return obs(
-            "Pending",
-            R.CONTAINER_CONFIG_ERROR,
-            f"pod {pod_name}: {wreason}: {waiting.get('message', '')}",
-            scheduled=scheduled,
-        )
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or now
+        waited = (now - created).total_seconds()
+        message = f"pod {pod_name}: {wreason}: {waiting.get('message', '')}"
+        if waited >= timeouts.container_config:
+            return obs(
+                "Failed",
+                R.CONTAINER_CONFIG_ERROR,
+                f"{message} (waited {int(waited)}s)",
+                completion_time=fmt_time(now),
+                stop_job=True,
+                scheduled=scheduled,
+            )
+        return obs("Pending", R.CONTAINER_CONFIG_ERROR, message, scheduled=scheduled)
 
     active_running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     if active_running:
