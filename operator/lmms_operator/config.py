@@ -10,6 +10,7 @@
 | LMMS_IMAGE_PULL_TIMEOUT        | 300                              | s a pod may fail to pull its image    |
 | LMMS_CONFIG_ERROR_TIMEOUT      | 300                              | s a container may fail to be created  |
 | LMMS_POD_CREATION_TIMEOUT      | 300                              | s a Job may fail to create its pod    |
+| LMMS_REFERENCE_TIMEOUT         | 600                              | s a run waits for objects it names    |
 | LMMS_SCRAPE_INTERVAL           | 5                                | s between progress scrapes            |
 | LMMS_RESYNC_INTERVAL           | 15                               | s between checks of an active run     |
 | LMMS_OBSERVE_DELAY             | 0.5                              | s from a Job/pod event to its status  |
@@ -75,6 +76,7 @@ class Settings:
     image_pull_timeout: float = 300.0
     config_error_timeout: float = 300.0
     pod_creation_timeout: float = 300.0
+    reference_timeout: float = 600.0
     scrape_interval: float = 5.0
     resync_interval: float = 15.0
     observe_delay: float = 0.5
@@ -142,6 +144,7 @@ class Settings:
             image_pull_timeout=_float("LMMS_IMAGE_PULL_TIMEOUT", d.image_pull_timeout),
             config_error_timeout=_float("LMMS_CONFIG_ERROR_TIMEOUT", d.config_error_timeout),
             pod_creation_timeout=_float("LMMS_POD_CREATION_TIMEOUT", d.pod_creation_timeout),
+            reference_timeout=_float("LMMS_REFERENCE_TIMEOUT", d.reference_timeout),
             scrape_interval=_float("LMMS_SCRAPE_INTERVAL", d.scrape_interval),
             resync_interval=_float("LMMS_RESYNC_INTERVAL", d.resync_interval),
             observe_delay=_float("LMMS_OBSERVE_DELAY", d.observe_delay),

@@ -72,10 +72,12 @@ def apply(body: Mapping[str, Any], plan: Plan) -> None:
 
 
 # -- spec changes (create, update, resume) ----------------------------------------------
-def ensure(body: Mapping[str, Any], settings: Settings) -> Plan:
+def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) -> Plan:
     """What makes the cluster match the spec. Reads what it needs (referenced objects,
     the Job); creating the Job's objects is the one step done here rather than in the
-    plan, since a create that finds its object there already must read it back."""
+    plan, since a create that finds its object there already must read it back.
+    ``waited``: seconds this generation has waited for referenced objects so far; past
+    ``settings.reference_timeout`` the run fails instead of waiting longer."""
     name, namespace, uid, generation = _meta(body)
     status = dict(body.get("status") or {})
     run = jobs.RunRef(name, namespace, uid)
@@ -131,6 +133,11 @@ def ensure(body: Mapping[str, Any], settings: Settings) -> Plan:
     try:
         problems = _check_references(spec, namespace)
     except RetryLater as exc:
+        if waited >= settings.reference_timeout:
+            problem = Problem("spec", f"{exc} (waited {int(waited)}s)")
+            return plan.then(
+                _invalid(status, [problem], generation, uid, R.REFERENCES_NOT_FOUND)
+            )
         # The previous evaluation's Job is stopped all the same (plan.delete).
         waiting = waiting_for_references(body, str(exc))
         waiting.retry_after = exc.delay

@@ -134,6 +134,7 @@ class _Run:
     written: dict[str, Any] = field(default_factory=dict)  # fresher than the watch
     written_generation: int | None = None
     retry: tuple[int, float] | None = None  # (generation, when) while backing off
+    waiting: tuple[int, float] | None = None  # (generation, since) waiting for references
     token: str | None = None  # the runner's token, once read (for /results and /ack)
     unanswered_since: float | None = None  # monotonic time of the first failed scrape
 
@@ -402,6 +403,7 @@ class Runtime:
         self.store = Store(self._wake)
         self._locks = tuple(threading.Lock() for _ in range(self.LOCKS))
         self._pending: set[str] = set()
+        self._resyncing: set[str] = set()
         self._pending_lock = threading.Lock()
         self._children_synced = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -547,12 +549,16 @@ class Runtime:
         meta = run["metadata"]
         try:
             with metrics.timed_handler("evalrun_spec"):
-                plan = controller.ensure(run, self.settings)
+                now = time.monotonic()
+                if entry.waiting is None or entry.waiting[0] != generation:
+                    entry.waiting = (generation, now)
+                plan = controller.ensure(run, self.settings, waited=now - entry.waiting[1])
                 self._apply(run, plan)
                 if plan.retry_after is not None:
-                    entry.retry = (generation, time.monotonic() + plan.retry_after)
+                    entry.retry = (generation, now + plan.retry_after)
                 else:
                     entry.retry = None
+                    entry.waiting = None
         except Exception as exc:
             # Counted as an error by timed_handler; the resync loop retries.
             log.warning(
@@ -630,8 +636,21 @@ class Runtime:
                 self._sync(uid, resync=True)
             except Exception:
                 log.exception("resync of %s failed", uid)
+            finally:
+                with self._pending_lock:
+                    self._resyncing.discard(uid)
 
-        await asyncio.gather(*(self._in_thread(one, uid) for uid in self.store.uids()))
+        # Not awaited: a run whose pass is slow (an object store at its read deadline)
+        # delays neither the next resync nor the other runs; it is skipped until done.
+        assert self._loop is not None
+        for uid in self.store.uids():
+            with self._pending_lock:
+                if uid in self._resyncing:
+                    continue
+                self._resyncing.add(uid)
+            future = self._loop.run_in_executor(self._executor, one, uid)
+            self._tasks.add(future)
+            future.add_done_callback(self._done)
 
     async def scrape(self) -> None:
         pending = []

@@ -60,8 +60,21 @@ class Tracker:
         self.changes = 0  # bumps on every state change (for tests and /metrics)
         self._t0 = time.monotonic()
 
+    #: What the tracker keeps of lmms-eval's output (which a custom task or a model's
+    #: code can fill with anything): this many tasks, names this long.
+    MAX_TASKS = 256
+    MAX_NAME = 253
+
+    def _task(self, name: str, state: TaskState | None = None) -> None:
+        name = name[: self.MAX_NAME]
+        if name in self._tasks or len(self._tasks) < self.MAX_TASKS:
+            if state is not None:
+                self._tasks[name] = state.model_copy(update={"name": name})
+            else:
+                self._tasks.setdefault(name, TaskState(name=name))
+
     def feed(self, line: str) -> None:
-        line = ANSI.sub("", line).strip()
+        line = ANSI.sub("", line[:16384]).strip()
         if not line:
             return
         with self._lock:
@@ -85,14 +98,12 @@ class Tracker:
             selected = SELECTED.search(line)
             if selected:
                 for name in re.findall(r"'([^']+)'", selected.group("tasks")):
-                    self._tasks.setdefault(name, TaskState(name=name))
+                    self._task(name)
             post = POSTPROCESSED.search(line)
             if post:
                 self._phase = "postprocessing"
                 n = int(post.group("n"))
-                self._tasks[post.group("task")] = TaskState(
-                    name=post.group("task"), done=n, total=n
-                )
+                self._task(post.group("task"), TaskState(name="", done=n, total=n))
 
     def _on_bar(self, bar: re.Match[str]) -> None:
         desc = (bar.group("desc") or "").strip()

@@ -52,7 +52,7 @@ def _scripted(name: str, value: float, exit_code: int = 0, sleep: float = 0) -> 
         else {"v": 1, "ok": False, "reason": "EvaluationFailed", "message": "model crashed"}
     )
     args = {
-        "scripted_message_b64": base64.b64encode(json.dumps(message).encode()).decode(),
+        "scripted_message_b64": base64.b64encode(json.dumps(message).encode()).decode().rstrip("="),
         "scripted_exit": str(exit_code),
         "scripted_sleep": str(sleep),
     }

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from lmms_operator.reconcile.validate import validate
+from lmms_operator.reconcile.validate import FEATURES, Policy, validate
 from tests import evalruns as er
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator_process")]
@@ -209,4 +209,6 @@ def test_examples_apply_cleanly(cluster: Any, namespace: str) -> None:
         cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path))
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc["kind"] == "EvalRun":
-                validate(doc["spec"])  # the operator accepts it too
+                # The operator accepts it too, once the features it names are allowed
+                # (the multi-node example's InternVL2 needs remoteCode).
+                validate(doc["spec"], Policy(features=frozenset(FEATURES)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,7 +57,7 @@ def _summary(task: str, value: float, extra_metrics: int = 0) -> dict[str, Any]:
     }
 
 
-def _run(name: str, store: S3Server, key_prefix: str, termination_value: float) -> dict[str, Any]:
+def _run(name: str, store: Any, key_prefix: str, termination_value: float) -> dict[str, Any]:
     """An EvalRun whose runner says (termination message) it uploaded to key_prefix."""
     message = {
         "v": 1,
@@ -72,7 +73,9 @@ def _run(name: str, store: S3Server, key_prefix: str, termination_value: float) 
             "type": "dummy",
             "pretrained": f"org/{name}",  # one model per run: each keeps its own entry
             "args": {
-                "scripted_message_b64": base64.b64encode(json.dumps(message).encode()).decode()
+                "scripted_message_b64": base64.b64encode(json.dumps(message).encode())
+                .decode()
+                .rstrip("=")
             },
         },
         output={
@@ -197,3 +200,99 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
     texts += [e.message or "" for e in core.list_namespaced_event(namespace).items]
     texts.append(operator_process.log_path.read_text(errors="replace"))
     assert not [t for t in texts if SECRET_KEY in t]
+
+
+class _HostileStore:
+    """An S3 endpoint that answers GetObject either one byte per second (``drip`` in the
+    key) or with 200 MiB as fast as it can (``huge``), both without a Content-Length."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                try:
+                    if "drip" in self.path:
+                        for _ in range(120):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(1)
+                    else:
+                        chunk = b" " * (1024 * 1024)
+                        for _ in range(200):
+                            self.wfile.write(chunk)
+                except OSError:
+                    pass  # the operator hung up, as it should
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_hostile_store_neither_grows_the_operator_nor_delays_other_runs(
+    api: client.ApiClient, namespace: str, operator_process: OperatorProcess
+) -> None:
+    hostile = _HostileStore()
+    try:
+        core = client.CoreV1Api(api)
+        core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {"name": "s3-creds", "labels": er.USABLE},
+                "stringData": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+            },
+        )
+        assert operator_process.proc is not None
+        before = _rss_mib(operator_process.proc.pid)
+        for name in ("drip", "huge"):
+            body = _run(name, _Endpoint(hostile.endpoint), f"{namespace}/{name}/0/", 0.5)
+            body["spec"]["leaderboard"] = None
+            er.create(api, namespace, body)
+        # While the operator reads those, another team's runs go through unhindered.
+        started = time.monotonic()
+        for i in range(3):
+            er.create(api, namespace, er.manifest(f"other-{i}", er.KWOK))
+        for i in range(3):
+            er.wait_phase(api, namespace, f"other-{i}", "Succeeded", timeout=30)
+        others = time.monotonic() - started
+        # The hostile runs end too, from their termination messages, within the read
+        # deadline (20 s) and its timeouts.
+        for name in ("drip", "huge"):
+            run = wait_for(
+                lambda n=name: (r := er.get(api, namespace, n))["status"].get("results") and r,
+                timeout=60,
+            )
+            assert run["status"]["results"][0]["value"] == 0.5
+            assert "ResultsNotInObjectStore" in er.event_reasons(api, namespace, name)
+        after = _rss_mib(operator_process.proc.pid)
+        assert others < 30
+        # 200 MiB offered: the operator read at most its 8 MiB cap.
+        assert after - before < 40, (before, after)
+    finally:
+        hostile.close()
+
+
+class _Endpoint:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint

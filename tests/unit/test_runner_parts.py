@@ -169,6 +169,20 @@ def test_progress_from_lmms_eval_output() -> None:
     assert t.failed_requests == 1 and "All 5 attempts failed" in (t.last_error or "")
 
 
+def test_progress_keeps_a_bounded_number_of_bounded_task_names() -> None:
+    t = Tracker(["colors"])
+    names = ", ".join(f"'{'t' * 400}{i}'" for i in range(1000))
+    t.feed(f"2026-11-27 | INFO | lmms_eval.__main__:cli:731 - Selected Tasks: [{names}]")
+    for i in range(1000):
+        t.feed(
+            f"2026-11-27 | INFO | lmms_eval.evaluator:evaluate:1399 - Postprocessed 5 docs for "
+            f"x{i}/none with 4 worker(s) in 0.00s"
+        )
+    tasks = t.snapshot().tasks
+    assert len(tasks) == Tracker.MAX_TASKS and max(len(x.name) for x in tasks) <= 253
+    assert tasks[0].name == "colors"
+
+
 def test_redaction() -> None:
     r = Redactor.from_environment(
         {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwx", "OTHER": "visible"},
