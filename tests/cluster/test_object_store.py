@@ -199,6 +199,11 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
     texts += [json.dumps(cm.data) for cm in core.list_namespaced_config_map(namespace).items]
     texts += [e.message or "" for e in core.list_namespaced_event(namespace).items]
     texts.append(operator_process.log_path.read_text(errors="replace"))
+    texts.append(operator_process.metrics())
+    for bucket in ("evals", "boards"):
+        for obj in store.client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            texts.append(store.text(bucket, obj["Key"]))
+    assert len(texts) > 10
     assert not [t for t in texts if SECRET_KEY in t]
 
 

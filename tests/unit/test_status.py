@@ -9,7 +9,7 @@ from lmms_operator.reconcile import reasons as R
 from lmms_operator.reconcile import status as st
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)
-S = st.Timeouts(unschedulable=60, image_pull=60)
+S = st.Timeouts(unschedulable=60, image_pull=60, container_config=60, pod_creation=60)
 
 
 def job(**status: Any) -> dict[str, Any]:
@@ -126,6 +126,43 @@ def test_image_pull() -> None:
     assert (late.phase, late.reason, late.stop_job) == ("Failed", R.IMAGE_PULL_ERROR, True)
     invalid = {"state": {"waiting": {"reason": "InvalidImageName"}}}
     assert observe(job(active=1), [pod(container=invalid)]).phase == "Failed"
+
+
+def test_a_container_that_cannot_be_created_fails_after_its_timeout() -> None:
+    config = {
+        "state": {
+            "waiting": {
+                "reason": "CreateContainerConfigError",
+                "message": "couldn't find key token in Secret t/hf",
+            }
+        }
+    }
+    early = observe(job(active=1), [pod(container=config, created="2026-11-27T11:59:50Z")])
+    assert (early.phase, early.reason, early.stop_job) == (
+        "Pending",
+        R.CONTAINER_CONFIG_ERROR,
+        False,
+    )
+    late = observe(job(active=1), [pod(container=config, created="2026-11-27T11:58:00Z")])
+    assert (late.phase, late.reason, late.stop_job) == ("Failed", R.CONTAINER_CONFIG_ERROR, True)
+    assert "couldn't find key token" in late.message
+
+
+def test_a_job_that_creates_no_pod_fails_after_its_timeout() -> None:
+    def created(at: str) -> dict[str, Any]:
+        j = job()
+        j["metadata"]["creationTimestamp"] = at
+        return j
+
+    early = observe(created("2026-11-27T11:59:30Z"), [])
+    assert (early.phase, early.reason, early.stop_job) == ("Pending", R.JOB_PENDING, False)
+    late = observe(created("2026-11-27T11:58:00Z"), [])
+    assert (late.phase, late.reason, late.stop_job) == ("Failed", R.POD_CREATION_FAILED, True)
+    assert "FailedCreate" in late.message
+    # A suspended Job (Kueue's queue) is not stuck.
+    queued = created("2026-11-27T11:00:00Z")
+    queued["spec"]["suspend"] = True
+    assert observe(queued, [], queue_name="q").phase == "Queued"
 
 
 def test_suspended_and_queued() -> None:

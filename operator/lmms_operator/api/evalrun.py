@@ -276,6 +276,20 @@ class CacheSpec(ApiModel):
 class S3Output(ApiModel):
     """An S3-compatible object store for the full output."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.endpoint) || self.endpoint == '' || "
+                    "has(self.credentialsSecret)",
+                    "message": "an endpoint needs credentialsSecret: the operator never takes "
+                    "its own identity to a store a resource names",
+                    "fieldPath": ".credentialsSecret",
+                }
+            ]
+        }
+    )
+
     bucket: str = Field(
         description="Bucket name.",
         min_length=3,

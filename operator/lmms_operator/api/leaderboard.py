@@ -32,7 +32,10 @@ class LeaderboardStorage(ApiModel):
         description="Also copy the whole table (table.json, table.csv, table.md) to "
         "s3://<bucket>/<prefix>/<namespace>/<name>/ after every change. The ConfigMaps stay "
         "the source of truth; status.tableLocation and the ObjectStoreSynced condition say "
-        "where the copy is and whether the last write worked.",
+        "where the copy is and whether the last write worked. Needs the s3Output feature; "
+        "written with credentialsSecret (a Secret labelled "
+        "eval.lmms.dev/usable-by-evalruns=true), or the operator's own identity for the "
+        "buckets the platform lists.",
     )
 
 

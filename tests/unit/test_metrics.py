@@ -1,0 +1,49 @@
+"""Score series: labels bounded, and gone with their run or Leaderboard."""
+
+from __future__ import annotations
+
+from lmms_operator import metrics
+
+
+def _series() -> list[dict[str, str]]:
+    return [
+        dict(s.labels)
+        for family in metrics.REGISTRY.collect()
+        if family.name == "lmms_operator_score"
+        for s in family.samples
+    ]
+
+
+def _entry(model: str, task: str = "mme", value: float = 0.5) -> dict[str, object]:
+    return {"model": model, "task": task, "metric": "acc", "value": value, "higherIsBetter": True}
+
+
+def test_tenant_supplied_labels_are_bounded() -> None:
+    long_model = "org/" + "m" * 1000
+    metrics.published("ns-bound", "board", [_entry(long_model, task="t" * 500)], "uid-bound")
+    (series,) = [s for s in _series() if s["namespace"] == "ns-bound"]
+    assert len(series["model"]) <= metrics.MAX_LABEL and len(series["task"]) <= metrics.MAX_LABEL
+    # Cut values stay distinct.
+    assert metrics.bounded("x" * 200 + "a") != metrics.bounded("x" * 200 + "b")
+    metrics.run_scores_gone("uid-bound")
+
+
+def test_score_series_go_with_their_runs_and_their_leaderboard() -> None:
+    metrics.published("ns-a", "board", [_entry("org/a")], "run-1")
+    metrics.published("ns-a", "board", [_entry("org/a")], "run-2")  # a re-run: same series
+    metrics.published("ns-a", "board", [_entry("org/b")], "run-3")
+    metrics.published("ns-b", "board", [_entry("org/a")], "run-4")  # same names, other team
+    models = sorted(
+        (s["namespace"], s["model"]) for s in _series() if s["namespace"] in ("ns-a", "ns-b")
+    )
+    assert models == [("ns-a", "org/a"), ("ns-a", "org/b"), ("ns-b", "org/a")]
+    metrics.run_scores_gone("run-1")  # run-2 still stands behind org/a
+    assert ("ns-a", "org/a") in {(s["namespace"], s["model"]) for s in _series()}
+    metrics.run_scores_gone("run-2")
+    assert ("ns-a", "org/a") not in {(s["namespace"], s["model"]) for s in _series()}
+    metrics.leaderboard_gone("ns-a", "board")
+    left = {(s["namespace"], s["model"]) for s in _series() if s["namespace"] in ("ns-a", "ns-b")}
+    assert left == {("ns-b", "org/a")}
+    # A relist that no longer holds ns-b's board drops its series too.
+    metrics.retain_leaderboards("ns-b", set())
+    assert not [s for s in _series() if s["namespace"] == "ns-b"]
