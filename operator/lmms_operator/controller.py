@@ -135,9 +135,7 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
     except RetryLater as exc:
         if waited >= settings.reference_timeout:
             problem = Problem("spec", f"{exc} (waited {int(waited)}s)")
-            return plan.then(
-                _invalid(status, [problem], generation, uid, R.REFERENCES_NOT_FOUND)
-            )
+            return plan.then(_invalid(status, [problem], generation, uid, R.REFERENCES_NOT_FOUND))
         # The previous evaluation's Job is stopped all the same (plan.delete).
         waiting = waiting_for_references(body, str(exc))
         waiting.retry_after = exc.delay

@@ -298,6 +298,52 @@ def test_a_hostile_store_neither_grows_the_operator_nor_delays_other_runs(
         hostile.close()
 
 
+def test_a_runner_answering_200_mib_neither_grows_the_operator_nor_delays_others(
+    api: client.ApiClient, namespace: str, operator_process: OperatorProcess
+) -> None:
+    assert operator_process.proc is not None
+    before = _rss_mib(operator_process.proc.pid)
+    message = {"v": 1, "ok": True, "truncated": False, "tasks": {"mme": {"acc": 0.5}}}
+    flood = er.manifest(
+        "flood",
+        er.EXECUTOR,
+        model={
+            "type": "dummy",
+            "pretrained": "org/flood",
+            "args": {
+                "scripted_flood_mib": "200",
+                "scripted_sleep": "15",
+                "scripted_message_b64": base64.b64encode(json.dumps(message).encode())
+                .decode()
+                .rstrip("="),
+            },
+        },
+        leaderboard=None,
+    )
+    errors_before = _scrape_errors(operator_process)
+    er.create(api, namespace, flood)
+    er.wait_phase(api, namespace, "flood", "Running", timeout=60)
+    # The operator has tried the runner twice, and refused its answers.
+    wait_for(lambda: _scrape_errors(operator_process) >= errors_before + 2, timeout=30)
+    started = time.monotonic()
+    for i in range(3):
+        er.create(api, namespace, er.manifest(f"beside-{i}", er.KWOK))
+    for i in range(3):
+        er.wait_phase(api, namespace, f"beside-{i}", "Succeeded", timeout=30)
+    assert time.monotonic() - started < 30
+    run = er.wait_phase(api, namespace, "flood", "Succeeded", timeout=60)
+    assert run["status"].get("progress") is None  # nothing of the flood reached the status
+    after = _rss_mib(operator_process.proc.pid)
+    assert after - before < 40, (before, after)
+
+
+def _scrape_errors(operator_process: OperatorProcess) -> float:
+    for line in operator_process.metrics().splitlines():
+        if line.startswith('lmms_operator_scrapes_total{result="error"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 class _Endpoint:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
