@@ -29,8 +29,8 @@ def api(cluster: devcluster.DevCluster) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
-@pytest.fixture()
-def namespace(api: client.ApiClient) -> Iterator[str]:
+def fresh_namespace(api: client.ApiClient) -> Iterator[str]:
+    """A new namespace, ready for pods; deleted afterwards."""
     core = client.CoreV1Api(api)
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -38,6 +38,17 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture()
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    yield from fresh_namespace(api)
+
+
+@pytest.fixture()
+def other_namespace(api: client.ApiClient) -> Iterator[str]:
+    """A second tenant's namespace."""
+    yield from fresh_namespace(api)
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -110,3 +110,35 @@ def jobs_of(api: client.ApiClient, namespace: str, run: dict[str, Any]) -> list[
         .list_namespaced_job(namespace, label_selector=f"eval.lmms.dev/run-uid={uid}")
         .items
     )
+
+
+def apply_corpus(
+    api: client.ApiClient,
+    namespace: str,
+    corpus: list[tuple[str, dict[str, Any], str]],
+    body: Any,
+) -> dict[str, str]:
+    """Creates each case's EvalRun (``body(name, overrides)``) as ``kubectl apply`` does,
+    with strict field validation. A refusal must be a 400/422 naming the case's field;
+    returns the cases the API server accepted (name -> field)."""
+    import json
+
+    co = client.CustomObjectsApi(api)
+    accepted: dict[str, str] = {}
+    for name, overrides, field in corpus:
+        try:
+            co.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                "evalruns",
+                body(name, overrides),
+                field_validation="Strict",
+            )
+        except client.ApiException as exc:
+            assert exc.status in (400, 422), (name, exc.status, exc.body)
+            message = json.loads(exc.body)["message"]
+            assert field in message, f"{name}: {field!r} not in {message!r}"
+        else:
+            accepted[name] = field
+    return accepted

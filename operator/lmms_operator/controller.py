@@ -188,8 +188,9 @@ def _create_children(
             # The Secret is there already: the Job must carry its token.
             token = k8s.read_secret_value(namespace, token_name, "token")
             desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
+        # Before the pods exist: a runner is never reachable from other runs.
+        _ensure_namespace_policy(namespace, settings)
         if desired.network_policy is not None:
-            # Before the pods exist: a runner is never reachable from other runs.
             k8s.create(desired.network_policy)
         k8s.create(desired.config_map)
         if desired.service is not None:
@@ -201,6 +202,20 @@ def _create_children(
     if created:
         return desired.job, True
     return k8s.get_job(namespace, name) or desired.job, False
+
+
+# Namespaces whose runner NetworkPolicy this process has made or found (one create per
+# namespace and process lifetime: no write per run).
+_policy_namespaces: set[str] = set()
+
+
+def _ensure_namespace_policy(namespace: str, settings: Settings) -> None:
+    if namespace in _policy_namespaces:
+        return
+    policy = jobs.namespace_network_policy(namespace, settings.runner)
+    if policy is not None:
+        k8s.create(policy)
+    _policy_namespaces.add(namespace)
 
 
 def _transition(

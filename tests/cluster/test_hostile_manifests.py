@@ -211,26 +211,9 @@ def test_every_hostile_run_is_refused_or_fails_naming_the_field_with_no_job(
 ) -> None:
     core = client.CoreV1Api(api)
     _secrets(core, namespace)
-    co = client.CustomObjectsApi(api)
     # A well-behaved run of another team is admitted alongside.
     er.create(api, namespace, er.manifest("neighbour", er.KWOK))
-    accepted: dict[str, str] = {}
-    for name, overrides, field in CORPUS:
-        try:
-            co.create_namespaced_custom_object(
-                "eval.lmms.dev",
-                "v1alpha1",
-                namespace,
-                "evalruns",
-                _body(name, overrides),
-                field_validation="Strict",
-            )
-        except client.ApiException as exc:
-            assert exc.status in (400, 422), (name, exc.status, exc.body)
-            message = json.loads(exc.body)["message"]
-            assert field in message, f"{name}: {field!r} not in {message!r}"
-        else:
-            accepted[name] = field
+    accepted = er.apply_corpus(api, namespace, CORPUS, _body)
     er.wait_phase(api, namespace, "neighbour", "Succeeded", timeout=60)
     reasons = {}
     for name, field in accepted.items():
@@ -261,3 +244,20 @@ def test_every_hostile_run_is_refused_or_fails_naming_the_field_with_no_job(
 def wait_failed(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     # Secret references wait LMMS_REFERENCE_TIMEOUT (20 s in tests) before failing.
     return er.wait_phase(api, namespace, name, "Failed", timeout=90)
+
+
+def test_a_leaderboard_cannot_point_the_operator_at_a_store_without_credentials(
+    api: client.ApiClient, namespace: str
+) -> None:
+    board = {
+        "apiVersion": "eval.lmms.dev/v1alpha1",
+        "kind": "Leaderboard",
+        "metadata": {"name": "ssrf"},
+        "spec": {"storage": {"s3": {"bucket": "evals", "endpoint": "http://169.254.169.254"}}},
+    }
+    with pytest.raises(client.ApiException) as exc:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            "eval.lmms.dev", "v1alpha1", namespace, "leaderboards", board
+        )
+    assert exc.value.status == 422
+    assert "spec.storage.s3.credentialsSecret" in json.loads(exc.value.body)["message"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,16 +15,6 @@ from tests import evalruns as er
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator_process")]
-
-
-@pytest.fixture()
-def other_namespace(api: client.ApiClient) -> Iterator[str]:
-    core = client.CoreV1Api(api)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30)
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
 
 
 def _scripted(name: str, value: float) -> dict[str, Any]:
@@ -83,3 +71,9 @@ def test_runs_never_share_a_job_token_or_results(
     assert jobs[(namespace, prefix + "a")][:52] == jobs[(namespace, prefix + "b")][:52]
     tokens = {_token(core, ns, job) for (ns, _), job in jobs.items()}
     assert len(tokens) == len(runs)
+    # Both namespaces got the policy that admits only the operator to runner pods.
+    net = client.NetworkingV1Api(api)
+    for ns in (namespace, other_namespace):
+        policy = net.read_namespaced_network_policy("lmms-runner-ingress", ns)
+        (rule,) = policy.spec.ingress
+        assert [p.port for p in rule.ports] == [8080]

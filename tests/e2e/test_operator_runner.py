@@ -214,7 +214,7 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     text = operator_process.metrics()
     assert (
         'lmms_operator_score{direction="higher",leaderboard="default",metric="exact_match",'
-        'model="openai",task="colors"} 0.8'
+        f'model="openai",namespace="{namespace}",task="colors"}} 0.8'
     ) in text
     assert (
         'lmms_operator_evalrun_transitions_total{from_phase="Running",to_phase="Succeeded"}' in text

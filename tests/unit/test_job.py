@@ -190,22 +190,35 @@ def test_run_config_carries_the_resolved_preset() -> None:
     assert config["spec"]["model"]["args"]["max_pixels"] == "12845056"
 
 
-def test_each_run_gets_a_network_policy_that_admits_the_operator_and_its_own_pods() -> None:
+def test_runners_admit_the_operator_and_only_a_multi_node_runs_own_pods() -> None:
     runner = dataclasses.replace(Settings().runner, operator_namespace="lmms-system")
-    spec = validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]})
-    policy = jobs.build(RUN, spec, runner, "t").network_policy
+    ns_policy = jobs.namespace_network_policy("team-a", runner)
+    assert ns_policy is not None and ns_policy["metadata"]["namespace"] == "team-a"
+    (rule,) = ns_policy["spec"]["ingress"]  # the operator only: runners never reach runners
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "lmms-system"
+    }
+    single = jobs.build(
+        RUN, validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]}), runner, "t"
+    )
+    selected = ns_policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= single.job["spec"]["template"]["metadata"]["labels"].items()
+    assert single.network_policy is None  # one policy per namespace, no write per run
+    multi = jobs.build(
+        RUN,
+        validate(
+            {"model": {"type": "qwen2_vl"}, "tasks": ["mme"], "resources": {"gpus": 1, "nodes": 2}}
+        ),
+        runner,
+        "t",
+    )
+    policy = multi.network_policy
     assert policy is not None
     own = policy["spec"]["podSelector"]["matchLabels"]
     assert own[jobs.LABEL_RUN_UID] == RUN.uid
-    # The policy selects exactly the Job's pods.
-    desired = jobs.build(RUN, spec, runner, "t")
-    assert own.items() <= desired.job["spec"]["template"]["metadata"]["labels"].items()
-    from_operator, from_own = policy["spec"]["ingress"]
-    assert from_operator["ports"] == [{"port": 8080, "protocol": "TCP"}]
-    assert from_operator["from"][0]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "lmms-system"
-    }
-    assert from_own == {"from": [{"podSelector": {"matchLabels": own}}]}
+    assert own.items() <= multi.job["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": own}}]}]
     assert policy["metadata"]["ownerReferences"][0]["uid"] == RUN.uid
     off = dataclasses.replace(runner, network_policy=False)
-    assert jobs.build(RUN, spec, off, "t").network_policy is None
+    assert jobs.namespace_network_policy("team-a", off) is None

@@ -57,8 +57,8 @@ class RunnerDefaults:
     default_shm: str = "8Gi"
     uid: int = 1000
     hold_timeout: float = 600.0
-    # A NetworkPolicy per run: its pods accept the scrape port from the operator's pods
-    # only, and (multi-node) each other; never other runs' pods.
+    # NetworkPolicies: runner pods accept the runner port from the operator's pods only;
+    # the pods of one multi-node run reach each other; never other runs' pods.
     network_policy: bool = True
     operator_namespace: str = ""
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
@@ -355,35 +355,66 @@ def build(run: RunRef, spec: EvalRunSpec, runner: RunnerDefaults, token: str) ->
         config_map=config_map,
         token_secret=token_secret,
         service=service,
-        network_policy=_network_policy(name, run, labels, hash_, runner),
+        network_policy=_network_policy(name, run, labels, hash_, runner) if multi_node else None,
     )
+
+
+#: The NetworkPolicy the operator keeps in every namespace with runs.
+NAMESPACE_POLICY = "lmms-runner-ingress"
+
+
+def _operator_peer(runner: RunnerDefaults) -> dict[str, Any]:
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(runner.operator_labels)}}
+    if runner.operator_namespace:
+        peer["namespaceSelector"] = {
+            "matchLabels": {"kubernetes.io/metadata.name": runner.operator_namespace}
+        }
+    return peer
+
+
+def namespace_network_policy(namespace: str, runner: RunnerDefaults) -> dict[str, Any] | None:
+    """One per namespace with runs (made with its first run's Job, whatever the mode):
+    every runner pod accepts the runner port from the operator's pods, and nothing else.
+    Policies add up, so runners of different runs never reach each other; a multi-node
+    run adds a policy of its own for its rendezvous."""
+    if not runner.network_policy:
+        return None
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": NAMESPACE_POLICY,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_MANAGED_BY: MANAGED_BY}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [_operator_peer(runner)],
+                    "ports": [{"port": runner.port, "protocol": "TCP"}],
+                }
+            ],
+        },
+    }
 
 
 def _network_policy(
     name: str, run: RunRef, labels: dict[str, str], hash_: str, runner: RunnerDefaults
 ) -> dict[str, Any] | None:
-    """Ingress to the run's pods: the runner port from the operator's pods, and every
-    port from the pods of the same run (the torchrun rendezvous of a multi-node run).
-    Policies add up: with this one, a runner is reachable by nothing else unless
-    another policy in the namespace allows it."""
+    """A multi-node run's pods reach each other on every port (torchrun's rendezvous and
+    collectives); the namespace's policy admits the operator."""
     if not runner.network_policy:
         return None
     own = {LABEL_RUN_UID: run.uid, LABEL_SPEC_HASH: hash_}
-    operator: dict[str, Any] = {"podSelector": {"matchLabels": dict(runner.operator_labels)}}
-    if runner.operator_namespace:
-        operator["namespaceSelector"] = {
-            "matchLabels": {"kubernetes.io/metadata.name": runner.operator_namespace}
-        }
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _meta(f"{name}-net", run, labels),
+        "metadata": _meta(f"{name}-rdzv", run, labels),
         "spec": {
             "podSelector": {"matchLabels": own},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {"from": [operator], "ports": [{"port": runner.port, "protocol": "TCP"}]},
-                {"from": [{"podSelector": {"matchLabels": own}}]},
-            ],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": own}}]}],
         },
     }

@@ -172,6 +172,20 @@ def observe(
     def obs(phase: str, reason: str, message: str, **kw: Any) -> Observation:
         return Observation(phase, reason, message, pod_name=pod_name, start_time=start, **kw)
 
+    def stuck(reason: str, message: str, waited: float, limit: float, **kw: Any) -> Observation:
+        """Failed (the Job stopped, releasing its GPUs) once a waiting state has lasted
+        ``limit`` seconds; until then Pending with the same reason."""
+        if waited >= limit:
+            return obs(
+                "Failed",
+                reason,
+                f"{message} (waited {int(waited)}s)",
+                completion_time=fmt_time(now),
+                stop_job=True,
+                **kw,
+            )
+        return obs("Pending", reason, message, **kw)
+
     complete = _cond(job, "Complete")
     if complete:
         done = job_status.get("completionTime") or complete.get("lastTransitionTime")
@@ -246,16 +260,9 @@ def observe(
                 since = parse_time(c.get("lastTransitionTime")) or now
                 waited = (now - since).total_seconds()
                 message = f"pod {pod_name} cannot be scheduled: {c.get('message', '')}".strip()
-                if waited >= timeouts.unschedulable:
-                    return obs(
-                        "Failed",
-                        R.UNSCHEDULABLE,
-                        f"{message} (waited {int(waited)}s)",
-                        completion_time=fmt_time(now),
-                        stop_job=True,
-                        scheduled=scheduled,
-                    )
-                return obs("Pending", R.UNSCHEDULABLE, message, scheduled=scheduled)
+                return stuck(
+                    R.UNSCHEDULABLE, message, waited, timeouts.unschedulable, scheduled=scheduled
+                )
 
     waiting = (_container(pod).get("state") or {}).get("waiting") or {}
     wreason = waiting.get("reason") or ""
@@ -278,16 +285,13 @@ def observe(
         created = parse_time(pod["metadata"].get("creationTimestamp")) or now
         waited = (now - created).total_seconds()
         message = f"pod {pod_name}: {wreason}: {waiting.get('message', '')}"
-        if waited >= timeouts.container_config:
-            return obs(
-                "Failed",
-                R.CONTAINER_CONFIG_ERROR,
-                f"{message} (waited {int(waited)}s)",
-                completion_time=fmt_time(now),
-                stop_job=True,
-                scheduled=scheduled,
-            )
-        return obs("Pending", R.CONTAINER_CONFIG_ERROR, message, scheduled=scheduled)
+        return stuck(
+            R.CONTAINER_CONFIG_ERROR,
+            message,
+            waited,
+            timeouts.container_config,
+            scheduled=scheduled,
+        )
 
     active_running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     if active_running:
