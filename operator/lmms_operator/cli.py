@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from . import k8s, leaderboards
+from .reconcile.identity import model_identity
 
 
 def _namespace(namespace: str | None) -> str:
@@ -34,7 +35,7 @@ def leaderboard_show(name: str, namespace: str | None, output: str, task: str | 
     if not entries:
         print(f"leaderboard {ns}/{name} has no entries yet")
         return 0
-    rows = [["TASK", "RANK", "MODEL", "METRIC", "VALUE", "STDERR", "RUN"]]
+    rows = [["TASK", "RANK", "MODEL", "METRIC", "VALUE", "STDERR", "SETTINGS", "RUN"]]
     for e in entries:
         arrow = "↓" if e.get("higherIsBetter") is False else "↑"
         rows.append(
@@ -45,6 +46,7 @@ def leaderboard_show(name: str, namespace: str | None, output: str, task: str | 
                 f"{e['metric']} {arrow}",
                 "" if e.get("value") is None else f"{e['value']:.4g}",
                 "" if e.get("stderr") is None else f"{e['stderr']:.2g}",
+                str(e.get("settings") or ""),
                 str(e.get("run")),
             ]
         )
@@ -81,7 +83,7 @@ def runs(namespace: str | None, all_namespaces: bool, output: str) -> int:
             [
                 r["metadata"]["namespace"],
                 r["metadata"]["name"],
-                str((r.get("spec") or {}).get("model", {}).get("type")),
+                model_identity(r.get("spec") or {}),
                 status.get("phase") or "-",
                 status.get("summary") or "-",
                 status.get("reason") or "-",

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from . import errors, k8s, leaderboards, metrics, objectstore
+from . import catalogue, errors, k8s, leaderboards, metrics, objectstore
 from .api import (
     Condition,
     EvalRunSpec,
@@ -515,7 +515,13 @@ def publish_results(
     if board and primaries:
         # Before the status says "published": a failure here is retried (a bounded number
         # of times), and publishing the same run again changes nothing.
-        entries = leaderboards.entries_for_run(body, primaries, st.fmt_time(_now()))
+        version = summary.provenance.lmms_eval_version if summary is not None else None
+        entries = leaderboards.entries_for_run(
+            {**body, "status": {**(body.get("status") or {}), **status}},
+            primaries,
+            st.fmt_time(_now()),
+            version or catalogue.load().lmms_eval_version,
+        )
         key = (meta["namespace"], meta["uid"])
         try:
             leaderboards.publish(meta["namespace"], board, entries)
@@ -554,6 +560,15 @@ def publish_results(
         R.RESULTS_COLLECTED,
         f"results of {len(primaries)} task(s) in ConfigMap {name} (from the {source})",
     )
+    if source == "runner" and not location and (body.get("spec") or {}).get("output"):
+        events.append(
+            Event(
+                "Warning",
+                R.RESULTS_NOT_UPLOADED,
+                "the runner could not upload the output to spec.output.s3 (see its log); "
+                "the results are in the status and the results ConfigMap",
+            )
+        )
     return Plan(status=fields, events=[event, *events])
 
 

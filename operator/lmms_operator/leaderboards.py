@@ -21,6 +21,7 @@ from typing import Any
 
 from . import errors, k8s, objectstore
 from .api import GROUP, VERSION, S3Output
+from .reconcile import identity
 from .reconcile import leaderboard as lb
 from .reconcile import reasons as R
 from .reconcile.job import LABEL_MANAGED_BY, LABEL_PREFIX, MANAGED_BY
@@ -146,6 +147,31 @@ def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
                 board_name,
                 attempt + 1,
             )
+        raise errors.Conflict(f"leaderboard {namespace}/{board_name}: too many conflicts")
+
+
+def rerender(namespace: str, board_name: str) -> bool:
+    """Ranks the table again after an edit of the Leaderboard's spec (rankBy, top) and
+    writes it, with the status, when the ranking changed; returns whether it wrote."""
+    with _lock(namespace, board_name):
+        for _ in range(20):
+            board = k8s.get_leaderboard(namespace, board_name)
+            if board is None:
+                return False
+            spec = board.get("spec") or {}
+            entries, index = read(namespace, board)
+            ranked = lb.rank(entries, spec.get("rankBy") or {})
+            if index is None:
+                _update_status(namespace, board, ranked, spec, [], None)
+                return False
+            if ranked == entries:
+                _update_status(namespace, board, ranked, spec, index["configMaps"], None)
+                return True
+            names = _swap(namespace, board, ranked, index)
+            if names is not None:
+                stored = _store(namespace, board, ranked)
+                _update_status(namespace, board, ranked, spec, names, stored)
+                return True
         raise errors.Conflict(f"leaderboard {namespace}/{board_name}: too many conflicts")
 
 
@@ -281,6 +307,7 @@ def _update_status(
     stored: dict[str, Any] | None,
 ) -> None:
     status: dict[str, Any] = {
+        "observedGeneration": board["metadata"].get("generation"),
         "entries": len(ranked),
         "models": len({(e["model"], e.get("revision")) for e in ranked}),
         "tasks": len({e["task"] for e in ranked}),
@@ -307,18 +334,25 @@ def _update_status(
 
 
 def entries_for_run(
-    run: Mapping[str, Any], results: list[dict[str, Any]], finished_at: str
+    run: Mapping[str, Any],
+    results: list[dict[str, Any]],
+    finished_at: str,
+    lmms_eval_version: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Leaderboard entries of a finished run (its primary metric per task)."""
+    """Leaderboard entries of a finished run (its primary metric per task): the model's
+    identity and the settings that change a score are part of each entry; the run's uid
+    and spec hash tell a re-run from the same run published twice."""
     spec = run.get("spec") or {}
     model = spec.get("model") or {}
-    from . import presets
-
-    pretrained, _ = presets.resolve(str(model.get("type")), model.get("pretrained"), {})
+    status = run.get("status") or {}
+    settings = identity.settings_label(spec, lmms_eval_version)
     return [
         {
-            "model": pretrained or model.get("type"),
+            "model": identity.model_identity(spec),
             "revision": model.get("revision"),
+            "settings": settings,
+            "runUid": run["metadata"].get("uid"),
+            "specHash": status.get("specHash"),
             "task": r["task"],
             "metric": r["metric"],
             "value": r.get("value"),

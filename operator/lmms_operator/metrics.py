@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .reconcile import identity
 from .reconcile import status as st
 from .reconcile.reasons import FAILURE_REASONS
 
@@ -58,8 +59,9 @@ DURATION = Histogram(
 )
 GPU_SECONDS = Counter(
     "lmms_operator_gpu_seconds_total",
-    "GPU-seconds held by finished EvalRuns (GPUs per node x nodes x run time), by namespace "
-    "and model type.",
+    "GPU-seconds held by EvalRuns' pods (GPUs per pod x each pod's time from start to "
+    "end), counted when a run ends or is deleted while active, by namespace and model "
+    "identity.",
     ["namespace", "model"],
     registry=REGISTRY,
 )
@@ -135,10 +137,46 @@ def serve(address: str) -> None:
     start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
 
 
+def gpu_seconds(
+    run: Mapping[str, Any], pods: list[dict[str, Any]], now: dt.datetime | None = None
+) -> float:
+    """GPU-seconds the run's pods held: for each pod that started, from its start to the
+    end of its container (or its deletion, or now), times the GPUs per pod."""
+    now = now or dt.datetime.now(dt.UTC)
+    res = (run.get("spec") or {}).get("resources") or {}
+    gpus = int(res.get("gpus", 1))
+    total = 0.0
+    for pod in pods:
+        status = pod.get("status") or {}
+        started = st.parse_time(status.get("startTime"))
+        if started is None:
+            continue
+        ends = [
+            st.parse_time(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+            for c in status.get("containerStatuses") or []
+        ]
+        ended = max((e for e in ends if e is not None), default=None)
+        ended = ended or st.parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+        total += gpus * max(0.0, ((ended or now) - started).total_seconds())
+    return total
+
+
+def count_gpu_seconds(run: Mapping[str, Any], pods: list[dict[str, Any]]) -> None:
+    meta = run["metadata"]
+    seconds = gpu_seconds(run, pods)
+    if seconds > 0:
+        model = identity.model_identity(run.get("spec") or {})
+        GPU_SECONDS.labels(meta["namespace"], bounded(model)).inc(seconds)
+
+
 def observe_status(
-    run: Mapping[str, Any], old: Mapping[str, Any], fields: Mapping[str, Any]
+    run: Mapping[str, Any],
+    old: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    pods: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Records what a status write changes: phase, transitions, ends, progress."""
+    """Records what a status write changes: phase, transitions, ends (with the GPU-seconds
+    of the run's ``pods``), progress."""
     meta = run["metadata"]
     new_phase = fields.get("phase")
     old_phase = old.get("phase") or ""
@@ -148,6 +186,7 @@ def observe_status(
             _phases[meta["uid"]] = (meta["namespace"], new_phase)
         if new_phase in st.TERMINAL:
             _ended(run, old, fields, new_phase)
+            count_gpu_seconds(run, pods or [])
     progress = fields.get("progress")
     if progress and (new_phase or old_phase) == "Running":
         PROGRESS.labels(meta["namespace"], meta["name"]).set(progress.get("percent", 0) / 100)
@@ -165,14 +204,6 @@ def _ended(
     done = st.parse_time(fields.get("completionTime")) or dt.datetime.now(dt.UTC)
     if created and done:
         DURATION.labels(phase).observe(max(0.0, (done - created).total_seconds()))
-    started = st.parse_time(fields.get("startTime") or old.get("startTime"))
-    if started and done:
-        spec = run.get("spec") or {}
-        res = spec.get("resources") or {}
-        gpus = int(res.get("gpus", 1)) * int(res.get("nodes", 1))
-        GPU_SECONDS.labels(meta["namespace"], bounded((spec.get("model") or {}).get("type"))).inc(
-            gpus * max(0.0, (done - started).total_seconds())
-        )
     forget_run(meta["namespace"], meta["name"])
 
 
@@ -239,6 +270,16 @@ def published(namespace: str, leaderboard: str, entries: list[dict[str, Any]], u
             SCORE.labels(*labels).set(e["value"])
             _score_runs.setdefault(labels, set()).add(uid)
             _run_scores.setdefault(uid, set()).add(labels)
+
+
+def rebuild_scores(namespace: str, leaderboard: str, entries: list[dict[str, Any]]) -> None:
+    """The series of a Leaderboard's table, as at start-up (each entry stands for the run
+    that published it)."""
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_run.setdefault(str(e.get("runUid") or e.get("run")), []).append(e)
+    for uid, rows in by_run.items():
+        published(namespace, leaderboard, rows, uid)
 
 
 def _drop_scores(series: list[tuple[str, ...]]) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import controller, errors, k8s, metrics, objectstore
+from . import controller, errors, k8s, leaderboards, metrics, objectstore
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
 from .reconcile import job as jobs
@@ -178,6 +178,12 @@ class Store:
     def _run_deleted(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid") or "")
+        entry = self.entry(uid)
+        if entry is not None and (entry.body.get("status") or {}).get("phase") in st.ACTIVE:
+            # Deleted while active: its pods held GPUs all the same.
+            job_name = (entry.body.get("status") or {}).get("jobName")
+            pods = self.pods_of(uid, job_name) if job_name else []
+            metrics.count_gpu_seconds(entry.body, pods)
         metrics.deleted(uid, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         controller.forget(str(meta.get("namespace") or ""), uid)
         with self._lock:
@@ -369,9 +375,13 @@ def needs_spec(run: Mapping[str, Any]) -> bool:
 
 # -- the runtime --------------------------------------------------------------------------------
 class _BoardSink:
-    """Leaderboards: the score series of one that is deleted (or no longer listed) go."""
+    """Leaderboards: their score series are rebuilt from their tables when listed (an
+    operator restart keeps the score gauges), a spec edit (rankBy, top) re-renders the
+    table at once, and the series of one deleted (or no longer listed) go. The work runs
+    on ``submit`` (the runtime's threads), never on the informer's."""
 
-    def __init__(self) -> None:
+    def __init__(self, submit: Callable[..., None]) -> None:
+        self._submit = submit
         self._listing: set[tuple[str, str]] = set()
 
     def relisting(self, scope: str | None) -> None:
@@ -379,12 +389,29 @@ class _BoardSink:
 
     def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
         self._listing |= {_board_key(o) for o in objects}
+        for board in objects:
+            self._submit(_rebuild_scores, board)
         if final:
-            metrics.retain_leaderboards(scope, self._listing)
+            metrics.retain_leaderboards(scope, set(self._listing))
 
     def event(self, type_: str, obj: dict[str, Any]) -> None:
         if type_ == "DELETED":
             metrics.leaderboard_gone(*_board_key(obj))
+            return
+        meta = obj.get("metadata") or {}
+        seen = (obj.get("status") or {}).get("observedGeneration")
+        if seen is not None and meta.get("generation") != seen:
+            self._submit(leaderboards.rerender, *_board_key(obj))
+
+
+def _rebuild_scores(board: Mapping[str, Any]) -> None:
+    namespace, name = _board_key(board)
+    try:
+        entries, _ = leaderboards.read(namespace, board)
+    except errors.OperatorError as exc:
+        log.warning("score series of leaderboard %s/%s not rebuilt: %s", namespace, name, exc)
+        return
+    metrics.rebuild_scores(namespace, name, entries)
 
 
 def _board_key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -441,7 +468,9 @@ class Runtime:
         ]
         # Leaderboards are few: watched whole, so that the score series of a deleted
         # Leaderboard go with it.
-        children += [k8s.Informer("Leaderboard", _BoardSink(), namespace=ns) for ns in scopes]
+        children += [
+            k8s.Informer("Leaderboard", _BoardSink(self._submit), namespace=ns) for ns in scopes
+        ]
         self.informers += [i.start() for i in children]
         await self._synced(children)
         self._children_synced.set()
@@ -602,7 +631,10 @@ class Runtime:
         controller.apply(run, plan)
         if plan.status:
             self.store.remember(meta["uid"], meta.get("generation", 1), plan.status)
-            metrics.observe_status(run, run.get("status") or {}, plan.status)
+            status = run.get("status") or {}
+            job_name = plan.status.get("jobName") or status.get("jobName")
+            pods = self.store.pods_of(meta["uid"], job_name) if job_name else []
+            metrics.observe_status(run, status, plan.status, pods)
 
     def update(self, uid: str, compute: Callable[[dict[str, Any], dict[str, Any]], Plan]) -> None:
         """Runs ``compute(run, status) -> Plan`` under the run's lock and applies it."""
@@ -611,6 +643,17 @@ class Runtime:
             if run is None or run.get("_stale"):
                 return
             self._apply(run, compute(run, run.get("status") or {}))
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Runs ``fn(*args)`` on the observe threads (from any thread); errors are logged."""
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception as exc:
+                log.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+
+        self._executor.submit(run)
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None

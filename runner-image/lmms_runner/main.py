@@ -150,9 +150,15 @@ class Runner:
         tasks_dir = Path(self.env.get("LMMS_TASKS_DIR", "/etc/lmms/tasks"))
         for source in self.cfg.spec.custom_tasks:
             path = tasks_dir / source.config_map
-            if not path.is_dir():
-                raise ConfigError(f"spec.customTasks: {path} is not mounted")
-            dirs.append(path)
+            if path.is_dir():
+                dirs.append(path)
+            elif not dirs:
+                # In the cluster the ConfigMap is mounted there; locally, --include-path
+                # gives the task files instead (the local-reproduction story).
+                raise ConfigError(
+                    f"spec.customTasks: {path} is not mounted (locally, pass the task files' "
+                    "directory with --include-path)"
+                )
         if len(dirs) <= 1:
             return [str(d) for d in dirs]
         merged = Path(self.env.get("TMPDIR", "/tmp")) / "lmms-runner-tasks"
@@ -246,7 +252,11 @@ class Runner:
             primary = next((m for m in t.metrics if m.name == t.primary), None)
             if primary is not None:
                 _log(f"{t.task}: {primary.name} = {primary.value}")
-        self._hold()
+        if self._hold() and code == EXIT_UPLOAD_FAILED:
+            # The operator kept the results (and reported the failed upload): exiting 4
+            # would make the Job run the whole evaluation again for nothing.
+            _log("the upload failed, but the operator kept the results: exiting 0")
+            return EXIT_OK
         return code
 
     def _previous_results(self) -> dict[str, object] | None:
@@ -295,7 +305,7 @@ class Runner:
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env=command.child_env(self.env, self.dist),
+            env=env,  # with the checkpoint interval set above
         )
         assert self.child.stdout is not None and self.child.stderr is not None
         readers = [
@@ -336,17 +346,21 @@ class Runner:
         done_dir = self.state / "tasks"
         done_dir.mkdir(parents=True, exist_ok=True)
         parts: list[dict[str, object]] = []
+        self.tracker.plan(len(self.cfg.tasks))
         for task in self.cfg.tasks:
             saved = done_dir / f"{task}.json"
             if saved.exists():
                 _log(f"task {task} finished in an earlier attempt: not evaluated again")
                 parts.append(results.load(saved))
+                self.tracker.finish_invocation()
                 continue
             out = self.output / "tasks" / task
+            self.tracker.begin_task(task)
             rc = self._evaluate(self.argv([task], out))
             if self.stopping.is_set():
                 raise _Stopped()
             data = self._check_results(rc, out, [task])
+            self.tracker.finish_invocation()
             tmp = saved.with_suffix(".tmp")
             tmp.write_text(json.dumps(data))
             tmp.replace(saved)
@@ -368,15 +382,17 @@ class Runner:
             argv=[self.redact(a) for a in argv],
         )
 
-    def _hold(self) -> None:
-        """Keeps serving /results until the operator acknowledges or the hold times out."""
+    def _hold(self) -> bool:
+        """Keeps serving /results until the operator acknowledges or the hold times out;
+        True when the operator acknowledged (it kept the results)."""
         if self.server is None or self.args.hold_timeout <= 0:
-            return
+            return False
         _log(f"holding the results until acknowledged (at most {self.args.hold_timeout:.0f}s)")
         if self.server.acknowledged.wait(self.args.hold_timeout):
             _log("results acknowledged")
-        else:
-            _log("hold timeout passed; the termination message and the output keep the results")
+            return True
+        _log("hold timeout passed; the termination message and the output keep the results")
+        return False
 
     def terminate(self) -> None:
         self.stopping.set()

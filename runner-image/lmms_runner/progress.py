@@ -59,6 +59,31 @@ class Tracker:
         self.failed_requests = 0
         self.changes = 0  # bumps on every state change (for tests and /metrics)
         self._t0 = time.monotonic()
+        # lmms-eval processes: one for the whole run, or (with a cache volume) one per
+        # task, each bringing its own "Model Responding" bars.
+        self._invocations = 1
+        self._finished_invocations = 0
+        self._current_task: str | None = None  # the one task of a per-task process
+        self._shown = 0.0  # the highest percent reported: it never goes down
+
+    def plan(self, invocations: int) -> None:
+        """The run will start lmms-eval this many times (one per task with a cache volume)."""
+        with self._lock:
+            self._invocations = max(1, invocations)
+
+    def begin_task(self, task: str | None) -> None:
+        """A per-task lmms-eval process starts: its bars count for ``task``."""
+        with self._lock:
+            self._current_task = task
+            self._bars_done = self._bar_n = self._bar_total = 0
+
+    def finish_invocation(self) -> None:
+        """One lmms-eval process is done (or its task was done in an earlier attempt)."""
+        with self._lock:
+            self._finished_invocations = min(self._invocations, self._finished_invocations + 1)
+            self._bars_done = self._bar_n = self._bar_total = 0
+            self._current_task = None
+            self.changes += 1
 
     #: What the tracker keeps of lmms-eval's output (which a custom task or a model's
     #: code can fill with anything): this many tasks, names this long.
@@ -114,6 +139,10 @@ class Tracker:
             if n < self._bar_n and self._bar_n >= self._bar_total > 0:
                 self._bars_done += self._bar_total  # a new request type started
             self._bar_n, self._bar_total = n, total
+            task = self._current_task
+            if task is not None and task in self._tasks and self._tasks[task].total <= total:
+                # One task per process: the bar counts that task's requests.
+                self._tasks[task] = TaskState(name=task, done=min(n, total), total=total)
             rate = bar.group("rate")
             if rate and rate != "?":
                 value = float(rate)
@@ -138,16 +167,27 @@ class Tracker:
         with self._lock:
             return self._phase
 
+    def _percent(self, done: int, total: int) -> float:
+        """Overall percent: finished lmms-eval processes, plus the current one's share
+        (answers 95%, post-processing the rest). Never 100 before the run is done, and
+        never lower than what was shown before (a second bar restarting at 0, a new
+        per-task process)."""
+        if self._phase == "done":
+            return 100.0
+        current = 0.0
+        if self._phase in ("postprocessing", "uploading"):
+            current = 0.95
+        elif total:
+            current = 0.95 * done / total
+        value = 100.0 * (self._finished_invocations + current) / self._invocations
+        self._shown = max(self._shown, min(round(value, 2), 99.9))
+        return self._shown
+
     def snapshot(self) -> RunnerProgress:
         with self._lock:
             done = self._bars_done + self._bar_n
             total = self._bars_done + self._bar_total
-            if self._phase in ("postprocessing", "uploading", "done"):
-                percent = 100.0
-            elif total:
-                percent = round(100.0 * done / total, 2)
-            else:
-                percent = 0.0
+            percent = self._percent(done, total)
             return RunnerProgress(
                 phase=self._phase,
                 percent=percent,

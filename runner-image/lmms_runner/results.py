@@ -38,6 +38,31 @@ def _number(value: Any) -> float | None:
     return None
 
 
+#: At most this many values of one nested metric are kept.
+MAX_LEAVES = 1000
+
+
+def _flatten(name: str, value: Any) -> list[tuple[str, Any]]:
+    """A metric whose value nests dicts (or lists) becomes one metric per leaf, with
+    dotted names (``mme_score.perception.OCR``), as dashboards and tables expect."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, v: Any) -> None:
+        if len(out) >= MAX_LEAVES:
+            return
+        if isinstance(v, dict) and v:
+            for k, sub in v.items():
+                walk(f"{prefix}.{k}", sub)
+        elif isinstance(v, list) and v and all(isinstance(x, dict | list | int | float) for x in v):
+            for i, sub in enumerate(v):
+                walk(f"{prefix}.{i}", sub)
+        else:
+            out.append((prefix, v))
+
+    walk(name, value)
+    return out
+
+
 def parse(data: dict[str, Any], provenance: Provenance) -> ResultsSummary:
     results = data.get("results") or {}
     hib_all = data.get("higher_is_better") or {}
@@ -55,18 +80,18 @@ def parse(data: dict[str, Any], provenance: Provenance) -> ResultsSummary:
             metric, _, filt = key.partition(",")
             if "_stderr" in metric:
                 continue
-            name = metric if filt in ("none", "") else f"{metric},{filt}"
             stderr = _number(values.get(f"{metric}_stderr,{filt}"))
-            number = _number(value)
-            metrics.append(
-                Metric(
-                    name=name,
-                    value=number,
-                    raw=None if number is not None else json.dumps(value)[:200],
-                    stderr=stderr,
-                    higher_is_better=hib.get(metric),
+            for leaf, leaf_value in _flatten(metric, value):
+                number = _number(leaf_value)
+                metrics.append(
+                    Metric(
+                        name=leaf if filt in ("none", "") else f"{leaf},{filt}",
+                        value=number,
+                        raw=None if number is not None else json.dumps(leaf_value)[:200],
+                        stderr=stderr if leaf == metric else None,
+                        higher_is_better=hib.get(metric),
+                    )
                 )
-            )
         order = list(hib)
         metrics.sort(
             key=lambda m: (

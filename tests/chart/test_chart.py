@@ -59,6 +59,16 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def test_the_chart_renders_and_lints_with_no_flags() -> None:
+    """As a user runs it: helm knows the Kubernetes version of its own client-go (the
+    ldflags of upstream's release builds), so the chart's kubeVersion is satisfied."""
+    out = helm("template", "lmms", str(CHART))
+    assert out.returncode == 0, out.stderr
+    assert "kind: Deployment" in out.stdout
+    out = helm("lint", "--strict", str(CHART))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_helm_lint_passes_strict() -> None:
     out = helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION)
     assert out.returncode == 0, out.stdout + out.stderr

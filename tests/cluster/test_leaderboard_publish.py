@@ -109,3 +109,60 @@ def test_a_failed_publish_leaves_no_configmap_behind(
         namespace, label_selector="eval.lmms.dev/leaderboard=board"
     ).items
     assert left == []
+
+
+@pytest.mark.usefixtures("operator_process")
+def test_editing_rank_by_or_top_re_renders_the_table_at_once(
+    cluster: DevCluster, api: client.ApiClient, namespace: str
+) -> None:
+    for i in range(3):
+        assert _publish((str(cluster.kubeconfig), namespace, i), board="edited")
+    # A second metric per model, ranked the other way round.
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    from lmms_operator import leaderboards
+
+    leaderboards.publish(
+        namespace,
+        "edited",
+        [
+            {
+                "model": f"org/model-{i:02d}",
+                "task": "mme",
+                "metric": "cognition",
+                "value": float(100 - i),
+                "higherIsBetter": True,
+                "run": f"{namespace}/run-{i}",
+                "finishedAt": "2026-11-27T10:00:00Z",
+            }
+            for i in range(3)
+        ],
+    )
+    co = client.CustomObjectsApi(api)
+
+    def board() -> dict[str, object]:
+        return dict(
+            co.get_namespaced_custom_object(GROUP, VERSION, namespace, "leaderboards", "edited")
+        )
+
+    first = board()["status"]["top"]  # type: ignore[index]
+    # Without rankBy, the task's first metric (cognition) ranks.
+    assert first[0]["model"] == "org/model-00" and first[0]["metric"] == "cognition"
+    co.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "leaderboards",
+        "edited",
+        {"spec": {"rankBy": {"mme": "score"}, "top": 2}},
+    )
+
+    def re_ranked() -> list[dict[str, object]] | None:
+        status = board()["status"]
+        top = status["top"]  # type: ignore[index]
+        return top if top and top[0]["metric"] == "score" else None
+
+    top = wait_for(re_ranked, timeout=30)
+    assert [e["model"] for e in top] == ["org/model-02", "org/model-01"]  # top: 2
+    entries, _ = leaderboards.read(namespace, board())
+    best = next(e for e in entries if e["rank"] == 1)
+    assert (best["metric"], best["model"]) == ("score", "org/model-02")

@@ -208,19 +208,30 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
 
     shown = cli("leaderboard", "show", "default", "-n", namespace)
     assert "colors" in shown and "exact_match" in shown and "0.8" in shown
+    # The model's identity: its name at the endpoint's host, not the backend type.
+    model = "local@" + model_server.url.split("://")[1].split("/")[0]
+    assert model in shown and best["model"] == model
+    assert "lmms-eval=0.7.3" in shown and best["settings"] == "lmms-eval=0.7.3"
     listed = cli("runs", "-n", namespace)
     assert "colors-e2e" in listed and "Succeeded" in listed and "colors=0.8" in listed
     # The operator's own /metrics: the score gauge, transitions, runs by phase, work done.
     text = operator_process.metrics()
     assert (
         'lmms_operator_score{direction="higher",leaderboard="default",metric="exact_match",'
-        f'model="openai",namespace="{namespace}",task="colors"}} 0.8'
+        f'model="{model}",namespace="{namespace}",task="colors"}} 0.8'
     ) in text
     assert (
         'lmms_operator_evalrun_transitions_total{from_phase="Running",to_phase="Succeeded"}' in text
     )
     assert 'lmms_operator_scrapes_total{result="ok"}' in text
-    assert 'lmms_operator_gpu_seconds_total{model="openai",namespace="' + namespace in text
+    gpu = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("lmms_operator_gpu_seconds_total{")
+        and f'model="{model}"' in line
+        and f'namespace="{namespace}"' in line
+    )
+    assert float(gpu.split()[-1]) > 0  # from the runner pod's own start and end
     assert (
         f'lmms_operator_evalrun_progress_ratio{{name="colors-e2e",namespace="{namespace}"}}'
         not in text

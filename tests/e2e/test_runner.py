@@ -79,7 +79,11 @@ def tasks_dir(tmp_path: Path) -> Path:
     return d
 
 
-def run_config(tmp_path: Path, base_url: str, tasks: list[str], **model_args: str) -> Path:
+def run_config(
+    tmp_path: Path, base_url: str, tasks: list[str], custom: bool = False, **model_args: str
+) -> Path:
+    """The EvalRun the runner reads; ``custom``: the tasks are the run's customTasks (in
+    the cluster a mounted ConfigMap; here the --include-path directory)."""
     args = {
         "model_version": "local",
         "base_url": base_url,
@@ -93,10 +97,12 @@ def run_config(tmp_path: Path, base_url: str, tasks: list[str], **model_args: st
         "metadata": {"name": "local-colors"},
         "spec": {
             "model": {"type": "openai", "args": args},
-            "tasks": tasks,
+            "tasks": [] if custom else tasks,
             "evaluation": {"seed": 7},
         },
     }
+    if custom:
+        doc["spec"]["customTasks"] = [{"configMap": "local-tasks", "tasks": tasks}]
     path = tmp_path / "evalrun.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -341,6 +347,34 @@ def test_a_restarted_run_resumes_from_the_cache_volume(tmp_path: Path, tasks_dir
         assert third.wait(120) == 0
         assert server.requests() == before
         assert "reusing" in third.output()
+    finally:
+        server.stop()
+
+
+def test_a_run_killed_inside_a_task_resumes_inside_it(tmp_path: Path, tasks_dir: Path) -> None:
+    """lmms-eval commits its response cache every LMMS_CACHE_CHECKPOINT_INTERVAL (8)
+    answers: a runner killed in the middle of a task asks the model again only for what
+    was not committed, not for the whole task."""
+    server = ModelServer(delay=0.3)
+    try:
+        state = tmp_path / "volume"
+        # 16 samples; as customTasks, which --include-path provides locally.
+        config = run_config(tmp_path, server.url, ["colors"], custom=True)
+        (tmp_path / "a").mkdir()
+        first = Runner(tmp_path / "a", config, tasks_dir, state=state)
+        wait_for(lambda: server.requests() >= 11, timeout=240, interval=0.1)
+        first.kill()
+        answered_before = server.requests()
+        assert answered_before < 16
+        (tmp_path / "b").mkdir()
+        second = Runner(tmp_path / "b", config, tasks_dir, state=state)
+        assert second.wait() == 0, second.output()[-2000:]
+        asked_again = server.requests() - answered_before
+        # With lmms-eval's default interval (256) all 16 would be asked again.
+        assert asked_again <= 16 - 8, (answered_before, asked_again)
+        assert "resuming:" in second.output()
+        served = json.loads((tmp_path / "b" / "out" / "combined_results.json").read_text())
+        assert set(served["results"]) == {"colors"}
     finally:
         server.stop()
 

@@ -81,3 +81,33 @@ def test_nan_and_infinite_scores_are_not_ranked() -> None:
     ]
     ranked = {e["model"]: e["rank"] for e in lb.rank(entries, {})}
     assert ranked == {"b": 1, "a": 0, "c": 0}
+
+
+def test_a_rerun_of_the_same_evalrun_replaces_its_entry() -> None:
+    """An edited spec, or the EvalRun re-created under the same name, is a new
+    evaluation: its entry replaces the old one (it used to be dropped as a duplicate)."""
+    first = dict(entry("a", "mme", "score", 1400, run="ns/r"), runUid="u1", specHash="h1")
+    table = lb.merge([], [first])
+    edited = dict(
+        entry("a", "mme", "score", 1450, run="ns/r", at="2026-11-28T00:00:00Z"),
+        runUid="u1",
+        specHash="h2",
+    )
+    assert lb.merge(table, [edited])[0]["value"] == 1450
+    recreated = dict(edited, runUid="u2", specHash="h1", value=1500.0)
+    assert lb.merge(table, [recreated])[0]["value"] == 1500
+    again = dict(first, finishedAt="2026-11-29T00:00:00Z", value=1.0)
+    assert lb.merge(table, [again]) == table  # the same evaluation published twice
+
+
+def test_settings_that_change_a_score_are_part_of_an_entry() -> None:
+    full = dict(entry("a", "mme", "score", 1400), settings="lmms-eval=0.7.3")
+    quick = dict(
+        entry("a", "mme", "score", 900, at="2026-11-28T00:00:00Z"),
+        settings="limit=10 lmms-eval=0.7.3",
+    )
+    table = lb.merge([full], [quick])
+    assert sorted(e["value"] for e in table) == [900, 1400]  # the full run keeps its row
+    files = lb.render(lb.rank(table, {}))
+    assert "limit=10 lmms-eval=0.7.3" in files["table.md"]
+    assert "settings" in files["table.csv"].splitlines()[0]

@@ -59,6 +59,13 @@ def test_large_results_stay_under_the_configmap_limit() -> None:
     assert stored["location"] == "s3://b/k/" and "s3://b/k/" in stored["note"]
     small = res.config_map_data('{"tasks": []}', primaries, "runner", "s3://b/k/")
     assert small["results.json"] == '{"tasks": []}' and "note" not in small
+    # Every key counts: a summary just under the budget, with 256 long primaries beside
+    # it, would pass the 1 MiB object limit, so it is left out.
+    many = [{"task": "t" * 253 + str(i), "metric": "m" * 200, "value": 0.5} for i in range(256)]
+    just_under = "x" * (res.CONFIG_MAP_BUDGET - 1000)
+    data = res.config_map_data(just_under, many, "runner", None)
+    assert "results.json" not in data
+    assert sum(len(k) + len(v) for k, v in data.items()) < res.CONFIG_MAP_BUDGET
 
 
 def test_progress_is_written_only_when_it_changed() -> None:

@@ -87,6 +87,7 @@ RESULTS: dict[str, Any] = {
             "wer,none": 0.12,
             "wer_stderr,none": 0.01,
             "per_class,none": [0.1, 0.2],
+            "breakdown,none": {"overall": 0.7, "by_source": {"news": 0.6, "chat": "n/a"}},
         },
         "grp": {"alias": "grp", "acc,none": 0.5},
     },
@@ -108,7 +109,13 @@ def test_results_are_parsed_with_direction_and_odd_values() -> None:
     assert cog.value == 320.5 and cog.stderr is None  # "N/A" stderr copes
     wer = {m.name: m for m in by["wer_task"].metrics}
     assert wer["wer"].higher_is_better is False and wer["wer"].stderr == 0.01
-    assert wer["per_class"].value is None and wer["per_class"].raw == "[0.1, 0.2]"
+    # Nested values are flattened into dotted keys, not a JSON string.
+    assert wer["per_class.0"].value == 0.1 and wer["per_class.1"].value == 0.2
+    assert wer["breakdown.overall"].value == 0.7
+    assert wer["breakdown.by_source.news"].value == 0.6
+    assert wer["breakdown.by_source.chat"].value is None
+    assert wer["breakdown.by_source.chat"].raw == '"n/a"'
+    assert wer["breakdown.overall"].higher_is_better is None
     assert by["grp"].group is True and by["mme"].group is False
 
 
@@ -156,17 +163,66 @@ def test_progress_from_lmms_eval_output() -> None:
     assert t.snapshot().phase == "loading"
     t.feed("Model Responding:  50%|█████     | 9/18 [00:02<00:02,  3.22it/s, tokens=18]")
     snap = t.snapshot()
-    assert (snap.phase, snap.done, snap.total, snap.percent) == ("evaluating", 9, 18, 50.0)
+    # Answers are 95% of the work, post-processing the rest.
+    assert (snap.phase, snap.done, snap.total, snap.percent) == ("evaluating", 9, 18, 47.5)
     assert snap.samples_per_second == 3.22 and snap.eta_seconds == 2
     t.feed(
         "2026-11-27 | INFO | lmms_eval.evaluator:evaluate:1399 - Postprocessed 18 docs for "
         "colors/none with 4 worker(s) in 0.00s"
     )
     snap = t.snapshot()
-    assert snap.phase == "postprocessing" and snap.percent == 100
+    assert snap.phase == "postprocessing" and snap.percent < 100  # not before the end
     assert snap.tasks[0].done == snap.tasks[0].total == 18
+    t.set_phase("done")
+    assert t.snapshot().percent == 100
     t.feed("2026-11-27 | ERROR | lmms_eval.models:x:140 - All 5 attempts failed. Last error: boom")
     assert t.failed_requests == 1 and "All 5 attempts failed" in (t.last_error or "")
+
+
+POST = (
+    "2026-11-27 | INFO | lmms_eval.evaluator:evaluate:1399 - Postprocessed {n} docs for "
+    "{task}/none with 4 worker(s) in 0.00s"
+)
+
+
+def _bar(n: int, total: int) -> str:
+    return f"Model Responding:  {100 * n // total}%|█     | {n}/{total} [00:02<00:02,  3.22it/s]"
+
+
+def test_progress_never_decreases_and_reaches_100_only_at_the_end() -> None:
+    # One process for two tasks: a second request type restarts its bar at 0.
+    t = Tracker(["colors", "shades"])
+    seen = []
+    for line in [_bar(5, 10), _bar(10, 10), _bar(0, 6), _bar(3, 6), _bar(6, 6)]:
+        t.feed(line)
+        seen.append(t.snapshot().percent)
+    t.feed(POST.format(n=10, task="colors"))
+    seen.append(t.snapshot().percent)
+    assert seen == sorted(seen) and max(seen) < 100, seen
+
+
+def test_per_task_processes_count_per_task_and_overall() -> None:
+    # With a cache volume: one lmms-eval process per task.
+    t = Tracker(["colors", "shades"])
+    t.plan(2)
+    t.begin_task("colors")
+    t.feed(_bar(4, 16))
+    snap = t.snapshot()
+    by = {x.name: x for x in snap.tasks}
+    assert (by["colors"].done, by["colors"].total) == (4, 16)  # moves during generation
+    t.feed(_bar(16, 16))
+    t.feed(POST.format(n=16, task="colors"))
+    after_first = t.snapshot().percent
+    assert 45 <= after_first < 55, after_first  # one of two tasks: not 100%
+    t.finish_invocation()
+    t.begin_task("shades")
+    t.feed(_bar(0, 8))
+    assert t.snapshot().percent >= after_first
+    t.feed(_bar(8, 8))
+    assert 95 <= t.snapshot().percent < 100
+    by = {x.name: x for x in t.snapshot().tasks}
+    assert (by["shades"].done, by["shades"].total) == (8, 8)
+    assert (by["colors"].done, by["colors"].total) == (16, 16)
 
 
 def test_progress_keeps_a_bounded_number_of_bounded_task_names() -> None:

@@ -59,14 +59,24 @@ class LeaderboardEntry(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
     rank: int = Field(description="Rank within the task (1 is best).")
-    model: str = Field(description="Model (pretrained id or path).")
+    model: str = Field(
+        description="Model identity: pretrained@revision for a checkpoint; for an API model "
+        "its name (model_version) @ the endpoint's host."
+    )
     revision: str | None = Field(default=None, description="Model revision.")
+    settings: str | None = Field(
+        default=None,
+        description="Settings that change a score (limit, numFewshot, generation, the "
+        "lmms-eval version): entries with other settings are other rows.",
+    )
     task: str = Field(description="Task name.")
     metric: str = Field(description="Metric name.")
     value: float | None = Field(default=None, description="Metric value.")
     stderr: float | None = Field(default=None, description="Standard error.")
     higher_is_better: bool | None = Field(default=None, description="Direction of the metric.")
-    run: str = Field(description="The EvalRun that produced it.")
+    run: str = Field(description="The EvalRun that produced it (namespace/name).")
+    run_uid: str | None = Field(default=None, description="The uid of that EvalRun.")
+    spec_hash: str | None = Field(default=None, description="The spec hash it evaluated.")
     finished_at: str | None = Field(default=None, description="When the run finished.")
 
 
@@ -75,6 +85,9 @@ class LeaderboardStatus(ApiModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation (rankBy, top) the table reflects."
+    )
     entries: int = Field(default=0, description="Number of entries.")
     models: int = Field(default=0, description="Number of distinct models.")
     tasks: int = Field(default=0, description="Number of distinct tasks.")

@@ -1,8 +1,10 @@
 """Leaderboard tables: entries in, ranked table out (JSON, CSV, Markdown). Pure.
 
-An entry is keyed by (model, revision, task, metric): a re-run of the same model on the
-same task replaces the older entry (the newer finish wins); publishing the same run
-twice changes nothing.
+An entry is keyed by (model identity, revision, settings, task, metric): a re-run of the
+same model with the same settings on the same task replaces the older entry (the newer
+finish wins, also when the re-run is the same EvalRun edited or re-created); a run with
+other settings (``limit: 10``) gets a row of its own; publishing the same run (uid and
+spec hash) twice changes nothing.
 """
 
 from __future__ import annotations
@@ -26,18 +28,29 @@ COLUMNS = (
     "higherIsBetter",
     "model",
     "revision",
+    "settings",
     "run",
     "finishedAt",
 )
 
 
-def key(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
+def key(entry: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
     return (
         str(entry.get("model")),
         str(entry.get("revision") or ""),
+        str(entry.get("settings") or ""),
         str(entry["task"]),
         str(entry["metric"]),
     )
+
+
+def _same_publish(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """The same evaluation published again (not a re-run of the same EvalRun name)."""
+    if old.get("runUid") or new.get("runUid"):
+        return bool(
+            old.get("runUid") == new.get("runUid") and old.get("specHash") == new.get("specHash")
+        )
+    return bool(old.get("run") == new.get("run"))
 
 
 def merge(
@@ -48,7 +61,7 @@ def merge(
     for entry in new:
         k = key(entry)
         old = table.get(k)
-        if old is not None and old.get("run") == entry.get("run"):
+        if old is not None and _same_publish(old, entry):
             continue  # the same run published again
         if old is None or str(entry.get("finishedAt") or "") >= str(old.get("finishedAt") or ""):
             table[k] = dict(entry)
@@ -92,8 +105,8 @@ def render(ranked: list[dict[str, Any]]) -> dict[str, str]:
     for row in ranked:
         writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in COLUMNS})
     md = [
-        "| rank | task | metric | value | ± | model | revision | run |",
-        "|---:|---|---|---:|---:|---|---|---|",
+        "| rank | task | metric | value | ± | model | revision | settings | run |",
+        "|---:|---|---|---:|---:|---|---|---|---|",
     ]
     for r in ranked:
         value = "" if r.get("value") is None else f"{r['value']:.4g}"
@@ -101,7 +114,8 @@ def render(ranked: list[dict[str, Any]]) -> dict[str, str]:
         arrow = "↓" if r.get("higherIsBetter") is False else "↑"
         md.append(
             f"| {r.get('rank') or ''} | {r['task']} | {r['metric']} {arrow} | {value} | "
-            f"{err} | {r['model']} | {r.get('revision') or ''} | {r.get('run')} |"
+            f"{err} | {r['model']} | {r.get('revision') or ''} | {r.get('settings') or ''} | "
+            f"{r.get('run')} |"
         )
     return {
         "table.json": json.dumps(ranked, indent=1),

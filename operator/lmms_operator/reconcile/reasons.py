@@ -51,6 +51,7 @@ JOB_STOPPED = "JobStopped"
 RESULTS_COLLECTED = "ResultsCollected"
 RESULTS_NOT_IN_OBJECT_STORE = "ResultsNotInObjectStore"
 PUBLISH_FAILED = "PublishFailed"
+RESULTS_NOT_UPLOADED = "ResultsNotUploaded"
 LEADERBOARD_STORE_FAILED = "ObjectStoreWriteFailed"
 LEADERBOARD_STORE_WRITTEN = "Written"
 # RunnerReachable: condition reasons, and the Events when it changes.

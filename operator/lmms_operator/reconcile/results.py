@@ -93,7 +93,10 @@ def config_map_data(
     data = {"source": source, "primary.json": json.dumps(primaries, indent=1)}
     if location:
         data["location"] = location
-    if summary_json and len(summary_json.encode()) < CONFIG_MAP_BUDGET:
+    # primaries are bounded (MAX_TASKS, MAX_NAME): they always fit.
+    others = sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+    if summary_json and others + len(summary_json.encode()) + 12 < CONFIG_MAP_BUDGET:
+        # Every key counts toward the object's 1 MiB, not only the summary.
         data["results.json"] = summary_json
     elif summary_json and location:
         data["note"] = (

@@ -29,6 +29,7 @@ complete() {
   for b in "${K8S_BINARIES[@]}" kwok helm; do
     [ -x "$BIN_DIR/$b" ] || return 1
   done
+  [ -f "$BIN_DIR/.helm-ldflags-$HELM_VERSION" ]
 }
 
 if complete; then
@@ -43,10 +44,23 @@ if [ ! -x "$BIN_DIR/kwok" ]; then
   log "go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   GOBIN="$BIN_DIR" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 fi
-if [ ! -x "$BIN_DIR/helm" ]; then
-  log "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  GOBIN="$BIN_DIR" go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+# Helm with the ldflags of upstream's release builds: without the Kubernetes version of
+# its client-go, `helm template` assumes v1.20 and refuses charts that need newer.
+# (A helm built before this has no stamp and is rebuilt.)
+HELM_STAMP="$BIN_DIR/.helm-ldflags-$HELM_VERSION"
+if [ ! -x "$BIN_DIR/helm" ] || [ ! -f "$HELM_STAMP" ]; then
+  gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  client_go="$(awk '$1 == "k8s.io/client-go" {print $2}' "$gomod")"  # v0.34.0
+  k8s_minor="$(echo "$client_go" | cut -d. -f2)"
+  k8s_major="$(( $(echo "${client_go#v}" | cut -d. -f1) + 1 ))"
+  log "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION (Kubernetes $k8s_major.$k8s_minor)"
+  GOBIN="$BIN_DIR" go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$k8s_major \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$k8s_major \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  touch "$HELM_STAMP"
 fi
 
 need_k8s=0

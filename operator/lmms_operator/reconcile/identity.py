@@ -1,0 +1,60 @@
+"""What a result is of: the model's identity and the settings that change a score. Pure.
+
+**Model identity.** A checkpoint is ``pretrained@revision`` (the revision when the spec
+pins one; the preset's checkpoint when it names none). A model behind an API (openai,
+litellm and the other backends without a checkpoint) is its model name (``model_version``,
+``model`` or ``model_name`` in ``model.args``), with ``@host`` of the endpoint when the
+run names one (``base_url``): two models served over an OpenAI-compatible API, or one
+name on two servers, never share a Leaderboard row, a score series or GPU-seconds.
+
+**Settings.** ``limit``, ``numFewshot``, the generation settings and the lmms-eval
+version change what a score means: they are part of a Leaderboard entry, so a
+``limit: 10`` run never replaces a full run's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import presets
+from .validate import NO_PRETRAINED
+
+#: ``model.args`` keys that name the model of an API backend, in order of preference.
+API_MODEL_KEYS = ("model_version", "model", "model_name", "model_id")
+#: ``model.args`` keys that name its endpoint.
+ENDPOINT_KEYS = ("base_url", "api_base", "endpoint", "azure_endpoint")
+
+
+def model_identity(spec: Mapping[str, Any]) -> str:
+    """The model a run evaluates, as Leaderboards, metrics and the CLI name it."""
+    model = spec.get("model") or {}
+    mtype = str(model.get("type") or "")
+    args = {str(k): str(v) for k, v in (model.get("args") or {}).items()}
+    pretrained, resolved = presets.resolve(mtype, model.get("pretrained"), args)
+    if mtype in NO_PRETRAINED and not model.get("pretrained"):
+        name = next((resolved[k] for k in API_MODEL_KEYS if resolved.get(k)), mtype)
+        endpoint = next((resolved[k] for k in ENDPOINT_KEYS if resolved.get(k)), "")
+        host = urlsplit(endpoint).netloc if "://" in endpoint else ""
+        return f"{name}@{host}" if host else name
+    ident = str(pretrained or mtype)
+    revision = model.get("revision")
+    return f"{ident}@{revision}" if revision else ident
+
+
+def settings_label(spec: Mapping[str, Any], lmms_eval_version: str | None) -> str:
+    """The settings that change a score, as a short stable string (empty keys left out):
+    ``limit=10 fewshot=0 temperature=0 lmms-eval=0.7.3``."""
+    ev = spec.get("evaluation") or {}
+    parts: list[str] = []
+    if ev.get("limit") is not None:
+        parts.append(f"limit={ev['limit']}")
+    if ev.get("numFewshot") is not None:
+        parts.append(f"fewshot={ev['numFewshot']}")
+    for key, value in sorted((ev.get("generation") or {}).items()):
+        if value is not None:
+            parts.append(f"{key}={value}")
+    if lmms_eval_version:
+        parts.append(f"lmms-eval={lmms_eval_version}")
+    return " ".join(parts)

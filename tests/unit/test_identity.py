@@ -1,0 +1,39 @@
+"""Model identity and score-changing settings (pure)."""
+
+from __future__ import annotations
+
+from lmms_operator.reconcile.identity import model_identity, settings_label
+
+
+def test_checkpoints_are_pretrained_at_revision() -> None:
+    assert model_identity({"model": {"type": "qwen2_vl"}}) == "Qwen/Qwen2-VL-7B-Instruct"
+    spec = {"model": {"type": "qwen2_vl", "pretrained": "org/m", "revision": "abc123"}}
+    assert model_identity(spec) == "org/m@abc123"
+
+
+def test_api_models_are_told_apart_by_name_and_endpoint() -> None:
+    def api(**args: str) -> dict[str, object]:
+        return {"model": {"type": "openai", "args": args}}
+
+    a = model_identity(api(model_version="gpt-4o", base_url="https://a.example/v1"))
+    b = model_identity(api(model_version="gpt-4o-mini", base_url="https://a.example/v1"))
+    c = model_identity(api(model_version="gpt-4o", base_url="http://10.0.0.5:8000/v1"))
+    assert a == "gpt-4o@a.example" and c == "gpt-4o@10.0.0.5:8000"
+    assert len({a, b, c}) == 3
+    assert model_identity(api(model_version="local")) == "local"
+    assert model_identity(api()) == "openai"  # nothing better is known
+
+
+def test_settings_label() -> None:
+    spec = {
+        "evaluation": {
+            "limit": 10,
+            "numFewshot": 0,
+            "generation": {"temperature": 0.0, "maxNewTokens": 64},
+        }
+    }
+    assert (
+        settings_label(spec, "0.7.3")
+        == "limit=10 fewshot=0 maxNewTokens=64 temperature=0.0 lmms-eval=0.7.3"
+    )
+    assert settings_label({}, None) == ""
