@@ -79,7 +79,7 @@ def launcher(dist: Distributed, python: str = sys.executable) -> list[str]:
             f"--master_addr={dist.master_addr}",
             f"--master_port={dist.master_port}",
             "-m",
-            "lmms_eval",
+            "lmms_runner.lmms_eval_main",
         ]
     if dist.gpus > 1:
         return [
@@ -92,9 +92,9 @@ def launcher(dist: Distributed, python: str = sys.executable) -> list[str]:
             "--num_machines",
             "1",
             "-m",
-            "lmms_eval",
+            "lmms_runner.lmms_eval_main",
         ]
-    return [python, "-m", "lmms_eval"]
+    return [python, "-m", "lmms_runner.lmms_eval_main"]
 
 
 def build(

@@ -23,6 +23,8 @@ FAILED_REQUEST = re.compile(r"All \d+ attempts failed")
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|NotFound)\b.*:")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RESPONDING = "Model Responding"
+#: Printed by lmms_runner.lmms_eval_main before each chunk of a request type.
+ANSWERED = re.compile(r"^lmms-runner: answered (?P<n>\d+)/(?P<total>\d+)$")
 
 
 def _now() -> str:
@@ -65,6 +67,9 @@ class Tracker:
         self._finished_invocations = 0
         self._current_task: str | None = None  # the one task of a per-task process
         self._shown = 0.0  # the highest percent reported: it never goes down
+        # While lmms-eval answers a request type in chunks: (answered before the current
+        # chunk, requests of the type, what earlier types added to _bars_done).
+        self._chunks: tuple[int, int] | None = None
 
     def plan(self, invocations: int) -> None:
         """The run will start lmms-eval this many times (one per task with a cache volume)."""
@@ -105,6 +110,17 @@ class Tracker:
         with self._lock:
             self._updated = _now()
             self.changes += 1
+            answered = ANSWERED.match(line)
+            if answered:
+                n, total = int(answered.group("n")), int(answered.group("total"))
+                if self._chunks is None:
+                    self._bar_n = self._bar_total = 0  # the bars now count chunks
+                self._chunks = (n, total)
+                self._bar_n = self._bar_total = 0
+                if n >= total:  # the request type is answered
+                    self._bars_done += total
+                    self._chunks = None
+                return
             bar = TQDM.search(line)
             if bar:
                 self._on_bar(bar)
@@ -136,7 +152,7 @@ class Tracker:
         if desc.startswith(RESPONDING):
             if self._phase in ("starting", "loading"):
                 self._phase = "evaluating"
-            if n < self._bar_n and self._bar_n >= self._bar_total > 0:
+            if self._chunks is None and n < self._bar_n and self._bar_n >= self._bar_total > 0:
                 self._bars_done += self._bar_total  # a new request type started
             self._bar_n, self._bar_total = n, total
             task = self._current_task
@@ -185,8 +201,13 @@ class Tracker:
 
     def snapshot(self) -> RunnerProgress:
         with self._lock:
-            done = self._bars_done + self._bar_n
-            total = self._bars_done + self._bar_total
+            if self._chunks is not None:
+                answered, of = self._chunks
+                done = self._bars_done + answered + self._bar_n
+                total = self._bars_done + of
+            else:
+                done = self._bars_done + self._bar_n
+                total = self._bars_done + self._bar_total
             percent = self._percent(done, total)
             return RunnerProgress(
                 phase=self._phase,

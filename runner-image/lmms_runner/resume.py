@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: Responses between commits of lmms-eval's cache (its default is 256): a killed attempt
+#: Answers per chunk sent to the model and committed to the cache (lmms_eval_main; lmms-eval
+#: alone stores a request type only once all its answers are in): a killed attempt
 #: loses at most this many answers.
 CHECKPOINT_INTERVAL = "8"
 

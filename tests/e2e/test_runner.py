@@ -370,8 +370,10 @@ def test_a_run_killed_inside_a_task_resumes_inside_it(tmp_path: Path, tasks_dir:
         second = Runner(tmp_path / "b", config, tasks_dir, state=state)
         assert second.wait() == 0, second.output()[-2000:]
         asked_again = server.requests() - answered_before
-        # With lmms-eval's default interval (256) all 16 would be asked again.
-        assert asked_again <= 16 - 8, (answered_before, asked_again)
+        # Without the chunked cache all 16 are asked again (lmms-eval 0.7.3 stores a
+        # request type's answers only once all are in). The first chunk of 8 was kept;
+        # one request may have been in flight when the pod was killed.
+        assert asked_again <= 16 - 8 + 1, (answered_before, asked_again)
         assert "resuming:" in second.output()
         served = json.loads((tmp_path / "b" / "out" / "combined_results.json").read_text())
         assert set(served["results"]) == {"colors"}

@@ -34,7 +34,7 @@ def test_command_is_an_argument_list_with_every_setting() -> None:
         },
     )
     argv = command.build(c, "/out", ["/tasks"], cache_file="/cache")
-    assert argv[1:3] == ["-m", "lmms_eval"]
+    assert argv[1:3] == ["-m", "lmms_runner.lmms_eval_main"]
     joined = " ".join(argv)
     assert "--model qwen2_vl" in joined
     assert (
@@ -199,6 +199,23 @@ def test_progress_never_decreases_and_reaches_100_only_at_the_end() -> None:
     t.feed(POST.format(n=10, task="colors"))
     seen.append(t.snapshot().percent)
     assert seen == sorted(seen) and max(seen) < 100, seen
+
+
+def test_progress_follows_answers_given_in_chunks() -> None:
+    """lmms_eval_main answers a request type in chunks (each with its own bar) and says
+    where the whole type stands before each."""
+    t = Tracker(["colors"])
+    seen = []
+    for start in range(0, 16, 8):
+        t.feed(f"lmms-runner: answered {start}/16")
+        for n in (0, 4, 8):
+            t.feed(_bar(n, 8))
+            snap = t.snapshot()
+            seen.append((snap.done, snap.total))
+    t.feed("lmms-runner: answered 16/16")
+    snap = t.snapshot()
+    assert seen == [(0, 16), (4, 16), (8, 16), (8, 16), (12, 16), (16, 16)]
+    assert (snap.done, snap.total) == (16, 16) and snap.percent == 95.0
 
 
 def test_per_task_processes_count_per_task_and_overall() -> None:
