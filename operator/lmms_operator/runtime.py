@@ -628,12 +628,14 @@ class Runtime:
                     f"{k}={plan.status[k]}" if k in ("phase", "reason") else k for k in plan.status
                 ),
             )
+        status = run.get("status") or {}
+        job_name = plan.status.get("jobName") or status.get("jobName")
+        # Read before the write: the watch may drop a finished run's pods as soon as it
+        # shows the new status.
+        pods = self.store.pods_of(meta["uid"], job_name) if plan.status and job_name else []
         controller.apply(run, plan)
         if plan.status:
             self.store.remember(meta["uid"], meta.get("generation", 1), plan.status)
-            status = run.get("status") or {}
-            job_name = plan.status.get("jobName") or status.get("jobName")
-            pods = self.store.pods_of(meta["uid"], job_name) if job_name else []
             metrics.observe_status(run, status, plan.status, pods)
 
     def update(self, uid: str, compute: Callable[[dict[str, Any], dict[str, Any]], Plan]) -> None:
