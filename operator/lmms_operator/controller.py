@@ -149,7 +149,7 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
     pods: list[dict[str, Any]] = []
     if job is None:
         if same_evaluation and status.get("jobName") == desired_name:
-            ob = _job_deleted(desired_name)
+            ob = _job_deleted(desired_name, status)
             return plan.then(_transition(status, ob, generation, hash_, desired_name))
         # The previous evaluation's Job goes before the new one asks for GPUs.
         for selector in plan.delete:
@@ -345,7 +345,16 @@ def _invalid(
     return plan.then(_transition(before, ob, generation, None, None))
 
 
-def _job_deleted(job_name: str) -> st.Observation:
+def _job_deleted(job_name: str, status: Mapping[str, Any]) -> st.Observation:
+    if status.get("resultsConfigMap"):
+        # The results were kept before the Job went (a TTL, a cleanup): a success.
+        return st.Observation(
+            "Succeeded",
+            R.SUCCEEDED,
+            f"the evaluation finished; its results are in ConfigMap "
+            f"{status['resultsConfigMap']} (Job {job_name} is gone)",
+            completion_time=st.fmt_time(_now()),
+        )
     return st.Observation(
         "Failed",
         R.JOB_DELETED,
@@ -385,7 +394,11 @@ def observe(
         job = k8s.get_job(namespace, job_name)
         if job is None:
             return _transition(
-                status, _job_deleted(job_name), generation, status.get("specHash"), job_name
+                status,
+                _job_deleted(job_name, status),
+                generation,
+                status.get("specHash"),
+                job_name,
             )
     ob = _observe_spec(spec, job, pods, settings)
     same_phase = ob.passing and ob.phase == status.get("phase")
@@ -394,7 +407,26 @@ def observe(
     plan = _transition(status, ob, generation, status.get("specHash"), job_name)
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
         after = {**status, **plan.status}
-        plan = plan.then(publish_results(body, after, None, _termination_message(pods)))
+        message = _termination_message(pods)
+        published = publish_results(body, after, None, message)
+        if published.status or message is None:
+            # (A pod without any termination message is not the runner, which always
+            # writes one: a simulated pod, say. Nothing to judge it by.)
+            plan = plan.then(published)
+        else:
+            # The runner exited 0, and neither it, the object store nor its termination
+            # message holds a result: not a success.
+            ob = st.Observation(
+                "Failed",
+                R.NO_RESULTS,
+                "the runner exited 0 but left no results: it was not reached, and neither "
+                "the object store nor its termination message holds any "
+                f"(termination message: {message[:300]!r})",
+                pod_name=ob.pod_name,
+                start_time=ob.start_time,
+                completion_time=ob.completion_time,
+            )
+            plan = _transition(status, ob, generation, status.get("specHash"), job_name)
     if ob.stop_job:
         # A run that failed before it started must not hold its GPUs any longer.
         plan.stop = f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}={status.get('specHash')}"
@@ -624,10 +656,22 @@ def _summary_from_object_store(
         return None
 
 
+def completion_index(pod: Mapping[str, Any]) -> int:
+    """The pod's index in an Indexed Job (0 when it has none): node 0 of a multi-node
+    run holds the results."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    try:
+        return int(labels.get("batch.kubernetes.io/job-completion-index") or 0)
+    except ValueError:
+        return 0
+
+
 def _termination_message(pods: list[dict[str, Any]]) -> str | None:
-    for pod in sorted(
+    """The newest succeeded pod's message, node 0's in a multi-node run."""
+    newest_first = sorted(
         pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True
-    ):
+    )
+    for pod in sorted(newest_first, key=completion_index):
         if (pod.get("status") or {}).get("phase") != "Succeeded":
             continue
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:

@@ -710,7 +710,8 @@ class Runtime:
                 log.warning("scrape failed: %s", result)
 
     def _runner_pod(self, uid: str, job_name: str) -> dict[str, Any] | None:
-        for pod in self.store.pods_of(uid, job_name):
+        """The pod to scrape: node 0's in a multi-node run (it holds the results)."""
+        for pod in sorted(self.store.pods_of(uid, job_name), key=controller.completion_index):
             status = pod.get("status") or {}
             if status.get("phase") == "Running" and status.get("podIP"):
                 return pod

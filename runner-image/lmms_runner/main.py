@@ -181,12 +181,45 @@ class Runner:
             if self.server is not None:
                 self.server.stop()
 
+    def _run_other_node(self, argv: list[str]) -> int:
+        """A multi-node run's node other than 0: lmms-eval writes results only on global
+        rank 0 (node 0), so this node's part is done when lmms-eval exits 0."""
+        node = self.dist.node_rank
+        try:
+            rc = self._evaluate(argv)
+        except _Stopped:
+            return 128 + signal.SIGTERM
+        if self.stopping.is_set():
+            return 128 + signal.SIGTERM
+        if rc != 0:
+            message = self.redact(
+                f"lmms-eval exited with code {rc} on node {node}"
+                + (f"; last error: {self.tracker.last_error}" if self.tracker.last_error else "")
+            )
+            self.tracker.set_phase("failed", "EvaluationFailed", message)
+            _write_termination(
+                self.args.termination_log, results.failure_message("EvaluationFailed", message)
+            )
+            _log(f"evaluation failed: {message}")
+            return EXIT_EVALUATION_FAILED
+        _log(f"node {node} finished its part; node 0 holds the results")
+        _write_termination(
+            self.args.termination_log,
+            json.dumps({"v": 1, "ok": True, "truncated": False, "tasks": {}, "node": node}),
+        )
+        self.tracker.set_phase("done")
+        return EXIT_OK
+
     def _run(self) -> int:
-        data = self._previous_results()
         argv = self.argv()
+        if self.dist.nodes > 1 and self.dist.node_rank != 0:
+            return self._run_other_node(argv)
+        data = self._previous_results()
         if data is None:
             try:
-                if self.state is not None and len(self.cfg.tasks) > 1:
+                # Task by task needs every node in step; a multi-node run evaluates its
+                # tasks in one lmms-eval process.
+                if self.state is not None and len(self.cfg.tasks) > 1 and self.dist.nodes == 1:
                     data = self._evaluate_task_by_task()
                 else:
                     rc = self._evaluate(argv)

@@ -41,6 +41,7 @@ BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 RUNNER_ERROR = "RunnerError"
 JOB_DELETED = "JobDeleted"
 POD_CREATION_FAILED = "PodCreationFailed"
+NO_RESULTS = "NoResults"
 
 # Events about the operator's own actions.
 JOB_CREATED = "JobCreated"
@@ -71,5 +72,6 @@ FAILURE_REASONS = (
     DEADLINE_EXCEEDED,
     BACKOFF_LIMIT_EXCEEDED,
     RUNNER_ERROR,
+    NO_RESULTS,
     JOB_DELETED,
 )
