@@ -177,3 +177,57 @@ def _running(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_pods_of_an_indexed_job_find_each_other_by_name(
+    api: client.ApiClient, namespace: str
+) -> None:
+    """As torchrun's rendezvous needs: pod 1 reaches pod 0 at <job>-0.<subdomain>, as a
+    cluster's DNS would serve it, and each pod has its own hostname."""
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    script = """
+        import json, os, socket, time
+        index = int(os.environ["JOB_COMPLETION_INDEX"])
+        peer = "peers-0.rdzv"
+        report = {"hostname": socket.gethostname()}
+        if index == 0:
+            server = socket.socket()
+            server.bind((os.environ["POD_IP"], 29555))
+            server.listen()
+            conn, _ = server.accept()
+            report["heard"] = conn.recv(100).decode()
+        else:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    sock = socket.create_connection((peer, 29555), timeout=5)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.5)
+            report["peer"] = socket.gethostbyname(peer)
+            sock.sendall(b"hello from " + socket.gethostname().encode())
+        open("/dev/termination-log", "w").write(json.dumps(report))
+    """
+    spec = _executor_pod_spec(script)
+    spec.subdomain = "rdzv"
+    job = _job("peers", spec)
+    job.spec.completion_mode = "Indexed"
+    job.spec.completions = 2
+    job.spec.parallelism = 2
+    batch.create_namespaced_job(namespace, job)
+    wait_for(lambda: _job_condition(batch, namespace, "peers", "Complete"), timeout=120)
+    pods = core.list_namespaced_pod(namespace, label_selector="job-name=peers").items
+    reports = {
+        p.metadata.labels["batch.kubernetes.io/job-completion-index"]: (
+            p,
+            json.loads(p.status.container_statuses[0].state.terminated.message),
+        )
+        for p in pods
+    }
+    pod0, first = reports["0"]
+    _, second = reports["1"]
+    assert first["hostname"] == "peers-0" and second["hostname"] == "peers-1"
+    assert second["peer"] == pod0.status.pod_ip
+    assert first["heard"] == "hello from peers-1"

@@ -6,7 +6,11 @@ project's own environment provides the commands) with the container's environmen
 downward-API values included; ``POD_IP`` is a unique address in 127.0.0.0/8 that the
 process can bind to. The pod's ConfigMap, Secret, downwardAPI, emptyDir and PVC volumes
 appear at their mount paths through bind mounts in a private mount namespace
-(``unshare --mount``), and the termination-message file at its path. The pod's status
+(``unshare --mount``), and the termination-message file at its path. A pod with a
+``subdomain`` (the pods of an Indexed Job behind a headless Service) gets its
+``hostname`` (a private UTS namespace) and an ``/etc/hosts`` that names every such pod
+of the subdomain as a cluster's DNS would (``<hostname>.<subdomain>``, and
+``.<namespace>.svc.cluster.local``), so torchrun's rendezvous finds node 0. The pod's status
 follows the process: Running when it starts, then Succeeded or Failed with the real exit
 code and the termination message, so the real Job controller completes or fails Jobs.
 Deleting the pod stops the process (SIGTERM, then SIGKILL after the grace period).
@@ -65,6 +69,42 @@ class IPPool:
         return f"127.{self._second}.{(n >> 8) & 0xFF}.{n & 0xFF}"
 
 
+class PodNames:
+    """What a cluster's DNS answers for pods with a subdomain: one hosts file per
+    (namespace, subdomain), bind-mounted over each such pod's /etc/hosts and rewritten in
+    place (same inode, so the mounts see it) as the subdomain's pods come and go."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._lock = threading.Lock()
+        self._pods: dict[tuple[str, str], dict[str, str]] = {}
+
+    def add(self, namespace: str, subdomain: str, hostname: str, ip: str) -> Path:
+        with self._lock:
+            self._pods.setdefault((namespace, subdomain), {})[hostname] = ip
+            return self._write(namespace, subdomain)
+
+    def remove(self, namespace: str, subdomain: str, hostname: str) -> None:
+        with self._lock:
+            self._pods.get((namespace, subdomain), {}).pop(hostname, None)
+            self._write(namespace, subdomain)
+
+    def _write(self, namespace: str, subdomain: str) -> Path:
+        lines = ["127.0.0.1\tlocalhost"]
+        for hostname, ip in sorted(self._pods.get((namespace, subdomain), {}).items()):
+            fqdn = f"{hostname}.{subdomain}.{namespace}.svc.cluster.local"
+            lines.append(f"{ip}\t{fqdn}\t{hostname}.{subdomain}\t{hostname}")
+        path = self.dir / namespace / f"{subdomain}.hosts"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(lines) + "\n"
+        with open(path, "a+") as fh:  # in place: the pods' bind mounts keep the inode
+            fh.seek(0)
+            fh.truncate()
+            fh.write(text)
+        path.chmod(0o644)
+        return path
+
+
 class PodRunner:
     """Runs one pod: prepares its volumes, starts the process, reports its status."""
 
@@ -79,6 +119,15 @@ class PodRunner:
         self.stopping = threading.Event()
         self.done = threading.Event()
         self.pod_ip = executor.ips.allocate()
+        # A pod with a subdomain is named in it from now on (as DNS names a pod as soon
+        # as it has an address), so that its peers find it whatever the start order.
+        self.hostname: str | None = None
+        self.hosts_file: Path | None = None
+        if pod.spec.subdomain:
+            self.hostname = pod.spec.hostname or self.name
+            self.hosts_file = executor.names.add(
+                self.namespace, pod.spec.subdomain, self.hostname, self.pod_ip
+            )
         self.thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
 
     # -- the pod's life -----------------------------------------------------------
@@ -125,6 +174,7 @@ class PodRunner:
             message = self._termination_message(container, code)
             retry = restart_policy == "Always" or (restart_policy == "OnFailure" and code != 0)
             if not retry:
+                self._unname()
                 reason = "Completed" if code == 0 else "Error"
                 self._report_terminated(code, reason, message, finished, started, restarts)
                 return
@@ -133,9 +183,14 @@ class PodRunner:
             if self.stopping.wait(min(10, 2**restarts)):
                 return
 
+    def _unname(self) -> None:
+        if self.hostname is not None and self.pod.spec.subdomain:
+            self.ex.names.remove(self.namespace, self.pod.spec.subdomain, self.hostname)
+
     def stop(self, grace: float) -> None:
         """Stops the process: SIGTERM, then SIGKILL once ``grace`` seconds have passed."""
         self.stopping.set()
+        self._unname()
         proc = self.proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -176,12 +231,17 @@ class PodRunner:
         term_file.write_text("")
         term_file.chmod(0o666)
         mounts.append({"source": str(term_file), "target": term_path, "readOnly": False})
+        if self.hosts_file is not None:
+            mounts.append(
+                {"source": str(self.hosts_file), "target": "/etc/hosts", "readOnly": True}
+            )
         argv = [_expand(a, env) for a in argv]
         return {
             "argv": argv,
             "env": env,
             "mounts": mounts,
             "workingDir": container.working_dir or "/",
+            "hostname": self.hostname,
         }
 
     def _launch(self, plan: dict[str, Any]) -> None:
@@ -545,6 +605,7 @@ class Executor:
         self.state_dir = state_dir
         self.core = client.CoreV1Api(api)
         self.ips = IPPool()
+        self.names = PodNames(state_dir / "names")
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
         self.unshare_prefix = _unshare_prefix()
@@ -686,8 +747,8 @@ def _unshare_prefix() -> list[str]:
     if unshare is None:
         raise SystemExit("executor: util-linux's unshare is required")
     if os.geteuid() == 0:
-        return [unshare, "--mount", "--propagation", "private"]
-    return [unshare, "--map-root-user", "--mount", "--propagation", "private"]
+        return [unshare, "--mount", "--uts", "--propagation", "private"]
+    return [unshare, "--map-root-user", "--mount", "--uts", "--propagation", "private"]
 
 
 def main(argv: list[str] | None = None) -> int:

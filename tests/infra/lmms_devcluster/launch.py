@@ -1,6 +1,7 @@
 """Runs inside the pod's private mount namespace: bind-mounts the volumes, then execs.
 
-Started by the process executor as ``unshare --mount -- python -m ...launch PLAN``.
+Started by the process executor as ``unshare --mount --uts -- python -m ...launch PLAN``;
+sets the pod's hostname when it has one (a pod with a subdomain).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -72,6 +74,8 @@ def main() -> None:
         bind(m["source"], m["target"], m["readOnly"], m["isDir"])
     for fd in held:
         os.close(fd)
+    if plan.get("hostname"):
+        socket.sethostname(plan["hostname"])  # the pod's own UTS namespace
     os.chdir(plan["workingDir"])
     argv = plan["argv"]
     try:
