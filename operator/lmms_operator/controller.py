@@ -553,6 +553,7 @@ def publish_results(
             primaries,
             st.fmt_time(_now()),
             version or catalogue.load().lmms_eval_version,
+            summary.provenance.commit if summary is not None else None,
         )
         key = (meta["namespace"], meta["uid"])
         try:

@@ -338,6 +338,7 @@ def entries_for_run(
     results: list[dict[str, Any]],
     finished_at: str,
     lmms_eval_version: str | None = None,
+    commit: str | None = None,
 ) -> list[dict[str, Any]]:
     """Leaderboard entries of a finished run (its primary metric per task): the model's
     identity and the settings that change a score are part of each entry; the run's uid
@@ -348,7 +349,7 @@ def entries_for_run(
     settings = identity.settings_label(spec, lmms_eval_version)
     return [
         {
-            "model": identity.model_identity(spec),
+            "model": identity.model_identity(spec, commit),
             "revision": model.get("revision"),
             "settings": settings,
             "runUid": run["metadata"].get("uid"),

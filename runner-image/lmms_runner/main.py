@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -60,6 +61,27 @@ def _write_termination(path: str, text: str) -> None:
             fh.write(text)
     except OSError:
         pass  # not in a pod
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def resolved_commit(
+    hf_home: str | None, pretrained: str | None, revision: str | None
+) -> str | None:
+    """The commit the Hub resolved ``revision`` of ``pretrained`` to, as the Hugging Face
+    cache recorded it (``hub/models--<org>--<name>/refs/<revision>``); a revision that is
+    a commit already is that commit. None for a local path or a model not in the cache."""
+    if revision and _COMMIT.match(revision):
+        return revision
+    if not hf_home or not pretrained or pretrained.startswith(("/", ".")):
+        return None
+    repo = Path(hf_home) / "hub" / ("models--" + pretrained.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / (revision or "main")).read_text().strip()
+    except OSError:
+        return None
+    return commit if _COMMIT.match(commit) else None
 
 
 def _parse_listen(value: str) -> tuple[str, int] | None:
@@ -410,6 +432,9 @@ class Runner:
             model=self.cfg.spec.model.type,
             pretrained=self.cfg.pretrained,
             revision=self.cfg.spec.model.revision,
+            commit=resolved_commit(
+                self.env.get("HF_HOME"), self.cfg.pretrained, self.cfg.spec.model.revision
+            ),
             seed=self.cfg.spec.evaluation.seed,
             config_hash=self.cfg.config_hash,
             argv=[self.redact(a) for a in argv],

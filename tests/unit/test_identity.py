@@ -37,3 +37,11 @@ def test_settings_label() -> None:
         == "limit=10 fewshot=0 maxNewTokens=64 temperature=0.0 lmms-eval=0.7.3"
     )
     assert settings_label({}, None) == ""
+
+
+def test_a_resolved_commit_names_the_checkpoint_once_known() -> None:
+    spec = {"model": {"type": "qwen2_vl", "pretrained": "org/m", "revision": "main"}}
+    assert model_identity(spec) == "org/m@main"
+    assert model_identity(spec, "0123456789abcdef0123456789abcdef01234567") == "org/m@0123456789ab"
+    api = {"model": {"type": "openai", "args": {"model_version": "gpt-4o"}}}
+    assert model_identity(api, "0123456789abcdef0123456789abcdef01234567") == "gpt-4o"

@@ -4,6 +4,7 @@ message, progress parsing and redaction."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from lmms_operator.api.runner import Provenance
@@ -267,3 +268,18 @@ def test_redaction() -> None:
     )
     assert "hf_abc" not in text and "secret-value-1" not in text and "sk-ABC" not in text
     assert "1003520" in text and "visible" in text
+
+
+def test_the_resolved_commit_comes_from_the_hugging_face_cache(tmp_path: Path) -> None:
+    from lmms_runner.main import resolved_commit
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    refs = tmp_path / "hub" / "models--org--tiny" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(commit)
+    assert resolved_commit(str(tmp_path), "org/tiny", None) == commit
+    assert resolved_commit(str(tmp_path), "org/tiny", "main") == commit
+    assert resolved_commit(str(tmp_path), "org/tiny", "v2") is None  # not downloaded
+    assert resolved_commit(str(tmp_path), "/models/local", None) is None
+    pinned = "fedcba9876543210fedcba9876543210fedcba98"
+    assert resolved_commit(None, "org/tiny", pinned) == pinned

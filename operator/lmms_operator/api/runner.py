@@ -67,6 +67,10 @@ class Provenance(ApiModel):
     model: str
     pretrained: str | None = None
     revision: str | None = None
+    commit: str | None = Field(
+        default=None,
+        description="The commit the Hub resolved the revision to, from the runner's cache.",
+    )
     seed: int | None = None
     config_hash: str
     argv: list[str] = Field(default_factory=list, description="The exact command, redacted.")

@@ -1,7 +1,8 @@
 """What a result is of: the model's identity and the settings that change a score. Pure.
 
 **Model identity.** A checkpoint is ``pretrained@revision`` (the revision when the spec
-pins one; the preset's checkpoint when it names none). A model behind an API (openai,
+pins one; the preset's checkpoint when it names none), and ``pretrained@<commit>`` (12
+hex digits) once the runner knows the commit the Hub resolved the revision to. A model behind an API (openai,
 litellm and the other backends without a checkpoint) is its model name (``model_version``,
 ``model`` or ``model_name`` in ``model.args``), with ``@host`` of the endpoint when the
 run names one (``base_url``): two models served over an OpenAI-compatible API, or one
@@ -27,8 +28,9 @@ API_MODEL_KEYS = ("model_version", "model", "model_name", "model_id")
 ENDPOINT_KEYS = ("base_url", "api_base", "endpoint", "azure_endpoint")
 
 
-def model_identity(spec: Mapping[str, Any]) -> str:
-    """The model a run evaluates, as Leaderboards, metrics and the CLI name it."""
+def model_identity(spec: Mapping[str, Any], commit: str | None = None) -> str:
+    """The model a run evaluates, as Leaderboards, metrics and the CLI name it;
+    ``commit``: the resolved commit of a checkpoint, when the runner reported it."""
     model = spec.get("model") or {}
     mtype = str(model.get("type") or "")
     args = {str(k): str(v) for k, v in (model.get("args") or {}).items()}
@@ -39,6 +41,8 @@ def model_identity(spec: Mapping[str, Any]) -> str:
         host = urlsplit(endpoint).netloc if "://" in endpoint else ""
         return f"{name}@{host}" if host else name
     ident = str(pretrained or mtype)
+    if commit:
+        return f"{ident}@{commit[:12]}"
     revision = model.get("revision")
     return f"{ident}@{revision}" if revision else ident
 
