@@ -39,11 +39,48 @@ def _chunked_execute(original: Any) -> Any:
     return execute
 
 
+def _api_backends_data_parallel() -> None:
+    """lmms-eval 0.7.3's OpenAI-compatible backend (``models/simple/openai.py``), which the
+    chat variant extends, is wrong for more than one process in two ways:
+
+    - it asserts that accelerate reports FSDP, MULTI_GPU or DEEPSPEED, though it never
+      touches the device, so it refuses CPU processes (MULTI_CPU, gloo);
+    - it takes ``local_process_index`` as its rank, so on two nodes both processes are
+      rank 0: both evaluate every document, and both write results.
+
+    Under torchrun (``WORLD_SIZE`` > 1) it is built as if on GPUs, and its rank is the
+    global process index."""
+    if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        return
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+    from lmms_eval.models.simple import openai
+
+    original = openai.OpenAICompatible.__init__
+    reported = Accelerator.distributed_type
+
+    def as_gpu(self: Any) -> Any:
+        kind = reported.fget(self)
+        return DistributedType.MULTI_GPU if kind == DistributedType.MULTI_CPU else kind
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        Accelerator.distributed_type = property(as_gpu)
+        try:
+            original(self, *args, **kwargs)
+        finally:
+            Accelerator.distributed_type = reported
+        self._rank = self.accelerator.process_index
+        self._world_size = self.accelerator.num_processes
+
+    openai.OpenAICompatible.__init__ = init
+
+
 def main() -> None:
     from lmms_eval.caching import response_cache
 
     cache = response_cache.ResponseCache
     cache.execute = _chunked_execute(cache.execute)
+    _api_backends_data_parallel()
     from lmms_eval.__main__ import cli_evaluate
 
     cli_evaluate()

@@ -297,3 +297,42 @@ def test_killing_the_operator_mid_run_loses_nothing_and_publishes_once(
     ).items
     assert [c.metadata.name for c in results_cms] == [status["resultsConfigMap"]]
     assert model_server.requests() == 10  # the evaluation itself ran once
+    # Restarted once more, the operator rebuilds the score gauges from the Leaderboards
+    # before anything new is published.
+    operator_process.stop()
+    operator_process.start()
+    wait_for(
+        lambda: (
+            'leaderboard="survivors"' in operator_process.metrics()
+            and "lmms_operator_score{" in operator_process.metrics()
+        ),
+        timeout=30,
+    )
+
+
+def test_a_two_node_run_succeeds_with_results_from_node_0(
+    api: client.ApiClient,
+    namespace: str,
+    model_server: ModelServer,
+    operator_process: OperatorProcess,
+) -> None:
+    """nodes: 2 through the operator on the process executor: an Indexed Job, torchrun
+    with gloo on CPU across both pods (they find node 0 by its rendezvous name), real
+    lmms-eval sharding the documents over two processes, results from node 0 only."""
+    core = client.CoreV1Api(api)
+    body = colors_run(core, namespace, "two-nodes", model_server, "sk-local-0123456789")
+    body["spec"]["resources"] = {"gpus": 1, "nodes": 2}
+    er.create(api, namespace, body)
+    run = er.wait_phase(api, namespace, "two-nodes", "Succeeded", timeout=420)
+    status = run["status"]
+    assert status["results"][0]["task"] == "colors"
+    assert status["results"][0]["value"] == pytest.approx(0.8)
+    assert model_server.requests() == 10  # each document once, shared by the two nodes
+    pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={status['jobName']}")
+    by_index = {
+        p.metadata.labels["batch.kubernetes.io/job-completion-index"]: p for p in pods.items
+    }
+    assert sorted(by_index) == ["0", "1"]
+    assert all(p.status.phase == "Succeeded" for p in by_index.values())
+    other = json.loads(by_index["1"].status.container_statuses[0].state.terminated.message)
+    assert other == {"v": 1, "ok": True, "truncated": False, "tasks": {}, "node": 1}

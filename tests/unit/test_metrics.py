@@ -47,3 +47,28 @@ def test_score_series_go_with_their_runs_and_their_leaderboard() -> None:
     # A relist that no longer holds ns-b's board drops its series too.
     metrics.retain_leaderboards("ns-b", set())
     assert not [s for s in _series() if s["namespace"] == "ns-b"]
+
+
+def test_gpu_seconds_come_from_each_pods_own_start_and_end() -> None:
+    import datetime as dt
+
+    run = {"spec": {"resources": {"gpus": 2}}}
+
+    def pod(start: str | None, end: str | None = None, deleted: str | None = None) -> dict:
+        status: dict[str, object] = {}
+        if start:
+            status["startTime"] = start
+        if end:
+            status["containerStatuses"] = [{"state": {"terminated": {"finishedAt": end}}}]
+        return {"metadata": {"deletionTimestamp": deleted}, "status": status}
+
+    now = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)
+    pods = [
+        pod("2026-11-27T10:00:00Z", "2026-11-27T10:30:00Z"),  # a failed first attempt
+        pod("2026-11-27T11:00:00Z", "2026-11-27T11:20:00Z"),  # the retry
+        pod("2026-11-27T11:50:00Z", deleted="2026-11-27T11:55:00Z"),  # deleted mid-run
+        pod("2026-11-27T11:59:00Z"),  # still running: until now
+        pod(None),  # never started: no GPU held
+    ]
+    seconds = metrics.gpu_seconds(run, pods, now)
+    assert seconds == 2 * (30 + 20 + 5 + 1) * 60
