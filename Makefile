@@ -9,17 +9,24 @@ BIN := $(CURDIR)/$(VENV)/bin
 DEVCLUSTER_DIR ?= $(CURDIR)/.devcluster
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all venv system-deps binaries devcluster devcluster-down demo test test-unit chart lint crds catalogue clean
+.PHONY: all venv lock system-deps binaries devcluster devcluster-down demo test test-unit chart lint crds catalogue clean
 
 all: test
 
-$(VENV)/.installed: pyproject.toml tests/infra/pyproject.toml
+$(VENV)/.installed: pyproject.toml tests/infra/pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade uv
-	# The operator (with the runner's extras and the dev tools) and, apart from it, the
-	# development-only devcluster package (tests/infra: never in the wheel or the images).
-	$(BIN)/uv pip install --python $(BIN)/python -e ".[runner,dev]" -e tests/infra
+	# Every package from the lock (pinned, with hashes), then the operator and, apart
+	# from it, the development-only devcluster package (tests/infra: never in the wheel
+	# or the images), without resolving anything again.
+	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements/dev.txt
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e . -e tests/infra
 	touch $@
+
+# Write the lock files (requirements/*.txt) again after a change to pyproject.toml's
+# dependencies; tests/unit/test_lock.py fails until then.
+lock: venv
+	$(BIN)/python -m lmms_devcluster.lock
 
 venv: $(VENV)/.installed
 

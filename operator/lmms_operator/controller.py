@@ -408,7 +408,7 @@ def observe(
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
         after = {**status, **plan.status}
         message = _termination_message(pods)
-        published = publish_results(body, after, None, message)
+        published = publish_results(body, after, None, message, image_id(pods))
         if published.status or message is None:
             # (A pod without any termination message is not the runner, which always
             # writes one: a simulated pod, say. Nothing to judge it by.)
@@ -494,8 +494,10 @@ def publish_results(
     status: Mapping[str, Any],
     summary: ResultsSummary | None,
     termination: str | None,
+    image_id: str | None = None,
 ) -> Plan:
-    """Writes the results ConfigMap (owned by the run) and publishes to the run's
+    """Writes the results ConfigMap (owned by the run; with the runner image's digest,
+    ``image_id``, as the kubelet reported it) and publishes to the run's
     Leaderboard, before the status says so (a failure is retried; publishing the same
     run twice changes nothing); returns the status fields and the Event.
     The results come from the runner (``summary``); when it could not be reached, from
@@ -535,7 +537,10 @@ def publish_results(
                 jobs.RunRef(meta["name"], meta["namespace"], meta["uid"]).owner_reference()
             ],
         },
-        "data": res.config_map_data(summary_json, primaries, source, location),
+        "data": {
+            **res.config_map_data(summary_json, primaries, source, location),
+            **({"image": image_id[:512]} if image_id else {}),
+        },
     }
     k8s.create(cm)
     fields: dict[str, Any] = {
@@ -655,6 +660,15 @@ def _summary_from_object_store(
             f"falling back to the termination message: {message}",
         )
         return None
+
+
+def image_id(pods: list[dict[str, Any]]) -> str | None:
+    """The runner image's digest (the kubelet's imageID) of node 0's newest pod."""
+    for pod in sorted(pods, key=completion_index):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("imageID"):
+                return str(cs["imageID"])
+    return None
 
 
 def completion_index(pod: Mapping[str, Any]) -> int:

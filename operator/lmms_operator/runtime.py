@@ -787,7 +787,11 @@ class Runtime:
             log.warning("results of %s not fetched yet: %s", job_name, exc)
             return
         await self._in_thread(
-            self.update, uid, lambda run, st_: controller.publish_results(run, st_, summary, None)
+            self.update,
+            uid,
+            lambda run, st_: controller.publish_results(
+                run, st_, summary, None, controller.image_id([pod])
+            ),
         )
         try:
             await scraper.request("POST", f"{base}/ack", token=token)

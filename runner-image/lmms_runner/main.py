@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from lmms_operator import catalogue
 from lmms_operator.api.runner import (
@@ -64,6 +65,20 @@ def _write_termination(path: str, text: str) -> None:
 
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^ \\]+)", re.MULTILINE)
+
+
+def locked_packages(lock_file: str | None) -> dict[str, Any]:
+    """The provenance of the environment: the lock file the image was installed from
+    (its sha256) and every package it pins (LMMS_LOCK_FILE, set by the runner image)."""
+    if not lock_file:
+        return {}
+    try:
+        text = Path(lock_file).read_bytes()
+    except OSError:
+        return {}
+    pins = {m.group(1).lower(): m.group(2) for m in _PIN.finditer(text.decode(errors="replace"))}
+    return {"lock_sha256": hashlib.sha256(text).hexdigest(), "locked": pins}
 
 
 def resolved_commit(
@@ -436,6 +451,7 @@ class Runner:
                 self.env.get("HF_HOME"), self.cfg.pretrained, self.cfg.spec.model.revision
             ),
             seed=self.cfg.spec.evaluation.seed,
+            **locked_packages(self.env.get("LMMS_LOCK_FILE")),
             config_hash=self.cfg.config_hash,
             argv=[self.redact(a) for a in argv],
         )

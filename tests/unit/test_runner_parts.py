@@ -283,3 +283,19 @@ def test_the_resolved_commit_comes_from_the_hugging_face_cache(tmp_path: Path) -
     assert resolved_commit(str(tmp_path), "/models/local", None) is None
     pinned = "fedcba9876543210fedcba9876543210fedcba98"
     assert resolved_commit(None, "org/tiny", pinned) == pinned
+
+
+def test_provenance_records_the_lock_the_image_was_installed_from(tmp_path: Path) -> None:
+    import hashlib
+
+    from lmms_runner.main import locked_packages
+
+    lock = tmp_path / "runner.txt"
+    lock.write_text(
+        "# pyproject-sha256: x\nlmms-eval==0.7.3 \\\n    --hash=sha256:aa\n"
+        "torch==2.15.0 \\\n    --hash=sha256:bb\n"
+    )
+    found = locked_packages(str(lock))
+    assert found["locked"] == {"lmms-eval": "0.7.3", "torch": "2.15.0"}
+    assert found["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert locked_packages(None) == {} and locked_packages(str(tmp_path / "none")) == {}

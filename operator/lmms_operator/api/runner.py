@@ -72,6 +72,12 @@ class Provenance(ApiModel):
         description="The commit the Hub resolved the revision to, from the runner's cache.",
     )
     seed: int | None = None
+    lock_sha256: str | None = Field(
+        default=None, description="The sha256 of the lock file the runner was installed from."
+    )
+    locked: dict[str, str] = Field(
+        default_factory=dict, description="Every locked package and its version."
+    )
     config_hash: str
     argv: list[str] = Field(default_factory=list, description="The exact command, redacted.")
 
