@@ -9,7 +9,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 DEVCLUSTER_DIR ?= $(CURDIR)/.devcluster
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all venv lock system-deps binaries devcluster devcluster-down demo test test-unit chart lint crds catalogue clean
+.PHONY: all venv lock images system-deps binaries devcluster devcluster-down demo test test-unit chart lint crds catalogue clean
 
 all: test
 
@@ -22,6 +22,11 @@ $(VENV)/.installed: pyproject.toml tests/infra/pyproject.toml requirements/dev.t
 	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements/dev.txt
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e . -e tests/infra
 	touch $@
+
+# The operator image, built without a daemon (buildah, vfs, chroot isolation) from a
+# base made from Debian packages (mmdebstrap); cached, keyed by a hash of its inputs.
+images:
+	@bash tests/infra/lmms_devcluster/images.sh operator
 
 # Write the lock files (requirements/*.txt) again after a change to pyproject.toml's
 # dependencies; tests/unit/test_lock.py fails until then.
