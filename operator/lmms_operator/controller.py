@@ -565,7 +565,8 @@ def publish_results(
             leaderboards.publish(meta["namespace"], board, entries)
         except errors.OperatorError as exc:
             tries = _publish_failures.get(key, 0) + 1
-            if tries < PUBLISH_TRIES and not isinstance(exc, leaderboards.LeaderboardFull):
+            permanent = (leaderboards.LeaderboardFull, leaderboards.LeaderboardCorrupt)
+            if tries < PUBLISH_TRIES and not isinstance(exc, permanent):
                 _publish_failures[key] = tries
                 raise
             _publish_failures.pop(key, None)

@@ -99,16 +99,55 @@ def read(
         index = k8s.read_config_map(namespace, prefix(board))
         if index is None:
             return [], None
-        meta = json.loads((index.get("data") or {}).get("index.json") or "{}")
+        # The ConfigMaps live in the tenant's namespace, where anyone may edit them: what
+        # they hold is checked and bounded before the operator uses it.
+        meta = _load(index, "index.json", dict)
+        names = meta.get("configMaps")
+        if (
+            not isinstance(names, list)
+            or len(names) > MAX_SHARDS
+            or not all(isinstance(n, str) and n.startswith(prefix(board) + "-") for n in names)
+        ):
+            raise LeaderboardCorrupt(f"ConfigMap {prefix(board)}: index.json is not an index")
         entries: list[dict[str, Any]] = []
-        for cm_name in meta.get("configMaps", []):
+        for cm_name in names:
             cm = k8s.read_config_map(namespace, cm_name)
             if cm is None:
                 break  # a newer generation replaced this one meanwhile
-            entries += json.loads((cm.get("data") or {}).get("table.json") or "[]")
+            rows = _load(cm, "table.json", list)
+            if not all(
+                isinstance(r, dict)
+                and isinstance(r.get("task"), str)
+                and isinstance(r.get("metric"), str)
+                for r in rows
+            ):
+                raise LeaderboardCorrupt(f"ConfigMap {cm_name}: table.json holds no entries")
+            entries += rows
+            if len(entries) > MAX_ENTRIES:
+                raise LeaderboardCorrupt(f"Leaderboard {prefix(board)}: over {MAX_ENTRIES} entries")
         else:
             return entries, {"resourceVersion": index["metadata"]["resourceVersion"], **meta}
     raise errors.Conflict(f"leaderboard {prefix(board)}: the table keeps changing while read")
+
+
+#: A table is split over at most this many ConfigMaps (MAX_ENTRIES fit in far fewer).
+MAX_SHARDS = 64
+
+
+class LeaderboardCorrupt(errors.OperatorError):
+    """A table ConfigMap does not hold what the operator wrote (someone edited it)."""
+
+
+def _load(cm: Mapping[str, Any], key: str, kind: type) -> Any:
+    try:
+        value = json.loads((cm.get("data") or {}).get(key) or ("{}" if kind is dict else "[]"))
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        raise LeaderboardCorrupt(
+            f"ConfigMap {cm['metadata']['name']}: {key} is not JSON {kind.__name__}"
+        )
+    return value
 
 
 #: A Leaderboard holds at most this many entries (its table stays a few ConfigMaps).

@@ -3,6 +3,7 @@ several processes (optimistic concurrency), lose no entry; a re-publish changes 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -166,3 +167,24 @@ def test_editing_rank_by_or_top_re_renders_the_table_at_once(
     entries, _ = leaderboards.read(namespace, board())
     best = next(e for e in entries if e["rank"] == 1)
     assert (best["metric"], best["model"]) == ("score", "org/model-02")
+
+
+def test_a_table_edited_by_hand_is_refused_not_followed(
+    cluster: DevCluster, api: client.ApiClient, namespace: str
+) -> None:
+    """The table's ConfigMaps are in the tenant's namespace: an index pointing at other
+    ConfigMaps, or a table that is not a table, is refused (not retried, not read)."""
+    assert _publish((str(cluster.kubeconfig), namespace, 1), board="edited-by-hand")
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    from lmms_operator import leaderboards
+
+    core = client.CoreV1Api(api)
+    index = "leaderboard-edited-by-hand"
+    for data in (
+        {"index.json": '{"configMaps": ["kube-root-ca.crt"]}'},
+        {"index.json": '{"configMaps": ' + json.dumps([f"{index}-x"] * 1000) + "}"},
+        {"index.json": "not json"},
+    ):
+        core.patch_namespaced_config_map(index, namespace, {"data": data})
+        with pytest.raises(leaderboards.LeaderboardCorrupt):
+            _publish((str(cluster.kubeconfig), namespace, 2), board="edited-by-hand")

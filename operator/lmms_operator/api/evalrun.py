@@ -487,7 +487,8 @@ class EvalRunStatus(ApiModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled, RunnerReachable.",
+        description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled, "
+        "RunnerReachable, LeaderboardPublished (False when a publish failed 5 times).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     spec_hash: str | None = Field(default=None, description="Hash of the evaluated spec.")
