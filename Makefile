@@ -1,7 +1,8 @@
 # Everything a fresh machine needs is installed by these targets: the Python
 # environment (.venv, through uv), Debian packages (.ci/system-deps.sh: etcd-server,
-# util-linux, prometheus, openssl, lua5.1) and the Go-built binaries (Kubernetes, kwok,
-# helm, kstatus-check; cached under ~/.cache/lmms-operator, keyed by version).
+# util-linux, prometheus, openssl, lua5.1, buildah, mmdebstrap), the Go-built binaries
+# (Kubernetes, kwok, helm, kstatus-check; cached under ~/.cache/lmms-operator, keyed by
+# version) and the two images (make images; cached by buildah, keyed by their inputs).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -23,10 +24,10 @@ $(VENV)/.installed: pyproject.toml tests/infra/pyproject.toml requirements/dev.t
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e . -e tests/infra
 	touch $@
 
-# The operator image, built without a daemon (buildah, vfs, chroot isolation) from a
+# The operator and runner images, built without a daemon (buildah, vfs, chroot isolation) from a
 # base made from Debian packages (mmdebstrap); cached, keyed by a hash of its inputs.
-images:
-	@bash tests/infra/lmms_devcluster/images.sh operator
+images: system-deps
+	@bash tests/infra/lmms_devcluster/images.sh all
 
 # Write the lock files (requirements/*.txt) again after a change to pyproject.toml's
 # dependencies; tests/unit/test_lock.py fails until then.
@@ -57,7 +58,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: binaries
+test: binaries images
 	$(MAKE) lint
 	$(BIN)/python -m pytest tests
 

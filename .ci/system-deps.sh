@@ -7,6 +7,10 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v openssl >/dev/null || need+=(openssl)
 command -v lua5.1 >/dev/null || need+=(lua5.1)
+# make images: buildah (vfs storage, chroot isolation: no daemon) and mmdebstrap (the
+# base images, from Debian packages).
+command -v buildah >/dev/null || need+=(buildah)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v go >/dev/null || { echo "Go is required to build the Kubernetes binaries (or set KUBEBUILDER_ASSETS)" >&2; }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

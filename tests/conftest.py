@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.Dev
     directory = Path(os.environ.get("LMMS_TEST_CLUSTER_DIR") or tmp_path_factory.mktemp("dc"))
     with devcluster.running(directory) as dc:
         yield dc
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The operator and runner images, built from the Dockerfiles with buildah (`make
+    images`, which `make test` runs first; cached, so this only reads the tags)."""
+    script = devcluster.HERE / "images.sh"
+    out = subprocess.run(["bash", str(script), "all"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"make images failed:\n{out.stderr[-3000:]}")
+    built = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+    return {name: f"localhost/{name}:{tag}" for name, tag in built.items()}
 
 
 @pytest.fixture(scope="session")

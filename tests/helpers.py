@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
+from lmms_devcluster import devcluster
+
 T = TypeVar("T")
+
+CHART = Path(__file__).parents[1] / "helm" / "lmms-operator"
+
+
+def helm(cluster: devcluster.DevCluster, *args: str) -> str:
+    """Runs helm against the devcluster; fails the test with helm's output on an error."""
+    out = subprocess.run(
+        [devcluster.find_helm(), "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
 
 
 def wait_for(
@@ -25,3 +42,18 @@ def wait_for(
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s {message}: last={last!r}")
+
+
+def adopt_crds(cluster: devcluster.DevCluster, release: str, namespace: str) -> None:
+    """Hands the CRDs the tests applied with kubectl to a Helm release, as the docs say
+    for any cluster whose CRDs were applied before the chart."""
+    for crd in ("evalruns.eval.lmms.dev", "leaderboards.eval.lmms.dev"):
+        cluster.kubectl("label", "crd", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        cluster.kubectl(
+            "annotate",
+            "crd",
+            crd,
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={namespace}",
+            "--overwrite",
+        )

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from lmms_devcluster import devcluster
+from lmms_devcluster.imagestore import HOST_IMAGE
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTED_RUNNER = REPO / "tests" / "fixtures" / "scripted_runner.py"
@@ -60,6 +61,9 @@ class OperatorProcess:
             {
                 "KUBECONFIG": str(self.kubeconfig),
                 "LMMS_RUNNER_COMMAND": f"{sys.executable} {SCRIPTED_RUNNER}",
+                # Runner pods run with this environment's Python (tests/fixtures live
+                # here); tests/e2e/test_in_cluster.py runs the built runner image.
+                "LMMS_RUNNER_IMAGE": HOST_IMAGE,
                 **TEST_SETTINGS,
                 **self.extra_env,
             }

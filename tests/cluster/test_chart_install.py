@@ -18,26 +18,15 @@ from kubernetes import client
 
 from lmms_devcluster import devcluster
 from tests import evalruns as er
-from tests.helpers import wait_for
+from tests.helpers import CHART, adopt_crds, helm, wait_for
 from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chart]
 
-CHART = Path(__file__).parents[2] / "helm" / "lmms-operator"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
-
-
-def _helm(cluster: devcluster.DevCluster, *args: str) -> str:
-    out = subprocess.run(
-        [devcluster.find_helm(), "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
 
 
 def _can_i(cluster: devcluster.DevCluster, who: str, *args: str) -> bool:
@@ -89,24 +78,13 @@ def test_the_chart_installs_and_its_service_account_runs_evalruns(
         core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
     for ns in (system, evals):
         wait_for(lambda n=ns: core.read_namespaced_service_account("default", n), timeout=30)
-    # The tests' CRDs were applied with kubectl: hand them to the release, as the docs say
-    # for any cluster whose CRDs were applied before the chart.
-    for crd in ("evalruns.eval.lmms.dev", "leaderboards.eval.lmms.dev"):
-        cluster.kubectl("label", "crd", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-        cluster.kubectl(
-            "annotate",
-            "crd",
-            crd,
-            "meta.helm.sh/release-name=lmms",
-            f"meta.helm.sh/release-namespace={system}",
-            "--overwrite",
-        )
+    adopt_crds(cluster, "lmms", system)
     # The admin-credential operator of the other tests steps aside meanwhile.
     operator_process.stop()
     chart_operator: OperatorProcess | None = None
     installed = False
     try:
-        _helm(cluster, "install", "lmms", str(CHART), "-n", system, "--wait=false")
+        helm(cluster, "install", "lmms", str(CHART), "-n", system, "--wait=false")
         installed = True
         sa = f"system:serviceaccount:{system}:lmms-lmms-operator"
         # Least privilege, as the API server's authorizer sees it.
@@ -165,7 +143,7 @@ def test_the_chart_installs_and_its_service_account_runs_evalruns(
 
         # Selected-namespaces mode: Roles instead of the ClusterRole.
         chart_operator.stop()
-        _helm(
+        helm(
             cluster,
             "upgrade",
             "lmms",
@@ -193,7 +171,7 @@ def test_the_chart_installs_and_its_service_account_runs_evalruns(
 
         # Uninstalling keeps the CRDs and so everyone's EvalRuns.
         chart_operator.stop()
-        _helm(cluster, "uninstall", "lmms", "-n", system)
+        helm(cluster, "uninstall", "lmms", "-n", system)
         installed = False
         assert "evalruns.eval.lmms.dev" in cluster.kubectl("get", "crd", "-o", "name")
         assert er.get(api, evals, "ok")["status"]["phase"] == "Succeeded"
@@ -201,7 +179,7 @@ def test_the_chart_installs_and_its_service_account_runs_evalruns(
         if chart_operator is not None:
             chart_operator.stop()
         if installed:
-            _helm(cluster, "uninstall", "lmms", "-n", system)
+            helm(cluster, "uninstall", "lmms", "-n", system)
         operator_process.start()
         for ns in (system, evals):
             core.delete_namespace(ns, propagation_policy="Background")

@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client, watch
 
 from lmms_devcluster import devcluster
+from lmms_devcluster.imagestore import HOST_IMAGE
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -27,7 +28,7 @@ def _job(
 ) -> client.V1Job:
     container = client.V1Container(
         name="main",
-        image="example.invalid/runner:latest",
+        image=HOST_IMAGE,  # kwok ignores it; the executor runs it on the host
         command=command or ["true"],
         resources=client.V1ResourceRequirements(
             requests={devcluster.GPU_RESOURCE: str(gpus)},

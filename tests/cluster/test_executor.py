@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -11,6 +12,7 @@ import pytest
 from kubernetes import client
 
 from lmms_devcluster import devcluster
+from lmms_devcluster.imagestore import HOST_IMAGE
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.cluster
 def _executor_pod_spec(script: str, **extra: object) -> client.V1PodSpec:
     container = client.V1Container(
         name="main",
-        image="ignored.invalid/image:1",
+        image=HOST_IMAGE,
         command=[sys.executable, "-c", textwrap.dedent(script)],
         env=[
             client.V1EnvVar(
@@ -231,3 +233,204 @@ def test_the_pods_of_an_indexed_job_find_each_other_by_name(
     assert first["hostname"] == "peers-0" and second["hostname"] == "peers-1"
     assert second["peer"] == pod0.status.pod_ip
     assert first["heard"] == "hello from peers-1"
+
+
+def _pod(name: str, container: client.V1Container, **spec: object) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1PodSpec(
+            containers=[container],
+            restart_policy=spec.pop("restart_policy", "Never"),  # type: ignore[arg-type]
+            node_selector={devcluster.EXECUTOR_LABEL: "true"},
+            tolerations=[client.V1Toleration(key=devcluster.EXECUTOR_LABEL, operator="Exists")],
+            **spec,  # type: ignore[arg-type]
+        ),
+    )
+
+
+def _terminated(core: client.CoreV1Api, ns: str, name: str) -> client.V1ContainerStatus:
+    def probe() -> client.V1ContainerStatus | None:
+        statuses = core.read_namespaced_pod(name, ns).status.container_statuses or []
+        return next((s for s in statuses if s.state.terminated), None)
+
+    return wait_for(probe, timeout=120)
+
+
+IN_IMAGE = """
+import errno, json, os, ssl, urllib.request
+report = {
+    "uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
+    "cwd": os.getcwd(), "path": os.environ["PATH"], "home": os.environ.get("HOME"),
+    "image_env": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+    "pod_env": os.environ.get("FROM_POD"),
+    "venv": os.path.exists("/opt/lmms/bin/lmms-operator"),
+    "host_checkout": os.path.exists(HOST_CHECKOUT),
+}
+try:
+    open("/etc/written", "w")
+    report["root"] = "writable"
+except OSError as exc:
+    report["root"] = errno.errorcode[exc.errno]
+with open("/tmp/scratch", "w") as fh:
+    fh.write("ok")
+# The ServiceAccount token the kubelet projects, used the way client libraries do.
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+url = "https://%s:%s/apis/authentication.k8s.io/v1/selfsubjectreviews" % (
+    os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+request = urllib.request.Request(url, data=body.encode(), method="POST", headers={
+    "Authorization": "Bearer " + open(sa + "/token").read(),
+    "Content-Type": "application/json"})
+ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
+with urllib.request.urlopen(request, context=ctx, timeout=10) as resp:
+    report["user"] = json.load(resp)["status"]["userInfo"]["username"]
+report["namespace"] = open(sa + "/namespace").read()
+open("/dev/termination-log", "w").write(json.dumps(report))
+"""
+
+
+def test_a_pod_runs_in_its_image_merged_with_the_pod_spec_as_a_kubelet_does(
+    api: client.ApiClient, namespace: str, images: dict[str, str]
+) -> None:
+    """The operator image: its user, env and PATH; the pod's command over its entrypoint;
+    a read-only root; the projected ServiceAccount token; the image's digest."""
+    core = client.CoreV1Api(api)
+    image = images["lmms-operator"]
+    checkout = str(devcluster.REPO_ROOT)
+    report_container = client.V1Container(
+        name="main",
+        image=image,
+        command=["python", "-c", IN_IMAGE.replace("HOST_CHECKOUT", repr(checkout))],
+        env=[client.V1EnvVar(name="FROM_POD", value="yes")],
+        volume_mounts=[client.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        security_context=client.V1SecurityContext(read_only_root_filesystem=True),
+    )
+    core.create_namespaced_pod(
+        namespace,
+        _pod(
+            "report",
+            report_container,
+            volumes=[client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource())],
+            security_context=client.V1PodSecurityContext(fs_group=2000, run_as_non_root=True),
+        ),
+    )
+    # args alone replace the image's cmd and keep its entrypoint (lmms-operator).
+    args_container = client.V1Container(
+        name="main",
+        image=image,
+        args=["no-such-command"],
+        termination_message_policy="FallbackToLogsOnError",
+    )
+    core.create_namespaced_pod(namespace, _pod("args", args_container))
+    # runAsNonRoot with a root user is refused before anything runs.
+    root_container = client.V1Container(
+        name="main",
+        image=image,
+        security_context=client.V1SecurityContext(run_as_user=0, run_as_non_root=True),
+    )
+    core.create_namespaced_pod(namespace, _pod("root", root_container))
+
+    status = _terminated(core, namespace, "report")
+    assert status.state.terminated.exit_code == 0, status.state.terminated.message
+    report = json.loads(status.state.terminated.message)
+    assert (report["uid"], report["gid"]) == (1000, 1000)  # the image's USER 1000:1000
+    assert 2000 in report["groups"]  # the pod's fsGroup
+    assert report["cwd"] == "/"
+    assert report["path"].startswith("/opt/lmms/bin:")  # the image's ENV
+    assert report["home"] == "/tmp" and report["image_env"] == "1"
+    assert report["pod_env"] == "yes"
+    assert report["venv"] and not report["host_checkout"]  # the image's files only
+    assert report["root"] == "EROFS"  # readOnlyRootFilesystem
+    assert report["user"] == f"system:serviceaccount:{namespace}:default"
+    assert report["namespace"] == namespace
+    inspected = subprocess.run(
+        ["buildah", "--storage-driver", "vfs", "inspect", "--type", "image", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    digest = json.loads(inspected.stdout)["FromImageDigest"]
+    assert status.image_id == f"{image.rsplit(':', 1)[0]}@{digest}"
+
+    args = _terminated(core, namespace, "args").state.terminated
+    assert args.exit_code == 2
+    assert "no-such-command" in args.message and "lmms-operator" in args.message
+
+    root = _terminated(core, namespace, "root").state.terminated
+    assert root.reason == "CreateContainerConfigError"
+    assert "runAsNonRoot" in root.message
+
+
+def test_an_image_not_in_the_store_waits_in_errimagepull_then_imagepullbackoff(
+    api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    container = client.V1Container(name="main", image="registry.invalid/none:1")
+    core.create_namespaced_pod(namespace, _pod("nopull", container))
+    seen: set[str] = set()
+
+    def waiting() -> bool:
+        statuses = core.read_namespaced_pod("nopull", namespace).status.container_statuses
+        for s in statuses or []:
+            if s.state.waiting:
+                seen.add(s.state.waiting.reason)
+                assert "registry.invalid/none:1" in s.state.waiting.message
+        return {"ErrImagePull", "ImagePullBackOff"} <= seen
+
+    wait_for(waiting, timeout=30, interval=0.2)
+    assert core.read_namespaced_pod("nopull", namespace).status.phase == "Pending"
+
+
+PROBED = """
+import http.server, os, sys, threading, time
+time.sleep(2)  # not ready at first
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/ready" else 500)
+        self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer((os.environ["POD_IP"], 8080), H).serve_forever()
+"""
+
+
+def test_probes_drive_readiness_and_a_failing_liveness_probe_restarts(
+    api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    spec = _executor_pod_spec(PROBED)
+    container = spec.containers[0]
+    container.ports = [client.V1ContainerPort(name="http", container_port=8080)]
+    container.readiness_probe = client.V1Probe(
+        http_get=client.V1HTTPGetAction(path="/ready", port="http"), period_seconds=1
+    )
+    core.create_namespaced_pod(
+        namespace, client.V1Pod(metadata=client.V1ObjectMeta(name="probed"), spec=spec)
+    )
+
+    def ready(name: str) -> bool:
+        pod = core.read_namespaced_pod(name, namespace)
+        conds = {c.type: c.status for c in pod.status.conditions or []}
+        return pod.status.phase == "Running" and conds.get("Ready") == "True"
+
+    wait_for(lambda: core.read_namespaced_pod("probed", namespace).status.pod_ip)
+    assert not ready("probed")  # the server sleeps before it listens
+    wait_for(lambda: ready("probed"), timeout=30)
+
+    spec = _executor_pod_spec(PROBED)
+    spec.restart_policy = "Always"
+    spec.containers[0].liveness_probe = client.V1Probe(
+        http_get=client.V1HTTPGetAction(path="/alive", port=8080),  # answers 500
+        initial_delay_seconds=3,
+        period_seconds=1,
+        failure_threshold=2,
+        termination_grace_period_seconds=1,
+    )
+    core.create_namespaced_pod(
+        namespace, client.V1Pod(metadata=client.V1ObjectMeta(name="unlive"), spec=spec)
+    )
+
+    def restarted() -> bool:
+        statuses = core.read_namespaced_pod("unlive", namespace).status.container_statuses
+        return bool(statuses) and statuses[0].restart_count >= 1
+
+    wait_for(restarted, timeout=60)

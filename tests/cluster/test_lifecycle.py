@@ -116,29 +116,6 @@ def test_too_many_gpus_ends_unschedulable_with_the_schedulers_message(
     wait_for(lambda: not er.jobs_of(api, namespace, run), timeout=30)
 
 
-def _report_waiting(api: client.ApiClient, ns: str, pod: client.V1Pod, reason: str) -> None:
-    state = {"waiting": {"reason": reason, "message": f"simulated kubelet: {reason}"}}
-    client.CoreV1Api(api).patch_namespaced_pod_status(
-        pod.metadata.name,
-        ns,
-        {
-            "status": {
-                "phase": "Pending",
-                "containerStatuses": [
-                    {
-                        "name": "runner",
-                        "image": pod.spec.containers[0].image,
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": state,
-                    }
-                ],
-            }
-        },
-    )
-
-
 def _scheduled_pod(api: client.ApiClient, ns: str, name: str) -> client.V1Pod:
     def probe() -> client.V1Pod | None:
         run = er.get(api, ns, name)
@@ -152,10 +129,13 @@ def _scheduled_pod(api: client.ApiClient, ns: str, name: str) -> client.V1Pod:
 def test_an_image_that_cannot_be_pulled_fails_the_run(
     api: client.ApiClient, namespace: str
 ) -> None:
-    er.create(api, namespace, er.manifest("pull", er.MANUAL, image="registry.invalid/none:1"))
-    pod = _scheduled_pod(api, namespace, "pull")
-    _report_waiting(api, namespace, pod, "ImagePullBackOff")
-    er.wait_phase(api, namespace, "pull", "Pending", timeout=30, reason="ImagePullBackOff")
+    # The executor's kubelet finds no such image in its store: ErrImagePull, then
+    # ImagePullBackOff, as a kubelet reports a failed pull.
+    er.create(api, namespace, er.manifest("pull", er.EXECUTOR, image="registry.invalid/none:1"))
+    pending = er.wait_phase(
+        api, namespace, "pull", "Pending", timeout=30, reason="ImagePullBackOff"
+    )
+    assert "registry.invalid/none:1" in pending["status"]["message"]
     run = er.wait_phase(api, namespace, "pull", "Failed", timeout=30)
     assert run["status"]["reason"] == "ImagePullError"
     assert "registry.invalid/none:1" in run["status"]["message"]

@@ -9,7 +9,7 @@ from packaging.requirements import Requirement
 
 from lmms_devcluster import lock
 
-PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^ \\]+)", re.MULTILINE)
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^ \\]+)", re.MULTILINE)
 
 
 def _pins(text: str) -> dict[str, str]:

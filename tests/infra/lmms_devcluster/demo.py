@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from . import devcluster
+from .imagestore import HOST_IMAGE
 
 REPO = Path(__file__).resolve().parents[3]
 NAMESPACE = "demo"
@@ -64,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {node['metadata']['name']:<12} gpus={alloc.get(devcluster.GPU_RESOURCE, '0')}")
 
     logs = cluster.log_dir
-    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), LMMS_SCRAPE_INTERVAL="2")
+    env = dict(
+        os.environ,
+        KUBECONFIG=str(cluster.kubeconfig),
+        LMMS_SCRAPE_INTERVAL="2",
+        # The demo's runner runs with the devcluster's own Python environment, so that
+        # `make demo` needs no image build (`make images` builds the real ones).
+        LMMS_RUNNER_IMAGE=HOST_IMAGE,
+    )
     model = _start(
         [
             sys.executable,

@@ -1,22 +1,39 @@
 """The process executor: a tiny kubelet that runs one node's pods as local processes.
 
-For end-to-end tests and the local demo. For every pod bound to its node it starts the
-first container's ``command`` + ``args`` as a local process (the image is ignored: the
-project's own environment provides the commands) with the container's environment,
-downward-API values included; ``POD_IP`` is a unique address in 127.0.0.0/8 that the
-process can bind to. The pod's ConfigMap, Secret, downwardAPI, emptyDir and PVC volumes
-appear at their mount paths through bind mounts in a private mount namespace
-(``unshare --mount``), and the termination-message file at its path. A pod with a
-``subdomain`` (the pods of an Indexed Job behind a headless Service) gets its
-``hostname`` (a private UTS namespace) and an ``/etc/hosts`` that names every such pod
-of the subdomain as a cluster's DNS would (``<hostname>.<subdomain>``, and
-``.<namespace>.svc.cluster.local``), so torchrun's rendezvous finds node 0. The pod's status
-follows the process: Running when it starts, then Succeeded or Failed with the real exit
-code and the termination message, so the real Job controller completes or fails Jobs.
-Deleting the pod stops the process (SIGTERM, then SIGKILL after the grace period).
+For end-to-end tests and the local demo. For every pod bound to its node it runs the
+first container:
 
-Processes run as the executor's own user; ``securityContext`` and resource limits are
-recorded, not enforced.
+- **From its image** when the image is in the node's image store (``imagestore``: the
+  images ``make images`` built): inside an overlay over the image's root filesystem
+  (``chroot``), with the image's entrypoint, cmd, env, working directory and user merged
+  with the pod spec as a kubelet does (``command`` replaces the entrypoint, ``args`` the
+  cmd; ``runAsUser``/``runAsGroup`` over the image's user; ``runAsNonRoot`` checked),
+  ``readOnlyRootFilesystem`` honoured, and the pod's ``imageID`` set to the image's
+  digest. An image that is not in the store cannot be pulled: the container waits in
+  ``ErrImagePull``, then ``ImagePullBackOff``, as a kubelet reports them.
+- **With the devcluster's own Python environment** when it names ``HOST_IMAGE``: the
+  container's ``command`` + ``args`` as a local process (the in-process tests' scripted
+  runners and fixtures live there).
+
+Either way the container gets its environment (downward-API values included, and
+``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server, the endpoint a
+kube-proxy would reach); ``POD_IP`` is a unique address in 127.0.0.0/8 that the process
+can bind to. The pod's ConfigMap, Secret, downwardAPI, projected (ServiceAccount tokens
+included, from the TokenRequest API, bound to the pod), emptyDir and PVC volumes appear
+at their mount paths through bind mounts in a private mount namespace (``unshare
+--mount``), and the termination-message file at its path. A pod with a ``subdomain``
+(the pods of an Indexed Job behind a headless Service) gets its ``hostname`` (a private
+UTS namespace) and an ``/etc/hosts`` that names every such pod of the subdomain as a
+cluster's DNS would (``<hostname>.<subdomain>``, and ``.<namespace>.svc.cluster.local``),
+so torchrun's rendezvous finds node 0. HTTP and TCP readiness and liveness probes run
+as a kubelet runs them: readiness sets the pod's Ready condition, a failed liveness probe
+restarts the container. The pod's status follows the process: Running when it starts,
+then Succeeded or Failed with the real exit code and the termination message, so the real
+Job controller completes or fails Jobs. Deleting the pod stops the process (SIGTERM, then
+SIGKILL after the grace period).
+
+Pods share the node's network namespace (each binds its own loopback address); resource
+limits and seccomp/capability settings are recorded, not enforced.
 """
 
 from __future__ import annotations
@@ -31,15 +48,29 @@ import os
 import random
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
+
+from lmms_devcluster.imagestore import (
+    HOST_IMAGE,
+    Image,
+    ImageNotFound,
+    ImageStore,
+    command_line,
+    resolve_user,
+)
 
 log = logging.getLogger("lmms.executor")
 
@@ -119,6 +150,8 @@ class PodRunner:
         self.stopping = threading.Event()
         self.done = threading.Event()
         self.pod_ip = executor.ips.allocate()
+        self.image_id = ""
+        self.ready = False
         # A pod with a subdomain is named in it from now on (as DNS names a pod as soon
         # as it has an address), so that its peers find it whatever the start order.
         self.hostname: str | None = None
@@ -149,9 +182,18 @@ class PodRunner:
         container = spec.containers[0]
         restart_policy = spec.restart_policy or "Always"
         restarts = 0
+        image: Image | None = None
+        rootfs: Path | None = None
+        if (container.image or "") != HOST_IMAGE:
+            image = self._pull(container)
+            if image is None:
+                return
+            self.image_id = image.image_id
+            self._report_waiting("ContainerCreating", "")
+            rootfs = self.ex.images.rootfs(image)
         while not self.stopping.is_set():
             try:
-                plan = self._plan(container)
+                plan = self._plan(container, image, rootfs)
             except _NotReady as exc:
                 # Like a kubelet: the pod waits (ContainerCreating) until its volumes exist.
                 self._report_waiting("ContainerCreating", str(exc))
@@ -163,9 +205,12 @@ class PodRunner:
                 return
             started = _now()
             self._launch(plan)
-            self._report_running(started, restarts)
+            prober = Prober(self, container, started, restarts)
+            self._report_running(started, restarts, ready=prober.readiness is None)
+            prober.start()
             assert self.proc is not None
             code = self.proc.wait()
+            prober.stop()
             if code < 0:
                 code = 128 - code
             if self.stopping.is_set():
@@ -182,6 +227,25 @@ class PodRunner:
             self._report_last_state(code, message, started, finished, restarts)
             if self.stopping.wait(min(10, 2**restarts)):
                 return
+
+    def _pull(self, container: client.V1Container) -> Image | None:
+        """The container's image from the node's store; while it is not there, the
+        container waits in ErrImagePull and ImagePullBackOff, as a kubelet's does when a
+        pull fails, and looks again after a back-off (10 s doubling up to 300 s)."""
+        backoff = 10.0
+        while not self.stopping.is_set():
+            try:
+                return self.ex.images.lookup(container.image or "")
+            except ImageNotFound as exc:
+                reason = f'failed to pull and unpack image "{container.image}": {exc}'
+                self._report_waiting("ErrImagePull", reason)
+            if self.stopping.wait(2):
+                return None
+            self._report_waiting("ImagePullBackOff", f'Back-off pulling image "{container.image}"')
+            if self.stopping.wait(backoff):
+                return None
+            backoff = min(backoff * 2, 300.0)
+        return None
 
     def _unname(self) -> None:
         if self.hostname is not None and self.pod.spec.subdomain:
@@ -204,14 +268,25 @@ class PodRunner:
         self.thread.join(timeout=5)
 
     # -- building the process ----------------------------------------------------------
-    def _plan(self, container: client.V1Container) -> dict[str, Any]:
-        if not container.command and not container.args:
-            raise _InvalidPod(
-                f"container {container.name!r} has no command: the executor ignores images "
-                "and needs an explicit command"
-            )
-        argv = [*(container.command or []), *(container.args or [])]
-        env = self._environment(container)
+    def _plan(
+        self, container: client.V1Container, image: Image | None, rootfs: Path | None
+    ) -> dict[str, Any]:
+        if image is None:
+            if not container.command and not container.args:
+                raise _InvalidPod(
+                    f"container {container.name!r} has no command: an image that is not "
+                    f"in the node's store ({HOST_IMAGE}) needs an explicit command"
+                )
+            argv = [*(container.command or []), *(container.args or [])]
+            base = self._host_environment()
+        else:
+            argv = command_line(image, container.command, container.args)
+            if not argv:
+                raise _InvalidPod(f"container {container.name!r}: no command specified")
+            base = dict(e.split("=", 1) for e in image.env if "=" in e)
+            base.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            base["HOSTNAME"] = self.hostname or self.name
+        env = self._environment(container, base)
         self.dir.mkdir(parents=True, exist_ok=True)
         volumes = self._volumes()
         mounts: list[dict[str, Any]] = []
@@ -231,18 +306,63 @@ class PodRunner:
         term_file.write_text("")
         term_file.chmod(0o666)
         mounts.append({"source": str(term_file), "target": term_path, "readOnly": False})
-        if self.hosts_file is not None:
-            mounts.append(
-                {"source": str(self.hosts_file), "target": "/etc/hosts", "readOnly": True}
-            )
+        hosts = self.hosts_file
+        if hosts is None and image is not None:
+            hosts = self.dir / "hosts"
+            hosts.write_text(f"127.0.0.1\tlocalhost\n{self.pod_ip}\t{self.name}\n")
+        if hosts is not None:
+            mounts.append({"source": str(hosts), "target": "/etc/hosts", "readOnly": True})
         argv = [_expand(a, env) for a in argv]
-        return {
+        plan: dict[str, Any] = {
             "argv": argv,
             "env": env,
             "mounts": mounts,
-            "workingDir": container.working_dir or "/",
-            "hostname": self.hostname,
+            "workingDir": container.working_dir or (image.working_dir if image else "") or "/",
+            "hostname": self.hostname or (self.name if image is not None else None),
         }
+        if image is not None and rootfs is not None:
+            uid, gid, groups = self._user(container, image, rootfs)
+            sc = container.security_context
+            plan["image"] = {
+                "rootfs": str(rootfs),
+                "dir": str(self.dir / "container"),
+                "readOnlyRoot": bool(sc and sc.read_only_root_filesystem),
+                "uid": uid,
+                "gid": gid,
+                "groups": groups,
+            }
+            env.setdefault("HOME", "/")
+        return plan
+
+    def _user(
+        self, container: client.V1Container, image: Image, rootfs: Path
+    ) -> tuple[int, int, list[int]]:
+        """The container's uid, gid and supplementary groups: the pod's and the
+        container's securityContext over the image's ``User``, as a kubelet merges them."""
+        psc = self.pod.spec.security_context
+        csc = container.security_context
+        try:
+            image_uid, image_gid = resolve_user(image.user, rootfs)
+        except ValueError as exc:
+            raise _InvalidPod(str(exc)) from None
+
+        def pick(attr: str, default: Any) -> Any:
+            for sc in (csc, psc):
+                value = getattr(sc, attr, None) if sc is not None else None
+                if value is not None:
+                    return value
+            return default
+
+        uid = int(pick("run_as_user", image_uid))
+        gid = int(pick("run_as_group", image_gid))
+        if pick("run_as_non_root", False) and uid == 0:
+            raise _InvalidPod("container has runAsNonRoot and image will run as root")
+        groups = {gid}
+        if psc is not None:
+            if psc.fs_group is not None:
+                groups.add(int(psc.fs_group))
+            groups.update(int(g) for g in psc.supplemental_groups or [])
+        return uid, gid, sorted(groups)
 
     def _launch(self, plan: dict[str, Any]) -> None:
         plan_file = self.dir / "plan.json"
@@ -263,8 +383,9 @@ class PodRunner:
             "pod %s/%s: started pid %d at %s", self.namespace, self.name, self.proc.pid, self.pod_ip
         )
 
-    def _environment(self, container: client.V1Container) -> dict[str, str]:
-        env: dict[str, str] = {
+    def _host_environment(self) -> dict[str, str]:
+        (self.dir / "home").mkdir(parents=True, exist_ok=True)
+        return {
             # The project's own environment provides the commands the image would have.
             "PATH": os.pathsep.join(
                 [os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]
@@ -274,7 +395,15 @@ class PodRunner:
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
         }
-        (self.dir / "home").mkdir(parents=True, exist_ok=True)
+
+    def _environment(self, container: client.V1Container, base: dict[str, str]) -> dict[str, str]:
+        env = dict(base)
+        # Every container gets the API server's address, whatever enableServiceLinks
+        # says: here its own endpoint, as no kube-proxy routes the Service's cluster IP.
+        host, port = self.ex.api_endpoint
+        env["KUBERNETES_SERVICE_HOST"] = host
+        env["KUBERNETES_SERVICE_PORT"] = port
+        env["KUBERNETES_SERVICE_PORT_HTTPS"] = port
         for src in container.env_from or []:
             prefix = src.prefix or ""
             if src.config_map_ref:
@@ -400,10 +529,19 @@ class PodRunner:
                         _write_files(target, data, source.secret.items, None)
                     elif source.downward_api is not None:
                         self._downward(target, source.downward_api.items or [])
+                    elif source.service_account_token is not None:
+                        self._service_account_token(target, source.service_account_token)
             elif vol.empty_dir is not None:
                 target.mkdir(parents=True, exist_ok=True)
+                target.chmod(0o777)  # as a kubelet makes them: any container user writes
             elif vol.persistent_volume_claim is not None:
                 target = self.ex.pvc_dir(self.namespace, vol.persistent_volume_claim.claim_name)
+                fs_group = (
+                    self.pod.spec.security_context or client.V1PodSecurityContext()
+                ).fs_group
+                if fs_group is not None:  # a kubelet gives the volume to the fsGroup
+                    os.chown(target, -1, int(fs_group))
+                    target.chmod(0o2775)
             elif vol.host_path is not None:
                 target = Path(vol.host_path.path)
                 target.mkdir(parents=True, exist_ok=True)
@@ -411,6 +549,34 @@ class PodRunner:
                 raise _InvalidPod(f"volume {vol.name!r}: unsupported volume type")
             result[vol.name] = target
         return result
+
+    def _service_account_token(self, target: Path, source: Any) -> None:
+        """A projected ServiceAccount token, as a kubelet gets it: from the TokenRequest
+        API, bound to this pod (the API server rejects it once the pod is gone)."""
+        sa = self.pod.spec.service_account_name or "default"
+        spec: dict[str, Any] = {
+            "expirationSeconds": source.expiration_seconds or 3600,
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": self.name,
+                "uid": self.uid,
+            },
+        }
+        if source.audience:
+            spec["audiences"] = [source.audience]
+        try:
+            made = self.ex.core.create_namespaced_service_account_token(
+                sa, self.namespace, {"spec": spec}
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise _NotReady(f'serviceaccount "{sa}" not found') from None
+            raise
+        path = target / source.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(made.status.token)
+        path.chmod(0o644)
 
     def _downward(self, target: Path, items: list[Any]) -> None:
         target.mkdir(parents=True, exist_ok=True)
@@ -445,7 +611,7 @@ class PodRunner:
         status: dict[str, Any] = {
             "name": container.name,
             "image": container.image or "",
-            "imageID": "",
+            "imageID": self.image_id,
             "containerID": f"process://{self.proc.pid}" if self.proc else None,
             "ready": ready,
             "started": "running" in state,
@@ -491,7 +657,8 @@ class PodRunner:
             }
         )
 
-    def _report_running(self, started: str, restarts: int) -> None:
+    def _report_running(self, started: str, restarts: int, ready: bool) -> None:
+        self.ready = ready
         self._patch_status(
             {
                 "phase": "Running",
@@ -500,12 +667,30 @@ class PodRunner:
                 "podIP": self.pod_ip,
                 "podIPs": [{"ip": self.pod_ip}],
                 "startTime": started,
-                "conditions": self._conditions(True),
+                "conditions": self._conditions(ready, None if ready else "ContainersNotReady"),
                 "containerStatuses": [
-                    self._container_status({"running": {"startedAt": started}}, restarts, True)
+                    self._container_status({"running": {"startedAt": started}}, restarts, ready)
                 ],
             }
         )
+
+    def set_ready(self, ready: bool, started: str, restarts: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self._report_running(started, restarts, ready)
+
+    def kill_container(self, grace: float) -> None:
+        """Ends the container's process (a failed liveness probe); the pod lives on and
+        its restart policy decides what comes next."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def _report_last_state(
         self, code: int, message: str, started: str, finished: str, restarts: int
@@ -542,6 +727,96 @@ class PodRunner:
             }
         )
         log.info("pod %s/%s: exited %d (%s)", self.namespace, self.name, code, reason)
+
+
+class Prober:
+    """A container's readiness and liveness probes (HTTP GET and TCP), run as a kubelet
+    runs them: every ``periodSeconds`` after ``initialDelaySeconds``, each try cut at
+    ``timeoutSeconds``; ``failureThreshold`` failures in a row make the container not
+    ready, or (liveness) kill it so that the restart policy applies; ``successThreshold``
+    successes make it ready again."""
+
+    def __init__(
+        self, pod: PodRunner, container: client.V1Container, started: str, restarts: int
+    ) -> None:
+        self.pod = pod
+        self.container = container
+        self.started = started
+        self.restarts = restarts
+        self.readiness = container.readiness_probe
+        self.liveness = container.liveness_probe
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(probe, kind), daemon=True)
+            for probe, kind in ((self.readiness, "readiness"), (self.liveness, "liveness"))
+            if probe is not None
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _port(self, port: Any) -> int:
+        if isinstance(port, int) or str(port).isdigit():
+            return int(port)
+        for p in self.container.ports or []:
+            if p.name == port:
+                return int(p.container_port)
+        raise ValueError(f"port {port!r} is not a port of the container")
+
+    def check(self, probe: client.V1Probe) -> bool:
+        timeout = probe.timeout_seconds or 1
+        try:
+            if probe.http_get is not None:
+                get = probe.http_get
+                host = get.host or self.pod.pod_ip
+                scheme = (get.scheme or "HTTP").lower()
+                url = f"{scheme}://{host}:{self._port(get.port)}{get.path or '/'}"
+                request = urllib.request.Request(
+                    url, headers={h.name: h.value for h in get.http_headers or []}
+                )
+                context = ssl._create_unverified_context() if scheme == "https" else None
+                with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+                    return bool(200 <= resp.status < 400)
+            if probe.tcp_socket is not None:
+                host = probe.tcp_socket.host or self.pod.pod_ip
+                with socket.create_connection(
+                    (host, self._port(probe.tcp_socket.port)), timeout=timeout
+                ):
+                    return True
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return True  # exec and gRPC probes are not run here: they pass
+
+    def _loop(self, probe: client.V1Probe, kind: str) -> None:
+        if self._stop.wait(probe.initial_delay_seconds or 0):
+            return
+        failures = successes = 0
+        while not self._stop.is_set() and not self.pod.stopping.is_set():
+            ok = self.check(probe)
+            if self._stop.is_set():
+                return
+            failures = 0 if ok else failures + 1
+            successes = successes + 1 if ok else 0
+            if kind == "readiness":
+                if ok and not self.pod.ready and successes >= (probe.success_threshold or 1):
+                    self.pod.set_ready(True, self.started, self.restarts)
+                elif not ok and self.pod.ready and failures >= (probe.failure_threshold or 3):
+                    self.pod.set_ready(False, self.started, self.restarts)
+            elif failures >= (probe.failure_threshold or 3):
+                log.info(
+                    "pod %s/%s: liveness probe failed %d times: restarting",
+                    self.pod.namespace,
+                    self.pod.name,
+                    failures,
+                )
+                self.pod.kill_container(probe.termination_grace_period_seconds or 30)
+                return
+            if self._stop.wait(probe.period_seconds or 10):
+                return
 
 
 def _terminated(
@@ -609,6 +884,9 @@ class Executor:
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
         self.unshare_prefix = _unshare_prefix()
+        self.images = ImageStore()
+        endpoint = urllib.parse.urlsplit(api.configuration.host)
+        self.api_endpoint = (endpoint.hostname or "127.0.0.1", str(endpoint.port or 443))
 
     def register_child(self, pid: int) -> None:
         with (self.state_dir / "children").open("a") as fh:

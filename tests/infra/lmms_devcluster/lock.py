@@ -7,6 +7,9 @@
 | requirements/dev.txt        | 3.11   | operator + runner + dev tools | .venv, CI (make venv)    |
 | requirements/operator.txt   | 3.11   | the operator                  | operator/Dockerfile      |
 | requirements/runner.txt     | 3.12   | the operator's API + runner   | runner-image/Dockerfile  |
+| requirements/runner-py311.txt | 3.11 | the same, for Python 3.11     | the runner image on a    |
+|                             |        |                               | Debian bookworm base     |
+|                             |        |                               | (make images)            |
 
 Each file starts with ``# pyproject-sha256: <hash>``, the hash of pyproject.toml's
 dependency lists: ``tests/unit/test_lock.py`` fails when they change and the locks were
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,9 @@ TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dev.txt": ("3.11", ("runner", "dev")),
     "operator.txt": ("3.11", ()),
     "runner.txt": ("3.12", ("runner",)),
+    # The runner Dockerfile's RUNNER_LOCK for a base whose python3 is 3.11 (Debian
+    # bookworm, as `make images` builds it here).
+    "runner-py311.txt": ("3.11", ("runner",)),
 }
 HEADER = "# pyproject-sha256: "
 
@@ -66,9 +73,52 @@ def _installed(uv: str) -> str:
     )
 
 
+def _extras_required() -> dict[str, list[str]]:
+    """Packages that other packages require with extras (``typepy[datetime]``), from the
+    dev virtualenv's metadata. pip's ``--require-hashes`` mode refuses such a requirement
+    unless the lock pins it with the same extras, which ``uv pip compile`` does not write."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, set[str]] = {}
+    for dist in importlib.metadata.distributions():
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.extras and (req.marker is None or req.marker.evaluate({"extra": ""})):
+                found.setdefault(_key(req.name), set()).update(req.extras)
+    return {name: sorted(extras) for name, extras in found.items()}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _with_extras(body: str, extras: dict[str, list[str]]) -> str:
+    """Adds ``name[extras]==version`` (same hashes) before ``name==version`` for each such
+    package: pip needs both lines, one for the plain requirement and one for the extras."""
+    lines = body.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==", lines[i])
+        j = i + 1
+        while j < len(lines) and lines[j].startswith(" ") and "--hash=" in lines[j]:
+            j += 1
+        wanted = extras.get(_key(match.group(1))) if match else None
+        if match and wanted:
+            name = match.group(1)
+            out.append(f"{name}[{','.join(wanted)}]" + lines[i][len(name) :])
+            out.extend(lines[i + 1 : j])
+        out.extend(lines[i:j])
+        i = j
+    return "\n".join(out) + "\n"
+
+
 def write() -> None:
     uv = str(Path(sys.executable).with_name("uv"))
     digest = pyproject_hash()
+    extras_required = _extras_required()
     LOCK_DIR.mkdir(exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as prefer:
         prefer.write(_installed(uv))
@@ -97,6 +147,7 @@ def write() -> None:
             subprocess.run(cmd, check=True, cwd=REPO)
             # The constraints file is a temporary path: keep it out of the lock's comments.
             body = out.read_text().replace(prefer.name, "the dev virtualenv's versions")
+            body = _with_extras(body, extras_required)
             out.write_text(
                 f"{HEADER}{digest}\n# python {python}, {PLATFORM}, extras: "
                 f"{', '.join(extras) or 'none'}; written by `make lock`\n" + body
