@@ -304,6 +304,7 @@ def test_a_pod_runs_in_its_image_merged_with_the_pod_spec_as_a_kubelet_does(
         env=[client.V1EnvVar(name="FROM_POD", value="yes")],
         volume_mounts=[client.V1VolumeMount(name="tmp", mount_path="/tmp")],
         security_context=client.V1SecurityContext(read_only_root_filesystem=True),
+        termination_message_policy="FallbackToLogsOnError",
     )
     core.create_namespaced_pod(
         namespace,

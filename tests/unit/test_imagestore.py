@@ -59,3 +59,17 @@ def test_the_image_user_is_resolved_in_the_images_own_files(tmp_path: Path) -> N
         resolve_user("nobody", tmp_path)
     with pytest.raises(ValueError, match="unable to find group staff"):
         resolve_user("lmms:staff", tmp_path)
+
+
+def test_mount_targets_resolve_symlinks_inside_the_image(tmp_path: Path) -> None:
+    from lmms_devcluster.launch import in_root
+
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")  # absolute: the image's /run, not the node's
+    (root / "etc").mkdir()
+    (root / "etc" / "up").symlink_to("../../..")
+    assert in_root(str(root), "/var/run/secrets/x") == f"{root}/run/secrets/x"
+    assert in_root(str(root), "/etc/up/escape") == f"{root}/escape"  # never above the root
+    assert in_root("", "/var/run") == "/var/run"

@@ -76,6 +76,9 @@ build() {
       --build-arg PYTHON_BASE="$BASE_TAG" "$@" "${mounts[@]}" \
       -f "$dockerfile" -t "$tag" .) >/dev/null
     log "built $tag in $((SECONDS - started)) s"
+    # For tests/bench/images.py: what a cold build of this image took here.
+    printf '%s\t%s\t%s\t%s\n' "$name" "$hash" "$((SECONDS - started))" "$(date -u +%F)" \
+      >>"$CACHE/build-times.tsv"
   fi
   "${B[@]}" tag "$tag" "localhost/$name:0.1.0"
   local old

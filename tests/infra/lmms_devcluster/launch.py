@@ -90,8 +90,39 @@ def image_root(image: dict[str, object]) -> str:
     (root / "sys").mkdir(exist_ok=True)
     bind("/sys", str(root / "sys"), read_only=True, is_dir=True)
     if Path("/etc/resolv.conf").exists():
-        bind("/etc/resolv.conf", str(root / "etc/resolv.conf"), read_only=True, is_dir=False)
+        target = in_root(str(root), "/etc/resolv.conf")
+        bind("/etc/resolv.conf", target, read_only=True, is_dir=False)
     return str(root)
+
+
+def in_root(root: str, path: str) -> str:
+    """``path`` inside the container's root filesystem, its symlinks resolved there (an
+    image's /var/run -> /run must not lead to the node's /run), as runc's securejoin."""
+    if not root:
+        return path
+    parts = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise OSError(f"too many levels of symbolic links in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 def _protected() -> list[str]:
@@ -127,7 +158,7 @@ def main() -> None:
         m["isDir"] = Path(m["source"]).is_dir()
         m["source"] = f"/proc/self/fd/{fd}"
     for m in plan["mounts"]:
-        bind(m["source"], root + m["target"], m["readOnly"], m["isDir"])
+        bind(m["source"], in_root(root, m["target"]), m["readOnly"], m["isDir"])
     for fd in held:
         os.close(fd)
     if plan.get("hostname"):
