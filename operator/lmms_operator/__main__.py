@@ -80,6 +80,26 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("--all-namespaces", "-A", action="store_true")
     runs.add_argument("--output", "-o", choices=["table", "json"], default="table")
     runs.set_defaults(func=lambda a: cli.runs(a.namespace, a.all_namespaces, a.output))
+
+    cmp = sub.add_parser(
+        "compare",
+        help="compare two runs (or two models of a leaderboard) per task and metric, "
+        "with the significance of each difference",
+    )
+    cmp.add_argument("a", help="EvalRun NAME or NAMESPACE/NAME (with --leaderboard: a model)")
+    cmp.add_argument("b", help="the other one")
+    cmp.add_argument("--namespace", "-n")
+    cmp.add_argument("--leaderboard", "-l", help="compare two models' entries of this board")
+    cmp.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="significance level of the two-sided z-test (default 0.05)",
+    )
+    cmp.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    cmp.set_defaults(
+        func=lambda a: cli.compare_results(a.a, a.b, a.namespace, a.leaderboard, a.alpha, a.output)
+    )
     args = parser.parse_args(argv)
     return int(args.func(args))
 

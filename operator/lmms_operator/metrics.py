@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -81,6 +82,14 @@ SCORE = Gauge(
     "lmms_operator_score",
     "Published scores: the primary metric of a task, per namespace, leaderboard, model and "
     "metric; direction is higher or lower (which is better) or unknown.",
+    ["namespace", "leaderboard", "model", "task", "metric", "direction"],
+    registry=REGISTRY,
+)
+SCORE_STDERR = Gauge(
+    "lmms_operator_score_stderr",
+    "Standard error of each published score (lmms-eval's), with the labels of its "
+    "lmms_operator_score series; absent where lmms-eval reported none. The ScoreRegression "
+    "alert uses it to fire only for significant drops.",
     ["namespace", "leaderboard", "model", "task", "metric", "direction"],
     registry=REGISTRY,
 )
@@ -268,6 +277,12 @@ def published(namespace: str, leaderboard: str, entries: list[dict[str, Any]], u
                 direction,
             )
             SCORE.labels(*labels).set(e["value"])
+            stderr = e.get("stderr")
+            if isinstance(stderr, int | float) and math.isfinite(stderr):
+                SCORE_STDERR.labels(*labels).set(stderr)
+            else:  # this score has none: an older one's must not stand for it
+                with contextlib.suppress(KeyError):
+                    SCORE_STDERR.remove(*labels)
             _score_runs.setdefault(labels, set()).add(uid)
             _run_scores.setdefault(uid, set()).add(labels)
 
@@ -287,6 +302,8 @@ def _drop_scores(series: list[tuple[str, ...]]) -> None:
         _score_runs.pop(labels, None)
         with contextlib.suppress(KeyError):
             SCORE.remove(*labels)
+        with contextlib.suppress(KeyError):
+            SCORE_STDERR.remove(*labels)
 
 
 def run_scores_gone(uid: str) -> None:

@@ -4,6 +4,7 @@ process executor and the real runner running real lmms-eval 0.7.3 (offline)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -214,6 +215,16 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     assert "lmms-eval=0.7.3" in shown and best["settings"] == "lmms-eval=0.7.3"
     listed = cli("runs", "-n", namespace)
     assert "colors-e2e" in listed and "Succeeded" in listed and "colors=0.8" in listed
+    # lmms-eval's standard error reached the status, and compare uses it: a run against
+    # itself differs by nothing, with the standard error of the difference shown.
+    assert result["stderr"] == pytest.approx(0.4 / 3, abs=1e-3)  # sqrt(0.8 * 0.2 / 9)
+    (row,) = json.loads(cli("compare", "colors-e2e", "colors-e2e", "-n", namespace, "-o", "json"))
+    assert row["diff"] == 0 and row["significant"] is False
+    assert row["stderr"] == pytest.approx(math.sqrt(2) * result["stderr"])
+    (entry,) = json.loads(
+        cli("compare", "-n", namespace, "--leaderboard", "default", model, model, "-o", "json")
+    )
+    assert entry["a"] == pytest.approx(0.8) and entry["significant"] is False
     # The operator's own /metrics: the score gauge, transitions, runs by phase, work done.
     text = operator_process.metrics()
     assert (

@@ -24,19 +24,3 @@ def test_the_operator_dockerfile_takes_its_base_as_an_argument() -> None:
     # Installed from the lock with hashes, the project without resolving again.
     assert "--require-hashes -r /src/requirements/operator.txt" in DOCKERFILE
     assert "pip install --no-deps /src" in DOCKERFILE
-
-
-RUNNER = (REPO / "runner-image" / "Dockerfile").read_text()
-
-
-def test_the_runner_dockerfile_takes_its_base_and_lock_as_arguments() -> None:
-    assert re.search(r"^ARG CUDA_BASE=nvidia/cuda:\S+-ubuntu24\.04$", RUNNER, re.M)
-    assert re.search(r"^ARG RUNNER_LOCK=requirements/runner\.txt$", RUNNER, re.M)
-    script = SCRIPT.read_text()
-    assert "--build-arg CUDA_BASE=" in script
-    assert "--build-arg RUNNER_LOCK=requirements/runner-py311.txt" in script
-    assert "--require-hashes -r /opt/lmms/lock/runner.txt" in RUNNER
-    # The project itself: a wheel, installed with nothing resolved or downloaded.
-    assert "pip install --no-deps --no-index" in RUNNER
-    # Non-root, the lock where the runner reads it for its provenance.
-    assert "USER 1000:1000" in RUNNER and "LMMS_LOCK_FILE=/opt/lmms/lock/runner.txt" in RUNNER

@@ -111,3 +111,31 @@ def test_settings_that_change_a_score_are_part_of_an_entry() -> None:
     files = lb.render(lb.rank(table, {}))
     assert "limit=10 lmms-eval=0.7.3" in files["table.md"]
     assert "settings" in files["table.csv"].splitlines()[0]
+
+
+def test_entries_within_error_of_the_best_are_marked_tied() -> None:
+    def scored(model: str, value: float, stderr: float | None) -> dict[str, object]:
+        return dict(entry(model, "mme", "acc", value), stderr=stderr)
+
+    ranked = lb.rank(
+        [
+            scored("best", 0.80, 0.02),
+            scored("close", 0.78, 0.02),  # z = 0.71: within error
+            scored("far", 0.60, 0.02),  # z = 7.1
+            scored("unknown", 0.79, None),  # no stderr: no tie claimed
+        ],
+        {},
+    )
+    by_model = {r["model"]: r for r in ranked}
+    assert [r["model"] for r in ranked] == ["best", "unknown", "close", "far"]
+    assert "tiedWithBest" not in by_model["best"]
+    assert by_model["close"]["tiedWithBest"] is True
+    assert by_model["far"]["tiedWithBest"] is False
+    assert by_model["unknown"]["tiedWithBest"] is False
+    tables = lb.render(ranked)
+    assert "| 3 ≈1 | mme |" in tables["table.md"] and "tied with the best" in tables["table.md"]
+    assert tables["table.csv"].splitlines()[0].split(",")[6] == "tiedWithBest"
+    assert json.loads(tables["table.json"])[2]["tiedWithBest"] is True
+    # A new best moves the mark: nothing stale from an earlier ranking survives.
+    again = lb.rank([*ranked, scored("new", 0.95, 0.01)], {})
+    assert not any(r.get("tiedWithBest") for r in again)

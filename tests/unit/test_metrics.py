@@ -5,11 +5,11 @@ from __future__ import annotations
 from lmms_operator import metrics
 
 
-def _series() -> list[dict[str, str]]:
+def _series(name: str = "lmms_operator_score") -> list[dict[str, str]]:
     return [
-        dict(s.labels)
+        dict(s.labels, value=str(s.value))
         for family in metrics.REGISTRY.collect()
-        if family.name == "lmms_operator_score"
+        if family.name == name
         for s in family.samples
     ]
 
@@ -72,3 +72,16 @@ def test_gpu_seconds_come_from_each_pods_own_start_and_end() -> None:
     ]
     seconds = metrics.gpu_seconds(run, pods, now)
     assert seconds == 2 * (30 + 20 + 5 + 1) * 60
+
+
+def test_standard_errors_are_exported_with_their_scores_and_go_with_them() -> None:
+    with_err = dict(_entry("org/e"), stderr=0.02)
+    metrics.published("ns-err", "board", [with_err], "run-e1")
+    (err,) = [s for s in _series("lmms_operator_score_stderr") if s["namespace"] == "ns-err"]
+    assert err["model"] == "org/e" and float(err["value"]) == 0.02
+    # A later score without a standard error: no stale one stands for it.
+    metrics.published("ns-err", "board", [_entry("org/e")], "run-e2")
+    assert not [s for s in _series("lmms_operator_score_stderr") if s["namespace"] == "ns-err"]
+    metrics.published("ns-err", "board", [with_err], "run-e3")
+    metrics.leaderboard_gone("ns-err", "board")
+    assert not [s for s in _series("lmms_operator_score_stderr") if s["namespace"] == "ns-err"]

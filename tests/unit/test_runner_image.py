@@ -44,19 +44,32 @@ def test_paths_the_job_mounts_exist_in_the_image() -> None:
 
 def test_versions_come_from_the_lock_and_no_compiler_ships() -> None:
     # Every package from the hash-pinned lock; the project itself resolves nothing.
-    assert "--require-hashes -r /src/requirements/runner.txt" in DOCKERFILE
-    assert "pip install --no-deps /src" in DOCKERFILE
+    assert "--require-hashes -r /opt/lmms/lock/runner.txt" in DOCKERFILE
+    assert "pip install --no-deps --no-index" in DOCKERFILE  # the project's own wheel
     assert "LMMS_LOCK_FILE=/opt/lmms/lock/runner.txt" in final_stage()
-    lock = (REPO / "requirements" / "runner.txt").read_text()
-    assert "\nlmms-eval==0.7.3 " in lock and re.search(r"\nfilelock==3\.", lock)
-    assert re.search(r"\ntorch==[\d.]+ ", lock) and re.search(r"\ntorchvision==[\d.]+ ", lock)
+    for name in ("runner.txt", "runner-py311.txt"):
+        lock = (REPO / "requirements" / name).read_text()
+        assert "\nlmms-eval==0.7.3 " in lock and re.search(r"\nfilelock==3\.", lock)
+        assert re.search(r"\ntorch==[\d.]+ ", lock) and re.search(r"\ntorchvision==[\d.]+ ", lock)
     assert "build-essential" not in final_stage()
     runner_extra = PYPROJECT["project"]["optional-dependencies"]["runner"]
     assert "lmms-eval==0.7.3" in runner_extra and "filelock<4" in runner_extra
 
 
+def test_the_base_and_the_lock_are_build_arguments() -> None:
+    # The public CUDA base for users; make images passes a Debian bookworm base made from
+    # Debian packages, with the lock for its Python (3.11).
+    assert re.search(r"^ARG CUDA_BASE=nvidia/cuda:\S+-ubuntu24\.04$", DOCKERFILE, re.M)
+    assert re.search(r"^ARG RUNNER_LOCK=requirements/runner\.txt$", DOCKERFILE, re.M)
+    script = (REPO / "tests" / "infra" / "lmms_devcluster" / "images.sh").read_text()
+    assert "--build-arg CUDA_BASE=" in script
+    assert "--build-arg RUNNER_LOCK=requirements/runner-py311.txt" in script
+
+
 def test_copied_sources_exist() -> None:
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE, re.M))
     for line in DOCKERFILE.splitlines():
         if line.startswith("COPY ") and "--from" not in line:
             for src in line.split()[1:-1]:
+                src = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], src)
                 assert (REPO / src).exists(), src

@@ -74,6 +74,12 @@ class LeaderboardEntry(ApiModel):
     value: float | None = Field(default=None, description="Metric value.")
     stderr: float | None = Field(default=None, description="Standard error.")
     higher_is_better: bool | None = Field(default=None, description="Direction of the metric.")
+    tied_with_best: bool | None = Field(
+        default=None,
+        description="Whether the gap to the task's best score is within error: not "
+        "significant at p < 0.05 (a two-sided z-test on both standard errors). Absent for "
+        "the best entry; false where a standard error is missing (no tie is claimed).",
+    )
     run: str = Field(description="The EvalRun that produced it (namespace/name).")
     run_uid: str | None = Field(default=None, description="The uid of that EvalRun.")
     spec_hash: str | None = Field(default=None, description="The spec hash it evaluated.")

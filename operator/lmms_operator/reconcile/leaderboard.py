@@ -5,6 +5,10 @@ same model with the same settings on the same task replaces the older entry (the
 finish wins, also when the re-run is the same EvalRun edited or re-created); a run with
 other settings (``limit: 10``) gets a row of its own; publishing the same run (uid and
 spec hash) twice changes nothing.
+
+Ranks follow the values; an entry whose gap to the task's best is within error (not
+significant at ``significance.DEFAULT_ALPHA`` by a z-test on both standard errors) is
+marked ``tiedWithBest``, so that a table never presents noise as an order.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .significance import DEFAULT_ALPHA, tied_with_best
+
 #: Bytes of table text per ConfigMap (JSON + CSV + Markdown), well under the 1 MiB limit.
 SHARD_BUDGET = 700 * 1024
 
@@ -26,6 +32,7 @@ COLUMNS = (
     "value",
     "stderr",
     "higherIsBetter",
+    "tiedWithBest",
     "model",
     "revision",
     "settings",
@@ -68,9 +75,14 @@ def merge(
     return sorted(table.values(), key=lambda e: (e["task"], e["metric"], str(e.get("model"))))
 
 
-def rank(entries: Iterable[Mapping[str, Any]], rank_by: Mapping[str, str]) -> list[dict[str, Any]]:
+def rank(
+    entries: Iterable[Mapping[str, Any]],
+    rank_by: Mapping[str, str],
+    alpha: float = DEFAULT_ALPHA,
+) -> list[dict[str, Any]]:
     """Ranks per task by its ranking metric (``rankBy`` or the first metric published for
-    it), respecting higher_is_better (lower WER is better). Unranked metrics keep rank 0."""
+    it), respecting higher_is_better (lower WER is better). Unranked metrics keep rank 0.
+    Ranked entries other than the best say whether they are tied with it within error."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_task.setdefault(str(e["task"]), []).append(dict(e))
@@ -83,6 +95,9 @@ def rank(entries: Iterable[Mapping[str, Any]], rank_by: Mapping[str, str]) -> li
         ranked.sort(key=lambda r: (r["value"] if lower_better else -r["value"], str(r["model"])))
         for i, r in enumerate(ranked, start=1):
             r["rank"] = i
+            r.pop("tiedWithBest", None)
+            if i > 1:
+                r["tiedWithBest"] = tied_with_best(r, ranked[0], alpha)
         rest = [dict(r, rank=0) for r in rows if r not in ranked]
         out += ranked + sorted(rest, key=lambda r: (r["metric"], str(r["model"])))
     return out
@@ -108,14 +123,25 @@ def render(ranked: list[dict[str, Any]]) -> dict[str, str]:
         "| rank | task | metric | value | ± | model | revision | settings | run |",
         "|---:|---|---|---:|---:|---|---|---|---|",
     ]
+    tied_note = False
     for r in ranked:
         value = "" if r.get("value") is None else f"{r['value']:.4g}"
         err = "" if r.get("stderr") is None else f"{r['stderr']:.2g}"
         arrow = "↓" if r.get("higherIsBetter") is False else "↑"
+        shown_rank = str(r.get("rank") or "")
+        if r.get("tiedWithBest"):
+            shown_rank += " ≈1"
+            tied_note = True
         md.append(
-            f"| {r.get('rank') or ''} | {r['task']} | {r['metric']} {arrow} | {value} | "
+            f"| {shown_rank} | {r['task']} | {r['metric']} {arrow} | {value} | "
             f"{err} | {r['model']} | {r.get('revision') or ''} | {r.get('settings') or ''} | "
             f"{r.get('run')} |"
+        )
+    if tied_note:
+        md.append("")
+        md.append(
+            "≈1: tied with the best within error (the gap is not significant at "
+            f"p < {DEFAULT_ALPHA}, z-test on both standard errors)."
         )
     return {
         "table.json": json.dumps(ranked, indent=1),
