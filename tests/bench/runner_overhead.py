@@ -37,6 +37,88 @@ def run(argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+class Setup:
+    """A local task, a local OpenAI-compatible server, and the two command lines (plain
+    lmms-eval and lmms-runner) that evaluate it, each writing to its own directory."""
+
+    def __init__(self, tmp: Path, samples: int, delay: float) -> None:
+        self.tmp = tmp
+        self.tasks = colortask.write(tmp / "tasks", "colors", samples=samples)
+        self.server = subprocess.Popen(
+            [sys.executable, str(REPO / "tests/fixtures/openai_server.py"), "--delay", str(delay)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.server.stdout is not None
+        url = f"http://127.0.0.1:{json.loads(self.server.stdout.readline())['port']}/v1"
+        self.margs = {
+            "model_version": "local",
+            "base_url": url,
+            "api_key": "sk-bench",
+            "num_concurrent": "1",
+        }
+        self.config = tmp / "evalrun.json"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "kind": "EvalRun",
+                    "metadata": {"name": "bench"},
+                    "spec": {"model": {"type": "openai", "args": self.margs}, "tasks": ["colors"]},
+                }
+            )
+        )
+        self.env = dict(
+            os.environ, HF_HOME=str(tmp / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"
+        )
+
+    def plain(self, out: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "lmms_eval",
+            "--model",
+            "openai",
+            "--model_args",
+            ",".join(f"{k}={v}" for k, v in self.margs.items()),
+            "--tasks",
+            "colors",
+            "--include_path",
+            str(self.tasks),
+            "--batch_size",
+            "1",
+            "--seed",
+            "1234",
+            "--timezone",
+            "UTC",
+            "--verbosity",
+            "INFO",
+            "--output_path",
+            str(out),
+        ]
+
+    def runner(self, out: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "lmms_runner",
+            "--config",
+            str(self.config),
+            "--include-path",
+            str(self.tasks),
+            "--output",
+            str(out),
+            "--listen",
+            "127.0.0.1:0",
+            "--hold-timeout",
+            "0",
+            "--termination-log",
+            str(self.tmp / "term"),
+        ]
+
+    def stop(self) -> None:
+        self.server.terminate()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=400)
@@ -44,81 +126,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lmms-bench-"))
-    tasks = colortask.write(tmp / "tasks", "colors", samples=args.samples)
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests/fixtures/openai_server.py"), "--delay", str(args.delay)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    url = f"http://127.0.0.1:{json.loads(server.stdout.readline())['port']}/v1"
-    margs = {
-        "model_version": "local",
-        "base_url": url,
-        "api_key": "sk-bench",
-        "num_concurrent": "1",
-    }
-    config = tmp / "evalrun.json"
-    config.write_text(
-        json.dumps(
-            {
-                "kind": "EvalRun",
-                "metadata": {"name": "bench"},
-                "spec": {"model": {"type": "openai", "args": margs}, "tasks": ["colors"]},
-            }
-        )
-    )
-    env = dict(os.environ, HF_HOME=str(tmp / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    plain = [
-        sys.executable,
-        "-m",
-        "lmms_eval",
-        "--model",
-        "openai",
-        "--model_args",
-        ",".join(f"{k}={v}" for k, v in margs.items()),
-        "--tasks",
-        "colors",
-        "--include_path",
-        str(tasks),
-        "--batch_size",
-        "1",
-        "--seed",
-        "1234",
-        "--timezone",
-        "UTC",
-        "--verbosity",
-        "INFO",
-    ]
+    setup = Setup(tmp, args.samples, args.delay)
     times: dict[str, list[float]] = {"lmms-eval": [], "lmms-runner": []}
     try:
         for i in range(args.repeats):
-            times["lmms-eval"].append(run([*plain, "--output_path", str(tmp / f"plain{i}")], env))
-            runner = [
-                sys.executable,
-                "-m",
-                "lmms_runner",
-                "--config",
-                str(config),
-                "--include-path",
-                str(tasks),
-                "--output",
-                str(tmp / f"runner{i}"),
-                "--listen",
-                "127.0.0.1:0",
-                "--hold-timeout",
-                "0",
-                "--termination-log",
-                str(tmp / "term"),
-            ]
-            times["lmms-runner"].append(run(runner, env))
+            times["lmms-eval"].append(run(setup.plain(tmp / f"plain{i}"), setup.env))
+            times["lmms-runner"].append(run(setup.runner(tmp / f"runner{i}"), setup.env))
             print(
                 f"round {i + 1}: plain {times['lmms-eval'][-1]:.1f}s, "
                 f"runner {times['lmms-runner'][-1]:.1f}s",
                 flush=True,
             )
     finally:
-        server.terminate()
+        setup.stop()
     plain_s = statistics.median(times["lmms-eval"])
     runner_s = statistics.median(times["lmms-runner"])
     ratio = runner_s / plain_s

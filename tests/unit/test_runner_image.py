@@ -73,3 +73,9 @@ def test_copied_sources_exist() -> None:
             for src in line.split()[1:-1]:
                 src = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], src)
                 assert (REPO / src).exists(), src
+
+
+def test_the_task_index_is_built_into_the_image_where_the_runner_reads_it() -> None:
+    stage = final_stage()
+    assert "python -m lmms_runner.taskindex /opt/lmms/task-index.json" in stage
+    assert "LMMS_TASK_INDEX=/opt/lmms/task-index.json" in stage

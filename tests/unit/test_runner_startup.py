@@ -1,0 +1,75 @@
+"""The runner's faster start: the same task index and modules, loaded later or once."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lmms_runner import lmms_eval_main, taskindex
+
+
+def test_a_deferred_module_loads_on_first_use_only() -> None:
+    sys.modules.pop("colorsys", None)
+    lmms_eval_main.defer("colorsys")
+    deferred = sys.modules["colorsys"]
+    assert isinstance(deferred, lmms_eval_main._Deferred)
+    inspect.getmodule(test_a_deferred_module_loads_on_first_use_only)  # asks every __file__
+    assert sys.modules["colorsys"] is deferred  # still not imported
+    assert deferred.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+    assert sys.modules["colorsys"] is not deferred  # the real module now
+    assert sys.modules["colorsys"].__name__ == "colorsys"
+
+
+def test_lazy_optional_functions_call_the_real_one() -> None:
+    call = lmms_eval_main._lazy_function("colorsys", "hsv_to_rgb")
+    assert call.__name__ == "hsv_to_rgb" and call(0.0, 0.0, 1.0) == (1.0, 1.0, 1.0)
+
+
+def test_the_index_file_is_used_only_while_the_yaml_files_are_unchanged(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks"
+    (tasks / "a").mkdir(parents=True)
+    (tasks / "a" / "a.yaml").write_text("task: a\n")
+    before = taskindex.fingerprint(str(tasks), "0.7.3")
+    index = tmp_path / "index.json"
+    taskindex.save(index, before, {"a": {"type": "task", "yaml_path": "x"}})
+    assert taskindex.load(index, before) == {"a": {"type": "task", "yaml_path": "x"}}
+    (tasks / "a" / "a.yaml").write_text("task: a2\n")  # edited
+    assert taskindex.fingerprint(str(tasks), "0.7.3") != before
+    (tasks / "a" / "b.yaml").write_text("task: b\n")  # added
+    assert taskindex.load(index, taskindex.fingerprint(str(tasks), "0.7.3")) is None
+    assert taskindex.fingerprint(str(tasks), "0.7.4") != taskindex.fingerprint(str(tasks), "0.7.3")
+    (tmp_path / "file").write_text("")
+    taskindex.save(tmp_path / "file" / "index.json", before, {})  # unwritable: left alone
+
+
+SAME_INDEX = """
+import json, sys
+from pathlib import Path
+from lmms_runner import taskindex
+from lmms_eval.tasks import TaskManager
+plain = TaskManager("ERROR")._task_index
+taskindex.install(Path(sys.argv[1]))
+written = TaskManager("ERROR")._task_index  # indexes, writes the file
+read = TaskManager("ERROR")._task_index  # from the file
+print(json.dumps([plain, written, read], sort_keys=True))
+"""
+
+
+@pytest.mark.e2e
+def test_the_cached_index_is_the_one_lmms_eval_builds(tmp_path: Path) -> None:
+    path = tmp_path / "index.json"
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SAME_INDEX), str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    plain, written, read = json.loads(out.stdout)
+    assert len(plain) > 1000 and written == plain and read == plain
+    assert path.exists()
