@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from kubernetes import client
 
 from lmms_devcluster import devcluster
 
@@ -57,3 +60,23 @@ def adopt_crds(cluster: devcluster.DevCluster, release: str, namespace: str) -> 
             f"meta.helm.sh/release-namespace={namespace}",
             "--overwrite",
         )
+
+
+#: Pod Security "restricted", enforced: what a platform team sets on tenant namespaces.
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+def system_and_tenant_namespaces(api: client.ApiClient) -> tuple[str, str]:
+    """A release namespace and a tenant's, both under Pod Security "restricted", with
+    their default ServiceAccounts (pods need them); the caller deletes them."""
+    core = client.CoreV1Api(api)
+    suffix = uuid.uuid4().hex[:6]
+    names = f"lmms-system-{suffix}", f"evals-{suffix}"
+    for ns in names:
+        core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
+    for ns in names:
+        wait_for(lambda n=ns: core.read_namespaced_service_account("default", n), timeout=30)
+    return names

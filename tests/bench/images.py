@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from lmms_devcluster.imagestore import ImageStore  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
+from tests.bench.runner_overhead import run  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
 
 SECTION = "## Images"
@@ -64,15 +65,6 @@ def cold_build(name: str, tag: str) -> str:
     rows = [line.split("\t") for line in path.read_text().splitlines()] if path.exists() else []
     found = [r for r in rows if r[:2] == [name, tag]]
     return f"{found[-1][2]} s ({found[-1][3]})" if found else "not recorded"
-
-
-def run_timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.monotonic()
-    proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    elapsed = time.monotonic() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[:6]} failed ({proc.returncode}): {proc.stdout[-3000:]!r}")
-    return elapsed
 
 
 def main() -> int:
@@ -167,11 +159,11 @@ def main() -> int:
             plan_file.write_text(json.dumps(plan))
             launch = [sys.executable, "-m", "lmms_devcluster.launch", str(plan_file)]
             unshare = ["unshare", "--mount", "--uts", "--propagation", "private"]
-            times["image"].append(run_timed([*unshare, *launch]))
+            times["image"].append(run([*unshare, *launch], dict(os.environ)))
             venv_argv = argv(100 + i)
             venv_argv[0] = str(Path(sys.executable).with_name("lmms-runner"))
             env = dict(os.environ, **offline, HF_HOME=str(tmp / "hf"))
-            times["venv"].append(run_timed(venv_argv, env))
+            times["venv"].append(run(venv_argv, env))
             print(
                 f"round {i + 1}: image {times['image'][-1]:.1f}s, venv {times['venv'][-1]:.1f}s",
                 flush=True,

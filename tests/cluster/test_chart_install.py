@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,10 @@ from kubernetes import client
 
 from lmms_devcluster import devcluster
 from tests import evalruns as er
-from tests.helpers import CHART, adopt_crds, helm, wait_for
+from tests.helpers import CHART, adopt_crds, helm, system_and_tenant_namespaces, wait_for
 from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chart]
-
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 
 
 def _can_i(cluster: devcluster.DevCluster, who: str, *args: str) -> bool:
@@ -72,12 +66,7 @@ def test_the_chart_installs_and_its_service_account_runs_evalruns(
     tmp_path: Path,
 ) -> None:
     core = client.CoreV1Api(api)
-    suffix = uuid.uuid4().hex[:6]
-    system, evals = f"lmms-system-{suffix}", f"evals-{suffix}"
-    for ns in (system, evals):
-        core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
-    for ns in (system, evals):
-        wait_for(lambda n=ns: core.read_namespaced_service_account("default", n), timeout=30)
+    system, evals = system_and_tenant_namespaces(api)
     adopt_crds(cluster, "lmms", system)
     # The admin-credential operator of the other tests steps aside meanwhile.
     operator_process.stop()

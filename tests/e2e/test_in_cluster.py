@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +20,10 @@ from lmms_devcluster import devcluster
 from tests import evalruns as er
 from tests.e2e.test_operator_runner import colors_run, promql
 from tests.e2e.test_runner import ModelServer, _free_port
-from tests.helpers import CHART, adopt_crds, helm, wait_for
+from tests.helpers import CHART, adopt_crds, helm, system_and_tenant_namespaces, wait_for
 from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart]
-
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
 @pytest.fixture()
@@ -64,11 +61,7 @@ def test_the_chart_runs_the_operator_image_which_runs_the_runner_image(
     tmp_path: Path,
 ) -> None:
     core = client.CoreV1Api(api)
-    suffix = uuid.uuid4().hex[:6]
-    system, evals = f"lmms-system-{suffix}", f"evals-{suffix}"
-    for ns in (system, evals):
-        core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
-        wait_for(lambda n=ns: core.read_namespaced_service_account("default", n), timeout=30)
+    system, evals = system_and_tenant_namespaces(api)
     adopt_crds(cluster, "lmms", system)
     operator_image, runner_image = images["lmms-operator"], images["lmms-operator-runner"]
     metrics_port, health_port = _free_port(), _free_port()
