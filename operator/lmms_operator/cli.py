@@ -99,6 +99,9 @@ def compare_results(
     """Per task and metric: both values, A - B, its standard error, z, p, and whether
     the difference is significant at ``alpha`` (a two-sided z-test on lmms-eval's standard
     errors, for independent runs)."""
+    if not 0 < alpha < 1:
+        print(f"--alpha must be between 0 and 1 (exclusive), not {alpha}")
+        return 2
     ns = _namespace(namespace)
     try:
         if leaderboard:

@@ -430,8 +430,27 @@ def test_probes_drive_readiness_and_a_failing_liveness_probe_restarts(
         namespace, client.V1Pod(metadata=client.V1ObjectMeta(name="unlive"), spec=spec)
     )
 
-    def restarted() -> bool:
-        statuses = core.read_namespaced_pod("unlive", namespace).status.container_statuses
+    # A startup probe that never passes: the container is restarted, and its readiness
+    # probe (which would pass) is never run meanwhile.
+    spec = _executor_pod_spec(PROBED)
+    spec.restart_policy = "Always"
+    spec.containers[0].startup_probe = client.V1Probe(
+        tcp_socket=client.V1TCPSocketAction(port=9),  # nothing listens there
+        period_seconds=1,
+        failure_threshold=3,
+        termination_grace_period_seconds=1,
+    )
+    spec.containers[0].readiness_probe = client.V1Probe(
+        http_get=client.V1HTTPGetAction(path="/ready", port=8080), period_seconds=1
+    )
+    core.create_namespaced_pod(
+        namespace, client.V1Pod(metadata=client.V1ObjectMeta(name="unstarted"), spec=spec)
+    )
+
+    def restarted(name: str) -> bool:
+        statuses = core.read_namespaced_pod(name, namespace).status.container_statuses
         return bool(statuses) and statuses[0].restart_count >= 1
 
-    wait_for(restarted, timeout=60)
+    wait_for(lambda: restarted("unlive"), timeout=60)
+    wait_for(lambda: restarted("unstarted"), timeout=60)
+    assert not ready("unstarted")

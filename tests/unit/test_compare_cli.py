@@ -53,3 +53,8 @@ def test_json_output_and_the_level(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_missing_run_is_an_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.compare_results("big", "gone", "team-a", None, 0.05, "table") == 1
     assert "EvalRun team-a/gone not found" in capsys.readouterr().out
+
+
+def test_a_level_outside_zero_and_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.compare_results("big", "small", "team-a", None, 5.0, "table") == 2
+    assert "--alpha must be between 0 and 1" in capsys.readouterr().out

@@ -139,3 +139,6 @@ def test_entries_within_error_of_the_best_are_marked_tied() -> None:
     # A new best moves the mark: nothing stale from an earlier ranking survives.
     again = lb.rank([*ranked, scored("new", 0.95, 0.01)], {})
     assert not any(r.get("tiedWithBest") for r in again)
+    # Nor on entries that are no longer ranked (rankBy now names another metric).
+    other = lb.rank([*ranked, dict(entry("best", "mme", "f1", 0.5))], {"mme": "f1"})
+    assert not any("tiedWithBest" in r for r in other if r["metric"] == "acc")

@@ -99,6 +99,8 @@ def rank(
             if i > 1:
                 r["tiedWithBest"] = tied_with_best(r, ranked[0], alpha)
         rest = [dict(r, rank=0) for r in rows if r not in ranked]
+        for r in rest:  # not ranked (now): no tie to claim
+            r.pop("tiedWithBest", None)
         out += ranked + sorted(rest, key=lambda r: (r["metric"], str(r["model"])))
     return out
 

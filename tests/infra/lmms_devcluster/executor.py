@@ -19,15 +19,16 @@ Either way the container gets its environment (downward-API values included, and
 ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server, the endpoint a
 kube-proxy would reach); ``POD_IP`` is a unique address in 127.0.0.0/8 that the process
 can bind to. The pod's ConfigMap, Secret, downwardAPI, projected (ServiceAccount tokens
-included, from the TokenRequest API, bound to the pod), emptyDir and PVC volumes appear
+included, from the TokenRequest API, bound to the pod, renewed at 80% of their
+lifetime), emptyDir and PVC volumes appear
 at their mount paths through bind mounts in a private mount namespace (``unshare
 --mount``), and the termination-message file at its path. A pod with a ``subdomain``
 (the pods of an Indexed Job behind a headless Service) gets its ``hostname`` (a private
 UTS namespace) and an ``/etc/hosts`` that names every such pod of the subdomain as a
 cluster's DNS would (``<hostname>.<subdomain>``, and ``.<namespace>.svc.cluster.local``),
-so torchrun's rendezvous finds node 0. HTTP and TCP readiness and liveness probes run
-as a kubelet runs them: readiness sets the pod's Ready condition, a failed liveness probe
-restarts the container. The pod's status follows the process: Running when it starts,
+so torchrun's rendezvous finds node 0. HTTP and TCP startup, readiness and liveness
+probes run as a kubelet runs them: readiness sets the pod's Ready condition, a failed
+startup or liveness probe restarts the container. The pod's status follows the process: Running when it starts,
 then Succeeded or Failed with the real exit code and the termination message, so the real
 Job controller completes or fails Jobs. Deleting the pod stops the process (SIGTERM, then
 SIGKILL after the grace period).
@@ -575,8 +576,25 @@ class PodRunner:
             raise
         path = target / source.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(made.status.token)
+        path.write_text(made.status.token)  # in place: the pod's mount sees the new one
         path.chmod(0o644)
+        # As a kubelet does: a new token once 80% of this one's lifetime has passed.
+        timer = threading.Timer(
+            0.8 * spec["expirationSeconds"], self._refresh_token, args=(target, source)
+        )
+        timer.daemon = True
+        timer.start()
+
+    def _refresh_token(self, target: Path, source: Any) -> None:
+        if self.stopping.is_set() or self.done.is_set():
+            return
+        try:
+            self._service_account_token(target, source)
+        except Exception as exc:  # the API server is away: try again soon
+            log.warning("pod %s/%s: token refresh failed: %s", self.namespace, self.name, exc)
+            timer = threading.Timer(10, self._refresh_token, args=(target, source))
+            timer.daemon = True
+            timer.start()
 
     def _downward(self, target: Path, items: list[Any]) -> None:
         target.mkdir(parents=True, exist_ok=True)
@@ -730,11 +748,13 @@ class PodRunner:
 
 
 class Prober:
-    """A container's readiness and liveness probes (HTTP GET and TCP), run as a kubelet
-    runs them: every ``periodSeconds`` after ``initialDelaySeconds``, each try cut at
-    ``timeoutSeconds``; ``failureThreshold`` failures in a row make the container not
-    ready, or (liveness) kill it so that the restart policy applies; ``successThreshold``
-    successes make it ready again."""
+    """A container's startup, readiness and liveness probes (HTTP GET and TCP), run as a
+    kubelet runs them: every ``periodSeconds`` after ``initialDelaySeconds``, each try
+    cut at ``timeoutSeconds``. The other two wait until the startup probe succeeds, and
+    ``failureThreshold`` failures of it in a row kill the container. Then
+    ``failureThreshold`` failures in a row make the container not ready, or (liveness)
+    kill it so that the restart policy applies; ``successThreshold`` successes make it
+    ready again."""
 
     def __init__(
         self, pod: PodRunner, container: client.V1Container, started: str, restarts: int
@@ -743,12 +763,21 @@ class Prober:
         self.container = container
         self.started = started
         self.restarts = restarts
+        self.startup = container.startup_probe
         self.readiness = container.readiness_probe
         self.liveness = container.liveness_probe
         self._stop = threading.Event()
+        self._started = threading.Event()
+        if self.startup is None:
+            self._started.set()
+        probes = (
+            (self.startup, "startup"),
+            (self.readiness, "readiness"),
+            (self.liveness, "liveness"),
+        )
         self._threads = [
             threading.Thread(target=self._loop, args=(probe, kind), daemon=True)
-            for probe, kind in ((self.readiness, "readiness"), (self.liveness, "liveness"))
+            for probe, kind in probes
             if probe is not None
         ]
 
@@ -792,6 +821,10 @@ class Prober:
         return True  # exec and gRPC probes are not run here: they pass
 
     def _loop(self, probe: client.V1Probe, kind: str) -> None:
+        if kind != "startup":
+            while not self._started.wait(0.5):
+                if self._stop.is_set():
+                    return
         if self._stop.wait(probe.initial_delay_seconds or 0):
             return
         failures = successes = 0
@@ -801,6 +834,9 @@ class Prober:
                 return
             failures = 0 if ok else failures + 1
             successes = successes + 1 if ok else 0
+            if kind == "startup" and ok:
+                self._started.set()
+                return
             if kind == "readiness":
                 if ok and not self.pod.ready and successes >= (probe.success_threshold or 1):
                     self.pod.set_ready(True, self.started, self.restarts)
@@ -808,9 +844,10 @@ class Prober:
                     self.pod.set_ready(False, self.started, self.restarts)
             elif failures >= (probe.failure_threshold or 3):
                 log.info(
-                    "pod %s/%s: liveness probe failed %d times: restarting",
+                    "pod %s/%s: %s probe failed %d times: restarting",
                     self.pod.namespace,
                     self.pod.name,
+                    kind,
                     failures,
                 )
                 self.pod.kill_container(probe.termination_grace_period_seconds or 30)
