@@ -7,6 +7,7 @@ Handlers (``handlers/``) call these functions; the pure decisions live in
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import secrets
 from collections.abc import Mapping
@@ -21,12 +22,20 @@ from .api import (
     S3Output,
     TaskProgress,
 )
-from .api.runner import ResultsSummary, RunnerProgress, results_prefix
+from .api.runner import (
+    Metric,
+    Provenance,
+    ResultsSummary,
+    RunnerProgress,
+    TaskResult,
+    results_prefix,
+)
 from .config import Settings
 from .errors import InvalidSpec, Problem, RetryLater
 from .reconcile import job as jobs
 from .reconcile import reasons as R
 from .reconcile import results as res
+from .reconcile import shards as shard_plan
 from .reconcile import status as st
 from .reconcile.plan import Event, Plan
 from .reconcile.validate import validate
@@ -143,6 +152,7 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
     if problems:
         return plan.then(_invalid(status, problems, generation, uid, R.INVALID_SECRET))
     desired_name = jobs.job_name(name, uid, hash_)
+    shards: list[shard_plan.Shard] | None = None
     # A new run has no Job yet: create first and read only on conflict (an earlier
     # attempt that stopped before writing the status), two requests fewer per run.
     job = None if fresh else k8s.get_job(namespace, desired_name)
@@ -155,8 +165,9 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
         for selector in plan.delete:
             k8s.delete_run_children(namespace, selector)
         plan.delete = []
+        shards = _shard_plan(spec, namespace)
         try:
-            job, created = _create_children(run, spec, settings, desired_name, fresh)
+            job, created = _create_children(run, spec, settings, desired_name, fresh, shards)
         except errors.Invalid as exc:
             problem = Problem("spec", f"the API server refused the Job: {exc.message}")
             return plan.then(_invalid(status, [problem], generation, uid))
@@ -167,13 +178,49 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
         pods = k8s.list_pods(namespace, f"job-name={desired_name}")
 
     if not same_evaluation:
+        if status.get("shards") and spec.parallelism <= 1:
+            plan.status["shards"] = None  # the previous evaluation's assignment
         status = {"conditions": status.get("conditions") or []}
     ob = _observe_spec(spec, job, pods, settings)
-    return plan.then(_transition(status, ob, generation, hash_, desired_name))
+    plan = plan.then(_transition(status, ob, generation, hash_, desired_name))
+    if spec.parallelism > 1 and not status.get("shards"):
+        # The assignment the Job runs with: its ConfigMap's, when the Job was there.
+        if shards is None:
+            shards = _shards_of_job(namespace, desired_name)
+        if len(shards) > 1:
+            plan.status["shards"] = [s.to_status() for s in shards]
+    return plan
+
+
+def _shard_plan(spec: EvalRunSpec, namespace: str) -> list[shard_plan.Shard]:
+    """The fan-out assignment: custom tasks weigh the documents of their data files."""
+    if spec.parallelism <= 1:
+        return []
+    counts: dict[str, int] = {}
+    for source in spec.custom_tasks:
+        cm = k8s.read_config_map(namespace, source.config_map) or {}
+        found = shard_plan.custom_task_documents(cm.get("data") or {})
+        counts.update({t: n for t, n in found.items() if t in source.tasks})
+    return shard_plan.plan(spec, counts)
+
+
+def _shards_of_job(namespace: str, job_name: str) -> list[shard_plan.Shard]:
+    """The assignment in a Job's run configuration (created by an earlier pass)."""
+    cm = k8s.read_config_map(namespace, f"{job_name}-config") or {}
+    try:
+        raw = json.loads((cm.get("data") or {}).get("config.json") or "{}").get("shards") or []
+    except ValueError:
+        return []
+    return [shard_plan.Shard(i, tuple(map(str, tasks)), None) for i, tasks in enumerate(raw)]
 
 
 def _create_children(
-    run: jobs.RunRef, spec: EvalRunSpec, settings: Settings, name: str, fresh: bool
+    run: jobs.RunRef,
+    spec: EvalRunSpec,
+    settings: Settings,
+    name: str,
+    fresh: bool,
+    shards: list[shard_plan.Shard],
 ) -> tuple[dict[str, Any], bool]:
     """Creates the token Secret, the run's ConfigMap, the rendezvous Service and the Job;
     returns the Job and whether this call created it. A Job the API server refuses
@@ -182,12 +229,14 @@ def _create_children(
     namespace = run.namespace
     token_name = f"{name}-token"
     token = None if fresh else k8s.read_secret_value(namespace, token_name, "token")
-    desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
+    desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32), shards)
     try:
         if not k8s.create(desired.token_secret) and token is None:
             # The Secret is there already: the Job must carry its token.
             token = k8s.read_secret_value(namespace, token_name, "token")
-            desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32))
+            desired = jobs.build(
+                run, spec, settings.runner, token or secrets.token_urlsafe(32), shards
+            )
         # Before the pods exist: a runner is never reachable from other runs.
         _ensure_namespace_policy(namespace, settings)
         if desired.network_policy is not None:
@@ -408,7 +457,10 @@ def observe(
     if ob.phase == "Succeeded" and not status.get("resultsConfigMap"):
         after = {**status, **plan.status}
         message = _termination_message(pods)
-        published = publish_results(body, after, None, message, image_id(pods))
+        if len(status.get("shards") or []) > 1:
+            published = publish_shards(body, after, pods)
+        else:
+            published = publish_results(body, after, None, message, image_id(pods))
         if published.status or message is None:
             # (A pod without any termination message is not the runner, which always
             # writes one: a simulated pod, say. Nothing to judge it by.)
@@ -489,12 +541,200 @@ def reachability(
     return Plan(status={"conditions": [*others, cond]}, events=[event])
 
 
+# -- fan-out: one pod per shard -------------------------------------------------------------
+SHARD_OF = f"{jobs.LABEL_PREFIX}/shard-of"
+SHARD_INDEX = f"{jobs.LABEL_PREFIX}/shard-index"
+
+
+def shards_progress_plan(status: Mapping[str, Any], answers: Mapping[int, RunnerProgress]) -> Plan:
+    """status.shards (each shard's phase and documents) and the run's overall progress,
+    from the shards' runners that answered this scrape; a shard whose runner is gone
+    counts as done once its results are kept, else as it last answered."""
+    shards = [dict(s) for s in status.get("shards") or []]
+    parts: dict[int, RunnerProgress] = {}
+    for entry in shards:
+        i = int(entry.get("index", 0))
+        answer = answers.get(i)
+        if answer is not None:
+            entry.update(
+                phase=answer.phase,
+                percent=round(answer.percent, 1),
+                done=answer.done,
+                total=answer.total,
+            )
+            parts[i] = answer
+        elif entry.get("resultsCollected") or entry.get("phase") is not None:
+            collected = bool(entry.get("resultsCollected"))
+            parts[i] = RunnerProgress(
+                phase="done" if collected else entry.get("phase") or "starting",
+                percent=100.0 if collected else float(entry.get("percent") or 0.0),
+                done=int(entry.get("done") or 0),
+                total=int(entry.get("total") or 0),
+            )
+    plan = progress_plan(status, shard_plan.aggregate(parts, len(shards)))
+    if shards != list(status.get("shards") or []):
+        plan.status["shards"] = shards
+    return plan
+
+
+def _shard_data(summary: ResultsSummary, image: str | None) -> dict[str, str]:
+    """A shard's results as kept until every shard's are in: the full summary when it
+    fits in a ConfigMap, else each task's primary metric only (marked truncated)."""
+    text = summary.model_dump_json(by_alias=True)
+    if len(text.encode()) > res.CONFIG_MAP_BUDGET:
+        slim = summary.model_copy(
+            update={
+                "tasks": [
+                    t.model_copy(update={"metrics": [m for m in t.metrics if m.name == t.primary]})
+                    for t in summary.tasks[: res.MAX_TASKS]
+                ],
+                "truncated": True,
+            }
+        )
+        text = slim.model_dump_json(by_alias=True)
+    return {"summary.json": text, **({"image": image[:512]} if image else {})}
+
+
+def collect_shard(
+    body: Mapping[str, Any],
+    status: Mapping[str, Any],
+    index: int,
+    summary: ResultsSummary,
+    image: str | None,
+) -> Plan:
+    """Keeps one shard's results in a ConfigMap owned by the run (so that its runner may
+    exit and free its GPUs at once); once every shard's are kept, publishes the merged
+    result set, once."""
+    shards = [dict(s) for s in status.get("shards") or []]
+    if status.get("resultsConfigMap") or not any(s.get("index") == index for s in shards):
+        return Plan()
+    meta = body["metadata"]
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{status.get('jobName')}-shard-{index}",
+            "namespace": meta["namespace"],
+            "labels": {
+                jobs.LABEL_MANAGED_BY: jobs.MANAGED_BY,
+                SHARD_OF: meta["uid"],
+                SHARD_INDEX: str(index),
+                jobs.LABEL_SPEC_HASH: str(status.get("specHash") or ""),
+            },
+            "ownerReferences": [
+                jobs.RunRef(meta["name"], meta["namespace"], meta["uid"]).owner_reference()
+            ],
+        },
+        "data": _shard_data(summary, image),
+    }
+    k8s.create(cm)
+    for entry in shards:
+        if entry.get("index") == index:
+            entry.update(resultsCollected=True, phase="done", percent=100.0)
+    plan = Plan(status={"shards": shards})
+    if all(s.get("resultsCollected") for s in shards):
+        plan = plan.then(publish_shards(body, {**status, "shards": shards}, []))
+    return plan
+
+
+def _kept_shards(namespace: str, uid: str, hash_: str) -> dict[int, tuple[ResultsSummary, str]]:
+    kept: dict[int, tuple[ResultsSummary, str]] = {}
+    for cm in k8s.list_config_maps(namespace, f"{SHARD_OF}={uid},{jobs.LABEL_SPEC_HASH}={hash_}"):
+        data = cm.get("data") or {}
+        try:
+            index = int((cm["metadata"].get("labels") or {}).get(SHARD_INDEX, ""))
+            summary = ResultsSummary.model_validate_json(data.get("summary.json") or "")
+        except ValueError:
+            continue
+        kept[index] = (summary, str(data.get("image") or ""))
+    return kept
+
+
+def _summary_of_pod(
+    body: Mapping[str, Any], pod: Mapping[str, Any]
+) -> tuple[ResultsSummary, str] | None:
+    """A finished shard's results when its runner was not reached, and where they came
+    from: the object store it uploaded to, then its termination message (primary
+    metrics only)."""
+    message = _termination_message([dict(pod)])
+    summary = _summary_from_object_store(body, res.location_from_termination_message(message))
+    if summary is not None:
+        return summary, "object store"
+    primaries = res.from_termination_message(message)
+    if not primaries:
+        return None
+    spec = body.get("spec") or {}
+    model = str((spec.get("model") or {}).get("type") or "")
+    return ResultsSummary(
+        tasks=[
+            TaskResult(
+                task=p["task"],
+                primary=p["metric"],
+                metrics=[Metric(name=p["metric"], value=p["value"])],
+            )
+            for p in primaries
+        ],
+        provenance=Provenance(model=model, config_hash=""),
+        truncated=True,
+    ), "termination message"
+
+
+def publish_shards(
+    body: Mapping[str, Any], status: Mapping[str, Any], pods: list[dict[str, Any]]
+) -> Plan:
+    """Merges the shards' results (kept ones first; for the others, their pods' uploads
+    or termination messages) and publishes them as one result set; nothing while a
+    shard's results are missing."""
+    if status.get("resultsConfigMap"):
+        return Plan()
+    meta = body["metadata"]
+    shards = status.get("shards") or []
+    kept = _kept_shards(meta["namespace"], meta["uid"], str(status.get("specHash") or ""))
+    parts: list[ResultsSummary] = []
+    sources: list[str] = []
+    images: list[str] = []
+    for entry in shards:
+        index = int(entry.get("index", 0))
+        if index in kept:
+            summary, image = kept[index]
+            source = "runner"
+        else:
+            own = [p for p in pods if completion_index(p) == index]
+            found = next(
+                (
+                    _summary_of_pod(body, p)
+                    for p in sorted(own, key=_created, reverse=True)
+                    if (p.get("status") or {}).get("phase") == "Succeeded"
+                ),
+                None,
+            )
+            if found is None:
+                return Plan()
+            (summary, source), image = found, image_id(own) or ""
+        parts.append(summary)
+        sources.append(source)
+        images.append(image)
+    merged = shard_plan.merge(parts)
+    if len(set(sources)) == 1:
+        described = f"{sources[0]}, {len(parts)} shards"
+    else:
+        described = f"{len(parts)} shards: " + ", ".join(
+            f"{i} from the {src}" for i, src in enumerate(sources)
+        )
+    return publish_results(body, status, merged, None, images[0] if images else None, described)
+
+
+def _created(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+
 def publish_results(
     body: Mapping[str, Any],
     status: Mapping[str, Any],
     summary: ResultsSummary | None,
     termination: str | None,
     image_id: str | None = None,
+    source: str = "runner",
 ) -> Plan:
     """Writes the results ConfigMap (owned by the run; with the runner image's digest,
     ``image_id``, as the kubelet reported it) and publishes to the run's
@@ -506,7 +746,6 @@ def publish_results(
     if status.get("resultsConfigMap"):
         return Plan()
     location = summary.s3_location if summary is not None else None
-    source = "runner"
     if summary is None:
         location = res.location_from_termination_message(termination)
         summary = _summary_from_object_store(body, location)
@@ -599,7 +838,7 @@ def publish_results(
         R.RESULTS_COLLECTED,
         f"results of {len(primaries)} task(s) in ConfigMap {name} (from the {source})",
     )
-    if source == "runner" and not location and (body.get("spec") or {}).get("output"):
+    if source.startswith("runner") and not location and (body.get("spec") or {}).get("output"):
         events.append(
             Event(
                 "Warning",

@@ -717,10 +717,141 @@ class Runtime:
                 return pod
         return None
 
+    def _shard_pods(self, uid: str, job_name: str) -> dict[int, dict[str, Any]]:
+        """The running pod of each shard (its newest), by Job index."""
+        out: dict[int, dict[str, Any]] = {}
+        pods = sorted(
+            self.store.pods_of(uid, job_name),
+            key=lambda p: p["metadata"].get("creationTimestamp") or "",
+        )
+        for pod in pods:
+            status = pod.get("status") or {}
+            if status.get("phase") == "Running" and status.get("podIP"):
+                out[controller.completion_index(pod)] = pod
+        return out
+
+    async def _unanswered(self, uid: str, pod: Mapping[str, Any], exc: Exception) -> None:
+        """A scrape got no answer: RunnerReachable False once it has lasted."""
+        entry = self.store.entry(uid)
+        if entry is None:
+            return
+        now = time.monotonic()
+        if entry.unanswered_since is None:
+            entry.unanswered_since = now
+        silent = now - entry.unanswered_since
+        if silent < UNREACHABLE_AFTER:
+            return  # a runner that just started may not listen yet
+        message = (
+            f"cannot scrape the runner of pod {pod['metadata']['name']} "
+            f"(no answer for {silent:.0f}s): {exc}"
+        )
+        await self._in_thread(
+            self.update,
+            uid,
+            lambda run, st_: controller.reachability(run, st_, False, message),
+        )
+
+    async def _token(self, uid: str, namespace: str, job_name: str) -> str | None:
+        entry = self.store.entry(uid)
+        if entry is None:
+            return None
+        if entry.token is None:
+            entry.token = await self._in_thread(
+                k8s.read_secret_value, namespace, f"{job_name}-token", "token"
+            )
+        return entry.token or None
+
+    async def _scrape_shards(self, uid: str, status: Mapping[str, Any], job_name: str) -> None:
+        """A run with parallelism > 1: every shard's runner is scraped; progress is
+        aggregated; each finished shard's results are kept (then acknowledged, so that
+        its pod exits and frees its GPUs) and the last one publishes the merged set."""
+        pods = self._shard_pods(uid, job_name)
+        if not pods:
+            return
+        if self._scraper is None:
+            self._scraper = Scraper(self.settings)
+        scraper = self._scraper
+        port = self.settings.runner_port
+        indexes = sorted(pods)
+        answers = await asyncio.gather(
+            *(
+                scraper.request("GET", f"http://{pods[i]['status']['podIP']}:{port}/progress")
+                for i in indexes
+            ),
+            return_exceptions=True,
+        )
+        progress: dict[int, RunnerProgress] = {}
+        failure: Exception | None = None
+        for i, answer in zip(indexes, answers, strict=True):
+            try:
+                if isinstance(answer, BaseException):
+                    raise answer
+                progress[i] = RunnerProgress.model_validate(answer)
+                metrics.SCRAPES.labels("ok").inc()
+            except (errors.ScrapeError, ValueError) as exc:
+                metrics.SCRAPES.labels("error").inc()
+                failure = failure or exc
+        if not progress:
+            if failure is not None:
+                await self._unanswered(uid, pods[indexes[0]], failure)
+            return
+        entry = self.store.entry(uid)
+        if entry is not None:
+            entry.unanswered_since = None
+        await self._in_thread(
+            self.update,
+            uid,
+            lambda run, st_: controller.reachability(run, st_, True, "the runners answer").then(
+                controller.shards_progress_plan(st_, progress)
+            ),
+        )
+        collected = {
+            int(s.get("index", -1)) for s in status.get("shards") or [] if s.get("resultsCollected")
+        }
+        finished = [
+            i
+            for i, p in progress.items()
+            if p.phase in ("done", "failed")
+            and p.reason != "EvaluationFailed"
+            and i not in collected
+        ]
+        if not finished:
+            return
+        namespace = pods[finished[0]]["metadata"]["namespace"]
+        token = await self._token(uid, namespace, job_name)
+        if not token:
+            return
+        for i in finished:
+            base = f"http://{pods[i]['status']['podIP']}:{port}"
+            try:
+                summary = ResultsSummary.model_validate(
+                    await scraper.request("GET", f"{base}/results", token=token)
+                )
+            except (errors.ScrapeError, ValueError) as exc:
+                log.warning("results of %s shard %d not fetched yet: %s", job_name, i, exc)
+                continue
+            image = controller.image_id([pods[i]])
+            await self._in_thread(
+                self.update,
+                uid,
+                lambda run, st_, i=i, summary=summary, image=image: controller.collect_shard(
+                    run, st_, i, summary, image
+                ),
+            )
+            try:
+                await scraper.request("POST", f"{base}/ack", token=token)
+            except errors.ScrapeError as exc:
+                log.warning(
+                    "could not acknowledge the results of %s shard %d: %s", job_name, i, exc
+                )
+
     async def _scrape(self, uid: str, run: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Pulls /progress into status.progress; once the runner is done, pulls /results,
         publishes them and acknowledges, so that the runner exits."""
         job_name = status.get("jobName")
+        if job_name and len(status.get("shards") or []) > 1:
+            await self._scrape_shards(uid, status, str(job_name))
+            return
         pod = self._runner_pod(uid, str(job_name)) if job_name else None
         if pod is None:
             return
@@ -736,24 +867,7 @@ class Runtime:
             metrics.SCRAPES.labels("ok").inc()
         except (errors.ScrapeError, ValueError) as exc:
             metrics.SCRAPES.labels("error").inc()
-            entry = self.store.entry(uid)
-            if entry is None:
-                return
-            now = time.monotonic()
-            if entry.unanswered_since is None:
-                entry.unanswered_since = now
-            silent = now - entry.unanswered_since
-            if silent < UNREACHABLE_AFTER:
-                return  # a runner that just started may not listen yet
-            message = (
-                f"cannot scrape the runner of pod {pod['metadata']['name']} "
-                f"(no answer for {silent:.0f}s): {exc}"
-            )
-            await self._in_thread(
-                self.update,
-                uid,
-                lambda run, st_: controller.reachability(run, st_, False, message),
-            )
+            await self._unanswered(uid, pod, exc)
             return
         metrics.SCRAPE_DURATION.observe(time.monotonic() - started)
         entry = self.store.entry(uid)
@@ -768,15 +882,7 @@ class Runtime:
         )
         if progress.phase not in ("done", "failed") or progress.reason == "EvaluationFailed":
             return
-        entry = self.store.entry(uid)
-        if entry is None:
-            return
-        if entry.token is None:
-            namespace = pod["metadata"]["namespace"]
-            entry.token = await self._in_thread(
-                k8s.read_secret_value, namespace, f"{job_name}-token", "token"
-            )
-        token = entry.token
+        token = await self._token(uid, pod["metadata"]["namespace"], str(job_name))
         if not token:
             return
         try:

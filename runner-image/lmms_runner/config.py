@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,37 @@ class RunConfig:
     pretrained: str | None
     model_args: dict[str, str]
     config_hash: str
+    #: The operator's fan-out assignment (spec.parallelism): each Job index's tasks.
+    shards: tuple[tuple[str, ...], ...] = ()
+    #: This pod's index in ``shards`` (LMMS_SHARD_INDEX), when the run is sharded.
+    shard: int | None = None
 
     @property
     def tasks(self) -> list[str]:
-        """Every task to evaluate: spec.tasks, then custom tasks not already listed."""
+        """Every task to evaluate: spec.tasks, then custom tasks not already listed; a
+        shard's own tasks when the run is sharded."""
+        if self.shard is not None:
+            return list(self.shards[self.shard])
         seen: list[str] = list(self.spec.tasks)
         for source in self.spec.custom_tasks:
             seen += [t for t in source.tasks if t not in seen]
         return seen
+
+    @property
+    def state_key(self) -> str:
+        """Names this pod's resume state and upload folder: shards never share one."""
+        return self.config_hash if self.shard is None else f"{self.config_hash}-shard-{self.shard}"
+
+    def for_shard(self, value: str | None) -> RunConfig:
+        """This configuration for the shard ``value`` (LMMS_SHARD_INDEX) names."""
+        if not self.shards:
+            return self
+        if value is None or not value.strip().isdigit() or int(value) >= len(self.shards):
+            raise ConfigError(
+                f"the configuration assigns tasks to {len(self.shards)} shards, and "
+                f"LMMS_SHARD_INDEX is {value!r}: expected 0 to {len(self.shards) - 1}"
+            )
+        return replace(self, shard=int(value))
 
 
 def load(path: Path) -> RunConfig:
@@ -67,5 +90,22 @@ def from_document(raw: Any, source: str = "config") -> RunConfig:
     )
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     return RunConfig(
-        spec=spec, name=name, pretrained=pretrained, model_args=args, config_hash=digest
+        spec=spec,
+        name=name,
+        pretrained=pretrained,
+        model_args=args,
+        config_hash=digest,
+        shards=_shards(raw.get("shards"), source),
     )
+
+
+def _shards(raw: Any, source: str) -> tuple[tuple[str, ...], ...]:
+    if raw is None:
+        return ()
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(s, list) and s and all(isinstance(t, str) for t in s) for s in raw)
+    ):
+        raise ConfigError(f"{source}: shards must be a list of non-empty lists of task names")
+    return tuple(tuple(s) for s in raw)

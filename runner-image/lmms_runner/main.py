@@ -163,7 +163,7 @@ class Runner:
         self.redact = Redactor.from_environment(env, cfg.model_args)
         self.tracker = Tracker(cfg.tasks)
         self.dist = command.Distributed.from_env(cfg, env)
-        self.state = Path(args.state_dir) / cfg.config_hash if args.state_dir else None
+        self.state = Path(args.state_dir) / cfg.state_key if args.state_dir else None
         self.child: subprocess.Popen[bytes] | None = None
         self.server: RunnerServer | None = None
         self.stopping = threading.Event()
@@ -284,6 +284,7 @@ class Runner:
                 {
                     "argv": summary.provenance.argv,
                     "configHash": self.cfg.config_hash,
+                    "shard": self.cfg.shard,
                     "versions": {
                         "lmms-eval": summary.provenance.lmms_eval_version,
                         "torch": summary.provenance.torch_version,
@@ -302,7 +303,7 @@ class Runner:
             )
             self.tracker.set_phase("uploading")
             prefix = upload.key_prefix(
-                s3, self.env.get("POD_NAMESPACE", ""), self.cfg.name, self.cfg.config_hash
+                s3, self.env.get("POD_NAMESPACE", ""), self.cfg.name, self.cfg.state_key
             )
             try:
                 summary.s3_location = upload.upload_dir(self.output, s3, prefix)
@@ -525,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.config:
             raise ConfigError("no configuration: pass --config or set LMMS_RUN_CONFIG")
-        cfg = load(Path(args.config))
+        cfg = load(Path(args.config)).for_shard(env.get("LMMS_SHARD_INDEX"))
         runner = Runner(cfg, args, env)
     except ConfigError as exc:
         _log(f"configuration error: {exc}")

@@ -323,6 +323,48 @@ def test_a_multi_node_run_is_an_indexed_job_with_a_rendezvous_service(
     assert nodes == set(devcluster.KWOK_NODES)  # 8 GPUs each: one pod per node
 
 
+def test_a_sharded_run_retries_a_failed_shard_alone_and_merges_its_results(
+    api: client.ApiClient, namespace: str
+) -> None:
+    """parallelism: 3 on the executor: an Indexed Job; shard 1's first pod crashes and
+    only shard 1 runs again; the results of the three shards (their termination
+    messages: the stand-in serves nothing) become one result set, published once."""
+    tasks = ["mme", "mmmu_val", "ai2d", "chartqa"]
+    model = scripted(sleep="1", shard_scores="1", fail_shard="1")
+    er.create(
+        api, namespace, er.manifest("fan", er.EXECUTOR, model=model, tasks=tasks, parallelism=3)
+    )
+    run = er.wait_phase(api, namespace, "fan", "Succeeded", timeout=120)
+    status = run["status"]
+    assignment = [(s["index"], s["tasks"]) for s in status["shards"]]
+    assert assignment == [(0, ["mme", "chartqa"]), (1, ["mmmu_val"]), (2, ["ai2d"])]
+    assert {r["task"]: r["value"] for r in status["results"]} == {
+        t: round(len(t) / 100, 2) for t in tasks
+    }
+    job = client.BatchV1Api(api).read_namespaced_job(status["jobName"], namespace)
+    assert (job.spec.completion_mode, job.spec.completions) == ("Indexed", 3)
+    assert job.spec.backoff_limit_per_index == 1
+    phases: dict[str, list[str]] = {}
+    for pod in sorted(_pods(api, namespace, job.metadata.name), key=lambda p: p.metadata.name):
+        index = pod.metadata.labels["batch.kubernetes.io/job-completion-index"]
+        phases.setdefault(index, []).append(pod.status.phase)
+    assert sorted(phases["1"]) == ["Failed", "Succeeded"]  # shard 1 alone ran again
+    assert phases["0"] == phases["2"] == ["Succeeded"]
+    cm = client.CoreV1Api(api).read_namespaced_config_map(status["resultsConfigMap"], namespace)
+    assert cm.data["source"] == "termination message, 3 shards"
+    assert er.event_reasons(api, namespace, "fan").count("ResultsCollected") == 1
+
+
+def test_parallelism_with_several_nodes_is_refused_by_the_api_server(
+    api: client.ApiClient, namespace: str
+) -> None:
+    body = er.manifest("both", er.KWOK, parallelism=2, resources={"gpus": 1, "nodes": 2})
+    with pytest.raises(client.ApiException) as exc:
+        er.create(api, namespace, body)
+    assert exc.value.status == 422
+    assert "spec.parallelism" in exc.value.body and "resources.nodes" in exc.value.body
+
+
 def test_runner_pods_pass_pod_security_restricted(api: client.ApiClient) -> None:
     core = client.CoreV1Api(api)
     ns = "restricted-" + dt.datetime.now().strftime("%H%M%S%f")

@@ -347,3 +347,86 @@ def test_a_two_node_run_succeeds_with_results_from_node_0(
     assert all(p.status.phase == "Succeeded" for p in by_index.values())
     other = json.loads(by_index["1"].status.container_statuses[0].state.terminated.message)
     assert other == {"v": 1, "ok": True, "truncated": False, "tasks": {}, "node": 1}
+
+
+#: Four local tasks whose scores differ and do not depend on the order of requests:
+#: name -> (documents, mislabelled), so the score is (documents - mislabelled) / documents.
+FAN_OUT_TASKS = {"colors_a": (10, 2), "colors_b": (6, 3), "colors_c": (8, 0), "colors_d": (4, 1)}
+
+
+def test_parallelism_3_gives_the_scores_of_one_pod(
+    api: client.ApiClient, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """The same spec with parallelism 1 and 3, side by side, through the executor and
+    real lmms-eval: three pods of one Indexed Job, whole tasks balanced by their
+    documents, every shard scraped, and one merged result set equal to the single pod's."""
+    server = ModelServer(delay=0.05)
+    try:
+        core = client.CoreV1Api(api)
+        data: dict[str, str] = {}
+        for name, (docs, wrong) in FAN_OUT_TASKS.items():
+            data.update(colortask.files(name, docs, TASK_DIR, mislabelled=wrong))
+        core.create_namespaced_config_map(
+            namespace,
+            client.V1ConfigMap(metadata=client.V1ObjectMeta(name="colors-task"), data=data),
+        )
+        core.create_namespaced_secret(
+            namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
+                string_data={"key": "sk-local-0123456789"},
+            ),
+        )
+        for name, parallelism in (("one-pod", 1), ("three-pods", 3)):
+            body = er.manifest(
+                name,
+                er.EXECUTOR,
+                model={
+                    "type": "openai",
+                    "args": {"model_version": "local", "base_url": server.url},
+                    "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
+                },
+                tasks=[],
+                customTasks=[{"configMap": "colors-task", "tasks": list(FAN_OUT_TASKS)}],
+                env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
+                parallelism=parallelism,
+                leaderboard=name,
+            )
+            er.create(api, namespace, body)
+        one = er.wait_phase(api, namespace, "one-pod", "Succeeded", timeout=420)["status"]
+        three = er.wait_phase(api, namespace, "three-pods", "Succeeded", timeout=420)["status"]
+    finally:
+        requests = server.requests()
+        server.stop()
+
+    def scores(status: dict[str, Any]) -> dict[str, tuple[str, float, float | None]]:
+        return {r["task"]: (r["metric"], r["value"], r.get("stderr")) for r in status["results"]}
+
+    expected = {t: (d - w) / d for t, (d, w) in FAN_OUT_TASKS.items()}
+    assert {t: v for t, (_, v, _) in scores(one).items()} == pytest.approx(expected)
+    assert scores(three) == scores(one)  # metric, value and standard error alike
+    assert requests == 2 * sum(d for d, _ in FAN_OUT_TASKS.values())  # every document once
+
+    assert not one.get("shards")  # one pod: no assignment
+    assert [(s["tasks"], s.get("expectedDocuments")) for s in three["shards"]] == [
+        (["colors_a"], 10),
+        (["colors_c"], 8),
+        (["colors_b", "colors_d"], 10),
+    ]
+    assert all(s["resultsCollected"] and s["percent"] == 100 for s in three["shards"])
+    assert three["summary"] == "100%"
+    pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={three['jobName']}")
+    indexes = sorted(
+        p.metadata.labels["batch.kubernetes.io/job-completion-index"] for p in pods.items
+    )
+    assert indexes == ["0", "1", "2"]
+    cm = core.read_namespaced_config_map(three["resultsConfigMap"], namespace)
+    assert cm.data["source"] == "runner, 3 shards"
+    merged = json.loads(cm.data["results.json"])
+    assert sorted(t["task"] for t in merged["tasks"]) == sorted(FAN_OUT_TASKS)
+    assert merged["provenance"]["lmmsEvalVersion"] == "0.7.3"
+    assert er.event_reasons(api, namespace, "three-pods").count("ResultsCollected") == 1
+    board = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "eval.lmms.dev", "v1alpha1", namespace, "leaderboards", "three-pods"
+    )
+    assert board["status"]["entries"] == len(FAN_OUT_TASKS)

@@ -21,6 +21,7 @@ from .evalrun import (
     SchedulingSpec,
     SecretKeyRef,
     SecretSource,
+    ShardStatus,
     TaskProgress,
 )
 from .leaderboard import Leaderboard, LeaderboardEntry, LeaderboardSpec, LeaderboardStatus
@@ -54,6 +55,7 @@ __all__ = [
     "SchedulingSpec",
     "SecretKeyRef",
     "SecretSource",
+    "ShardStatus",
     "TaskProgress",
     "parse_spec",
 ]

@@ -351,6 +351,15 @@ class EvalRunSpec(ApiModel):
                     "of a spec.customTasks entry",
                     "fieldPath": ".tasks",
                 },
+                {
+                    "rule": "!has(self.parallelism) || self.parallelism == 1 || "
+                    "!has(self.resources) || !has(self.resources.nodes) || "
+                    "self.resources.nodes == 1",
+                    "message": "parallelism > 1 cannot be combined with resources.nodes > 1: a "
+                    "multi-node run is one torchrun world over an Indexed Job whose indexes "
+                    "are node ranks",
+                    "fieldPath": ".parallelism",
+                },
             ]
         }
     )
@@ -400,8 +409,21 @@ class EvalRunSpec(ApiModel):
         le=30 * 86_400,
         description="Wall-clock limit of the evaluation (the Job's activeDeadlineSeconds).",
     )
+    parallelism: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Spread the run's tasks over this many pods of one Indexed Job, each "
+        "with resources.gpus. Whole entries of tasks and customTasks (a group with all its "
+        "subtasks) go to one pod, balanced by expected documents; the results are merged "
+        "into one result set. Capped by the number of tasks; needs resources.nodes 1.",
+    )
     retries: int = Field(
-        default=1, ge=0, le=20, description="Retries after a failed pod (the Job's backoffLimit)."
+        default=1,
+        ge=0,
+        le=20,
+        description="Retries after a failed pod (the Job's backoffLimit; with parallelism > 1, "
+        "per shard: backoffLimitPerIndex).",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=86_400,
@@ -474,6 +496,26 @@ class MetricResult(ApiModel):
     higher_is_better: bool | None = Field(default=None, description="Direction of the metric.")
 
 
+class ShardStatus(ApiModel):
+    """One pod of a run with parallelism > 1: its tasks and how far it got."""
+
+    index: int = Field(description="The Job completion index of the shard's pod.")
+    tasks: list[str] = Field(default_factory=list, description="The tasks assigned to it.")
+    expected_documents: int | None = Field(
+        default=None,
+        description="Documents the assignment expected (custom tasks' data, spec.evaluation."
+        "limit); absent when unknown, then tasks are balanced by count.",
+    )
+    pod: str | None = Field(default=None, description="The shard's newest pod.")
+    phase: str | None = Field(default=None, description="The shard runner's own phase.")
+    percent: float | None = Field(default=None, description="Percent done.")
+    done: int | None = Field(default=None, description="Documents done.")
+    total: int | None = Field(default=None, description="Documents in all.")
+    results_collected: bool | None = Field(
+        default=None, description="The operator holds this shard's results."
+    )
+
+
 class EvalRunStatus(ApiModel):
     """What the operator observed."""
 
@@ -498,6 +540,11 @@ class EvalRunStatus(ApiModel):
     completion_time: str | None = Field(default=None, description="When the run ended.")
     progress: Progress | None = Field(default=None, description="Live progress.")
     summary: str | None = Field(default=None, description="Progress as shown by kubectl.")
+    shards: list[ShardStatus] = Field(
+        default_factory=list,
+        description="With parallelism > 1: which tasks each shard (Job index) evaluates, "
+        "and its progress.",
+    )
     results: list[MetricResult] = Field(
         default_factory=list, description="Primary metric per task."
     )

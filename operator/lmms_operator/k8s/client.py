@@ -317,6 +317,10 @@ def read_config_map(namespace: str, name: str) -> dict[str, Any] | None:
     return _get(path("ConfigMap", namespace, name))
 
 
+def list_config_maps(namespace: str, selector: str) -> list[dict[str, Any]]:
+    return _list("ConfigMap", namespace, selector)
+
+
 def config_map_exists(namespace: str, name: str) -> bool:
     return _exists(path("ConfigMap", namespace, name))
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
+from .shards import Shard
 
 LABEL_PREFIX = "eval.lmms.dev"
 LABEL_RUN = f"{LABEL_PREFIX}/run"
@@ -92,13 +94,17 @@ class Desired:
     network_policy: dict[str, Any] | None = None
 
 
-def run_config(run: RunRef, spec: EvalRunSpec, hash_: str) -> dict[str, Any]:
-    """What the runner reads: the EvalRun (with presets resolved) as a manifest."""
+def run_config(
+    run: RunRef, spec: EvalRunSpec, hash_: str, shards: Sequence[Shard] = ()
+) -> dict[str, Any]:
+    """What the runner reads: the EvalRun (with presets resolved) as a manifest; with
+    more than one shard, ``shards`` lists each Job index's tasks (the runner reads its
+    own index from LMMS_SHARD_INDEX)."""
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
     resolved = spec.model_copy(
         update={"model": spec.model.model_copy(update={"pretrained": pretrained, "args": args})}
     )
-    return {
+    config: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "EvalRun",
         "metadata": {
@@ -109,6 +115,9 @@ def run_config(run: RunRef, spec: EvalRunSpec, hash_: str) -> dict[str, Any]:
         },
         "spec": resolved.to_wire(),
     }
+    if len(shards) > 1:
+        config["shards"] = [list(s.tasks) for s in shards]
+    return config
 
 
 def _labels(run: RunRef, hash_: str) -> dict[str, str]:
@@ -141,18 +150,31 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def build(run: RunRef, spec: EvalRunSpec, runner: RunnerDefaults, token: str) -> Desired:
+def build(
+    run: RunRef,
+    spec: EvalRunSpec,
+    runner: RunnerDefaults,
+    token: str,
+    shards: Sequence[Shard] = (),
+) -> Desired:
+    """``shards``: the fan-out assignment (``shards.plan``); more than one makes an
+    Indexed Job with one pod per shard, each retried alone (backoffLimitPerIndex)."""
     hash_ = spec_hash(spec)
     name = job_name(run.name, run.uid, hash_)
     labels = _labels(run, hash_)
     res = spec.resources
     multi_node = res.nodes > 1
+    fan_out = len(shards) > 1
 
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(f"{name}-config", run, labels),
-        "data": {"config.json": json.dumps(run_config(run, spec, hash_), indent=1, sort_keys=True)},
+        "data": {
+            "config.json": json.dumps(
+                run_config(run, spec, hash_, shards), indent=1, sort_keys=True
+            )
+        },
     }
     token_secret = {
         "apiVersion": "v1",
@@ -203,6 +225,20 @@ def build(run: RunRef, spec: EvalRunSpec, runner: RunnerDefaults, token: str) ->
             ),
             {"name": "LMMS_MASTER_ADDR", "value": f"{name}-0.{rdzv}"},
             {"name": "LMMS_MASTER_PORT", "value": str(RDZV_PORT)},
+        ]
+
+    if fan_out:
+        env += [
+            _field_env(
+                "LMMS_SHARD_INDEX",
+                "metadata.annotations['batch.kubernetes.io/job-completion-index']",
+            ),
+            {"name": "LMMS_SHARDS", "value": str(len(shards))},
+            # How many pods of this shard failed before (the Job controller counts).
+            _field_env(
+                "LMMS_SHARD_FAILURES",
+                "metadata.annotations['batch.kubernetes.io/job-index-failure-count']",
+            ),
         ]
 
     mounts: list[dict[str, Any]] = [
@@ -330,6 +366,17 @@ def build(run: RunRef, spec: EvalRunSpec, runner: RunnerDefaults, token: str) ->
     if multi_node:
         job_spec.update(
             {"completionMode": "Indexed", "completions": res.nodes, "parallelism": res.nodes}
+        )
+    elif fan_out:
+        # A failed shard is retried alone; the others keep their work.
+        del job_spec["backoffLimit"]
+        job_spec.update(
+            {
+                "completionMode": "Indexed",
+                "completions": len(shards),
+                "parallelism": len(shards),
+                "backoffLimitPerIndex": spec.retries,
+            }
         )
     job = {
         "apiVersion": "batch/v1",

@@ -206,6 +206,9 @@ def observe(
             reason, message = from_pod
             if reason == R.BACKOFF_LIMIT_EXCEEDED:
                 message = f"failed {retries + 1} time(s) (spec.retries={retries}); {message}"
+            if job_status.get("failedIndexes"):
+                # parallelism > 1: each shard has its own retries (backoffLimitPerIndex).
+                message = f"shard(s) {job_status['failedIndexes']} failed: {message}"
             return obs("Failed", reason, message, completion_time=done)
         return obs(
             "Failed",

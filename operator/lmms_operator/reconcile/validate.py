@@ -131,6 +131,14 @@ def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> lis
         problems.append(
             Problem("spec.resources.gpus", "a multi-node run needs at least one GPU per node")
         )
+    if spec.parallelism > 1 and spec.resources.nodes > 1:
+        problems.append(
+            Problem(
+                "spec.parallelism",
+                "cannot be combined with resources.nodes > 1: a multi-node run is one torchrun "
+                "world over an Indexed Job whose indexes are node ranks; use one or the other",
+            )
+        )
     return problems
 
 
