@@ -23,7 +23,11 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
 - ``qwen_vl_utils``' ``fetch_video`` and ``process_vision_info``, which
   ``lmms_eval.protocol`` and the Qwen backends take through ``optional_import`` (and which
   import torchvision and torch's compiler: about 2.5 s), are imported when first called:
-  the API backends and most others never call them.
+  the API backends and most others never call them;
+- ``stderr_for_metric``, called for every metric once the answers are in, imports two
+  tasks' modules (``amber_g``, ``coco_cap_chair``: nltk, spacy and scipy, about 2 s) only
+  to compare the metric with their functions: a metric from any other module is none of
+  them, so for it they are not imported.
 """
 
 from __future__ import annotations
@@ -157,6 +161,40 @@ def lazy_optional_imports() -> None:
     imports.optional_import = optional_import
 
 
+#: Modules that lmms-eval's ``stderr_for_metric`` imports at every call, only to compare
+#: the metric with functions of theirs.
+CHAIR_MODULES = ("lmms_eval.tasks.amber_g.utils", "lmms_eval.tasks.coco_cap_chair.utils")
+
+
+def lean_stderr_for_metric() -> None:
+    """``stderr_for_metric`` without importing ``CHAIR_MODULES`` for a metric that is not
+    theirs. lmms-eval skips a module whose import fails (``except Exception``), as when
+    its dependencies are missing; blocking the import in ``sys.modules`` for the call
+    gives the very answer: the metric is none of that module's functions, since a metric
+    from it means the module is imported already (and then nothing is blocked)."""
+    from lmms_eval import evaluator_utils
+    from lmms_eval.api import metrics
+
+    original = metrics.stderr_for_metric
+
+    def stderr_for_metric(metric: Any, bootstrap_iters: int) -> Any:
+        if getattr(metric, "__module__", None) in CHAIR_MODULES or any(
+            m in sys.modules for m in CHAIR_MODULES
+        ):
+            return original(metric, bootstrap_iters)
+        for m in CHAIR_MODULES:
+            sys.modules[m] = None  # type: ignore[assignment]  # the import raises ImportError
+        try:
+            return original(metric, bootstrap_iters)
+        finally:
+            for m in CHAIR_MODULES:
+                if sys.modules.get(m, ...) is None:
+                    del sys.modules[m]
+
+    metrics.stderr_for_metric = stderr_for_metric
+    evaluator_utils.stderr_for_metric = stderr_for_metric
+
+
 def main() -> None:
     defer("evaluate")
     lazy_optional_imports()
@@ -166,6 +204,7 @@ def main() -> None:
     cache = response_cache.ResponseCache
     cache.execute = _chunked_execute(cache.execute)
     _api_backends_data_parallel()
+    lean_stderr_for_metric()
     from lmms_eval.__main__ import cli_evaluate
 
     cli_evaluate()

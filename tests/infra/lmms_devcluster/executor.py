@@ -13,7 +13,8 @@ first container:
   ``ErrImagePull``, then ``ImagePullBackOff``, as a kubelet reports them.
 - **With the devcluster's own Python environment** when it names ``HOST_IMAGE``: the
   container's ``command`` + ``args`` as a local process (the in-process tests' scripted
-  runners and fixtures live there).
+  runners and fixtures live there), with ``LMMS_TASK_INDEX`` set as the runner image
+  sets it (a task index kept under ``~/.cache/lmms-operator``).
 
 Either way the container gets its environment (downward-API values included, and
 ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server, the endpoint a
@@ -76,6 +77,12 @@ from lmms_devcluster.imagestore import (
 log = logging.getLogger("lmms.executor")
 
 TERMINATION_LOG_LIMIT = 4096
+#: Where pods of the host environment keep lmms-eval's task index (the runner image has
+#: it at /opt/lmms/task-index.json, built with the image).
+HOST_TASK_INDEX = (
+    Path(os.environ.get("LMMS_CACHE_DIR") or Path.home() / ".cache" / "lmms-operator")
+    / "host-task-index.json"
+)
 FALLBACK_LOG_LINES = 80
 
 
@@ -393,6 +400,10 @@ class PodRunner:
             ),
             "HOSTNAME": self.name,
             "HOME": str(self.dir / "home"),
+            # As the runner image does (ENV LMMS_TASK_INDEX): lmms-eval's task index,
+            # written by the first runner and checked against lmms-eval's files by
+            # every other, instead of indexing some 2,000 YAML files in every pod.
+            "LMMS_TASK_INDEX": str(HOST_TASK_INDEX),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
         }

@@ -1,0 +1,157 @@
+"""Benchmark P6: fan-out. Four equal local tasks with ``parallelism: 4`` against one of
+them alone with ``parallelism: 1``, and (for reference) the four in one pod, through the
+devcluster (real API server, Job controller, scheduler), the operator with its default
+settings, the process executor and the real runner with real lmms-eval 0.7.3, offline,
+against the loopback OpenAI-compatible model. Wall time is from ``kubectl create`` to
+the status saying Succeeded (results published), start-up included. The cases run one
+after another, ``--repeats`` times in turn; the medians go to docs/benchmarks.md.
+
+    python tests/bench/fanout.py [--samples 40] [--delay 0.5] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "infra"))
+
+from kubernetes import client, config  # noqa: E402
+
+from lmms_devcluster import devcluster  # noqa: E402
+from tests import evalruns as er  # noqa: E402
+from tests.bench.docs import write_section  # noqa: E402
+from tests.e2e.test_runner import ModelServer  # noqa: E402
+from tests.fixtures import colortask  # noqa: E402
+from tests.operator_process import OperatorProcess  # noqa: E402
+
+SECTION = "## Fan-out (P6)"
+TASK_DIR = "/etc/lmms/tasks/bench-tasks"
+TASKS = ["bench_a", "bench_b", "bench_c", "bench_d"]
+
+
+def timed_run(
+    api: client.ApiClient, namespace: str, name: str, tasks: list[str], parallelism: int, url: str
+) -> dict[str, Any]:
+    body = er.manifest(
+        name,
+        er.EXECUTOR,
+        model={
+            "type": "openai",
+            "args": {"model_version": "local", "base_url": url, "num_concurrent": "1"},
+            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
+        },
+        tasks=[],
+        customTasks=[{"configMap": "bench-tasks", "tasks": tasks}],
+        env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        parallelism=parallelism,
+        leaderboard=None,
+    )
+    start = time.monotonic()
+    er.create(api, namespace, body)
+    deadline = start + 900
+    while time.monotonic() < deadline:
+        status = er.get(api, namespace, name).get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.2)
+    wall = time.monotonic() - start
+    if status.get("phase") != "Succeeded" or not status.get("results"):
+        raise SystemExit(f"{name} did not succeed: {json.dumps(status)[:2000]}")
+    return {"wall": wall, "results": {r["task"]: r["value"] for r in status["results"]}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=40, help="documents per task")
+    parser.add_argument("--delay", type=float, default=0.5, help="seconds per model answer")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lmms-fanout-"))
+    walls: dict[str, list[float]] = {"alone": [], "fan4": [], "serial": []}
+    server = ModelServer(delay=args.delay)
+    try:
+        with devcluster.running(work / "dc") as cluster:
+            cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+            cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+            core = client.CoreV1Api(api)
+            namespace = "bench-fanout"
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+            data: dict[str, str] = {}
+            for task in TASKS:
+                data.update(colortask.files(task, args.samples, TASK_DIR))
+            core.create_namespaced_config_map(
+                namespace,
+                client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bench-tasks"), data=data),
+            )
+            core.create_namespaced_secret(
+                namespace,
+                client.V1Secret(
+                    metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
+                    string_data={"key": "sk-bench-0123456789"},
+                ),
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    core.read_namespaced_service_account("default", namespace)
+                    break
+                except client.ApiException:
+                    time.sleep(0.5)
+            # The operator with its defaults (a 5 s scrape), but a short runner hold.
+            (work / "op").mkdir()
+            op = OperatorProcess(cluster, work / "op", env={"LMMS_HOLD_TIMEOUT": "120"})
+            op.start()
+            try:
+                cases = [("alone", TASKS[:1], 1), ("fan4", TASKS, 4), ("serial", TASKS, 1)]
+                for repeat in range(args.repeats):
+                    for label, tasks, parallelism in cases:
+                        out = timed_run(
+                            api, namespace, f"{label}-{repeat}", tasks, parallelism, server.url
+                        )
+                        walls[label].append(out["wall"])
+                        print(f"{label} #{repeat}: {out['wall']:.1f} s {out['results']}")
+            finally:
+                op.stop()
+    finally:
+        server.stop()
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    ratio = med["fan4"] / med["alone"]
+    text = (
+        f"{SECTION}\n\n"
+        f"`python tests/bench/fanout.py --samples {args.samples} --delay {args.delay} "
+        f"--repeats {args.repeats}` on {os.cpu_count()} CPU cores, "
+        f"{time.strftime('%Y-%m-%d')}: four equal local tasks of {args.samples} documents "
+        f"(the loopback model answers in {args.delay} s, one request at a time, so a task "
+        f"takes about {args.samples * args.delay:.0f} s of model time), through the "
+        "devcluster, the operator with its default settings (a 5 s scrape), the process "
+        "executor and the real runner with lmms-eval 0.7.3. Wall time from the EvalRun's "
+        "creation to `Succeeded` with its results published, start-up included; the "
+        f"cases ran in turn, medians of {args.repeats}.\n\n"
+        "| case | wall (median) | runs |\n|---|---:|---|\n"
+        f"| one task alone, `parallelism: 1` | {med['alone']:.1f} s | "
+        f"{', '.join(f'{w:.1f}' for w in walls['alone'])} |\n"
+        f"| four tasks, `parallelism: 4` | {med['fan4']:.1f} s | "
+        f"{', '.join(f'{w:.1f}' for w in walls['fan4'])} |\n"
+        f"| four tasks, `parallelism: 1` (reference) | {med['serial']:.1f} s | "
+        f"{', '.join(f'{w:.1f}' for w in walls['serial'])} |\n\n"
+        f"**P6: four tasks over four pods take {ratio:.2f}x one task alone** (target "
+        f"<= 1.15x); one pod takes {med['serial'] / med['alone']:.2f}x.\n"
+    )
+    write_section(SECTION, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
