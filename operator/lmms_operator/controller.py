@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import catalogue, errors, k8s, leaderboards, metrics, objectstore
@@ -19,6 +20,7 @@ from .api import (
     EvalRunSpec,
     MetricResult,
     Progress,
+    ReusedResult,
     S3Output,
     TaskProgress,
 )
@@ -35,6 +37,7 @@ from .errors import InvalidSpec, Problem, RetryLater
 from .reconcile import job as jobs
 from .reconcile import reasons as R
 from .reconcile import results as res
+from .reconcile import reuse
 from .reconcile import shards as shard_plan
 from .reconcile import status as st
 from .reconcile.plan import Event, Plan
@@ -165,14 +168,33 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
         for selector in plan.delete:
             k8s.delete_run_children(namespace, selector)
         plan.delete = []
-        shards = _shard_plan(spec, namespace)
+        custom = _custom_task_data(spec, namespace)
+        lookup = _reuse_lookup(spec, namespace, custom)
+        if lookup is not None and lookup.entries and not lookup.missing:
+            return plan.then(_reused(body, status, spec, generation, hash_, desired_name, lookup))
+        evaluate = lookup.missing if lookup is not None and lookup.entries else None
+        shards = _shard_plan(spec, custom, evaluate)
         try:
-            job, created = _create_children(run, spec, settings, desired_name, fresh, shards)
+            if lookup is not None and lookup.entries:
+                _keep_reused(run, desired_name, hash_, lookup)
+            job, created = _create_children(
+                run, spec, settings, desired_name, fresh, shards, evaluate, lookup
+            )
         except errors.Invalid as exc:
             problem = Problem("spec", f"the API server refused the Job: {exc.message}")
             return plan.then(_invalid(status, [problem], generation, uid))
         if created:
             plan.events.append(Event("Normal", R.JOB_CREATED, f"created Job {desired_name}"))
+            if evaluate is not None and lookup is not None:
+                plan.events.append(
+                    Event(
+                        "Normal",
+                        R.REUSED,
+                        f"{len(lookup.entries)} task(s) evaluated before with the same identity "
+                        f"were reused; the Job evaluates the other {len(evaluate)}: "
+                        + ", ".join(evaluate)[:500],
+                    )
+                )
     else:
         plan = plan.then(_suspend_plan(spec, job))
         pods = k8s.list_pods(namespace, f"job-name={desired_name}")
@@ -180,6 +202,8 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
     if not same_evaluation:
         if status.get("shards") and spec.parallelism <= 1:
             plan.status["shards"] = None  # the previous evaluation's assignment
+        if status.get("reused"):
+            plan.status["reused"] = None
         status = {"conditions": status.get("conditions") or []}
     ob = _observe_spec(spec, job, pods, settings)
     plan = plan.then(_transition(status, ob, generation, hash_, desired_name))
@@ -192,16 +216,190 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
     return plan
 
 
-def _shard_plan(spec: EvalRunSpec, namespace: str) -> list[shard_plan.Shard]:
+def _custom_task_data(spec: EvalRunSpec, namespace: str) -> list[dict[str, Any]]:
+    """The custom-task ConfigMaps, read once for the fan-out's document counts and for
+    the evaluation identity (nothing is read when neither needs them)."""
+    if spec.parallelism <= 1 and reuse.not_pinned(spec):
+        return []
+    return [k8s.read_config_map(namespace, s.config_map) or {} for s in spec.custom_tasks]
+
+
+def _shard_plan(
+    spec: EvalRunSpec, custom: list[dict[str, Any]], names: list[str] | None
+) -> list[shard_plan.Shard]:
     """The fan-out assignment: custom tasks weigh the documents of their data files."""
     if spec.parallelism <= 1:
         return []
     counts: dict[str, int] = {}
-    for source in spec.custom_tasks:
-        cm = k8s.read_config_map(namespace, source.config_map) or {}
+    for source, cm in zip(spec.custom_tasks, custom, strict=True):
         found = shard_plan.custom_task_documents(cm.get("data") or {})
         counts.update({t: n for t, n in found.items() if t in source.tasks})
-    return shard_plan.plan(spec, counts)
+    return shard_plan.plan(spec, counts, names)
+
+
+# -- reuse: the evaluation index ----------------------------------------------------------------
+@dataclass
+class _Lookup:
+    key: dict[str, Any]
+    entries: dict[str, reuse.Entry]  # entry of the task list -> its index entry
+    missing: list[str]
+
+
+def _reuse_lookup(
+    spec: EvalRunSpec, namespace: str, custom: list[dict[str, Any]]
+) -> _Lookup | None:
+    """The run's evaluation identity (None when its model is not pinned) and the index
+    entries of its tasks (one list request, in the run's namespace only; none looked
+    up when spec.reuse is Never or the run wants its samples). A run with an identity
+    adds its results to the index, whatever spec.reuse says."""
+    if reuse.not_pinned(spec):
+        return None
+    definitions = reuse.definitions_hash(custom) if spec.custom_tasks else None
+    key = reuse.reuse_key(spec, catalogue.load().lmms_eval_version, definitions)
+    if spec.reuse != "IfIdentical" or spec.evaluation.log_samples:
+        return _Lookup(key, {}, shard_plan.units(spec))
+    found = {
+        cm["metadata"]["name"]: cm
+        for cm in k8s.list_config_maps(namespace, f"{reuse.LABEL_KEY}={reuse.key_label(key)}")
+    }
+    entries: dict[str, reuse.Entry] = {}
+    for unit in shard_plan.units(spec):
+        cm = found.get(reuse.entry_name(key, unit))
+        entry = reuse.read_entry(cm, key) if cm is not None else None
+        if entry is not None and entry.task == unit:
+            entries[unit] = entry
+    missing = [u for u in shard_plan.units(spec) if u not in entries]
+    return _Lookup(key, entries, missing)
+
+
+def _reused_status(entries: list[reuse.Entry], namespace: str) -> list[dict[str, Any]]:
+    return [
+        ReusedResult(
+            task=e.task,
+            run=f"{e.source.namespace}/{e.source.run}",
+            run_uid=e.source.uid,
+            completed_at=e.source.completed_at,
+            index_entry=reuse.entry_name(e.key, e.task),
+        ).to_wire()
+        for e in entries
+    ]
+
+
+def _reused(
+    body: Mapping[str, Any],
+    status: dict[str, Any],
+    spec: EvalRunSpec,
+    generation: int,
+    hash_: str,
+    job_name: str,
+    lookup: _Lookup,
+) -> Plan:
+    """Every task was evaluated before: Succeeded (reason Reused) with their results,
+    published as a run's are, and no Job, no GPU."""
+    units = shard_plan.units(spec)
+    entries = [lookup.entries[u] for u in units]
+    summary = reuse.in_unit_order(reuse.reused_summary(entries), units)
+    runs = sorted({f"{e.source.namespace}/{e.source.run}" for e in entries})
+    ob = st.Observation(
+        "Succeeded",
+        R.REUSED,
+        f"every task was evaluated before with the same identity: the results of "
+        f"{', '.join(runs)[:500]} are reused (no Job, no GPU)",
+        completion_time=st.fmt_time(_now()),
+    )
+    fresh = {"conditions": status.get("conditions") or []}
+    plan = _transition(fresh, ob, generation, hash_, None)
+    plan.status["reused"] = _reused_status(entries, body["metadata"]["namespace"])
+    # The results ConfigMap is named as the Job would have been: unique to run and spec.
+    after = {**status, **plan.status, "jobName": job_name}
+    published = publish_results(
+        body, after, summary, None, entries[0].source.image, source="evaluation index"
+    )
+    return plan.then(published)
+
+
+def _keep_reused(run: jobs.RunRef, job_name: str, hash_: str, lookup: _Lookup) -> None:
+    """The reused tasks' index entries, kept with the run (an entry deleted meanwhile
+    loses nothing): merged with the Job's results when they are published."""
+    entries = [lookup.entries[u] for u in lookup.entries]
+    k8s.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": f"{job_name}-reused",
+                "namespace": run.namespace,
+                "labels": {
+                    jobs.LABEL_MANAGED_BY: jobs.MANAGED_BY,
+                    jobs.LABEL_SPEC_HASH: hash_,
+                },
+                "ownerReferences": [run.owner_reference()],
+            },
+            "data": {
+                "entries.json": json.dumps([e.to_wire() for e in entries]),
+                "key.json": json.dumps(lookup.key, sort_keys=True),
+            },
+        }
+    )
+
+
+def _kept_reused(namespace: str, job_name: str) -> list[reuse.Entry]:
+    cm = k8s.read_config_map(namespace, f"{job_name}-reused")
+    if cm is None:
+        return []
+    try:
+        raw = json.loads((cm.get("data") or {}).get("entries.json") or "[]")
+        return [reuse.Entry.model_validate(e) for e in raw[: reuse.MAX_ENTRY_TASKS]]
+    except ValueError:
+        return []
+
+
+def _index(
+    body: Mapping[str, Any],
+    status: Mapping[str, Any],
+    summary: ResultsSummary,
+    reused_units: set[str],
+    image: str | None,
+) -> int:
+    """Adds the run's newly evaluated tasks to the namespace's evaluation index (first
+    result wins: an identity evaluated twice keeps the first); returns how many."""
+    meta = body["metadata"]
+    try:
+        spec = EvalRunSpec.model_validate(body.get("spec") or {})
+    except ValueError:
+        return 0
+    version = summary.provenance.lmms_eval_version
+    if reuse.not_pinned(spec) or version != catalogue.load().lmms_eval_version:
+        return 0  # (another lmms-eval than the operator's: lookups could never find it)
+    job_name = status.get("jobName")
+    config = k8s.read_config_map(meta["namespace"], f"{job_name}-config") if job_name else None
+    try:
+        key = json.loads(((config or {}).get("data") or {}).get("config.json") or "{}").get(
+            "reuseKey"
+        )
+    except ValueError:
+        key = None
+    if not isinstance(key, dict):
+        return 0
+    units = [u for u in shard_plan.units(spec) if u not in reused_units]
+    cat = catalogue.load()
+    owned = reuse.attribute(units, summary, cat.groups | cat.tags)
+    source = reuse.Source(
+        namespace=meta["namespace"],
+        run=meta["name"],
+        uid=meta["uid"],
+        job=job_name,
+        completed_at=st.fmt_time(_now()),
+        image=image,
+        location=summary.s3_location,
+    )
+    provenance = summary.provenance.to_wire()
+    for unit, results in owned.items():
+        entry = reuse.Entry(
+            task=unit, key=key, results=results, provenance=provenance, source=source
+        )
+        k8s.create(reuse.entry_config_map(meta["namespace"], entry))
+    return len(owned)
 
 
 def _shards_of_job(namespace: str, job_name: str) -> list[shard_plan.Shard]:
@@ -221,6 +419,8 @@ def _create_children(
     name: str,
     fresh: bool,
     shards: list[shard_plan.Shard],
+    evaluate: list[str] | None = None,
+    lookup: _Lookup | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Creates the token Secret, the run's ConfigMap, the rendezvous Service and the Job;
     returns the Job and whether this call created it. A Job the API server refuses
@@ -229,14 +429,17 @@ def _create_children(
     namespace = run.namespace
     token_name = f"{name}-token"
     token = None if fresh else k8s.read_secret_value(namespace, token_name, "token")
-    desired = jobs.build(run, spec, settings.runner, token or secrets.token_urlsafe(32), shards)
+    key = lookup.key if lookup is not None else None
+
+    def build(token: str) -> jobs.Desired:
+        return jobs.build(run, spec, settings.runner, token, shards, evaluate, key)
+
+    desired = build(token or secrets.token_urlsafe(32))
     try:
         if not k8s.create(desired.token_secret) and token is None:
             # The Secret is there already: the Job must carry its token.
             token = k8s.read_secret_value(namespace, token_name, "token")
-            desired = jobs.build(
-                run, spec, settings.runner, token or secrets.token_urlsafe(32), shards
-            )
+            desired = build(token or secrets.token_urlsafe(32))
         # Before the pods exist: a runner is never reachable from other runs.
         _ensure_namespace_policy(namespace, settings)
         if desired.network_policy is not None:
@@ -745,11 +948,34 @@ def publish_results(
     Idempotent: a ConfigMap that exists already is the one published before."""
     if status.get("resultsConfigMap"):
         return Plan()
+    meta = body["metadata"]
+    job_name = status.get("jobName") or meta["name"]
+    try:
+        spec = EvalRunSpec.model_validate(body.get("spec") or {})
+    except ValueError:
+        spec = None
+    units = shard_plan.units(spec) if spec is not None else []
+    # Tasks whose results were reused when the Job was made (only a run that may reuse
+    # has any: the others make no request for them).
+    may_reuse = (
+        spec is not None
+        and source != "evaluation index"
+        and spec.reuse == "IfIdentical"
+        and not spec.evaluation.log_samples
+        and reuse.not_pinned(spec) is None
+    )
+    kept = _kept_reused(meta["namespace"], job_name) if may_reuse else []
+    reused_summary = reuse.reused_summary(kept) if kept else None
+    fresh_summary = summary
+    if summary is not None and reused_summary is not None:
+        summary = reuse.in_unit_order(shard_plan.merge([summary, reused_summary]), units)
     location = summary.s3_location if summary is not None else None
     if summary is None:
         location = res.location_from_termination_message(termination)
         summary = _summary_from_object_store(body, location)
         source = "object store"
+        if summary is not None and reused_summary is not None:
+            summary = reuse.in_unit_order(shard_plan.merge([summary, reused_summary]), units)
     if summary is not None:
         primaries = res.primary_results(summary)
         summary_json = summary.model_dump_json(by_alias=True, indent=1)
@@ -759,8 +985,8 @@ def publish_results(
         summary_json = None
         if not primaries:
             return Plan()
-    meta = body["metadata"]
-    job_name = status.get("jobName") or meta["name"]
+        if reused_summary is not None:
+            primaries += res.primary_results(reused_summary)
     name = f"{job_name}-results"
     cm = {
         "apiVersion": "v1",
@@ -786,6 +1012,8 @@ def publish_results(
         "results": [MetricResult.model_validate(p).to_wire() for p in primaries],
         "resultsConfigMap": name,
     }
+    if kept and not status.get("reused"):
+        fields["reused"] = _reused_status(kept, meta["namespace"])
     board = (body.get("spec") or {}).get("leaderboard")
     events: list[Event] = []
     if board and primaries:
@@ -833,6 +1061,15 @@ def publish_results(
             fields["leaderboardPublished"] = True
     if location:
         fields["resultsLocation"] = location
+    if fresh_summary is not None and source != "evaluation index":
+        indexed = _index(body, status, fresh_summary, {e.task for e in kept}, image_id)
+        if indexed:
+            log.info(
+                "%s/%s: %d task(s) added to the evaluation index",
+                meta["namespace"],
+                meta["name"],
+                indexed,
+            )
     event = Event(
         "Normal",
         R.RESULTS_COLLECTED,

@@ -31,13 +31,17 @@ class RunConfig:
     shards: tuple[tuple[str, ...], ...] = ()
     #: This pod's index in ``shards`` (LMMS_SHARD_INDEX), when the run is sharded.
     shard: int | None = None
+    #: The tasks left to evaluate when the operator reused the others' results.
+    evaluate: tuple[str, ...] | None = None
 
     @property
     def tasks(self) -> list[str]:
         """Every task to evaluate: spec.tasks, then custom tasks not already listed; a
-        shard's own tasks when the run is sharded."""
+        shard's own tasks when the run is sharded; those left after reuse."""
         if self.shard is not None:
             return list(self.shards[self.shard])
+        if self.evaluate is not None:
+            return list(self.evaluate)
         seen: list[str] = list(self.spec.tasks)
         for source in self.spec.custom_tasks:
             seen += [t for t in source.tasks if t not in seen]
@@ -96,7 +100,16 @@ def from_document(raw: Any, source: str = "config") -> RunConfig:
         model_args=args,
         config_hash=digest,
         shards=_shards(raw.get("shards"), source),
+        evaluate=_evaluate(raw.get("evaluate"), source),
     )
+
+
+def _evaluate(raw: Any, source: str) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
+        raise ConfigError(f"{source}: evaluate must be a non-empty list of task names")
+    return tuple(raw)
 
 
 def _shards(raw: Any, source: str) -> tuple[tuple[str, ...], ...]:

@@ -67,7 +67,40 @@ def timed_run(
     wall = time.monotonic() - start
     if status.get("phase") != "Succeeded" or not status.get("results"):
         raise SystemExit(f"{name} did not succeed: {json.dumps(status)[:2000]}")
-    return {"wall": wall, "results": {r["task"]: r["value"] for r in status["results"]}}
+    return {
+        "wall": wall,
+        "results": {r["task"]: r["value"] for r in status["results"]},
+        "timeline": timeline(api, namespace, name, status),
+    }
+
+
+def timeline(
+    api: client.ApiClient, namespace: str, name: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """Seconds from the EvalRun's creation (the API server's clock, 1 s resolution) to
+    each pod's creation, start and end, and to the results being published."""
+    run = er.get(api, namespace, name)
+    t0 = _time(run["metadata"]["creationTimestamp"])
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=f"job-name={status['jobName']}"
+    )
+    out: dict[str, Any] = {"published": _time(status["completionTime"]) - t0, "pods": []}
+    for pod in sorted(pods.items, key=lambda p: p.metadata.name):
+        term = pod.status.container_statuses[0].state.terminated
+        out["pods"].append(
+            {
+                "created": pod.metadata.creation_timestamp.timestamp() - t0,
+                "started": term.started_at.timestamp() - t0 if term else None,
+                "finished": term.finished_at.timestamp() - t0 if term else None,
+            }
+        )
+    return out
+
+
+def _time(value: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def main() -> int:
@@ -75,6 +108,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=40, help="documents per task")
     parser.add_argument("--delay", type=float, default=0.5, help="seconds per model answer")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cases", default="alone,fan4,serial", help="a subset, to look closer")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmms-fanout-"))
     walls: dict[str, list[float]] = {"alone": [], "fan4": [], "serial": []}
@@ -113,7 +148,11 @@ def main() -> int:
             op = OperatorProcess(cluster, work / "op", env={"LMMS_HOLD_TIMEOUT": "120"})
             op.start()
             try:
-                cases = [("alone", TASKS[:1], 1), ("fan4", TASKS, 4), ("serial", TASKS, 1)]
+                cases = [
+                    c
+                    for c in [("alone", TASKS[:1], 1), ("fan4", TASKS, 4), ("serial", TASKS, 1)]
+                    if c[0] in args.cases.split(",")
+                ]
                 for repeat in range(args.repeats):
                     for label, tasks, parallelism in cases:
                         out = timed_run(
@@ -121,10 +160,14 @@ def main() -> int:
                         )
                         walls[label].append(out["wall"])
                         print(f"{label} #{repeat}: {out['wall']:.1f} s {out['results']}")
+                        print(f"  timeline: {json.dumps(out['timeline'])}", flush=True)
             finally:
                 op.stop()
     finally:
         server.stop()
+    if args.no_write or set(walls) - {k for k, v in walls.items() if v}:
+        print({k: [round(w, 1) for w in v] for k, v in walls.items()})
+        return 0
     med = {k: statistics.median(v) for k, v in walls.items()}
     ratio = med["fan4"] / med["alone"]
     text = (

@@ -430,3 +430,97 @@ def test_parallelism_3_gives_the_scores_of_one_pod(
         "eval.lmms.dev", "v1alpha1", namespace, "leaderboards", "three-pods"
     )
     assert board["status"]["entries"] == len(FAN_OUT_TASKS)
+
+
+def test_an_identical_run_reuses_results_and_a_partial_one_evaluates_only_the_rest(
+    api: client.ApiClient, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """spec.reuse (IfIdentical, the default) with a pinned model (spec.model.version):
+    the evaluation index outlives the run that filled it; an identical run ends Reused
+    with no Job and no model request; a run with one more task evaluates that task only
+    and merges; reuse: Never evaluates again."""
+    server = ModelServer(delay=0.02)
+    core = client.CoreV1Api(api)
+    tasks = {"colors_a": (10, 2), "colors_b": (6, 3), "colors_c": (8, 0)}
+    data: dict[str, str] = {}
+    for name, (docs, wrong) in tasks.items():
+        data.update(colortask.files(name, docs, TASK_DIR, mislabelled=wrong))
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="colors-task"), data=data)
+    )
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
+            string_data={"key": "sk-local-0123456789"},
+        ),
+    )
+
+    def run(name: str, names: list[str], **extra: Any) -> dict[str, Any]:
+        body = er.manifest(
+            name,
+            er.EXECUTOR,
+            model={
+                "type": "openai",
+                "version": "loopback-1",
+                "args": {"model_version": "local", "base_url": server.url},
+                "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
+            },
+            tasks=[],
+            customTasks=[{"configMap": "colors-task", "tasks": names}],
+            env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
+            **extra,
+        )
+        er.create(api, namespace, body)
+        return er.wait_phase(api, namespace, name, "Succeeded", timeout=300)
+
+    def scores(r: dict[str, Any]) -> dict[str, float]:
+        return {x["task"]: x["value"] for x in r["status"]["results"]}
+
+    expected = {t: (d - w) / d for t, (d, w) in tasks.items()}
+    try:
+        first = run("first", ["colors_a", "colors_b"])
+        assert scores(first) == pytest.approx({t: expected[t] for t in ("colors_a", "colors_b")})
+        assert server.requests() == 16
+        index = core.list_namespaced_config_map(
+            namespace, label_selector="eval.lmms.dev/evaluation-index=true"
+        ).items
+        assert len(index) == 2 and all(not cm.metadata.owner_references for cm in index)
+        er.delete(api, namespace, "first")
+        wait_for(lambda: not er.jobs_of(api, namespace, first), timeout=60)
+
+        started = time.monotonic()
+        again = run("again", ["colors_a", "colors_b"])
+        assert time.monotonic() - started < 10
+        assert again["status"]["reason"] == "Reused"
+        assert scores(again) == scores(first)
+        assert server.requests() == 16  # no model request
+        assert not er.jobs_of(api, namespace, again) and not again["status"].get("jobName")
+        assert {(r["task"], r["run"]) for r in again["status"]["reused"]} == {
+            ("colors_a", f"{namespace}/first"),
+            ("colors_b", f"{namespace}/first"),
+        }
+        cm = core.read_namespaced_config_map(again["status"]["resultsConfigMap"], namespace)
+        assert cm.data["source"] == "evaluation index"
+        assert json.loads(cm.data["results.json"])["provenance"]["lmmsEvalVersion"] == "0.7.3"
+        assert again["status"]["leaderboardPublished"] is True
+
+        more = run("more", ["colors_a", "colors_b", "colors_c"])
+        assert more["status"]["reason"] == "Succeeded"
+        assert server.requests() == 16 + 8  # colors_c alone
+        assert scores(more) == pytest.approx(expected)
+        assert {r["task"] for r in more["status"]["reused"]} == {"colors_a", "colors_b"}
+        assert "Reused" in er.event_reasons(api, namespace, "more")
+        full = json.loads(
+            core.read_namespaced_config_map(more["status"]["resultsConfigMap"], namespace).data[
+                "results.json"
+            ]
+        )
+        assert [t["task"] for t in full["tasks"]] == ["colors_a", "colors_b", "colors_c"]
+
+        never = run("never", ["colors_a"], reuse="Never")
+        assert never["status"]["reason"] == "Succeeded" and not never["status"].get("reused")
+        assert server.requests() == 16 + 8 + 10
+        assert scores(never) == pytest.approx({"colors_a": expected["colors_a"]})
+    finally:
+        server.stop()

@@ -97,6 +97,16 @@ class ModelSpec(ApiModel):
             ]
         },
     )
+    version: str | None = Field(
+        default=None,
+        description="A version you declare for a model whose revision is not a commit id "
+        "(an API model's dated release, a checkpoint baked into an image): with it, or with "
+        "a 40-hex-digit revision, the model counts as pinned and spec.reuse can serve its "
+        "results from earlier runs.",
+        min_length=1,
+        max_length=128,
+        pattern=REVISION,
+    )
     args: dict[ArgKey, ArgValue] = Field(
         default_factory=dict,
         description="Extra --model_args entries (key=value). Values override the preset's. "
@@ -409,6 +419,15 @@ class EvalRunSpec(ApiModel):
         le=30 * 86_400,
         description="Wall-clock limit of the evaluation (the Job's activeDeadlineSeconds).",
     )
+    reuse: Literal["IfIdentical", "Never"] = Field(
+        default="IfIdentical",
+        description="IfIdentical: tasks whose evaluation identity (a pinned model, the task "
+        "and its definition, the settings that change scores, the lmms-eval version; see "
+        "the README) was evaluated before in this namespace are not evaluated again: their "
+        "results come from the evaluation index (a run whose every task is there ends "
+        "Succeeded with reason Reused, with no Job). Never: evaluate every task. A run with "
+        "evaluation.logSamples evaluates every task (the samples are its output).",
+    )
     parallelism: int = Field(
         default=1,
         ge=1,
@@ -516,6 +535,16 @@ class ShardStatus(ApiModel):
     )
 
 
+class ReusedResult(ApiModel):
+    """A task whose results came from the evaluation index, and the run that produced them."""
+
+    task: str = Field(description="The entry of the run's task list.")
+    run: str = Field(description="The run that evaluated it (namespace/name).")
+    run_uid: str = Field(description="That run's uid.")
+    completed_at: str | None = Field(default=None, description="When that run finished.")
+    index_entry: str = Field(description="The index entry's ConfigMap.")
+
+
 class EvalRunStatus(ApiModel):
     """What the operator observed."""
 
@@ -544,6 +573,10 @@ class EvalRunStatus(ApiModel):
         default_factory=list,
         description="With parallelism > 1: which tasks each shard (Job index) evaluates, "
         "and its progress.",
+    )
+    reused: list[ReusedResult] = Field(
+        default_factory=list,
+        description="Tasks whose results came from the evaluation index (spec.reuse).",
     )
     results: list[MetricResult] = Field(
         default_factory=list, description="Primary metric per task."

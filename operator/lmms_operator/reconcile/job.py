@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,11 +95,17 @@ class Desired:
 
 
 def run_config(
-    run: RunRef, spec: EvalRunSpec, hash_: str, shards: Sequence[Shard] = ()
+    run: RunRef,
+    spec: EvalRunSpec,
+    hash_: str,
+    shards: Sequence[Shard] = (),
+    evaluate: Sequence[str] | None = None,
+    reuse_key: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the runner reads: the EvalRun (with presets resolved) as a manifest; with
     more than one shard, ``shards`` lists each Job index's tasks (the runner reads its
-    own index from LMMS_SHARD_INDEX)."""
+    own index from LMMS_SHARD_INDEX); ``evaluate``, when some tasks' results were reused,
+    the tasks left to evaluate."""
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
     resolved = spec.model_copy(
         update={"model": spec.model.model_copy(update={"pretrained": pretrained, "args": args})}
@@ -117,6 +123,12 @@ def run_config(
     }
     if len(shards) > 1:
         config["shards"] = [list(s.tasks) for s in shards]
+    if evaluate is not None:
+        config["evaluate"] = list(evaluate)
+    if reuse_key is not None:
+        # The evaluation identity, as computed when the Job was made (the custom tasks'
+        # content then): the results are added to the index under it.
+        config["reuseKey"] = dict(reuse_key)
     return config
 
 
@@ -156,9 +168,12 @@ def build(
     runner: RunnerDefaults,
     token: str,
     shards: Sequence[Shard] = (),
+    evaluate: Sequence[str] | None = None,
+    reuse_key: Mapping[str, Any] | None = None,
 ) -> Desired:
     """``shards``: the fan-out assignment (``shards.plan``); more than one makes an
-    Indexed Job with one pod per shard, each retried alone (backoffLimitPerIndex)."""
+    Indexed Job with one pod per shard, each retried alone (backoffLimitPerIndex).
+    ``evaluate``: the tasks to evaluate when the others' results were reused."""
     hash_ = spec_hash(spec)
     name = job_name(run.name, run.uid, hash_)
     labels = _labels(run, hash_)
@@ -172,7 +187,7 @@ def build(
         "metadata": _meta(f"{name}-config", run, labels),
         "data": {
             "config.json": json.dumps(
-                run_config(run, spec, hash_, shards), indent=1, sort_keys=True
+                run_config(run, spec, hash_, shards, evaluate, reuse_key), indent=1, sort_keys=True
             )
         },
     }

@@ -31,6 +31,7 @@ SCHEDULED = "Scheduled"
 # Terminal reasons.
 SUCCEEDED = "Succeeded"
 CANCELLED = "Cancelled"
+REUSED = "Reused"
 INVALID_SPEC = "InvalidSpec"
 INVALID_SECRET = "InvalidSecret"
 REFERENCES_NOT_FOUND = "ReferencesNotFound"

@@ -91,9 +91,15 @@ def assign(names: list[str], known: Mapping[str, int], parallelism: int) -> list
     return shards
 
 
-def plan(spec: EvalRunSpec, custom_counts: Mapping[str, int] | None = None) -> list[Shard]:
-    """The shards of a run (one for parallelism 1)."""
-    return assign(units(spec), expected_documents(spec, custom_counts), spec.parallelism)
+def plan(
+    spec: EvalRunSpec,
+    custom_counts: Mapping[str, int] | None = None,
+    names: list[str] | None = None,
+) -> list[Shard]:
+    """The shards of a run (one for parallelism 1); ``names``: the entries left to
+    evaluate when others' results were reused (default: all)."""
+    todo = units(spec) if names is None else names
+    return assign(todo, expected_documents(spec, custom_counts), spec.parallelism)
 
 
 # -- document counts of custom tasks ---------------------------------------------------------
