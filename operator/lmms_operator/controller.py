@@ -269,7 +269,42 @@ def _reuse_lookup(
         if entry is not None and entry.task == unit:
             entries[unit] = entry
     missing = [u for u in shard_plan.units(spec) if u not in entries]
+    s3 = spec.output.s3 if spec.output else None
+    if missing and s3 is not None:
+        entries.update(_index_from_object_store(namespace, s3, key, missing))
+        missing = [u for u in missing if u not in entries]
     return _Lookup(key, entries, missing)
+
+
+def _index_prefix(s3: S3Output, namespace: str, key: Mapping[str, Any]) -> str:
+    """Where a run's index entries are copied in its bucket: beside the runs' outputs,
+    ``<prefix>/<namespace>/_evaluation-index/<key hash>/`` (no run is named with "_")."""
+    return results_prefix(s3.prefix, namespace, "_evaluation-index") + reuse.key_label(key) + "/"
+
+
+def _index_from_object_store(
+    namespace: str, s3: S3Output, key: Mapping[str, Any], missing: list[str]
+) -> dict[str, reuse.Entry]:
+    """Index entries found in the run's own bucket (one list, then one read per entry
+    found) and not in the cluster: restored there (a namespace re-created, entries
+    cleaned up). The bucket is the tenant's, read with the run's own credentials."""
+    prefix = _index_prefix(s3, namespace, key)
+    found: dict[str, reuse.Entry] = {}
+    try:
+        present = set(objectstore.list_keys(namespace, s3, prefix))
+        for unit in missing:
+            name = reuse.entry_name(key, unit)
+            if f"{prefix}{name}.json" not in present:
+                continue
+            doc = objectstore.get_json(namespace, s3, f"s3://{s3.bucket}/{prefix}{name}.json")
+            cm = {"metadata": {"name": name}, "data": {"entry.json": json.dumps(doc)}}
+            entry = reuse.read_entry(cm, key)
+            if entry is not None and entry.task == unit:
+                found[unit] = entry
+                k8s.create(reuse.entry_config_map(namespace, entry))
+    except errors.ObjectStoreError as exc:
+        log.warning("evaluation index in the object store not read: %s", exc)
+    return found
 
 
 def _reused_status(entries: list[reuse.Entry], namespace: str) -> list[dict[str, Any]]:
@@ -394,11 +429,23 @@ def _index(
         location=summary.s3_location,
     )
     provenance = summary.provenance.to_wire()
+    copies: dict[str, str] = {}
     for unit, results in owned.items():
         entry = reuse.Entry(
             task=unit, key=key, results=results, provenance=provenance, source=source
         )
-        k8s.create(reuse.entry_config_map(meta["namespace"], entry))
+        cm = reuse.entry_config_map(meta["namespace"], entry)
+        k8s.create(cm)
+        copies[f"{cm['metadata']['name']}.json"] = cm["data"]["entry.json"]
+    s3 = spec.output.s3 if spec.output else None
+    if s3 is not None and copies:
+        try:
+            objectstore.put_texts(
+                meta["namespace"], s3, _index_prefix(s3, meta["namespace"], key), copies
+            )
+        except errors.ObjectStoreError as exc:
+            # The cluster's copy is the index; the bucket's is a spare.
+            log.warning("evaluation index not copied to the object store: %s", exc)
     return len(owned)
 
 
@@ -966,16 +1013,14 @@ def publish_results(
     )
     kept = _kept_reused(meta["namespace"], job_name) if may_reuse else []
     reused_summary = reuse.reused_summary(kept) if kept else None
-    fresh_summary = summary
-    if summary is not None and reused_summary is not None:
-        summary = reuse.in_unit_order(shard_plan.merge([summary, reused_summary]), units)
     location = summary.s3_location if summary is not None else None
     if summary is None:
         location = res.location_from_termination_message(termination)
         summary = _summary_from_object_store(body, location)
         source = "object store"
-        if summary is not None and reused_summary is not None:
-            summary = reuse.in_unit_order(shard_plan.merge([summary, reused_summary]), units)
+    fresh_summary = summary  # what this run evaluated: it goes to the index
+    if summary is not None and reused_summary is not None:
+        summary = reuse.in_unit_order(shard_plan.merge([summary, reused_summary]), units)
     if summary is not None:
         primaries = res.primary_results(summary)
         summary_json = summary.model_dump_json(by_alias=True, indent=1)

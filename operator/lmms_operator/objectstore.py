@@ -205,3 +205,13 @@ def put_texts(namespace: str, s3: S3Output, key_prefix: str, files: dict[str, st
         except Exception as exc:
             raise ObjectStoreError(f"writing s3://{s3.bucket}/{key}: {_describe(exc)}") from None
     return f"s3://{s3.bucket}/{key_prefix}"
+
+
+def list_keys(namespace: str, s3: S3Output, key_prefix: str, limit: int = 1000) -> list[str]:
+    """The keys under ``key_prefix`` in the bucket (at most ``limit``, one request)."""
+    client = _client(namespace, s3)
+    try:
+        response = client.list_objects_v2(Bucket=s3.bucket, Prefix=key_prefix, MaxKeys=limit)
+    except Exception as exc:
+        raise ObjectStoreError(f"listing s3://{s3.bucket}/{key_prefix}: {_describe(exc)}") from None
+    return [str(o.get("Key")) for o in response.get("Contents") or []][:limit]

@@ -1,6 +1,7 @@
 """The operator and an S3-compatible store (moto's server on loopback), on the real
 control plane: results read from the store when the runner cannot be reached, results
-too large for a ConfigMap, and Leaderboard tables copied to the store.
+too large for a ConfigMap, Leaderboard tables and the evaluation index copied to the
+store.
 
 The stand-in runner exits at once with a termination message that points at the
 store, as the real runner does after uploading; the test puts the summary there."""
@@ -8,6 +9,7 @@ store, as the real runner does after uploading; the test puts the summary there.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from lmms_operator import catalogue
 from lmms_operator.api import GROUP, VERSION
 from lmms_operator.api.runner import RESULTS_SUMMARY_FILE
 from tests import evalruns as er
@@ -253,6 +256,46 @@ def _rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def test_the_evaluation_index_is_copied_to_the_bucket_and_restored_from_it(
+    api: client.ApiClient, namespace: str, store: S3Server
+) -> None:
+    """A pinned model's results go to the namespace's evaluation index and, with
+    spec.output.s3, to the run's bucket; with the cluster's entry gone, an identical run
+    is served from the bucket (Reused, no Job) and the entry is restored."""
+    _credentials(api, namespace, store)
+    summary = _summary("colors", 0.75)
+    summary["provenance"]["lmmsEvalVersion"] = catalogue.load().lmms_eval_version
+    store.client.put_object(
+        Bucket="evals",
+        Key=f"{namespace}/first/c0ffee/{RESULTS_SUMMARY_FILE}",
+        Body=json.dumps(summary).encode(),
+    )
+    first = _run("first", store, f"{namespace}/first/c0ffee/", termination_value=0.1)
+    first["spec"]["model"]["version"] = "v1"
+    er.create(api, namespace, first)
+    done = er.wait_phase(api, namespace, "first", "Succeeded", timeout=90)
+    assert done["status"]["results"][0]["value"] == 0.75
+    core = client.CoreV1Api(api)
+    selector = "eval.lmms.dev/evaluation-index=true"
+    (entry,) = core.list_namespaced_config_map(namespace, label_selector=selector).items
+    copies = store.client.list_objects_v2(
+        Bucket="evals", Prefix=f"{namespace}/_evaluation-index/"
+    ).get("Contents")
+    assert [c["Key"].rsplit("/", 1)[1] for c in copies] == [f"{entry.metadata.name}.json"]
+
+    core.delete_namespaced_config_map(entry.metadata.name, namespace)
+    second = copy.deepcopy(first)
+    second["metadata"]["name"] = "second"
+    er.create(api, namespace, second)
+    again = er.wait_phase(api, namespace, "second", "Succeeded", timeout=30)
+    assert again["status"]["reason"] == "Reused"
+    assert again["status"]["results"][0]["value"] == 0.75
+    assert again["status"]["reused"][0]["run"] == f"{namespace}/first"
+    assert not er.jobs_of(api, namespace, again)
+    (restored,) = core.list_namespaced_config_map(namespace, label_selector=selector).items
+    assert restored.metadata.name == entry.metadata.name
 
 
 def test_a_hostile_store_neither_grows_the_operator_nor_delays_other_runs(
