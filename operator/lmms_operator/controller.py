@@ -366,6 +366,8 @@ def _keep_reused(run: jobs.RunRef, job_name: str, hash_: str, lookup: _Lookup) -
                 "namespace": run.namespace,
                 "labels": {
                     jobs.LABEL_MANAGED_BY: jobs.MANAGED_BY,
+                    # Goes with the evaluation's other objects (a refused Job, a new spec).
+                    jobs.LABEL_RUN_UID: run.uid,
                     jobs.LABEL_SPEC_HASH: hash_,
                 },
                 "ownerReferences": [run.owner_reference()],

@@ -153,3 +153,13 @@ def test_results_are_attributed_only_where_they_can_be_told_apart() -> None:
 def test_merged_results_follow_the_task_list() -> None:
     merged = _summary(("c", False), ("a", False), ("b", False))
     assert [t.task for t in reuse.in_unit_order(merged, ["a", "b", "c"]).tasks] == ["a", "b", "c"]
+
+
+def test_reuse_and_version_are_checked_naming_the_field() -> None:
+    from lmms_operator.reconcile.validate import InvalidSpec
+
+    with pytest.raises(InvalidSpec, match="spec.reuse"):
+        spec(reuse="Sometimes")
+    with pytest.raises(InvalidSpec, match="spec.model.version"):
+        spec(model={"version": "v1,trust_remote_code=True"})
+    assert spec().reuse == "IfIdentical"
