@@ -80,3 +80,24 @@ def system_and_tenant_namespaces(api: client.ApiClient) -> tuple[str, str]:
     for ns in names:
         wait_for(lambda n=ns: core.read_namespaced_service_account("default", n), timeout=30)
     return names
+
+
+def local_tasks(
+    core: client.CoreV1Api, namespace: str, config_map: str, files: dict[str, str]
+) -> None:
+    """What a run of the loopback model on local tasks needs in its namespace: the
+    tasks' files in a ConfigMap, and the model's key in a Secret ``model-key`` usable by
+    EvalRuns (key ``key``)."""
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=config_map), data=files)
+    )
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="model-key", labels={"eval.lmms.dev/usable-by-evalruns": "true"}
+            ),
+            string_data={"key": "sk-local-0123456789"},
+        ),
+    )
+    wait_for(lambda: core.read_namespaced_service_account("default", namespace), timeout=60)

@@ -751,6 +751,19 @@ class Runtime:
             lambda run, st_: controller.reachability(run, st_, False, message),
         )
 
+    async def _answered(
+        self, uid: str, message: str, progress: Callable[[dict[str, Any]], Plan]
+    ) -> None:
+        """A scrape was answered: RunnerReachable, and the progress it brought."""
+        entry = self.store.entry(uid)
+        if entry is not None:
+            entry.unanswered_since = None
+        await self._in_thread(
+            self.update,
+            uid,
+            lambda run, st_: controller.reachability(run, st_, True, message).then(progress(st_)),
+        )
+
     async def _token(self, uid: str, namespace: str, job_name: str) -> str | None:
         entry = self.store.entry(uid)
         if entry is None:
@@ -795,15 +808,8 @@ class Runtime:
             if failure is not None:
                 await self._unanswered(uid, pods[indexes[0]], failure)
             return
-        entry = self.store.entry(uid)
-        if entry is not None:
-            entry.unanswered_since = None
-        await self._in_thread(
-            self.update,
-            uid,
-            lambda run, st_: controller.reachability(run, st_, True, "the runners answer").then(
-                controller.shards_progress_plan(st_, progress)
-            ),
+        await self._answered(
+            uid, "the runners answer", lambda st_: controller.shards_progress_plan(st_, progress)
         )
         collected = {
             int(s.get("index", -1)) for s in status.get("shards") or [] if s.get("resultsCollected")
@@ -870,15 +876,8 @@ class Runtime:
             await self._unanswered(uid, pod, exc)
             return
         metrics.SCRAPE_DURATION.observe(time.monotonic() - started)
-        entry = self.store.entry(uid)
-        if entry is not None:
-            entry.unanswered_since = None
-        await self._in_thread(
-            self.update,
-            uid,
-            lambda run, st_: controller.reachability(run, st_, True, "the runner answers").then(
-                controller.progress_plan(st_, progress)
-            ),
+        await self._answered(
+            uid, "the runner answers", lambda st_: controller.progress_plan(st_, progress)
         )
         if progress.phase not in ("done", "failed") or progress.reason == "EvaluationFailed":
             return

@@ -32,6 +32,7 @@ from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
+from tests.helpers import local_tasks  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Fan-out (P6)"
@@ -154,24 +155,7 @@ def main() -> int:
             data: dict[str, str] = {}
             for task in TASKS:
                 data.update(colortask.files(task, args.samples, TASK_DIR))
-            core.create_namespaced_config_map(
-                namespace,
-                client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bench-tasks"), data=data),
-            )
-            core.create_namespaced_secret(
-                namespace,
-                client.V1Secret(
-                    metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
-                    string_data={"key": "sk-bench-0123456789"},
-                ),
-            )
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    core.read_namespaced_service_account("default", namespace)
-                    break
-                except client.ApiException:
-                    time.sleep(0.5)
+            local_tasks(core, namespace, "bench-tasks", data)
             # The operator with its defaults (a 5 s scrape), but a short runner hold.
             (work / "op").mkdir()
             op = OperatorProcess(cluster, work / "op", env={"LMMS_HOLD_TIMEOUT": "120"})

@@ -34,6 +34,7 @@ from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
+from tests.helpers import local_tasks  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Reuse (P7)"
@@ -90,26 +91,9 @@ def main() -> int:
             api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
             core = client.CoreV1Api(api)
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-            core.create_namespaced_config_map(
-                NAMESPACE,
-                client.V1ConfigMap(
-                    metadata=client.V1ObjectMeta(name="bench-tasks"),
-                    data=colortask.files("bench_a", args.samples, TASK_DIR),
-                ),
+            local_tasks(
+                core, NAMESPACE, "bench-tasks", colortask.files("bench_a", args.samples, TASK_DIR)
             )
-            core.create_namespaced_secret(
-                NAMESPACE,
-                client.V1Secret(
-                    metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
-                    string_data={"key": "sk-bench-0123456789"},
-                ),
-            )
-            while True:
-                try:
-                    core.read_namespaced_service_account("default", NAMESPACE)
-                    break
-                except client.ApiException:
-                    time.sleep(0.5)
             (work / "op").mkdir()
             op = OperatorProcess(cluster, work / "op")
             op.start()

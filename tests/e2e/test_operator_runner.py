@@ -24,7 +24,7 @@ from lmms_devcluster.devcluster import DevCluster
 from tests import evalruns as er
 from tests.e2e.test_runner import ModelServer, _free_port
 from tests.fixtures import colortask
-from tests.helpers import wait_for
+from tests.helpers import local_tasks, wait_for
 from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator_process")]
@@ -366,17 +366,7 @@ def test_parallelism_3_gives_the_scores_of_one_pod(
         data: dict[str, str] = {}
         for name, (docs, wrong) in FAN_OUT_TASKS.items():
             data.update(colortask.files(name, docs, TASK_DIR, mislabelled=wrong))
-        core.create_namespaced_config_map(
-            namespace,
-            client.V1ConfigMap(metadata=client.V1ObjectMeta(name="colors-task"), data=data),
-        )
-        core.create_namespaced_secret(
-            namespace,
-            client.V1Secret(
-                metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
-                string_data={"key": "sk-local-0123456789"},
-            ),
-        )
+        local_tasks(core, namespace, "colors-task", data)
         for name, parallelism in (("one-pod", 1), ("three-pods", 3)):
             body = er.manifest(
                 name,
@@ -445,16 +435,7 @@ def test_an_identical_run_reuses_results_and_a_partial_one_evaluates_only_the_re
     data: dict[str, str] = {}
     for name, (docs, wrong) in tasks.items():
         data.update(colortask.files(name, docs, TASK_DIR, mislabelled=wrong))
-    core.create_namespaced_config_map(
-        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="colors-task"), data=data)
-    )
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="model-key", labels=er.USABLE),
-            string_data={"key": "sk-local-0123456789"},
-        ),
-    )
+    local_tasks(core, namespace, "colors-task", data)
 
     def run(name: str, names: list[str], **extra: Any) -> dict[str, Any]:
         body = er.manifest(

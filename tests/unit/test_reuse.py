@@ -158,8 +158,8 @@ def test_merged_results_follow_the_task_list() -> None:
 def test_reuse_and_version_are_checked_naming_the_field() -> None:
     from lmms_operator.reconcile.validate import InvalidSpec
 
-    with pytest.raises(InvalidSpec, match="spec.reuse"):
+    with pytest.raises(InvalidSpec, match=r"spec\.reuse"):
         spec(reuse="Sometimes")
-    with pytest.raises(InvalidSpec, match="spec.model.version"):
+    with pytest.raises(InvalidSpec, match=r"spec\.model\.version"):
         spec(model={"version": "v1,trust_remote_code=True"})
     assert spec().reuse == "IfIdentical"
