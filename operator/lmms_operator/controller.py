@@ -301,7 +301,10 @@ def _index_from_object_store(
             entry = reuse.read_entry(cm, key)
             if entry is not None and entry.task == unit:
                 found[unit] = entry
-                k8s.create(reuse.entry_config_map(namespace, entry))
+                try:
+                    k8s.create(reuse.entry_config_map(namespace, entry))
+                except errors.ApiError as exc:  # (a quota): served all the same
+                    log.warning("index entry %s not restored: %s", name, exc)
     except errors.ObjectStoreError as exc:
         log.warning("evaluation index in the object store not read: %s", exc)
     return found
@@ -834,12 +837,24 @@ def _shard_data(summary: ResultsSummary, image: str | None) -> dict[str, str]:
     fits in a ConfigMap, else each task's primary metric only (marked truncated)."""
     text = summary.model_dump_json(by_alias=True)
     if len(text.encode()) > res.CONFIG_MAP_BUDGET:
+        # (What a runner reports is bounded: at most MAX_TASKS tasks, names of MAX_NAME.)
         slim = summary.model_copy(
             update={
                 "tasks": [
-                    t.model_copy(update={"metrics": [m for m in t.metrics if m.name == t.primary]})
+                    t.model_copy(
+                        update={
+                            "task": t.task[: res.MAX_NAME],
+                            "primary": (t.primary or "")[: res.MAX_NAME] or None,
+                            "metrics": [
+                                m.model_copy(update={"name": m.name[: res.MAX_NAME], "raw": None})
+                                for m in t.metrics
+                                if m.name == t.primary
+                            ][:1],
+                        }
+                    )
                     for t in summary.tasks[: res.MAX_TASKS]
                 ],
+                "provenance": summary.provenance.model_copy(update={"argv": [], "locked": {}}),
                 "truncated": True,
             }
         )
@@ -1109,7 +1124,17 @@ def publish_results(
     if location:
         fields["resultsLocation"] = location
     if fresh_summary is not None and source != "evaluation index":
-        indexed = _index(body, status, fresh_summary, {e.task for e in kept}, image_id)
+        try:
+            indexed = _index(body, status, fresh_summary, {e.task for e in kept}, image_id)
+        except errors.OperatorError as exc:
+            # The index saves later work; the results are published all the same.
+            log.warning(
+                "%s/%s: not added to the evaluation index: %s",
+                meta["namespace"],
+                meta["name"],
+                exc,
+            )
+            indexed = 0
         if indexed:
             log.info(
                 "%s/%s: %d task(s) added to the evaluation index",

@@ -185,3 +185,25 @@ def test_progress_adds_up_the_shards() -> None:
     # A shard that has not answered yet counts as 0%.
     one = shards.aggregate({1: b}, 2)
     assert one.percent == pytest.approx(50) and one.phase == "starting"
+
+
+def test_a_shard_answer_too_big_for_a_configmap_keeps_its_primaries_bounded() -> None:
+    from lmms_operator import controller
+
+    huge = ResultsSummary(
+        tasks=[
+            TaskResult(
+                task="t" * 5000 + str(i),
+                primary="acc",
+                metrics=[Metric(name="acc", value=0.5)]
+                + [Metric(name=f"m{j}", value=1.0, raw="x" * 100) for j in range(50)],
+            )
+            for i in range(400)
+        ],
+        provenance=Provenance(model="m", config_hash="c", argv=["x" * 100_000]),
+    )
+    data = controller._shard_data(huge, "img@sha256:" + "a" * 64)
+    kept = ResultsSummary.model_validate_json(data["summary.json"])
+    assert len(data["summary.json"].encode()) < 1024 * 1024
+    assert kept.truncated and len(kept.tasks) == 256
+    assert all(len(t.task) <= 253 and [m.name for m in t.metrics] == ["acc"] for t in kept.tasks)
