@@ -801,10 +801,15 @@ SHARD_OF = f"{jobs.LABEL_PREFIX}/shard-of"
 SHARD_INDEX = f"{jobs.LABEL_PREFIX}/shard-index"
 
 
-def shards_progress_plan(status: Mapping[str, Any], answers: Mapping[int, RunnerProgress]) -> Plan:
-    """status.shards (each shard's phase and documents) and the run's overall progress,
-    from the shards' runners that answered this scrape; a shard whose runner is gone
-    counts as done once its results are kept, else as it last answered."""
+def shards_progress_plan(
+    status: Mapping[str, Any],
+    answers: Mapping[int, RunnerProgress],
+    pods: Mapping[int, str] | None = None,
+) -> Plan:
+    """status.shards (each shard's pod, phase and documents) and the run's overall
+    progress, from the shards' runners that answered this scrape (``pods``: their pods'
+    names); a shard whose runner is gone counts as done once its results are kept, else
+    as it last answered."""
     shards = [dict(s) for s in status.get("shards") or []]
     parts: dict[int, RunnerProgress] = {}
     for entry in shards:
@@ -817,6 +822,8 @@ def shards_progress_plan(status: Mapping[str, Any], answers: Mapping[int, Runner
                 done=answer.done,
                 total=answer.total,
             )
+            if pods and i in pods:
+                entry["pod"] = pods[i]
             parts[i] = answer
         elif entry.get("resultsCollected") or entry.get("phase") is not None:
             collected = bool(entry.get("resultsCollected"))

@@ -808,8 +808,11 @@ class Runtime:
             if failure is not None:
                 await self._unanswered(uid, pods[indexes[0]], failure)
             return
+        names = {i: str(pod["metadata"]["name"]) for i, pod in pods.items()}
         await self._answered(
-            uid, "the runners answer", lambda st_: controller.shards_progress_plan(st_, progress)
+            uid,
+            "the runners answer",
+            lambda st_: controller.shards_progress_plan(st_, progress, names),
         )
         collected = {
             int(s.get("index", -1)) for s in status.get("shards") or [] if s.get("resultsCollected")

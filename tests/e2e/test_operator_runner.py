@@ -404,6 +404,11 @@ def test_parallelism_3_gives_the_scores_of_one_pod(
         (["colors_b", "colors_d"], 10),
     ]
     assert all(s["resultsCollected"] and s["percent"] == 100 for s in three["shards"])
+    # Each shard names its pod, the one of its Job index.
+    assert all(
+        s["pod"].startswith(three["jobName"]) and s["total"] == s["expectedDocuments"]
+        for s in three["shards"]
+    )
     assert three["summary"] == "100%"
     pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={three['jobName']}")
     indexes = sorted(
