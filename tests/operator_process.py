@@ -44,12 +44,16 @@ class OperatorProcess:
         env: dict[str, str] | None = None,
         kubeconfig: Path | None = None,
         args: list[str] | None = None,
+        defaults: bool = False,
     ) -> None:
+        """``defaults``: the operator's own settings (benchmarks) instead of
+        ``TEST_SETTINGS``; ``env`` applies over either."""
         self.cluster = cluster
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.args = args or []
         self.workdir = workdir
         self.extra_env = env or {}
+        self.settings = {} if defaults else TEST_SETTINGS
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness_port = _free_port()
         self.metrics_port = _free_port()
@@ -64,7 +68,7 @@ class OperatorProcess:
                 # Runner pods run with this environment's Python (tests/fixtures live
                 # here); tests/e2e/test_in_cluster.py runs the built runner image.
                 "LMMS_RUNNER_IMAGE": HOST_IMAGE,
-                **TEST_SETTINGS,
+                **self.settings,
                 **self.extra_env,
             }
         )

@@ -11,16 +11,14 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from . import catalogue, errors, k8s, leaderboards, metrics, objectstore
+from . import catalogue, errors, evaluation_index, k8s, leaderboards, metrics, objectstore
 from .api import (
     Condition,
     EvalRunSpec,
     MetricResult,
     Progress,
-    ReusedResult,
     S3Output,
     TaskProgress,
 )
@@ -169,14 +167,14 @@ def ensure(body: Mapping[str, Any], settings: Settings, *, waited: float = 0.0) 
             k8s.delete_run_children(namespace, selector)
         plan.delete = []
         custom = _custom_task_data(spec, namespace)
-        lookup = _reuse_lookup(spec, namespace, custom)
+        lookup = evaluation_index.lookup(spec, namespace, custom)
         if lookup is not None and lookup.entries and not lookup.missing:
             return plan.then(_reused(body, status, spec, generation, hash_, desired_name, lookup))
         evaluate = lookup.missing if lookup is not None and lookup.entries else None
         shards = _shard_plan(spec, custom, evaluate)
         try:
             if lookup is not None and lookup.entries:
-                _keep_reused(run, desired_name, hash_, lookup)
+                evaluation_index.keep_reused(run, desired_name, hash_, lookup)
             job, created = _create_children(
                 run, spec, settings, desired_name, fresh, shards, evaluate, lookup
             )
@@ -238,91 +236,6 @@ def _shard_plan(
 
 
 # -- reuse: the evaluation index ----------------------------------------------------------------
-@dataclass
-class _Lookup:
-    key: dict[str, Any]
-    entries: dict[str, reuse.Entry]  # entry of the task list -> its index entry
-    missing: list[str]
-
-
-def _reuse_lookup(
-    spec: EvalRunSpec, namespace: str, custom: list[dict[str, Any]]
-) -> _Lookup | None:
-    """The run's evaluation identity (None when its model is not pinned) and the index
-    entries of its tasks (one list request, in the run's namespace only; none looked
-    up when spec.reuse is Never or the run wants its samples). A run with an identity
-    adds its results to the index, whatever spec.reuse says."""
-    if reuse.not_pinned(spec):
-        return None
-    definitions = reuse.definitions_hash(custom) if spec.custom_tasks else None
-    key = reuse.reuse_key(spec, catalogue.load().lmms_eval_version, definitions)
-    if spec.reuse != "IfIdentical" or spec.evaluation.log_samples:
-        return _Lookup(key, {}, shard_plan.units(spec))
-    found = {
-        cm["metadata"]["name"]: cm
-        for cm in k8s.list_config_maps(namespace, f"{reuse.LABEL_KEY}={reuse.key_label(key)}")
-    }
-    entries: dict[str, reuse.Entry] = {}
-    for unit in shard_plan.units(spec):
-        cm = found.get(reuse.entry_name(key, unit))
-        entry = reuse.read_entry(cm, key) if cm is not None else None
-        if entry is not None and entry.task == unit:
-            entries[unit] = entry
-    missing = [u for u in shard_plan.units(spec) if u not in entries]
-    s3 = spec.output.s3 if spec.output else None
-    if missing and s3 is not None:
-        entries.update(_index_from_object_store(namespace, s3, key, missing))
-        missing = [u for u in missing if u not in entries]
-    return _Lookup(key, entries, missing)
-
-
-def _index_prefix(s3: S3Output, namespace: str, key: Mapping[str, Any]) -> str:
-    """Where a run's index entries are copied in its bucket: beside the runs' outputs,
-    ``<prefix>/<namespace>/_evaluation-index/<key hash>/`` (no run is named with "_")."""
-    return results_prefix(s3.prefix, namespace, "_evaluation-index") + reuse.key_label(key) + "/"
-
-
-def _index_from_object_store(
-    namespace: str, s3: S3Output, key: Mapping[str, Any], missing: list[str]
-) -> dict[str, reuse.Entry]:
-    """Index entries found in the run's own bucket (one list, then one read per entry
-    found) and not in the cluster: restored there (a namespace re-created, entries
-    cleaned up). The bucket is the tenant's, read with the run's own credentials."""
-    prefix = _index_prefix(s3, namespace, key)
-    found: dict[str, reuse.Entry] = {}
-    try:
-        present = set(objectstore.list_keys(namespace, s3, prefix))
-        for unit in missing:
-            name = reuse.entry_name(key, unit)
-            if f"{prefix}{name}.json" not in present:
-                continue
-            doc = objectstore.get_json(namespace, s3, f"s3://{s3.bucket}/{prefix}{name}.json")
-            cm = {"metadata": {"name": name}, "data": {"entry.json": json.dumps(doc)}}
-            entry = reuse.read_entry(cm, key)
-            if entry is not None and entry.task == unit:
-                found[unit] = entry
-                try:
-                    k8s.create(reuse.entry_config_map(namespace, entry))
-                except errors.ApiError as exc:  # (a quota): served all the same
-                    log.warning("index entry %s not restored: %s", name, exc)
-    except errors.ObjectStoreError as exc:
-        log.warning("evaluation index in the object store not read: %s", exc)
-    return found
-
-
-def _reused_status(entries: list[reuse.Entry], namespace: str) -> list[dict[str, Any]]:
-    return [
-        ReusedResult(
-            task=e.task,
-            run=f"{e.source.namespace}/{e.source.run}",
-            run_uid=e.source.uid,
-            completed_at=e.source.completed_at,
-            index_entry=reuse.entry_name(e.key, e.task),
-        ).to_wire()
-        for e in entries
-    ]
-
-
 def _reused(
     body: Mapping[str, Any],
     status: dict[str, Any],
@@ -330,7 +243,7 @@ def _reused(
     generation: int,
     hash_: str,
     job_name: str,
-    lookup: _Lookup,
+    lookup: evaluation_index.Lookup,
 ) -> Plan:
     """Every task was evaluated before: Succeeded (reason Reused) with their results,
     published as a run's are, and no Job, no GPU."""
@@ -347,111 +260,13 @@ def _reused(
     )
     fresh = {"conditions": status.get("conditions") or []}
     plan = _transition(fresh, ob, generation, hash_, None)
-    plan.status["reused"] = _reused_status(entries, body["metadata"]["namespace"])
+    plan.status["reused"] = evaluation_index.reused_status(entries, body["metadata"]["namespace"])
     # The results ConfigMap is named as the Job would have been: unique to run and spec.
     after = {**status, **plan.status, "jobName": job_name}
     published = publish_results(
         body, after, summary, None, entries[0].source.image, source="evaluation index"
     )
     return plan.then(published)
-
-
-def _keep_reused(run: jobs.RunRef, job_name: str, hash_: str, lookup: _Lookup) -> None:
-    """The reused tasks' index entries, kept with the run (an entry deleted meanwhile
-    loses nothing): merged with the Job's results when they are published."""
-    entries = [lookup.entries[u] for u in lookup.entries]
-    k8s.create(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": f"{job_name}-reused",
-                "namespace": run.namespace,
-                "labels": {
-                    jobs.LABEL_MANAGED_BY: jobs.MANAGED_BY,
-                    # Goes with the evaluation's other objects (a refused Job, a new spec).
-                    jobs.LABEL_RUN_UID: run.uid,
-                    jobs.LABEL_SPEC_HASH: hash_,
-                },
-                "ownerReferences": [run.owner_reference()],
-            },
-            "data": {
-                "entries.json": json.dumps([e.to_wire() for e in entries]),
-                "key.json": json.dumps(lookup.key, sort_keys=True),
-            },
-        }
-    )
-
-
-def _kept_reused(namespace: str, job_name: str) -> list[reuse.Entry]:
-    cm = k8s.read_config_map(namespace, f"{job_name}-reused")
-    if cm is None:
-        return []
-    try:
-        raw = json.loads((cm.get("data") or {}).get("entries.json") or "[]")
-        return [reuse.Entry.model_validate(e) for e in raw[: reuse.MAX_ENTRY_TASKS]]
-    except ValueError:
-        return []
-
-
-def _index(
-    body: Mapping[str, Any],
-    status: Mapping[str, Any],
-    summary: ResultsSummary,
-    reused_units: set[str],
-    image: str | None,
-) -> int:
-    """Adds the run's newly evaluated tasks to the namespace's evaluation index (first
-    result wins: an identity evaluated twice keeps the first); returns how many."""
-    meta = body["metadata"]
-    try:
-        spec = EvalRunSpec.model_validate(body.get("spec") or {})
-    except ValueError:
-        return 0
-    version = summary.provenance.lmms_eval_version
-    if reuse.not_pinned(spec) or version != catalogue.load().lmms_eval_version:
-        return 0  # (another lmms-eval than the operator's: lookups could never find it)
-    job_name = status.get("jobName")
-    config = k8s.read_config_map(meta["namespace"], f"{job_name}-config") if job_name else None
-    try:
-        key = json.loads(((config or {}).get("data") or {}).get("config.json") or "{}").get(
-            "reuseKey"
-        )
-    except ValueError:
-        key = None
-    if not isinstance(key, dict):
-        return 0
-    units = [u for u in shard_plan.units(spec) if u not in reused_units]
-    cat = catalogue.load()
-    owned = reuse.attribute(units, summary, cat.groups | cat.tags)
-    source = reuse.Source(
-        namespace=meta["namespace"],
-        run=meta["name"],
-        uid=meta["uid"],
-        job=job_name,
-        completed_at=st.fmt_time(_now()),
-        image=image,
-        location=summary.s3_location,
-    )
-    provenance = summary.provenance.to_wire()
-    copies: dict[str, str] = {}
-    for unit, results in owned.items():
-        entry = reuse.Entry(
-            task=unit, key=key, results=results, provenance=provenance, source=source
-        )
-        cm = reuse.entry_config_map(meta["namespace"], entry)
-        k8s.create(cm)
-        copies[f"{cm['metadata']['name']}.json"] = cm["data"]["entry.json"]
-    s3 = spec.output.s3 if spec.output else None
-    if s3 is not None and copies:
-        try:
-            objectstore.put_texts(
-                meta["namespace"], s3, _index_prefix(s3, meta["namespace"], key), copies
-            )
-        except errors.ObjectStoreError as exc:
-            # The cluster's copy is the index; the bucket's is a spare.
-            log.warning("evaluation index not copied to the object store: %s", exc)
-    return len(owned)
 
 
 def _shards_of_job(namespace: str, job_name: str) -> list[shard_plan.Shard]:
@@ -472,7 +287,7 @@ def _create_children(
     fresh: bool,
     shards: list[shard_plan.Shard],
     evaluate: list[str] | None = None,
-    lookup: _Lookup | None = None,
+    lookup: evaluation_index.Lookup | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Creates the token Secret, the run's ConfigMap, the rendezvous Service and the Job;
     returns the Job and whether this call created it. A Job the API server refuses
@@ -1035,7 +850,7 @@ def publish_results(
         and not spec.evaluation.log_samples
         and reuse.not_pinned(spec) is None
     )
-    kept = _kept_reused(meta["namespace"], job_name) if may_reuse else []
+    kept = evaluation_index.kept_reused(meta["namespace"], job_name) if may_reuse else []
     reused_summary = reuse.reused_summary(kept) if kept else None
     location = summary.s3_location if summary is not None else None
     if summary is None:
@@ -1082,7 +897,7 @@ def publish_results(
         "resultsConfigMap": name,
     }
     if kept and not status.get("reused"):
-        fields["reused"] = _reused_status(kept, meta["namespace"])
+        fields["reused"] = evaluation_index.reused_status(kept, meta["namespace"])
     board = (body.get("spec") or {}).get("leaderboard")
     events: list[Event] = []
     if board and primaries:
@@ -1132,7 +947,9 @@ def publish_results(
         fields["resultsLocation"] = location
     if fresh_summary is not None and source != "evaluation index":
         try:
-            indexed = _index(body, status, fresh_summary, {e.task for e in kept}, image_id)
+            indexed = evaluation_index.add(
+                body, status, fresh_summary, {e.task for e in kept}, image_id
+            )
         except errors.OperatorError as exc:
             # The index saves later work; the results are published all the same.
             log.warning(

@@ -8,18 +8,54 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 
+from .api.runner import RunnerProgress
 from .config import Settings
 from .errors import ScrapeError
 
-__all__ = ["MAX_RESPONSE", "ScrapeError", "Scraper"]
+__all__ = ["FAST_FOLLOW_UPS", "FOLLOW_UP", "MAX_RESPONSE", "ScrapeError", "Scraper", "follow_up"]
 
 #: The most a runner's answer (/progress, /results) may hold: results over the 1 MiB
 #: ConfigMap limit go to the object store anyway.
 MAX_RESPONSE = 4 * 1024 * 1024
+
+#: Seconds to a follow-up scrape of a runner about to finish: the first ``FAST_FOLLOW_UPS``
+#: in a row come this soon, each further one waits twice as long as the one before, up to
+#: the regular interval.
+FOLLOW_UP = 0.5
+FAST_FOLLOW_UPS = 4
+
+
+def follow_up(progress: Iterable[RunnerProgress], interval: float, streak: int) -> float | None:
+    """When to scrape a run again, sooner than the regular ``interval``, because one of its
+    runners (``progress``: those not yet collected) will finish before then: it is past its
+    last answer (postprocessing, uploading, done but not collected) or expects to be within
+    the interval (``eta_seconds``). A finished runner holds its results, and its GPUs,
+    until the operator collects them: without a follow-up that waits half an interval on
+    average. ``streak`` is the number of follow-ups in a row before this one: after
+    ``FAST_FOLLOW_UPS`` of them the delay doubles with each, so a runner that says it is
+    finishing and never does (the runner is the tenant's code) costs a few scrapes more,
+    then the regular rate (``interval``) for as long as it says so. None: no runner is
+    about to finish (the streak is over)."""
+    soonest: float | None = None
+    for p in progress:
+        if p.reason == "EvaluationFailed":
+            continue  # nothing to collect: the runner exits
+        if p.phase in ("postprocessing", "uploading", "done", "failed"):
+            due = 0.0
+        elif p.phase == "evaluating" and p.eta_seconds is not None and p.eta_seconds < interval:
+            due = max(0.0, p.eta_seconds)
+        else:
+            continue
+        soonest = due if soonest is None else min(soonest, due)
+    if soonest is None:
+        return None
+    backoff = FOLLOW_UP * 2 ** min(32, max(0, streak - FAST_FOLLOW_UPS + 1))
+    return min(interval, max(soonest, backoff))
 
 
 class Scraper:

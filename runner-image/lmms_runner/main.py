@@ -463,8 +463,10 @@ class Runner:
         if self.server is None or self.args.hold_timeout <= 0:
             return False
         _log(f"holding the results until acknowledged (at most {self.args.hold_timeout:.0f}s)")
+        since = time.monotonic()
         if self.server.acknowledged.wait(self.args.hold_timeout):
-            _log("results acknowledged")
+            # How long the pod (and its GPUs) waited for the operator: tests/bench/collection.py.
+            _log(f"results acknowledged after {time.monotonic() - since:.2f}s")
             return True
         _log("hold timeout passed; the termination message and the output keep the results")
         return False

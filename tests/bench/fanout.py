@@ -158,7 +158,9 @@ def main() -> int:
             local_tasks(core, namespace, "bench-tasks", data)
             # The operator with its defaults (a 5 s scrape), but a short runner hold.
             (work / "op").mkdir()
-            op = OperatorProcess(cluster, work / "op", env={"LMMS_HOLD_TIMEOUT": "120"})
+            op = OperatorProcess(
+                cluster, work / "op", env={"LMMS_HOLD_TIMEOUT": "120"}, defaults=True
+            )
             op.start()
             try:
                 cases = [

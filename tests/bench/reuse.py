@@ -95,7 +95,7 @@ def main() -> int:
                 core, NAMESPACE, "bench-tasks", colortask.files("bench_a", args.samples, TASK_DIR)
             )
             (work / "op").mkdir()
-            op = OperatorProcess(cluster, work / "op")
+            op = OperatorProcess(cluster, work / "op", defaults=True)
             op.start()
             try:
                 first_wall, first = timed(api, "first", server.url)

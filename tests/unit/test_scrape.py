@@ -1,4 +1,5 @@
-"""The scraper against a real local HTTP server: answers are bounded."""
+"""The scraper against a real local HTTP server: answers are bounded. When a run is
+scraped again sooner than the regular interval (``follow_up``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lmms_operator import errors
+from lmms_operator.api.runner import RunnerProgress
 from lmms_operator.config import Settings
-from lmms_operator.scrape import MAX_RESPONSE, Scraper
+from lmms_operator.scrape import FOLLOW_UP, MAX_RESPONSE, Scraper, follow_up
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,3 +49,41 @@ def test_answers_are_bounded(server: str) -> None:
             await scraper.close()
 
     asyncio.run(main())
+
+
+def _p(phase: str, eta: float | None = None, reason: str | None = None) -> RunnerProgress:
+    return RunnerProgress.model_validate({"phase": phase, "eta_seconds": eta, "reason": reason})
+
+
+def test_a_runner_far_from_its_end_waits_for_the_regular_scrape() -> None:
+    assert follow_up([_p("starting")], 5.0, 0) is None
+    assert follow_up([_p("loading")], 5.0, 0) is None
+    assert follow_up([_p("evaluating", eta=None)], 5.0, 0) is None
+    assert follow_up([_p("evaluating", eta=30.0)], 5.0, 0) is None
+    assert follow_up([], 5.0, 0) is None
+
+
+def test_a_runner_past_its_last_answer_is_scraped_again_soon() -> None:
+    for phase in ("postprocessing", "uploading", "done", "failed"):
+        assert follow_up([_p(phase)], 5.0, 0) == FOLLOW_UP
+    # ... unless it failed with nothing to collect
+    assert follow_up([_p("failed", reason="EvaluationFailed")], 5.0, 0) is None
+
+
+def test_a_runner_due_to_finish_within_the_interval_is_scraped_when_it_should() -> None:
+    assert follow_up([_p("evaluating", eta=2.0)], 5.0, 0) == 2.0
+    assert follow_up([_p("evaluating", eta=0.1)], 5.0, 0) == FOLLOW_UP
+    # The soonest of a sharded run's runners decides.
+    assert follow_up([_p("evaluating", eta=30.0), _p("evaluating", eta=3.0)], 5.0, 0) == 3.0
+    assert follow_up([_p("evaluating", eta=3.0), _p("postprocessing")], 5.0, 0) == FOLLOW_UP
+
+
+def test_follow_ups_in_a_row_back_off_to_the_regular_rate() -> None:
+    """The runner is the tenant's code: one that keeps saying it is finishing costs a few
+    scrapes more (7 in about 9 s, against 2 at a 5 s interval), then the regular rate."""
+    finishing = [_p("postprocessing", eta=0.0)]
+    delays = [follow_up(finishing, 5.0, streak) for streak in range(12)]
+    assert delays == [0.5, 0.5, 0.5, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0, 5.0]
+    assert follow_up(finishing, 5.0, 10**6) == 5.0
+    # Never later than the regular scrape, whatever the runner's ETA says.
+    assert follow_up([_p("evaluating", eta=4.9)], 5.0, 9) == 5.0
