@@ -37,6 +37,28 @@ def manifest(name: str, scheduling: dict[str, Any] | None = None, **spec: Any) -
     return body
 
 
+def local_run(
+    name: str, url: str, tasks: list[str], model: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A run on the executor's node of local tasks (ConfigMap ``bench-tasks``, as
+    ``tests.helpers.local_tasks`` makes it) against the loopback model at ``url`` with
+    the Secret ``model-key``, offline; ``model`` adds to the model (a version)."""
+    return manifest(
+        name,
+        EXECUTOR,
+        model={
+            "type": "openai",
+            "args": {"model_version": "local", "base_url": url, "num_concurrent": "1"},
+            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
+            **(model or {}),
+        },
+        tasks=[],
+        customTasks=[{"configMap": "bench-tasks", "tasks": tasks}],
+        env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        **spec,
+    )
+
+
 def create(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     return dict(
         client.CustomObjectsApi(api).create_namespaced_custom_object(

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -43,23 +42,6 @@ SECTION = "## Result collection"
 TASK_DIR = "/etc/lmms/tasks/bench-tasks"
 NAMESPACE = "bench-collection"
 ACKED = re.compile(r"results acknowledged after ([0-9.]+)s")
-
-
-def manifest(name: str, url: str, tasks: list[str], parallelism: int) -> dict[str, Any]:
-    return er.manifest(
-        name,
-        er.EXECUTOR,
-        model={
-            "type": "openai",
-            "args": {"model_version": "local", "base_url": url, "num_concurrent": "1"},
-            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
-        },
-        tasks=[],
-        customTasks=[{"configMap": "bench-tasks", "tasks": tasks}],
-        env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
-        parallelism=parallelism,
-        leaderboard=None,
-    )
 
 
 def holds(executor_dir: Path, pod_uids: list[str]) -> list[float]:
@@ -104,7 +86,10 @@ def main() -> int:
                     for parallelism, tasks in ((1, ["bench_a"]), (2, ["bench_a", "bench_b"])):
                         name = f"p{parallelism}-{i}"
                         start = time.monotonic()
-                        er.create(api, NAMESPACE, manifest(name, server.url, tasks, parallelism))
+                        body = er.local_run(
+                            name, server.url, tasks, parallelism=parallelism, leaderboard=None
+                        )
+                        er.create(api, NAMESPACE, body)
                         while time.monotonic() - start < 600:
                             status = er.get(api, NAMESPACE, name).get("status") or {}
                             if status.get("phase") in ("Succeeded", "Failed"):

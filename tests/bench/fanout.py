@@ -43,20 +43,7 @@ TASKS = ["bench_a", "bench_b", "bench_c", "bench_d"]
 def timed_run(
     api: client.ApiClient, namespace: str, name: str, tasks: list[str], parallelism: int, url: str
 ) -> dict[str, Any]:
-    body = er.manifest(
-        name,
-        er.EXECUTOR,
-        model={
-            "type": "openai",
-            "args": {"model_version": "local", "base_url": url, "num_concurrent": "1"},
-            "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
-        },
-        tasks=[],
-        customTasks=[{"configMap": "bench-tasks", "tasks": tasks}],
-        env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
-        parallelism=parallelism,
-        leaderboard=None,
-    )
+    body = er.local_run(name, url, tasks, parallelism=parallelism, leaderboard=None)
     start = time.monotonic()
     er.create(api, namespace, body)
     deadline = start + 900
