@@ -54,7 +54,7 @@ def follow_up(progress: Iterable[RunnerProgress], interval: float, streak: int) 
         soonest = due if soonest is None else min(soonest, due)
     if soonest is None:
         return None
-    backoff = FOLLOW_UP * 2 ** min(32, max(0, streak - FAST_FOLLOW_UPS + 1))
+    backoff = FOLLOW_UP * (1 << min(32, max(0, streak - FAST_FOLLOW_UPS + 1)))
     return min(interval, max(soonest, backoff))
 
 
