@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kubernetes import client
+from kubernetes import client, config
 
 from lmms_devcluster import devcluster
 
@@ -101,3 +102,20 @@ def local_tasks(
         ),
     )
     wait_for(lambda: core.read_namespaced_service_account("default", namespace), timeout=60)
+
+
+@contextlib.contextmanager
+def local_task_cluster(
+    work: Path, namespace: str, files: dict[str, str]
+) -> Iterator[tuple[devcluster.DevCluster, client.ApiClient]]:
+    """A devcluster (under ``work/dc``) with the CRDs, and ``namespace`` ready for runs of
+    local tasks (``files`` in ConfigMap ``bench-tasks``) against the loopback model: the
+    benchmarks' set-up."""
+    with devcluster.running(work / "dc") as cluster:
+        cluster.kubectl("apply", "--server-side", "-f", str(CHART.parents[1] / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        core = client.CoreV1Api(api)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        local_tasks(core, namespace, "bench-tasks", files)
+        yield cluster, api

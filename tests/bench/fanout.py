@@ -25,14 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "infra"))
 
-from kubernetes import client, config  # noqa: E402
+from kubernetes import client  # noqa: E402
 
-from lmms_devcluster import devcluster  # noqa: E402
 from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
-from tests.helpers import local_tasks  # noqa: E402
+from tests.helpers import local_task_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Fan-out (P6)"
@@ -131,18 +130,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lmms-fanout-"))
     walls: dict[str, list[float]] = {"alone": [], "fan2": [], "fan4": [], "serial": []}
     server = ModelServer(delay=args.delay)
+    namespace = "bench-fanout"
+    data: dict[str, str] = {}
+    for task in TASKS:
+        data.update(colortask.files(task, args.samples, TASK_DIR))
     try:
-        with devcluster.running(work / "dc") as cluster:
-            cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-            api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-            core = client.CoreV1Api(api)
-            namespace = "bench-fanout"
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-            data: dict[str, str] = {}
-            for task in TASKS:
-                data.update(colortask.files(task, args.samples, TASK_DIR))
-            local_tasks(core, namespace, "bench-tasks", data)
+        with local_task_cluster(work, namespace, data) as (cluster, api):
             # The operator with its defaults (a 5 s scrape), but a short runner hold.
             (work / "op").mkdir()
             op = OperatorProcess(

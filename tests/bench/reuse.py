@@ -27,14 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "infra"))
 
-from kubernetes import client, config  # noqa: E402
+from kubernetes import client  # noqa: E402
 
-from lmms_devcluster import devcluster  # noqa: E402
 from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
-from tests.helpers import local_tasks  # noqa: E402
+from tests.helpers import local_task_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Reuse (P7)"
@@ -84,16 +83,10 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmms-reuse-"))
     server = ModelServer(delay=0.1)
+    files = colortask.files("bench_a", args.samples, TASK_DIR)
     try:
-        with devcluster.running(work / "dc") as cluster:
-            cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-            api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        with local_task_cluster(work, NAMESPACE, files) as (cluster, api):
             core = client.CoreV1Api(api)
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-            local_tasks(
-                core, NAMESPACE, "bench-tasks", colortask.files("bench_a", args.samples, TASK_DIR)
-            )
             (work / "op").mkdir()
             op = OperatorProcess(cluster, work / "op", defaults=True)
             op.start()
