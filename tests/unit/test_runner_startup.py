@@ -73,3 +73,49 @@ def test_the_cached_index_is_the_one_lmms_eval_builds(tmp_path: Path) -> None:
     plain, written, read = json.loads(out.stdout)
     assert len(plain) > 1000 and written == plain and read == plain
     assert path.exists()
+
+
+GC_AROUND_THE_RUN = """
+import gc, json, sys
+import lmms_eval.__main__ as entry
+from lmms_eval.models import MODEL_REGISTRY_V2
+from lmms_runner import lmms_eval_main
+
+seen = {}
+
+
+def cli_evaluate():
+    seen["enabled"] = gc.isenabled()
+    seen["frozen"] = gc.get_freeze_count()
+    module = MODEL_REGISTRY_V2.resolve("openai").class_path.rsplit(".", 1)[0]
+    seen["backend imported"] = module in sys.modules
+    garbage = []
+    garbage.append(garbage)  # a cycle of the run's own
+    del garbage
+    seen["collected"] = gc.collect()
+
+
+entry.cli_evaluate = cli_evaluate
+sys.argv = ["lmms_eval", "--model", "openai", "--tasks", "x"]
+lmms_eval_main.main()
+seen["frozen after"] = gc.get_freeze_count()
+lmms_eval_main.preimport_model(["--model", "no-such-model"])  # left for lmms-eval to report
+lmms_eval_main.preimport_model(["--model"])
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.e2e
+def test_imports_are_frozen_out_of_the_collector_and_the_run_is_collected() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(GC_AROUND_THE_RUN)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout.splitlines()[-1])
+    # lmms-eval, torch and the named backend are imported, then frozen
+    assert seen["backend imported"] and seen["frozen"] > 100_000
+    # while the run goes on, its own garbage is collected as before
+    assert seen["enabled"] and seen["collected"] >= 1
+    assert seen["frozen after"] >= seen["frozen"]  # the exit does not walk them again
