@@ -77,9 +77,11 @@ def test_the_cached_index_is_the_one_lmms_eval_builds(tmp_path: Path) -> None:
 
 GC_AROUND_THE_RUN = """
 import gc, json, sys
+from lmms_runner import lmms_eval_main
+
+lmms_eval_main.defer("evaluate")  # as main() does: no triton through transformers' pipelines
 import lmms_eval.__main__ as entry
 from lmms_eval.models import MODEL_REGISTRY_V2
-from lmms_runner import lmms_eval_main
 
 seen = {}
 
@@ -119,3 +121,31 @@ def test_imports_are_frozen_out_of_the_collector_and_the_run_is_collected() -> N
     # while the run goes on, its own garbage is collected as before
     assert seen["enabled"] and seen["collected"] >= 1
     assert seen["frozen after"] >= seen["frozen"]  # the exit does not walk them again
+
+
+TRITON_IN_THE_RUN = """
+import sys
+import lmms_eval.__main__ as entry
+from lmms_runner import lmms_eval_main
+
+
+def cli_evaluate():
+    import triton  # as torch's compiler does for a local model
+
+
+entry.cli_evaluate = cli_evaluate
+sys.argv = ["lmms_eval", "--model", "openai"]
+lmms_eval_main.main()
+"""
+
+
+@pytest.mark.e2e
+def test_no_leak_report_at_the_exit_where_triton_is_loaded() -> None:
+    pytest.importorskip("triton")
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(TRITON_IN_THE_RUN)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "leaked" not in out.stderr, out.stderr[-2000:]
