@@ -22,8 +22,9 @@ it works on them.
   less than a second to be collected instead of half an interval on average.
 
 The decisions are the controller's (``controller.ensure``, ``observe``, ``progress_plan``,
-``reachability``, ``publish_results``): they read, compute a ``Plan`` with the pure
-functions of ``reconcile/``, and ``controller.apply`` carries it out through ``k8s``.
+``reachability``) and, for results, ``publishing``'s (``collect_shard``,
+``publish_results``): they read, compute a ``Plan`` with the pure functions of
+``reconcile/``, and ``controller.apply`` carries it out through ``k8s``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import controller, errors, k8s, leaderboards, metrics, objectstore
+from . import controller, errors, k8s, leaderboards, metrics, objectstore, publishing
 from .api.runner import ResultsSummary, RunnerProgress
 from .config import Settings
 from .reconcile import job as jobs
@@ -190,7 +191,7 @@ class Store:
             pods = self.pods_of(uid, job_name) if job_name else []
             metrics.count_gpu_seconds(entry.body, pods)
         metrics.deleted(uid, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        controller.forget(str(meta.get("namespace") or ""), uid)
+        publishing.forget(str(meta.get("namespace") or ""), uid)
         with self._lock:
             self._forget(uid)
 
@@ -746,7 +747,7 @@ class Runtime:
 
     def _runner_pod(self, uid: str, job_name: str) -> dict[str, Any] | None:
         """The pod to scrape: node 0's in a multi-node run (it holds the results)."""
-        for pod in sorted(self.store.pods_of(uid, job_name), key=controller.completion_index):
+        for pod in sorted(self.store.pods_of(uid, job_name), key=publishing.completion_index):
             status = pod.get("status") or {}
             if status.get("phase") == "Running" and status.get("podIP"):
                 return pod
@@ -762,7 +763,7 @@ class Runtime:
         for pod in pods:
             status = pod.get("status") or {}
             if status.get("phase") == "Running" and status.get("podIP"):
-                out[controller.completion_index(pod)] = pod
+                out[publishing.completion_index(pod)] = pod
         return out
 
     async def _unanswered(self, uid: str, pod: Mapping[str, Any], exc: Exception) -> None:
@@ -875,11 +876,11 @@ class Runtime:
             except (errors.ScrapeError, ValueError) as exc:
                 log.warning("results of %s shard %d not fetched yet: %s", job_name, i, exc)
                 continue
-            image = controller.image_id([pods[i]])
+            image = publishing.image_id([pods[i]])
             await self._in_thread(
                 self.update,
                 uid,
-                lambda run, st_, i=i, summary=summary, image=image: controller.collect_shard(
+                lambda run, st_, i=i, summary=summary, image=image: publishing.collect_shard(
                     run, st_, i, summary, image
                 ),
             )
@@ -934,8 +935,8 @@ class Runtime:
         await self._in_thread(
             self.update,
             uid,
-            lambda run, st_: controller.publish_results(
-                run, st_, summary, None, controller.image_id([pod])
+            lambda run, st_: publishing.publish_results(
+                run, st_, summary, None, publishing.image_id([pod])
             ),
         )
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmms_operator import controller
+from lmms_operator import controller, publishing
 
 
 def _pod(index: int | None, message: str, created: str) -> dict[str, Any]:
@@ -22,13 +22,13 @@ def test_node_0_holds_the_results_even_when_another_node_finished_later() -> Non
     node0 = _pod(0, '{"v": 1, "ok": true, "tasks": {"mme": {"acc": 0.5}}}', "2026-11-27T10:00:00Z")
     node1 = _pod(1, '{"v": 1, "ok": true, "tasks": {}, "node": 1}', "2026-11-27T10:00:01Z")
     assert (
-        controller._termination_message([node1, node0])
+        publishing.termination_message([node1, node0])
         == node0["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
     )
-    assert sorted([node1, node0], key=controller.completion_index)[0] is node0
+    assert sorted([node1, node0], key=publishing.completion_index)[0] is node0
     # A single-node run's pods have no index: the newest succeeded one.
     old, new = _pod(None, "old", "2026-11-27T10:00:00Z"), _pod(None, "new", "2026-11-27T11:00:00Z")
-    assert controller._termination_message([old, new]) == "new"
+    assert publishing.termination_message([old, new]) == "new"
 
 
 def test_a_runner_that_exits_0_without_results_fails_with_its_own_reason() -> None:

@@ -1,5 +1,5 @@
 """A publish that keeps failing becomes a condition on the run, not an endless retry
-(controller.publish_results, with the API calls replaced: one function under test)."""
+(publishing.publish_results, with the API calls replaced: one function under test)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lmms_operator import controller, errors, k8s, leaderboards
+from lmms_operator import errors, k8s, leaderboards, publishing
 
 RUN: dict[str, Any] = {
     "metadata": {"name": "r", "namespace": "team-a", "uid": "u-1", "generation": 1},
@@ -35,10 +35,10 @@ def quota_exceeded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_a_failing_publish_ends_in_a_condition_after_bounded_tries(
     quota_exceeded: list[str],
 ) -> None:
-    for _ in range(controller.PUBLISH_TRIES - 1):
+    for _ in range(publishing.PUBLISH_TRIES - 1):
         with pytest.raises(errors.Forbidden):
-            controller.publish_results(RUN, STATUS, None, MESSAGE)
-    plan = controller.publish_results(RUN, STATUS, None, MESSAGE)
+            publishing.publish_results(RUN, STATUS, None, MESSAGE)
+    plan = publishing.publish_results(RUN, STATUS, None, MESSAGE)
     assert plan.status["leaderboardPublished"] is False
     assert plan.status["results"] == [{"task": "mme", "metric": "acc", "value": 0.5}]
     ready, published = plan.status["conditions"]
@@ -50,7 +50,7 @@ def test_a_failing_publish_ends_in_a_condition_after_bounded_tries(
     )
     assert "exceeded quota" in published["message"]
     assert [e.reason for e in plan.events] == ["ResultsCollected", "PublishFailed"]
-    assert not controller._publish_failures  # nothing kept for the run
+    assert not publishing._publish_failures  # nothing kept for the run
 
 
 def test_a_full_leaderboard_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,5 +60,5 @@ def test_a_full_leaderboard_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> N
         raise leaderboards.LeaderboardFull("holds 10000 entries")
 
     monkeypatch.setattr(leaderboards, "publish", full)
-    plan = controller.publish_results(RUN, STATUS, None, MESSAGE)
+    plan = publishing.publish_results(RUN, STATUS, None, MESSAGE)
     assert plan.status["leaderboardPublished"] is False
