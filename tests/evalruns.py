@@ -9,7 +9,7 @@ from kubernetes import client
 
 from lmms_devcluster import devcluster
 from lmms_operator.api import GROUP, VERSION
-from tests.helpers import wait_for
+from tests.helpers import LOCAL_TASKS, wait_for
 
 EXECUTOR = {
     "nodeSelector": {devcluster.EXECUTOR_LABEL: "true"},
@@ -40,8 +40,8 @@ def manifest(name: str, scheduling: dict[str, Any] | None = None, **spec: Any) -
 def local_run(
     name: str, url: str, tasks: list[str], model: dict[str, Any] | None = None, **spec: Any
 ) -> dict[str, Any]:
-    """A run on the executor's node of local tasks (ConfigMap ``bench-tasks``, as
-    ``tests.helpers.local_tasks`` makes it) against the loopback model at ``url`` with
+    """A run on the executor's node of local tasks (ConfigMap ``LOCAL_TASKS``, as
+    ``tests.helpers.local_task_cluster`` makes it) against the loopback model at ``url`` with
     the Secret ``model-key``, offline; ``model`` adds to the model (a version)."""
     return manifest(
         name,
@@ -53,7 +53,7 @@ def local_run(
             **(model or {}),
         },
         tasks=[],
-        customTasks=[{"configMap": "bench-tasks", "tasks": tasks}],
+        customTasks=[{"configMap": LOCAL_TASKS, "tasks": tasks}],
         env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
         **spec,
     )

@@ -104,12 +104,18 @@ def local_tasks(
     wait_for(lambda: core.read_namespaced_service_account("default", namespace), timeout=60)
 
 
+#: The ConfigMap of the benchmarks' local tasks, and where a run's pod finds it (the Job
+#: mounts each ``customTasks`` ConfigMap at /etc/lmms/tasks/<name>).
+LOCAL_TASKS = "bench-tasks"
+LOCAL_TASK_DIR = f"/etc/lmms/tasks/{LOCAL_TASKS}"
+
+
 @contextlib.contextmanager
 def local_task_cluster(
     work: Path, namespace: str, files: dict[str, str]
 ) -> Iterator[tuple[devcluster.DevCluster, client.ApiClient]]:
     """A devcluster (under ``work/dc``) with the CRDs, and ``namespace`` ready for runs of
-    local tasks (``files`` in ConfigMap ``bench-tasks``) against the loopback model: the
+    local tasks (``files`` in ConfigMap ``LOCAL_TASKS``) against the loopback model: the
     benchmarks' set-up."""
     with devcluster.running(work / "dc") as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(CHART.parents[1] / "crds"))
@@ -117,5 +123,5 @@ def local_task_cluster(
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         core = client.CoreV1Api(api)
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-        local_tasks(core, namespace, "bench-tasks", files)
+        local_tasks(core, namespace, LOCAL_TASKS, files)
         yield cluster, api

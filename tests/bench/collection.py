@@ -34,11 +34,10 @@ from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
-from tests.helpers import local_task_cluster  # noqa: E402
+from tests.helpers import LOCAL_TASK_DIR, local_task_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Result collection"
-TASK_DIR = "/etc/lmms/tasks/bench-tasks"
 NAMESPACE = "bench-collection"
 ACKED = re.compile(r"results acknowledged after ([0-9.]+)s")
 
@@ -68,7 +67,7 @@ def main() -> int:
     walls: dict[int, list[float]] = {1: [], 2: []}
     data: dict[str, str] = {}
     for task in ("bench_a", "bench_b"):
-        data.update(colortask.files(task, args.samples, TASK_DIR))
+        data.update(colortask.files(task, args.samples, LOCAL_TASK_DIR))
     try:
         with local_task_cluster(work, NAMESPACE, data) as (cluster, api):
             core = client.CoreV1Api(api)

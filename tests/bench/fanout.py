@@ -31,11 +31,10 @@ from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
-from tests.helpers import local_task_cluster  # noqa: E402
+from tests.helpers import LOCAL_TASK_DIR, local_task_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Fan-out (P6)"
-TASK_DIR = "/etc/lmms/tasks/bench-tasks"
 TASKS = ["bench_a", "bench_b", "bench_c", "bench_d"]
 
 
@@ -133,7 +132,7 @@ def main() -> int:
     namespace = "bench-fanout"
     data: dict[str, str] = {}
     for task in TASKS:
-        data.update(colortask.files(task, args.samples, TASK_DIR))
+        data.update(colortask.files(task, args.samples, LOCAL_TASK_DIR))
     try:
         with local_task_cluster(work, namespace, data) as (cluster, api):
             # The operator with its defaults (a 5 s scrape), but a short runner hold.

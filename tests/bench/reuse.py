@@ -33,11 +33,10 @@ from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
-from tests.helpers import local_task_cluster  # noqa: E402
+from tests.helpers import LOCAL_TASK_DIR, LOCAL_TASKS, local_task_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Reuse (P7)"
-TASK_DIR = "/etc/lmms/tasks/bench-tasks"
 NAMESPACE = "bench-reuse"
 
 
@@ -52,7 +51,7 @@ def manifest(name: str, url: str) -> dict[str, Any]:
             "apiKey": {"secretKeyRef": {"name": "model-key", "key": "key"}},
         },
         tasks=[],
-        customTasks=[{"configMap": "bench-tasks", "tasks": ["bench_a"]}],
+        customTasks=[{"configMap": LOCAL_TASKS, "tasks": ["bench_a"]}],
         env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
     )
 
@@ -83,7 +82,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmms-reuse-"))
     server = ModelServer(delay=0.1)
-    files = colortask.files("bench_a", args.samples, TASK_DIR)
+    files = colortask.files("bench_a", args.samples, LOCAL_TASK_DIR)
     try:
         with local_task_cluster(work, NAMESPACE, files) as (cluster, api):
             core = client.CoreV1Api(api)
