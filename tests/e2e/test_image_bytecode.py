@@ -1,0 +1,71 @@
+"""The images ship bytecode that Python uses as it is: a pod compiles no module of the
+virtualenv when it starts.
+
+Python takes a timestamped ``.pyc`` only while its source's modification time and size
+are the ones recorded in it. ``COPY --from`` and image layers may round modification
+times, and the images run with ``PYTHONDONTWRITEBYTECODE`` on a read-only root: a stale
+``.pyc`` is compiled again at every start of every pod (about 640 modules, 0.4 CPU-s,
+in the runner image before its Dockerfile compiled with ``unchecked-hash``). Here each
+``.py`` under ``/opt/lmms`` of the built images (``make images``) is checked the way
+the interpreter checks it, in the image's root filesystem as the executor runs it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from lmms_devcluster.imagestore import ImageStore
+
+#: Files no import reaches that the image's Python cannot compile (torch's helper for
+#: Python 3.12 syntax, in an image with 3.11): compileall leaves them out.
+NOT_COMPILABLE = re.compile(r"/torch/testing/_internal/py312_intrinsics\.py$")
+
+
+def unusable_bytecode(venv: Path) -> tuple[int, list[str], list[str]]:
+    """(sources checked, sources with a stale ``.pyc``, sources with none), as
+    ``importlib``'s SourceFileLoader decides: a hash-based ``.pyc`` is used without
+    looking at the source when unchecked (and checked ones are read with the source,
+    never compiled again while it matches); a timestamped one only while the source's
+    mtime and size match its header."""
+    lib = next(venv.glob("lib/python3.*"))
+    tag = "cpython-" + lib.name.removeprefix("python").replace(".", "")
+    checked, stale, missing = 0, [], []
+    for source in sorted(lib.rglob("*.py")):
+        if "__pycache__" in source.parts or NOT_COMPILABLE.search(str(source)):
+            continue
+        checked += 1
+        pyc = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        try:
+            header = pyc.open("rb").read(16)
+        except FileNotFoundError:
+            missing.append(str(source.relative_to(lib)))
+            continue
+        (flags,) = struct.unpack("<I", header[4:8])
+        if flags & 0b1:
+            if flags & 0b10:
+                if importlib.util.source_hash(source.read_bytes()) != header[8:16]:
+                    stale.append(str(source.relative_to(lib)))
+            continue
+        mtime, size = struct.unpack("<II", header[8:16])
+        st = source.stat()
+        if (int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF) != (mtime, size):
+            stale.append(str(source.relative_to(lib)))
+    return checked, stale, missing
+
+
+@pytest.mark.parametrize("name", ["lmms-operator-runner", "lmms-operator"])
+def test_the_images_compile_no_module_when_a_pod_starts(
+    images: dict[str, str], name: str
+) -> None:
+    store = ImageStore()
+    rootfs = store.rootfs(store.lookup(images[name]))
+    checked, stale, missing = unusable_bytecode(rootfs / "opt" / "lmms")
+    # The runner's virtualenv holds tens of thousands of modules (torch, transformers,
+    # lmms-eval); the operator's some thousands.
+    assert checked > 1000, checked
+    assert not stale, f"{len(stale)} of {checked} .pyc files are stale, e.g. {stale[:5]}"
+    assert not missing, f"{len(missing)} of {checked} modules have no .pyc, e.g. {missing[:5]}"
