@@ -7,6 +7,10 @@ the status saying Succeeded (results published), start-up included. The cases ru
 after another, ``--repeats`` times in turn; the medians go to docs/benchmarks.md.
 
     python tests/bench/fanout.py [--samples 40] [--delay 0.5] [--repeats 2]
+
+With ``--image REF`` (a runner image `make images` built; as root) the pods run from that
+image, as on a cluster, instead of the devcluster's Python environment; the figures go to
+their own section.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from tests.helpers import LOCAL_TASK_DIR, local_task_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Fan-out (P6)"
+IMAGE_SECTION = "## Fan-out from the runner image (P6)"
 TASKS = ["bench_a", "bench_b", "bench_c", "bench_d"]
 
 
@@ -125,6 +130,7 @@ def main() -> int:
         "--cases", default="alone,fan2,fan4,serial", help="a subset, to look closer"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--image", help="run the pods from this runner image (as root)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmms-fanout-"))
     walls: dict[str, list[float]] = {"alone": [], "fan2": [], "fan4": [], "serial": []}
@@ -137,9 +143,10 @@ def main() -> int:
         with local_task_cluster(work, namespace, data) as (cluster, api):
             # The operator with its defaults (a 5 s scrape), but a short runner hold.
             (work / "op").mkdir()
-            op = OperatorProcess(
-                cluster, work / "op", env={"LMMS_HOLD_TIMEOUT": "120"}, defaults=True
-            )
+            env = {"LMMS_HOLD_TIMEOUT": "120"}
+            if args.image:
+                env.update(LMMS_RUNNER_IMAGE=args.image, LMMS_RUNNER_COMMAND="lmms-runner")
+            op = OperatorProcess(cluster, work / "op", env=env, defaults=True)
             op.start()
             try:
                 cases = [
@@ -169,6 +176,8 @@ def main() -> int:
         return 0
     med = {k: statistics.median(v) for k, v in walls.items()}
     ratio = med["fan4"] / med["alone"]
+    if args.image:
+        return write_image_section(args, walls, med, ratio)
     cpu = start_cpu_seconds(args.samples)
     cores = os.cpu_count() or 1
     # Four runners starting at once on `cores` cores take about max(1, 4 / cores) times
@@ -215,6 +224,39 @@ def main() -> int:
         f"what two do here: {med['fan2'] / med['alone']:.2f}x.{need}\n"
     )
     write_section(SECTION, text)
+    print(text)
+    return 0
+
+
+def write_image_section(
+    args: argparse.Namespace,
+    walls: dict[str, list[float]],
+    med: dict[str, float],
+    ratio: float,
+) -> int:
+    rows = [
+        ("one task alone, `parallelism: 1`", "alone"),
+        ("two tasks, `parallelism: 2`", "fan2"),
+        ("four tasks, `parallelism: 4`", "fan4"),
+        ("four tasks, `parallelism: 1` (reference)", "serial"),
+    ]
+    table = "".join(
+        f"| {label} | {med[k]:.1f} s | {', '.join(f'{w:.1f}' for w in walls[k])} |\n"
+        for label, k in rows
+    )
+    text = (
+        f"{IMAGE_SECTION}\n\n"
+        f"`python tests/bench/fanout.py --image {args.image} --samples {args.samples} "
+        f"--delay {args.delay} --repeats {args.repeats}` on {os.cpu_count()} CPU cores, "
+        f'{time.strftime("%Y-%m-%d")}: the cases of "Fan-out (P6)" with every pod run '
+        "from the runner image as a node runs it (the executor: overlay root filesystem, "
+        "chroot, uid 1000, read-only root), the image's own Python, bytecode and task "
+        f"index.\n\n| case | wall (median) | runs |\n|---|---:|---|\n{table}\n"
+        f"**P6 from the image: four tasks over four pods take {ratio:.2f}x one task alone** "
+        f"(target <= 1.15x: {'met' if ratio <= 1.15 else 'missed'}); two tasks over two "
+        f"pods take {med['fan2'] / med['alone']:.2f}x.\n"
+    )
+    write_section(IMAGE_SECTION, text)
     print(text)
     return 0
 
