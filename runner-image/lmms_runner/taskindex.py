@@ -24,11 +24,12 @@ ENV = "LMMS_TASK_INDEX"
 VERSION = 1
 
 
-def default_path() -> Path:
-    configured = os.environ.get(ENV)
+def default_path(env: str = ENV, name: str = "task-index.json") -> Path:
+    """The index file: ``$env``, else ``~/.cache/lmms-runner/<name>``."""
+    configured = os.environ.get(env)
     if configured:
         return Path(configured)
-    return Path.home() / ".cache" / "lmms-runner" / "task-index.json"
+    return Path.home() / ".cache" / "lmms-runner" / name
 
 
 def fingerprint(tasks_dir: str, lmms_eval_version: str) -> str:
@@ -46,22 +47,31 @@ def fingerprint(tasks_dir: str, lmms_eval_version: str) -> str:
 
 
 def load(path: Path, expected: str) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(doc, dict) or doc.get("fingerprint") != expected:
-        return None
-    index = doc.get("index")
+    index = read(path, expected).get("index")
     return index if isinstance(index, dict) else None
 
 
+def read(path: Path, expected: str) -> dict[str, Any]:
+    """An index file's content, or {} when it is missing, unreadable or stale."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("fingerprint") != expected:
+        return {}
+    return doc
+
+
 def save(path: Path, fp: str, index: dict[str, Any]) -> None:
-    """Writes the index atomically; a read-only place is left alone."""
+    write(path, {"fingerprint": fp, "index": index})
+
+
+def write(path: Path, doc: dict[str, Any]) -> None:
+    """Writes an index file atomically; a read-only place is left alone."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"fingerprint": fp, "index": index}))
+        tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
     except OSError:
         pass

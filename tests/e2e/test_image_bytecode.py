@@ -46,9 +46,9 @@ def unusable_bytecode(venv: Path) -> tuple[int, list[str], list[str]]:
             continue
         (flags,) = struct.unpack("<I", header[4:8])
         if flags & 0b1:
-            if flags & 0b10:
-                if importlib.util.source_hash(source.read_bytes()) != header[8:16]:
-                    stale.append(str(source.relative_to(lib)))
+            checked_hash = flags & 0b10
+            if checked_hash and importlib.util.source_hash(source.read_bytes()) != header[8:16]:
+                stale.append(str(source.relative_to(lib)))
             continue
         mtime, size = struct.unpack("<II", header[8:16])
         st = source.stat()
@@ -58,9 +58,7 @@ def unusable_bytecode(venv: Path) -> tuple[int, list[str], list[str]]:
 
 
 @pytest.mark.parametrize("name", ["lmms-operator-runner", "lmms-operator"])
-def test_the_images_compile_no_module_when_a_pod_starts(
-    images: dict[str, str], name: str
-) -> None:
+def test_the_images_compile_no_module_when_a_pod_starts(images: dict[str, str], name: str) -> None:
     store = ImageStore()
     rootfs = store.rootfs(store.lookup(images[name]))
     checked, stale, missing = unusable_bytecode(rootfs / "opt" / "lmms")

@@ -79,3 +79,6 @@ def test_the_task_index_is_built_into_the_image_where_the_runner_reads_it() -> N
     stage = final_stage()
     assert "python -m lmms_runner.taskindex /opt/lmms/task-index.json" in stage
     assert "LMMS_TASK_INDEX=/opt/lmms/task-index.json" in stage
+    # transformers' index of its model modules, the same way.
+    assert "python -m lmms_runner.transformersindex /opt/lmms/transformers-index.json" in stage
+    assert "LMMS_TRANSFORMERS_INDEX=/opt/lmms/transformers-index.json" in stage

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lmms_runner import lmms_eval_main, taskindex
+from lmms_runner import lmms_eval_main, taskindex, transformersindex
 
 
 def test_a_deferred_module_loads_on_first_use_only() -> None:
@@ -73,6 +73,78 @@ def test_the_cached_index_is_the_one_lmms_eval_builds(tmp_path: Path) -> None:
     plain, written, read = json.loads(out.stdout)
     assert len(plain) > 1000 and written == plain and read == plain
     assert path.exists()
+
+
+def test_the_transformers_index_is_used_only_while_the_model_files_are_unchanged(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    (models / "bert").mkdir(parents=True)
+    (models / "bert" / "modeling_bert.py").write_text("__all__ = ['BertModel']\n")
+    parser = tmp_path / "import_utils.py"
+    parser.write_text("# the parser\n")
+    structure = {frozenset({"torch"}): {"models.bert.modeling_bert": {"BertModel"}}}
+    before = transformersindex.fingerprint(str(models), str(parser))
+    index = tmp_path / "index.json"
+    transformersindex.save(index, before, structure)
+    assert transformersindex.load(index, before) == structure
+    (models / "bert" / "modeling_bert.py").write_text("__all__ = ['BertModel', 'X']\n")
+    assert transformersindex.fingerprint(str(models), str(parser)) != before  # edited
+    (models / "gpt2").mkdir()  # a directory of its own is a key of the structure
+    edited = transformersindex.fingerprint(str(models), str(parser))
+    assert transformersindex.load(index, edited) is None
+    (models / "bert" / "README.md").write_text("not parsed")  # transformers reads no other file
+    assert transformersindex.fingerprint(str(models), str(parser)) == edited
+    parser.write_text("# another parser\n")
+    assert transformersindex.fingerprint(str(models), str(parser)) != edited
+    index.write_text(json.dumps({"fingerprint": before, "structure": {"not": "a list"}}))
+    assert transformersindex.load(index, before) is None
+    (tmp_path / "file").write_text("")
+    transformersindex.save(tmp_path / "file" / "index.json", before, {})  # unwritable: left alone
+
+
+SAME_STRUCTURE = """
+import json, os, sys
+from pathlib import Path
+from lmms_runner import transformersindex
+transformersindex.install(Path(sys.argv[1]))
+import transformers  # builds the structure, writes the file
+from transformers.utils import import_utils
+written = Path(sys.argv[1]).exists()
+models = Path(transformers.__file__).parent / "models"
+served = import_utils.define_import_structure.__wrapped__(models, "models")  # from the file
+import_utils.create_import_structure_from_path.cache_clear()
+plain = import_utils.define_import_structure.__wrapped__(models / "bert", None)  # not ours
+own = import_utils.create_import_structure_from_path(str(models / "bert"))
+def flat(structure):
+    return sorted([sorted(k), m, sorted(v)] for k, ms in structure.items() for m, v in ms.items())
+# transformers' own, computed again: its lru-cached functions, freshly cleared
+import_utils.create_import_structure_from_path.cache_clear()
+fresh = import_utils.spread_import_structure(import_utils.create_import_structure_from_path(models))
+fresh = {k: {f"models.{m}": v for m, v in ms.items()} for k, ms in fresh.items()}
+print(json.dumps({
+    "written": written,
+    "same": flat(served) == flat(fresh),
+    "modules": sum(len(ms) for ms in served.values()),
+    "bert": bool(plain) and bool(own),
+    "lazy": transformers.AutoConfig.__name__,
+}))
+"""
+
+
+@pytest.mark.e2e
+def test_the_cached_transformers_structure_is_the_one_transformers_builds(tmp_path: Path) -> None:
+    path = tmp_path / "transformers-index.json"
+    for _ in range(2):  # written, then read
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(SAME_STRUCTURE), str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        got = json.loads(out.stdout)
+        assert got["written"] and got["same"] and got["bert"], got
+        assert got["modules"] > 1000 and got["lazy"] == "AutoConfig"
 
 
 GC_AROUND_THE_RUN = """

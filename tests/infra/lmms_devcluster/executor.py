@@ -13,8 +13,9 @@ first container:
   ``ErrImagePull``, then ``ImagePullBackOff``, as a kubelet reports them.
 - **With the devcluster's own Python environment** when it names ``HOST_IMAGE``: the
   container's ``command`` + ``args`` as a local process (the in-process tests' scripted
-  runners and fixtures live there), with ``LMMS_TASK_INDEX`` set as the runner image
-  sets it (a task index kept under ``~/.cache/lmms-operator``).
+  runners and fixtures live there), with ``LMMS_TASK_INDEX`` and
+  ``LMMS_TRANSFORMERS_INDEX`` set as the runner image sets them (the indexes kept under
+  ``~/.cache/lmms-operator``).
 
 Either way the container gets its environment (downward-API values included, and
 ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server, the endpoint a
@@ -83,6 +84,8 @@ HOST_TASK_INDEX = (
     Path(os.environ.get("LMMS_CACHE_DIR") or Path.home() / ".cache" / "lmms-operator")
     / "host-task-index.json"
 )
+#: And transformers' index of its model modules (/opt/lmms/transformers-index.json there).
+HOST_TRANSFORMERS_INDEX = HOST_TASK_INDEX.with_name("host-transformers-index.json")
 FALLBACK_LOG_LINES = 80
 
 
@@ -404,6 +407,7 @@ class PodRunner:
             # written by the first runner and checked against lmms-eval's files by
             # every other, instead of indexing some 2,000 YAML files in every pod.
             "LMMS_TASK_INDEX": str(HOST_TASK_INDEX),
+            "LMMS_TRANSFORMERS_INDEX": str(HOST_TRANSFORMERS_INDEX),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
         }
