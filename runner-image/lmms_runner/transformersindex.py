@@ -20,6 +20,7 @@ replaced as soon as the module is executed (``after_import``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.abc
@@ -115,7 +116,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: types.ModuleType) -> None:
             execute(module)
-            hook(module)
+            with contextlib.suppress(Exception):  # the import stands; only the shortcut is lost
+                hook(module)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]  # this spec's loader only
         return spec

@@ -103,6 +103,20 @@ def test_the_transformers_index_is_used_only_while_the_model_files_are_unchanged
     transformersindex.save(tmp_path / "file" / "index.json", before, {})  # unwritable: left alone
 
 
+def test_an_after_import_hook_sees_the_executed_module_and_cannot_break_its_import() -> None:
+    seen: list[object] = []
+    for name in ("colorsys", "wave"):
+        sys.modules.pop(name, None)
+    transformersindex.after_import("colorsys", lambda m: seen.append(m.rgb_to_hsv))
+    transformersindex.after_import("wave", lambda m: 1 / 0)
+    import colorsys
+    import wave
+
+    assert seen == [colorsys.rgb_to_hsv]  # once, after the module's code ran
+    assert wave.open is not None  # the import stands
+    assert not any(isinstance(f, transformersindex._AfterImport) for f in sys.meta_path)
+
+
 SAME_STRUCTURE = """
 import json, os, sys
 from pathlib import Path
