@@ -19,10 +19,17 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   about 2,000 YAML files at every start, and so does transformers' structure of its
   model modules (``transformersindex``), which ``import transformers`` otherwise builds
   by reading and parsing some 2,600 files (about 0.4 CPU-s);
+- the table of Unicode punctuation that ``lmms_eval.filters.extraction`` builds in a
+  class body, by asking for the category of each of the 1.1 million code points (about
+  0.3 CPU-s), comes from a file as well (``punctuation``);
 - Hugging Face's ``evaluate`` library, which ``lmms_eval.api.registry`` imports at the
   top (and which imports ``transformers.pipelines``: about 6 s of the 10 s lmms-eval takes
   to import), is imported when a metric first uses it (``hf_evaluate.load``), not before,
   and so is ``boto3``, which accelerate imports for SageMaker (about 0.2 s);
+- the LLM-judge package, which ``lmms_eval.evaluator`` imports for its launcher (only
+  ``--launcher_args`` uses it) and whose providers import aiohttp, requests and the
+  judges' clients (about 0.35 s), is imported when first used (the tasks that use a
+  judge import it themselves);
 - ``qwen_vl_utils``' ``fetch_video`` and ``process_vision_info``, which
   ``lmms_eval.protocol`` and the Qwen backends take through ``optional_import`` (and which
   import torchvision and torch's compiler: about 2.5 s), are imported when first called:
@@ -53,7 +60,7 @@ import sys
 import types
 from typing import Any
 
-from . import taskindex, transformersindex
+from . import punctuation, taskindex, transformersindex
 
 
 class _Deferred(types.ModuleType):
@@ -75,16 +82,29 @@ class _Deferred(types.ModuleType):
             raise AttributeError(attr)
         if sys.modules.get(self.__name__) is self:
             del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attr)
+        module = importlib.import_module(self.__name__)
+        # Submodules imported meanwhile (``import package.sub`` finds them through
+        # ``__path__`` without running the package) stay reachable as attributes.
+        for key, value in list(vars(self).items()):
+            if isinstance(value, types.ModuleType) and not hasattr(module, key):
+                setattr(module, key, value)
+        return getattr(module, attr)
 
 
 def defer(name: str) -> None:
-    """Imports ``name`` only when one of its attributes is first used."""
+    """Imports ``name`` only when one of its attributes is first used. A submodule of a
+    package that is imported already is also its package's attribute, as after an
+    import."""
     if name in sys.modules:
         return
     spec = importlib.util.find_spec(name)
-    if spec is not None:
-        sys.modules[name] = _Deferred(name, spec)
+    if spec is None:
+        return
+    deferred = _Deferred(name, spec)
+    sys.modules[name] = deferred
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, deferred)
 
 
 def _chunked_execute(original: Any) -> Any:
@@ -236,9 +256,15 @@ def main() -> None:
     gc.disable()
     try:
         transformersindex.install()  # before anything imports transformers
+        punctuation.install()  # before anything imports lmms_eval.filters
         defer("evaluate")
         # accelerate imports boto3 (for SageMaker's configuration) only to call it later.
         defer("boto3")
+        # lmms_eval.evaluator imports the LLM-judge launcher, and with it the package's
+        # providers (aiohttp, requests, the judges' clients: about 0.35 s), for
+        # ``--launcher_args`` only; the tasks that use a judge import the package
+        # themselves.
+        defer("lmms_eval.llm_judge")
         lazy_optional_imports()
         taskindex.install()
         from lmms_eval.caching import response_cache

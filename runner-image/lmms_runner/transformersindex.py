@@ -15,24 +15,21 @@ package's own ``define_import_structure``) goes to transformers unchanged.
 
 transformers imports ``define_import_structure`` from ``transformers.utils.import_utils``
 in its ``__init__``, before anything outside could reach that module, so the function is
-replaced as soon as the module is executed (``after_import``).
+replaced as soon as the module is executed (``importhooks.after_import``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import importlib.abc
-import importlib.machinery
 import os
 import sys
 import types
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import taskindex
+from .importhooks import after_import
 
 ENV = "LMMS_TRANSFORMERS_INDEX"
 VERSION = 1
@@ -87,49 +84,6 @@ def load(path: Path, expected: str) -> Structure | None:
 
 def save(path: Path, fp: str, structure: Structure) -> None:
     taskindex.write(path, {"fingerprint": fp, "structure": encode(structure)})
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``hook(module)`` right after ``name`` is executed, once."""
-
-    def __init__(self, name: str, hook: Callable[[types.ModuleType], None]) -> None:
-        self.name = name
-        self.hook = hook
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec: importlib.machinery.ModuleSpec | None = None
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
-            if spec is not None:
-                break
-        loader = spec.loader if spec is not None else None
-        if spec is None or not isinstance(loader, importlib.abc.Loader):
-            return spec
-        execute = loader.exec_module
-        hook = self.hook
-
-        def exec_module(module: types.ModuleType) -> None:
-            execute(module)
-            with contextlib.suppress(Exception):  # the import stands; only the shortcut is lost
-                hook(module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]  # this spec's loader only
-        return spec
-
-
-def after_import(name: str, hook: Callable[[types.ModuleType], None]) -> None:
-    """Calls ``hook`` with module ``name`` as soon as it is executed (now, if it is)."""
-    module = sys.modules.get(name)
-    if module is not None:
-        hook(module)
-    else:
-        sys.meta_path.insert(0, _AfterImport(name, hook))
 
 
 def install(path: Path | None = None) -> None:

@@ -82,3 +82,6 @@ def test_the_task_index_is_built_into_the_image_where_the_runner_reads_it() -> N
     # transformers' index of its model modules, the same way.
     assert "python -m lmms_runner.transformersindex /opt/lmms/transformers-index.json" in stage
     assert "LMMS_TRANSFORMERS_INDEX=/opt/lmms/transformers-index.json" in stage
+    # And lmms-eval's table of Unicode punctuation.
+    assert "python -m lmms_runner.punctuation /opt/lmms/punctuation.json" in stage
+    assert "LMMS_PUNCTUATION_INDEX=/opt/lmms/punctuation.json" in stage

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lmms_runner import lmms_eval_main, taskindex, transformersindex
+from lmms_runner import importhooks, lmms_eval_main, punctuation, taskindex, transformersindex
 
 
 def test_a_deferred_module_loads_on_first_use_only() -> None:
@@ -107,14 +109,108 @@ def test_an_after_import_hook_sees_the_executed_module_and_cannot_break_its_impo
     seen: list[object] = []
     for name in ("colorsys", "wave"):
         sys.modules.pop(name, None)
-    transformersindex.after_import("colorsys", lambda m: seen.append(m.rgb_to_hsv))
-    transformersindex.after_import("wave", lambda m: 1 / 0)
+    importhooks.after_import("colorsys", lambda m: seen.append(m.rgb_to_hsv))
+    importhooks.after_import("wave", lambda m: 1 / 0)
     import colorsys
     import wave
 
     assert seen == [colorsys.rgb_to_hsv]  # once, after the module's code ran
     assert wave.open is not None  # the import stands
-    assert not any(isinstance(f, transformersindex._AfterImport) for f in sys.meta_path)
+    assert not any(isinstance(f, importhooks._OneShot) for f in sys.meta_path)
+
+
+def _package(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+
+
+@pytest.fixture()
+def on_path(tmp_path: Path) -> Iterator[Path]:
+    sys.path.insert(0, str(tmp_path))
+    before = set(sys.modules)
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_a_patched_module_runs_the_new_source_on_the_same_lines(on_path: Path) -> None:
+    _package(
+        on_path,
+        {
+            "patched_a.py": """
+                SLOW = sum(range(10))
+                def where():
+                    raise RuntimeError("here")
+            """,
+            "patched_twice.py": "X = 1\nX = 1\n",
+        },
+    )
+    with pytest.raises(ValueError, match="line numbers"):
+        importhooks.patch_source("patched_a", "SLOW = sum(range(10))\n", "SLOW = 45\n\n")
+    assert importhooks.patch_source("patched_a", "sum(range(10))", "45 + 0")
+    assert importhooks.patch_source("patched_twice", "X = 1", "X = 2")  # twice: not patched
+    import patched_a  # type: ignore[import-not-found]
+    import patched_twice  # type: ignore[import-not-found]
+
+    assert patched_a.SLOW == 45 and patched_twice.X == 1
+    assert not any(isinstance(f, importhooks._OneShot) for f in sys.meta_path)
+    with pytest.raises(RuntimeError) as raised:
+        patched_a.where()
+    assert raised.traceback[-1].lineno + 1 == 4  # the file's own line (0-based in pytest)
+    assert "SLOW = sum(range(10))" in inspect.getsource(patched_a)  # the file as it is
+    assert not importhooks.patch_source("patched_a", "SLOW", "FAST")  # imported already
+
+
+def test_a_deferred_subpackage_runs_only_when_used(on_path: Path) -> None:
+    _package(
+        on_path,
+        {
+            "deferpkg/__init__.py": "",
+            "deferpkg/heavy/__init__.py": "import deferpkg\ndeferpkg.RAN = True\nVALUE = 7\n",
+            "deferpkg/heavy/light.py": "NAME = 'light'\n",
+        },
+    )
+    import deferpkg  # type: ignore[import-not-found]
+
+    lmms_eval_main.defer("deferpkg.heavy")
+    import deferpkg.heavy.light  # type: ignore[import-not-found]
+    from deferpkg.heavy.light import NAME  # type: ignore[import-not-found]
+
+    assert NAME == "light" and not hasattr(deferpkg, "RAN")  # the package did not run
+    assert deferpkg.heavy.light.NAME == "light"
+    assert deferpkg.heavy.VALUE == 7 and deferpkg.RAN  # it runs when used
+    real = sys.modules["deferpkg.heavy"]
+    assert not isinstance(real, lmms_eval_main._Deferred)
+    assert real.light is sys.modules["deferpkg.heavy.light"]  # still its attribute
+    import deferpkg.heavy as again  # type: ignore[import-not-found]
+
+    assert again is real and again.VALUE == 7
+
+
+def test_the_punctuation_table_is_lmms_evals_and_comes_from_its_file(tmp_path: Path) -> None:
+    import unicodedata
+
+    path = tmp_path / "punctuation.json"
+    expected = dict.fromkeys(
+        i for i in range(sys.maxunicode) if unicodedata.category(chr(i)).startswith("P")
+    )
+    first = punctuation.table(path)  # computed, written
+    assert first == expected and list(first) == list(expected)
+    assert punctuation.load(path) == list(expected)
+    # Read from the file while its key is the interpreter's (a planted entry shows it)...
+    taskindex.write(path, {"fingerprint": punctuation.key(), "points": [33, 46]})
+    assert punctuation.table(path) == {33: None, 46: None}
+    # ...and computed again when it is not, or malformed.
+    for doc in (
+        {"fingerprint": "1\x0099.0.0\x001114111", "points": [33]},
+        {"fingerprint": punctuation.key(), "points": ["33"]},
+        {"fingerprint": punctuation.key()},
+    ):
+        taskindex.write(path, doc)
+        assert punctuation.table(path) == expected
 
 
 SAME_STRUCTURE = """
@@ -207,6 +303,63 @@ def test_imports_are_frozen_out_of_the_collector_and_the_run_is_collected() -> N
     # while the run goes on, its own garbage is collected as before
     assert seen["enabled"] and seen["collected"] >= 1
     assert seen["frozen after"] >= seen["frozen"]  # the exit does not walk them again
+
+
+WHAT_MAIN_CHANGES = """
+import json, sys, unicodedata
+from lmms_runner import importhooks, lmms_eval_main
+
+seen = {}
+
+
+def cli_evaluate():
+    from lmms_eval.filters import extraction
+
+    seen["patched"] = type(extraction.__loader__).__name__
+    table = extraction.ExtendedRegexFilter.punct_tbl
+    own = dict.fromkeys(
+        i for i in range(sys.maxunicode) if unicodedata.category(chr(i)).startswith("P")
+    )
+    seen["same table"] = table == own and list(table) == list(own)
+    f = extraction.ExtendedRegexFilter(ignore_case=True, ignore_punctuation=True)
+    seen["filtered"] = f.filter_ignores("Red. «Blue»!")
+    seen["judge"] = type(sys.modules["lmms_eval.llm_judge"]).__name__
+    seen["requests"] = "requests" in sys.modules
+    from lmms_eval.llm_judge import ServerConfig  # as a task with a judge does
+    from lmms_eval.llm_judge.launcher import get_launcher
+
+    seen["judge usable"] = ServerConfig.__name__ == "ServerConfig" and callable(get_launcher)
+
+
+# main() imports lmms-eval itself, as in a pod
+importhooks.after_import("lmms_eval.__main__", lambda m: setattr(m, "cli_evaluate", cli_evaluate))
+sys.argv = ["lmms_eval", "--model", "openai", "--tasks", "x"]
+lmms_eval_main.main()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.e2e
+def test_the_runner_skips_the_judges_and_the_punctuation_scan_with_the_same_filters(
+    tmp_path: Path,
+) -> None:
+    env = dict(os.environ, LMMS_PUNCTUATION_INDEX=str(tmp_path / "punctuation.json"))
+    for _ in range(2):  # the table computed and written, then read
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(WHAT_MAIN_CHANGES)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        seen = json.loads(out.stdout.splitlines()[-1])
+        # lmms-eval 0.7.3's class body is the one patched, and the table is its own
+        assert seen["patched"] == "_PatchedSource" and seen["same table"], seen
+        assert seen["filtered"] == "red blue"
+        # the judges' package is not imported before a task asks for it, then it works
+        assert seen["judge"] == "_Deferred" and not seen["requests"]
+        assert seen["judge usable"]
+    assert punctuation.load(tmp_path / "punctuation.json")
 
 
 TRITON_IN_THE_RUN = """

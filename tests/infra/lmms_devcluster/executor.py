@@ -13,9 +13,9 @@ first container:
   ``ErrImagePull``, then ``ImagePullBackOff``, as a kubelet reports them.
 - **With the devcluster's own Python environment** when it names ``HOST_IMAGE``: the
   container's ``command`` + ``args`` as a local process (the in-process tests' scripted
-  runners and fixtures live there), with ``LMMS_TASK_INDEX`` and
-  ``LMMS_TRANSFORMERS_INDEX`` set as the runner image sets them (the indexes kept under
-  ``~/.cache/lmms-operator``).
+  runners and fixtures live there), with ``LMMS_TASK_INDEX``,
+  ``LMMS_TRANSFORMERS_INDEX`` and ``LMMS_PUNCTUATION_INDEX`` set as the runner image sets
+  them (the indexes kept under ``~/.cache/lmms-operator``).
 
 Either way the container gets its environment (downward-API values included, and
 ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server, the endpoint a
@@ -86,6 +86,8 @@ HOST_TASK_INDEX = (
 )
 #: And transformers' index of its model modules (/opt/lmms/transformers-index.json there).
 HOST_TRANSFORMERS_INDEX = HOST_TASK_INDEX.with_name("host-transformers-index.json")
+#: And the table of Unicode punctuation lmms-eval builds at import (/opt/lmms/punctuation.json).
+HOST_PUNCTUATION_INDEX = HOST_TASK_INDEX.with_name("host-punctuation.json")
 FALLBACK_LOG_LINES = 80
 
 
@@ -408,6 +410,7 @@ class PodRunner:
             # every other, instead of indexing some 2,000 YAML files in every pod.
             "LMMS_TASK_INDEX": str(HOST_TASK_INDEX),
             "LMMS_TRANSFORMERS_INDEX": str(HOST_TRANSFORMERS_INDEX),
+            "LMMS_PUNCTUATION_INDEX": str(HOST_PUNCTUATION_INDEX),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
         }
