@@ -30,6 +30,9 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   ``--launcher_args`` uses it) and whose providers import aiohttp, requests and the
   judges' clients (about 0.35 s), is imported when first used (the tasks that use a
   judge import it themselves);
+- so is the package of the OpenAI client's Responses API types (some 250 modules, about
+  0.2 s), which ``openai.types`` imports whole: the chat backends load the dozen of its
+  modules they use, and the client's ``responses`` resource the rest;
 - ``qwen_vl_utils``' ``fetch_video`` and ``process_vision_info``, which
   ``lmms_eval.protocol`` and the Qwen backends take through ``optional_import`` (and which
   import torchvision and torch's compiler: about 2.5 s), are imported when first called:
@@ -54,13 +57,14 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
 import types
 from typing import Any
 
-from . import punctuation, taskindex, transformersindex
+from . import importhooks, punctuation, taskindex, transformersindex
 
 
 class _Deferred(types.ModuleType):
@@ -92,19 +96,37 @@ class _Deferred(types.ModuleType):
 
 
 def defer(name: str) -> None:
-    """Imports ``name`` only when one of its attributes is first used. A submodule of a
-    package that is imported already is also its package's attribute, as after an
-    import."""
+    """Imports ``name`` only when one of its attributes is first used. A submodule is also
+    its package's attribute, as after an import: now, if the package is imported, else
+    as soon as it is (the package is not imported to find the submodule)."""
     if name in sys.modules:
         return
-    spec = importlib.util.find_spec(name)
+    parent, _, child = name.rpartition(".")
+    spec = _find_unimported(name) if parent and parent not in sys.modules else None
+    spec = spec or importlib.util.find_spec(name)
     if spec is None:
         return
     deferred = _Deferred(name, spec)
     sys.modules[name] = deferred
-    parent, _, child = name.rpartition(".")
     if parent:
-        setattr(sys.modules[parent], child, deferred)
+        importhooks.after_import(parent, lambda package: _set_if_missing(package, child, deferred))
+
+
+def _set_if_missing(package: types.ModuleType, child: str, module: types.ModuleType) -> None:
+    if child not in vars(package):
+        setattr(package, child, module)
+
+
+def _find_unimported(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of ``name`` found through its packages' paths, none of them imported."""
+    parts = name.split(".")
+    spec = importlib.util.find_spec(parts[0])
+    for depth in range(2, len(parts) + 1):
+        if spec is None or spec.submodule_search_locations is None:
+            return None
+        path = list(spec.submodule_search_locations)
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth]), path)
+    return spec
 
 
 def _chunked_execute(original: Any) -> Any:
@@ -265,6 +287,11 @@ def main() -> None:
         # ``--launcher_args`` only; the tasks that use a judge import the package
         # themselves.
         defer("lmms_eval.llm_judge")
+        # The OpenAI client imports its whole ``types`` package, and with it the ~250
+        # modules of the Responses API's types (about 0.2 s); the chat backends use a
+        # dozen of them, which load as submodules, and ``client.responses`` imports the
+        # rest when it is first used.
+        defer("openai.types.responses")
         lazy_optional_imports()
         taskindex.install()
         from lmms_eval.caching import response_cache

@@ -190,6 +190,34 @@ def test_a_deferred_subpackage_runs_only_when_used(on_path: Path) -> None:
     assert again is real and again.VALUE == 7
 
 
+def test_a_submodule_of_a_package_not_imported_yet_is_deferred_without_importing_it(
+    on_path: Path,
+) -> None:
+    _package(
+        on_path,
+        {
+            "lazyroot/__init__.py": "import builtins\nbuiltins.LAZYROOT_RAN = True\n",
+            "lazyroot/heavy/__init__.py": "import lazyroot\nlazyroot.HEAVY_RAN = True\nVALUE = 7\n",
+            "lazyroot/heavy/light.py": "NAME = 'light'\n",
+        },
+    )
+    import builtins
+
+    lmms_eval_main.defer("lazyroot.heavy")
+    assert not hasattr(builtins, "LAZYROOT_RAN")  # finding it imported nothing
+    import lazyroot  # type: ignore[import-not-found]
+
+    del builtins.LAZYROOT_RAN  # type: ignore[attr-defined]
+    deferred = lazyroot.heavy  # its package's attribute, as after an import
+    assert isinstance(deferred, lmms_eval_main._Deferred)
+    from lazyroot.heavy.light import NAME  # type: ignore[import-not-found]
+
+    assert NAME == "light" and not hasattr(lazyroot, "HEAVY_RAN")
+    assert deferred.VALUE == 7 and lazyroot.HEAVY_RAN  # it runs on first use
+    assert lazyroot.heavy is sys.modules["lazyroot.heavy"] is not deferred
+    assert lazyroot.heavy.light.NAME == "light"
+
+
 def test_the_punctuation_table_is_lmms_evals_and_comes_from_its_file(tmp_path: Path) -> None:
     import unicodedata
 
@@ -329,6 +357,16 @@ def cli_evaluate():
     from lmms_eval.llm_judge.launcher import get_launcher
 
     seen["judge usable"] = ServerConfig.__name__ == "ServerConfig" and callable(get_launcher)
+    seen["responses"] = type(sys.modules["openai.types.responses"]).__name__
+    import openai
+
+    seen["responses attribute"] = type(openai.types.responses).__name__
+    client = openai.OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1")
+    seen["responses usable"] = (
+        callable(client.responses.create)  # imports the package: the Responses API
+        and openai.types.responses.Response.__name__ == "Response"
+        and type(sys.modules["openai.types.responses"]).__name__ == "module"
+    )
 
 
 # main() imports lmms-eval itself, as in a pod
@@ -359,6 +397,9 @@ def test_the_runner_skips_the_judges_and_the_punctuation_scan_with_the_same_filt
         # the judges' package is not imported before a task asks for it, then it works
         assert seen["judge"] == "_Deferred" and not seen["requests"]
         assert seen["judge usable"]
+        # so is the OpenAI client's Responses API types package, reachable all the same
+        assert seen["responses"] == "_Deferred" == seen["responses attribute"], seen
+        assert seen["responses usable"]
     assert punctuation.load(tmp_path / "punctuation.json")
 
 
