@@ -103,8 +103,8 @@ def defer(name: str) -> None:
         return
     parent, _, child = name.rpartition(".")
     spec = _find_unimported(name) if parent and parent not in sys.modules else None
-    spec = spec or importlib.util.find_spec(name)
-    if spec is None:
+    spec = spec or importlib.util.find_spec(name)  # which may import the packages
+    if spec is None or name in sys.modules:
         return
     deferred = _Deferred(name, spec)
     sys.modules[name] = deferred
