@@ -211,7 +211,7 @@ def main() -> int:
         f"{', '.join(f'{w:.1f}' for w in walls['fan4'])} |\n"
         f"| four tasks, `parallelism: 1` (reference) | {med['serial']:.1f} s | "
         f"{', '.join(f'{w:.1f}' for w in walls['serial'])} |\n\n"
-        f"**P6: four tasks over four pods take {ratio:.2f}x one task alone** (target "
+        f"**P6: four tasks over four pods take {ratio:.3f}x one task alone** (target "
         f"<= 1.15x: {'met' if ratio <= 1.15 else 'missed'}); two tasks over two pods take {med['fan2'] / med['alone']:.2f}x; the "
         f"four tasks in one pod take {med['serial'] / med['alone']:.2f}x.\n\n"
         f"**Where the rest goes.** One runner spends {cpu:.1f} CPU-seconds on such a task "
@@ -252,7 +252,7 @@ def write_image_section(
         "from the runner image as a node runs it (the executor: overlay root filesystem, "
         "chroot, uid 1000, read-only root), the image's own Python, bytecode and task "
         f"index.\n\n| case | wall (median) | runs |\n|---|---:|---|\n{table}\n"
-        f"**P6 from the image: four tasks over four pods take {ratio:.2f}x one task alone** "
+        f"**P6 from the image: four tasks over four pods take {ratio:.3f}x one task alone** "
         f"(target <= 1.15x: {'met' if ratio <= 1.15 else 'missed'}); two tasks over two "
         f"pods take {med['fan2'] / med['alone']:.2f}x.\n"
     )
