@@ -31,6 +31,11 @@ sys.path.insert(0, str(REPO / "tests" / "infra"))
 
 from kubernetes import client  # noqa: E402
 
+from lmms_devcluster.executor import (  # noqa: E402
+    HOST_PUNCTUATION_INDEX,
+    HOST_TASK_INDEX,
+    HOST_TRANSFORMERS_INDEX,
+)
 from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
@@ -105,13 +110,16 @@ def start_cpu_seconds(samples: int) -> float:
 
     tmp = Path(tempfile.mkdtemp(prefix="lmms-fanout-cpu-"))
     setup = Setup(tmp, samples, 0.0)
-    index = os.environ.get("LMMS_TASK_INDEX") or str(
-        Path.home() / ".cache" / "lmms-operator" / "host-task-index.json"
-    )
+    # The indexes the devcluster's host-environment pods use, as the runner image has them.
+    indexes = {
+        "LMMS_TASK_INDEX": str(HOST_TASK_INDEX),
+        "LMMS_TRANSFORMERS_INDEX": str(HOST_TRANSFORMERS_INDEX),
+        "LMMS_PUNCTUATION_INDEX": str(HOST_PUNCTUATION_INDEX),
+    }
     spent = []
     try:
         for i in range(3):
-            env = dict(setup.env, HF_HOME=str(tmp / f"hf{i}"), LMMS_TASK_INDEX=index)
+            env = dict(setup.env, HF_HOME=str(tmp / f"hf{i}"), **indexes)
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run(setup.runner(tmp / f"out{i}"), env=env, check=True, capture_output=True)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
