@@ -2,8 +2,8 @@
 against the same evaluation through plain `python -m lmms_eval`.
 
 A 40-document local task against an instant loopback model, paired runs (plain, then
-runner), ``--repeats`` times; the runner's task index is written by a first, unmeasured
-run (as the runner image writes it when it is built). Checks that both give the same
+runner), ``--repeats`` times; the runner's indexes are written by a first, unmeasured
+run (as the runner image writes them when it is built). Checks that both give the same
 scores, and writes the figures to docs/benchmarks.md ("Runner start-up").
 
     python tests/bench/runner_startup.py [--samples 40] [--repeats 4]
@@ -45,8 +45,11 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lmms-bench-startup-"))
     setup = Setup(tmp, args.samples, 0.0)
-    # The runner's task index lives where the runner image puts it when it is built.
+    # The runner's indexes live where the runner image puts them when it is built; the
+    # first, unmeasured run writes them here.
     setup.env["LMMS_TASK_INDEX"] = str(tmp / "task-index.json")
+    setup.env["LMMS_TRANSFORMERS_INDEX"] = str(tmp / "transformers-index.json")
+    setup.env["LMMS_PUNCTUATION_INDEX"] = str(tmp / "punctuation.json")
     times: dict[str, list[float]] = {"plain": [], "runner": []}
     try:
         warmup = run(setup.runner(tmp / "warmup"), setup.env)
@@ -75,9 +78,11 @@ def main() -> int:
         "runner image is built; here by a first run, which took "
         f"{warmup:.1f} s) instead of reading about 2,000 YAML files, and transformers' "
         "structure of its model modules from another (instead of parsing ~2,600 files), "
-        "imports "
-        "Hugging Face `evaluate` and `qwen_vl_utils` (torchvision) only when a metric or "
-        "backend first uses them, with Python's garbage collector off while it imports "
+        "and lmms-eval's table of Unicode punctuation from a third (instead of testing 1.1 "
+        "million code points), imports Hugging Face `evaluate`, `qwen_vl_utils` "
+        "(torchvision), lmms-eval's LLM-judge package and the OpenAI client's Responses API "
+        "types only when a metric, backend or task first uses them, with Python's garbage "
+        "collector off while it imports "
         "and the imports then frozen out of its reach (`gc.freeze`).\n\n"
         "| | median wall time | runs |\n|---|---:|---|\n"
         f"| plain `python -m lmms_eval` | {plain_s:.1f} s | "
