@@ -158,7 +158,7 @@ def main() -> int:
         f"{', '.join(f'{t:.1f}' for t in times['lmms-runner'])} |\n\n"
         f"**Ratio runner / plain: {ratio:.3f}** (target: at most 1.02). Without a cache volume "
         "the runner starts lmms-eval once; with one it starts it once per task (to resume "
-        "task by task), which adds the runner's start of lmms-eval (about 6 s on 2 cores: `runner_startup.py`) per extra task.\n"
+        'task by task), which adds the runner\'s start of lmms-eval ("Runner start-up": `runner_startup.py`) per extra task.\n'
     )
     write_section(SECTION, text)
     print(text)
