@@ -125,6 +125,20 @@ def event_reasons(api: client.ApiClient, namespace: str, name: str) -> list[str]
     return [e.reason for e in items]
 
 
+def wait_event(
+    api: client.ApiClient, namespace: str, name: str, reason: str, timeout: float = 15
+) -> list[str]:
+    """The run's Event reasons, once one of them is ``reason``. The operator records an
+    Event after the status change it explains, so a test that has just seen the status
+    must wait for the Event rather than read the list once."""
+
+    def recorded() -> list[str] | None:
+        reasons = event_reasons(api, namespace, name)
+        return reasons if reason in reasons else None
+
+    return wait_for(recorded, timeout=timeout, message=f"for the Event {reason} on {name}")
+
+
 def jobs_of(api: client.ApiClient, namespace: str, run: dict[str, Any]) -> list[client.V1Job]:
     uid = run["metadata"]["uid"]
     return list(

@@ -55,7 +55,7 @@ def test_a_run_succeeds_and_says_so(api: client.ApiClient, namespace: str) -> No
     # operator) and no bookkeeping annotations (GitOps tools see no drift).
     assert not done["metadata"].get("finalizers")
     assert not done["metadata"].get("annotations")
-    reasons = er.event_reasons(api, namespace, "ok")
+    reasons = er.wait_event(api, namespace, "ok", "Succeeded")
     assert reasons.index("JobCreated") < reasons.index("Running") < reasons.index("Succeeded")
     job = client.BatchV1Api(api).read_namespaced_job(status["jobName"], namespace)
     owner = job.metadata.owner_references[0]
@@ -70,7 +70,7 @@ def test_runner_failure_is_reported_with_its_message(api: client.ApiClient, name
     assert "dataset download failed" in run["status"]["message"]
     stalled = er.condition(run, "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "RunnerError"
-    assert "RunnerError" in er.event_reasons(api, namespace, "rerr")
+    assert er.wait_event(api, namespace, "rerr", "RunnerError")
 
 
 def test_crashing_pods_use_up_retries(api: client.ApiClient, namespace: str) -> None:
@@ -245,7 +245,7 @@ def test_editing_the_spec_starts_a_new_evaluation(api: client.ApiClient, namespa
     assert second["status"]["jobName"] != first["status"]["jobName"]
     names = [j.metadata.name for j in er.jobs_of(api, namespace, second)]
     assert names == [second["status"]["jobName"]]  # the old Job was replaced
-    assert "JobReplaced" in er.event_reasons(api, namespace, "edit")
+    assert er.wait_event(api, namespace, "edit", "JobReplaced")
 
 
 def test_cancel_stops_the_run(api: client.ApiClient, namespace: str) -> None:
@@ -352,7 +352,7 @@ def test_a_sharded_run_retries_a_failed_shard_alone_and_merges_its_results(
     assert phases["0"] == phases["2"] == ["Succeeded"]
     cm = client.CoreV1Api(api).read_namespaced_config_map(status["resultsConfigMap"], namespace)
     assert cm.data["source"] == "termination message, 3 shards"
-    assert er.event_reasons(api, namespace, "fan").count("ResultsCollected") == 1
+    assert er.wait_event(api, namespace, "fan", "ResultsCollected").count("ResultsCollected") == 1
 
 
 def test_parallelism_with_several_nodes_is_refused_by_the_api_server(

@@ -166,11 +166,11 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
     gone = wait_for(lambda: (r := er.get(api, namespace, "gone"))["status"].get("results") and r)
     assert gone["status"]["results"] == [{"task": "colors", "metric": "exact_match", "value": 0.25}]
     assert _results_config_map(api, namespace, gone)["source"] == "termination message"
-    assert "ResultsNotInObjectStore" in er.event_reasons(api, namespace, "gone")
+    assert er.wait_event(api, namespace, "gone", "ResultsNotInObjectStore")
     er.wait_phase(api, namespace, "thief", "Succeeded", timeout=90)
     thief = wait_for(lambda: (r := er.get(api, namespace, "thief"))["status"].get("results") and r)
     assert thief["status"]["results"][0]["value"] == 0.05  # its own message, not small's 0.75
-    assert "ResultsNotInObjectStore" in er.event_reasons(api, namespace, "thief")
+    assert er.wait_event(api, namespace, "thief", "ResultsNotInObjectStore")
 
     # The Leaderboard's whole table is in the store too, and status says where.
     def board_synced() -> dict[str, Any] | None:
@@ -332,7 +332,7 @@ def test_a_hostile_store_neither_grows_the_operator_nor_delays_other_runs(
                 timeout=60,
             )
             assert run["status"]["results"][0]["value"] == 0.5
-            assert "ResultsNotInObjectStore" in er.event_reasons(api, namespace, name)
+            assert er.wait_event(api, namespace, name, "ResultsNotInObjectStore")
         after = _rss_mib(operator_process.proc.pid)
         assert others < 30
         # 200 MiB offered: the operator read at most its 8 MiB cap.

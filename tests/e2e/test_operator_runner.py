@@ -185,7 +185,7 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     assert cm.data["source"] == "runner"
     full = json.loads(cm.data["results.json"])
     assert full["provenance"]["lmmsEvalVersion"] == "0.7.3"
-    assert "ResultsCollected" in er.event_reasons(api, namespace, "colors-e2e")
+    assert er.wait_event(api, namespace, "colors-e2e", "ResultsCollected")
     # Published to the Leaderboard the spec names ("default"), created on first use.
     assert status["leaderboardPublished"] is True
     board = client.CustomObjectsApi(api).get_namespaced_custom_object(
@@ -302,7 +302,9 @@ def test_killing_the_operator_mid_run_loses_nothing_and_publishes_once(
         "eval.lmms.dev", "v1alpha1", namespace, "leaderboards", "survivors"
     )
     assert board["status"]["entries"] == 1
-    assert er.event_reasons(api, namespace, "survivor").count("ResultsCollected") == 1
+    assert (
+        er.wait_event(api, namespace, "survivor", "ResultsCollected").count("ResultsCollected") == 1
+    )
     results_cms = core.list_namespaced_config_map(
         namespace, label_selector=f"eval.lmms.dev/results-of={run['metadata']['uid']}"
     ).items
@@ -420,7 +422,10 @@ def test_parallelism_3_gives_the_scores_of_one_pod(
     merged = json.loads(cm.data["results.json"])
     assert sorted(t["task"] for t in merged["tasks"]) == sorted(FAN_OUT_TASKS)
     assert merged["provenance"]["lmmsEvalVersion"] == "0.7.3"
-    assert er.event_reasons(api, namespace, "three-pods").count("ResultsCollected") == 1
+    assert (
+        er.wait_event(api, namespace, "three-pods", "ResultsCollected").count("ResultsCollected")
+        == 1
+    )
     board = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "eval.lmms.dev", "v1alpha1", namespace, "leaderboards", "three-pods"
     )
@@ -496,7 +501,7 @@ def test_an_identical_run_reuses_results_and_a_partial_one_evaluates_only_the_re
         assert server.requests() == 16 + 8  # colors_c alone
         assert scores(more) == pytest.approx(expected)
         assert {r["task"] for r in more["status"]["reused"]} == {"colors_a", "colors_b"}
-        assert "Reused" in er.event_reasons(api, namespace, "more")
+        assert er.wait_event(api, namespace, "more", "Reused")
         full = json.loads(
             core.read_namespaced_config_map(more["status"]["resultsConfigMap"], namespace).data[
                 "results.json"
