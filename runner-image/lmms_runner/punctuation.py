@@ -10,12 +10,13 @@ replaced by ``table()`` (``importhooks.patch_source``), which builds the same di
 writes it when the image is built (``python -m lmms_runner.punctuation``, into
 ``LMMS_PUNCTUATION_INDEX``); elsewhere the first run writes it under
 ``~/.cache/lmms-runner/``. It is used only while its key (the Unicode database's version
-and ``sys.maxunicode``) is the interpreter's; otherwise the table is computed as
-lmms-eval computes it.
+and ``sys.maxunicode``) is the interpreter's and it names only punctuation, ascending;
+otherwise the table is computed as lmms-eval computes it.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import unicodedata
 from pathlib import Path
@@ -53,8 +54,15 @@ def compute() -> list[int]:
 
 
 def load(path: Path) -> list[int] | None:
+    """The file's code points, or None when it is missing, stale or damaged: only
+    punctuation, ascending, is taken (a file that named other characters would have the
+    filters strip them from answers, and change scores)."""
     points = taskindex.read(path, key()).get("points")
     if not isinstance(points, list) or not all(type(p) is int for p in points):
+        return None
+    if any(b <= a for a, b in itertools.pairwise(points)) or not all(
+        0 <= p < sys.maxunicode and unicodedata.category(chr(p)).startswith("P") for p in points
+    ):
         return None
     return points
 

@@ -235,6 +235,8 @@ def test_the_punctuation_table_is_lmms_evals_and_comes_from_its_file(tmp_path: P
     for doc in (
         {"fingerprint": "1\x0099.0.0\x001114111", "points": [33]},
         {"fingerprint": punctuation.key(), "points": ["33"]},
+        {"fingerprint": punctuation.key(), "points": [33, 65]},  # "A" is no punctuation
+        {"fingerprint": punctuation.key(), "points": [46, 33]},  # nor out of order
         {"fingerprint": punctuation.key()},
     ):
         taskindex.write(path, doc)
