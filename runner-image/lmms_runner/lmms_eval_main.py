@@ -21,7 +21,9 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   by reading and parsing some 2,600 files (about 0.4 CPU-s);
 - the table of Unicode punctuation that ``lmms_eval.filters.extraction`` builds in a
   class body, by asking for the category of each of the 1.1 million code points (about
-  0.3 CPU-s), comes from a file as well (``punctuation``);
+  0.3 CPU-s), comes from a file as well (``punctuation``), and so does the code of the
+  methods ``dataclasses`` compiles from text for each class (``codecache``: some 1,600
+  texts at a start, about 0.2 CPU-s);
 - Hugging Face's ``evaluate`` library, which ``lmms_eval.api.registry`` imports at the
   top (and which imports ``transformers.pipelines``: about 6 s of the 10 s lmms-eval takes
   to import), is imported when a metric first uses it (``hf_evaluate.load``), not before,
@@ -51,20 +53,27 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   The run's own objects are collected as before. Together this is about a third of a
   start's CPU. (Where triton is loaded, the exit collects everything as before:
   ``LEAK_CHECKED``.)
+
+And it ends sooner: pytablewriter (about 250 modules, 0.25 CPU-s), which lmms-eval
+imports for its results table once every answer is in, is imported while the model
+answers the second chunk (``prefetch``). On a shared node that is CPU the pods would
+otherwise all spend in the same last second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import importlib.machinery
 import importlib.util
 import os
 import sys
+import threading
 import types
 from typing import Any
 
-from . import importhooks, punctuation, taskindex, transformersindex
+from . import codecache, importhooks, punctuation, taskindex, transformersindex
 
 
 class _Deferred(types.ModuleType):
@@ -140,11 +149,37 @@ def _chunked_execute(original: Any) -> Any:
         out: list[Any] = []
         for start in range(0, len(requests), size):
             print(f"lmms-runner: answered {start}/{len(requests)}", file=sys.stderr, flush=True)
+            if start:
+                prefetch(AFTER_ANSWERS)
             out += original(self, lm, reqtype, requests[start : start + size])
         print(f"lmms-runner: answered {len(requests)}/{len(requests)}", file=sys.stderr, flush=True)
         return out
 
     return execute
+
+
+#: What lmms-eval imports only once every answer is in: pytablewriter, for its results
+#: table (about 250 modules with chardet and typepy, 0.25 CPU-s).
+AFTER_ANSWERS = ("pytablewriter",)
+_prefetching: list[threading.Thread] = []
+
+
+def prefetch(modules: tuple[str, ...]) -> None:
+    """Imports ``modules`` in a thread of their own, once: called when the model has
+    answered a first chunk, so the start is over and the process mostly waits for the
+    model. What would run after the last answer runs meanwhile. A module that fails to
+    import is left to fail where lmms-eval imports it."""
+    if _prefetching:
+        return
+
+    def run() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=run, name="lmms-runner-prefetch", daemon=True)
+    _prefetching.append(thread)
+    thread.start()
 
 
 def _api_backends_data_parallel() -> None:
@@ -274,38 +309,48 @@ def preimport_model(argv: list[str]) -> None:
         return
 
 
+def prepare(argv: list[str]) -> None:
+    """Everything before lmms-eval's command line runs: the shortcuts above, lmms-eval and
+    the model backend that ``argv`` names imported (the code cache builds from this)."""
+    transformersindex.install()  # before anything imports transformers
+    punctuation.install()  # before anything imports lmms_eval.filters
+    defer("evaluate")
+    # accelerate imports boto3 (for SageMaker's configuration) only to call it later.
+    defer("boto3")
+    # lmms_eval.evaluator imports the LLM-judge launcher, and with it the package's
+    # providers (aiohttp, requests, the judges' clients: about 0.35 s), for
+    # ``--launcher_args`` only; the tasks that use a judge import the package
+    # themselves.
+    defer("lmms_eval.llm_judge")
+    # The OpenAI client imports its whole ``types`` package, and with it the ~250
+    # modules of the Responses API's types (about 0.2 s); the chat backends use a
+    # dozen of them, which load as submodules, and ``client.responses`` imports the
+    # rest when it is first used.
+    defer("openai.types.responses")
+    lazy_optional_imports()
+    taskindex.install()
+    from lmms_eval.caching import response_cache
+
+    cache = response_cache.ResponseCache
+    cache.execute = _chunked_execute(cache.execute)
+    _api_backends_data_parallel()
+    lean_stderr_for_metric()
+    import lmms_eval.__main__  # noqa: F401
+
+    preimport_model(argv)
+
+
 def main() -> None:
     gc.disable()
     try:
-        transformersindex.install()  # before anything imports transformers
-        punctuation.install()  # before anything imports lmms_eval.filters
-        defer("evaluate")
-        # accelerate imports boto3 (for SageMaker's configuration) only to call it later.
-        defer("boto3")
-        # lmms_eval.evaluator imports the LLM-judge launcher, and with it the package's
-        # providers (aiohttp, requests, the judges' clients: about 0.35 s), for
-        # ``--launcher_args`` only; the tasks that use a judge import the package
-        # themselves.
-        defer("lmms_eval.llm_judge")
-        # The OpenAI client imports its whole ``types`` package, and with it the ~250
-        # modules of the Responses API's types (about 0.2 s); the chat backends use a
-        # dozen of them, which load as submodules, and ``client.responses`` imports the
-        # rest when it is first used.
-        defer("openai.types.responses")
-        lazy_optional_imports()
-        taskindex.install()
-        from lmms_eval.caching import response_cache
-
-        cache = response_cache.ResponseCache
-        cache.execute = _chunked_execute(cache.execute)
-        _api_backends_data_parallel()
-        lean_stderr_for_metric()
-        from lmms_eval.__main__ import cli_evaluate
-
-        preimport_model(sys.argv)
+        code = codecache.install()  # before the imports that make dataclasses
+        prepare(sys.argv)
+        code.save_new()
     finally:
         gc.freeze()
         gc.enable()
+    from lmms_eval.__main__ import cli_evaluate
+
     try:
         cli_evaluate()
     finally:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests" / "infra"))
 from kubernetes import client  # noqa: E402
 
 from lmms_devcluster.executor import (  # noqa: E402
+    HOST_CODE_CACHE,
     HOST_PUNCTUATION_INDEX,
     HOST_TASK_INDEX,
     HOST_TRANSFORMERS_INDEX,
@@ -115,6 +116,7 @@ def start_cpu_seconds(samples: int) -> float:
         "LMMS_TASK_INDEX": str(HOST_TASK_INDEX),
         "LMMS_TRANSFORMERS_INDEX": str(HOST_TRANSFORMERS_INDEX),
         "LMMS_PUNCTUATION_INDEX": str(HOST_PUNCTUATION_INDEX),
+        "LMMS_CODE_CACHE": str(HOST_CODE_CACHE),
     }
     spent = []
     try:

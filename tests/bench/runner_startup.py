@@ -50,6 +50,7 @@ def main() -> int:
     setup.env["LMMS_TASK_INDEX"] = str(tmp / "task-index.json")
     setup.env["LMMS_TRANSFORMERS_INDEX"] = str(tmp / "transformers-index.json")
     setup.env["LMMS_PUNCTUATION_INDEX"] = str(tmp / "punctuation.json")
+    setup.env["LMMS_CODE_CACHE"] = str(tmp / "code-cache.marshal")
     times: dict[str, list[float]] = {"plain": [], "runner": []}
     try:
         warmup = run(setup.runner(tmp / "warmup"), setup.env)

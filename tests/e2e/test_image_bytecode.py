@@ -67,3 +67,22 @@ def test_the_images_compile_no_module_when_a_pod_starts(images: dict[str, str], 
     assert checked > 1000, checked
     assert not stale, f"{len(stale)} of {checked} .pyc files are stale, e.g. {stale[:5]}"
     assert not missing, f"{len(missing)} of {checked} modules have no .pyc, e.g. {missing[:5]}"
+
+
+def test_the_runner_image_carries_the_compiled_dataclass_methods_of_its_own_python(
+    images: dict[str, str],
+) -> None:
+    """``/opt/lmms/code-cache.marshal`` (``lmms_runner.codecache``) is there, holds the
+    methods a start compiles, and is keyed to the bytecode of the image's Python (the
+    magic number its ``.pyc`` files start with): otherwise every pod compiles them."""
+    import marshal
+
+    store = ImageStore()
+    rootfs = store.rootfs(store.lookup(images["lmms-operator-runner"]))
+    doc = marshal.loads((rootfs / "opt" / "lmms" / "code-cache.marshal").read_bytes())
+    lib = next((rootfs / "opt" / "lmms").glob("lib/python3.*"))
+    pyc = next((lib / "site-packages" / "lmms_runner" / "__pycache__").glob("*.pyc"))
+    magic = pyc.read_bytes()[:4].hex()
+    assert doc["key"].split("\0")[1] == magic, (doc["key"], magic)
+    assert len(doc["code"]) > 1000, len(doc["code"])
+    assert all(text.startswith("def __create_fn__(") for text in doc["code"])

@@ -85,3 +85,6 @@ def test_the_task_index_is_built_into_the_image_where_the_runner_reads_it() -> N
     # And lmms-eval's table of Unicode punctuation.
     assert "python -m lmms_runner.punctuation /opt/lmms/punctuation.json" in stage
     assert "LMMS_PUNCTUATION_INDEX=/opt/lmms/punctuation.json" in stage
+    # And the compiled methods of the dataclasses a start makes.
+    assert "python -m lmms_runner.codecache /opt/lmms/code-cache.marshal" in stage
+    assert "LMMS_CODE_CACHE=/opt/lmms/code-cache.marshal" in stage

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import inspect
 import json
+import marshal
 import os
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lmms_runner import importhooks, lmms_eval_main, punctuation, taskindex, transformersindex
+from lmms_runner import (
+    codecache,
+    importhooks,
+    lmms_eval_main,
+    punctuation,
+    taskindex,
+    transformersindex,
+)
 
 
 def test_a_deferred_module_loads_on_first_use_only() -> None:
@@ -431,3 +442,101 @@ def test_no_leak_report_at_the_exit_where_triton_is_loaded() -> None:
         check=True,
     )
     assert "leaked" not in out.stderr, out.stderr[-2000:]
+
+
+#: Classes of every shape ``dataclasses`` writes methods for, defined in a module that
+#: imports ``annotations`` from ``__future__`` (whose flag must not reach the methods).
+DATACLASSES = """
+from __future__ import annotations
+import dataclasses
+
+@dataclasses.dataclass
+class Plain:
+    a: int
+    b: str = "x"
+    c: list = dataclasses.field(default_factory=list)
+
+@dataclasses.dataclass(frozen=True, order=True, kw_only=True)
+class Frozen:
+    a: int = 1
+    b: float = 2.0
+
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
+class Slotted:
+    a: int
+"""
+METHODS = ("__init__", "__repr__", "__eq__", "__lt__", "__ge__", "__setattr__", "__delattr__")
+
+
+def _methods(module_name: str) -> dict[str, tuple[object, ...]]:
+    """Each generated method's code, annotations, defaults and names, from a fresh module."""
+    module = types.ModuleType(module_name)
+    sys.modules[module_name] = module
+    try:
+        exec(compile(DATACLASSES, f"<{module_name}>", "exec", dont_inherit=True), vars(module))
+    finally:
+        del sys.modules[module_name]
+    out: dict[str, tuple[object, ...]] = {}
+    for cls in (module.Plain, module.Frozen, module.Slotted):
+        for name in METHODS:
+            fn = vars(cls).get(name)
+            if fn is not None:
+                out[f"{cls.__name__}.{name}"] = (
+                    fn.__code__,
+                    fn.__annotations__,
+                    fn.__defaults__,
+                    fn.__kwdefaults__,
+                    fn.__qualname__,
+                    fn.__globals__ is vars(module),
+                )
+    return out
+
+
+def test_dataclass_methods_from_the_code_cache_are_the_ones_exec_makes(tmp_path: Path) -> None:
+    plain = _methods("plain_shapes")
+    assert len(plain) == 11
+    path = tmp_path / "code-cache.marshal"
+    try:
+        first = codecache.install(path)  # no file: compiles, and keeps what it compiled
+        assert _methods("first_shapes") == plain
+        assert first.new and len(first.new) == 14  # with __le__, __gt__, __hash__
+        first.save_new()
+        assert path.exists()
+        second = codecache.install(path)  # from the file: nothing compiled
+        assert second.new is None and len(second.code) == 14
+        assert _methods("second_shapes") == plain
+    finally:
+        vars(dataclasses).pop("exec", None)
+    # Another Python's file (or a damaged one) is not used.
+    doc = marshal.loads(path.read_bytes())
+    for planted in (
+        {**doc, "key": doc["key"].replace(importlib.util.MAGIC_NUMBER.hex(), "00000d0a")},
+        {**doc, "code": {"text": b"not code"}},
+        [doc],
+    ):
+        path.write_bytes(marshal.dumps(planted))
+        assert codecache.load(path, doc["key"]) is None
+    path.write_bytes(b"\x00garbage")
+    assert codecache.load(path, doc["key"]) is None
+
+
+def test_the_results_table_is_imported_while_the_model_answers(
+    on_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (on_path / "table_writer_stand_in.py").write_text("")
+    monkeypatch.setattr(lmms_eval_main, "AFTER_ANSWERS", ("table_writer_stand_in",))
+    monkeypatch.setattr(lmms_eval_main, "_prefetching", [])
+    monkeypatch.setenv("LMMS_CACHE_CHECKPOINT_INTERVAL", "2")
+    chunks: list[tuple[list[int], bool]] = []
+
+    def execute(cache: object, lm: object, reqtype: str, requests: list[int]) -> list[int]:
+        if lmms_eval_main._prefetching:
+            lmms_eval_main._prefetching[0].join(10)
+        chunks.append((requests, "table_writer_stand_in" in sys.modules))
+        return [r * 10 for r in requests]
+
+    chunked = lmms_eval_main._chunked_execute(execute)
+    assert chunked(None, None, "generate_until", [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
+    # Not during the start (the first chunk), then from the second chunk on.
+    assert chunks == [([1, 2], False), ([3, 4], True), ([5], True)]
+    assert len(lmms_eval_main._prefetching) == 1

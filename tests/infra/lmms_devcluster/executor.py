@@ -88,6 +88,8 @@ HOST_TASK_INDEX = (
 HOST_TRANSFORMERS_INDEX = HOST_TASK_INDEX.with_name("host-transformers-index.json")
 #: And the table of Unicode punctuation lmms-eval builds at import (/opt/lmms/punctuation.json).
 HOST_PUNCTUATION_INDEX = HOST_TASK_INDEX.with_name("host-punctuation.json")
+#: And the compiled methods of dataclasses (/opt/lmms/code-cache.marshal).
+HOST_CODE_CACHE = HOST_TASK_INDEX.with_name("host-code-cache.marshal")
 FALLBACK_LOG_LINES = 80
 
 
@@ -411,6 +413,7 @@ class PodRunner:
             "LMMS_TASK_INDEX": str(HOST_TASK_INDEX),
             "LMMS_TRANSFORMERS_INDEX": str(HOST_TRANSFORMERS_INDEX),
             "LMMS_PUNCTUATION_INDEX": str(HOST_PUNCTUATION_INDEX),
+            "LMMS_CODE_CACHE": str(HOST_CODE_CACHE),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
         }
