@@ -218,6 +218,33 @@ def _api_backends_data_parallel() -> None:
     openai.OpenAICompatible.__init__ = init
 
 
+#: The OpenAI client's vendored aiohttp transport: its package imports it (and with it
+#: aiohttp, which makes its SSL contexts at import: about 0.12 s) only to export it, for
+#: ``DefaultAioHttpClient``, whose client imports it itself when it makes a transport.
+AIOHTTP_PACKAGE = "openai._vendor.httpx_aiohttp"
+AIOHTTP_ORIGINAL = "from .transport import AiohttpTransport\n"
+AIOHTTP_REPLACEMENT = (
+    'def __getattr__(name): return __import__("lmms_runner.lmms_eval_main",'
+    ' fromlist=["vendored_transport"]).vendored_transport(__name__, name)\n'
+)
+
+
+def vendored_transport(package: str, name: str) -> Any:
+    """The package's ``AiohttpTransport``, imported on first use."""
+    if name != "AiohttpTransport":
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return importlib.import_module(f"{package}.transport").AiohttpTransport
+
+
+def lazy_aiohttp_transport() -> bool:
+    """The OpenAI client without aiohttp until an aiohttp client makes its transport.
+    Where aiohttp is not installed the package is left as it is: its import fails, and
+    the client says so as before."""
+    if importlib.util.find_spec("aiohttp") is None:
+        return False
+    return importhooks.patch_source(AIOHTTP_PACKAGE, AIOHTTP_ORIGINAL, AIOHTTP_REPLACEMENT)
+
+
 #: (module, function) that lmms-eval takes through ``optional_import`` at import time and
 #: that only some backends call.
 LAZY_FUNCTIONS = {("qwen_vl_utils", "fetch_video"), ("qwen_vl_utils", "process_vision_info")}
@@ -327,6 +354,7 @@ def prepare(argv: list[str]) -> None:
     # dozen of them, which load as submodules, and ``client.responses`` imports the
     # rest when it is first used.
     defer("openai.types.responses")
+    lazy_aiohttp_transport()
     lazy_optional_imports()
     taskindex.install()
     from lmms_eval.caching import response_cache

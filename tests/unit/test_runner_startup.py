@@ -540,3 +540,44 @@ def test_the_results_table_is_imported_while_the_model_answers(
     # Not during the start (the first chunk), then from the second chunk on.
     assert chunks == [([1, 2], False), ([3, 4], True), ([5], True)]
     assert len(lmms_eval_main._prefetching) == 1
+
+
+LAZY_AIOHTTP = """
+import json, sys
+from lmms_runner import lmms_eval_main
+patched = lmms_eval_main.lazy_aiohttp_transport()
+import openai
+before = "aiohttp" in sys.modules
+client = openai.DefaultAioHttpClient()  # makes its transport: imports aiohttp
+from openai._vendor.httpx_aiohttp import AiohttpTransport
+import openai._vendor.httpx_aiohttp as package
+try:
+    package.AioHttpTransport
+    unknown = ""
+except AttributeError as e:
+    unknown = str(e)
+print(json.dumps({
+    "patched": patched,
+    "before": before,
+    "after": "aiohttp" in sys.modules,
+    "transport": type(client._transport).__name__,
+    "exported": AiohttpTransport is sys.modules[package.__name__ + ".transport"].AiohttpTransport,
+    "unknown": unknown,
+}))
+"""
+
+
+@pytest.mark.e2e
+def test_the_openai_client_imports_aiohttp_only_for_an_aiohttp_client() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY_AIOHTTP], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == {
+        "patched": True,
+        "before": False,
+        "after": True,
+        "transport": "AiohttpTransport",
+        "exported": True,
+        "unknown": "module 'openai._vendor.httpx_aiohttp' has no attribute 'AioHttpTransport'",
+    }
