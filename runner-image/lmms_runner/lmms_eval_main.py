@@ -35,10 +35,15 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
 - so is the package of the OpenAI client's Responses API types (some 250 modules, about
   0.2 s), which ``openai.types`` imports whole: the chat backends load the dozen of its
   modules they use, and the client's ``responses`` resource the rest;
+- and so is the client's vendored aiohttp transport (with aiohttp, which makes its SSL
+  contexts at import: about 0.12 s), which its package imports only to export it: the
+  aiohttp client (``DefaultAioHttpClient``) imports it when it makes a transport;
 - ``qwen_vl_utils``' ``fetch_video`` and ``process_vision_info``, which
   ``lmms_eval.protocol`` and the Qwen backends take through ``optional_import`` (and which
   import torchvision and torch's compiler: about 2.5 s), are imported when first called:
-  the API backends and most others never call them;
+  the API backends and most others never call them; so are decord's ``VideoReader`` and
+  ``cpu``, which the API backends take the same way for videos (0.06 s), and sacrebleu,
+  which ``lmms_eval.api.metrics`` imports for three metrics (0.07 s);
 - ``stderr_for_metric``, called for every metric once the answers are in, imports two
   tasks' modules (``amber_g``, ``coco_cap_chair``: nltk, spacy and scipy, about 2 s) only
   to compare the metric with their functions: a metric from any other module is none of
@@ -247,7 +252,14 @@ def lazy_aiohttp_transport() -> bool:
 
 #: (module, function) that lmms-eval takes through ``optional_import`` at import time and
 #: that only some backends call.
-LAZY_FUNCTIONS = {("qwen_vl_utils", "fetch_video"), ("qwen_vl_utils", "process_vision_info")}
+LAZY_FUNCTIONS = {
+    ("qwen_vl_utils", "fetch_video"),
+    ("qwen_vl_utils", "process_vision_info"),
+    # The API backends' and ``lmms_eval.protocol``'s video reader (decord loads its
+    # FFmpeg libraries at import: about 0.06 s); they only call these two.
+    ("decord", "VideoReader"),
+    ("decord", "cpu"),
+}
 
 
 def _lazy_function(module: str, name: str) -> Any:
@@ -355,6 +367,9 @@ def prepare(argv: list[str]) -> None:
     # rest when it is first used.
     defer("openai.types.responses")
     lazy_aiohttp_transport()
+    # lmms_eval.api.metrics imports sacrebleu (with tabulate, wcwidth, portalocker and
+    # lxml: about 0.07 s) for its BLEU, chrF and TER metrics, which call it.
+    defer("sacrebleu")
     lazy_optional_imports()
     taskindex.install()
     from lmms_eval.caching import response_cache

@@ -354,6 +354,7 @@ seen = {}
 
 
 def cli_evaluate():
+    seen["aiohttp"] = "aiohttp" in sys.modules  # before the judges' package below imports it
     from lmms_eval.filters import extraction
 
     seen["patched"] = type(extraction.__loader__).__name__
@@ -380,6 +381,14 @@ def cli_evaluate():
         and openai.types.responses.Response.__name__ == "Response"
         and type(sys.modules["openai.types.responses"]).__name__ == "module"
     )
+    seen["sacrebleu"] = type(sys.modules["sacrebleu"]).__name__
+    from lmms_eval.api import metrics
+
+    seen["bleu"] = metrics.sacrebleu.corpus_bleu(["a b c d"], [["a b c d"]]).score
+    from lmms_eval.models.simple import openai as backend
+
+    seen["decord"] = "decord" in sys.modules
+    seen["decord usable"] = type(backend.cpu(0)).__name__
 
 
 # main() imports lmms-eval itself, as in a pod
@@ -394,8 +403,12 @@ print(json.dumps(seen))
 def test_the_runner_skips_the_judges_and_the_punctuation_scan_with_the_same_filters(
     tmp_path: Path,
 ) -> None:
-    env = dict(os.environ, LMMS_PUNCTUATION_INDEX=str(tmp_path / "punctuation.json"))
-    for _ in range(2):  # the table computed and written, then read
+    env = dict(
+        os.environ,
+        LMMS_PUNCTUATION_INDEX=str(tmp_path / "punctuation.json"),
+        LMMS_CODE_CACHE=str(tmp_path / "code-cache.marshal"),
+    )
+    for _ in range(2):  # the table and the code cache computed and written, then read
         out = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(WHAT_MAIN_CHANGES)],
             capture_output=True,
@@ -413,7 +426,14 @@ def test_the_runner_skips_the_judges_and_the_punctuation_scan_with_the_same_filt
         # so is the OpenAI client's Responses API types package, reachable all the same
         assert seen["responses"] == "_Deferred" == seen["responses attribute"], seen
         assert seen["responses usable"]
+        # aiohttp (for the client's aiohttp transport), sacrebleu (for three metrics) and
+        # decord (for a backend's videos) wait for their first use, and serve it
+        assert not seen["aiohttp"] and not seen["decord"]
+        assert seen["sacrebleu"] == "_Deferred" and seen["bleu"] == pytest.approx(100.0)
+        assert seen["decord usable"] == "DECORDContext", seen
     assert punctuation.load(tmp_path / "punctuation.json")
+    cache = tmp_path / "code-cache.marshal"
+    assert len(codecache.load(cache, codecache.key(0)) or {}) > 1000
 
 
 TRITON_IN_THE_RUN = """
