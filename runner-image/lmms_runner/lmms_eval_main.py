@@ -59,15 +59,23 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   start's CPU. (Where triton is loaded, the exit collects everything as before:
   ``LEAK_CHECKED``.)
 
-And it ends sooner: pytablewriter (about 250 modules, 0.25 CPU-s), which lmms-eval
-imports for its results table once every answer is in, is imported while the model
-answers the second chunk (``prefetch``). On a shared node that is CPU the pods would
-otherwise all spend in the same last second.
+And it ends sooner, with the same output:
+
+- pytablewriter (about 250 modules, 0.25 CPU-s), which lmms-eval imports for its results
+  table once every answer is in, is imported while the model answers the second chunk
+  (``prefetch``);
+- once the interpreter has finished its exit (every Python object finalized, every file
+  flushed and closed), the process ends with its status, without the C++ libraries'
+  destructors (torch's, CUDA's: about 0.17 CPU-s; ``skip_library_teardown``).
+
+On a shared node that is CPU the pods of a fan-out would otherwise all spend in the same
+last second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import importlib
 import importlib.machinery
@@ -348,6 +356,30 @@ def preimport_model(argv: list[str]) -> None:
         return
 
 
+def skip_library_teardown() -> bool:
+    """Ends the process as soon as the interpreter has finished its own exit, with its
+    exit status: after the atexit handlers, after every Python object is finalized and
+    every file Python holds is flushed and closed, the C stdio streams are flushed and
+    closed too (``fcloseall``), and the process ends (``_exit``). What is left out is the
+    C and C++ libraries' own teardown: the destructors of the libraries loaded so far
+    (torch's operator registry, CUDA's contexts), about 0.17 of the 0.22 CPU-s the exit
+    takes, which only give back memory and handles the kernel reclaims anyway. False
+    where the C library has no ``on_exit`` (glibc has)."""
+    try:
+        libc = ctypes.CDLL(None)
+        on_exit, end, flush = libc.on_exit, libc._exit, libc.fcloseall
+    except (OSError, AttributeError):
+        return False
+    on_exit.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    on_exit.restype = ctypes.c_int
+    # exit() calls these last-registered first, each as handler(status, NULL): fcloseall
+    # ignores both, then _exit(status) ends the process with the interpreter's status.
+    if on_exit(ctypes.cast(end, ctypes.c_void_p), None) != 0:
+        return False
+    on_exit(ctypes.cast(flush, ctypes.c_void_p), None)
+    return True
+
+
 def prepare(argv: list[str]) -> None:
     """Everything before lmms-eval's command line runs: the shortcuts above, lmms-eval and
     the model backend that ``argv`` names imported (the code cache builds from this)."""
@@ -394,6 +426,7 @@ def main() -> None:
         gc.enable()
     from lmms_eval.__main__ import cli_evaluate
 
+    skip_library_teardown()
     try:
         cli_evaluate()
     finally:

@@ -601,3 +601,54 @@ def test_the_openai_client_imports_aiohttp_only_for_an_aiohttp_client() -> None:
         "exported": True,
         "unknown": "module 'openai._vendor.httpx_aiohttp' has no attribute 'AioHttpTransport'",
     }
+
+
+LIBRARY_TEARDOWN = """
+import ctypes, sys
+from lmms_runner import importhooks, lmms_eval_main
+
+libc = ctypes.CDLL(None)
+libc.__cxa_atexit.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+# A library's teardown, registered before the run as the C++ destructors of torch's
+# libraries are (__cxa_atexit): it aborts.
+libc.__cxa_atexit(ctypes.cast(libc.abort, ctypes.c_void_p), None, None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fputs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+KEPT = []
+RESULTS, LOG = sys.argv[1:3]
+
+
+def cli_evaluate():
+    results = open(RESULTS, "w")  # never closed: the interpreter's exit flushes it
+    results.write("results")
+    KEPT.append(results)
+    log = libc.fopen(LOG.encode(), b"w")  # a C library's file, never closed either
+    libc.fputs(b"from C stdio", log)  # held in the C library's buffer
+    print("from Python")
+    sys.exit(3)
+
+
+importhooks.after_import("lmms_eval.__main__", lambda m: setattr(m, "cli_evaluate", cli_evaluate))
+sys.argv = ["lmms_eval", "--model", "openai"]
+lmms_eval_main.main()
+"""
+
+
+@pytest.mark.e2e
+def test_the_run_ends_after_the_interpreters_exit_without_the_libraries_teardown(
+    tmp_path: Path,
+) -> None:
+    results, log = tmp_path / "results.json", tmp_path / "c-stdio.log"
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LIBRARY_TEARDOWN), str(results), str(log)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # The exit status is the interpreter's, and the handler registered before the run
+    # (which would abort) never ran.
+    assert out.returncode == 3, (out.returncode, out.stderr[-2000:])
+    # Nothing written is lost: Python's streams and files, and the C library's buffers.
+    assert "from Python" in out.stdout, out.stdout
+    assert results.read_text() == "results"
+    assert log.read_text() == "from C stdio"
