@@ -116,11 +116,11 @@ class Cache:
         builtins.exec(source, globals, locals)
 
     def save_new(self) -> None:
-        """Writes what was compiled so far, when the file was missing or another
-        Python's."""
+        """Writes the file with what was compiled so far added, when recording (the file
+        was missing or another Python's, or a build)."""
         if self.new:
-            save(self.path, self.expected, self.new)
             self.code = {**self.code, **self.new}
+            save(self.path, self.expected, self.code)
             self.new = None
 
 

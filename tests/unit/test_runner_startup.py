@@ -525,6 +525,16 @@ def test_dataclass_methods_from_the_code_cache_are_the_ones_exec_makes(tmp_path:
         second = codecache.install(path)  # from the file: nothing compiled
         assert second.new is None and len(second.code) == 14
         assert _methods("second_shapes") == plain
+        # A build over an existing file adds what it compiles, and keeps the rest.
+        second.new = {}
+
+        @dataclasses.dataclass
+        class Added:
+            z: int
+
+        assert len(second.new) == 3
+        second.save_new()
+        assert len(codecache.load(path, second.expected) or {}) == 17
     finally:
         vars(dataclasses).pop("exec", None)
     # Another Python's file (or a damaged one) is not used.
