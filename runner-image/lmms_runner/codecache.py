@@ -24,7 +24,6 @@ import builtins
 import dataclasses
 import importlib.util
 import marshal
-import os
 import sys
 import types
 from pathlib import Path
@@ -78,13 +77,7 @@ def load(path: Path, expected: str) -> dict[str, types.CodeType] | None:
 
 def save(path: Path, expected: str, code: dict[str, types.CodeType]) -> None:
     """Writes the file atomically; a read-only place is left alone."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(marshal.dumps({"key": expected, "code": code}))
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        pass
+    taskindex.write_atomically(path, marshal.dumps({"key": expected, "code": code}))
 
 
 class Cache:

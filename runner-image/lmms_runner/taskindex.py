@@ -13,6 +13,7 @@ are indexed live, as before. The index is the very dictionary lmms-eval would bu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -68,13 +69,20 @@ def save(path: Path, fp: str, index: dict[str, Any]) -> None:
 
 def write(path: Path, doc: dict[str, Any]) -> None:
     """Writes an index file atomically; a read-only place is left alone."""
+    write_atomically(path, json.dumps(doc).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Writes ``path`` whole or not at all: readers (other pods' runners) see the old file
+    or the new one. A read-only or full place is left as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def install(path: Path | None = None) -> None:

@@ -662,3 +662,16 @@ def test_the_run_ends_after_the_interpreters_exit_without_the_libraries_teardown
     assert "from Python" in out.stdout, out.stdout
     assert results.read_text() == "results"
     assert log.read_text() == "from C stdio"
+
+
+def test_an_index_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "index.json"
+    taskindex.write_atomically(path, b"first")
+    taskindex.write_atomically(path, b"second")
+    assert path.read_bytes() == b"second"
+    # A place that cannot take the file keeps what it had, and no partial file either.
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "entry").write_text("")
+    taskindex.write_atomically(taken, b"data")
+    assert taken.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "taken"]
