@@ -44,6 +44,12 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   the API backends and most others never call them; so are decord's ``VideoReader`` and
   ``cpu``, which the API backends take the same way for videos (0.06 s), and sacrebleu,
   which ``lmms_eval.api.metrics`` imports for three metrics (0.07 s);
+- with the OpenAI-compatible backend, which holds no model, torch is imported without
+  its Python meta kernels (``torch._meta_registrations``, with the decompositions,
+  references and primitives it imports: about 0.65 CPU-s), which only meta and fake
+  tensors use: they are imported as soon as something that makes such tensors is
+  (``torch._decomp``, ``torch._dynamo``, transformers' model loading, diffusers), or
+  asks for one of their names (``defer_meta_registrations``);
 - ``stderr_for_metric``, called for every metric once the answers are in, imports two
   tasks' modules (``amber_g``, ``coco_cap_chair``: nltk, spacy and scipy, about 2 s) only
   to compare the metric with their functions: a metric from any other module is none of
@@ -106,15 +112,22 @@ class _Deferred(types.ModuleType):
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
             raise AttributeError(attr)
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        module = importlib.import_module(self.__name__)
-        # Submodules imported meanwhile (``import package.sub`` finds them through
-        # ``__path__`` without running the package) stay reachable as attributes.
-        for key, value in list(vars(self).items()):
-            if isinstance(value, types.ModuleType) and not hasattr(module, key):
-                setattr(module, key, value)
-        return getattr(module, attr)
+        return getattr(_import_deferred(self), attr)
+
+
+def _import_deferred(deferred: _Deferred) -> types.ModuleType:
+    """The module that ``deferred`` stands for, imported now. (A function, not a method:
+    every name on ``_Deferred`` hides the module's attribute of that name.)"""
+    name = deferred.__name__
+    if sys.modules.get(name) is deferred:
+        del sys.modules[name]
+    module = importlib.import_module(name)
+    # Submodules imported meanwhile (``import package.sub`` finds them through
+    # ``__path__`` without running the package) stay reachable as attributes.
+    for key, value in list(vars(deferred).items()):
+        if isinstance(value, types.ModuleType) and not hasattr(module, key):
+            setattr(module, key, value)
+    return module
 
 
 def defer(name: str) -> None:
@@ -341,12 +354,58 @@ def lean_stderr_for_metric() -> None:
 LEAK_CHECKED = ("triton._C.libtriton", "triton._C.libproton")
 
 
+def model_name(argv: list[str]) -> str | None:
+    """The model backend that ``--model`` names, if any."""
+    try:
+        return argv[argv.index("--model") + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+#: lmms-eval's model backends that send every request to a server and hold no model of
+#: their own: its OpenAI-compatible backend (``openai``, plain and chat). They make no
+#: meta or fake tensors; a backend that loads a model does, through transformers or
+#: accelerate.
+API_BACKENDS = frozenset({"openai"})
+
+#: The modules that use meta or fake tensors: torch's decompositions (which fake tensors,
+#: ``torch.compile`` and ``torch.export`` go through) and the libraries that load a model
+#: onto the meta device first. When one of them is imported, so are torch's meta kernels.
+META_USERS = ("torch._decomp", "torch._dynamo", "transformers.modeling_utils", "diffusers")
+META_REGISTRATIONS = "torch._meta_registrations"
+
+
+def defer_meta_registrations(argv: list[str]) -> bool:
+    """For a backend in ``API_BACKENDS``, ``import torch`` without torch's Python meta
+    kernels (``torch._meta_registrations``, with the decompositions, references and
+    primitives it imports: about 0.65 CPU-s of the 2 to 2.5 that torch takes). They
+    compute the shapes of operators on meta tensors, which only models (loaded onto the
+    meta device first, or traced by ``torch.compile``) make. They are imported as soon as
+    one of ``META_USERS`` is, or anything asks the module for a name (as the fake
+    tensors do). A meta tensor made without any of them meets an operator whose meta
+    kernel is one of these with torch's own error (``NotImplementedError: ... with Meta
+    tensors``), never a wrong result. False (and nothing changed) for any other backend,
+    or where torch is imported already."""
+    if model_name(argv) not in API_BACKENDS or "torch" in sys.modules:
+        return False
+    defer(META_REGISTRATIONS)
+    for name in META_USERS:
+        importhooks.after_import(name, lambda _module: load_meta_registrations())
+    return True
+
+
+def load_meta_registrations() -> None:
+    """torch's meta kernels, imported now if they were deferred."""
+    deferred = sys.modules.get(META_REGISTRATIONS)
+    if isinstance(deferred, _Deferred):
+        _import_deferred(deferred)
+
+
 def preimport_model(argv: list[str]) -> None:
     """Imports the module of the model backend that ``--model`` names, as lmms-eval will
     once the run starts (a name it does not know is left for lmms-eval to report)."""
-    try:
-        name = argv[argv.index("--model") + 1]
-    except (ValueError, IndexError):
+    name = model_name(argv)
+    if name is None:
         return
     from lmms_eval.models import MODEL_REGISTRY_V2
 
@@ -383,6 +442,7 @@ def skip_library_teardown() -> bool:
 def prepare(argv: list[str]) -> None:
     """Everything before lmms-eval's command line runs: the shortcuts above, lmms-eval and
     the model backend that ``argv`` names imported (the code cache builds from this)."""
+    defer_meta_registrations(argv)  # before anything imports torch
     transformersindex.install()  # before anything imports transformers
     punctuation.install()  # before anything imports lmms_eval.filters
     defer("evaluate")

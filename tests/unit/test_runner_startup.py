@@ -389,6 +389,7 @@ def cli_evaluate():
 
     seen["decord"] = "decord" in sys.modules
     seen["decord usable"] = type(backend.cpu(0)).__name__
+    seen["meta kernels"] = type(sys.modules["torch._meta_registrations"]).__name__
 
 
 # main() imports lmms-eval itself, as in a pod
@@ -431,6 +432,8 @@ def test_the_runner_skips_the_judges_and_the_punctuation_scan_with_the_same_filt
         assert not seen["aiohttp"] and not seen["decord"]
         assert seen["sacrebleu"] == "_Deferred" and seen["bleu"] == pytest.approx(100.0)
         assert seen["decord usable"] == "DECORDContext", seen
+        # the OpenAI-compatible backend runs without torch's meta kernels
+        assert seen["meta kernels"] == "_Deferred", seen
     assert punctuation.load(tmp_path / "punctuation.json")
     cache = tmp_path / "code-cache.marshal"
     assert len(codecache.load(cache, codecache.key(0)) or {}) > 1000
@@ -450,6 +453,70 @@ entry.cli_evaluate = cli_evaluate
 sys.argv = ["lmms_eval", "--model", "openai"]
 lmms_eval_main.main()
 """
+
+
+META_KERNELS = """
+import json, sys
+from lmms_runner import lmms_eval_main
+
+model, trigger = sys.argv[1:]
+seen = {"deferred": lmms_eval_main.defer_meta_registrations(["--model", model])}
+import torch
+
+x = torch.empty(5, device="meta")
+index = torch.zeros(2, dtype=torch.long, device="meta")
+
+
+def take():
+    try:
+        return list(torch.take(x, index).shape)  # its meta kernel is one of torch's Python ones
+    except NotImplementedError as e:
+        return type(e).__name__
+
+
+seen["before"] = take()
+if trigger == "attribute":
+    seen["asked"] = callable(torch._meta_registrations.register_meta)
+else:
+    __import__(trigger)
+seen["module"] = type(sys.modules["torch._meta_registrations"]).__name__
+seen["after"] = take()
+print(json.dumps(seen))
+"""
+
+
+def meta_kernels(model: str, trigger: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(META_KERNELS), model, trigger],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.splitlines()[-1]))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        *(m for m in lmms_eval_main.META_USERS if importlib.util.find_spec(m.split(".")[0])),
+        "attribute",
+    ],
+)
+def test_an_api_backend_runs_without_torchs_meta_kernels_until_something_uses_them(
+    trigger: str,
+) -> None:
+    seen = meta_kernels("openai", trigger)
+    assert seen["deferred"] and seen["before"] == "NotImplementedError", seen
+    # fake tensors, torch.compile, torch.export and model loading get them, as does a
+    # module that asks for a name of theirs
+    assert seen["module"] == "module" and seen["after"] == [2], seen
+
+
+@pytest.mark.e2e
+def test_a_backend_that_loads_a_model_gets_torchs_meta_kernels_at_once() -> None:
+    seen = meta_kernels("llava_hf", "json")
+    assert not seen["deferred"] and seen["before"] == seen["after"] == [2], seen
 
 
 @pytest.mark.e2e
