@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml tests/infra/pyproject.toml requirements/dev.t
 	$(BIN)/python -m pip install -q --upgrade uv
 	# Every package from the lock (pinned, with hashes), then the operator and, apart
 	# from it, the development-only devcluster package (tests/infra: never in the wheel
-	# or the images), without resolving anything again.
-	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements/dev.txt
+	# or the images), without resolving anything again. Bytecode is compiled once, here,
+	# as in the images: where PYTHONDONTWRITEBYTECODE is set, every test's lmms-eval and
+	# every devcluster pod would otherwise compile the ~2,500 modules it imports again.
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --require-hashes -r requirements/dev.txt
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e . -e tests/infra
 	touch $@
 
