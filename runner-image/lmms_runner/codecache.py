@@ -76,8 +76,13 @@ def load(path: Path, expected: str) -> dict[str, types.CodeType] | None:
 
 
 def save(path: Path, expected: str, code: dict[str, types.CodeType]) -> None:
-    """Writes the file atomically; a read-only place is left alone."""
-    taskindex.write_atomically(path, marshal.dumps({"key": expected, "code": code}))
+    """Writes the file atomically; a read-only place is left alone, and so is code that
+    marshal cannot write (the run goes on without the file, as before)."""
+    try:
+        data = marshal.dumps({"key": expected, "code": code})
+    except ValueError:
+        return
+    taskindex.write_atomically(path, data)
 
 
 class Cache:

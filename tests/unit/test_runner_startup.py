@@ -742,3 +742,9 @@ def test_an_index_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     (taken / "entry").write_text("")
     taskindex.write_atomically(taken, b"data")
     assert taken.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "taken"]
+
+
+def test_a_code_cache_marshal_cannot_write_is_left_unwritten(tmp_path: Path) -> None:
+    path = tmp_path / "code-cache.marshal"
+    codecache.save(path, "key", {"text": object()})  # type: ignore[dict-item]
+    assert not path.exists()
