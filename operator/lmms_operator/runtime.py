@@ -45,7 +45,7 @@ from .reconcile import job as jobs
 from .reconcile import reasons as R
 from .reconcile import status as st
 from .reconcile.plan import Plan
-from .scrape import FOLLOW_UP, Scraper, follow_up
+from .scrape import FINISHING, FOLLOW_UP, Scraper, follow_up, results_wait
 
 log = logging.getLogger("lmms.runtime")
 
@@ -854,42 +854,59 @@ class Runtime:
             int(s.get("index", -1)) for s in status.get("shards") or [] if s.get("resultsCollected")
         }
         self._follow_up(uid, [p for i, p in progress.items() if i not in collected])
-        finished = [
-            i
-            for i, p in progress.items()
-            if p.phase in ("done", "failed")
-            and p.reason != "EvaluationFailed"
-            and i not in collected
-        ]
-        if not finished:
+        # Finished shards are fetched at once; finishing ones with a long poll, answered
+        # once their results are ready. Each is kept as soon as it comes.
+        waits: dict[int, float] = {}
+        for i, p in progress.items():
+            if i in collected or p.reason == "EvaluationFailed":
+                continue
+            if p.phase in ("done", "failed"):
+                waits[i] = 0.0
+            elif p.phase in FINISHING and results_wait(self.settings.scrape_timeout):
+                waits[i] = results_wait(self.settings.scrape_timeout)
+        if not waits:
             return
-        namespace = pods[finished[0]]["metadata"]["namespace"]
+        namespace = pods[next(iter(waits))]["metadata"]["namespace"]
         token = await self._token(uid, namespace, job_name)
         if not token:
             return
-        for i in finished:
+
+        async def fetch(i: int) -> tuple[int, ResultsSummary | None]:
             base = f"http://{pods[i]['status']['podIP']}:{port}"
             try:
-                summary = ResultsSummary.model_validate(
-                    await scraper.request("GET", f"{base}/results", token=token)
+                return i, ResultsSummary.model_validate(
+                    await scraper.request("GET", f"{base}/results", token=token, wait=waits[i])
                 )
             except (errors.ScrapeError, ValueError) as exc:
-                log.warning("results of %s shard %d not fetched yet: %s", job_name, i, exc)
-                continue
-            image = publishing.image_id([pods[i]])
-            await self._in_thread(
-                self.update,
-                uid,
-                lambda run, st_, i=i, summary=summary, image=image: publishing.collect_shard(
-                    run, st_, i, summary, image
-                ),
-            )
-            try:
-                await scraper.request("POST", f"{base}/ack", token=token)
-            except errors.ScrapeError as exc:
-                log.warning(
-                    "could not acknowledge the results of %s shard %d: %s", job_name, i, exc
+                (log.debug if waits[i] else log.warning)(
+                    "results of %s shard %d not fetched yet: %s", job_name, i, exc
                 )
+                return i, None
+
+        fetches = [asyncio.ensure_future(fetch(i)) for i in sorted(waits)]
+        try:
+            for fetched in asyncio.as_completed(fetches):
+                i, summary = await fetched
+                if summary is None:
+                    continue
+                base = f"http://{pods[i]['status']['podIP']}:{port}"
+                image = publishing.image_id([pods[i]])
+                await self._in_thread(
+                    self.update,
+                    uid,
+                    lambda run, st_, i=i, summary=summary, image=image: publishing.collect_shard(
+                        run, st_, i, summary, image
+                    ),
+                )
+                try:
+                    await scraper.request("POST", f"{base}/ack", token=token)
+                except errors.ScrapeError as exc:
+                    log.warning(
+                        "could not acknowledge the results of %s shard %d: %s", job_name, i, exc
+                    )
+        finally:
+            for pending in fetches:
+                pending.cancel()  # stopping: no fetch outlives the scrape
 
     async def _scrape(self, uid: str, run: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Pulls /progress into status.progress; once the runner is done, pulls /results,
@@ -920,17 +937,22 @@ class Runtime:
             uid, "the runner answers", lambda st_: controller.progress_plan(st_, progress)
         )
         self._follow_up(uid, [progress])
-        if progress.phase not in ("done", "failed") or progress.reason == "EvaluationFailed":
+        if progress.reason == "EvaluationFailed":
+            return
+        # Finishing: a long poll, answered once the results are ready.
+        wait = results_wait(self.settings.scrape_timeout) if progress.phase in FINISHING else 0.0
+        if progress.phase not in ("done", "failed") and not wait:
             return
         token = await self._token(uid, pod["metadata"]["namespace"], str(job_name))
         if not token:
             return
         try:
             summary = ResultsSummary.model_validate(
-                await scraper.request("GET", f"{base}/results", token=token)
+                await scraper.request("GET", f"{base}/results", token=token, wait=wait)
             )
         except (errors.ScrapeError, ValueError) as exc:
-            log.warning("results of %s not fetched yet: %s", job_name, exc)
+            # Not ready within the wait is the usual case of a long poll.
+            (log.debug if wait else log.warning)("results of %s not fetched yet: %s", job_name, exc)
             return
         await self._in_thread(
             self.update,

@@ -2,6 +2,10 @@
 
 One shared HTTP session; a semaphore bounds how many runners are contacted at once, and
 every request has a timeout, so a thousand runs never open a thousand connections.
+A runner that is finishing is asked for its results with a long poll (``/results?wait=``,
+``results_wait``), in slots of their own (a quarter of ``scrape_concurrency``): a held
+request never delays another run's scrape, and when those slots are taken the request
+is a plain one.
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ from .api.runner import RunnerProgress
 from .config import Settings
 from .errors import ScrapeError
 
-__all__ = ["FAST_FOLLOW_UPS", "FOLLOW_UP", "MAX_RESPONSE", "ScrapeError", "Scraper", "follow_up"]
+__all__ = [
+    "FAST_FOLLOW_UPS",
+    "FINISHING",
+    "FOLLOW_UP",
+    "MAX_RESPONSE",
+    "RESULTS_WAIT",
+    "ScrapeError",
+    "Scraper",
+    "follow_up",
+    "results_wait",
+]
 
 #: The most a runner's answer (/progress, /results) may hold: results over the 1 MiB
 #: ConfigMap limit go to the object store anyway.
@@ -28,6 +42,20 @@ MAX_RESPONSE = 4 * 1024 * 1024
 #: the regular interval.
 FOLLOW_UP = 0.5
 FAST_FOLLOW_UPS = 4
+
+#: Runner phases past the last answer, before the results are ready.
+FINISHING = ("postprocessing", "uploading")
+
+#: The longest the operator asks a finishing runner to hold ``/results`` until they are
+#: ready (a long poll): its results are collected, and its pod and GPUs freed, the moment
+#: they are, instead of at the next follow-up scrape.
+RESULTS_WAIT = 2.0
+
+
+def results_wait(timeout: float) -> float:
+    """Seconds of ``/results?wait=`` for a scrape ``timeout``: ``RESULTS_WAIT``, less
+    where the timeout leaves under a second for the answer itself (0: no long poll)."""
+    return max(0.0, min(RESULTS_WAIT, timeout - 1.0))
 
 
 def follow_up(progress: Iterable[RunnerProgress], interval: float, streak: int) -> float | None:
@@ -62,21 +90,34 @@ class Scraper:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._semaphore = asyncio.Semaphore(settings.scrape_concurrency)
+        self.waiting_slots = max(1, settings.scrape_concurrency // 4)
+        self._waiting = asyncio.Semaphore(self.waiting_slots)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.settings.scrape_timeout),
-                connector=aiohttp.TCPConnector(limit=self.settings.scrape_concurrency),
+                connector=aiohttp.TCPConnector(
+                    limit=self.settings.scrape_concurrency + self.waiting_slots
+                ),
             )
         return self._session
 
-    async def request(self, method: str, url: str, token: str | None = None) -> Any:
+    async def request(
+        self, method: str, url: str, token: str | None = None, wait: float = 0.0
+    ) -> Any:
         """The runner's JSON answer. A runner is the tenant's code: an answer over
-        ``MAX_RESPONSE`` bytes is refused without being read whole."""
+        ``MAX_RESPONSE`` bytes is refused without being read whole. ``wait`` > 0: a long
+        poll (``?wait=``, held by the runner up to that many seconds) in a waiting slot,
+        or a plain request when every waiting slot is taken."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self._semaphore:
+        if wait > 0 and not self._waiting.locked():
+            slot = self._waiting
+            url = f"{url}{'&' if '?' in url else '?'}wait={wait:g}"
+        else:
+            slot = self._semaphore
+        async with slot:
             try:
                 async with self._client().request(method, url, headers=headers) as resp:
                     if resp.status >= 400:

@@ -4,6 +4,9 @@ GET  /healthz    liveness
 GET  /progress   RunnerProgress (JSON)
 GET  /metrics    Prometheus text
 GET  /results    ResultsSummary (JSON)              bearer token
+                 ``?wait=S``: while the runner is finishing (post-processing, uploading),
+                 answer once the results are ready, or after S seconds (at most
+                 ``MAX_WAIT``): the operator collects them, and frees the pod, at once
 POST /ack        the operator has the results: exit  bearer token
 """
 
@@ -11,10 +14,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -24,13 +30,29 @@ from lmms_operator.api.runner import ResultsSummary
 from .progress import Tracker
 
 PHASES = ("starting", "loading", "evaluating", "postprocessing", "uploading", "done", "failed")
+#: Phases in which results are about to be ready: a ``/results?wait=S`` request waits.
+FINISHING = ("postprocessing", "uploading")
+#: The longest a ``/results?wait=S`` request is held (S is capped to it).
+MAX_WAIT = 10.0
+
+
+def wait_seconds(path: str) -> float:
+    """The ``wait`` query parameter of a request path: seconds in [0, MAX_WAIT], 0 when
+    absent or not a number."""
+    values = parse_qs(urlsplit(path).query).get("wait")
+    try:
+        wait = float(values[-1]) if values else 0.0
+    except ValueError:
+        return 0.0
+    return 0.0 if math.isnan(wait) else min(MAX_WAIT, max(0.0, wait))
 
 
 class RunnerServer:
     def __init__(self, host: str, port: int, tracker: Tracker, token: str | None) -> None:
         self.tracker = tracker
         self.token = token
-        self.results: ResultsSummary | None = None
+        self._results: ResultsSummary | None = None
+        self._ready = threading.Event()
         self.acknowledged = threading.Event()
         self.registry = CollectorRegistry()
         self._done = Gauge(
@@ -68,6 +90,27 @@ class RunnerServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    @property
+    def results(self) -> ResultsSummary | None:
+        return self._results
+
+    @results.setter
+    def results(self, summary: ResultsSummary | None) -> None:
+        self._results = summary
+        if summary is not None:
+            self._ready.set()  # answers the requests waiting for them
+
+    def wait_for_results(self, seconds: float) -> ResultsSummary | None:
+        """The results, waiting up to ``seconds`` for them while the runner is finishing
+        (it may also fail, or go on to its next task: then the wait ends early)."""
+        deadline = time.monotonic() + seconds
+        while self._results is None and self.tracker.phase in FINISHING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._ready.wait(min(0.1, left))
+        return self._results
 
     def _metrics(self) -> bytes:
         snap = self.tracker.snapshot()
@@ -122,10 +165,12 @@ class RunnerServer:
             def _results(self) -> None:
                 if not server._authorized(self.headers.get("Authorization")):
                     self._json(401, {"error": "a valid bearer token is required"})
-                elif server.results is None:
+                    return
+                summary = server.wait_for_results(wait_seconds(self.path))
+                if summary is None:
                     self._json(404, {"error": "no results yet", "phase": server.tracker.phase})
                 else:
-                    self._send(200, server.results.model_dump_json(by_alias=True).encode())
+                    self._send(200, summary.model_dump_json(by_alias=True).encode())
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

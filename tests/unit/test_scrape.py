@@ -1,5 +1,6 @@
-"""The scraper against a real local HTTP server: answers are bounded. When a run is
-scraped again sooner than the regular interval (``follow_up``)."""
+"""The scraper against a real local HTTP server: answers are bounded; long polls take
+slots of their own. When a run is scraped again sooner than the regular interval
+(``follow_up``)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,26 @@ import pytest
 from lmms_operator import errors
 from lmms_operator.api.runner import RunnerProgress
 from lmms_operator.config import Settings
-from lmms_operator.scrape import FOLLOW_UP, MAX_RESPONSE, Scraper, follow_up
+from lmms_operator.scrape import (
+    FOLLOW_UP,
+    MAX_RESPONSE,
+    RESULTS_WAIT,
+    Scraper,
+    follow_up,
+    results_wait,
+)
+
+RELEASE = threading.Event()  # lets the held long polls answer
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        if self.path == "/progress":
+        if "wait=" in self.path:  # a long poll: held until released
+            RELEASE.wait(10)
+            body = json.dumps({"path": self.path}).encode()
+        elif self.path.startswith("/echo"):
+            body = json.dumps({"path": self.path}).encode()
+        elif self.path == "/progress":
             body = json.dumps({"phase": "running", "percent": 5}).encode()
         else:  # a runner that answers without end, and says nothing of the length
             body = b'{"tasks": ["' + b"x" * (MAX_RESPONSE + 10) + b'"]}'
@@ -49,6 +64,45 @@ def test_answers_are_bounded(server: str) -> None:
             await scraper.close()
 
     asyncio.run(main())
+
+
+def test_long_polls_take_slots_of_their_own(server: str) -> None:
+    """A held long poll delays no other scrape; with every waiting slot taken, a further
+    one goes as a plain request, answered at once."""
+
+    async def main() -> None:
+        RELEASE.clear()
+        scraper = Scraper(Settings(scrape_timeout=10, scrape_concurrency=4))
+        assert scraper.waiting_slots == 1
+        try:
+            held = asyncio.ensure_future(scraper.request("GET", f"{server}/echo", wait=2))
+            await asyncio.sleep(0.2)
+            assert not held.done()
+            plain = await asyncio.wait_for(
+                scraper.request("GET", f"{server}/echo?a=1", wait=2), timeout=5
+            )
+            assert plain == {"path": "/echo?a=1"}  # no wait: the slot is taken
+            assert (await asyncio.wait_for(scraper.request("GET", f"{server}/progress"), 5))[
+                "percent"
+            ] == 5
+            RELEASE.set()
+            assert await asyncio.wait_for(held, timeout=5) == {"path": "/echo?wait=2"}
+            again = await asyncio.wait_for(
+                scraper.request("GET", f"{server}/echo?a=1", wait=1.5), timeout=5
+            )
+            assert again == {"path": "/echo?a=1&wait=1.5"}  # the slot is free again
+        finally:
+            RELEASE.set()
+            await scraper.close()
+
+    asyncio.run(main())
+
+
+def test_the_long_poll_leaves_a_second_of_the_scrape_timeout() -> None:
+    assert results_wait(3.0) == RESULTS_WAIT == 2.0
+    assert results_wait(2.5) == 1.5
+    assert results_wait(1.0) == 0.0  # no long poll
+    assert results_wait(0.5) == 0.0
 
 
 def _p(phase: str, eta: float | None = None, reason: str | None = None) -> RunnerProgress:
