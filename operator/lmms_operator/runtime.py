@@ -45,7 +45,7 @@ from .reconcile import job as jobs
 from .reconcile import reasons as R
 from .reconcile import status as st
 from .reconcile.plan import Plan
-from .scrape import FINISHING, FOLLOW_UP, Scraper, follow_up, results_wait
+from .scrape import FOLLOW_UP, Scraper, follow_up, near_end, results_wait
 
 log = logging.getLogger("lmms.runtime")
 
@@ -854,16 +854,17 @@ class Runtime:
             int(s.get("index", -1)) for s in status.get("shards") or [] if s.get("resultsCollected")
         }
         self._follow_up(uid, [p for i, p in progress.items() if i not in collected])
-        # Finished shards are fetched at once; finishing ones with a long poll, answered
-        # once their results are ready. Each is kept as soon as it comes.
+        # Finished shards are fetched at once; those near their end with a long poll,
+        # answered once their results are ready. Each is kept as soon as it comes.
+        wait = results_wait(self.settings.scrape_timeout)
         waits: dict[int, float] = {}
         for i, p in progress.items():
             if i in collected or p.reason == "EvaluationFailed":
                 continue
             if p.phase in ("done", "failed"):
                 waits[i] = 0.0
-            elif p.phase in FINISHING and results_wait(self.settings.scrape_timeout):
-                waits[i] = results_wait(self.settings.scrape_timeout)
+            elif near_end(p, wait):
+                waits[i] = wait
         if not waits:
             return
         namespace = pods[next(iter(waits))]["metadata"]["namespace"]
@@ -883,13 +884,23 @@ class Runtime:
                 )
                 return i, None
 
+        async def ack(i: int) -> None:
+            try:
+                await scraper.request(
+                    "POST", f"http://{pods[i]['status']['podIP']}:{port}/ack", token=token
+                )
+            except errors.ScrapeError as exc:
+                log.warning(
+                    "could not acknowledge the results of %s shard %d: %s", job_name, i, exc
+                )
+
         fetches = [asyncio.ensure_future(fetch(i)) for i in sorted(waits)]
+        acks: list[asyncio.Future[None]] = []
         try:
             for fetched in asyncio.as_completed(fetches):
                 i, summary = await fetched
                 if summary is None:
                     continue
-                base = f"http://{pods[i]['status']['podIP']}:{port}"
                 image = publishing.image_id([pods[i]])
                 await self._in_thread(
                     self.update,
@@ -898,15 +909,14 @@ class Runtime:
                         run, st_, i, summary, image
                     ),
                 )
-                try:
-                    await scraper.request("POST", f"{base}/ack", token=token)
-                except errors.ScrapeError as exc:
-                    log.warning(
-                        "could not acknowledge the results of %s shard %d: %s", job_name, i, exc
-                    )
+                # Kept: the runner may exit, while the next shard is kept.
+                acks.append(asyncio.ensure_future(ack(i)))
+            await asyncio.gather(*acks)
         finally:
             for pending in fetches:
-                pending.cancel()  # stopping: no fetch outlives the scrape
+                pending.cancel()  # stopping: nothing outlives the scrape
+            for unsent in acks:
+                unsent.cancel()
 
     async def _scrape(self, uid: str, run: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Pulls /progress into status.progress; once the runner is done, pulls /results,
@@ -939,8 +949,9 @@ class Runtime:
         self._follow_up(uid, [progress])
         if progress.reason == "EvaluationFailed":
             return
-        # Finishing: a long poll, answered once the results are ready.
-        wait = results_wait(self.settings.scrape_timeout) if progress.phase in FINISHING else 0.0
+        # Near its end: a long poll, answered once the results are ready.
+        wait = results_wait(self.settings.scrape_timeout)
+        wait = wait if near_end(progress, wait) else 0.0
         if progress.phase not in ("done", "failed") and not wait:
             return
         token = await self._token(uid, pod["metadata"]["namespace"], str(job_name))

@@ -2,7 +2,7 @@
 
 One shared HTTP session; a semaphore bounds how many runners are contacted at once, and
 every request has a timeout, so a thousand runs never open a thousand connections.
-A runner that is finishing is asked for its results with a long poll (``/results?wait=``,
+A runner near its end (``near_end``) is asked for its results with a long poll (``/results?wait=``,
 ``results_wait``), in slots of their own (a quarter of ``scrape_concurrency``): a held
 request never delays another run's scrape, and when those slots are taken the request
 is a plain one.
@@ -30,6 +30,7 @@ __all__ = [
     "ScrapeError",
     "Scraper",
     "follow_up",
+    "near_end",
     "results_wait",
 ]
 
@@ -56,6 +57,17 @@ def results_wait(timeout: float) -> float:
     """Seconds of ``/results?wait=`` for a scrape ``timeout``: ``RESULTS_WAIT``, less
     where the timeout leaves under a second for the answer itself (0: no long poll)."""
     return max(0.0, min(RESULTS_WAIT, timeout - 1.0))
+
+
+def near_end(progress: RunnerProgress, wait: float) -> bool:
+    """Whether a runner is worth a long poll of ``wait`` seconds for its results: past its
+    last answer, or expecting it within the wait."""
+    if not wait or progress.reason == "EvaluationFailed":
+        return False
+    if progress.phase in FINISHING:
+        return True
+    eta = progress.eta_seconds
+    return progress.phase == "evaluating" and eta is not None and eta <= wait
 
 
 def follow_up(progress: Iterable[RunnerProgress], interval: float, streak: int) -> float | None:

@@ -4,9 +4,9 @@ GET  /healthz    liveness
 GET  /progress   RunnerProgress (JSON)
 GET  /metrics    Prometheus text
 GET  /results    ResultsSummary (JSON)              bearer token
-                 ``?wait=S``: while the runner is finishing (post-processing, uploading),
-                 answer once the results are ready, or after S seconds (at most
-                 ``MAX_WAIT``): the operator collects them, and frees the pod, at once
+                 ``?wait=S``: answer once the results are ready (or the run failed), or
+                 after S seconds (at most ``MAX_WAIT``): the operator asks a runner near
+                 its end, to collect its results, and free its pod, at once
 POST /ack        the operator has the results: exit  bearer token
 """
 
@@ -30,8 +30,8 @@ from lmms_operator.api.runner import ResultsSummary
 from .progress import Tracker
 
 PHASES = ("starting", "loading", "evaluating", "postprocessing", "uploading", "done", "failed")
-#: Phases in which results are about to be ready: a ``/results?wait=S`` request waits.
-FINISHING = ("postprocessing", "uploading")
+#: Phases in which the run is over: a ``/results?wait=S`` request waits for nothing more.
+OVER = ("done", "failed")
 #: The longest a ``/results?wait=S`` request is held (S is capped to it).
 MAX_WAIT = 10.0
 
@@ -102,10 +102,10 @@ class RunnerServer:
             self._ready.set()  # answers the requests waiting for them
 
     def wait_for_results(self, seconds: float) -> ResultsSummary | None:
-        """The results, waiting up to ``seconds`` for them while the runner is finishing
-        (it may also fail, or go on to its next task: then the wait ends early)."""
+        """The results, waiting up to ``seconds`` for them while the run is not over (a
+        failed run ends the wait: it has none)."""
         deadline = time.monotonic() + seconds
-        while self._results is None and self.tracker.phase in FINISHING:
+        while self._results is None and self.tracker.phase not in OVER:
             left = deadline - time.monotonic()
             if left <= 0:
                 break

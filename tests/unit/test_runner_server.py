@@ -1,6 +1,6 @@
-"""The runner's /results long poll, against the runner's real HTTP server: a finishing
-runner answers once its results are ready, not after the whole wait; any other phase,
-or a request without the token, is answered at once."""
+"""The runner's /results long poll, against the runner's real HTTP server: a runner near
+its end answers once its results are ready, not after the whole wait; a run that is
+over, or a request without the token, is answered at once."""
 
 from __future__ import annotations
 
@@ -56,23 +56,42 @@ def test_a_finishing_runner_answers_once_its_results_are_ready(
     assert get(f"{base}/results?wait={MAX_WAIT}")[0] == 200  # and at once from then on
 
 
-def test_a_runner_that_is_not_finishing_answers_at_once(
+def test_the_wait_covers_the_last_answers_and_the_post_processing(
     runner: tuple[RunnerServer, str],
 ) -> None:
     server, base = runner
-    for phase in ("starting", "evaluating", "failed"):
-        server.tracker.set_phase(phase)
-        code, took = get(f"{base}/results?wait={MAX_WAIT}")
-        assert (code, took < MAX_WAIT / 2) == (404, True), phase
+    server.tracker.set_phase("evaluating")
+    threading.Timer(0.2, lambda: server.tracker.set_phase("postprocessing")).start()
+    threading.Timer(0.4, lambda: setattr(server, "results", SUMMARY)).start()
+    code, took = get(f"{base}/results?wait={MAX_WAIT}")
+    assert code == 200
+    assert 0.35 <= took < MAX_WAIT / 2
 
 
-def test_a_wait_ends_when_the_runner_stops_finishing(runner: tuple[RunnerServer, str]) -> None:
-    """Task by task: post-processing one task, then evaluating the next, no results yet."""
+def test_a_run_that_is_over_answers_at_once(runner: tuple[RunnerServer, str]) -> None:
     server, base = runner
-    server.tracker.set_phase("postprocessing")
-    threading.Timer(0.3, lambda: server.tracker.set_phase("evaluating")).start()
+    server.tracker.set_phase("failed", "EvaluationFailed", "no results")
     code, took = get(f"{base}/results?wait={MAX_WAIT}")
     assert (code, took < MAX_WAIT / 2) == (404, True)
+
+
+def test_a_wait_ends_when_the_run_fails(runner: tuple[RunnerServer, str]) -> None:
+    server, base = runner
+    server.tracker.set_phase("postprocessing")
+    threading.Timer(0.3, lambda: server.tracker.set_phase("failed", "EvaluationFailed")).start()
+    code, took = get(f"{base}/results?wait={MAX_WAIT}")
+    assert (code, took < MAX_WAIT / 2) == (404, True)
+
+
+def test_a_wait_goes_on_through_the_next_task(runner: tuple[RunnerServer, str]) -> None:
+    """Task by task: post-processing one task, then evaluating the next: no results yet,
+    so the request is answered when its wait is over."""
+    server, base = runner
+    server.tracker.set_phase("postprocessing")
+    threading.Timer(0.2, lambda: server.tracker.set_phase("evaluating")).start()
+    code, took = get(f"{base}/results?wait=1")
+    assert code == 404
+    assert 0.95 <= took < MAX_WAIT / 2
 
 
 def test_a_wait_without_the_token_is_refused_at_once(runner: tuple[RunnerServer, str]) -> None:

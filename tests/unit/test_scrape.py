@@ -20,6 +20,7 @@ from lmms_operator.scrape import (
     RESULTS_WAIT,
     Scraper,
     follow_up,
+    near_end,
     results_wait,
 )
 
@@ -103,6 +104,18 @@ def test_the_long_poll_leaves_a_second_of_the_scrape_timeout() -> None:
     assert results_wait(2.5) == 1.5
     assert results_wait(1.0) == 0.0  # no long poll
     assert results_wait(0.5) == 0.0
+
+
+def test_a_long_poll_only_for_a_runner_near_its_end() -> None:
+    assert near_end(_p("postprocessing"), 2.0)
+    assert near_end(_p("uploading"), 2.0)
+    assert near_end(_p("evaluating", eta=1.5), 2.0)
+    assert not near_end(_p("evaluating", eta=3.0), 2.0)  # the follow-up scrape comes first
+    assert not near_end(_p("evaluating"), 2.0)  # no ETA yet
+    assert not near_end(_p("starting"), 2.0)
+    assert not near_end(_p("loading"), 2.0)
+    assert not near_end(_p("failed", reason="EvaluationFailed"), 2.0)  # nothing to collect
+    assert not near_end(_p("postprocessing"), 0.0)  # the scrape timeout leaves no room
 
 
 def _p(phase: str, eta: float | None = None, reason: str | None = None) -> RunnerProgress:
