@@ -856,7 +856,7 @@ class Runtime:
         self._follow_up(uid, [p for i, p in progress.items() if i not in collected])
         # Finished shards are fetched at once; those near their end with a long poll,
         # answered once their results are ready. Each is kept as soon as it comes.
-        wait = results_wait(self.settings.scrape_timeout)
+        wait = results_wait(self.settings.scrape_interval)
         waits: dict[int, float] = {}
         for i, p in progress.items():
             if i in collected or p.reason == "EvaluationFailed":
@@ -950,7 +950,7 @@ class Runtime:
         if progress.reason == "EvaluationFailed":
             return
         # Near its end: a long poll, answered once the results are ready.
-        wait = results_wait(self.settings.scrape_timeout)
+        wait = results_wait(self.settings.scrape_interval)
         wait = wait if near_end(progress, wait) else 0.0
         if progress.phase not in ("done", "failed") and not wait:
             return

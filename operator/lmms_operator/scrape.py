@@ -47,16 +47,17 @@ FAST_FOLLOW_UPS = 4
 #: Runner phases past the last answer, before the results are ready.
 FINISHING = ("postprocessing", "uploading")
 
-#: The longest the operator asks a finishing runner to hold ``/results`` until they are
-#: ready (a long poll): its results are collected, and its pod and GPUs freed, the moment
-#: they are, instead of at the next follow-up scrape.
-RESULTS_WAIT = 2.0
+#: The longest the operator asks a runner near its end to hold ``/results`` until they
+#: are ready (a long poll): its results are collected, and its pod and GPUs freed, the
+#: moment they are, instead of at the next scrape. A long poll's timeout is its wait plus
+#: the scrape timeout.
+RESULTS_WAIT = 5.0
 
 
-def results_wait(timeout: float) -> float:
-    """Seconds of ``/results?wait=`` for a scrape ``timeout``: ``RESULTS_WAIT``, less
-    where the timeout leaves under a second for the answer itself (0: no long poll)."""
-    return max(0.0, min(RESULTS_WAIT, timeout - 1.0))
+def results_wait(interval: float) -> float:
+    """Seconds of ``/results?wait=`` for a scrape ``interval``: up to the next regular
+    scrape, at most ``RESULTS_WAIT``."""
+    return max(0.0, min(RESULTS_WAIT, interval))
 
 
 def near_end(progress: RunnerProgress, wait: float) -> bool:
@@ -124,14 +125,18 @@ class Scraper:
         poll (``?wait=``, held by the runner up to that many seconds) in a waiting slot,
         or a plain request when every waiting slot is taken."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        timeout = aiohttp.ClientTimeout(total=self.settings.scrape_timeout)
         if wait > 0 and not self._waiting.locked():
             slot = self._waiting
             url = f"{url}{'&' if '?' in url else '?'}wait={wait:g}"
+            timeout = aiohttp.ClientTimeout(total=wait + self.settings.scrape_timeout)
         else:
             slot = self._semaphore
         async with slot:
             try:
-                async with self._client().request(method, url, headers=headers) as resp:
+                async with self._client().request(
+                    method, url, headers=headers, timeout=timeout
+                ) as resp:
                     if resp.status >= 400:
                         raise ScrapeError(f"{method} {url}: HTTP {resp.status}")
                     if (resp.content_length or 0) > MAX_RESPONSE:

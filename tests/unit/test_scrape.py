@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -29,7 +30,10 @@ RELEASE = threading.Event()  # lets the held long polls answer
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        if "wait=" in self.path:  # a long poll: held until released
+        if "slow" in self.path:  # longer than the scrape timeout of the test
+            time.sleep(0.8)
+            body = json.dumps({"path": self.path}).encode()
+        elif "wait=" in self.path:  # a long poll: held until released
             RELEASE.wait(10)
             body = json.dumps({"path": self.path}).encode()
         elif self.path.startswith("/echo"):
@@ -99,11 +103,27 @@ def test_long_polls_take_slots_of_their_own(server: str) -> None:
     asyncio.run(main())
 
 
-def test_the_long_poll_leaves_a_second_of_the_scrape_timeout() -> None:
-    assert results_wait(3.0) == RESULTS_WAIT == 2.0
-    assert results_wait(2.5) == 1.5
-    assert results_wait(1.0) == 0.0  # no long poll
-    assert results_wait(0.5) == 0.0
+def test_a_long_poll_waits_up_to_the_next_regular_scrape() -> None:
+    assert results_wait(5.0) == RESULTS_WAIT == 5.0
+    assert results_wait(2.0) == 2.0
+    assert results_wait(60.0) == RESULTS_WAIT
+
+
+def test_a_long_poll_may_take_longer_than_the_scrape_timeout(server: str) -> None:
+    """Its timeout is its wait plus the scrape timeout; a plain request keeps the scrape
+    timeout."""
+
+    async def main() -> None:
+        scraper = Scraper(Settings(scrape_timeout=0.5))
+        try:
+            answer = await scraper.request("GET", f"{server}/echo-slow", wait=2)
+            assert answer == {"path": "/echo-slow?wait=2"}
+            with pytest.raises(errors.ScrapeError, match="TimeoutError"):
+                await scraper.request("GET", f"{server}/slow")
+        finally:
+            await scraper.close()
+
+    asyncio.run(main())
 
 
 def test_a_long_poll_only_for_a_runner_near_its_end() -> None:
@@ -115,7 +135,7 @@ def test_a_long_poll_only_for_a_runner_near_its_end() -> None:
     assert not near_end(_p("starting"), 2.0)
     assert not near_end(_p("loading"), 2.0)
     assert not near_end(_p("failed", reason="EvaluationFailed"), 2.0)  # nothing to collect
-    assert not near_end(_p("postprocessing"), 0.0)  # the scrape timeout leaves no room
+    assert not near_end(_p("postprocessing"), 0.0)  # no long poll
 
 
 def _p(phase: str, eta: float | None = None, reason: str | None = None) -> RunnerProgress:
