@@ -911,12 +911,12 @@ class Runtime:
                 )
                 # Kept: the runner may exit, while the next shard is kept.
                 acks.append(asyncio.ensure_future(ack(i)))
-            await asyncio.gather(*acks)
         finally:
             for pending in fetches:
-                pending.cancel()  # stopping: nothing outlives the scrape
-            for unsent in acks:
-                unsent.cancel()
+                pending.cancel()  # stopping: no fetch outlives the scrape
+            # Whatever stopped the loop, a kept shard is acknowledged (a collected shard
+            # is not fetched again), so that its runner exits and frees its GPUs.
+            await asyncio.gather(*acks, return_exceptions=True)
 
     async def _scrape(self, uid: str, run: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Pulls /progress into status.progress; once the runner is done, pulls /results,
