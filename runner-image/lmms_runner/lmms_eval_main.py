@@ -45,11 +45,19 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   ``cpu``, which the API backends take the same way for videos (0.06 s), and sacrebleu,
   which ``lmms_eval.api.metrics`` imports for three metrics (0.07 s);
 - with the OpenAI-compatible backend, which holds no model, torch is imported without
-  its Python meta kernels (``torch._meta_registrations``, with the decompositions,
+  what only models, compilers and CUDA code of one's own use (``API_UNUSED``): its
+  Python meta kernels (``torch._meta_registrations``, with the decompositions,
   references and primitives it imports: about 0.65 CPU-s), which only meta and fake
-  tensors use: they are imported as soon as something that makes such tensors is
-  (``torch._decomp``, ``torch._dynamo``, transformers' model loading, diffusers), or
-  asks for one of their names (``defer_meta_registrations``);
+  tensors use; ``torch.export`` (with the FX passes it imports: about 0.1 CPU-s);
+  ``torch.distributions``; and NVIDIA's CUDA bindings (``cuda.bindings.driver`` and
+  ``runtime``: about 0.1 CPU-s), which ``torch.cuda`` imports for NVRTC, green contexts
+  and graph annotations. Each is imported on its first use, and all of them as soon as
+  something that makes meta or fake tensors is (``torch._decomp``, ``torch._dynamo``,
+  transformers' model loading, diffusers: ``defer_torch_unused``);
+- datasets, which extends a dataset builder's module for streaming at every load, no
+  longer imports ``scipy.io`` (with ``scipy.sparse``: about 0.09 CPU-s) for it when
+  nothing has imported scipy: the module cannot hold it, and the patch changed nothing
+  (``lean_streaming_patches``);
 - ``stderr_for_metric``, called for every metric once the answers are in, imports two
   tasks' modules (``amber_g``, ``coco_cap_chair``: nltk, spacy and scipy, about 2 s) only
   to compare the metric with their functions: a metric from any other module is none of
@@ -138,7 +146,10 @@ def defer(name: str) -> None:
         return
     parent, _, child = name.rpartition(".")
     spec = _find_unimported(name) if parent and parent not in sys.modules else None
-    spec = spec or importlib.util.find_spec(name)  # which may import the packages
+    try:
+        spec = spec or importlib.util.find_spec(name)  # which may import the packages
+    except ImportError:  # a package of it is not installed
+        return
     if spec is None or name in sys.modules:
         return
     deferred = _Deferred(name, spec)
@@ -370,35 +381,71 @@ API_BACKENDS = frozenset({"openai"})
 
 #: The modules that use meta or fake tensors: torch's decompositions (which fake tensors,
 #: ``torch.compile`` and ``torch.export`` go through) and the libraries that load a model
-#: onto the meta device first. When one of them is imported, so are torch's meta kernels.
+#: onto the meta device first. When one of them is imported, so is ``API_UNUSED``.
 META_USERS = ("torch._decomp", "torch._dynamo", "transformers.modeling_utils", "diffusers")
 META_REGISTRATIONS = "torch._meta_registrations"
+#: What ``import torch`` loads and a backend in ``API_BACKENDS`` does not use: torch's
+#: Python meta kernels, ``torch.export`` (with the FX passes it imports),
+#: ``torch.distributions``, and NVIDIA's CUDA bindings, which ``torch.cuda._utils``
+#: imports for NVRTC, green contexts and graph annotations.
+API_UNUSED = (
+    META_REGISTRATIONS,
+    "torch.export",
+    "torch.distributions",
+    "cuda.bindings.driver",
+    "cuda.bindings.runtime",
+)
 
 
-def defer_meta_registrations(argv: list[str]) -> bool:
-    """For a backend in ``API_BACKENDS``, ``import torch`` without torch's Python meta
-    kernels (``torch._meta_registrations``, with the decompositions, references and
-    primitives it imports: about 0.65 CPU-s of the 2 to 2.5 that torch takes). They
-    compute the shapes of operators on meta tensors, which only models (loaded onto the
-    meta device first, or traced by ``torch.compile``) make. They are imported as soon as
-    one of ``META_USERS`` is, or anything asks the module for a name (as the fake
-    tensors do). A meta tensor made without any of them meets an operator whose meta
-    kernel is one of these with torch's own error (``NotImplementedError: ... with Meta
-    tensors``), never a wrong result. False (and nothing changed) for any other backend,
-    or where torch is imported already."""
+def defer_torch_unused(argv: list[str]) -> bool:
+    """For a backend in ``API_BACKENDS``, ``import torch`` without ``API_UNUSED`` (about
+    0.85 CPU-s of the 2 to 2.5 that torch takes, 0.65 of it the meta kernels). The meta
+    kernels compute the shapes of operators on meta tensors, which only models (loaded
+    onto the meta device first, or traced by ``torch.compile``) make. Each module is
+    imported when something first asks it for a name, and all of them as soon as one
+    of ``META_USERS`` is imported. A meta tensor made without any of them meets an
+    operator whose meta kernel is one of these with torch's own error
+    (``NotImplementedError: ... with Meta tensors``), never a wrong result. False (and
+    nothing changed) for any other backend, or where torch is imported already."""
     if model_name(argv) not in API_BACKENDS or "torch" in sys.modules:
         return False
-    defer(META_REGISTRATIONS)
+    for name in API_UNUSED:
+        defer(name)
     for name in META_USERS:
-        importhooks.after_import(name, lambda _module: load_meta_registrations())
+        importhooks.after_import(name, lambda _module: load_torch_unused())
     return True
 
 
-def load_meta_registrations() -> None:
-    """torch's meta kernels, imported now if they were deferred."""
-    deferred = sys.modules.get(META_REGISTRATIONS)
-    if isinstance(deferred, _Deferred):
-        _import_deferred(deferred)
+def load_torch_unused() -> None:
+    """``API_UNUSED``, imported now where they were deferred."""
+    for name in API_UNUSED:
+        deferred = sys.modules.get(name)
+        if isinstance(deferred, _Deferred):
+            _import_deferred(deferred)
+
+
+def lean_streaming_patches() -> None:
+    """datasets' ``patch_submodule`` without importing what the module it patches cannot
+    hold. At every load datasets extends the dataset builder's module for streaming:
+    for each target (``scipy.io.loadmat``, ``xml.dom.minidom.parse``, ``gzip.open``...)
+    it imports the target's modules, then looks for them, and for the target, among the
+    module's globals. When the target's top package is not imported yet, none of its
+    globals can be that package, one of its modules, or something taken from them, so
+    the patch would change nothing: it is left out, and so is the import (``scipy.io``
+    and ``scipy.sparse``, about 0.09 CPU-s of a start)."""
+
+    def install(patching: types.ModuleType) -> None:
+        original = patching.patch_submodule.__enter__
+
+        def enter(self: Any) -> None:
+            package, dot, _ = self.target.partition(".")
+            if dot and package not in sys.modules:
+                return
+            original(self)
+
+        patching.patch_submodule.__enter__ = enter
+
+    importhooks.after_import("datasets.utils.patching", install)
 
 
 def preimport_model(argv: list[str]) -> None:
@@ -442,7 +489,8 @@ def skip_library_teardown() -> bool:
 def prepare(argv: list[str]) -> None:
     """Everything before lmms-eval's command line runs: the shortcuts above, lmms-eval and
     the model backend that ``argv`` names imported (the code cache builds from this)."""
-    defer_meta_registrations(argv)  # before anything imports torch
+    defer_torch_unused(argv)  # before anything imports torch
+    lean_streaming_patches()  # before anything imports datasets
     transformersindex.install()  # before anything imports transformers
     punctuation.install()  # before anything imports lmms_eval.filters
     defer("evaluate")

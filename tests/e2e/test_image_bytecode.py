@@ -86,3 +86,23 @@ def test_the_runner_image_carries_the_compiled_dataclass_methods_of_its_own_pyth
     assert doc["key"].split("\0")[1] == magic, (doc["key"], magic)
     assert len(doc["code"]) > 1000, len(doc["code"])
     assert all(text.startswith("def __create_fn__(") for text in doc["code"])
+
+
+def test_the_runner_image_skips_pydantics_plugin_search_and_has_no_plugin(
+    images: dict[str, str],
+) -> None:
+    """The runner image sets ``PYDANTIC_DISABLE_PLUGINS``: each of a pod's two processes
+    would otherwise read every installed package's entry points at its first model. No
+    package the image installs is a pydantic plugin (entry point group ``pydantic``), so
+    nothing is lost."""
+    store = ImageStore()
+    image = store.lookup(images["lmms-operator-runner"])
+    assert "PYDANTIC_DISABLE_PLUGINS=__all__" in image.env, image.env
+    site = next((store.rootfs(image) / "opt" / "lmms").glob("lib/python3.*/site-packages"))
+    plugins = [
+        str(path.parent.name)
+        for path in site.glob("*.dist-info/entry_points.txt")
+        if re.search(r"^\[pydantic\]\s*$", path.read_text(errors="replace"), re.MULTILINE)
+    ]
+    checked = len(list(site.glob("*.dist-info")))
+    assert checked > 100 and not plugins, (checked, plugins)

@@ -460,7 +460,7 @@ import json, sys
 from lmms_runner import lmms_eval_main
 
 model, trigger = sys.argv[1:]
-seen = {"deferred": lmms_eval_main.defer_meta_registrations(["--model", model])}
+seen = {"deferred": lmms_eval_main.defer_torch_unused(["--model", model])}
 import torch
 
 x = torch.empty(5, device="meta")
@@ -474,13 +474,19 @@ def take():
         return type(e).__name__
 
 
+def kinds():
+    return {n: type(sys.modules.get(n)).__name__ for n in lmms_eval_main.API_UNUSED}
+
+
 seen["before"] = take()
+seen["kinds before"] = kinds()
 if trigger == "attribute":
     seen["asked"] = callable(torch._meta_registrations.register_meta)
 else:
     __import__(trigger)
 seen["module"] = type(sys.modules["torch._meta_registrations"]).__name__
 seen["after"] = take()
+seen["kinds after"] = kinds()
 print(json.dumps(seen))
 """
 
@@ -493,6 +499,13 @@ def meta_kernels(model: str, trigger: str) -> dict[str, object]:
         check=True,
     )
     return dict(json.loads(out.stdout.splitlines()[-1]))
+
+
+#: ``API_UNUSED`` that this environment has (NVIDIA's CUDA bindings come with torch's
+#: CUDA wheels).
+INSTALLED_UNUSED = [
+    n for n in lmms_eval_main.API_UNUSED if importlib.util.find_spec(n.split(".")[0]) is not None
+]
 
 
 @pytest.mark.e2e
@@ -508,15 +521,108 @@ def test_an_api_backend_runs_without_torchs_meta_kernels_until_something_uses_th
 ) -> None:
     seen = meta_kernels("openai", trigger)
     assert seen["deferred"] and seen["before"] == "NotImplementedError", seen
+    assert seen["kinds before"] == {n: "_Deferred" for n in INSTALLED_UNUSED}, seen
     # fake tensors, torch.compile, torch.export and model loading get them, as does a
     # module that asks for a name of theirs
     assert seen["module"] == "module" and seen["after"] == [2], seen
+    if trigger != "attribute":  # a user of meta tensors gets every deferred module
+        assert seen["kinds after"] == {n: "module" for n in INSTALLED_UNUSED}, seen
 
 
 @pytest.mark.e2e
 def test_a_backend_that_loads_a_model_gets_torchs_meta_kernels_at_once() -> None:
     seen = meta_kernels("llava_hf", "json")
     assert not seen["deferred"] and seen["before"] == seen["after"] == [2], seen
+    assert "_Deferred" not in dict(seen["kinds before"]).values(), seen  # type: ignore[call-overload]
+
+
+TORCH_UNUSED_IN_USE = """
+import json, sys
+from lmms_runner import lmms_eval_main
+
+lmms_eval_main.defer_torch_unused(["--model", "openai"])
+import torch
+import torch.cuda._utils as cuda_utils
+
+torch.manual_seed(0)
+seen = {
+    "normal": list(torch.distributions.Normal(torch.zeros(3), 1.0).sample().shape),
+    "export": callable(torch.export.export),
+    "bindings": cuda_utils._HAS_CUDA_BINDINGS,
+}
+if seen["bindings"]:
+    from cuda.bindings import driver
+    seen["driver"] = int(driver.CUresult.CUDA_SUCCESS)
+seen["kinds"] = {n: type(sys.modules.get(n)).__name__ for n in lmms_eval_main.API_UNUSED}
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.e2e
+def test_what_an_api_backend_does_not_use_of_torch_works_when_used() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(TORCH_UNUSED_IN_USE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["normal"] == [3] and seen["export"] is True, seen
+    if seen["bindings"]:
+        assert seen["driver"] == 0, seen
+    # each was imported on its first use; the meta kernels were not asked for
+    used = {"torch.distributions", "torch.export"} | (
+        {"cuda.bindings.driver"} if seen["bindings"] else set()
+    )
+    assert {n for n, kind in seen["kinds"].items() if kind == "module"} == used, seen
+
+
+STREAMING_PATCHES = """
+import json, sys, types
+from lmms_runner import lmms_eval_main
+
+lmms_eval_main.lean_streaming_patches()
+from datasets.utils.patching import patch_submodule
+
+def new(*args, **kwargs):
+    return "patched"
+
+builder = types.ModuleType("builder")  # a dataset builder's module: json's, say
+exec("import os; from os.path import join", builder.__dict__)
+for target in ("scipy.io.loadmat", "os.path.join", "open"):
+    patch_submodule(builder, target, new).start()
+seen = {
+    "scipy imported": "scipy" in sys.modules,
+    "join": builder.join("a", "b"),
+    "os.path.join": builder.os.path.join("a", "b"),
+    "open": builder.open("x"),
+}
+import scipy.io  # now something has imported scipy, and the builder holds it
+
+builder2 = types.ModuleType("builder2")
+exec("import scipy.io", builder2.__dict__)
+patch_submodule(builder2, "scipy.io.loadmat", new).start()
+seen["loadmat"] = builder2.scipy.io.loadmat("x")
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.e2e
+def test_a_streaming_patch_of_a_package_nobody_imported_is_left_out() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(STREAMING_PATCHES)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen == {
+        "scipy imported": False,
+        "join": "patched",
+        "os.path.join": "patched",
+        "open": "patched",
+        "loadmat": "patched",
+    }, seen
 
 
 @pytest.mark.e2e
