@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ def timed_run(
     api: client.ApiClient, namespace: str, name: str, tasks: list[str], parallelism: int, url: str
 ) -> dict[str, Any]:
     body = er.local_run(name, url, tasks, parallelism=parallelism, leaderboard=None)
+    created = time.time()
     start = time.monotonic()
     er.create(api, namespace, body)
     deadline = start + 900
@@ -66,6 +68,8 @@ def timed_run(
         raise SystemExit(f"{name} did not succeed: {json.dumps(status)[:2000]}")
     return {
         "wall": wall,
+        "created": created,
+        "done": created + wall,
         "results": {r["task"]: r["value"] for r in status["results"]},
         "timeline": timeline(api, namespace, name, status),
     }
@@ -92,6 +96,26 @@ def timeline(
             }
         )
     return out
+
+
+def clients(url: str) -> dict[str, dict[str, float]]:
+    """The model server's clients: when each connection sent its first and last request."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=5) as r:
+        return dict(json.load(r)["clients"])
+
+
+def requests_timeline(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], out: dict[str, Any]
+) -> tuple[float, float]:
+    """(seconds from the EvalRun's creation to the last pod's first model request, from
+    the last model request to the run's Succeeded) of one run, from the model server's
+    clients that are new since ``before``: where a fan-out's extra time goes, at the
+    start or at the end."""
+    new = [c for key, c in after.items() if key not in before]
+    return (
+        max(c["first"] for c in new) - out["created"],
+        out["done"] - max(c["last"] for c in new),
+    )
 
 
 def _time(value: str) -> float:
@@ -144,6 +168,8 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmms-fanout-"))
     walls: dict[str, list[float]] = {"alone": [], "fan2": [], "fan4": [], "serial": []}
+    starts: dict[str, list[float]] = {k: [] for k in walls}
+    tails: dict[str, list[float]] = {k: [] for k in walls}
     server = ModelServer(delay=args.delay)
     namespace = "bench-fanout"
     data: dict[str, str] = {}
@@ -171,11 +197,19 @@ def main() -> int:
                 ]
                 for repeat in range(args.repeats):
                     for label, tasks, parallelism in cases:
+                        seen = clients(server.url)
                         out = timed_run(
                             api, namespace, f"{label}-{repeat}", tasks, parallelism, server.url
                         )
+                        first, tail = requests_timeline(seen, clients(server.url), out)
                         walls[label].append(out["wall"])
-                        print(f"{label} #{repeat}: {out['wall']:.1f} s {out['results']}")
+                        starts[label].append(first)
+                        tails[label].append(tail)
+                        print(
+                            f"{label} #{repeat}: {out['wall']:.1f} s {out['results']} (last "
+                            f"pod's first request at {first:.2f} s, last request to "
+                            f"Succeeded {tail:.2f} s)"
+                        )
                         print(f"  timeline: {json.dumps(out['timeline'])}", flush=True)
             finally:
                 op.stop()
@@ -186,8 +220,9 @@ def main() -> int:
         return 0
     med = {k: statistics.median(v) for k, v in walls.items()}
     ratio = med["fan4"] / med["alone"]
+    timing = timing_text(starts, tails)
     if args.image:
-        return write_image_section(args, walls, med, ratio)
+        return write_image_section(args, walls, med, ratio, timing)
     cpu = start_cpu_seconds(args.samples)
     cores = os.cpu_count() or 1
     # Four runners starting at once on `cores` cores take about max(1, 4 / cores) times
@@ -231,11 +266,31 @@ def main() -> int:
         f"each starts about {max(1.0, 4 / cores):.0f}x slower: about {extra:.1f} s more "
         f"than one pod alone, measured {med['fan4'] - med['alone']:.1f} s. Where every pod "
         "has cores of its own (a GPU node gives each pod its CPU request), four pods cost "
-        f"what two do here: {med['fan2'] / med['alone']:.2f}x.{need}\n"
+        f"what two do here: {med['fan2'] / med['alone']:.2f}x.{need}\n\n{timing}"
     )
     write_section(SECTION, text)
     print(text)
     return 0
+
+
+def timing_text(starts: dict[str, list[float]], tails: dict[str, list[float]]) -> str:
+    """Where the time of each case goes (the model server's view, medians)."""
+    med = {k: statistics.median(v) for k, v in starts.items() if v}
+    tail = {k: statistics.median(v) for k, v in tails.items() if v}
+    rows = "".join(
+        f"| {k} | {med[k]:.2f} s | {tail[k]:.2f} s |\n"
+        for k in ("alone", "fan2", "fan4")
+        if k in med
+    )
+    return (
+        "From the model server's clock (medians): from the EvalRun's creation to the last "
+        "pod's first request (start-up: the API server, the Job controller, the scheduler, "
+        "the executor, the runner and lmms-eval), and from the last request to "
+        "`Succeeded` (the last answer, lmms-eval's results, the long poll, the pod's "
+        "exit, the Job's completion, the results published).\n\n"
+        "| case | last pod's first request | last request to `Succeeded` |\n"
+        f"|---|---:|---:|\n{rows}"
+    )
 
 
 def write_image_section(
@@ -243,6 +298,7 @@ def write_image_section(
     walls: dict[str, list[float]],
     med: dict[str, float],
     ratio: float,
+    timing: str,
 ) -> int:
     rows = [
         ("one task alone, `parallelism: 1`", "alone"),
@@ -264,7 +320,7 @@ def write_image_section(
         f"index.\n\n| case | wall (median) | runs |\n|---|---:|---|\n{table}\n"
         f"**P6 from the image: four tasks over four pods take {ratio:.3f}x one task alone** "
         f"(target <= 1.15x: {'met' if ratio <= 1.15 else 'missed'}); two tasks over two "
-        f"pods take {med['fan2'] / med['alone']:.2f}x.\n"
+        f"pods take {med['fan2'] / med['alone']:.2f}x.\n\n{timing}"
     )
     write_section(IMAGE_SECTION, text)
     print(text)
