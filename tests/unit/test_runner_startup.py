@@ -14,6 +14,7 @@ import textwrap
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,17 @@ from lmms_runner import (
     taskindex,
     transformersindex,
 )
+
+
+def script_result(code: str, *args: str) -> dict[str, Any]:
+    """What a script run in a fresh interpreter prints as JSON on its last line."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.splitlines()[-1]))
 
 
 def test_a_deferred_module_loads_on_first_use_only() -> None:
@@ -332,13 +344,7 @@ print(json.dumps(seen))
 
 @pytest.mark.e2e
 def test_imports_are_frozen_out_of_the_collector_and_the_run_is_collected() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(GC_AROUND_THE_RUN)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seen = json.loads(out.stdout.splitlines()[-1])
+    seen = script_result(GC_AROUND_THE_RUN)
     # lmms-eval, torch and the named backend are imported, then frozen
     assert seen["backend imported"] and seen["frozen"] > 100_000
     # while the run goes on, its own garbage is collected as before
@@ -491,14 +497,8 @@ print(json.dumps(seen))
 """
 
 
-def meta_kernels(model: str, trigger: str) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(META_KERNELS), model, trigger],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(out.stdout.splitlines()[-1]))
+def meta_kernels(model: str, trigger: str) -> dict[str, Any]:
+    return script_result(META_KERNELS, model, trigger)
 
 
 #: ``API_UNUSED`` that this environment has (NVIDIA's CUDA bindings come with torch's
@@ -533,7 +533,7 @@ def test_an_api_backend_runs_without_torchs_meta_kernels_until_something_uses_th
 def test_a_backend_that_loads_a_model_gets_torchs_meta_kernels_at_once() -> None:
     seen = meta_kernels("llava_hf", "json")
     assert not seen["deferred"] and seen["before"] == seen["after"] == [2], seen
-    assert "_Deferred" not in dict(seen["kinds before"]).values(), seen  # type: ignore[call-overload]
+    assert "_Deferred" not in seen["kinds before"].values(), seen
 
 
 TORCH_UNUSED_IN_USE = """
@@ -560,13 +560,7 @@ print(json.dumps(seen))
 
 @pytest.mark.e2e
 def test_what_an_api_backend_does_not_use_of_torch_works_when_used() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(TORCH_UNUSED_IN_USE)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seen = json.loads(out.stdout.splitlines()[-1])
+    seen = script_result(TORCH_UNUSED_IN_USE)
     assert seen["normal"] == [3] and seen["export"] is True, seen
     if seen["bindings"]:
         assert seen["driver"] == 0, seen
@@ -609,13 +603,7 @@ print(json.dumps(seen))
 
 @pytest.mark.e2e
 def test_a_streaming_patch_of_a_package_nobody_imported_is_left_out() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(STREAMING_PATCHES)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seen = json.loads(out.stdout.splitlines()[-1])
+    seen = script_result(STREAMING_PATCHES)
     assert seen == {
         "scipy imported": False,
         "join": "patched",
