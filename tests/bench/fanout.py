@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -110,8 +111,10 @@ def requests_timeline(
     """(seconds from the EvalRun's creation to the last pod's first model request, from
     the last model request to the run's Succeeded) of one run, from the model server's
     clients that are new since ``before``: where a fan-out's extra time goes, at the
-    start or at the end."""
+    start or at the end. NaN for a run that asked the model nothing (reused results)."""
     new = [c for key, c in after.items() if key not in before]
+    if not new:
+        return math.nan, math.nan
     return (
         max(c["first"] for c in new) - out["created"],
         out["done"] - max(c["last"] for c in new),
@@ -275,8 +278,13 @@ def main() -> int:
 
 def timing_text(starts: dict[str, list[float]], tails: dict[str, list[float]]) -> str:
     """Where the time of each case goes (the model server's view, medians)."""
-    med = {k: statistics.median(v) for k, v in starts.items() if v}
-    tail = {k: statistics.median(v) for k, v in tails.items() if v}
+    asked = {k: [x for x in v if not math.isnan(x)] for k, v in starts.items()}
+    med = {k: statistics.median(v) for k, v in asked.items() if v}
+    tail = {
+        k: statistics.median([x for x in v if not math.isnan(x)])
+        for k, v in tails.items()
+        if k in med
+    }
     rows = "".join(
         f"| {k} | {med[k]:.2f} s | {tail[k]:.2f} s |\n"
         for k in ("alone", "fan2", "fan4")

@@ -51,6 +51,12 @@ def test_a_deferred_module_loads_on_first_use_only() -> None:
     assert sys.modules["colorsys"].__name__ == "colorsys"
 
 
+def test_a_module_whose_package_is_not_installed_is_left_alone() -> None:
+    lmms_eval_main.defer("no_such_package_here.bindings.driver")
+    assert "no_such_package_here.bindings.driver" not in sys.modules
+    assert "no_such_package_here" not in sys.modules
+
+
 def test_lazy_optional_functions_call_the_real_one() -> None:
     call = lmms_eval_main._lazy_function("colorsys", "hsv_to_rgb")
     assert call.__name__ == "hsv_to_rgb" and call(0.0, 0.0, 1.0) == (1.0, 1.0, 1.0)
