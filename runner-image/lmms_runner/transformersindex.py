@@ -48,14 +48,12 @@ def fingerprint(models_dir: str, parser_file: str) -> str:
     digest = hashlib.sha256(f"{VERSION}\0{models_dir}\0".encode())
     st = os.stat(parser_file)
     digest.update(f"{parser_file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    for root, dirs, files in os.walk(models_dir):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        rel_root = os.path.relpath(root, models_dir)
+    for rel_root, files in taskindex.walk_sorted(models_dir, frozenset({"__pycache__"})):
         digest.update(f"{rel_root}/\n".encode())
-        for name in sorted(files):
+        for name, entry in files:
             if name.endswith(".py"):
-                st = os.stat(os.path.join(root, name))
-                digest.update(f"{rel_root}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                st = entry.stat()
+                digest.update(f"{rel_root}/{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

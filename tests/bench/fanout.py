@@ -41,6 +41,7 @@ from lmms_devcluster.executor import (  # noqa: E402
 )
 from tests import evalruns as er  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
+from tests.bench.host import Steal, reference_seconds  # noqa: E402
 from tests.e2e.test_runner import ModelServer  # noqa: E402
 from tests.fixtures import colortask  # noqa: E402
 from tests.helpers import LOCAL_TASK_DIR, local_task_cluster  # noqa: E402
@@ -173,6 +174,8 @@ def main() -> int:
     walls: dict[str, list[float]] = {"alone": [], "fan2": [], "fan4": [], "serial": []}
     starts: dict[str, list[float]] = {k: [] for k in walls}
     tails: dict[str, list[float]] = {k: [] for k in walls}
+    # The host's speed before each run and the CPU stolen during it (tests/bench/host.py).
+    host: dict[str, list[tuple[float, float]]] = {k: [] for k in walls}
     server = ModelServer(delay=args.delay)
     namespace = "bench-fanout"
     data: dict[str, str] = {}
@@ -200,10 +203,14 @@ def main() -> int:
                 ]
                 for repeat in range(args.repeats):
                     for label, tasks, parallelism in cases:
+                        speed = reference_seconds()
+                        steal = Steal()
                         seen = clients(server.url)
+                        steal.start()
                         out = timed_run(
                             api, namespace, f"{label}-{repeat}", tasks, parallelism, server.url
                         )
+                        host[label].append((speed, steal.stop()))
                         first, tail = requests_timeline(seen, clients(server.url), out)
                         walls[label].append(out["wall"])
                         starts[label].append(first)
@@ -211,7 +218,8 @@ def main() -> int:
                         print(
                             f"{label} #{repeat}: {out['wall']:.1f} s {out['results']} (last "
                             f"pod's first request at {first:.2f} s, last request to "
-                            f"Succeeded {tail:.2f} s)"
+                            f"Succeeded {tail:.2f} s; host: reference {speed:.3f} CPU-s, "
+                            f"steal {host[label][-1][1]:.1%})"
                         )
                         print(f"  timeline: {json.dumps(out['timeline'])}", flush=True)
             finally:
@@ -223,7 +231,7 @@ def main() -> int:
         return 0
     med = {k: statistics.median(v) for k, v in walls.items()}
     ratio = med["fan4"] / med["alone"]
-    timing = timing_text(starts, tails)
+    timing = timing_text(starts, tails) + "\n" + host_text(host)
     if args.image:
         return write_image_section(args, walls, med, ratio, timing)
     cpu = start_cpu_seconds(args.samples)
@@ -298,6 +306,20 @@ def timing_text(starts: dict[str, list[float]], tails: dict[str, list[float]]) -
         "exit, the Job's completion, the results published).\n\n"
         "| case | last pod's first request | last request to `Succeeded` |\n"
         f"|---|---:|---:|\n{rows}"
+    )
+
+
+def host_text(host: dict[str, list[tuple[float, float]]]) -> str:
+    """How fast the host was during the runs (``tests/bench/host.py``): a fan-out on
+    shared cores moves with it."""
+    runs = [h for v in host.values() for h in v]
+    speeds = sorted(s for s, _ in runs)
+    steals = [x for _, x in runs if not math.isnan(x)]
+    stolen = f"{max(steals):.1%}" if steals else "not reported"
+    return (
+        f"The host during these runs: the reference workload of `tests/bench/host.py` took "
+        f"{statistics.median(speeds):.3f} CPU-s (median; {speeds[0]:.3f} to {speeds[-1]:.3f}) "
+        f"before a run, and the hypervisor took at most {stolen} of the CPU time during one.\n"
     )
 
 

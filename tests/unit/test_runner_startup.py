@@ -62,6 +62,43 @@ def test_lazy_optional_functions_call_the_real_one() -> None:
     assert call.__name__ == "hsv_to_rgb" and call(0.0, 0.0, 1.0) == (1.0, 1.0, 1.0)
 
 
+def test_the_fingerprints_walk_the_tree_as_os_walk_does(tmp_path: Path) -> None:
+    """The indexes built into the runner image stay valid: ``walk_sorted`` lists what
+    ``os.walk`` (subdirectories sorted) lists, in the same order, with the same
+    relative paths, so the fingerprints are the ones the image was built with."""
+    top = tmp_path / "tree"
+    for rel in [
+        "b/z.yaml",
+        "b/a.py",
+        "a/c/d.yaml",
+        "a/x.yaml",
+        "B/q.py",
+        "top.yaml",
+        "__pycache__/m.py",
+    ]:
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_text(rel)
+    (top / "a" / "link").symlink_to(top / "b", target_is_directory=True)  # listed, not entered
+    (top / "a" / "file-link.yaml").symlink_to(top / "top.yaml")
+
+    def reference(skip: frozenset[str]) -> list[tuple[str, list[str]]]:
+        out = []
+        for root, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d not in skip)
+            rel_root = os.path.relpath(root, top)
+            out.append(
+                (rel_root, [os.path.relpath(os.path.join(root, f), top) for f in sorted(files)])
+            )
+        return out
+
+    for skip in (frozenset(), frozenset({"__pycache__"})):
+        walked = [(d, [rel for rel, _ in fs]) for d, fs in taskindex.walk_sorted(str(top), skip)]
+        assert walked == reference(skip)
+        # os.walk lists a link to a directory among the directories, but does not enter it
+        assert not any(d.startswith("a/link") for d, _ in walked)
+    assert [d for d, _ in taskindex.walk_sorted(str(top / "missing"))] == []
+
+
 def test_the_index_file_is_used_only_while_the_yaml_files_are_unchanged(tmp_path: Path) -> None:
     tasks = tmp_path / "tasks"
     (tasks / "a").mkdir(parents=True)
