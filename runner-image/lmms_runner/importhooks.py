@@ -4,13 +4,16 @@
   executed, before the code that imported it sees it;
 - ``patch_source(name, old, new)`` executes the module from its source with ``old``
   replaced by ``new``, where ``old`` occurs exactly once; anything else (another version
-  of the module, a module not loaded from a source file) loads the module unchanged.
+  of the module, a module not loaded from a source file) loads the module unchanged;
+- ``postpone_annotations(name)`` compiles the module as if it started with ``from
+  __future__ import annotations`` (PEP 563: its annotations stay text).
 
 Each is a finder at the head of ``sys.meta_path`` that takes itself out at the module's
 import and leaves the finding to the finders behind it.
 """
 
 from __future__ import annotations
+import __future__
 
 import contextlib
 import importlib.abc
@@ -98,3 +101,35 @@ def patch_source(name: str, old: str, new: str) -> bool:
 
     sys.meta_path.insert(0, _OneShot(name, adapt))
     return True
+
+
+def postpone_annotations(name: str) -> bool:
+    """Makes the next import of module ``name`` compile its source with postponed
+    annotations (``from __future__ import annotations``): they are kept as text in
+    ``__annotations__`` instead of evaluated where each function or class is defined.
+    False (and nothing changed) when the module is imported already."""
+    if name in sys.modules:
+        return False
+    flags = __future__.annotations.compiler_flag
+
+    def adapt(spec: importlib.machinery.ModuleSpec) -> None:
+        if type(spec.loader) is importlib.machinery.SourceFileLoader and spec.origin:
+            spec.loader = _Flagged(name, spec.origin, flags)
+
+    sys.meta_path.insert(0, _OneShot(name, adapt))
+    return True
+
+
+class _Flagged(importlib.machinery.SourceFileLoader):
+    def __init__(self, fullname: str, path: str, flags: int) -> None:
+        super().__init__(fullname, path)
+        self.flags = flags
+
+    def get_code(self, fullname: str) -> types.CodeType | None:
+        source = self.get_source(fullname)
+        if source is None:
+            return super().get_code(fullname)
+        code: types.CodeType = compile(
+            source, self.path, "exec", flags=self.flags, dont_inherit=True
+        )
+        return code

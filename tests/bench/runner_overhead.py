@@ -41,11 +41,12 @@ class Setup:
     """A local task, a local OpenAI-compatible server, and the two command lines (plain
     lmms-eval and lmms-runner) that evaluate it, each writing to its own directory."""
 
-    def __init__(self, tmp: Path, samples: int, delay: float) -> None:
+    def __init__(self, tmp: Path, samples: int, delay: float, wrong_every: int = 0) -> None:
         self.tmp = tmp
         self.tasks = colortask.write(tmp / "tasks", "colors", samples=samples)
+        server = [sys.executable, str(REPO / "tests/fixtures/openai_server.py")]
         self.server = subprocess.Popen(
-            [sys.executable, str(REPO / "tests/fixtures/openai_server.py"), "--delay", str(delay)],
+            [*server, "--delay", str(delay), "--wrong-every", str(wrong_every)],
             stdout=subprocess.PIPE,
             text=True,
         )
