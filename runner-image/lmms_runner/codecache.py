@@ -131,13 +131,19 @@ def install(path: Path | None = None) -> Cache:
 
 
 def build(path: Path) -> int:
-    """Writes the file from what a runner's start compiles (the runner image does this
-    when it is built)."""
-    from . import lmms_eval_main
+    """Writes the file from what a runner's start compiles, with torch and accelerate
+    (the runner image does this when it is built)."""
+    import importlib
+
+    from . import lazytorch, lmms_eval_main
 
     cache = install(path)
     cache.new = {}
     lmms_eval_main.prepare(["--model", "openai"])
+    # The OpenAI-compatible backend's start imports neither torch nor accelerate (they
+    # wait for their first use); every other backend's start imports both.
+    lazytorch.load()
+    importlib.import_module("accelerate")
     count = len(cache.new)
     cache.save_new()
     if not load(path, cache.expected):
