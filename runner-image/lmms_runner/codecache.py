@@ -2,9 +2,10 @@
 
 ``dataclasses`` makes each class's ``__init__``, ``__repr__``, ``__eq__`` (and for frozen
 classes ``__setattr__`` and ``__delattr__``) by writing their source text and compiling
-it with ``exec``. A runner's start makes about 590 such classes (torch, transformers,
-datasets, the OpenAI client, lmms-eval): some 2,200 compilations of 1,600 distinct texts,
-about 0.2 CPU-s of every start of every pod. A text holds everything its function depends
+it with ``exec``. A runner's start makes hundreds of such classes (torch, accelerate,
+transformers, datasets, the OpenAI client, lmms-eval): some 1,500 distinct texts with a
+local model's backend (about 0.2 CPU-s of every start of every pod), 870 with the
+OpenAI-compatible backend, which does not import torch. A text holds everything its function depends
 on at compile time (names, defaults are passed in as arguments), so the same text always
 compiles to the same code. The runner keeps that code in a file keyed by the text
 (``marshal``, the format of ``.pyc`` files): the runner image writes it when the image is

@@ -12,14 +12,17 @@ imported torch, and the stand-ins give it (``ANSWERS``), so lmms-eval's start do
 import torch just to ask them:
 
 - ``torch.distributed.is_initialized()`` is False: no process group exists without torch;
-- ``torch.distributed.is_available()`` is True: the Linux builds of torch have it (the
-  runner image's test checks its torch); lmms-eval asks it only as
-  ``is_available() and is_initialized()``;
+- ``torch.distributed.is_available()`` is True: the Linux builds of torch have it (a
+  test checks the pinned one), and the stand-ins are used on Linux only; lmms-eval asks
+  it only as ``is_available() and is_initialized()``;
 - ``torch.manual_seed(seed)`` is kept and applied as torch is imported, before anything
   can draw from its generator (it returns None instead of the default generator);
 - a value assigned to a stand-in (lmms-eval's evaluator sets
   ``torch.distributed.distributed_c10d.default_pg_timeout`` at import) is assigned to
   the real module as torch is imported, and read back from the stand-in until then;
+- ``torch.Tensor`` has no instance and no subclass yet, and says so to ``isinstance``
+  and ``issubclass`` (lmms-eval asks it of every value of a logged sample); a class
+  derived from it, a call or an attribute of it imports torch;
 - functions and classes that lmms-eval takes by name at import and calls later
   (``get_pretty_env_info``, accelerate's ``Accelerator``, ``DistributedType`` and
   ``InitProcessGroupKwargs``) are stand-ins that import the real one on first use.
@@ -132,6 +135,22 @@ class _LazyName:
         return f"<{'.'.join(self._where)}, imported on first use>"
 
 
+class _LazyType(_LazyName):
+    """A type of torch's taken before torch is imported (``torch.Tensor``): no object is
+    an instance or subclass of it before torch is imported, and after, what is one of
+    the real type is. A class statement that derives from it imports torch and derives
+    from the real type; a call or an attribute is the real type's."""
+
+    def __instancecheck__(self, instance: Any) -> bool:
+        return loaded() and isinstance(instance, attribute(*self._where))
+
+    def __subclasscheck__(self, subclass: type) -> bool:
+        return loaded() and issubclass(subclass, attribute(*self._where))
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        return (attribute(*self._where),)
+
+
 def _manual_seed(seed: Any) -> None:
     with _lock:
         if loaded():
@@ -147,6 +166,9 @@ def _lazy(module: str, name: str) -> Callable[[], Any]:
 #: (module, attribute): what a stand-in answers while torch is not imported.
 ANSWERS: dict[tuple[str, str], Callable[[], Any]] = {
     ("torch", "manual_seed"): lambda: _manual_seed,
+    # lmms-eval's is_multimodal_content asks isinstance(value, (..., torch.Tensor)) of
+    # every logged sample's values
+    ("torch", "Tensor"): lambda: _LazyType("torch", "Tensor"),
     ("torch.distributed", "is_available"): lambda: lambda: True,
     ("torch.distributed", "is_initialized"): lambda: lambda: False,
     ("torch.utils.collect_env", "get_pretty_env_info"): _lazy(

@@ -22,8 +22,8 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
 - the table of Unicode punctuation that ``lmms_eval.filters.extraction`` builds in a
   class body, by asking for the category of each of the 1.1 million code points (about
   0.3 CPU-s), comes from a file as well (``punctuation``), and so does the code of the
-  methods ``dataclasses`` compiles from text for each class (``codecache``: some 1,600
-  texts at a start, about 0.2 CPU-s);
+  methods ``dataclasses`` compiles from text for each class (``codecache``: some 1,500
+  texts at a start with torch, about 0.2 CPU-s);
 - Hugging Face's ``evaluate`` library, which ``lmms_eval.api.registry`` imports at the
   top (and which imports ``transformers.pipelines``: about 6 s of the 10 s lmms-eval takes
   to import), is imported when a metric first uses it (``hf_evaluate.load``), not before,
@@ -44,8 +44,19 @@ It also starts faster than ``python -m lmms_eval``, with the same results:
   the API backends and most others never call them; so are decord's ``VideoReader`` and
   ``cpu``, which the API backends take the same way for videos (0.06 s), and sacrebleu,
   which ``lmms_eval.api.metrics`` imports for three metrics (0.07 s);
-- with the OpenAI-compatible backend, which holds no model, torch is imported without
-  what only models, compilers and CUDA code of one's own use (``API_UNUSED``): its
+- with the OpenAI-compatible backend, which holds no model, in a process of its own,
+  torch and accelerate are not imported until something uses them (``lazytorch``,
+  ``torch_on_first_use``), and nothing in such a run does: lmms-eval imports them in
+  nearly every module only to ask what is known before torch exists. Its modules get
+  stand-ins that answer that (no process group, a seed kept for torch's import, values
+  assigned to torch's modules kept for them); ``lmms_eval.utils`` and transformers'
+  stopping criteria keep the annotations that name torch's types as text (PEP 563);
+  ``cli_evaluate``, the backend, the evaluator and the tasks get ``SingleProcessAccelerator``
+  (one process, the main one); ``lmms.clean`` has no torch modules or CUDA cache to
+  clear; datasets is told torch is not available until it is imported. That is 1.5 to 2
+  CPU-s of a start of about 4;
+- where torch is imported all the same, with the OpenAI-compatible backend it comes
+  without what only models, compilers and CUDA code of one's own use (``API_UNUSED``): its
   Python meta kernels (``torch._meta_registrations``, with the decompositions,
   references and primitives it imports: about 0.65 CPU-s), which only meta and fake
   tensors use; ``torch.export`` (with the FX passes it imports: about 0.1 CPU-s);

@@ -902,6 +902,8 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 seen = {"stub": type(torch).__name__, "nn": type(nn).__name__, "F": type(F).__name__}
 seen["answers"] = [dist.is_available(), dist.is_initialized()]
+Tensor = torch.Tensor  # taken before torch is imported, as a module might
+seen["no tensors yet"] = [isinstance(1.0, (bytes, Tensor)), issubclass(float, Tensor)]
 torch.manual_seed(1234)
 hours = datetime.timedelta(hours=24)
 torch.distributed.distributed_c10d.default_pg_timeout = hours
@@ -917,6 +919,10 @@ from torch.distributed import distributed_c10d
 seen["assigned"] = distributed_c10d.default_pg_timeout == hours
 seen["types"] = [isinstance(x, torch.Tensor), isinstance(F.relu(x), torch.Tensor),
                  issubclass(nn.Linear, nn.Module), torch is not real]
+seen["taken"] = [isinstance(x, Tensor), issubclass(type(x), Tensor), isinstance(1.0, Tensor)]
+class Derived(Tensor):
+    pass
+seen["derived"] = Derived.__mro__[1] is real.Tensor
 seen["accelerate"] = [Accelerator.prepare.__qualname__, type(InitProcessGroupKwargs()).__name__]
 seen["real answers"] = [dist.is_initialized(), dist.is_available() == real.distributed.is_available()]
 print(json.dumps(seen))
@@ -928,6 +934,7 @@ def test_torch_stand_ins_answer_exactly_and_import_torch_on_first_use() -> None:
     assert seen["stub"] == seen["nn"] == seen["F"] == "Stub"
     # answered without torch: no process group exists in a process that never imported it
     assert seen["answers"] == [True, False]
+    assert seen["no tensors yet"] == [False, False]
     assert seen["read back"]
     # nothing of torch or accelerate is imported until something is used
     assert seen["before use"] == [False, False, False, True], seen
@@ -937,6 +944,8 @@ def test_torch_stand_ins_answer_exactly_and_import_torch_on_first_use() -> None:
     assert seen["seeded"] and seen["assigned"]
     # the stand-ins bound at import hand out the real module's types and classes
     assert seen["types"] == [True, True, True, True]
+    # torch.Tensor taken before the import answers for the real type after it
+    assert seen["taken"] == [True, True, False] and seen["derived"]
     assert seen["accelerate"] == ["Accelerator.prepare", "InitProcessGroupKwargs"]
     assert seen["real answers"] == [False, True]
 
@@ -963,7 +972,9 @@ def test_an_api_run_never_imports_torch_and_scores_as_lmms_eval_does(tmp_path: P
     # one answer in four wrong (the server counts requests: the same documents for both)
     setup = Setup(tmp_path, 12, 0.0, wrong_every=4)
     try:
+        # with the samples logged, as an EvalRun with evaluation.logSamples has them
         plain = setup.plain(tmp_path / "plain")
+        plain[-2:-2] = ["--log_samples"]
         subprocess.run(plain, env=setup.env, check=True, capture_output=True)
         ours = [sys.executable, "-X", "importtime", "-m", "lmms_runner.lmms_eval_main"]
         run = subprocess.run(
@@ -992,6 +1003,7 @@ def test_an_api_run_never_imports_torch_and_scores_as_lmms_eval_does(tmp_path: P
         return json.loads(path.read_text())["results"]
 
     assert results("ours") == results("plain")
+    assert list((tmp_path / "ours").rglob("*samples_colors*.jsonl"))
     assert 0 < results("ours")["colors"]["exact_match,none"] < 1
 
 
