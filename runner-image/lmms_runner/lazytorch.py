@@ -182,8 +182,11 @@ ANSWERS: dict[tuple[str, str], Callable[[], Any]] = {
 }
 
 
-class Stub(types.ModuleType):
-    """A module of ``PACKAGES`` before torch is imported (see the module's docstring)."""
+class ModuleFromSpec(types.ModuleType):
+    """A module that stands for the one ``spec`` finds, without running it. Its
+    ``__file__``, ``__spec__`` and ``__path__`` are there from the start:
+    ``inspect.getmodule`` (which torch calls while it registers operators) asks every
+    module in ``sys.modules`` for its ``__file__``, and must not import it by asking."""
 
     def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
         super().__init__(spec.name)
@@ -192,6 +195,10 @@ class Stub(types.ModuleType):
         self.__loader__ = spec.loader
         if spec.submodule_search_locations is not None:
             self.__path__ = list(spec.submodule_search_locations)
+
+
+class Stub(ModuleFromSpec):
+    """A module of ``PACKAGES`` before torch is imported (see the module's docstring)."""
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
@@ -264,7 +271,7 @@ def load() -> None:
         _loaded.set()
         if _finder in sys.meta_path:
             sys.meta_path.remove(_finder)
-        for name, stub in _stubs.items():
+        for name, stub in list(_stubs.items()):
             if sys.modules.get(name) is stub:
                 del sys.modules[name]
         torch = importlib.import_module("torch")
@@ -278,7 +285,7 @@ def load() -> None:
 
 def install() -> bool:
     """Stands in for ``PACKAGES`` until torch is first used. False (nothing changed) where
-    any of them is imported already or torch is not installed."""
+    any of them is imported already, where torch is not installed, or off Linux."""
     if any(p in sys.modules for p in PACKAGES) or sys.platform != "linux":
         return False
     specs = [importlib.util.find_spec(p) for p in PACKAGES]

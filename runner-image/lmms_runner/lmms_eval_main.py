@@ -114,19 +114,8 @@ from typing import Any
 from . import codecache, importhooks, lazytorch, punctuation, taskindex, transformersindex
 
 
-class _Deferred(types.ModuleType):
-    """A module that is imported on its first use. Its ``__file__``, ``__spec__`` and
-    ``__path__`` are there from the start: ``inspect.getmodule`` (which torch calls while
-    it registers operators) asks every module in ``sys.modules`` for its ``__file__``,
-    and must not import it by asking."""
-
-    def __init__(self, name: str, spec: importlib.machinery.ModuleSpec) -> None:
-        super().__init__(name)
-        self.__spec__ = spec
-        self.__file__ = spec.origin
-        self.__loader__ = spec.loader
-        if spec.submodule_search_locations is not None:
-            self.__path__ = list(spec.submodule_search_locations)
+class _Deferred(lazytorch.ModuleFromSpec):
+    """A module that is imported on its first use."""
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
@@ -163,7 +152,7 @@ def defer(name: str) -> None:
         return
     if spec is None or name in sys.modules:
         return
-    deferred = _Deferred(name, spec)
+    deferred = _Deferred(spec)
     sys.modules[name] = deferred
     if parent:
         importhooks.after_import(parent, lambda package: _set_if_missing(package, child, deferred))

@@ -54,8 +54,8 @@ def walk_sorted(
     yields with each directory's subdirectories sorted, in the same order (a directory
     before its subdirectories, these by name; a link to a directory listed as one, not
     entered), with ``os.scandir`` entries instead of names. A start fingerprints some
-    4,500 files this way, in a third of the CPU time that ``os.walk`` and
-    ``os.path.relpath`` take (0.05 instead of 0.16 CPU-s)."""
+    4,500 files this way, in about half the CPU time that ``os.walk`` and
+    ``os.path.relpath`` take (0.08 instead of 0.14 CPU-s)."""
     pending = [(top, "")]
     while pending:
         path, rel = pending.pop()
