@@ -966,7 +966,6 @@ def test_an_api_run_never_imports_torch_and_scores_as_lmms_eval_does(tmp_path: P
     """The OpenAI-compatible backend through ``lmms_eval_main``: neither torch nor
     accelerate is imported from the start to the exit, and every score (with its standard
     error) is what plain ``python -m lmms_eval`` writes for the same command."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.bench.runner_overhead import Setup
 
     # one answer in four wrong (the server counts requests: the same documents for both)
