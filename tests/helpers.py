@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import time
 import uuid
@@ -79,7 +80,7 @@ def system_and_tenant_namespaces(api: client.ApiClient) -> tuple[str, str]:
     for ns in names:
         core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
     for ns in names:
-        wait_for(lambda n=ns: core.read_namespaced_service_account("default", n), timeout=30)
+        wait_for(functools.partial(core.read_namespaced_service_account, "default", ns), timeout=30)
     return names
 
 

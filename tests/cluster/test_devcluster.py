@@ -208,7 +208,7 @@ def test_deleting_an_owner_garbage_collects_what_it_owns(
         try:
             core.read_namespaced_config_map("owned", namespace)
         except client.ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     wait_for(gone, timeout=60, message="owned ConfigMap was not garbage-collected")

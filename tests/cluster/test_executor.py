@@ -37,7 +37,7 @@ def _executor_pod_spec(script: str, **extra: object) -> client.V1PodSpec:
                 ),
             ),
         ],
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     return client.V1PodSpec(
         containers=[container],
@@ -166,7 +166,7 @@ def test_deleting_the_pod_stops_the_process(api: client.ApiClient, namespace: st
         try:
             core.read_namespaced_pod("sleeper", namespace)
         except client.ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     wait_for(pod_gone, timeout=30)
@@ -240,10 +240,10 @@ def _pod(name: str, container: client.V1Container, **spec: object) -> client.V1P
         metadata=client.V1ObjectMeta(name=name),
         spec=client.V1PodSpec(
             containers=[container],
-            restart_policy=spec.pop("restart_policy", "Never"),  # type: ignore[arg-type]
+            restart_policy=spec.pop("restart_policy", "Never"),
             node_selector={devcluster.EXECUTOR_LABEL: "true"},
             tolerations=[client.V1Toleration(key=devcluster.EXECUTOR_LABEL, operator="Exists")],
-            **spec,  # type: ignore[arg-type]
+            **spec,
         ),
     )
 

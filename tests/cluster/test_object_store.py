@@ -327,10 +327,12 @@ def test_a_hostile_store_neither_grows_the_operator_nor_delays_other_runs(
         # The hostile runs end too, from their termination messages, within the read
         # deadline (20 s) and its timeouts.
         for name in ("drip", "huge"):
-            run = wait_for(
-                lambda n=name: (r := er.get(api, namespace, n))["status"].get("results") and r,
-                timeout=60,
-            )
+
+            def with_results(n: str = name) -> dict[str, Any] | None:
+                run = er.get(api, namespace, n)
+                return run if run["status"].get("results") else None
+
+            run = wait_for(with_results, timeout=60)
             assert run["status"]["results"][0]["value"] == 0.5
             assert er.wait_event(api, namespace, name, "ResultsNotInObjectStore")
         after = _rss_mib(operator_process.proc.pid)

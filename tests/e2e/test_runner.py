@@ -91,7 +91,7 @@ def run_config(
         "num_concurrent": "1",
         **model_args,
     }
-    doc = {
+    doc: dict[str, Any] = {
         "apiVersion": "eval.lmms.dev/v1alpha1",
         "kind": "EvalRun",
         "metadata": {"name": "local-colors"},

@@ -53,6 +53,7 @@ CORPUS = [
 
 def build(out: Path) -> Path:
     import torch
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         GenerationConfig,
@@ -63,10 +64,8 @@ def build(out: Path) -> Path:
         Qwen2VLProcessor,
     )
 
-    try:  # transformers >= 4.52 has a video processor of its own
-        from transformers import Qwen2VLVideoProcessor
-    except ImportError:  # pragma: no cover - older transformers
-        Qwen2VLVideoProcessor = None
+    # transformers >= 4.52 has a video processor of its own
+    video_processor = getattr(transformers, "Qwen2VLVideoProcessor", None)
 
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -78,14 +77,15 @@ def build(out: Path) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL[1:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
+    vocab = tokenizer.get_vocab()
+    ids = {t: vocab[t] for t in SPECIAL}
 
     config = Qwen2VLConfig(
         text_config={
@@ -120,7 +120,7 @@ def build(out: Path) -> Path:
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config)
     # Random weights keep emitting special tokens: let it say words.
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         suppress_tokens=[i for t, i in ids.items() if t not in ("<|im_end|>",)],
@@ -132,9 +132,9 @@ def build(out: Path) -> Path:
         "tokenizer": tokenizer,
         "chat_template": CHAT_TEMPLATE,
     }
-    if Qwen2VLVideoProcessor is not None:
-        parts["video_processor"] = Qwen2VLVideoProcessor()
-    processor = Qwen2VLProcessor(**parts)
+    if video_processor is not None:
+        parts["video_processor"] = video_processor()
+    processor = Qwen2VLProcessor(**parts)  # type: ignore[no-untyped-call]
     processor.save_pretrained(out)
     return out
 

@@ -54,7 +54,9 @@ def test_gpu_seconds_come_from_each_pods_own_start_and_end() -> None:
 
     run = {"spec": {"resources": {"gpus": 2}}}
 
-    def pod(start: str | None, end: str | None = None, deleted: str | None = None) -> dict:
+    def pod(
+        start: str | None, end: str | None = None, deleted: str | None = None
+    ) -> dict[str, object]:
         status: dict[str, object] = {}
         if start:
             status["startTime"] = start

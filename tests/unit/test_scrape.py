@@ -8,6 +8,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -51,10 +52,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def server() -> str:
+def server() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[misc]
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
 
 
