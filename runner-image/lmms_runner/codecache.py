@@ -134,8 +134,6 @@ def install(path: Path | None = None) -> Cache:
 def build(path: Path) -> int:
     """Writes the file from what a runner's start compiles, with torch and accelerate
     (the runner image does this when it is built)."""
-    import importlib
-
     from . import lazytorch, lmms_eval_main
 
     cache = install(path)
