@@ -3,8 +3,9 @@
 Storage: ConfigMap ``<prefix>`` is the index (generation and the table's ConfigMaps);
 ``<prefix>-<generation>-<i>`` hold the table (JSON, CSV, Markdown), split before a
 ConfigMap would pass 1 MiB. A publish writes a new generation, then swaps the index
-with optimistic concurrency (resourceVersion), retrying on conflict, then deletes the
-old generation: readers always see one complete table, and no entry is lost when many
+with optimistic concurrency (resourceVersion), retrying on conflict after a random pause
+that grows with each lost race (writers in lockstep would otherwise keep colliding),
+then deletes the old generation: readers always see one complete table, and no entry is lost when many
 runs finish at once.
 """
 
@@ -14,8 +15,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import random
 import secrets
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +40,20 @@ _locks = tuple(threading.Lock() for _ in range(64))
 
 def _lock(namespace: str, name: str) -> threading.Lock:
     return _locks[hash((namespace, name)) % len(_locks)]
+
+
+#: The pause after a lost race: uniform in [0, min(cap, base * 2**attempt)] seconds.
+BACKOFF_BASE = 0.02
+BACKOFF_CAP = 1.0
+
+
+def _backoff(attempt: int) -> float:
+    """Sleeps before the next try of a writer that lost the race ``attempt + 1`` times,
+    a random time so that writers that collided do not read and write again together;
+    returns the time slept."""
+    pause = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+    time.sleep(pause)
+    return pause
 
 
 def _now() -> str:
@@ -186,6 +203,7 @@ def publish(namespace: str, board_name: str, new: list[dict[str, Any]]) -> bool:
                 board_name,
                 attempt + 1,
             )
+            _backoff(attempt)
         raise errors.Conflict(f"leaderboard {namespace}/{board_name}: too many conflicts")
 
 
@@ -193,7 +211,7 @@ def rerender(namespace: str, board_name: str) -> bool:
     """Ranks the table again after an edit of the Leaderboard's spec (rankBy, top) and
     writes it, with the status, when the ranking changed; returns whether it wrote."""
     with _lock(namespace, board_name):
-        for _ in range(20):
+        for attempt in range(20):
             board = k8s.get_leaderboard(namespace, board_name)
             if board is None:
                 return False
@@ -211,6 +229,7 @@ def rerender(namespace: str, board_name: str) -> bool:
                 stored = _store(namespace, board, ranked)
                 _update_status(namespace, board, ranked, spec, names, stored)
                 return True
+            _backoff(attempt)
         raise errors.Conflict(f"leaderboard {namespace}/{board_name}: too many conflicts")
 
 

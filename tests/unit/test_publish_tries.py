@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -62,3 +63,20 @@ def test_a_full_leaderboard_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(leaderboards, "publish", full)
     plan = publishing.publish_results(RUN, STATUS, None, MESSAGE)
     assert plan.status["leaderboardPublished"] is False
+
+
+def test_a_writer_that_lost_the_race_pauses_a_random_time_that_grows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writers that collided on the index ConfigMap do not try again in lockstep: each
+    waits a random time, up to a bound that doubles with each lost race, then levels."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    for attempt in range(12):
+        for _ in range(50):
+            leaderboards._backoff(attempt)
+        bound = min(leaderboards.BACKOFF_CAP, leaderboards.BACKOFF_BASE * 2**attempt)
+        pauses, slept[:] = slept[:], []
+        assert all(0 <= p <= bound for p in pauses), (attempt, max(pauses))
+        assert len(set(pauses)) == len(pauses)  # random: no two writers wait alike
+        assert max(pauses) > bound / 2  # and the range is used, up to the bound
