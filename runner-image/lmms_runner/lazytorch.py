@@ -1,11 +1,11 @@
 """torch (and accelerate) imported on first use, for a model backend that holds no model.
 
 lmms-eval imports torch in nearly every module and accelerate in four, but a backend
-that sends every request to a server (``API_BACKENDS``) never computes with them:
-importing them is 1.5 to 2 CPU-s of a start of about 4. Here ``import torch`` (and
-``import torch.nn``, ``from torch.utils.collect_env import ...``, ``import accelerate``)
-binds a stand-in module (``Stub``). The first use of anything in one imports the real
-torch, and from then on every stand-in hands out the real module's attributes.
+that sends every request to a server (``patches.backend.API_BACKENDS``) never computes
+with them, and importing them is much of a start (``docs/benchmarks.md``). Here ``import
+torch`` (and ``import torch.nn``, ``from torch.utils.collect_env import ...``, ``import
+accelerate``) binds a stand-in module (``Stub``). The first use of anything in one imports
+the real torch, and from then on every stand-in hands out the real module's attributes.
 
 Until then a few questions have an answer that is exact in a process that has not
 imported torch, and the stand-ins give it (``ANSWERS``), so lmms-eval's start does not
@@ -43,6 +43,8 @@ import threading
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from .deferred import ModuleFromSpec
 
 #: The packages whose modules are stand-ins until torch is imported.
 PACKAGES = ("torch", "accelerate")
@@ -180,21 +182,6 @@ ANSWERS: dict[tuple[str, str], Callable[[], Any]] = {
         "accelerate.utils", "InitProcessGroupKwargs"
     ),
 }
-
-
-class ModuleFromSpec(types.ModuleType):
-    """A module that stands for the one ``spec`` finds, without running it. Its
-    ``__file__``, ``__spec__`` and ``__path__`` are there from the start:
-    ``inspect.getmodule`` (which torch calls while it registers operators) asks every
-    module in ``sys.modules`` for its ``__file__``, and must not import it by asking."""
-
-    def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
-        super().__init__(spec.name)
-        self.__spec__ = spec
-        self.__file__ = spec.origin
-        self.__loader__ = spec.loader
-        if spec.submodule_search_locations is not None:
-            self.__path__ = list(spec.submodule_search_locations)
 
 
 class Stub(ModuleFromSpec):

@@ -77,14 +77,16 @@ def test_copied_sources_exist() -> None:
 
 def test_the_task_index_is_built_into_the_image_where_the_runner_reads_it() -> None:
     stage = final_stage()
-    assert "python -m lmms_runner.taskindex /opt/lmms/task-index.json" in stage
+    assert "python -m lmms_runner.patches.taskindex /opt/lmms/task-index.json" in stage
     assert "LMMS_TASK_INDEX=/opt/lmms/task-index.json" in stage
     # transformers' index of its model modules, the same way.
-    assert "python -m lmms_runner.transformersindex /opt/lmms/transformers-index.json" in stage
+    assert (
+        "python -m lmms_runner.patches.transformersindex /opt/lmms/transformers-index.json" in stage
+    )
     assert "LMMS_TRANSFORMERS_INDEX=/opt/lmms/transformers-index.json" in stage
     # And lmms-eval's table of Unicode punctuation.
-    assert "python -m lmms_runner.punctuation /opt/lmms/punctuation.json" in stage
+    assert "python -m lmms_runner.patches.punctuation /opt/lmms/punctuation.json" in stage
     assert "LMMS_PUNCTUATION_INDEX=/opt/lmms/punctuation.json" in stage
     # And the compiled methods of the dataclasses a start makes.
-    assert "python -m lmms_runner.codecache /opt/lmms/code-cache.marshal" in stage
+    assert "python -m lmms_runner.startup /opt/lmms/code-cache.marshal" in stage
     assert "LMMS_CODE_CACHE=/opt/lmms/code-cache.marshal" in stage

@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 
-from lmms_runner import (
+from lmms_runner import cachefiles, deferred, importhooks
+from lmms_runner.patches import (
+    chunked_answers,
     codecache,
-    importhooks,
-    lmms_eval_main,
+    prefetch,
     punctuation,
     taskindex,
+    torch_unused,
     transformersindex,
 )
 
@@ -41,24 +43,24 @@ def script_result(code: str, *args: str) -> dict[str, Any]:
 
 def test_a_deferred_module_loads_on_first_use_only() -> None:
     sys.modules.pop("colorsys", None)
-    lmms_eval_main.defer("colorsys")
-    deferred = sys.modules["colorsys"]
-    assert isinstance(deferred, lmms_eval_main._Deferred)
+    deferred.defer("colorsys")
+    stand_in = sys.modules["colorsys"]
+    assert isinstance(stand_in, deferred.Deferred)
     inspect.getmodule(test_a_deferred_module_loads_on_first_use_only)  # asks every __file__
-    assert sys.modules["colorsys"] is deferred  # still not imported
-    assert deferred.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
-    assert sys.modules["colorsys"] is not deferred  # the real module now
+    assert sys.modules["colorsys"] is stand_in  # still not imported
+    assert stand_in.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+    assert sys.modules["colorsys"] is not stand_in  # the real module now
     assert sys.modules["colorsys"].__name__ == "colorsys"
 
 
 def test_a_module_whose_package_is_not_installed_is_left_alone() -> None:
-    lmms_eval_main.defer("no_such_package_here.bindings.driver")
+    deferred.defer("no_such_package_here.bindings.driver")
     assert "no_such_package_here.bindings.driver" not in sys.modules
     assert "no_such_package_here" not in sys.modules
 
 
 def test_lazy_optional_functions_call_the_real_one() -> None:
-    call = lmms_eval_main._lazy_function("colorsys", "hsv_to_rgb")
+    call = deferred.lazy_function("colorsys", "hsv_to_rgb")
     assert call.__name__ == "hsv_to_rgb" and call(0.0, 0.0, 1.0) == (1.0, 1.0, 1.0)
 
 
@@ -92,11 +94,11 @@ def test_the_fingerprints_walk_the_tree_as_os_walk_does(tmp_path: Path) -> None:
         return out
 
     for skip in (frozenset(), frozenset({"__pycache__"})):
-        walked = [(d, [rel for rel, _ in fs]) for d, fs in taskindex.walk_sorted(str(top), skip)]
+        walked = [(d, [rel for rel, _ in fs]) for d, fs in cachefiles.walk_sorted(str(top), skip)]
         assert walked == reference(skip)
         # os.walk lists a link to a directory among the directories, but does not enter it
         assert not any(d.startswith("a/link") for d, _ in walked)
-    assert [d for d, _ in taskindex.walk_sorted(str(top / "missing"))] == []
+    assert [d for d, _ in cachefiles.walk_sorted(str(top / "missing"))] == []
 
 
 def test_the_index_file_is_used_only_while_the_yaml_files_are_unchanged(tmp_path: Path) -> None:
@@ -119,7 +121,7 @@ def test_the_index_file_is_used_only_while_the_yaml_files_are_unchanged(tmp_path
 SAME_INDEX = """
 import json, sys
 from pathlib import Path
-from lmms_runner import taskindex
+from lmms_runner.patches import taskindex
 from lmms_eval.tasks import TaskManager
 plain = TaskManager("ERROR")._task_index
 taskindex.install(Path(sys.argv[1]))
@@ -241,7 +243,7 @@ def test_a_deferred_subpackage_runs_only_when_used(on_path: Path) -> None:
     )
     import deferpkg  # type: ignore[import-not-found]
 
-    lmms_eval_main.defer("deferpkg.heavy")
+    deferred.defer("deferpkg.heavy")
     import deferpkg.heavy.light  # type: ignore[import-not-found]
     from deferpkg.heavy.light import NAME
 
@@ -249,7 +251,7 @@ def test_a_deferred_subpackage_runs_only_when_used(on_path: Path) -> None:
     assert deferpkg.heavy.light.NAME == "light"
     assert deferpkg.heavy.VALUE == 7 and deferpkg.RAN  # it runs when used
     real = sys.modules["deferpkg.heavy"]
-    assert not isinstance(real, lmms_eval_main._Deferred)
+    assert not isinstance(real, deferred.Deferred)
     assert real.light is sys.modules["deferpkg.heavy.light"]  # still its attribute
     import deferpkg.heavy as again
 
@@ -269,18 +271,18 @@ def test_a_submodule_of_a_package_not_imported_yet_is_deferred_without_importing
     )
     import builtins
 
-    lmms_eval_main.defer("lazyroot.heavy")
+    deferred.defer("lazyroot.heavy")
     assert not hasattr(builtins, "LAZYROOT_RAN")  # finding it imported nothing
     import lazyroot  # type: ignore[import-not-found]
 
     del builtins.LAZYROOT_RAN  # type: ignore[attr-defined]
-    deferred = lazyroot.heavy  # its package's attribute, as after an import
-    assert isinstance(deferred, lmms_eval_main._Deferred)
+    stand_in = lazyroot.heavy  # its package's attribute, as after an import
+    assert isinstance(stand_in, deferred.Deferred)
     from lazyroot.heavy.light import NAME  # type: ignore[import-not-found]
 
     assert NAME == "light" and not hasattr(lazyroot, "HEAVY_RAN")
-    assert deferred.VALUE == 7 and lazyroot.HEAVY_RAN  # it runs on first use
-    assert lazyroot.heavy is sys.modules["lazyroot.heavy"] is not deferred
+    assert stand_in.VALUE == 7 and lazyroot.HEAVY_RAN  # it runs on first use
+    assert lazyroot.heavy is sys.modules["lazyroot.heavy"] is not stand_in
     assert lazyroot.heavy.light.NAME == "light"
 
 
@@ -295,7 +297,7 @@ def test_the_punctuation_table_is_lmms_evals_and_comes_from_its_file(tmp_path: P
     assert first == expected and list(first) == list(expected)
     assert punctuation.load(path) == list(expected)
     # Read from the file while its key is the interpreter's (a planted entry shows it)...
-    taskindex.write(path, {"fingerprint": punctuation.key(), "points": [33, 46]})
+    cachefiles.write(path, {"fingerprint": punctuation.key(), "points": [33, 46]})
     assert punctuation.table(path) == {33: None, 46: None}
     # ...and computed again when it is not, or malformed.
     for doc in (
@@ -305,14 +307,14 @@ def test_the_punctuation_table_is_lmms_evals_and_comes_from_its_file(tmp_path: P
         {"fingerprint": punctuation.key(), "points": [46, 33]},  # nor out of order
         {"fingerprint": punctuation.key()},
     ):
-        taskindex.write(path, doc)
+        cachefiles.write(path, doc)
         assert punctuation.table(path) == expected
 
 
 SAME_STRUCTURE = """
 import json, os, sys
 from pathlib import Path
-from lmms_runner import transformersindex
+from lmms_runner.patches import transformersindex
 transformersindex.install(Path(sys.argv[1]))
 import transformers  # builds the structure, writes the file
 from transformers.utils import import_utils
@@ -355,9 +357,10 @@ def test_the_cached_transformers_structure_is_the_one_transformers_builds(tmp_pa
 
 GC_AROUND_THE_RUN = """
 import gc, json, sys
-from lmms_runner import lmms_eval_main
+from lmms_runner import deferred, lmms_eval_main
+from lmms_runner.patches import backend
 
-lmms_eval_main.defer("evaluate")  # as main() does: no triton through transformers' pipelines
+deferred.defer("evaluate")  # as main() does: no triton through transformers' pipelines
 import lmms_eval.__main__ as entry
 from lmms_eval.models import MODEL_REGISTRY_V2
 
@@ -379,8 +382,8 @@ entry.cli_evaluate = cli_evaluate
 sys.argv = ["lmms_eval", "--model", "openai", "--tasks", "x"]
 lmms_eval_main.main()
 seen["frozen after"] = gc.get_freeze_count()
-lmms_eval_main.preimport_model(["--model", "no-such-model"])  # left for lmms-eval to report
-lmms_eval_main.preimport_model(["--model"])
+backend.preimport_model(["--model", "no-such-model"])  # left for lmms-eval to report
+backend.preimport_model(["--model"])
 print(json.dumps(seen))
 """
 
@@ -471,18 +474,18 @@ def test_the_runner_skips_the_judges_and_the_punctuation_scan_with_the_same_filt
         assert seen["patched"] == "_PatchedSource" and seen["same table"], seen
         assert seen["filtered"] == "red blue"
         # the judges' package is not imported before a task asks for it, then it works
-        assert seen["judge"] == "_Deferred" and not seen["requests"]
+        assert seen["judge"] == "Deferred" and not seen["requests"]
         assert seen["judge usable"]
         # so is the OpenAI client's Responses API types package, reachable all the same
-        assert seen["responses"] == "_Deferred" == seen["responses attribute"], seen
+        assert seen["responses"] == "Deferred" == seen["responses attribute"], seen
         assert seen["responses usable"]
         # aiohttp (for the client's aiohttp transport), sacrebleu (for three metrics) and
         # decord (for a backend's videos) wait for their first use, and serve it
         assert not seen["aiohttp"] and not seen["decord"]
-        assert seen["sacrebleu"] == "_Deferred" and seen["bleu"] == pytest.approx(100.0)
+        assert seen["sacrebleu"] == "Deferred" and seen["bleu"] == pytest.approx(100.0)
         assert seen["decord usable"] == "DECORDContext", seen
         # the OpenAI-compatible backend runs without torch's meta kernels
-        assert seen["meta kernels"] == "_Deferred", seen
+        assert seen["meta kernels"] == "Deferred", seen
     assert punctuation.load(tmp_path / "punctuation.json")
     cache = tmp_path / "code-cache.marshal"
     # the texts of the dataclasses lmms-eval, transformers, datasets and the OpenAI
@@ -508,10 +511,10 @@ lmms_eval_main.main()
 
 META_KERNELS = """
 import json, sys
-from lmms_runner import lmms_eval_main
+from lmms_runner.patches import torch_unused
 
 model, trigger = sys.argv[1:]
-seen = {"deferred": lmms_eval_main.defer_torch_unused(["--model", model])}
+seen = {"deferred": torch_unused.defer_torch_unused(["--model", model])}
 import torch
 
 x = torch.empty(5, device="meta")
@@ -526,7 +529,7 @@ def take():
 
 
 def kinds():
-    return {n: type(sys.modules.get(n)).__name__ for n in lmms_eval_main.API_UNUSED}
+    return {n: type(sys.modules.get(n)).__name__ for n in torch_unused.API_UNUSED}
 
 
 seen["before"] = take()
@@ -549,7 +552,7 @@ def meta_kernels(model: str, trigger: str) -> dict[str, Any]:
 #: ``API_UNUSED`` that this environment has (NVIDIA's CUDA bindings come with torch's
 #: CUDA wheels).
 INSTALLED_UNUSED = [
-    n for n in lmms_eval_main.API_UNUSED if importlib.util.find_spec(n.split(".")[0]) is not None
+    n for n in torch_unused.API_UNUSED if importlib.util.find_spec(n.split(".")[0]) is not None
 ]
 
 
@@ -557,7 +560,7 @@ INSTALLED_UNUSED = [
 @pytest.mark.parametrize(
     "trigger",
     [
-        *(m for m in lmms_eval_main.META_USERS if importlib.util.find_spec(m.split(".")[0])),
+        *(m for m in torch_unused.META_USERS if importlib.util.find_spec(m.split(".")[0])),
         "attribute",
     ],
 )
@@ -566,7 +569,7 @@ def test_an_api_backend_runs_without_torchs_meta_kernels_until_something_uses_th
 ) -> None:
     seen = meta_kernels("openai", trigger)
     assert seen["deferred"] and seen["before"] == "NotImplementedError", seen
-    assert seen["kinds before"] == {n: "_Deferred" for n in INSTALLED_UNUSED}, seen
+    assert seen["kinds before"] == {n: "Deferred" for n in INSTALLED_UNUSED}, seen
     # fake tensors, torch.compile, torch.export and model loading get them, as does a
     # module that asks for a name of theirs
     assert seen["module"] == "module" and seen["after"] == [2], seen
@@ -578,14 +581,14 @@ def test_an_api_backend_runs_without_torchs_meta_kernels_until_something_uses_th
 def test_a_backend_that_loads_a_model_gets_torchs_meta_kernels_at_once() -> None:
     seen = meta_kernels("llava_hf", "json")
     assert not seen["deferred"] and seen["before"] == seen["after"] == [2], seen
-    assert "_Deferred" not in seen["kinds before"].values(), seen
+    assert "Deferred" not in seen["kinds before"].values(), seen
 
 
 TORCH_UNUSED_IN_USE = """
 import json, sys
-from lmms_runner import lmms_eval_main
+from lmms_runner.patches import torch_unused
 
-lmms_eval_main.defer_torch_unused(["--model", "openai"])
+torch_unused.defer_torch_unused(["--model", "openai"])
 import torch
 import torch.cuda._utils as cuda_utils
 
@@ -598,7 +601,7 @@ seen = {
 if seen["bindings"]:
     from cuda.bindings import driver
     seen["driver"] = int(driver.CUresult.CUDA_SUCCESS)
-seen["kinds"] = {n: type(sys.modules.get(n)).__name__ for n in lmms_eval_main.API_UNUSED}
+seen["kinds"] = {n: type(sys.modules.get(n)).__name__ for n in torch_unused.API_UNUSED}
 print(json.dumps(seen))
 """
 
@@ -618,9 +621,9 @@ def test_what_an_api_backend_does_not_use_of_torch_works_when_used() -> None:
 
 STREAMING_PATCHES = """
 import json, sys, types
-from lmms_runner import lmms_eval_main
+from lmms_runner.patches import datasets_streaming
 
-lmms_eval_main.lean_streaming_patches()
+datasets_streaming.install()
 from datasets.utils.patching import patch_submodule
 
 def new(*args, **kwargs):
@@ -760,28 +763,28 @@ def test_the_results_table_is_imported_while_the_model_answers(
     on_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (on_path / "table_writer_stand_in.py").write_text("")
-    monkeypatch.setattr(lmms_eval_main, "AFTER_ANSWERS", ("table_writer_stand_in",))
-    monkeypatch.setattr(lmms_eval_main, "_prefetching", [])
+    monkeypatch.setattr(prefetch, "AFTER_ANSWERS", ("table_writer_stand_in",))
+    monkeypatch.setattr(prefetch, "_prefetching", [])
     monkeypatch.setenv("LMMS_CACHE_CHECKPOINT_INTERVAL", "2")
     chunks: list[tuple[list[int], bool]] = []
 
     def execute(cache: object, lm: object, reqtype: str, requests: list[int]) -> list[int]:
-        if lmms_eval_main._prefetching:
-            lmms_eval_main._prefetching[0].join(10)
+        if prefetch._prefetching:
+            prefetch._prefetching[0].join(10)
         chunks.append((requests, "table_writer_stand_in" in sys.modules))
         return [r * 10 for r in requests]
 
-    chunked = lmms_eval_main._chunked_execute(execute)
+    chunked = chunked_answers.chunked_execute(execute)
     assert chunked(None, None, "generate_until", [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
     # Not during the start (the first chunk), then from the second chunk on.
     assert chunks == [([1, 2], False), ([3, 4], True), ([5], True)]
-    assert len(lmms_eval_main._prefetching) == 1
+    assert len(prefetch._prefetching) == 1
 
 
 LAZY_AIOHTTP = """
 import json, sys
-from lmms_runner import lmms_eval_main
-patched = lmms_eval_main.lazy_aiohttp_transport()
+from lmms_runner.patches import deferred_imports
+patched = deferred_imports.lazy_aiohttp_transport()
 import openai
 before = "aiohttp" in sys.modules
 client = openai.DefaultAioHttpClient()  # makes its transport: imports aiohttp
@@ -872,14 +875,14 @@ def test_the_run_ends_after_the_interpreters_exit_without_the_libraries_teardown
 
 def test_an_index_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     path = tmp_path / "index.json"
-    taskindex.write_atomically(path, b"first")
-    taskindex.write_atomically(path, b"second")
+    cachefiles.write_atomically(path, b"first")
+    cachefiles.write_atomically(path, b"second")
     assert path.read_bytes() == b"second"
     # A place that cannot take the file keeps what it had, and no partial file either.
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "entry").write_text("")
-    taskindex.write_atomically(taken, b"data")
+    cachefiles.write_atomically(taken, b"data")
     assert taken.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "taken"]
 
 
@@ -1008,7 +1011,8 @@ def test_an_api_run_never_imports_torch_and_scores_as_lmms_eval_does(tmp_path: P
 
 SINGLE_PROCESS = """
 import datetime, json, sys
-from lmms_runner import lazytorch, lmms_eval_main as m
+from lmms_runner import lazytorch
+from lmms_runner.patches import torch_on_first_use as m
 assert m.torch_on_first_use(["--model", "openai"])
 import datasets
 seen = {"torch for datasets": datasets.config.TORCH_AVAILABLE}

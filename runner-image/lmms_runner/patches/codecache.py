@@ -1,21 +1,18 @@
 """The methods ``dataclasses`` writes as source text at every start, compiled once.
 
 ``dataclasses`` makes each class's ``__init__``, ``__repr__``, ``__eq__`` (and for frozen
-classes ``__setattr__`` and ``__delattr__``) by writing their source text and compiling
-it with ``exec``. A runner's start makes hundreds of such classes (torch, accelerate,
-transformers, datasets, the OpenAI client, lmms-eval): some 1,500 distinct texts with a
-local model's backend (about 0.2 CPU-s of every start of every pod), 870 with the
-OpenAI-compatible backend, which does not import torch. A text holds everything its function depends
-on at compile time (names, defaults are passed in as arguments), so the same text always
-compiles to the same code. The runner keeps that code in a file keyed by the text
-(``marshal``, the format of ``.pyc`` files): the runner image writes it when the image is
-built (``python -m lmms_runner.codecache``, into ``LMMS_CODE_CACHE``); elsewhere the first
-run writes it under ``~/.cache/lmms-runner/``. It is used only by the Python that wrote it
-(the same bytecode magic number and compiler flags); a text the file lacks is compiled as
-always, so every function made is the one ``exec`` of the text would make.
-
-The file holds code that is executed, as ``.pyc`` files do, and is trusted as they are: in
-the image it is root's, on a read-only root, beside the image's bytecode.
+classes ``__setattr__`` and ``__delattr__``) by writing their source text and compiling it
+with ``exec``; a start makes hundreds of such classes (torch, accelerate, transformers,
+datasets, the OpenAI client, lmms-eval). A text holds everything its function depends on at
+compile time (names and defaults are passed in as arguments), so the same text always
+compiles to the same code. ``install`` gives ``dataclasses`` an ``exec`` that takes that code
+from a file keyed by the text (``marshal``, the format of ``.pyc`` files): the runner image
+writes it when it is built (``python -m lmms_runner.startup``, into ``LMMS_CODE_CACHE``);
+elsewhere the first run writes it under ``~/.cache/lmms-runner/``. It is used only by the
+Python that wrote it (the same bytecode magic number and compiler flags); a text the file
+lacks is compiled as always, so every function made is the one ``exec`` of the text would
+make. The file holds code that is executed, as ``.pyc`` files do, and is trusted as they
+are: in the image it is root's, on a read-only root, beside the image's bytecode.
 """
 
 from __future__ import annotations
@@ -30,7 +27,10 @@ import types
 from pathlib import Path
 from typing import Any
 
-from . import taskindex
+from .. import cachefiles
+
+#: The lmms-eval versions (and the libraries they pin) whose start this was written for.
+LMMS_EVAL_VERSIONS = frozenset({"0.7.3"})
 
 ENV = "LMMS_CODE_CACHE"
 VERSION = 1
@@ -38,7 +38,7 @@ FILENAME = "<string>"  # what ``exec`` of a text names its code
 
 
 def default_path() -> Path:
-    return taskindex.default_path(ENV, "code-cache.marshal")
+    return cachefiles.default_path(ENV, "code-cache.marshal")
 
 
 def future_flags(module: types.ModuleType) -> int:
@@ -83,7 +83,7 @@ def save(path: Path, expected: str, code: dict[str, types.CodeType]) -> None:
         data = marshal.dumps({"key": expected, "code": code})
     except ValueError:
         return
-    taskindex.write_atomically(path, data)
+    cachefiles.write_atomically(path, data)
 
 
 class Cache:
@@ -129,28 +129,3 @@ def install(path: Path | None = None) -> Cache:
     cache = Cache(path or default_path(), key(flags), flags)
     dataclasses.exec = cache.exec  # type: ignore[attr-defined]  # found before the builtin
     return cache
-
-
-def build(path: Path) -> int:
-    """Writes the file from what a runner's start compiles, with torch and accelerate
-    (the runner image does this when it is built)."""
-    from . import lazytorch, lmms_eval_main
-
-    cache = install(path)
-    cache.new = {}
-    lmms_eval_main.prepare(["--model", "openai"])
-    # The OpenAI-compatible backend's start imports neither torch nor accelerate (they
-    # wait for their first use); every other backend's start imports both.
-    lazytorch.load()
-    importlib.import_module("accelerate")
-    count = len(cache.new)
-    cache.save_new()
-    if not load(path, cache.expected):
-        print(f"lmms-runner: could not write the code cache to {path}", file=sys.stderr)
-        return 1
-    print(f"lmms-runner: wrote the code of {count} dataclass methods to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(build(Path(sys.argv[1]) if len(sys.argv) > 1 else default_path()))

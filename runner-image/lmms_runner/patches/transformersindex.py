@@ -1,21 +1,18 @@
-"""transformers' index of its model modules, computed once instead of at every start.
+"""transformers' index of its model modules from a file, instead of built at every start.
 
-``import transformers`` (which lmms-eval makes when it is imported) builds the lazy
-import structure of ``transformers/models/``: it reads each of some 2,600 files (about
-560 model directories) and parses their ``__all__`` and ``@requires`` lines, about 0.35
-CPU-s at every start of every pod. The structure depends on those files only (and on
-the function that parses them), so it is kept in a JSON file, as the task index is: the
-runner image builds it when the image is built (``python -m lmms_runner.transformersindex``,
-into ``LMMS_TRANSFORMERS_INDEX``); elsewhere the first run writes it under
-``~/.cache/lmms-runner/``. It is used only while its fingerprint (the path, size and
-modification time of every directory and ``.py`` file under ``models/``, and of the
-parsing module) matches; otherwise transformers builds the structure as always. The
-structure served is the very one transformers would build; any other call (a model
+``import transformers`` (which importing lmms-eval makes) builds the lazy import structure of
+``transformers/models/`` by reading each of some 2,600 files and parsing their ``__all__`` and
+``@requires`` lines. The structure depends on those files only (and on the function that
+parses them), so ``install`` replaces ``define_import_structure`` as soon as
+``transformers.utils.import_utils`` is executed (transformers imports it in its
+``__init__``, before anything outside could reach it) with one that serves the structure of
+``models/`` from a JSON file: the runner image writes it when it is built (``python -m
+lmms_runner.patches.transformersindex``, into ``LMMS_TRANSFORMERS_INDEX``); elsewhere the
+first run writes it under ``~/.cache/lmms-runner/``. It is used only while its fingerprint
+(the path, size and modification time of every directory and ``.py`` file under ``models/``,
+and of the parsing module) matches; otherwise transformers builds the structure as always.
+The structure served is the very one transformers would build; any other call (a model
 package's own ``define_import_structure``) goes to transformers unchanged.
-
-transformers imports ``define_import_structure`` from ``transformers.utils.import_utils``
-in its ``__init__``, before anything outside could reach that module, so the function is
-replaced as soon as the module is executed (``importhooks.after_import``).
 """
 
 from __future__ import annotations
@@ -28,8 +25,11 @@ import types
 from pathlib import Path
 from typing import Any
 
-from . import taskindex
-from .importhooks import after_import
+from .. import cachefiles
+from ..importhooks import after_import
+
+#: The lmms-eval versions (and the transformers they pin) this was written for.
+LMMS_EVAL_VERSIONS = frozenset({"0.7.3"})
 
 ENV = "LMMS_TRANSFORMERS_INDEX"
 VERSION = 1
@@ -39,7 +39,7 @@ Structure = dict[frozenset[str], dict[str, set[str]]]
 
 
 def default_path() -> Path:
-    return taskindex.default_path(ENV, "transformers-index.json")
+    return cachefiles.default_path(ENV, "transformers-index.json")
 
 
 def fingerprint(models_dir: str, parser_file: str) -> str:
@@ -48,7 +48,7 @@ def fingerprint(models_dir: str, parser_file: str) -> str:
     digest = hashlib.sha256(f"{VERSION}\0{models_dir}\0".encode())
     st = os.stat(parser_file)
     digest.update(f"{parser_file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    for rel_root, files in taskindex.walk_sorted(models_dir, frozenset({"__pycache__"})):
+    for rel_root, files in cachefiles.walk_sorted(models_dir, frozenset({"__pycache__"})):
         digest.update(f"{rel_root}/\n".encode())
         for name, entry in files:
             if name.endswith(".py"):
@@ -77,11 +77,11 @@ def decode(doc: Any) -> Structure | None:
 
 
 def load(path: Path, expected: str) -> Structure | None:
-    return decode(taskindex.read(path, expected).get("structure"))
+    return decode(cachefiles.read(path, expected).get("structure"))
 
 
 def save(path: Path, fp: str, structure: Structure) -> None:
-    taskindex.write(path, {"fingerprint": fp, "structure": encode(structure)})
+    cachefiles.write(path, {"fingerprint": fp, "structure": encode(structure)})
 
 
 def install(path: Path | None = None) -> None:

@@ -1,17 +1,16 @@
-"""The table of Unicode punctuation that lmms-eval builds at import, computed once.
+"""lmms-eval's table of Unicode punctuation from a file, instead of built at every start.
 
-``lmms_eval.filters.extraction`` (imported with ``lmms_eval.api.task``, so at every
-start) builds ``ExtendedRegexFilter.punct_tbl`` in its class body by asking
-``unicodedata`` for the category of each of the 1.1 million code points: 0.2 to 0.35
-CPU-s at every start of every pod, for a table of some 800 entries that depends only on
-the interpreter's Unicode database. The runner executes that module with the expression
-replaced by ``table()`` (``importhooks.patch_source``), which builds the same dictionary
-(the same keys, in the same order, each mapped to None) from a JSON file: the runner image
-writes it when the image is built (``python -m lmms_runner.punctuation``, into
-``LMMS_PUNCTUATION_INDEX``); elsewhere the first run writes it under
-``~/.cache/lmms-runner/``. It is used only while its key (the Unicode database's version
-and ``sys.maxunicode``) is the interpreter's and it names only punctuation, ascending;
-otherwise the table is computed as lmms-eval computes it.
+``lmms_eval.filters.extraction`` (imported with ``lmms_eval.api.task``, so at every start)
+builds ``ExtendedRegexFilter.punct_tbl`` in its class body by asking ``unicodedata`` for the
+category of each of the 1.1 million code points, for a table of some 800 entries that
+depends only on the interpreter's Unicode database. ``install`` makes the runner execute
+that module with the expression replaced by ``table()`` (``importhooks.patch_source``),
+which builds the same dictionary (the same keys, in the same order, each mapped to None)
+from a JSON file: the runner image writes it when it is built (``python -m
+lmms_runner.patches.punctuation``, into ``LMMS_PUNCTUATION_INDEX``); elsewhere the first
+run writes it under ``~/.cache/lmms-runner/``. It is used only while its key (the Unicode
+database's version and ``sys.maxunicode``) is the interpreter's and it names only
+punctuation, ascending; otherwise the table is computed as lmms-eval computes it.
 """
 
 from __future__ import annotations
@@ -21,7 +20,10 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from . import importhooks, taskindex
+from .. import cachefiles, importhooks
+
+#: The lmms-eval versions whose ``ExtendedRegexFilter`` class body this replaces.
+LMMS_EVAL_VERSIONS = frozenset({"0.7.3"})
 
 ENV = "LMMS_PUNCTUATION_INDEX"
 VERSION = 1
@@ -35,12 +37,12 @@ ORIGINAL = (
 )
 REPLACEMENT = (
     "class ExtendedRegexFilter(RegexFilter):\n"
-    '    punct_tbl = __import__("lmms_runner.punctuation", fromlist=["table"]).table()\n'
+    '    punct_tbl = __import__("lmms_runner.patches.punctuation", fromlist=["table"]).table()\n'
 )
 
 
 def default_path() -> Path:
-    return taskindex.default_path(ENV, "punctuation.json")
+    return cachefiles.default_path(ENV, "punctuation.json")
 
 
 def key() -> str:
@@ -57,7 +59,7 @@ def load(path: Path) -> list[int] | None:
     """The file's code points, or None when it is missing, stale or damaged: only
     punctuation, ascending, is taken (a file that named other characters would have the
     filters strip them from answers, and change scores)."""
-    points = taskindex.read(path, key()).get("points")
+    points = cachefiles.read(path, key()).get("points")
     if not isinstance(points, list) or not all(type(p) is int for p in points):
         return None
     if any(b <= a for a, b in itertools.pairwise(points)) or not all(
@@ -74,7 +76,7 @@ def table(path: Path | None = None) -> dict[int, None]:
     points = load(target)
     if points is None:
         points = compute()
-        taskindex.write(target, {"fingerprint": key(), "points": points})
+        cachefiles.write(target, {"fingerprint": key(), "points": points})
     return dict.fromkeys(points)
 
 
