@@ -9,7 +9,7 @@ import threading
 import time
 from collections import deque
 
-from lmms_operator.api.runner import RunnerPhase, RunnerProgress, TaskState
+from lmms_operator.api.runner import Harness, RunnerPhase, RunnerProgress, TaskState
 
 TQDM = re.compile(
     r"(?:(?P<desc>[^\r\n|]*?):\s*)?(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
@@ -23,7 +23,8 @@ FAILED_REQUEST = re.compile(r"All \d+ attempts failed")
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|NotFound)\b.*:")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RESPONDING = "Model Responding"
-#: Printed by lmms_runner.lmms_eval_main before each chunk of a request type.
+#: Printed by lmms-eval's process before each chunk of a request type
+#: (``lmms_runner.patches.chunked_answers``).
 ANSWERED = re.compile(r"^lmms-runner: answered (?P<n>\d+)/(?P<total>\d+)$")
 
 
@@ -43,8 +44,11 @@ def _seconds(clock: str) -> float | None:
 class Tracker:
     """Thread-safe: the output readers feed it, the HTTP server reads snapshots."""
 
-    def __init__(self, tasks: list[str], keep_lines: int = 20) -> None:
+    def __init__(
+        self, tasks: list[str], keep_lines: int = 20, harness: Harness | None = None
+    ) -> None:
         self._lock = threading.Lock()
+        self._harness = harness  # which lmms-eval runs, and whether patched
         self._tasks = {t: TaskState(name=t) for t in tasks}
         self._phase: RunnerPhase = "starting"
         self._bars_done = 0  # samples of "Model Responding" bars that finished
@@ -222,4 +226,5 @@ class Tracker:
                 reason=self._reason,
                 message=self._message,
                 last_lines=list(self._last),
+                harness=self._harness.model_copy() if self._harness else None,
             )

@@ -203,8 +203,8 @@ def test_progress_never_decreases_and_reaches_100_only_at_the_end() -> None:
 
 
 def test_progress_follows_answers_given_in_chunks() -> None:
-    """lmms_eval_main answers a request type in chunks (each with its own bar) and says
-    where the whole type stands before each."""
+    """lmms-eval's process answers a request type in chunks (each with its own bar:
+    ``patches.chunked_answers``) and says where the whole type stands before each."""
     t = Tracker(["colors"])
     seen = []
     for start in range(0, 16, 8):
@@ -271,7 +271,7 @@ def test_redaction() -> None:
 
 
 def test_the_resolved_commit_comes_from_the_hugging_face_cache(tmp_path: Path) -> None:
-    from lmms_runner.main import resolved_commit
+    from lmms_runner.provenance import resolved_commit
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     refs = tmp_path / "hub" / "models--org--tiny" / "refs"
@@ -288,7 +288,7 @@ def test_the_resolved_commit_comes_from_the_hugging_face_cache(tmp_path: Path) -
 def test_provenance_records_the_lock_the_image_was_installed_from(tmp_path: Path) -> None:
     import hashlib
 
-    from lmms_runner.main import locked_packages
+    from lmms_runner.provenance import locked_packages
 
     lock = tmp_path / "runner.txt"
     lock.write_text(

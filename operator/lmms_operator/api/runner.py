@@ -28,6 +28,14 @@ class TaskState(ApiModel):
     total: int = 0
 
 
+class Harness(ApiModel):
+    """Which lmms-eval the runner found and whether its patches apply."""
+
+    lmms_eval_version: str | None = None
+    patched: bool = True
+    message: str | None = None
+
+
 class RunnerProgress(ApiModel):
     """``GET /progress``."""
 
@@ -43,6 +51,9 @@ class RunnerProgress(ApiModel):
     reason: str | None = None
     message: str | None = None
     last_lines: list[str] = Field(default_factory=list)
+    #: Which lmms-eval runs, and whether with the runner's patches (None from a runner
+    #: that predates the field).
+    harness: Harness | None = None
 
 
 class Metric(ApiModel):
