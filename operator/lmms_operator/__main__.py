@@ -12,7 +12,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from . import handlers  # registers the handlers
+    from . import handlers  # noqa: F401 - importing them registers the handlers
 
     kopf.configure(
         verbose=args.verbose,
@@ -23,15 +23,17 @@ def _run(args: argparse.Namespace) -> int:
         # Kopf reports every handler call at INFO; the operator's own log says what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("lmms").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    if args.metrics_address:
-        from . import metrics
+    from .config import Settings
+    from .metrics import Metrics
 
+    metrics = Metrics()
+    if args.metrics_address:
         metrics.serve(args.metrics_address)
+
     namespaces = args.namespace or []
-    handlers.operator.SETTINGS = dataclasses.replace(
-        handlers.operator.SETTINGS, namespaces=tuple(namespaces)
-    )
+    settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces))
     kopf.run(
+        memo=kopf.Memo(settings=settings, metrics=metrics),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,

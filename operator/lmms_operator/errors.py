@@ -125,5 +125,9 @@ class ObjectStoreError(OperatorError):
     """Reading or writing the object store failed; the message holds no secret."""
 
 
+class PublishFailed(OperatorError):
+    """A Leaderboard publish failed and will be tried again (the run counts its tries)."""
+
+
 class ScrapeError(OperatorError):
     """A runner could not be scraped."""

@@ -59,15 +59,6 @@ class StorePolicy:
         return (f"{host}/{s3.bucket}" if host else s3.bucket) in self.own_identity_buckets
 
 
-_policy = StorePolicy()
-
-
-def configure(policy: StorePolicy) -> None:
-    """Set once at start-up from the operator's settings."""
-    global _policy
-    _policy = policy
-
-
 def split_url(url: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> (bucket, key)."""
     if not url.startswith("s3://"):
@@ -76,62 +67,6 @@ def split_url(url: str) -> tuple[str, str]:
     if not bucket:
         raise ObjectStoreError(f"no bucket in {url!r}")
     return bucket, key
-
-
-def _credentials(namespace: str, s3: S3Output) -> dict[str, str]:
-    if not _policy.enabled:
-        raise ObjectStoreError(
-            "object stores are not allowed by this operator (the s3Output feature is off)"
-        )
-    if not s3.credentials_secret:
-        if not _policy.own_identity_allowed(s3):
-            raise ObjectStoreError(
-                f"no credentialsSecret for bucket {s3.bucket!r}, and the operator uses its "
-                "own identity only for the buckets the platform lists "
-                "(settings.objectStore.ownIdentityBuckets)"
-            )
-        return {}
-    data = k8s.read_tenant_secret(namespace, s3.credentials_secret)
-    if data is None:
-        raise ObjectStoreError(
-            f"Secret {s3.credentials_secret!r} is not usable by EvalRuns: it must exist and "
-            f"be labelled {k8s.USABLE_LABEL}=true"
-        )
-    creds: dict[str, str] = {}
-    for key, arg in _CREDENTIAL_KEYS.items():
-        try:
-            value = (data.get(key) or b"").decode().strip()
-        except UnicodeDecodeError:
-            value = ""
-        if value:
-            creds[arg] = value
-    if "aws_access_key_id" not in creds or "aws_secret_access_key" not in creds:
-        raise ObjectStoreError(
-            f"Secret {namespace}/{s3.credentials_secret} lacks AWS_ACCESS_KEY_ID or "
-            "AWS_SECRET_ACCESS_KEY"
-        )
-    return creds
-
-
-def _client(namespace: str, s3: S3Output) -> Any:
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:  # pragma: no cover - a dependency of the operator
-        raise ObjectStoreError(f"boto3 is not installed: {exc}") from None
-    creds = _credentials(namespace, s3)
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint or None,
-        region_name=s3.region or "us-east-1",
-        config=Config(
-            retries={"max_attempts": 2, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=5,
-            s3={"addressing_style": "path"} if s3.endpoint else None,
-        ),
-        **creds,
-    )
 
 
 def _describe(exc: Exception) -> str:
@@ -166,52 +101,121 @@ def _read_capped(body: Any, where: str, deadline: float) -> bytes:
         body.close()
 
 
-def get_json(namespace: str, s3: S3Output, url: str) -> Any:
-    """The JSON document at ``url`` (``s3://bucket/key``), at most MAX_OBJECT_BYTES read
-    within READ_DEADLINE seconds."""
-    bucket, key = split_url(url)
-    where = f"s3://{bucket}/{key}"
-    deadline = time.monotonic() + READ_DEADLINE
-    client = _client(namespace, s3)
-    try:
-        response = client.get_object(Bucket=bucket, Key=key)
-        length = int(response.get("ContentLength") or 0)
-        if length > MAX_OBJECT_BYTES:
-            response["Body"].close()
-            raise ObjectStoreError(f"{where} is {length} bytes; at most {MAX_OBJECT_BYTES}")
-        data = _read_capped(response["Body"], where, deadline)
-    except ObjectStoreError:
-        raise
-    except Exception as exc:
-        raise ObjectStoreError(f"reading {where}: {_describe(exc)}") from None
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise ObjectStoreError(f"{where} is not JSON: {exc}") from None
+class ObjectStore:
+    """The operator's client of S3-compatible stores, under the platform's policy: a
+    tenant's bucket is reached with the tenant's own credentials (a Secret of its
+    namespace, labelled usable), the operator's identity only where the policy lists the
+    bucket."""
 
+    def __init__(self, policy: StorePolicy | None = None) -> None:
+        self.policy = policy or StorePolicy()
 
-def put_texts(namespace: str, s3: S3Output, key_prefix: str, files: dict[str, str]) -> str:
-    """Writes ``files`` (name -> text) under ``key_prefix`` in the bucket; returns the
-    ``s3://`` URL of the prefix."""
-    client = _client(namespace, s3)
-    types = {".json": "application/json", ".csv": "text/csv", ".md": "text/markdown"}
-    for name, text in files.items():
-        key = key_prefix + name
-        content_type = next((t for ext, t in types.items() if name.endswith(ext)), "text/plain")
-        try:
-            client.put_object(
-                Bucket=s3.bucket, Key=key, Body=text.encode(), ContentType=content_type
+    def _credentials(self, namespace: str, s3: S3Output) -> dict[str, str]:
+        if not self.policy.enabled:
+            raise ObjectStoreError(
+                "object stores are not allowed by this operator (the s3Output feature is off)"
             )
+        if not s3.credentials_secret:
+            if not self.policy.own_identity_allowed(s3):
+                raise ObjectStoreError(
+                    f"no credentialsSecret for bucket {s3.bucket!r}, and the operator uses its "
+                    "own identity only for the buckets the platform lists "
+                    "(settings.objectStore.ownIdentityBuckets)"
+                )
+            return {}
+        data = k8s.read_tenant_secret(namespace, s3.credentials_secret)
+        if data is None:
+            raise ObjectStoreError(
+                f"Secret {s3.credentials_secret!r} is not usable by EvalRuns: it must exist and "
+                f"be labelled {k8s.USABLE_LABEL}=true"
+            )
+        creds: dict[str, str] = {}
+        for key, arg in _CREDENTIAL_KEYS.items():
+            try:
+                value = (data.get(key) or b"").decode().strip()
+            except UnicodeDecodeError:
+                value = ""
+            if value:
+                creds[arg] = value
+        if "aws_access_key_id" not in creds or "aws_secret_access_key" not in creds:
+            raise ObjectStoreError(
+                f"Secret {namespace}/{s3.credentials_secret} lacks AWS_ACCESS_KEY_ID or "
+                "AWS_SECRET_ACCESS_KEY"
+            )
+        return creds
+
+    def _client(self, namespace: str, s3: S3Output) -> Any:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:  # pragma: no cover - a dependency of the operator
+            raise ObjectStoreError(f"boto3 is not installed: {exc}") from None
+        creds = self._credentials(namespace, s3)
+        return boto3.client(
+            "s3",
+            endpoint_url=s3.endpoint or None,
+            region_name=s3.region or "us-east-1",
+            config=Config(
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=5,
+                s3={"addressing_style": "path"} if s3.endpoint else None,
+            ),
+            **creds,
+        )
+
+    def get_json(self, namespace: str, s3: S3Output, url: str) -> Any:
+        """The JSON document at ``url`` (``s3://bucket/key``), at most MAX_OBJECT_BYTES read
+        within READ_DEADLINE seconds."""
+        bucket, key = split_url(url)
+        where = f"s3://{bucket}/{key}"
+        deadline = time.monotonic() + READ_DEADLINE
+        client = self._client(namespace, s3)
+        try:
+            response = client.get_object(Bucket=bucket, Key=key)
+            length = int(response.get("ContentLength") or 0)
+            if length > MAX_OBJECT_BYTES:
+                response["Body"].close()
+                raise ObjectStoreError(f"{where} is {length} bytes; at most {MAX_OBJECT_BYTES}")
+            data = _read_capped(response["Body"], where, deadline)
+        except ObjectStoreError:
+            raise
         except Exception as exc:
-            raise ObjectStoreError(f"writing s3://{s3.bucket}/{key}: {_describe(exc)}") from None
-    return f"s3://{s3.bucket}/{key_prefix}"
+            raise ObjectStoreError(f"reading {where}: {_describe(exc)}") from None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise ObjectStoreError(f"{where} is not JSON: {exc}") from None
 
+    def put_texts(
+        self, namespace: str, s3: S3Output, key_prefix: str, files: dict[str, str]
+    ) -> str:
+        """Writes ``files`` (name -> text) under ``key_prefix`` in the bucket; returns the
+        ``s3://`` URL of the prefix."""
+        client = self._client(namespace, s3)
+        types = {".json": "application/json", ".csv": "text/csv", ".md": "text/markdown"}
+        for name, text in files.items():
+            key = key_prefix + name
+            content_type = next((t for ext, t in types.items() if name.endswith(ext)), "text/plain")
+            try:
+                client.put_object(
+                    Bucket=s3.bucket, Key=key, Body=text.encode(), ContentType=content_type
+                )
+            except Exception as exc:
+                raise ObjectStoreError(
+                    f"writing s3://{s3.bucket}/{key}: {_describe(exc)}"
+                ) from None
+        return f"s3://{s3.bucket}/{key_prefix}"
 
-def list_keys(namespace: str, s3: S3Output, key_prefix: str, limit: int = 1000) -> list[str]:
-    """The keys under ``key_prefix`` in the bucket (at most ``limit``, one request)."""
-    client = _client(namespace, s3)
-    try:
-        response = client.list_objects_v2(Bucket=s3.bucket, Prefix=key_prefix, MaxKeys=limit)
-    except Exception as exc:
-        raise ObjectStoreError(f"listing s3://{s3.bucket}/{key_prefix}: {_describe(exc)}") from None
-    return [str(o.get("Key")) for o in response.get("Contents") or []][:limit]
+    def list_keys(
+        self, namespace: str, s3: S3Output, key_prefix: str, limit: int = 1000
+    ) -> list[str]:
+        """The keys under ``key_prefix`` in the bucket (at most ``limit``, one request)."""
+        client = self._client(namespace, s3)
+        try:
+            response = client.list_objects_v2(Bucket=s3.bucket, Prefix=key_prefix, MaxKeys=limit)
+        except Exception as exc:
+            raise ObjectStoreError(
+                f"listing s3://{s3.bucket}/{key_prefix}: {_describe(exc)}"
+            ) from None
+        return [str(o.get("Key")) for o in response.get("Contents") or []][:limit]

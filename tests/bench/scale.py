@@ -44,6 +44,7 @@ from kubernetes import client, config, watch  # noqa: E402
 from lmms_devcluster import devcluster  # noqa: E402
 from lmms_operator import k8s  # noqa: E402
 from lmms_operator.k8s import client as k8s_client  # noqa: E402
+from lmms_operator.k8s import writes  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
@@ -323,14 +324,14 @@ class Bench:
                 "uid": created["metadata"]["uid"],
             }
             meta = {"namespace": ns, "ownerReferences": [owner]}
-            k8s.create(
+            writes.create(
                 {
                     "kind": "Secret",
                     "metadata": {"name": f"{name}-token", **meta},
                     "stringData": {"token": "x" * 43},
                 }
             )
-            k8s.create(
+            writes.create(
                 {
                     "kind": "ConfigMap",
                     "metadata": {"name": f"{name}-config", **meta},
@@ -340,7 +341,7 @@ class Bench:
             job = json.loads(json.dumps(PLAIN_JOB))
             job["kind"] = "Job"
             job["metadata"] = {"name": name, **meta}
-            k8s.create(job)
+            writes.create(job)
             phases = ["Pending", "Running", "Succeeded"]
             for k in range(max(patches, events)):
                 if k < patches:
@@ -350,9 +351,9 @@ class Bench:
                         if phase == "Succeeded"
                         else {"phase": phase, "jobName": name, "observedGeneration": 1}
                     )
-                    k8s.patch_evalrun_status(ns, name, status)
+                    writes.patch_evalrun_status(ns, name, status)
                 if k < events:
-                    k8s.event(created, "Normal", "JobCreated", f"created Job {name}")
+                    writes.event(created, "Normal", "JobCreated", f"created Job {name}")
 
         # The same watch on the runs as during the burst, so that both put the same load
         # on the API server.

@@ -21,7 +21,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
 def _publish(args: tuple[str, str, int], board: str = "board") -> bool:
     kubeconfig, namespace, i = args
     os.environ["KUBECONFIG"] = kubeconfig
-    from lmms_operator import leaderboards
+    from lmms_operator.applier import Applier
+    from lmms_operator.clock import Clock
+    from lmms_operator.metrics import Metrics
+    from lmms_operator.objectstore import ObjectStore
 
     entry = {
         "model": f"org/model-{i:02d}",
@@ -34,7 +37,7 @@ def _publish(args: tuple[str, str, int], board: str = "board") -> bool:
         "run": f"{namespace}/run-{i}",
         "finishedAt": "2026-11-27T10:00:00Z",
     }
-    return leaderboards.publish(namespace, board, [entry])
+    return Applier(Clock(), ObjectStore(), Metrics()).publish(namespace, board, [entry])
 
 
 def test_fifty_runs_finishing_at_once_lose_no_entry(
@@ -121,8 +124,12 @@ def test_editing_rank_by_or_top_re_renders_the_table_at_once(
     # A second metric per model, ranked the other way round.
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     from lmms_operator import leaderboards
+    from lmms_operator.applier import Applier
+    from lmms_operator.clock import Clock
+    from lmms_operator.metrics import Metrics
+    from lmms_operator.objectstore import ObjectStore
 
-    leaderboards.publish(
+    Applier(Clock(), ObjectStore(), Metrics()).publish(
         namespace,
         "edited",
         [

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from lmms_operator import metrics
+from lmms_operator import metrics as m
+from lmms_operator.metrics import Metrics
+
+# One process's metrics; the module keeps none of its own.
+metrics = Metrics()
 
 
 def _series(name: str = "lmms_operator_score") -> list[dict[str, str]]:
     return [
         dict(s.labels, value=str(s.value))
-        for family in metrics.REGISTRY.collect()
+        for family in metrics.registry.collect()
         if family.name == name
         for s in family.samples
     ]
@@ -22,9 +26,9 @@ def test_tenant_supplied_labels_are_bounded() -> None:
     long_model = "org/" + "m" * 1000
     metrics.published("ns-bound", "board", [_entry(long_model, task="t" * 500)], "uid-bound")
     (series,) = [s for s in _series() if s["namespace"] == "ns-bound"]
-    assert len(series["model"]) <= metrics.MAX_LABEL and len(series["task"]) <= metrics.MAX_LABEL
+    assert len(series["model"]) <= m.MAX_LABEL and len(series["task"]) <= m.MAX_LABEL
     # Cut values stay distinct.
-    assert metrics.bounded("x" * 200 + "a") != metrics.bounded("x" * 200 + "b")
+    assert m.bounded("x" * 200 + "a") != m.bounded("x" * 200 + "b")
     metrics.run_scores_gone("uid-bound")
 
 
@@ -72,7 +76,7 @@ def test_gpu_seconds_come_from_each_pods_own_start_and_end() -> None:
         pod("2026-11-27T11:59:00Z"),  # still running: until now
         pod(None),  # never started: no GPU held
     ]
-    seconds = metrics.gpu_seconds(run, pods, now)
+    seconds = m.gpu_seconds(run, pods, now)
     assert seconds == 2 * (30 + 20 + 5 + 1) * 60
 
 

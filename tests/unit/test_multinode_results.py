@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from lmms_operator import controller, publishing
+from lmms_operator.api import EvalRunSpec
+from lmms_operator.config import Settings
+from lmms_operator.reconcile import observation
+from lmms_operator.reconcile import pods as publishing
+from lmms_operator.reconcile.publishing import Inputs
+
+NOW = dt.datetime(2026, 11, 27, 10, 5, tzinfo=dt.UTC)
 
 
 def _pod(index: int | None, message: str, created: str) -> dict[str, Any]:
@@ -32,8 +39,6 @@ def test_node_0_holds_the_results_even_when_another_node_finished_later() -> Non
 
 
 def test_a_runner_that_exits_0_without_results_fails_with_its_own_reason() -> None:
-    from lmms_operator.config import Settings
-
     run = {
         "metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1},
         "spec": {"model": {"type": "qwen2_vl"}, "tasks": ["mme"]},
@@ -47,11 +52,18 @@ def test_a_runner_that_exits_0_without_results_fails_with_its_own_reason() -> No
     empty = _pod(
         None, '{"v": 1, "ok": true, "truncated": false, "tasks": {}}', "2026-11-27T10:00:00Z"
     )
-    plan = controller.observe(run, job, [empty], Settings())
+    spec = EvalRunSpec.model_validate(run["spec"])
+    timeouts = Settings().timeouts
+    # The pass asks for the results first (its snapshot had none), then decides on them:
+    # here the runner was not reached and no object store holds any.
+    asked = observation.decide(run, spec, job, [empty], NOW, timeouts)
+    assert asked.needs is not None and asked.needs.termination is not None
+    inputs = Inputs(termination=asked.needs.termination)
+    plan = observation.decide(run, spec, job, [empty], NOW, timeouts, results=inputs)
     assert (plan.status["phase"], plan.status["reason"]) == ("Failed", "NoResults")
     # A pod that left no termination message at all is not the runner: nothing to judge.
     silent = _pod(None, "", "2026-11-27T10:00:00Z")
-    plan = controller.observe(run, job, [silent], Settings())
+    plan = observation.decide(run, spec, job, [silent], NOW, timeouts, results=Inputs())
     assert plan.status["phase"] == "Succeeded"
 
 
@@ -63,8 +75,8 @@ def test_a_run_whose_results_were_kept_is_never_job_deleted() -> None:
         "specHash": "h",
         "resultsConfigMap": "r-j-results",
     }
-    gone = controller._job_deleted("r-j", status)
+    gone = observation.job_deleted("r-j", status, NOW)
     assert (gone.phase, gone.reason) == ("Succeeded", "Succeeded")
     assert "r-j-results" in gone.message
-    lost = controller._job_deleted("r-j", {**status, "resultsConfigMap": None})
+    lost = observation.job_deleted("r-j", {**status, "resultsConfigMap": None}, NOW)
     assert (lost.phase, lost.reason) == ("Failed", "JobDeleted")

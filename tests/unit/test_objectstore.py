@@ -9,35 +9,29 @@ from lmms_operator.api import S3Output
 from lmms_operator.errors import ObjectStoreError
 
 
-@pytest.fixture(autouse=True)
-def _restore() -> object:
-    yield
-    objectstore.configure(objectstore.StorePolicy())
-
-
 def test_without_credentials_only_listed_buckets_use_the_operators_identity() -> None:
     aws = S3Output(bucket="platform-evals")
     minio = S3Output(bucket="evals", endpoint="http://minio.storage:9000")
-    objectstore.configure(objectstore.StorePolicy())
+    default = objectstore.ObjectStore(objectstore.StorePolicy())
     for store in (aws, minio):
         with pytest.raises(ObjectStoreError, match="own identity only for the buckets"):
-            objectstore._credentials("team-a", store)
-    objectstore.configure(
+            default._credentials("team-a", store)
+    listed = objectstore.ObjectStore(
         objectstore.StorePolicy(
             own_identity_buckets=frozenset({"platform-evals", "minio.storage:9000/evals"})
         )
     )
-    assert objectstore._credentials("team-a", aws) == {}
-    assert objectstore._credentials("team-a", minio) == {}
+    assert listed._credentials("team-a", aws) == {}
+    assert listed._credentials("team-a", minio) == {}
     # The same bucket name on another endpoint is another store.
     other = S3Output(bucket="evals", endpoint="http://evil.example")
     with pytest.raises(ObjectStoreError):
-        objectstore._credentials("team-a", other)
+        listed._credentials("team-a", other)
 
 
 def test_object_stores_can_be_turned_off() -> None:
-    objectstore.configure(
+    off = objectstore.ObjectStore(
         objectstore.StorePolicy(enabled=False, own_identity_buckets=frozenset({"b"}))
     )
     with pytest.raises(ObjectStoreError, match="s3Output feature is off"):
-        objectstore._credentials("team-a", S3Output(bucket="bbb"))
+        off._credentials("team-a", S3Output(bucket="bbb"))

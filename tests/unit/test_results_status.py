@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from lmms_operator.api.runner import Metric, Provenance, ResultsSummary, RunnerProgress, TaskResult
-from lmms_operator.controller import progress_plan
 from lmms_operator.reconcile import results as res
+from lmms_operator.reconcile.progress import progress_plan
+
+NOW = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
 
 SUMMARY = ResultsSummary(
     provenance=Provenance(model="qwen2_vl", config_hash="h"),
@@ -77,13 +80,15 @@ def test_progress_is_written_only_when_it_changed() -> None:
         samples_per_second=3.21,
         eta_seconds=18.2,
     )
-    first = progress_plan({}, p).status
-    assert first["summary"] == "42%" and first["progress"]["percent"] == 42.0
-    assert first["progress"]["lastUpdate"]
-    assert first["progress"]["samplesPerSecond"] == 3.21  # the typed Progress, camelCase
-    assert not progress_plan({"progress": first["progress"]}, p)
+    first = progress_plan({}, p, NOW).status
+    written = first["progress"]
+    assert written is not None
+    assert first["summary"] == "42%" and written["percent"] == 42.0
+    assert written["lastUpdate"]
+    assert written["samplesPerSecond"] == 3.21  # the typed Progress, camelCase
+    assert not progress_plan({"progress": written}, p, NOW)
     later = RunnerProgress(phase="evaluating", percent=50, done=50, total=100)
-    assert progress_plan({"progress": first["progress"]}, later).status["summary"] == "50%"
+    assert progress_plan({"progress": written}, later, NOW).status["summary"] == "50%"
 
 
 def test_non_finite_scores_become_null() -> None:
@@ -96,10 +101,12 @@ def test_non_finite_scores_become_null() -> None:
 
 def test_progress_from_a_runner_is_bounded() -> None:
     from lmms_operator.api.runner import TaskState
-    from lmms_operator.controller import MAX_PROGRESS_TASKS, MAX_TASK_NAME
+    from lmms_operator.reconcile.progress import MAX_PROGRESS_TASKS, MAX_TASK_NAME
 
     tasks = [TaskState(name="t" * 5000 + str(i), done=1, total=2) for i in range(1000)]
     p = RunnerProgress(phase="evaluating", percent=1, done=1, total=2, tasks=tasks)
-    written = progress_plan({}, p).status["progress"]["tasks"]
+    progress = progress_plan({}, p, NOW).status["progress"]
+    assert progress is not None
+    written = progress["tasks"]
     assert len(written) == MAX_PROGRESS_TASKS
     assert all(len(t["name"]) == MAX_TASK_NAME for t in written)

@@ -16,15 +16,14 @@ import pytest
 from lmms_operator import errors
 from lmms_operator.api.runner import RunnerProgress
 from lmms_operator.config import Settings
-from lmms_operator.scrape import (
+from lmms_operator.reconcile.progress import (
     FOLLOW_UP,
-    MAX_RESPONSE,
     RESULTS_WAIT,
-    Scraper,
     follow_up,
     near_end,
     results_wait,
 )
+from lmms_operator.runnerprotocol import MAX_RESPONSE, Scraper
 
 RELEASE = threading.Event()  # lets the held long polls answer
 

@@ -188,7 +188,7 @@ def test_progress_adds_up_the_shards() -> None:
 
 
 def test_a_shard_answer_too_big_for_a_configmap_keeps_its_primaries_bounded() -> None:
-    from lmms_operator import publishing
+    from lmms_operator.reconcile import fanout as publishing
 
     huge = ResultsSummary(
         tasks=[
@@ -202,7 +202,7 @@ def test_a_shard_answer_too_big_for_a_configmap_keeps_its_primaries_bounded() ->
         ],
         provenance=Provenance(model="m", config_hash="c", argv=["x" * 100_000]),
     )
-    data = publishing._shard_data(huge, "img@sha256:" + "a" * 64)
+    data = publishing.shard_data(huge, "img@sha256:" + "a" * 64)
     kept = ResultsSummary.model_validate_json(data["summary.json"])
     assert len(data["summary.json"].encode()) < 1024 * 1024
     assert kept.truncated and len(kept.tasks) == 256

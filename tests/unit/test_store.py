@@ -1,11 +1,13 @@
-"""The runtime's store: what it keeps of runs and their children, and what it drops."""
+"""The store: what it keeps of runs and their children, and what it drops."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lmms_operator import metrics
-from lmms_operator.runtime import Store, keep
+from lmms_operator.metrics import Metrics
+from lmms_operator.store import Store, keep
+
+metrics = Metrics()
 
 MANAGED = {"app.kubernetes.io/managed-by": "lmms-operator"}
 
@@ -53,7 +55,7 @@ def pod(name: str, run_uid: str, namespace: str = "a") -> dict[str, Any]:
 
 def make() -> tuple[Store, list[tuple[str, bool]]]:
     woken: list[tuple[str, bool]] = []
-    return Store(lambda uid, observe: woken.append((uid, observe))), woken
+    return Store(metrics, lambda uid, observe: woken.append((uid, observe))), woken
 
 
 def test_keep_only_what_needs_the_operator() -> None:

@@ -3,30 +3,31 @@
 from .base import API_VERSION, GROUP, VERSION, ApiModel
 from .evalrun import (
     CacheSpec,
-    Condition,
     CustomTaskSource,
     EnvVar,
     EvalRun,
     EvalRunSpec,
-    EvalRunStatus,
     EvaluationSpec,
     GenerationSpec,
-    MetricResult,
     ModelSpec,
     OutputSpec,
-    Phase,
-    Progress,
-    ResourcesSpec,
-    ReusedResult,
     S3Output,
-    SchedulingSpec,
     SecretKeyRef,
     SecretSource,
-    ShardStatus,
-    TaskProgress,
 )
 from .leaderboard import Leaderboard, LeaderboardEntry, LeaderboardSpec, LeaderboardStatus
 from .parse import parse_spec
+from .resources import ResourcesSpec, SchedulingSpec
+from .status import (
+    Condition,
+    EvalRunStatus,
+    MetricResult,
+    Phase,
+    Progress,
+    ReusedResult,
+    ShardStatus,
+    TaskProgress,
+)
 
 __all__ = [
     "API_VERSION",

@@ -21,8 +21,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from .base import GROUP, VERSION
-from .evalrun import EvalRunSpec, EvalRunStatus
+from .evalrun import EvalRunSpec
 from .leaderboard import LeaderboardSpec, LeaderboardStatus
+from .status import EvalRunStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CRD_DIR = REPO_ROOT / "crds"

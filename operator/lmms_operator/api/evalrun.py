@@ -1,7 +1,8 @@
 """The EvalRun API (``eval.lmms.dev/v1alpha1``): the single source of truth.
 
 The CRD in ``crds/`` is generated from these models (``python -m lmms_operator.api.crdgen``)
-and the runner reads its configuration with the same types.
+and the runner reads its configuration with the same types. The spec's compute and
+placement are in ``resources``, the status in ``status``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from .base import DNS_LABEL, DNS_SUBDOMAIN, QUANTITY, ApiModel
-
-PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+from .base import DNS_LABEL, DNS_SUBDOMAIN, ApiModel
+from .resources import ResourcesSpec, SchedulingSpec
+from .status import EvalRunStatus
 
 # The grammars below keep every value that reaches lmms-eval's command line to one
 # meaning: lmms-eval splits --model_args on "," and "=", and --tasks on ",". Patterns are
@@ -30,11 +31,6 @@ ARG_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ARG_VALUE = r"^[^,=\"'" + _UNSAFE + r"]*$"
 #: An lmms-eval task, group or tag name: no globs, commas, spaces or path segments.
 TASK_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_+\-]*(\.[A-Za-z0-9_+\-]+)*$"
-#: A domain-prefixed extended resource (nvidia.com/gpu), outside kubernetes.io.
-EXTENDED_RESOURCE = (
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-)
 _TASK_ITEMS: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
@@ -177,100 +173,6 @@ class EvaluationSpec(ApiModel):
     )
     log_samples: bool = Field(default=False, description="Save per-sample outputs (--log_samples).")
     generation: GenerationSpec | None = Field(default=None, description="Generation settings.")
-
-
-class ResourcesSpec(ApiModel):
-    """Compute for the evaluation."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.nodes == 1 || self.gpus >= 1",
-                    "message": "a multi-node run (nodes > 1) needs at least one GPU per node",
-                    "fieldPath": ".gpus",
-                }
-            ]
-        }
-    )
-
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per node (pod).")
-    gpu_resource_name: str = Field(
-        default="nvidia.com/gpu",
-        description="Extended resource name of the GPUs, e.g. nvidia.com/gpu, amd.com/gpu, "
-        "or a MIG profile such as nvidia.com/mig-1g.10gb: domain-prefixed, outside "
-        "kubernetes.io.",
-        max_length=253,
-        pattern=EXTENDED_RESOURCE,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!self.split('/')[0].endsWith('kubernetes.io') && "
-                    "!self.split('/')[0].endsWith('k8s.io')",
-                    "message": "must be an extended resource, outside the kubernetes.io and "
-                    "k8s.io domains",
-                }
-            ]
-        },
-    )
-    cpu: str | None = Field(
-        default=None,
-        description="CPU request and limit (a quantity).",
-        pattern=QUANTITY,
-        max_length=64,
-    )
-    memory: str | None = Field(
-        default=None,
-        description="Memory request and limit (a quantity).",
-        pattern=QUANTITY,
-        max_length=64,
-    )
-    shared_memory: str | None = Field(
-        default=None,
-        description="Size of the memory-backed /dev/shm. Defaults to 8Gi when more than one "
-        "GPU is requested; PyTorch data loaders and NCCL need it.",
-        pattern=QUANTITY,
-        max_length=64,
-    )
-    nodes: int = Field(
-        default=1,
-        ge=1,
-        le=64,
-        description="Number of nodes (pods). More than one makes an Indexed Job with one pod "
-        "per node and a headless Service for the torchrun rendezvous.",
-    )
-
-
-class SchedulingSpec(ApiModel):
-    """Where the pods may run."""
-
-    node_selector: dict[str, str] = Field(
-        default_factory=dict,
-        description="Pod nodeSelector.",
-        max_length=64,
-        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63}},
-    )
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Pod tolerations (core/v1 Toleration).",
-        max_length=32,
-        json_schema_extra={"items": {"type": "object", **PRESERVE}},
-    )
-    affinity: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Pod affinity (core/v1 Affinity): at most 32 terms in all and 16 KiB.",
-        json_schema_extra=dict(PRESERVE),
-    )
-    priority_class_name: str | None = Field(
-        default=None, description="Pod priorityClassName.", max_length=253, pattern=DNS_SUBDOMAIN
-    )
-    queue_name: str | None = Field(
-        default=None,
-        description="Kueue LocalQueue: the Job is labelled kueue.x-k8s.io/queue-name and "
-        "created suspended, so that Kueue admits it when quota allows.",
-        max_length=63,
-        pattern=DNS_LABEL,
-    )
 
 
 class CacheSpec(ApiModel):
@@ -465,126 +367,6 @@ class EvalRunSpec(ApiModel):
         default=False,
         description="Stop the evaluation for good: the Job is deleted and the run ends "
         "Cancelled. Unlike suspend it cannot be resumed.",
-    )
-
-
-# -- status -------------------------------------------------------------------------
-
-Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
-
-
-class Condition(ApiModel):
-    """A condition (KEP-1623)."""
-
-    type: str = Field(description="Condition type, e.g. Ready.", max_length=316)
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(description="CamelCase reason.", max_length=1024)
-    message: str = Field(default="", description="Human-readable details.", max_length=32768)
-    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(
-        default=None, description="The metadata.generation this condition reflects."
-    )
-
-
-class TaskProgress(ApiModel):
-    """Progress of one task."""
-
-    name: str = Field(description="Task name.")
-    done: int = Field(default=0, description="Samples done.")
-    total: int = Field(default=0, description="Samples in all.")
-
-
-class Progress(ApiModel):
-    """Live progress scraped from the runner."""
-
-    percent: float = Field(default=0, description="Overall percent done.")
-    tasks: list[TaskProgress] = Field(default_factory=list, description="Per-task progress.")
-    samples_per_second: float | None = Field(default=None, description="Current throughput.")
-    eta_seconds: float | None = Field(default=None, description="Estimated time to finish.")
-    phase: str | None = Field(default=None, description="The runner's own phase.")
-    last_update: str | None = Field(default=None, description="When this was scraped.")
-
-
-class MetricResult(ApiModel):
-    """One metric of one task."""
-
-    task: str = Field(description="Task or group name.")
-    metric: str = Field(description="Metric name, e.g. exact_match,none.")
-    value: float | None = Field(default=None, description="Metric value.")
-    stderr: float | None = Field(default=None, description="Standard error, when known.")
-    higher_is_better: bool | None = Field(default=None, description="Direction of the metric.")
-
-
-class ShardStatus(ApiModel):
-    """One pod of a run with parallelism > 1: its tasks and how far it got."""
-
-    index: int = Field(description="The Job completion index of the shard's pod.")
-    tasks: list[str] = Field(default_factory=list, description="The tasks assigned to it.")
-    expected_documents: int | None = Field(
-        default=None,
-        description="Documents the assignment expected (custom tasks' data, spec.evaluation."
-        "limit); absent when unknown, then tasks are balanced by count.",
-    )
-    pod: str | None = Field(default=None, description="The shard's newest pod.")
-    phase: str | None = Field(default=None, description="The shard runner's own phase.")
-    percent: float | None = Field(default=None, description="Percent done.")
-    done: int | None = Field(default=None, description="Documents done.")
-    total: int | None = Field(default=None, description="Documents in all.")
-    results_collected: bool | None = Field(
-        default=None, description="The operator holds this shard's results."
-    )
-
-
-class ReusedResult(ApiModel):
-    """A task whose results came from the evaluation index, and the run that produced them."""
-
-    task: str = Field(description="The entry of the run's task list.")
-    run: str = Field(description="The run that evaluated it (namespace/name).")
-    run_uid: str = Field(description="That run's uid.")
-    completed_at: str | None = Field(default=None, description="When that run finished.")
-    index_entry: str = Field(description="The index entry's ConfigMap.")
-
-
-class EvalRunStatus(ApiModel):
-    """What the operator observed."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    phase: Phase | None = Field(default=None, description="Where the run stands.")
-    reason: str | None = Field(default=None, description="CamelCase reason of the phase.")
-    message: str | None = Field(default=None, description="Human-readable details.")
-    observed_generation: int | None = Field(
-        default=None, description="The metadata.generation this status reflects."
-    )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled, "
-        "RunnerReachable, LeaderboardPublished (False when a publish failed 5 times).",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    spec_hash: str | None = Field(default=None, description="Hash of the evaluated spec.")
-    job_name: str | None = Field(default=None, description="The Job running the evaluation.")
-    pod_name: str | None = Field(default=None, description="The newest pod of the Job.")
-    start_time: str | None = Field(default=None, description="When the Job started.")
-    completion_time: str | None = Field(default=None, description="When the run ended.")
-    progress: Progress | None = Field(default=None, description="Live progress.")
-    summary: str | None = Field(default=None, description="Progress as shown by kubectl.")
-    shards: list[ShardStatus] = Field(
-        default_factory=list,
-        description="With parallelism > 1: which tasks each shard (Job index) evaluates, "
-        "and its progress.",
-    )
-    reused: list[ReusedResult] = Field(
-        default_factory=list,
-        description="Tasks whose results came from the evaluation index (spec.reuse).",
-    )
-    results: list[MetricResult] = Field(
-        default_factory=list, description="Primary metric per task."
-    )
-    results_config_map: str | None = Field(default=None, description="ConfigMap with full results.")
-    results_location: str | None = Field(default=None, description="Object-store URL of results.")
-    leaderboard_published: bool | None = Field(
-        default=None, description="The scores are in the Leaderboard named by spec.leaderboard."
     )
 
 

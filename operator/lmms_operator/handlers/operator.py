@@ -1,6 +1,7 @@
 """Kopf runs the process: start-up, shutdown and the liveness probe. Each handler calls
-one function of the runtime, which watches EvalRuns and their children itself (with
-server-side selectors) and holds the operator's state."""
+one method of the controller, which watches EvalRuns and their children itself (with
+server-side selectors). The settings and the controller live in Kopf's operator memo
+(``kopf.run(memo=...)``), not in this module."""
 
 from __future__ import annotations
 
@@ -9,27 +10,27 @@ from typing import Any
 import kopf
 
 from ..config import Settings
-from ..runtime import Runtime
-
-#: Set by ``lmms-operator run`` (the namespaces to watch) before Kopf starts.
-SETTINGS = Settings.from_env()
-_runtime: Runtime | None = None
+from ..controller import Controller
+from ..metrics import Metrics
 
 
 @kopf.on.startup()
-async def start(**_: Any) -> None:
-    global _runtime
-    _runtime = Runtime(SETTINGS)
-    await _runtime.start()
+async def start(memo: kopf.Memo, **_: Any) -> None:
+    settings = memo.get("settings") or Settings.from_env()
+    metrics = memo.get("metrics") or Metrics()
+    memo["controller"] = controller = Controller(settings, metrics)
+    await controller.start()
 
 
 @kopf.on.cleanup()
-async def stop(**_: Any) -> None:
-    if _runtime is not None:
-        await _runtime.stop()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    controller = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
 
 
 # A failed probe fails the liveness endpoint (no retries: the kubelet asks again).
 @kopf.on.probe(id="watches", errors=kopf.ErrorsMode.PERMANENT)
-def watches(**_: Any) -> dict[str, Any]:
-    return _runtime.health() if _runtime is not None else {"starting": True}
+def watches(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    controller = memo.get("controller")
+    return controller.health() if controller is not None else {"starting": True}

@@ -1,7 +1,8 @@
 """The only layer that talks to the API server (and the only one importing ``kubernetes``).
 
 Requests (``client``) take and return plain dicts and raise ``errors.ApiError``;
-informers (``watch``) list and watch with server-side label selectors.
+informers (``watch``) list and watch with server-side label selectors. Writes
+(``writes``) are the applier's alone: this package does not re-export them.
 """
 
 from .client import (
@@ -9,14 +10,7 @@ from .client import (
     api,
     call,
     config_map_exists,
-    create,
-    create_config_map,
-    create_leaderboard,
     current_namespace,
-    delete_config_map,
-    delete_run_children,
-    delete_secret,
-    event,
     get_evalrun,
     get_job,
     get_leaderboard,
@@ -24,16 +18,12 @@ from .client import (
     list_evalruns,
     list_jobs,
     list_pods,
-    patch_evalrun_status,
-    patch_job_suspend,
-    patch_leaderboard_status,
     path,
     pvc_exists,
     read_config_map,
     read_secret,
     read_secret_value,
     read_tenant_secret,
-    replace_config_map,
     request,
 )
 from .watch import Informer, Sink
@@ -45,14 +35,7 @@ __all__ = [
     "api",
     "call",
     "config_map_exists",
-    "create",
-    "create_config_map",
-    "create_leaderboard",
     "current_namespace",
-    "delete_config_map",
-    "delete_run_children",
-    "delete_secret",
-    "event",
     "get_evalrun",
     "get_job",
     "get_leaderboard",
@@ -60,15 +43,11 @@ __all__ = [
     "list_evalruns",
     "list_jobs",
     "list_pods",
-    "patch_evalrun_status",
-    "patch_job_suspend",
-    "patch_leaderboard_status",
     "path",
     "pvc_exists",
     "read_config_map",
     "read_secret",
     "read_secret_value",
     "read_tenant_secret",
-    "replace_config_map",
     "request",
 ]

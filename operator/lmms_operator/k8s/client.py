@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -127,7 +126,7 @@ def _json(resp: Any) -> dict[str, Any]:
         resp.release_conn()
 
 
-def _release(resp: Any) -> None:
+def release(resp: Any) -> None:
     """Reads a response whose body is not needed, so that its connection goes back to
     the pool: an unread response keeps its connection, and the next request would open
     (and TLS-handshake) a new one."""
@@ -152,26 +151,8 @@ def _get(path: str) -> dict[str, Any] | None:
 
 def _exists(path: str) -> bool:
     try:
-        _release(request("GET", path))
+        release(request("GET", path))
     except errors.NotFound:
-        return False
-    return True
-
-
-def _delete(path: str, **query: Any) -> bool:
-    """Deletes; False when it was not there."""
-    try:
-        _release(request("DELETE", path, query=query))
-    except errors.NotFound:
-        return False
-    return True
-
-
-def _create(path: str, body: Mapping[str, Any]) -> bool:
-    """Creates; False when it existed already."""
-    try:
-        _release(request("POST", path, body=dict(body)))
-    except errors.Conflict:
         return False
     return True
 
@@ -213,26 +194,6 @@ def get_evalrun(namespace: str, name: str) -> dict[str, Any] | None:
     return _get(path("EvalRun", namespace, name))
 
 
-def _patch_status(kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    """Merge-patches the status subresource; False when the object is gone."""
-    try:
-        _release(
-            request(
-                "PATCH",
-                path(kind, namespace, name, "status"),
-                body={"status": dict(status)},
-                content_type=MERGE_PATCH,
-            )
-        )
-    except errors.NotFound:
-        return False  # deleted meanwhile: nothing to report on
-    return True
-
-
-def patch_evalrun_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    return _patch_status("EvalRun", namespace, name, status)
-
-
 def list_evalruns(namespace: str | None = None) -> list[dict[str, Any]]:
     return list(call("GET", path("EvalRun", namespace)).get("items", []))
 
@@ -241,75 +202,23 @@ def get_leaderboard(namespace: str, name: str) -> dict[str, Any] | None:
     return _get(path("Leaderboard", namespace, name))
 
 
-def create_leaderboard(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Creates a Leaderboard; None when one of that name exists already."""
-    try:
-        return call("POST", path("Leaderboard", body["metadata"]["namespace"]), body=dict(body))
-    except errors.Conflict:
-        return None
-
-
-def patch_leaderboard_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    return _patch_status("Leaderboard", namespace, name, status)
-
-
 # -- children ------------------------------------------------------------------------------
-def create(obj: Mapping[str, Any]) -> bool:
-    """Creates a namespaced Job, ConfigMap, Secret, Service or NetworkPolicy; False when
-    it existed."""
-    kind = obj["kind"]
-    if kind not in ("Job", "ConfigMap", "Secret", "Service", "NetworkPolicy"):
-        raise ValueError(f"cannot create {kind}")
-    return _create(path(kind, obj["metadata"]["namespace"]), obj)
-
-
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     return _get(path("Job", namespace, name))
 
 
-def _list(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+def list_objects(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
     return list(
         call("GET", path(kind, namespace), query={"labelSelector": selector}).get("items", [])
     )
 
 
 def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return _list("Job", namespace, selector)
+    return list_objects("Job", namespace, selector)
 
 
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return _list("Pod", namespace, selector)
-
-
-def patch_job_suspend(namespace: str, name: str, suspend: bool) -> None:
-    _release(
-        request(
-            "PATCH",
-            path("Job", namespace, name),
-            body={"spec": {"suspend": suspend}},
-            content_type=MERGE_PATCH,
-        )
-    )
-
-
-def delete_run_children(namespace: str, selector: str) -> int:
-    """Deletes the Jobs (with their pods and token Secrets), ConfigMaps, Services and
-    NetworkPolicies matching ``selector``; returns how many Jobs were deleted."""
-    deleted = 0
-    for job in list_jobs(namespace, selector):
-        name = job["metadata"]["name"]
-        deleted += _delete(path("Job", namespace, name), propagationPolicy="Background")
-        # By name: the operator may not list Secrets (least privilege). A token whose Job
-        # is gone already is removed with the run (owner reference).
-        delete_secret(namespace, f"{name}-token")
-    for kind in ("ConfigMap", "Service", "NetworkPolicy"):
-        for item in _list(kind, namespace, selector):
-            _delete(path(kind, namespace, item["metadata"]["name"]))
-    return deleted
-
-
-def delete_secret(namespace: str, name: str) -> None:
-    _delete(path("Secret", namespace, name))
+    return list_objects("Pod", namespace, selector)
 
 
 # -- ConfigMaps ------------------------------------------------------------------------------
@@ -318,26 +227,11 @@ def read_config_map(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 def list_config_maps(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return _list("ConfigMap", namespace, selector)
+    return list_objects("ConfigMap", namespace, selector)
 
 
 def config_map_exists(namespace: str, name: str) -> bool:
     return _exists(path("ConfigMap", namespace, name))
-
-
-def create_config_map(namespace: str, body: Mapping[str, Any]) -> None:
-    """Creates a ConfigMap; raises ``errors.Conflict`` when it exists."""
-    _release(request("POST", path("ConfigMap", namespace), body=dict(body)))
-
-
-def replace_config_map(namespace: str, name: str, body: Mapping[str, Any]) -> None:
-    """Replaces a ConfigMap; with ``metadata.resourceVersion`` set, raises
-    ``errors.Conflict`` when another writer replaced it first."""
-    _release(request("PUT", path("ConfigMap", namespace, name), body=dict(body)))
-
-
-def delete_config_map(namespace: str, name: str) -> None:
-    _delete(path("ConfigMap", namespace, name))
 
 
 def pvc_exists(namespace: str, name: str) -> bool:
@@ -384,39 +278,3 @@ def read_tenant_secret(namespace: str, name: str) -> dict[str, bytes] | None:
 
 def read_secret_value(namespace: str, name: str, key: str) -> str | None:
     return (read_secret(namespace, name) or {}).get(key) or None
-
-
-# -- Events ------------------------------------------------------------------------------------
-def event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Records a core/v1 Event about ``obj``; never fails the caller."""
-    meta = obj["metadata"]
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    body = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            "generateName": f"{meta['name'][:200]}.",
-            "namespace": meta["namespace"],
-        },
-        "involvedObject": {
-            "apiVersion": obj.get("apiVersion"),
-            "kind": obj.get("kind"),
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        },
-        "reason": reason,
-        "message": message[:1024],
-        "type": type_,
-        "source": {"component": "lmms-operator"},
-        "reportingComponent": "lmms-operator",
-        "reportingInstance": os.environ.get("POD_NAME", "lmms-operator"),
-        "firstTimestamp": now[:19] + "Z",
-        "lastTimestamp": now[:19] + "Z",
-        "count": 1,
-    }
-    try:
-        _release(request("POST", path("Event", meta["namespace"]), body=body))
-    except errors.ApiError as exc:  # events are best effort
-        log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)

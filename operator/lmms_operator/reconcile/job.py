@@ -1,5 +1,6 @@
 """spec -> the objects that run an evaluation: Job, run-config ConfigMap, token Secret,
-and (multi-node) a headless Service. Pure functions; the k8s layer applies them.
+and (multi-node) a headless Service and NetworkPolicy (``netpol``). Pure functions; the
+k8s layer applies them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
+from . import netpol
 from .shards import Shard
 
 LABEL_PREFIX = "eval.lmms.dev"
@@ -29,6 +31,8 @@ TASKS_DIR = "/etc/lmms/tasks"
 HF_HOME = "/var/cache/huggingface"
 OUTPUT_DIR = "/var/lib/lmms/output"
 RDZV_PORT = 29500
+#: A pod's Job completion index: a multi-node run's node rank, a fan-out's shard.
+JOB_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
 def spec_hash(spec: EvalRunSpec) -> str:
@@ -177,28 +181,40 @@ def build(
     hash_ = spec_hash(spec)
     name = job_name(run.name, run.uid, hash_)
     labels = _labels(run, hash_)
-    res = spec.resources
-    multi_node = res.nodes > 1
-    fan_out = len(shards) > 1
-
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(f"{name}-config", run, labels),
-        "data": {
-            "config.json": json.dumps(
-                run_config(run, spec, hash_, shards, evaluate, reuse_key), indent=1, sort_keys=True
-            )
+    config = run_config(run, spec, hash_, shards, evaluate, reuse_key)
+    volumes, mounts = _volumes(name, spec, runner)
+    container = _container(spec, runner, _env(name, spec, runner, len(shards)), mounts)
+    pod_spec = _pod_spec(name, spec, runner, container, volumes)
+    service: dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
+    if spec.resources.nodes > 1:
+        own = {LABEL_RUN_UID: run.uid, LABEL_SPEC_HASH: hash_}
+        service = netpol.rendezvous_service(_meta(f"{name}-rdzv", run, labels), own, RDZV_PORT)
+        policy = netpol.rendezvous_policy(_meta(f"{name}-rdzv", run, labels), own, runner)
+    return Desired(
+        job=_job(name, run, labels, spec, pod_spec, len(shards)),
+        config_map={
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(f"{name}-config", run, labels),
+            "data": {"config.json": json.dumps(config, indent=1, sort_keys=True)},
         },
-    }
-    token_secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(f"{name}-token", run, labels),
-        "type": "Opaque",
-        "stringData": {"token": token},
-    }
+        token_secret={
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": _meta(f"{name}-token", run, labels),
+            "type": "Opaque",
+            "stringData": {"token": token},
+        },
+        service=service,
+        network_policy=policy,
+    )
 
+
+def _env(name: str, spec: EvalRunSpec, runner: RunnerDefaults, shards: int) -> list[dict[str, Any]]:
+    """The runner's environment: where things are, the spec's variables, and secrets only
+    as secretKeyRefs (the Job stores every plain value). A multi-node run's pods learn
+    their rank and the rendezvous, a fan-out's pods their shard, from the Job index."""
     env: list[dict[str, Any]] = [
         _field_env("POD_IP", "status.podIP"),
         _field_env("POD_NAME", "metadata.name"),
@@ -230,32 +246,35 @@ def build(
             _secret_env("AWS_SECRET_ACCESS_KEY", s3.credentials_secret, "AWS_SECRET_ACCESS_KEY"),
             _secret_env("AWS_SESSION_TOKEN", s3.credentials_secret, "AWS_SESSION_TOKEN", True),
         ]
-    if multi_node:
-        rdzv = f"{name}-rdzv"
+    res = spec.resources
+    if res.nodes > 1:
         env += [
             {"name": "LMMS_NNODES", "value": str(res.nodes)},
             {"name": "LMMS_NPROC_PER_NODE", "value": str(res.gpus)},
-            _field_env(
-                "LMMS_NODE_RANK", "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-            ),
-            {"name": "LMMS_MASTER_ADDR", "value": f"{name}-0.{rdzv}"},
+            _field_env("LMMS_NODE_RANK", JOB_INDEX),
+            {"name": "LMMS_MASTER_ADDR", "value": f"{name}-0.{name}-rdzv"},
             {"name": "LMMS_MASTER_PORT", "value": str(RDZV_PORT)},
         ]
-
-    if fan_out:
+    if shards > 1:
         env += [
-            _field_env(
-                "LMMS_SHARD_INDEX",
-                "metadata.annotations['batch.kubernetes.io/job-completion-index']",
-            ),
-            {"name": "LMMS_SHARDS", "value": str(len(shards))},
+            _field_env("LMMS_SHARD_INDEX", JOB_INDEX),
+            {"name": "LMMS_SHARDS", "value": str(shards)},
             # How many pods of this shard failed before (the Job controller counts).
             _field_env(
                 "LMMS_SHARD_FAILURES",
                 "metadata.annotations['batch.kubernetes.io/job-index-failure-count']",
             ),
         ]
+    return env
 
+
+def _volumes(
+    name: str, spec: EvalRunSpec, runner: RunnerDefaults
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the runner's mounts of them: the run config, writable
+    scratch (the root filesystem is read-only), the HF cache (the spec's claim, or
+    scratch), each custom-task ConfigMap, and a memory-backed /dev/shm when needed."""
+    res = spec.resources
     mounts: list[dict[str, Any]] = [
         {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "hf-home", "mountPath": HF_HOME},
@@ -268,31 +287,30 @@ def build(
         {"name": "tmp", "emptyDir": {}},
     ]
     if spec.cache is not None:
-        volumes.append(
-            {
-                "name": "hf-home",
-                "persistentVolumeClaim": {"claimName": spec.cache.persistent_volume_claim},
-            }
-        )
+        claim = {"claimName": spec.cache.persistent_volume_claim}
+        volumes.append({"name": "hf-home", "persistentVolumeClaim": claim})
     else:
         volumes.append({"name": "hf-home", "emptyDir": {}})
     for i, source in enumerate(spec.custom_tasks):
         volumes.append({"name": f"tasks-{i}", "configMap": {"name": source.config_map}})
-        mounts.append(
-            {
-                "name": f"tasks-{i}",
-                "mountPath": f"{TASKS_DIR}/{source.config_map}",
-                "readOnly": True,
-            }
-        )
+        path = f"{TASKS_DIR}/{source.config_map}"
+        mounts.append({"name": f"tasks-{i}", "mountPath": path, "readOnly": True})
     if res.gpus > 1 or res.shared_memory:
-        shm: dict[str, Any] = {
-            "medium": "Memory",
-            "sizeLimit": res.shared_memory or runner.default_shm,
-        }
+        shm = {"medium": "Memory", "sizeLimit": res.shared_memory or runner.default_shm}
         volumes.append({"name": "dshm", "emptyDir": shm})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
 
+
+def _container(
+    spec: EvalRunSpec,
+    runner: RunnerDefaults,
+    env: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The runner container: requests equal to limits, and locked down (non-root,
+    read-only root filesystem, no capabilities)."""
+    res = spec.resources
     quantities: dict[str, str] = {}
     if res.gpus:
         quantities[res.gpu_resource_name] = str(res.gpus)
@@ -300,7 +318,7 @@ def build(
         quantities["cpu"] = res.cpu
     if res.memory:
         quantities["memory"] = res.memory
-    container: dict[str, Any] = {
+    return {
         "name": "runner",
         "image": spec.image or runner.image,
         "imagePullPolicy": runner.image_pull_policy,
@@ -325,6 +343,18 @@ def build(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+
+
+def _pod_spec(
+    name: str,
+    spec: EvalRunSpec,
+    runner: RunnerDefaults,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The pod template's spec: non-root, no service account token (a runner never calls
+    the API server), the spec's placement, and (multi-node) DNS names under the
+    rendezvous Service."""
     sched = spec.scheduling
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -349,9 +379,22 @@ def build(
         pod_spec["affinity"] = dict(sched.affinity)
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
-    if multi_node:
+    if spec.resources.nodes > 1:
         pod_spec["subdomain"] = f"{name}-rdzv"
+    return pod_spec
 
+
+def _job(
+    name: str,
+    run: RunRef,
+    labels: dict[str, str],
+    spec: EvalRunSpec,
+    pod_spec: dict[str, Any],
+    shards: int,
+) -> dict[str, Any]:
+    """The Job: one pod, or an Indexed Job with one pod per node (multi-node) or per
+    shard (fan-out); a configuration error fails it at once, a disruption costs no retry."""
+    sched = spec.scheduling
     job_labels = dict(labels)
     if sched.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
@@ -378,105 +421,28 @@ def build(
     }
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    if multi_node:
-        job_spec.update(
-            {"completionMode": "Indexed", "completions": res.nodes, "parallelism": res.nodes}
-        )
-    elif fan_out:
+    nodes = spec.resources.nodes
+    if nodes > 1:
+        job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
+    elif shards > 1:
         # A failed shard is retried alone; the others keep their work.
         del job_spec["backoffLimit"]
         job_spec.update(
             {
                 "completionMode": "Indexed",
-                "completions": len(shards),
-                "parallelism": len(shards),
+                "completions": shards,
+                "parallelism": shards,
                 "backoffLimitPerIndex": spec.retries,
             }
         )
-    job = {
+    return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _meta(name, run, job_labels),
         "spec": job_spec,
     }
-    service: dict[str, Any] | None = None
-    if multi_node:
-        service = {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": _meta(f"{name}-rdzv", run, labels),
-            "spec": {
-                "clusterIP": "None",
-                "publishNotReadyAddresses": True,
-                "selector": {LABEL_RUN_UID: run.uid, LABEL_SPEC_HASH: hash_},
-                "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
-            },
-        }
-    return Desired(
-        job=job,
-        config_map=config_map,
-        token_secret=token_secret,
-        service=service,
-        network_policy=_network_policy(name, run, labels, hash_, runner) if multi_node else None,
-    )
-
-
-#: The NetworkPolicy the operator keeps in every namespace with runs.
-NAMESPACE_POLICY = "lmms-runner-ingress"
-
-
-def _operator_peer(runner: RunnerDefaults) -> dict[str, Any]:
-    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(runner.operator_labels)}}
-    if runner.operator_namespace:
-        peer["namespaceSelector"] = {
-            "matchLabels": {"kubernetes.io/metadata.name": runner.operator_namespace}
-        }
-    return peer
 
 
 def namespace_network_policy(namespace: str, runner: RunnerDefaults) -> dict[str, Any] | None:
-    """One per namespace with runs (made with its first run's Job, whatever the mode):
-    every runner pod accepts the runner port from the operator's pods, and nothing else.
-    Policies add up, so runners of different runs never reach each other; a multi-node
-    run adds a policy of its own for its rendezvous."""
-    if not runner.network_policy:
-        return None
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": NAMESPACE_POLICY,
-            "namespace": namespace,
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
-        },
-        "spec": {
-            "podSelector": {"matchLabels": {LABEL_MANAGED_BY: MANAGED_BY}},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [_operator_peer(runner)],
-                    "ports": [{"port": runner.port, "protocol": "TCP"}],
-                }
-            ],
-        },
-    }
-
-
-def _network_policy(
-    name: str, run: RunRef, labels: dict[str, str], hash_: str, runner: RunnerDefaults
-) -> dict[str, Any] | None:
-    """A multi-node run's pods reach each other on every port (torchrun's rendezvous and
-    collectives); the namespace's policy admits the operator."""
-    if not runner.network_policy:
-        return None
-    own = {LABEL_RUN_UID: run.uid, LABEL_SPEC_HASH: hash_}
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _meta(f"{name}-rdzv", run, labels),
-        "spec": {
-            "podSelector": {"matchLabels": own},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": {"matchLabels": own}}]}],
-        },
-    }
+    """The namespace's runner policy (``netpol``), selecting the pods by the operator's label."""
+    return netpol.namespace_policy(namespace, runner, {LABEL_MANAGED_BY: MANAGED_BY})

@@ -14,13 +14,19 @@ marked ``tiedWithBest``, so that a table never presents noise as an order.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..api import LeaderboardEntry, LeaderboardStatus
+from . import conditions as C
+from . import identity
+from . import reasons as R
 from .significance import DEFAULT_ALPHA, tied_with_best
+from .times import fmt_time
 
 #: Bytes of table text per ConfigMap (JSON + CSV + Markdown), well under the 1 MiB limit.
 SHARD_BUDGET = 700 * 1024
@@ -164,3 +170,83 @@ def shard(entries: list[dict[str, Any]], budget: int = SHARD_BUDGET) -> list[lis
         shards[-1].append(e)
         size += cost
     return shards
+
+
+def entries_for_run(
+    run: Mapping[str, Any],
+    results: list[dict[str, Any]],
+    finished_at: str,
+    lmms_eval_version: str | None = None,
+    commit: str | None = None,
+) -> list[dict[str, Any]]:
+    """Leaderboard entries of a finished run (its primary metric per task): the model's
+    identity and the settings that change a score are part of each entry; the run's uid
+    and spec hash tell a re-run from the same run published twice."""
+    spec = run.get("spec") or {}
+    model = spec.get("model") or {}
+    status = run.get("status") or {}
+    settings = identity.settings_label(spec, lmms_eval_version)
+    return [
+        {
+            "model": identity.model_identity(spec, commit),
+            "revision": model.get("revision"),
+            "settings": settings,
+            "runUid": run["metadata"].get("uid"),
+            "specHash": status.get("specHash"),
+            "task": r["task"],
+            "metric": r["metric"],
+            "value": r.get("value"),
+            "stderr": r.get("stderr"),
+            "higherIsBetter": r.get("higherIsBetter"),
+            "run": f"{run['metadata']['namespace']}/{run['metadata']['name']}",
+            "finishedAt": finished_at,
+        }
+        for r in results
+    ]
+
+
+def board_status(
+    board: Mapping[str, Any],
+    ranked: list[dict[str, Any]],
+    config_maps: list[str],
+    stored: tuple[str | None, str | None] | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """A Leaderboard's status (``api.LeaderboardStatus``) for its ranked table, kept in
+    ``config_maps`` (the index first); ``stored``: the object store's copy, as (its URL,
+    why it failed), or None without one."""
+    spec = board.get("spec") or {}
+    fields = {f.alias or name for name, f in LeaderboardEntry.model_fields.items()}
+    status = LeaderboardStatus(
+        observed_generation=(board.get("metadata") or {}).get("generation"),
+        entries=len(ranked),
+        models=len({(e["model"], e.get("revision")) for e in ranked}),
+        tasks=len({e["task"] for e in ranked}),
+        last_update=fmt_time(now),
+        # The table is in the tenant's namespace: only the fields of an entry are shown.
+        top=[
+            LeaderboardEntry.model_validate({k: v for k, v in e.items() if k in fields})
+            for e in top(ranked, int(spec.get("top") or 5))
+        ],
+        config_maps=config_maps,
+    ).to_wire()
+    if stored is not None:
+        url, error = stored
+        before = C.find((board.get("status") or {}).get("conditions"), R.OBJECT_STORE_SYNCED)
+        if error is None and url is not None:
+            status["tableLocation"] = url
+            message = f"the table is in {url}table.json (also .csv, .md)"
+            cond = C.condition(
+                before, R.OBJECT_STORE_SYNCED, "True", R.LEADERBOARD_STORE_WRITTEN, message, now
+            )
+        else:
+            cond = C.condition(
+                before,
+                R.OBJECT_STORE_SYNCED,
+                "False",
+                R.LEADERBOARD_STORE_FAILED,
+                error or "",
+                now,
+            )
+        status["conditions"] = [cond]
+    return status

@@ -1,15 +1,47 @@
-"""What one pass over a run decided to change: the plan the controller applies. Pure.
+"""A Plan: everything one pass over a run decided to change. Pure data.
 
-A pass reads (the run, its Job and pods from the watch caches, referenced objects from
-the API server), computes a ``Plan`` with the pure functions of ``reconcile/``, then the
-controller applies it through ``k8s``, in this order: children to delete, the Job's
-``suspend``, the status, the Events, children to stop once the status says why.
+A pass reads a snapshot (the run, its children from the watch caches, the objects it
+references), the decisions of ``reconcile/`` compute a Plan from it, and the applier
+(``lmms_operator.applier``, the only module that writes) carries it out, in this order:
+children to delete, objects to create (the evaluation's objects last, the Job last of
+them), the Job's ``suspend``, results to publish (Leaderboards, the evaluation index),
+the status, the Events, children to stop once the status says why.
+
+Some steps can only be decided after they were tried: a token Secret that exists
+already must give its token to the Job, and a Job the API server refuses fails the run.
+The applier does not decide those: it answers ``Replan`` with what it found, and the
+pass plans again with that fact in its snapshot.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypedDict
+
+
+class StatusPatch(TypedDict, total=False):
+    """A merge patch of an EvalRun's ``.status`` (camelCase, as on the wire; a field set
+    to None is removed). Its keys are ``api.EvalRunStatus``'s fields, checked by mypy."""
+
+    phase: str | None
+    reason: str | None
+    message: str | None
+    observedGeneration: int | None
+    conditions: list[dict[str, Any]]
+    specHash: str | None
+    jobName: str | None
+    podName: str | None
+    startTime: str | None
+    completionTime: str | None
+    progress: dict[str, Any] | None
+    summary: str | None
+    shards: list[dict[str, Any]] | None
+    reused: list[dict[str, Any]] | None
+    results: list[dict[str, Any]]
+    resultsConfigMap: str | None
+    resultsLocation: str | None
+    leaderboardPublished: bool | None
 
 
 @dataclass(frozen=True)
@@ -21,27 +53,120 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class Create:
+    """An object to create (a ConfigMap, Secret, Service, NetworkPolicy or Job); one that
+    exists already counts as made. ``best_effort``: a failure is logged and the plan goes
+    on (an evaluation-index entry restored from the object store)."""
+
+    obj: Mapping[str, Any]
+    best_effort: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The objects of a new evaluation, created in this order: the token Secret, the
+    namespace's and the run's NetworkPolicies (before any pod exists), the run's
+    ConfigMaps, the rendezvous Service, the Job. ``token_known``: the token was read from
+    an existing Secret; when it was not and the Secret exists, the applier answers
+    ``Replan(token_exists=True)``. A refused object deletes the token Secret (nothing
+    half-created) and answers ``Replan(refused=...)``."""
+
+    token_secret: Mapping[str, Any]
+    job: Mapping[str, Any]
+    before_job: tuple[Mapping[str, Any], ...] = ()
+    token_known: bool = False
+    events: tuple[Event, ...] = ()  # recorded once the Job was created by this attempt
+
+
+@dataclass(frozen=True)
+class PublishEntries:
+    """Leaderboard entries of a run to merge into the board's table (read-modify-write
+    with optimistic concurrency; publishing them twice changes nothing)."""
+
+    namespace: str
+    board: str
+    entries: tuple[Mapping[str, Any], ...]
+    run_uid: str
+    attempt: int = 1  # this run's tries so far, this one included: the last one ends in
+    # a condition (Replan), not a retry
+
+
+@dataclass(frozen=True)
+class IndexEntries:
+    """Evaluation-index entries a run adds (ConfigMaps, first result wins) and their copy
+    in the run's bucket; best effort: the index saves later work, nothing more."""
+
+    config_maps: tuple[Mapping[str, Any], ...]
+    s3: Mapping[str, Any] | None = None  # spec.output.s3, for the copy
+    s3_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Results a pass must read before it can decide (a run whose Job succeeded): the
+    controller reads them (``reads.results``) and the pass decides again with them."""
+
+    termination: str | None = None  # the runner's termination message
+    image: str | None = None  # the runner image's digest
+    shards: bool = False  # a fan-out: every shard's results
+
+
+@dataclass(frozen=True)
+class Replan:
+    """What the applier found that the plan could not know: the pass plans again."""
+
+    token_exists: bool = False
+    job_exists: bool = False
+    refused: str | None = None  # the API server's message about a refused object
+    publish_failed: str | None = None  # a Leaderboard publish that will not be retried
+
+
 @dataclass
 class Plan:
-    status: dict[str, Any] = field(default_factory=dict)  # merge patch of .status
+    status: StatusPatch = field(default_factory=lambda: StatusPatch())
     events: list[Event] = field(default_factory=list)
-    delete: list[str] = field(default_factory=list)  # label selectors, before the status
+    delete: list[str] = field(default_factory=list)  # label selectors, first
+    create: list[Create] = field(default_factory=list)
+    evaluation: Evaluation | None = None
     suspend: tuple[str, bool] | None = None  # (Job name, suspend)
+    publish: list[PublishEntries] = field(default_factory=list)
+    index: list[IndexEntries] = field(default_factory=list)
     stop: str | None = None  # label selector, deleted after the status is written
     stop_reason: str = ""
     retry_after: float | None = None  # seconds: a referenced object is missing
+    needs: Needs | None = None  # not a complete plan yet: read these, then decide again
 
     def __bool__(self) -> bool:
-        return bool(self.status or self.events or self.delete or self.suspend or self.stop)
+        return bool(
+            self.status
+            or self.events
+            or self.delete
+            or self.create
+            or self.evaluation
+            or self.suspend
+            or self.publish
+            or self.index
+            or self.stop
+        )
 
     def then(self, other: Plan) -> Plan:
         """This plan followed by ``other`` (its status fields win)."""
         return Plan(
-            status={**self.status, **other.status},
+            status=StatusPatch(**{**self.status, **other.status}),
             events=[*self.events, *other.events],
             delete=[*self.delete, *other.delete],
+            create=[*self.create, *other.create],
+            evaluation=other.evaluation or self.evaluation,
             suspend=other.suspend or self.suspend,
+            publish=[*self.publish, *other.publish],
+            index=[*self.index, *other.index],
             stop=other.stop or self.stop,
             stop_reason=other.stop_reason or self.stop_reason,
             retry_after=other.retry_after if other.retry_after is not None else self.retry_after,
+            needs=other.needs or self.needs,
         )
+
+    def without_writes(self) -> Plan:
+        """The status and Events only (a plan whose writes were made already)."""
+        return replace(self, delete=[], create=[], evaluation=None, publish=[], index=[])

@@ -1,7 +1,24 @@
-"""Every condition type, condition reason and Event reason the operator uses, in one
-place (CamelCase)."""
+"""Every phase, condition type, condition reason and Event reason the operator uses, in
+one place (CamelCase)."""
 
 from __future__ import annotations
+
+# Phases of an EvalRun (status.phase; some double as the reason of that phase).
+PENDING = "Pending"
+QUEUED = "Queued"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+CANCELLED = "Cancelled"
+PHASES = (PENDING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE = frozenset({PENDING, QUEUED, RUNNING})
+# Kubernetes' own words the status is read from: pod phases and Job condition types.
+POD_RUNNING = "Running"
+POD_SUCCEEDED = "Succeeded"
+POD_FAILED = "Failed"
+JOB_COMPLETE = "Complete"
+JOB_FAILED = "Failed"
 
 # Condition types of an EvalRun (KEP-1623; Ready/Reconciling/Stalled as kstatus reads them).
 READY = "Ready"
@@ -11,6 +28,7 @@ SUSPENDED_CONDITION = "Suspended"
 POD_SCHEDULED = "PodScheduled"
 RUNNER_REACHABLE = "RunnerReachable"
 LEADERBOARD_PUBLISHED = "LeaderboardPublished"
+HARNESS_PATCHED = "HarnessPatched"
 # Condition type of a Leaderboard stored in S3.
 OBJECT_STORE_SYNCED = "ObjectStoreSynced"
 
@@ -18,10 +36,8 @@ OBJECT_STORE_SYNCED = "ObjectStoreSynced"
 JOB_PENDING = "JobPending"
 SCHEDULING = "Scheduling"
 STARTING = "Starting"
-RUNNING = "Running"
 RETRYING = "Retrying"
 SUSPENDED = "Suspended"
-QUEUED = "Queued"
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"
@@ -29,8 +45,6 @@ WAITING_FOR_REFERENCES = "WaitingForReferences"
 SCHEDULED = "Scheduled"
 
 # Terminal reasons.
-SUCCEEDED = "Succeeded"
-CANCELLED = "Cancelled"
 REUSED = "Reused"
 INVALID_SPEC = "InvalidSpec"
 INVALID_SECRET = "InvalidSecret"
@@ -60,6 +74,9 @@ LEADERBOARD_STORE_WRITTEN = "Written"
 SCRAPED = "Scraped"
 SCRAPE_FAILED = "ScrapeFailed"
 RUNNER_UNREACHABLE = "RunnerUnreachable"
+# HarnessPatched: the runner patched the lmms-eval it found, or runs it plain.
+KNOWN_HARNESS = "KnownVersion"
+UNKNOWN_HARNESS = "UnknownHarnessVersion"
 
 FAILURE_REASONS = (
     INVALID_SPEC,

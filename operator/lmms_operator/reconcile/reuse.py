@@ -34,11 +34,18 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from .. import presets
-from ..api import EvalRunSpec
+from ..api import EvalRunSpec, ReusedResult
 from ..api.base import ApiModel
-from ..api.runner import ResultsSummary, TaskResult
+from ..api.runner import ResultsSummary, TaskResult, results_prefix
 from .identity import model_identity
-from .job import LABEL_MANAGED_BY, LABEL_PREFIX, MANAGED_BY
+from .job import (
+    LABEL_MANAGED_BY,
+    LABEL_PREFIX,
+    LABEL_RUN_UID,
+    LABEL_SPEC_HASH,
+    MANAGED_BY,
+    RunRef,
+)
 
 #: A full git commit id: the only revision that cannot move.
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -209,3 +216,69 @@ def in_unit_order(summary: ResultsSummary, units: list[str]) -> ResultsSummary:
         last = rank.get(task.task, last)
         indexed.append((last, pos, task))
     return summary.model_copy(update={"tasks": [t for _, _, t in sorted(indexed)]})
+
+
+def reused_status(entries: list[Entry], namespace: str) -> list[dict[str, Any]]:
+    """status.reused: which run evaluated each reused entry of the task list."""
+    return [
+        ReusedResult(
+            task=e.task,
+            run=f"{e.source.namespace}/{e.source.run}",
+            run_uid=e.source.uid,
+            completed_at=e.source.completed_at,
+            index_entry=entry_name(e.key, e.task),
+        ).to_wire()
+        for e in entries
+    ]
+
+
+def kept_name(job_name: str) -> str:
+    """The ConfigMap that keeps the index entries a run reuses, beside its Job."""
+    return f"{job_name}-reused"
+
+
+def kept_config_map(
+    run: RunRef,
+    job_name: str,
+    hash_: str,
+    key: Mapping[str, Any],
+    entries: Mapping[str, Entry],
+) -> dict[str, Any]:
+    """The reused tasks' index entries, kept with the run (an entry deleted meanwhile
+    loses nothing): merged with the Job's results when they are published."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": kept_name(job_name),
+            "namespace": run.namespace,
+            "labels": {
+                LABEL_MANAGED_BY: MANAGED_BY,
+                # Goes with the evaluation's other objects (a refused Job, a new spec).
+                LABEL_RUN_UID: run.uid,
+                LABEL_SPEC_HASH: hash_,
+            },
+            "ownerReferences": [run.owner_reference()],
+        },
+        "data": {
+            "entries.json": json.dumps([e.to_wire() for e in entries.values()]),
+            "key.json": json.dumps(dict(key), sort_keys=True),
+        },
+    }
+
+
+def read_kept(cm: Mapping[str, Any] | None) -> list[Entry]:
+    """The entries a kept ConfigMap holds (none when it is missing or malformed)."""
+    if cm is None:
+        return []
+    try:
+        raw = json.loads((cm.get("data") or {}).get("entries.json") or "[]")
+        return [Entry.model_validate(e) for e in raw[:MAX_ENTRY_TASKS]]
+    except (ValueError, TypeError):
+        return []
+
+
+def bucket_prefix(prefix: str, namespace: str, key: Mapping[str, Any]) -> str:
+    """Where a run's index entries are copied in its bucket: beside the runs' outputs,
+    ``<prefix>/<namespace>/_evaluation-index/<key hash>/`` (no run is named with "_")."""
+    return results_prefix(prefix, namespace, "_evaluation-index") + key_label(key) + "/"

@@ -8,17 +8,18 @@ The phase says where the run stands; conditions follow KEP-1623 and kstatus:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..api import Condition, EvalRunStatus, Phase
 from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_FAILED
+from . import conditions as C
 from . import reasons as R
-from .plan import Event, Plan
+from .plan import Event, Plan, StatusPatch
+from .times import fmt_time, parse_time
 
-TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
-ACTIVE = frozenset({"Pending", "Queued", "Running"})
+TERMINAL = R.TERMINAL
+ACTIVE = R.ACTIVE
 
 #: Exit codes the runner uses for failures it understood (see lmms_runner).
 RUNNER_EXIT_CODES = {
@@ -72,16 +73,6 @@ class Observation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def fmt_time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     for c in obj.get("status", {}).get("conditions") or []:
         if c.get("type") == ctype and c.get("status") == "True":
@@ -120,7 +111,7 @@ def _since(pod: dict[str, Any], ctype: str) -> dt.datetime | None:
 
 def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     """The reason a Job failed, from its newest failed pod."""
-    failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+    failed = [p for p in pods if p.get("status", {}).get("phase") == R.POD_FAILED]
     pod = _newest(failed)
     if pod is None:
         return None
@@ -154,105 +145,126 @@ def observe(
     now: dt.datetime,
     timeouts: Timeouts,
 ) -> Observation:
-    """What the run's status is, given its current Job (None: not created yet) and pods."""
+    """What the run's status is, given its current Job (None: not created yet) and pods.
+
+    The first state that holds wins: cancelled, no Job yet, the Job's verdict, suspended,
+    no pod yet, a pod that cannot be scheduled or started, then how far the pods got."""
     if cancel:
-        return Observation(
-            "Cancelled",
-            R.CANCELLED,
-            "spec.cancel is true: the evaluation was stopped",
-            completion_time=fmt_time(now),
-        )
+        message = "spec.cancel is true: the evaluation was stopped"
+        return Observation(R.CANCELLED, R.CANCELLED, message, completion_time=fmt_time(now))
     if job is None:
-        return Observation("Pending", R.JOB_PENDING, "creating the Job")
+        return Observation(R.PENDING, R.JOB_PENDING, "creating the Job")
     job_status = job.get("status") or {}
     pod = _newest(pods)
-    pod_name = pod["metadata"]["name"] if pod else None
-    start = job_status.get("startTime")
+    seen = _Seen(pod["metadata"]["name"] if pod else None, job_status.get("startTime"), now)
+    finished = _finished(job, pods, retries, timeout_seconds, seen)
+    if finished is not None:
+        return finished
+    if (job.get("spec") or {}).get("suspend"):
+        return _suspended(spec_suspend, queue_name, seen)
+    if pod is None:
+        return _no_pod(job, timeouts, seen)
+    scheduled, unschedulable = _scheduling(pod, timeouts, seen)
+    if unschedulable is not None:
+        return unschedulable
+    waiting = _waiting(pod, scheduled, timeouts, seen)
+    if waiting is not None:
+        return waiting
+    return _progress(pods, pod, job_status, scheduled, seen)
 
-    def obs(phase: str, reason: str, message: str, **kw: Any) -> Observation:
-        return Observation(phase, reason, message, pod_name=pod_name, start_time=start, **kw)
 
-    def stuck(reason: str, message: str, waited: float, limit: float, **kw: Any) -> Observation:
-        """Failed (the Job stopped, releasing its GPUs) once a waiting state has lasted
-        ``limit`` seconds; until then Pending with the same reason."""
+@dataclass(frozen=True)
+class _Seen:
+    """What every observation of a created Job carries: its newest pod and its start."""
+
+    pod_name: str | None
+    start: str | None
+    now: dt.datetime
+
+    def obs(self, phase: str, reason: str, message: str, **kw: Any) -> Observation:
+        return Observation(
+            phase, reason, message, pod_name=self.pod_name, start_time=self.start, **kw
+        )
+
+    def failed(self, reason: str, message: str, **kw: Any) -> Observation:
+        """Failed now, and the Job stopped to release its GPUs."""
+        return self.obs(
+            R.FAILED, reason, message, completion_time=fmt_time(self.now), stop_job=True, **kw
+        )
+
+    def stuck(
+        self, reason: str, message: str, waited: float, limit: float, **kw: Any
+    ) -> Observation:
+        """Failed once a waiting state has lasted ``limit`` seconds; until then Pending
+        with the same reason."""
         if waited >= limit:
-            return obs(
-                "Failed",
-                reason,
-                f"{message} (waited {int(waited)}s)",
-                completion_time=fmt_time(now),
-                stop_job=True,
-                **kw,
-            )
-        return obs("Pending", reason, message, **kw)
+            return self.failed(reason, f"{message} (waited {int(waited)}s)", **kw)
+        return self.obs(R.PENDING, reason, message, **kw)
 
-    complete = _cond(job, "Complete")
+
+def _finished(
+    job: dict[str, Any], pods: list[dict[str, Any]], retries: int, timeout_seconds: int, seen: _Seen
+) -> Observation | None:
+    """The Job's own verdict, with the cause its pods tell; None while it has none."""
+    job_status = job.get("status") or {}
+    complete = _cond(job, R.JOB_COMPLETE)
     if complete:
         done = job_status.get("completionTime") or complete.get("lastTransitionTime")
-        return obs("Succeeded", R.SUCCEEDED, "the evaluation finished", completion_time=done)
-    failed = _cond(job, "Failed")
-    if failed:
-        done = failed.get("lastTransitionTime") or fmt_time(now)
-        job_reason = failed.get("reason") or ""
-        if job_reason == "DeadlineExceeded":
-            return obs(
-                "Failed",
-                R.DEADLINE_EXCEEDED,
-                f"the evaluation ran longer than spec.timeoutSeconds ({timeout_seconds}s)",
-                completion_time=done,
-            )
-        from_pod = _failed_pod_reason(pods)
-        if from_pod:
-            reason, message = from_pod
-            if reason == R.BACKOFF_LIMIT_EXCEEDED:
-                message = f"failed {retries + 1} time(s) (spec.retries={retries}); {message}"
-            if job_status.get("failedIndexes"):
-                # parallelism > 1: each shard has its own retries (backoffLimitPerIndex).
-                message = f"shard(s) {job_status['failedIndexes']} failed: {message}"
-            return obs("Failed", reason, message, completion_time=done)
-        return obs(
-            "Failed",
-            R.BACKOFF_LIMIT_EXCEEDED,
-            failed.get("message") or f"the Job failed ({job_reason})",
-            completion_time=done,
-        )
+        return seen.obs(R.SUCCEEDED, R.SUCCEEDED, "the evaluation finished", completion_time=done)
+    failed = _cond(job, R.JOB_FAILED)
+    if not failed:
+        return None
+    done = failed.get("lastTransitionTime") or fmt_time(seen.now)
+    job_reason = failed.get("reason") or ""
+    if job_reason == "DeadlineExceeded":
+        message = f"the evaluation ran longer than spec.timeoutSeconds ({timeout_seconds}s)"
+        return seen.obs(R.FAILED, R.DEADLINE_EXCEEDED, message, completion_time=done)
+    from_pod = _failed_pod_reason(pods)
+    if from_pod:
+        reason, message = from_pod
+        if reason == R.BACKOFF_LIMIT_EXCEEDED:
+            message = f"failed {retries + 1} time(s) (spec.retries={retries}); {message}"
+        if job_status.get("failedIndexes"):
+            # parallelism > 1: each shard has its own retries (backoffLimitPerIndex).
+            message = f"shard(s) {job_status['failedIndexes']} failed: {message}"
+        return seen.obs(R.FAILED, reason, message, completion_time=done)
+    message = failed.get("message") or f"the Job failed ({job_reason})"
+    return seen.obs(R.FAILED, R.BACKOFF_LIMIT_EXCEEDED, message, completion_time=done)
 
-    if (job.get("spec") or {}).get("suspend"):
-        if spec_suspend:
-            return obs("Queued", R.SUSPENDED, "spec.suspend is true: the Job is suspended")
-        if queue_name:
-            return obs(
-                "Queued",
-                R.QUEUED,
-                f"waiting for Kueue to admit the Job in LocalQueue {queue_name!r}",
-            )
-        return obs("Queued", R.SUSPENDED, "the Job is suspended")
 
-    if pod is None:
-        since = parse_time(job_status.get("startTime")) or parse_time(
-            (job.get("metadata") or {}).get("creationTimestamp")
-        )
-        waited = (now - since).total_seconds() if since else 0.0
-        if waited >= timeouts.pod_creation:
-            return obs(
-                "Failed",
-                R.POD_CREATION_FAILED,
-                f"the Job controller created no pod in {int(waited)}s (see the Job's "
-                "FailedCreate events: a quota or an admission policy refuses its pods)",
-                completion_time=fmt_time(now),
-                stop_job=True,
-            )
-        return obs(
-            "Pending",
-            R.JOB_PENDING,
-            "waiting for the Job controller to create a pod",
-            passing=True,
-            since=since,
-        )
+def _suspended(spec_suspend: bool, queue_name: str | None, seen: _Seen) -> Observation:
+    """Suspended by spec.suspend, or by Kueue until it admits the Job."""
+    if spec_suspend:
+        return seen.obs(R.QUEUED, R.SUSPENDED, "spec.suspend is true: the Job is suspended")
+    if queue_name:
+        message = f"waiting for Kueue to admit the Job in LocalQueue {queue_name!r}"
+        return seen.obs(R.QUEUED, R.QUEUED, message)
+    return seen.obs(R.QUEUED, R.SUSPENDED, "the Job is suspended")
 
-    pod_status = pod.get("status") or {}
+
+def _no_pod(job: dict[str, Any], timeouts: Timeouts, seen: _Seen) -> Observation:
+    """A Job whose controller has yet to create a pod, or cannot."""
+    since = parse_time((job.get("status") or {}).get("startTime")) or parse_time(
+        (job.get("metadata") or {}).get("creationTimestamp")
+    )
+    waited = (seen.now - since).total_seconds() if since else 0.0
+    if waited >= timeouts.pod_creation:
+        message = (
+            f"the Job controller created no pod in {int(waited)}s (see the Job's "
+            "FailedCreate events: a quota or an admission policy refuses its pods)"
+        )
+        return seen.failed(R.POD_CREATION_FAILED, message)
+    message = "waiting for the Job controller to create a pod"
+    return seen.obs(R.PENDING, R.JOB_PENDING, message, passing=True, since=since)
+
+
+def _scheduling(
+    pod: dict[str, Any], timeouts: Timeouts, seen: _Seen
+) -> tuple[tuple[str, str, str] | None, Observation | None]:
+    """The pod's PodScheduled condition (status, reason, message), and the observation
+    once the scheduler says it cannot place the pod."""
     scheduled = None
-    for c in pod_status.get("conditions") or []:
+    for c in (pod.get("status") or {}).get("conditions") or []:
         if c.get("type") == R.POD_SCHEDULED:
             scheduled = (
                 c.get("status", "Unknown"),
@@ -260,77 +272,70 @@ def observe(
                 c.get("message") or "",
             )
             if c.get("status") == "False" and c.get("reason") == "Unschedulable":
-                since = parse_time(c.get("lastTransitionTime")) or now
-                waited = (now - since).total_seconds()
-                message = f"pod {pod_name} cannot be scheduled: {c.get('message', '')}".strip()
-                return stuck(
+                since = parse_time(c.get("lastTransitionTime")) or seen.now
+                waited = (seen.now - since).total_seconds()
+                message = f"pod {seen.pod_name} cannot be scheduled: {c.get('message', '')}".strip()
+                return scheduled, seen.stuck(
                     R.UNSCHEDULABLE, message, waited, timeouts.unschedulable, scheduled=scheduled
                 )
+    return scheduled, None
 
+
+def _waiting(
+    pod: dict[str, Any], scheduled: tuple[str, str, str] | None, timeouts: Timeouts, seen: _Seen
+) -> Observation | None:
+    """A runner container that cannot start: its image cannot be pulled, or it cannot be
+    created (a missing Secret key, a bad volume)."""
     waiting = (_container(pod).get("state") or {}).get("waiting") or {}
     wreason = waiting.get("reason") or ""
     if wreason in IMAGE_PULL_FATAL or wreason in IMAGE_PULL_RETRYING:
-        created = parse_time(pod["metadata"].get("creationTimestamp")) or now
-        waited = (now - created).total_seconds()
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or seen.now
+        waited = (seen.now - created).total_seconds()
         image = (pod.get("spec", {}).get("containers") or [{}])[0].get("image")
         message = f"cannot pull image {image!r}: {wreason}: {waiting.get('message', '')}".strip()
         if wreason in IMAGE_PULL_FATAL or waited >= timeouts.image_pull:
-            return obs(
-                "Failed",
-                R.IMAGE_PULL_ERROR,
-                message,
-                completion_time=fmt_time(now),
-                stop_job=True,
-                scheduled=scheduled,
-            )
-        return obs("Pending", R.IMAGE_PULL_BACKOFF, message, scheduled=scheduled)
+            return seen.failed(R.IMAGE_PULL_ERROR, message, scheduled=scheduled)
+        return seen.obs(R.PENDING, R.IMAGE_PULL_BACKOFF, message, scheduled=scheduled)
     if wreason in CONFIG_WAITING:
-        created = parse_time(pod["metadata"].get("creationTimestamp")) or now
-        waited = (now - created).total_seconds()
-        message = f"pod {pod_name}: {wreason}: {waiting.get('message', '')}"
-        return stuck(
-            R.CONTAINER_CONFIG_ERROR,
-            message,
-            waited,
-            timeouts.container_config,
-            scheduled=scheduled,
-        )
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or seen.now
+        waited = (seen.now - created).total_seconds()
+        message = f"pod {seen.pod_name}: {wreason}: {waiting.get('message', '')}"
+        limit = timeouts.container_config
+        return seen.stuck(R.CONTAINER_CONFIG_ERROR, message, waited, limit, scheduled=scheduled)
+    return None
 
-    active_running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-    if active_running:
-        return obs("Running", R.RUNNING, f"pod {pod_name} is running", scheduled=scheduled)
-    if pod_status.get("phase") == "Succeeded":
-        return obs(
-            "Running",
-            R.RUNNING,
-            f"pod {pod_name} finished; the Job is completing",
-            passing=True,
-            since=parse_time((_terminated(pod) or {}).get("finishedAt")),
-            scheduled=scheduled,
+
+def _progress(
+    pods: list[dict[str, Any]],
+    pod: dict[str, Any],
+    job_status: dict[str, Any],
+    scheduled: tuple[str, str, str] | None,
+    seen: _Seen,
+) -> Observation:
+    """How far the pods got: running, finished (the Job completing), failed (the Job
+    retrying), starting, or waiting to be scheduled."""
+    name, phase = seen.pod_name, (pod.get("status") or {}).get("phase")
+    if any((p.get("status") or {}).get("phase") == R.POD_RUNNING for p in pods):
+        return seen.obs(R.RUNNING, R.RUNNING, f"pod {name} is running", scheduled=scheduled)
+    if phase == R.POD_SUCCEEDED:
+        since = parse_time((_terminated(pod) or {}).get("finishedAt"))
+        message = f"pod {name} finished; the Job is completing"
+        return seen.obs(
+            R.RUNNING, R.RUNNING, message, passing=True, since=since, scheduled=scheduled
         )
-    if pod_status.get("phase") == "Failed" and job_status.get("active", 0) == 0:
-        return obs(
-            "Pending",
-            R.RETRYING,
-            f"pod {pod_name} failed; the Job controller retries",
-            scheduled=scheduled,
-        )
+    if phase == R.POD_FAILED and job_status.get("active", 0) == 0:
+        message = f"pod {name} failed; the Job controller retries"
+        return seen.obs(R.PENDING, R.RETRYING, message, scheduled=scheduled)
     if scheduled and scheduled[0] == "True":
-        return obs(
-            "Pending",
-            R.STARTING,
-            f"pod {pod_name} is starting",
-            scheduled=scheduled,
-            passing=True,
-            since=_since(pod, "PodScheduled"),
+        since = _since(pod, "PodScheduled")
+        message = f"pod {name} is starting"
+        return seen.obs(
+            R.PENDING, R.STARTING, message, scheduled=scheduled, passing=True, since=since
         )
-    return obs(
-        "Pending",
-        R.SCHEDULING,
-        f"pod {pod_name} is waiting to be scheduled",
-        scheduled=scheduled,
-        passing=True,
-        since=parse_time(pod["metadata"].get("creationTimestamp")),
+    since = parse_time(pod["metadata"].get("creationTimestamp"))
+    message = f"pod {name} is waiting to be scheduled"
+    return seen.obs(
+        R.PENDING, R.SCHEDULING, message, scheduled=scheduled, passing=True, since=since
     )
 
 
@@ -340,29 +345,29 @@ def conditions(
     """KEP-1623 conditions for an observation; lastTransitionTime moves only on change."""
     prev = {c.get("type"): c for c in previous or []}
     wanted: list[tuple[str, bool, str, str]] = [
-        (R.READY, ob.phase == "Succeeded", ob.reason, ob.message),
+        (R.READY, ob.phase == R.SUCCEEDED, ob.reason, ob.message),
         (R.RECONCILING, ob.phase in ACTIVE, ob.reason, ob.message),
-        (R.STALLED, ob.phase == "Failed", ob.reason, ob.message),
-        (R.SUSPENDED_CONDITION, ob.phase == "Queued", ob.reason, ob.message),
+        (R.STALLED, ob.phase == R.FAILED, ob.reason, ob.message),
+        (R.SUSPENDED_CONDITION, ob.phase == R.QUEUED, ob.reason, ob.message),
     ]
     out = []
     for ctype, ok, reason, message in wanted:
         out.append(
-            _condition(
-                prev.get(ctype), ctype, "True" if ok else "False", reason, message, generation, now
+            C.condition(
+                prev.get(ctype), ctype, "True" if ok else "False", reason, message, now, generation
             )
         )
     if ob.scheduled:
         status, reason, message = ob.scheduled
         out.append(
-            _condition(
+            C.condition(
                 prev.get(R.POD_SCHEDULED),
                 R.POD_SCHEDULED,
-                status,
+                cast(C.Status, status),
                 reason or R.SCHEDULED,
                 message,
-                generation,
                 now,
+                generation,
             )
         )
     # Conditions set elsewhere (RunnerReachable, by the scrape) are kept as they are.
@@ -373,28 +378,6 @@ def conditions(
 
 #: Condition types that conditions() does not compute but must not drop.
 _KEPT = frozenset({R.RUNNER_REACHABLE})
-
-
-def _condition(
-    prev: dict[str, Any] | None,
-    ctype: str,
-    status: str,
-    reason: str,
-    message: str,
-    generation: int,
-    now: dt.datetime,
-) -> dict[str, Any]:
-    changed = prev is None or prev.get("status") != status
-    return {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message[:32768],
-        "lastTransitionTime": fmt_time(now)
-        if changed or prev is None
-        else prev.get("lastTransitionTime", fmt_time(now)),
-        "observedGeneration": generation,
-    }
 
 
 #: Pending reasons that need no Event (JobCreated said it; the pod's own Events say more).
@@ -427,7 +410,7 @@ def transition(
             Condition.model_validate(c)
             for c in conditions(status.get("conditions") or [], ob, generation, now)
         ],
-        summary="100%" if ob.phase == "Succeeded" else None,
+        summary="100%" if ob.phase == R.SUCCEEDED else None,
     )
     fields = {
         "phase",
@@ -447,33 +430,16 @@ def transition(
     new = wanted.model_dump(by_alias=True, mode="json", include=fields)
     changed = {k: v for k, v in new.items() if status.get(k) != v}
     events: list[Event] = []
-    quiet = ob.phase == "Pending" and ob.reason in _QUIET
+    quiet = ob.phase == R.PENDING and ob.reason in _QUIET
     if quiet:
         pass
     elif "phase" in changed or ("reason" in changed and ob.phase in TERMINAL):
-        warn = ob.phase == "Failed" or ob.reason in _WARN
+        warn = ob.phase == R.FAILED or ob.reason in _WARN
         events.append(
             Event("Warning" if warn else "Normal", ob.reason, f"{ob.phase}: {ob.message}")
         )
     elif "reason" in changed and ob.reason in (R.UNSCHEDULABLE, R.IMAGE_PULL_BACKOFF):
         events.append(Event("Warning", ob.reason, ob.message))
-    if set(changed) <= {"conditions"} and same_conditions(
-        status.get("conditions"), new["conditions"]
-    ):
+    if set(changed) <= {"conditions"} and C.same(status.get("conditions"), new["conditions"]):
         return Plan(events=events)
-    return Plan(status=changed, events=events)
-
-
-def same_conditions(old: Iterable[dict[str, Any]] | None, new: list[dict[str, Any]]) -> bool:
-    """Equal but for lastTransitionTime."""
-
-    def key(c: dict[str, Any]) -> tuple[Any, ...]:
-        return (
-            c.get("type"),
-            c.get("status"),
-            c.get("reason"),
-            c.get("message"),
-            c.get("observedGeneration"),
-        )
-
-    return sorted(map(key, old or [])) == sorted(map(key, new))
+    return Plan(status=cast(StatusPatch, changed), events=events)

@@ -33,6 +33,13 @@ __all__ = [
 def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> list[Problem]:
     """Semantic checks against lmms-eval's registries and the presets."""
     cat = cat or catalogue.load()
+    problems = _check_model(spec, cat) + _check_tasks(spec, cat) + _check_sizes(spec)
+    return problems + _check_env_names(spec) + _check_combinations(spec)
+
+
+def _check_model(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
+    """A backend lmms-eval knows, a checkpoint where it needs one, and model args that
+    neither repeat what the operator writes nor hold secrets (a ConfigMap stores them)."""
     problems: list[Problem] = []
     model_type = spec.model.type
     if model_type not in cat.models:
@@ -73,6 +80,12 @@ def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> lis
                     "Secret and reference it from spec.model.apiKey",
                 )
             )
+    return problems
+
+
+def _check_tasks(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
+    """Tasks lmms-eval or the custom tasks know, and each task ConfigMap listed once."""
+    problems: list[Problem] = []
     custom = {t for source in spec.custom_tasks for t in source.tasks}
     known = cat.task_names | custom
     for i, task in enumerate(spec.tasks):
@@ -100,7 +113,12 @@ def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> lis
                 )
             )
         seen.add(source.config_map)
-    problems += _check_sizes(spec)
+    return problems
+
+
+def _check_env_names(spec: EvalRunSpec) -> list[Problem]:
+    """No variable the operator sets, none that looks like a secret (the Job stores it)."""
+    problems: list[Problem] = []
     for i, var in enumerate(spec.env):
         if var.name in RESERVED_ENV or var.name.startswith(RESERVED_ENV_PREFIXES):
             problems.append(
@@ -118,6 +136,12 @@ def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> lis
                     "read Secrets",
                 )
             )
+    return problems
+
+
+def _check_combinations(spec: EvalRunSpec) -> list[Problem]:
+    """Fields fine alone but not together (the CRD's CEL rules say the same)."""
+    problems: list[Problem] = []
     s3 = spec.output.s3 if spec.output else None
     if s3 is not None and s3.endpoint and not s3.credentials_secret:
         problems.append(

@@ -1,0 +1,226 @@
+"""Reads: the snapshot a pass decides on, read before it decides. Read-only.
+
+The decisions of ``reconcile/`` are pure; what they need beyond the watch caches (the
+objects a run references, a Job not in the cache yet, the evaluation index, results
+kept in ConfigMaps or uploaded to the run's bucket) is read here, always in the run's
+own namespace and, for a bucket, with the run's own credentials.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import errors, evaluation_index, k8s, objectstore
+from .api import EvalRunSpec, S3Output
+from .api.runner import ResultsSummary, results_prefix
+from .reconcile import admission, fanout, reuse
+from .reconcile import job as jobs
+from .reconcile import pods as pods_
+from .reconcile import publishing as pub
+from .reconcile import reasons as R
+from .reconcile import results as res
+from .reconcile.plan import Needs, Replan
+
+log = logging.getLogger("lmms.reads")
+
+
+def references(spec: EvalRunSpec, namespace: str) -> admission.References:
+    """The objects a spec references, as they are now."""
+    config_maps = {
+        s.config_map for s in spec.custom_tasks if k8s.config_map_exists(namespace, s.config_map)
+    }
+    names = {name for _, name, _ in admission.secret_refs(spec)}
+    secrets_ = {name: k8s.read_tenant_secret(namespace, name) for name in sorted(names)}
+    pvcs: set[str] = set()
+    if spec.cache is not None and k8s.pvc_exists(namespace, spec.cache.persistent_volume_claim):
+        pvcs.add(spec.cache.persistent_volume_claim)
+    return admission.References(frozenset(config_maps), frozenset(pvcs), secrets_)
+
+
+def admission_snapshot(
+    run: Mapping[str, Any],
+    spec: EvalRunSpec,
+    now: dt.datetime,
+    *,
+    waited: float = 0.0,
+    policy_known: bool = False,
+    facts: Replan | None = None,
+    store: objectstore.ObjectStore,
+) -> admission.Snapshot:
+    """What an admission pass decides on. A new run (``admission.is_fresh``) has no Job
+    nor token yet: nothing is read for them until an attempt finds one there (``facts``)."""
+    meta = run["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    selector = admission.run_selector(uid)
+    base = admission.Snapshot(run=run, spec=spec, now=now, waited=waited)
+    if spec.cancel:
+        return _with(base, run_has_jobs=bool(k8s.list_jobs(namespace, selector)))
+    hash_ = jobs.spec_hash(spec)
+    status = run.get("status") or {}
+    fresh = admission.is_fresh(run)
+    stale = False
+    if not fresh:
+        stale = bool(k8s.list_jobs(namespace, f"{selector},{jobs.LABEL_SPEC_HASH}!={hash_}"))
+    if status.get("specHash") == hash_ and status.get("phase") in R.TERMINAL:
+        return _with(base, stale_jobs=stale)
+    refs = references(spec, namespace)
+    missing, problems = admission.check_references(spec, refs)
+    snap = _with(base, stale_jobs=stale, references=refs)
+    if missing or problems or (facts is not None and facts.refused is not None):
+        return _with(snap, refused=facts.refused if facts is not None else None)
+    name = jobs.job_name(meta["name"], uid, hash_)
+    known = fresh and facts is None
+    job = None if known else k8s.get_job(namespace, name)
+    if job is not None:
+        shards: Sequence[Any] = ()
+        if spec.parallelism > 1 and not status.get("shards"):
+            config = k8s.read_config_map(namespace, f"{name}-config")
+            shards = admission.shards_of_config(config)
+        pods = k8s.list_pods(namespace, f"job-name={name}")
+        return _with(snap, job=job, pods=tuple(pods), job_shards=tuple(shards))
+    token = None
+    if not fresh or (facts is not None and facts.token_exists):
+        token = k8s.read_secret_value(namespace, f"{name}-token", "token")
+    custom: list[dict[str, Any]] = []
+    if spec.parallelism > 1 or not reuse.not_pinned(spec):
+        custom = [k8s.read_config_map(namespace, s.config_map) or {} for s in spec.custom_tasks]
+    return _with(
+        snap,
+        token=token,
+        new_token=secrets.token_urlsafe(32),
+        custom=tuple(custom),
+        lookup=evaluation_index.lookup(spec, namespace, custom, store),
+        policy_known=policy_known,
+    )
+
+
+def _with(snap: admission.Snapshot, **changes: Any) -> admission.Snapshot:
+    return admission.Snapshot(**{**snap.__dict__, **changes})
+
+
+def results(
+    run: Mapping[str, Any],
+    spec: EvalRunSpec,
+    status: Mapping[str, Any],
+    *,
+    needs: Needs | None = None,
+    summary: ResultsSummary | None = None,
+    image: str | None = None,
+    pods: Sequence[Mapping[str, Any]] = (),
+    publish_failures: int = 0,
+    publish_failed: str | None = None,
+    store: objectstore.ObjectStore,
+) -> pub.Inputs:
+    """What publishing a run's results needs: the results themselves (``summary``, from
+    its runner; else from where ``needs`` says: its bucket, its termination message, its
+    shards' kept results), the index entries kept when its Job was made, and the
+    evaluation identity its Job ran with."""
+    meta = run["metadata"]
+    namespace = meta["namespace"]
+    job_name = str(status.get("jobName") or meta["name"])
+    termination = needs.termination if needs is not None else None
+    found: ResultsSummary | None = None
+    store_error: str | None = None
+    if summary is None and needs is not None and not needs.shards:
+        location = res.location_from_termination_message(termination)
+        found, store_error = store_summary(store, run, spec, location)
+    kept_shards: dict[int, tuple[ResultsSummary, str]] = {}
+    pod_summaries: dict[str, tuple[ResultsSummary | None, str | None]] = {}
+    if len(status.get("shards") or []) > 1:
+        kept_shards = _kept_shards(namespace, meta["uid"], str(status.get("specHash") or ""))
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") != R.POD_SUCCEEDED:
+                continue
+            if pods_.completion_index(pod) in kept_shards:
+                continue
+            message = pods_.termination_message([pod])
+            location = res.location_from_termination_message(message)
+            pod_summaries[pod["metadata"]["name"]] = store_summary(store, run, spec, location)
+    kept = evaluation_index.kept_reused(namespace, job_name) if pub.may_reuse(spec, "") else []
+    key = _reuse_key(namespace, job_name) if pub.indexable(spec) else None
+    return pub.Inputs(
+        summary=summary,
+        image=image if image is not None else (needs.image if needs is not None else None),
+        termination=termination,
+        store_summary=found,
+        store_error=store_error,
+        kept_reused=tuple(kept),
+        reuse_key=key,
+        publish_failures=publish_failures,
+        publish_failed=publish_failed,
+        kept_shards=kept_shards,
+        pod_summaries=pod_summaries,
+    )
+
+
+def _reuse_key(namespace: str, job_name: str) -> dict[str, Any] | None:
+    """The evaluation identity the Job ran with, from its run configuration."""
+    config = k8s.read_config_map(namespace, f"{job_name}-config")
+    try:
+        raw = json.loads(((config or {}).get("data") or {}).get("config.json") or "{}")
+    except ValueError:
+        return None
+    key = raw.get("reuseKey") if isinstance(raw, dict) else None
+    return key if isinstance(key, dict) else None
+
+
+def shards_kept(run: Mapping[str, Any], status: Mapping[str, Any]) -> pub.Inputs:
+    """The shards' results kept so far, with what publishing the merged set needs."""
+    meta = run["metadata"]
+    kept = _kept_shards(meta["namespace"], meta["uid"], str(status.get("specHash") or ""))
+    return pub.Inputs(kept_shards=kept)
+
+
+def _kept_shards(namespace: str, uid: str, hash_: str) -> dict[int, tuple[ResultsSummary, str]]:
+    kept: dict[int, tuple[ResultsSummary, str]] = {}
+    selector = f"{fanout.SHARD_OF}={uid},{jobs.LABEL_SPEC_HASH}={hash_}"
+    for cm in k8s.list_config_maps(namespace, selector):
+        data = cm.get("data") or {}
+        try:
+            index = int((cm["metadata"].get("labels") or {}).get(fanout.SHARD_INDEX, ""))
+            summary = ResultsSummary.model_validate_json(data.get("summary.json") or "")
+        except ValueError:
+            continue
+        kept[index] = (summary, str(data.get("image") or ""))
+    return kept
+
+
+def store_summary(
+    store: objectstore.ObjectStore, run: Mapping[str, Any], spec: EvalRunSpec, location: str | None
+) -> tuple[ResultsSummary | None, str | None]:
+    """The summary the runner uploaded next to its output, or why it was not read (None,
+    None: there is none to read)."""
+    s3 = spec.output.s3 if spec.output else None
+    if not location or s3 is None:
+        return None, None
+    meta = run["metadata"]
+    try:
+        return _read_summary(store, meta["namespace"], meta["name"], s3, location), None
+    except (errors.ObjectStoreError, ValueError) as exc:
+        message = (str(exc).splitlines() or [""])[0][:300]
+        log.warning(
+            "results of %s/%s not read from the object store: %s",
+            meta["namespace"],
+            meta["name"],
+            message,
+        )
+        return None, message
+
+
+def _read_summary(
+    store: objectstore.ObjectStore, namespace: str, name: str, s3: S3Output, location: str
+) -> ResultsSummary:
+    # The runner (the tenant's code) says where it uploaded: only a place under the run's
+    # own bucket and prefix is read, with the run's own credentials.
+    own = f"s3://{s3.bucket}/" + results_prefix(s3.prefix, namespace, name)
+    url = location.rstrip("/") + "/" + objectstore.SUMMARY_KEY
+    if not url.startswith(own) or "/../" in url[len(own) - 1 :]:
+        raise errors.ObjectStoreError(
+            f"the runner named {location[:300]!r}, outside the run's own {own}"
+        )
+    return ResultsSummary.model_validate(store.get_json(namespace, s3, url))
