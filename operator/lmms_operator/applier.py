@@ -120,8 +120,6 @@ class Applier:
             return Replan(refused=exc.message)
         if not created:
             return Replan(job_exists=True)  # read it back: its state decides
-        for event in ev.events:
-            writes.event(run, event.type, event.reason, event.message)
         return None
 
     def _publish(self, step: PublishEntries) -> Replan | None:

@@ -21,6 +21,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -33,7 +36,7 @@ from .api.runner import ResultsSummary, RunnerProgress
 from .applier import Applier
 from .clock import Clock
 from .config import Settings
-from .engine import Engine
+from .engine import Backoff, Engine
 from .metrics import Metrics
 from .objectstore import ObjectStore
 from .reconcile import admission, fanout, observation
@@ -51,6 +54,16 @@ log = logging.getLogger("lmms.controller")
 MANAGED_SELECTOR = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
 #: Attempts of one pass whose applier keeps answering Replan before it fails (and backs off).
 REPLANS = 3
+
+
+def _merged(before: Replan, found: Replan) -> Replan:
+    """What the attempts of one pass have found so far."""
+    return Replan(
+        token_exists=before.token_exists or found.token_exists,
+        job_exists=before.job_exists or found.job_exists,
+        refused=found.refused or before.refused,
+        publish_failed=found.publish_failed or before.publish_failed,
+    )
 
 
 class Controller:
@@ -76,6 +89,8 @@ class Controller:
             pool_of=self._pool_of,
             keys=self.store.uids,
             resync_interval=settings.resync_interval,
+            # A failed pass is tried again after 5 s, then at most every resync.
+            backoff=Backoff(5.0, max(5.0, settings.resync_interval)),
             clock=self.clock,
         )
         self.protocol = RunnerProtocol(settings, self.store, self, self.clock, self.metrics)
@@ -84,6 +99,7 @@ class Controller:
         self._locks = tuple(threading.Lock() for _ in range(self.LOCKS))
         self._policy_namespaces: set[str] = set()  # runner NetworkPolicy made or found
         self._children_synced = threading.Event()
+        self._boards = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="leaderboards")
         self.informers: list[k8s.Informer] = []
 
     # -- start and stop -------------------------------------------------------------------------
@@ -126,6 +142,7 @@ class Controller:
             informer.stop()
         await self.protocol.stop()
         await self.engine.stop()
+        self._boards.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: every informer has heard from the API server lately."""
@@ -168,7 +185,8 @@ class Controller:
         return "spec" if run is not None and needs_spec(run) else "observe"
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Runs ``fn(*args)`` on a thread (from any thread); errors are logged."""
+        """Runs Leaderboard work ``fn(*args)`` on the Leaderboards' threads (from any
+        thread, never on the informer's); errors are logged."""
 
         def run() -> None:
             try:
@@ -176,7 +194,8 @@ class Controller:
             except Exception as exc:
                 log.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
 
-        threading.Thread(target=run, name="leaderboards", daemon=True).start()
+        with contextlib.suppress(RuntimeError):  # shut down: the process is stopping
+            self._boards.submit(run)
 
     def _rebuild_scores(self, board: Mapping[str, Any]) -> None:
         namespace, name = board_key(board)
@@ -201,7 +220,8 @@ class Controller:
             if needs_spec(run):
                 with self.metrics.timed_handler("evalrun_spec"):
                     return self._admit(uid, run)
-            active = (run.get("status") or {}).get("phase") in R.ACTIVE
+            status = run.get("status") or {}
+            active = status.get("phase") in R.ACTIVE and status.get("jobName")
             if active and self._children_synced.is_set():
                 with self.metrics.timed_handler("evalrun_resync" if periodic else "observe"):
                     self._observe(uid, run, periodic)
@@ -223,7 +243,8 @@ class Controller:
         monotonic = self.clock.monotonic()
         if entry.waiting is None or entry.waiting[0] != generation:
             entry.waiting = (generation, monotonic)
-        facts: Replan | None = None
+        facts = Replan()
+        stale = False  # (an attempt that stopped them saw them; the next one does not)
         for _ in range(REPLANS):
             snap = reads.admission_snapshot(
                 run,
@@ -234,14 +255,27 @@ class Controller:
                 facts=facts,
                 store=self.objects,
             )
+            stale = stale or snap.stale_jobs
+            snap = dataclasses.replace(
+                snap,
+                stale_jobs=stale,
+                publish_failures=entry.publish_failures,
+                publish_failed=facts.publish_failed,
+            )
             plan = admission.decide(snap, self.rules)
-            facts = self._apply(run, plan)
-            if facts is None:
+            try:
+                found = self._apply(run, plan)
+            except errors.PublishFailed:
+                entry.publish_failures += 1  # reused results: counted as a run's are
+                raise
+            if found is None:
+                entry.publish_failures = 0
                 if plan.evaluation is not None:
                     self._policy_namespaces.add(meta["namespace"])
                 if plan.retry_after is None:
                     entry.waiting = None
                 return plan.retry_after
+            facts = _merged(facts, found)
         raise errors.Conflict(f"{meta['namespace']}/{meta['name']}: the plan keeps changing")
 
     def _observe(self, uid: str, run: dict[str, Any], periodic: bool) -> None:
@@ -356,6 +390,8 @@ class Controller:
             if len(status.get("shards") or []) > 1:
                 message = "the runners answer"
                 plan = prog.reachability(run, status, True, message, now)
+                first = answers[min(answers)]  # every shard runs the same image
+                plan = plan.then(prog.harness(run, {**status, **plan.status}, first, now))
                 after = {**status, **plan.status}
                 plan = plan.then(prog.shards_progress_plan(after, answers, now, pods))
             else:

@@ -58,10 +58,13 @@ def admission_snapshot(
     namespace, uid = meta["namespace"], meta["uid"]
     selector = admission.run_selector(uid)
     base = admission.Snapshot(run=run, spec=spec, now=now, waited=waited)
+    status = run.get("status") or {}
     if spec.cancel:
+        generation = int(meta.get("generation") or 1)
+        if status.get("phase") == R.CANCELLED and status.get("observedGeneration") == generation:
+            return base  # cancelled already: nothing to say about its Jobs
         return _with(base, run_has_jobs=bool(k8s.list_jobs(namespace, selector)))
     hash_ = jobs.spec_hash(spec)
-    status = run.get("status") or {}
     fresh = admission.is_fresh(run)
     stale = False
     if not fresh:
@@ -74,17 +77,19 @@ def admission_snapshot(
     if missing or problems or (facts is not None and facts.refused is not None):
         return _with(snap, refused=facts.refused if facts is not None else None)
     name = jobs.job_name(meta["name"], uid, hash_)
-    known = fresh and facts is None
-    job = None if known else k8s.get_job(namespace, name)
+    tried = facts is not None and (facts.job_exists or facts.token_exists)
+    job = None if fresh and not tried else k8s.get_job(namespace, name)
     if job is not None:
         shards: Sequence[Any] = ()
-        if spec.parallelism > 1 and not status.get("shards"):
+        # The assignment the Job runs with, unless the status shows this spec's already.
+        if spec.parallelism > 1 and (status.get("specHash") != hash_ or not status.get("shards")):
             config = k8s.read_config_map(namespace, f"{name}-config")
             shards = admission.shards_of_config(config)
         pods = k8s.list_pods(namespace, f"job-name={name}")
         return _with(snap, job=job, pods=tuple(pods), job_shards=tuple(shards))
     token = None
-    if not fresh or (facts is not None and facts.token_exists):
+    token_exists = facts is not None and facts.token_exists
+    if not fresh or token_exists:
         token = k8s.read_secret_value(namespace, f"{name}-token", "token")
     custom: list[dict[str, Any]] = []
     if spec.parallelism > 1 or not reuse.not_pinned(spec):
@@ -96,6 +101,7 @@ def admission_snapshot(
         custom=tuple(custom),
         lookup=evaluation_index.lookup(spec, namespace, custom, store),
         policy_known=policy_known,
+        token_exists=token_exists,
     )
 
 
@@ -133,10 +139,12 @@ def results(
     pod_summaries: dict[str, tuple[ResultsSummary | None, str | None]] = {}
     if len(status.get("shards") or []) > 1:
         kept_shards = _kept_shards(namespace, meta["uid"], str(status.get("specHash") or ""))
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") != R.POD_SUCCEEDED:
-                continue
-            if pods_.completion_index(pod) in kept_shards:
+        newest: dict[int, Mapping[str, Any]] = {}
+        for pod in sorted(pods, key=pods_.created):  # each shard's newest succeeded pod
+            if (pod.get("status") or {}).get("phase") == R.POD_SUCCEEDED:
+                newest[pods_.completion_index(pod)] = pod
+        for index, pod in newest.items():
+            if index in kept_shards:
                 continue
             message = pods_.termination_message([pod])
             location = res.location_from_termination_message(message)
@@ -160,10 +168,12 @@ def results(
 
 def _reuse_key(namespace: str, job_name: str) -> dict[str, Any] | None:
     """The evaluation identity the Job ran with, from its run configuration."""
-    config = k8s.read_config_map(namespace, f"{job_name}-config")
     try:
+        config = k8s.read_config_map(namespace, f"{job_name}-config")
         raw = json.loads(((config or {}).get("data") or {}).get("config.json") or "{}")
-    except ValueError:
+    except (errors.ApiError, ValueError) as exc:
+        # The index saves later work: without the key the results are published anyway.
+        log.warning("%s/%s: evaluation identity not read: %s", namespace, job_name, exc)
         return None
     key = raw.get("reuseKey") if isinstance(raw, dict) else None
     return key if isinstance(key, dict) else None

@@ -211,7 +211,8 @@ class RunnerProtocol:
             *(self.scraper.request("GET", f"{self._base(pods[i])}/progress") for i in indexes),
             return_exceptions=True,
         )
-        self.metrics.scrape_duration.observe(self.clock.monotonic() - started)
+        if len(indexes) == 1 and not isinstance(answers[0], BaseException):
+            self.metrics.scrape_duration.observe(self.clock.monotonic() - started)
         out: dict[int, Any] = {}
         for i, answer in zip(indexes, answers, strict=True):
             try:
@@ -288,6 +289,8 @@ class RunnerProtocol:
         progress = await self._heard(
             uid, {first: pods[first]}, await self._progress({first: pods[first]})
         )
+        if not progress:
+            return  # unanswered: the follow-up streak stands
         self._follow_up(uid, progress.values())
         waits = self._waits(progress, set())
         if not waits:
@@ -302,6 +305,8 @@ class RunnerProtocol:
         if not pods:
             return
         progress = await self._heard(uid, pods, await self._progress(pods))
+        if not progress:
+            return
         collected = {
             int(s.get("index", -1)) for s in status.get("shards") or [] if s.get("resultsCollected")
         }

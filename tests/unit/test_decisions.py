@@ -55,7 +55,7 @@ def test_a_new_run_plans_its_objects_with_a_fresh_token_and_the_job_last() -> No
     # The namespace's runner NetworkPolicy before any pod exists, then the run's configuration.
     assert [o["kind"] for o in ev.before_job] == ["NetworkPolicy", "ConfigMap"]
     assert ev.job["kind"] == "Job"
-    assert [e.reason for e in ev.events] == [R.JOB_CREATED]
+    assert [e.reason for e in plan.events] == [R.JOB_CREATED]
     assert not plan.delete  # a fresh run has nothing of another spec to stop
     assert (
         plan.status["phase"] == R.PENDING and plan.status["jobName"] == ev.job["metadata"]["name"]
@@ -168,3 +168,65 @@ def test_an_unknown_lmms_eval_shows_as_a_condition_and_a_warning() -> None:
     cond = next(c for c in ok.status["conditions"] if c["type"] == R.HARNESS_PATCHED)
     assert (cond["status"], cond["reason"]) == ("True", R.KNOWN_HARNESS)
     assert not ok.events
+
+
+def _reused_snapshot(**changes: Any) -> admission.Snapshot:
+    """A run every task of which was evaluated before, publishing to a Leaderboard."""
+    from lmms_operator.api.runner import Metric, TaskResult
+    from lmms_operator.reconcile import reuse
+
+    spec = {**SPEC, "leaderboard": "board", "model": {"type": "qwen2_vl", "version": "v1"}}
+    run = _run(spec)
+    entry = reuse.Entry(
+        task="mme",
+        key={"k": 1},
+        results=[TaskResult(task="mme", primary="acc", metrics=[Metric(name="acc", value=0.5)])],
+        provenance={"model": "qwen2_vl", "configHash": "c", "lmmsEvalVersion": "0.7.3"},
+        source=reuse.Source(namespace="team-a", run="earlier", uid="u-0"),
+    )
+    lookup = admission.Lookup(key={"k": 1}, entries={"mme": entry}, missing=[])
+    return _snapshot(run, lookup=lookup, **changes)
+
+
+def test_reused_results_count_their_publish_tries_as_a_runs_do() -> None:
+    from lmms_operator.reconcile.publishing import PUBLISH_TRIES
+
+    plan = admission.decide(_reused_snapshot(publish_failures=PUBLISH_TRIES - 1), RULES)
+    assert (plan.status["phase"], plan.status["reason"]) == (R.SUCCEEDED, R.REUSED)
+    assert plan.evaluation is None  # no Job, no GPU
+    assert [p.attempt for p in plan.publish] == [PUBLISH_TRIES]
+    given_up = admission.decide(_reused_snapshot(publish_failed="board is full"), RULES)
+    assert not given_up.publish and given_up.status["leaderboardPublished"] is False
+    cond = next(c for c in given_up.status["conditions"] if c["type"] == R.LEADERBOARD_PUBLISHED)
+    assert (cond["status"], cond["reason"]) == ("False", R.PUBLISH_FAILED)
+
+
+def test_an_existing_token_secret_is_the_runners_token() -> None:
+    run = _run(SPEC)
+    plan = admission.decide(_snapshot(run, token_exists=True), RULES)
+    # The runner reads its token from the Secret (secretKeyRef): the applier may go on.
+    assert plan.evaluation is not None and plan.evaluation.token_known
+
+
+def test_harness_patched_outlives_the_observations_between_scrapes() -> None:
+    from lmms_operator.reconcile import status as st
+
+    run = _run(SPEC, {"phase": R.RUNNING, "observedGeneration": 1, "jobName": "r-j"})
+    plain = RunnerProgress(harness=Harness(lmms_eval_version="0.9.0", patched=False))
+    scraped = progress.harness(run, run["status"], plain, NOW)
+    status = {**run["status"], **scraped.status}
+    ob = st.Observation(R.RUNNING, R.RUNNING, "pod p is running")
+    observed = st.transition(status, ob, 1, None, "r-j", NOW)
+    conditions = observed.status.get("conditions", status["conditions"])
+    assert R.HARNESS_PATCHED in {c["type"] for c in conditions}
+
+
+def test_a_leaderboard_row_edited_by_hand_is_left_out_of_the_summary() -> None:
+    from lmms_operator.reconcile import leaderboard as lb
+
+    board = {"metadata": {"name": "b", "namespace": "team-a", "generation": 1}, "spec": {}}
+    good = {"rank": 1, "model": "m", "task": "t", "metric": "acc", "value": 0.5, "run": "ns/r"}
+    edited = {"rank": 1, "model": {"not": "a string"}, "task": "u", "metric": "acc"}
+    status = lb.board_status(board, [good, edited], ["cm"], None, NOW)
+    assert [e["model"] for e in status["top"]] == ["m"]
+    assert status["entries"] == 2

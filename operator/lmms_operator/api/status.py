@@ -101,7 +101,9 @@ class EvalRunStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled, "
-        "RunnerReachable, LeaderboardPublished (False when a publish failed 5 times).",
+        "RunnerReachable, HarnessPatched (False when the runner found an lmms-eval its "
+        "patches were not written for and runs it plain), LeaderboardPublished (False when "
+        "a publish failed 5 times).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     spec_hash: str | None = Field(default=None, description="Hash of the evaluated spec.")

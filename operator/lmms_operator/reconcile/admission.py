@@ -78,6 +78,9 @@ class Snapshot:
     job_shards: tuple[shard_plan.Shard, ...] = ()  # the assignment of an existing Job
     policy_known: bool = False  # the namespace's runner NetworkPolicy was made already
     refused: str | None = None  # the API server refused an object of the evaluation
+    token_exists: bool = False  # the token Secret is there: the Job reads its token from it
+    publish_failures: int = 0  # Leaderboard publishes of reused results that failed so far
+    publish_failed: str | None = None  # the last one, when it will not be retried
 
 
 def run_selector(uid: str) -> str:
@@ -163,6 +166,7 @@ def decide(snap: Snapshot, rules: Rules) -> Plan:
         evaluate = lookup.missing if lookup is not None and lookup.entries else None
         shards = _shard_plan(spec, snap.custom, evaluate)
         plan.evaluation = _evaluation(snap, rules, desired_name, hash_, shards, evaluate)
+        plan.events += _created_events(desired_name, snap.lookup)
         job = dict(plan.evaluation.job)
     else:
         plan = plan.then(suspend_plan(spec, job))
@@ -214,8 +218,7 @@ def _evaluation(
     shards: list[shard_plan.Shard],
     evaluate: list[str] | None,
 ) -> Evaluation:
-    """The objects of the evaluation, and the Events once its Job is created (one that
-    was there already was announced by the attempt that made it)."""
+    """The objects of the evaluation, in their order of creation."""
     meta = snap.run["metadata"]
     run = jobs.RunRef(meta["name"], meta["namespace"], meta["uid"])
     lookup = snap.lookup
@@ -234,6 +237,19 @@ def _evaluation(
     before.append(desired.config_map)
     if desired.service is not None:
         before.append(desired.service)
+    return Evaluation(
+        token_secret=desired.token_secret,
+        job=desired.job,
+        before_job=tuple(before),
+        # An existing Secret's token is the one the runner reads (secretKeyRef).
+        token_known=snap.token is not None or snap.token_exists,
+    )
+
+
+def _created_events(name: str, lookup: Lookup | None) -> list[Event]:
+    """The Events of an evaluation this pass creates (an attempt that finds its Job or
+    token Secret there already plans again, so these are recorded only by the one that
+    made them)."""
     events = [Event("Normal", R.JOB_CREATED, f"created Job {name}")]
     if lookup is not None and lookup.entries and lookup.missing:
         events.append(
@@ -245,13 +261,7 @@ def _evaluation(
                 + ", ".join(lookup.missing)[:500],
             )
         )
-    return Evaluation(
-        token_secret=desired.token_secret,
-        job=desired.job,
-        before_job=tuple(before),
-        token_known=snap.token is not None,
-        events=tuple(events),
-    )
+    return events
 
 
 def _shard_plan(
@@ -302,7 +312,11 @@ def _reused(
     # The results ConfigMap is named as the Job would have been: unique to run and spec.
     after = {**status, **plan.status, "jobName": job_name}
     inputs = publishing.Inputs(
-        summary=summary, image=entries[0].source.image, source=publishing.FROM_INDEX
+        summary=summary,
+        image=entries[0].source.image,
+        source=publishing.FROM_INDEX,
+        publish_failures=snap.publish_failures,
+        publish_failed=snap.publish_failed,
     )
     return plan.then(publishing.decide(run, spec, after, inputs, now))
 

@@ -205,6 +205,13 @@ def entries_for_run(
     ]
 
 
+def _entry(row: Mapping[str, Any], fields: set[str]) -> LeaderboardEntry | None:
+    try:
+        return LeaderboardEntry.model_validate({k: v for k, v in row.items() if k in fields})
+    except ValueError:
+        return None
+
+
 def board_status(
     board: Mapping[str, Any],
     ranked: list[dict[str, Any]],
@@ -220,14 +227,12 @@ def board_status(
     status = LeaderboardStatus(
         observed_generation=(board.get("metadata") or {}).get("generation"),
         entries=len(ranked),
-        models=len({(e["model"], e.get("revision")) for e in ranked}),
-        tasks=len({e["task"] for e in ranked}),
+        models=len({(str(e.get("model")), str(e.get("revision"))) for e in ranked}),
+        tasks=len({str(e.get("task")) for e in ranked}),
         last_update=fmt_time(now),
-        # The table is in the tenant's namespace: only the fields of an entry are shown.
-        top=[
-            LeaderboardEntry.model_validate({k: v for k, v in e.items() if k in fields})
-            for e in top(ranked, int(spec.get("top") or 5))
-        ],
+        # The table is in the tenant's namespace: only the fields of an entry are shown,
+        # and a row edited into something else is left out of the summary.
+        top=[e for e in (_entry(r, fields) for r in top(ranked, int(spec.get("top") or 5))) if e],
         config_maps=config_maps,
     ).to_wire()
     if stored is not None:

@@ -76,7 +76,6 @@ class Evaluation:
     job: Mapping[str, Any]
     before_job: tuple[Mapping[str, Any], ...] = ()
     token_known: bool = False
-    events: tuple[Event, ...] = ()  # recorded once the Job was created by this attempt
 
 
 @dataclass(frozen=True)

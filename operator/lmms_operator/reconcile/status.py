@@ -370,14 +370,15 @@ def conditions(
                 generation,
             )
         )
-    # Conditions set elsewhere (RunnerReachable, by the scrape) are kept as they are.
+    # Conditions set elsewhere (RunnerReachable and HarnessPatched, by the scrape) are
+    # kept as they are.
     managed = {c["type"] for c in out}
     out += [dict(c) for t, c in prev.items() if t not in managed and t in _KEPT]
     return out
 
 
 #: Condition types that conditions() does not compute but must not drop.
-_KEPT = frozenset({R.RUNNER_REACHABLE})
+_KEPT = frozenset({R.RUNNER_REACHABLE, R.HARNESS_PATCHED})
 
 
 #: Pending reasons that need no Event (JobCreated said it; the pod's own Events say more).
