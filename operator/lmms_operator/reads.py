@@ -179,13 +179,6 @@ def _reuse_key(namespace: str, job_name: str) -> dict[str, Any] | None:
     return key if isinstance(key, dict) else None
 
 
-def shards_kept(run: Mapping[str, Any], status: Mapping[str, Any]) -> pub.Inputs:
-    """The shards' results kept so far, with what publishing the merged set needs."""
-    meta = run["metadata"]
-    kept = _kept_shards(meta["namespace"], meta["uid"], str(status.get("specHash") or ""))
-    return pub.Inputs(kept_shards=kept)
-
-
 def _kept_shards(namespace: str, uid: str, hash_: str) -> dict[int, tuple[ResultsSummary, str]]:
     kept: dict[int, tuple[ResultsSummary, str]] = {}
     selector = f"{fanout.SHARD_OF}={uid},{jobs.LABEL_SPEC_HASH}={hash_}"

@@ -16,7 +16,7 @@ pass plans again with that fact in its snapshot.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 
@@ -165,7 +165,3 @@ class Plan:
             retry_after=other.retry_after if other.retry_after is not None else self.retry_after,
             needs=other.needs or self.needs,
         )
-
-    def without_writes(self) -> Plan:
-        """The status and Events only (a plan whose writes were made already)."""
-        return replace(self, delete=[], create=[], evaluation=None, publish=[], index=[])
