@@ -72,7 +72,7 @@ def test_the_images_compile_no_module_when_a_pod_starts(images: dict[str, str], 
 def test_the_runner_image_carries_the_compiled_dataclass_methods_of_its_own_python(
     images: dict[str, str],
 ) -> None:
-    """``/opt/lmms/code-cache.marshal`` (``lmms_runner.codecache``) is there, holds the
+    """``/opt/lmms/code-cache.marshal`` (``lmms_runner.patches.codecache``) is there, holds the
     methods a start compiles, and is keyed to the bytecode of the image's Python (the
     magic number its ``.pyc`` files start with): otherwise every pod compiles them."""
     import marshal
