@@ -29,7 +29,7 @@ from typing import Any
 from . import errors, k8s, leaderboards, objectstore
 from .api import GROUP, VERSION, S3Output
 from .clock import Clock
-from .k8s import writes
+from .k8s.writes import Writer
 from .metrics import Metrics
 from .reconcile import leaderboard as lb
 from .reconcile import reasons as R
@@ -63,8 +63,11 @@ class Applier:
 
     LOCKS = 64
 
-    def __init__(self, clock: Clock, store: objectstore.ObjectStore, metrics: Metrics) -> None:
+    def __init__(
+        self, clock: Clock, store: objectstore.ObjectStore, metrics: Metrics, api: k8s.Api
+    ) -> None:
         self.clock, self.store, self.metrics = clock, store, metrics
+        self.api, self.writes = api, Writer(api)
         self._locks = tuple(threading.Lock() for _ in range(self.LOCKS))
 
     # -- a run's plan --------------------------------------------------------------------------
@@ -74,10 +77,10 @@ class Applier:
         meta = run["metadata"]
         namespace = meta["namespace"]
         for selector in plan.delete:
-            writes.delete_run_children(namespace, selector)
+            self.writes.delete_run_children(namespace, selector)
         for create in plan.create:
             try:
-                writes.create(create.obj)
+                self.writes.create(create.obj)
             except errors.ApiError as exc:
                 if not create.best_effort:
                     raise
@@ -87,7 +90,7 @@ class Applier:
             if replan is not None:
                 return replan
         if plan.suspend is not None:
-            writes.patch_job_suspend(namespace, *plan.suspend)
+            self.writes.patch_job_suspend(namespace, *plan.suspend)
         for step in plan.publish:
             replan = self._publish(step)
             if replan is not None:
@@ -95,12 +98,12 @@ class Applier:
         for entries in plan.index:
             self._index(namespace, entries)
         if plan.status:
-            writes.patch_evalrun_status(namespace, meta["name"], dict(plan.status))
+            self.writes.patch_evalrun_status(namespace, meta["name"], dict(plan.status))
         for event in plan.events:
-            writes.event(run, event.type, event.reason, event.message)
-        if plan.stop and writes.delete_run_children(namespace, plan.stop):
+            self.writes.event(run, event.type, event.reason, event.message)
+        if plan.stop and self.writes.delete_run_children(namespace, plan.stop):
             message = f"deleted the Job of the run: {plan.stop_reason}"
-            writes.event(run, "Normal", R.JOB_STOPPED, message)
+            self.writes.event(run, "Normal", R.JOB_STOPPED, message)
         return None
 
     def _evaluation(self, run: Mapping[str, Any], ev: Evaluation) -> Replan | None:
@@ -110,13 +113,13 @@ class Applier:
         namespace = run["metadata"]["namespace"]
         secret = ev.token_secret["metadata"]["name"]
         try:
-            if not writes.create(ev.token_secret) and not ev.token_known:
+            if not self.writes.create(ev.token_secret) and not ev.token_known:
                 return Replan(token_exists=True)  # the Job must carry the Secret's token
             for obj in ev.before_job:
-                writes.create(obj)
-            created = writes.create(ev.job)
+                self.writes.create(obj)
+            created = self.writes.create(ev.job)
         except errors.Invalid as exc:
-            writes.delete_secret(namespace, secret)  # nothing half-created
+            self.writes.delete_secret(namespace, secret)  # nothing half-created
             return Replan(refused=exc.message)
         if not created:
             return Replan(job_exists=True)  # read it back: its state decides
@@ -141,7 +144,7 @@ class Applier:
         added = 0
         for cm in step.config_maps:
             try:
-                added += writes.create(cm)
+                added += self.writes.create(cm)
             except errors.ApiError as exc:
                 log.warning("evaluation index entry %s not added: %s", cm["metadata"]["name"], exc)
         if added:
@@ -167,7 +170,7 @@ class Applier:
         with self._lock(namespace, board_name):
             for attempt in range(SWAP_TRIES):
                 board = self._ensure_board(namespace, board_name)
-                entries, index = leaderboards.read(namespace, board)
+                entries, index = leaderboards.read(self.api, namespace, board)
                 merged = lb.merge(entries, new)
                 if merged == lb.merge(entries, []):
                     return False
@@ -194,10 +197,10 @@ class Applier:
         writes it, with the status, when the ranking changed; returns whether it wrote."""
         with self._lock(namespace, board_name):
             for attempt in range(SWAP_TRIES):
-                board = k8s.get_leaderboard(namespace, board_name)
+                board = self.api.get_leaderboard(namespace, board_name)
                 if board is None:
                     return False
-                entries, index = leaderboards.read(namespace, board)
+                entries, index = leaderboards.read(self.api, namespace, board)
                 ranked = lb.rank(entries, (board.get("spec") or {}).get("rankBy") or {})
                 if index is None:
                     self._board_status(board, ranked, [], None)
@@ -227,7 +230,7 @@ class Applier:
 
     def _ensure_board(self, namespace: str, name: str) -> dict[str, Any]:
         """The Leaderboard, created with defaults when missing."""
-        board = k8s.get_leaderboard(namespace, name)
+        board = self.api.get_leaderboard(namespace, name)
         if board is not None:
             return board
         body = {
@@ -240,10 +243,10 @@ class Applier:
             },
             "spec": {},
         }
-        created = writes.create_leaderboard(body)
+        created = self.writes.create_leaderboard(body)
         if created is not None:
             return created
-        board = k8s.get_leaderboard(namespace, name)  # created by someone else meanwhile
+        board = self.api.get_leaderboard(namespace, name)  # created by someone else meanwhile
         if board is None:
             raise errors.Conflict(
                 f"leaderboard {namespace}/{name} was created and deleted meanwhile"
@@ -283,34 +286,34 @@ class Applier:
                     "data": lb.render(chunk),
                 }
                 try:
-                    writes.create_config_map(namespace, body)
+                    self.writes.create_config_map(namespace, body)
                 except errors.Conflict:
-                    writes.replace_config_map(namespace, name, body)
+                    self.writes.replace_config_map(namespace, name, body)
         except errors.OperatorError:
             # A failed publish is retried: it must not leave half a generation behind.
             for name in names:
-                writes.delete_config_map(namespace, name)
+                self.writes.delete_config_map(namespace, name)
             raise
         meta: dict[str, Any] = {"name": base, "labels": labels, "ownerReferences": [owner]}
         data = {"index.json": json.dumps({"generation": generation, "configMaps": names})}
         try:
             if index is None:
-                writes.create_config_map(namespace, {"metadata": meta, "data": data})
+                self.writes.create_config_map(namespace, {"metadata": meta, "data": data})
             else:
                 meta["resourceVersion"] = index["resourceVersion"]
-                writes.replace_config_map(namespace, base, {"metadata": meta, "data": data})
+                self.writes.replace_config_map(namespace, base, {"metadata": meta, "data": data})
         except errors.OperatorError as exc:
             # Another writer swapped first (Conflict: try again), or the write failed (a
             # quota, say: the error goes up and the publish is retried). Either way the new
             # generation goes: a retried publish never piles up ConfigMaps.
             for name in names:
-                writes.delete_config_map(namespace, name)
+                self.writes.delete_config_map(namespace, name)
             if isinstance(exc, errors.Conflict):
                 return None
             raise
         for name in (index or {}).get("configMaps", []):
             if name not in names:
-                writes.delete_config_map(namespace, name)
+                self.writes.delete_config_map(namespace, name)
         return names
 
     def _store(
@@ -330,7 +333,7 @@ class Applier:
         except errors.ObjectStoreError as exc:
             message = str(exc)[:500]
             log.warning("leaderboard %s/%s: %s", namespace, name, message)
-            writes.event(board, "Warning", R.LEADERBOARD_STORE_FAILED, message)
+            self.writes.event(board, "Warning", R.LEADERBOARD_STORE_FAILED, message)
             return None, message
 
     def _board_status(
@@ -343,4 +346,4 @@ class Applier:
         names = [leaderboards.prefix(board), *config_maps]
         status = lb.board_status(board, ranked, names, stored, self.clock.now())
         meta = board["metadata"]
-        writes.patch_leaderboard_status(meta["namespace"], meta["name"], status)
+        self.writes.patch_leaderboard_status(meta["namespace"], meta["name"], status)

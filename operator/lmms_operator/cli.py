@@ -24,11 +24,12 @@ def _table(rows: list[list[str]]) -> str:
 
 def leaderboard_show(name: str, namespace: str | None, output: str, task: str | None) -> int:
     ns = _namespace(namespace)
-    board = k8s.get_leaderboard(ns, name)
+    api = k8s.Api()
+    board = api.get_leaderboard(ns, name)
     if board is None:
         print(f"leaderboard {ns}/{name} not found")
         return 1
-    entries, _ = leaderboards.read(ns, board)
+    entries, _ = leaderboards.read(api, ns, board)
     entries = [e for e in entries if task is None or e["task"] == task]
     entries.sort(key=lambda e: (e["task"], e["rank"] == 0, e["rank"], e["metric"]))
     if output == "json":
@@ -64,7 +65,7 @@ def leaderboard_show(name: str, namespace: str | None, output: str, task: str | 
 def _run_results(ref: str, namespace: str) -> tuple[str, list[dict[str, Any]]]:
     ns, _, name = ref.rpartition("/")
     ns = ns or namespace
-    run = k8s.get_evalrun(ns, name)
+    run = k8s.Api().get_evalrun(ns, name)
     if run is None:
         raise LookupError(f"EvalRun {ns}/{name} not found")
     status = run.get("status") or {}
@@ -73,8 +74,10 @@ def _run_results(ref: str, namespace: str) -> tuple[str, list[dict[str, Any]]]:
     return f"{ns}/{name}", list(status["results"])
 
 
-def _model_entries(board: dict[str, Any], ns: str, model: str) -> tuple[str, list[dict[str, Any]]]:
-    entries, _ = leaderboards.read(ns, board)
+def _model_entries(
+    api: k8s.Api, board: dict[str, Any], ns: str, model: str
+) -> tuple[str, list[dict[str, Any]]]:
+    entries, _ = leaderboards.read(api, ns, board)
     mine = [e for e in entries if e.get("model") == model]
     if not mine:
         raise LookupError(f"leaderboard {ns}/{board['metadata']['name']} has no model {model}")
@@ -105,10 +108,11 @@ def compare_results(
     ns = _namespace(namespace)
     try:
         if leaderboard:
-            board = k8s.get_leaderboard(ns, leaderboard)
+            api = k8s.Api()
+            board = api.get_leaderboard(ns, leaderboard)
             if board is None:
                 raise LookupError(f"leaderboard {ns}/{leaderboard} not found")
-            (name_a, res_a), (name_b, res_b) = (_model_entries(board, ns, m) for m in (a, b))
+            (name_a, res_a), (name_b, res_b) = (_model_entries(api, board, ns, m) for m in (a, b))
         else:
             (name_a, res_a), (name_b, res_b) = (_run_results(r, ns) for r in (a, b))
     except LookupError as exc:
@@ -163,7 +167,7 @@ def _row_json(r: Row) -> dict[str, Any]:
 
 
 def runs(namespace: str | None, all_namespaces: bool, output: str) -> int:
-    items = k8s.list_evalruns(None if all_namespaces else _namespace(namespace))
+    items = k8s.Api().list_evalruns(None if all_namespaces else _namespace(namespace))
     if output == "json":
         print(
             json.dumps(

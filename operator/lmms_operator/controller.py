@@ -56,30 +56,25 @@ MANAGED_SELECTOR = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
 REPLANS = 3
 
 
-def _merged(before: Replan, found: Replan) -> Replan:
-    """What the attempts of one pass have found so far."""
-    return Replan(
-        token_exists=before.token_exists or found.token_exists,
-        job_exists=before.job_exists or found.job_exists,
-        refused=found.refused or before.refused,
-        publish_failed=found.publish_failed or before.publish_failed,
-    )
-
-
 class Controller:
     """Informers, store, engine and runner protocol of one operator process."""
 
     LOCKS = 256
 
     def __init__(
-        self, settings: Settings, metrics: Metrics | None = None, clock: Clock | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
+        api: k8s.Api | None = None,
     ) -> None:
         self.settings = settings
+        self.api = api or k8s.Api()
         self.metrics = metrics or Metrics()
         self.clock = clock or Clock()
         self.store = Store(self.metrics, self._wake, self._gone)
-        self.objects = ObjectStore(settings.store_policy)
-        self.applier = Applier(self.clock, self.objects, self.metrics)
+        self.objects = ObjectStore(settings.store_policy, self.api)
+        self.applier = Applier(self.clock, self.objects, self.metrics, self.api)
         self.rules = admission.Rules(
             settings.policy, settings.runner, settings.timeouts, settings.reference_timeout
         )
@@ -93,7 +88,9 @@ class Controller:
             backoff=Backoff(5.0, max(5.0, settings.resync_interval)),
             clock=self.clock,
         )
-        self.protocol = RunnerProtocol(settings, self.store, self, self.clock, self.metrics)
+        self.protocol = RunnerProtocol(
+            settings, self.store, self, self.clock, self.metrics, self.api
+        )
         # One writer per run: a pass and the runner protocol's updates never interleave
         # (a fixed set of locks, hashed by run: the set never grows).
         self._locks = tuple(threading.Lock() for _ in range(self.LOCKS))
@@ -108,7 +105,11 @@ class Controller:
         active; observations wait for the children's first list, spec passes do not."""
         await self.engine.start()
         scopes: Iterable[str | None] = self.settings.namespaces or (None,)
-        runs = [k8s.Informer("EvalRun", self.store.run_sink(), namespace=ns) for ns in scopes]
+        fetch = self.api.request
+        runs = [
+            k8s.Informer("EvalRun", self.store.run_sink(), namespace=ns, fetch=fetch)
+            for ns in scopes
+        ]
         self.informers += [i.start() for i in runs]
         await self._synced(runs)
         children = [
@@ -117,6 +118,7 @@ class Controller:
                 self.store.child_sink(kind),
                 namespace=ns,
                 label_selector=MANAGED_SELECTOR,
+                fetch=fetch,
             )
             for kind, api_kind in (("jobs", "Job"), ("pods", "Pod"))
             for ns in scopes
@@ -124,7 +126,9 @@ class Controller:
         # Leaderboards are few: watched whole, so that the score series of a deleted
         # Leaderboard go with it.
         boards = BoardSink(self.metrics, self._submit, self._rebuild_scores, self.applier.rerender)
-        children += [k8s.Informer("Leaderboard", boards, namespace=ns) for ns in scopes]
+        children += [
+            k8s.Informer("Leaderboard", boards, namespace=ns, fetch=fetch) for ns in scopes
+        ]
         self.informers += [i.start() for i in children]
         await self._synced(children)
         self._children_synced.set()
@@ -200,7 +204,7 @@ class Controller:
     def _rebuild_scores(self, board: Mapping[str, Any]) -> None:
         namespace, name = board_key(board)
         try:
-            entries, _ = leaderboards.read(namespace, board)
+            entries, _ = leaderboards.read(self.api, namespace, board)
         except errors.OperatorError as exc:
             log.warning("score series of leaderboard %s/%s not rebuilt: %s", namespace, name, exc)
             return
@@ -254,6 +258,7 @@ class Controller:
                 policy_known=meta["namespace"] in self._policy_namespaces,
                 facts=facts,
                 store=self.objects,
+                api=self.api,
             )
             stale = stale or snap.stale_jobs
             snap = dataclasses.replace(
@@ -275,7 +280,7 @@ class Controller:
                 if plan.retry_after is None:
                     entry.waiting = None
                 return plan.retry_after
-            facts = _merged(facts, found)
+            facts = facts.joined(found)
         raise errors.Conflict(f"{meta['namespace']}/{meta['name']}: the plan keeps changing")
 
     def _observe(self, uid: str, run: dict[str, Any], periodic: bool) -> None:
@@ -289,7 +294,7 @@ class Controller:
             return
         job = self.store.job(uid, job_name)
         if job is None:  # the cache may not have it yet
-            job = k8s.get_job(run["metadata"]["namespace"], job_name)
+            job = self.api.get_job(run["metadata"]["namespace"], job_name)
         pods = self.store.pods_of(uid, job_name)
 
         def decide(results: pub.Inputs | None) -> Plan:
@@ -331,6 +336,7 @@ class Controller:
             needs=plan.needs,
             publish_failures=failures,
             store=self.objects,
+            api=self.api,
             **read,
         )
         for _ in range(REPLANS):

@@ -30,6 +30,7 @@ def lookup(
     namespace: str,
     custom: Sequence[Mapping[str, Any]],
     store: objectstore.ObjectStore,
+    api: k8s.Api,
 ) -> Lookup | None:
     """The run's evaluation identity (None when its model is not pinned) and the index
     entries of its tasks (one list request, in the run's namespace only; none looked
@@ -43,7 +44,7 @@ def lookup(
         return Lookup(key, {}, shard_plan.units(spec))
     found = {
         cm["metadata"]["name"]: cm
-        for cm in k8s.list_config_maps(namespace, f"{reuse.LABEL_KEY}={reuse.key_label(key)}")
+        for cm in api.list_config_maps(namespace, f"{reuse.LABEL_KEY}={reuse.key_label(key)}")
     }
     entries: dict[str, reuse.Entry] = {}
     for unit in shard_plan.units(spec):
@@ -90,6 +91,6 @@ def _from_object_store(
     return found
 
 
-def kept_reused(namespace: str, job_name: str) -> list[reuse.Entry]:
+def kept_reused(api: k8s.Api, namespace: str, job_name: str) -> list[reuse.Entry]:
     """The index entries kept with the run when its Job was made."""
-    return reuse.read_kept(k8s.read_config_map(namespace, reuse.kept_name(job_name)))
+    return reuse.read_kept(api.read_config_map(namespace, reuse.kept_name(job_name)))

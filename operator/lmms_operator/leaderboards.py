@@ -48,12 +48,12 @@ def prefix(board: Mapping[str, Any]) -> str:
 
 
 def read(
-    namespace: str, board: Mapping[str, Any]
+    api: k8s.Api, namespace: str, board: Mapping[str, Any]
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The table's entries and the index ConfigMap (None when nothing was published).
     A table swapped while it is read is read again."""
     for _ in range(20):
-        index = k8s.read_config_map(namespace, prefix(board))
+        index = api.read_config_map(namespace, prefix(board))
         if index is None:
             return [], None
         # The ConfigMaps live in the tenant's namespace, where anyone may edit them: what
@@ -68,7 +68,7 @@ def read(
             raise LeaderboardCorrupt(f"ConfigMap {prefix(board)}: index.json is not an index")
         entries: list[dict[str, Any]] = []
         for cm_name in names:
-            cm = k8s.read_config_map(namespace, cm_name)
+            cm = api.read_config_map(namespace, cm_name)
             if cm is None:
                 break  # a newer generation replaced this one meanwhile
             rows = _load(cm, "table.json", list)

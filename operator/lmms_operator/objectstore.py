@@ -107,8 +107,8 @@ class ObjectStore:
     namespace, labelled usable), the operator's identity only where the policy lists the
     bucket."""
 
-    def __init__(self, policy: StorePolicy | None = None) -> None:
-        self.policy = policy or StorePolicy()
+    def __init__(self, policy: StorePolicy, api: k8s.Api) -> None:
+        self.policy, self.api = policy, api
 
     def _credentials(self, namespace: str, s3: S3Output) -> dict[str, str]:
         if not self.policy.enabled:
@@ -123,7 +123,7 @@ class ObjectStore:
                     "(settings.objectStore.ownIdentityBuckets)"
                 )
             return {}
-        data = k8s.read_tenant_secret(namespace, s3.credentials_secret)
+        data = self.api.read_tenant_secret(namespace, s3.credentials_secret)
         if data is None:
             raise ObjectStoreError(
                 f"Secret {s3.credentials_secret!r} is not usable by EvalRuns: it must exist and "

@@ -29,15 +29,15 @@ from .reconcile.plan import Needs, Replan
 log = logging.getLogger("lmms.reads")
 
 
-def references(spec: EvalRunSpec, namespace: str) -> admission.References:
+def references(api: k8s.Api, spec: EvalRunSpec, namespace: str) -> admission.References:
     """The objects a spec references, as they are now."""
     config_maps = {
-        s.config_map for s in spec.custom_tasks if k8s.config_map_exists(namespace, s.config_map)
+        s.config_map for s in spec.custom_tasks if api.config_map_exists(namespace, s.config_map)
     }
     names = {name for _, name, _ in admission.secret_refs(spec)}
-    secrets_ = {name: k8s.read_tenant_secret(namespace, name) for name in sorted(names)}
+    secrets_ = {name: api.read_tenant_secret(namespace, name) for name in sorted(names)}
     pvcs: set[str] = set()
-    if spec.cache is not None and k8s.pvc_exists(namespace, spec.cache.persistent_volume_claim):
+    if spec.cache is not None and api.pvc_exists(namespace, spec.cache.persistent_volume_claim):
         pvcs.add(spec.cache.persistent_volume_claim)
     return admission.References(frozenset(config_maps), frozenset(pvcs), secrets_)
 
@@ -51,6 +51,7 @@ def admission_snapshot(
     policy_known: bool = False,
     facts: Replan | None = None,
     store: objectstore.ObjectStore,
+    api: k8s.Api,
 ) -> admission.Snapshot:
     """What an admission pass decides on. A new run (``admission.is_fresh``) has no Job
     nor token yet: nothing is read for them until an attempt finds one there (``facts``)."""
@@ -63,43 +64,43 @@ def admission_snapshot(
         generation = int(meta.get("generation") or 1)
         if status.get("phase") == R.CANCELLED and status.get("observedGeneration") == generation:
             return base  # cancelled already: nothing to say about its Jobs
-        return _with(base, run_has_jobs=bool(k8s.list_jobs(namespace, selector)))
+        return _with(base, run_has_jobs=bool(api.list_jobs(namespace, selector)))
     hash_ = jobs.spec_hash(spec)
     fresh = admission.is_fresh(run)
     stale = False
     if not fresh:
-        stale = bool(k8s.list_jobs(namespace, f"{selector},{jobs.LABEL_SPEC_HASH}!={hash_}"))
+        stale = bool(api.list_jobs(namespace, f"{selector},{jobs.LABEL_SPEC_HASH}!={hash_}"))
     if status.get("specHash") == hash_ and status.get("phase") in R.TERMINAL:
         return _with(base, stale_jobs=stale)
-    refs = references(spec, namespace)
+    refs = references(api, spec, namespace)
     missing, problems = admission.check_references(spec, refs)
     snap = _with(base, stale_jobs=stale, references=refs)
     if missing or problems or (facts is not None and facts.refused is not None):
         return _with(snap, refused=facts.refused if facts is not None else None)
     name = jobs.job_name(meta["name"], uid, hash_)
     tried = facts is not None and (facts.job_exists or facts.token_exists)
-    job = None if fresh and not tried else k8s.get_job(namespace, name)
+    job = None if fresh and not tried else api.get_job(namespace, name)
     if job is not None:
         shards: Sequence[Any] = ()
         # The assignment the Job runs with, unless the status shows this spec's already.
         if spec.parallelism > 1 and (status.get("specHash") != hash_ or not status.get("shards")):
-            config = k8s.read_config_map(namespace, f"{name}-config")
+            config = api.read_config_map(namespace, f"{name}-config")
             shards = admission.shards_of_config(config)
-        pods = k8s.list_pods(namespace, f"job-name={name}")
+        pods = api.list_pods(namespace, f"job-name={name}")
         return _with(snap, job=job, pods=tuple(pods), job_shards=tuple(shards))
     token = None
     token_exists = facts is not None and facts.token_exists
     if not fresh or token_exists:
-        token = k8s.read_secret_value(namespace, f"{name}-token", "token")
+        token = api.read_secret_value(namespace, f"{name}-token", "token")
     custom: list[dict[str, Any]] = []
     if spec.parallelism > 1 or not reuse.not_pinned(spec):
-        custom = [k8s.read_config_map(namespace, s.config_map) or {} for s in spec.custom_tasks]
+        custom = [api.read_config_map(namespace, s.config_map) or {} for s in spec.custom_tasks]
     return _with(
         snap,
         token=token,
         new_token=secrets.token_urlsafe(32),
         custom=tuple(custom),
-        lookup=evaluation_index.lookup(spec, namespace, custom, store),
+        lookup=evaluation_index.lookup(spec, namespace, custom, store, api),
         policy_known=policy_known,
         token_exists=token_exists,
     )
@@ -121,6 +122,7 @@ def results(
     publish_failures: int = 0,
     publish_failed: str | None = None,
     store: objectstore.ObjectStore,
+    api: k8s.Api,
 ) -> pub.Inputs:
     """What publishing a run's results needs: the results themselves (``summary``, from
     its runner; else from where ``needs`` says: its bucket, its termination message, its
@@ -138,7 +140,7 @@ def results(
     kept_shards: dict[int, tuple[ResultsSummary, str]] = {}
     pod_summaries: dict[str, tuple[ResultsSummary | None, str | None]] = {}
     if len(status.get("shards") or []) > 1:
-        kept_shards = _kept_shards(namespace, meta["uid"], str(status.get("specHash") or ""))
+        kept_shards = _kept_shards(api, namespace, meta["uid"], str(status.get("specHash") or ""))
         newest: dict[int, Mapping[str, Any]] = {}
         for pod in sorted(pods, key=pods_.created):  # each shard's newest succeeded pod
             if (pod.get("status") or {}).get("phase") == R.POD_SUCCEEDED:
@@ -149,8 +151,8 @@ def results(
             message = pods_.termination_message([pod])
             location = res.location_from_termination_message(message)
             pod_summaries[pod["metadata"]["name"]] = store_summary(store, run, spec, location)
-    kept = evaluation_index.kept_reused(namespace, job_name) if pub.may_reuse(spec, "") else []
-    key = _reuse_key(namespace, job_name) if pub.indexable(spec) else None
+    kept = evaluation_index.kept_reused(api, namespace, job_name) if pub.may_reuse(spec, "") else []
+    key = _reuse_key(api, namespace, job_name) if pub.indexable(spec) else None
     return pub.Inputs(
         summary=summary,
         image=image if image is not None else (needs.image if needs is not None else None),
@@ -166,10 +168,10 @@ def results(
     )
 
 
-def _reuse_key(namespace: str, job_name: str) -> dict[str, Any] | None:
+def _reuse_key(api: k8s.Api, namespace: str, job_name: str) -> dict[str, Any] | None:
     """The evaluation identity the Job ran with, from its run configuration."""
     try:
-        config = k8s.read_config_map(namespace, f"{job_name}-config")
+        config = api.read_config_map(namespace, f"{job_name}-config")
         raw = json.loads(((config or {}).get("data") or {}).get("config.json") or "{}")
     except (errors.ApiError, ValueError) as exc:
         # The index saves later work: without the key the results are published anyway.
@@ -179,10 +181,12 @@ def _reuse_key(namespace: str, job_name: str) -> dict[str, Any] | None:
     return key if isinstance(key, dict) else None
 
 
-def _kept_shards(namespace: str, uid: str, hash_: str) -> dict[int, tuple[ResultsSummary, str]]:
+def _kept_shards(
+    api: k8s.Api, namespace: str, uid: str, hash_: str
+) -> dict[int, tuple[ResultsSummary, str]]:
     kept: dict[int, tuple[ResultsSummary, str]] = {}
     selector = f"{fanout.SHARD_OF}={uid},{jobs.LABEL_SPEC_HASH}={hash_}"
-    for cm in k8s.list_config_maps(namespace, selector):
+    for cm in api.list_config_maps(namespace, selector):
         data = cm.get("data") or {}
         try:
             index = int((cm["metadata"].get("labels") or {}).get(fanout.SHARD_INDEX, ""))

@@ -128,10 +128,16 @@ class RunnerProtocol:
     """Scrapes the runners of the store's running runs and collects their results."""
 
     def __init__(
-        self, settings: Settings, store: Store, runs: Runs, clock: Clock, metrics: Metrics
+        self,
+        settings: Settings,
+        store: Store,
+        runs: Runs,
+        clock: Clock,
+        metrics: Metrics,
+        api: k8s.Api,
     ) -> None:
         self.settings, self.store, self.runs, self.clock = settings, store, runs, clock
-        self.metrics = metrics
+        self.metrics, self.api = metrics, api
         self.scraper = Scraper(settings)
         self._scraping: dict[str, asyncio.Task[None]] = {}  # runs with a scrape in flight
 
@@ -259,7 +265,7 @@ class RunnerProtocol:
         if entry.token is None:
             loop = asyncio.get_running_loop()
             entry.token = await loop.run_in_executor(
-                None, k8s.read_secret_value, namespace, f"{job_name}-token", "token"
+                None, self.api.read_secret_value, namespace, f"{job_name}-token", "token"
             )
         return entry.token or None
 

@@ -43,8 +43,7 @@ from kubernetes import client, config, watch  # noqa: E402
 
 from lmms_devcluster import devcluster  # noqa: E402
 from lmms_operator import k8s  # noqa: E402
-from lmms_operator.k8s import client as k8s_client  # noqa: E402
-from lmms_operator.k8s import writes  # noqa: E402
+from lmms_operator.k8s.writes import Writer  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
@@ -310,13 +309,14 @@ class Bench:
         about it. Returns runs per second."""
         ns = self.namespace("plain")
         os.environ["KUBECONFIG"] = str(self.cluster.kubeconfig)
-        k8s_client._api = None
+        api = k8s.Api()
+        writer = Writer(api)
 
         def one(i: int) -> None:
             name = f"p{i}"
             run = evalrun(name)
             run["metadata"]["namespace"] = ns
-            created = k8s.call("POST", k8s.path("EvalRun", ns), body=run)
+            created = api.call("POST", k8s.path("EvalRun", ns), body=run)
             owner = {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "EvalRun",
@@ -324,14 +324,14 @@ class Bench:
                 "uid": created["metadata"]["uid"],
             }
             meta = {"namespace": ns, "ownerReferences": [owner]}
-            writes.create(
+            writer.create(
                 {
                     "kind": "Secret",
                     "metadata": {"name": f"{name}-token", **meta},
                     "stringData": {"token": "x" * 43},
                 }
             )
-            writes.create(
+            writer.create(
                 {
                     "kind": "ConfigMap",
                     "metadata": {"name": f"{name}-config", **meta},
@@ -341,7 +341,7 @@ class Bench:
             job = json.loads(json.dumps(PLAIN_JOB))
             job["kind"] = "Job"
             job["metadata"] = {"name": name, **meta}
-            writes.create(job)
+            writer.create(job)
             phases = ["Pending", "Running", "Succeeded"]
             for k in range(max(patches, events)):
                 if k < patches:
@@ -351,9 +351,9 @@ class Bench:
                         if phase == "Succeeded"
                         else {"phase": phase, "jobName": name, "observedGeneration": 1}
                     )
-                    writes.patch_evalrun_status(ns, name, status)
+                    writer.patch_evalrun_status(ns, name, status)
                 if k < events:
-                    writes.event(created, "Normal", "JobCreated", f"created Job {name}")
+                    writer.event(created, "Normal", "JobCreated", f"created Job {name}")
 
         # The same watch on the runs as during the burst, so that both put the same load
         # on the API server.

@@ -13,7 +13,6 @@ from kubernetes import client
 
 from lmms_devcluster import devcluster
 from lmms_operator import k8s
-from lmms_operator.k8s import client as k8s_client
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -48,7 +47,6 @@ def operator_client(
     cluster: devcluster.DevCluster, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    monkeypatch.setattr(k8s_client, "_api", None)
     yield
 
 
@@ -77,6 +75,7 @@ def test_only_labelled_pods_reach_the_process(
         sink,
         namespace=namespace,
         label_selector="app.kubernetes.io/managed-by=lmms-operator",
+        fetch=k8s.Api().request,
     )
     informer.PAGE = 2  # several pages: the list is consistent across them
     informer.start()

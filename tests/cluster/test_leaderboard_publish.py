@@ -23,8 +23,9 @@ def _publish(args: tuple[str, str, int], board: str = "board") -> bool:
     os.environ["KUBECONFIG"] = kubeconfig
     from lmms_operator.applier import Applier
     from lmms_operator.clock import Clock
+    from lmms_operator.k8s import Api
     from lmms_operator.metrics import Metrics
-    from lmms_operator.objectstore import ObjectStore
+    from lmms_operator.objectstore import ObjectStore, StorePolicy
 
     entry = {
         "model": f"org/model-{i:02d}",
@@ -37,7 +38,9 @@ def _publish(args: tuple[str, str, int], board: str = "board") -> bool:
         "run": f"{namespace}/run-{i}",
         "finishedAt": "2026-11-27T10:00:00Z",
     }
-    return Applier(Clock(), ObjectStore(), Metrics()).publish(namespace, board, [entry])
+    return Applier(Clock(), ObjectStore(StorePolicy(), Api()), Metrics(), Api()).publish(
+        namespace, board, [entry]
+    )
 
 
 def test_fifty_runs_finishing_at_once_lose_no_entry(
@@ -126,10 +129,11 @@ def test_editing_rank_by_or_top_re_renders_the_table_at_once(
     from lmms_operator import leaderboards
     from lmms_operator.applier import Applier
     from lmms_operator.clock import Clock
+    from lmms_operator.k8s import Api
     from lmms_operator.metrics import Metrics
-    from lmms_operator.objectstore import ObjectStore
+    from lmms_operator.objectstore import ObjectStore, StorePolicy
 
-    Applier(Clock(), ObjectStore(), Metrics()).publish(
+    Applier(Clock(), ObjectStore(StorePolicy(), Api()), Metrics(), Api()).publish(
         namespace,
         "edited",
         [
@@ -171,7 +175,7 @@ def test_editing_rank_by_or_top_re_renders_the_table_at_once(
 
     top = wait_for(re_ranked, timeout=30)
     assert [e["model"] for e in top] == ["org/model-02", "org/model-01"]  # top: 2
-    entries, _ = leaderboards.read(namespace, board())
+    entries, _ = leaderboards.read(Api(), namespace, board())
     best = next(e for e in entries if e["rank"] == 1)
     assert (best["metric"], best["model"]) == ("score", "org/model-02")
 

@@ -24,11 +24,11 @@ RUNS = {
 
 @pytest.fixture(autouse=True)
 def _runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    def get_evalrun(ns: str, name: str) -> dict[str, Any] | None:
+    def get_evalrun(_api: k8s.Api, ns: str, name: str) -> dict[str, Any] | None:
         results = RUNS.get((ns, name))
         return None if results is None else {"status": {"phase": "Succeeded", "results": results}}
 
-    monkeypatch.setattr(k8s, "get_evalrun", get_evalrun)
+    monkeypatch.setattr(k8s.Api, "get_evalrun", get_evalrun)
 
 
 def test_the_table_names_the_significant_differences(capsys: pytest.CaptureFixture[str]) -> None:

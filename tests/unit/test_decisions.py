@@ -14,9 +14,10 @@ from lmms_operator.api.runner import Harness, RunnerProgress
 from lmms_operator.applier import Applier
 from lmms_operator.clock import Clock
 from lmms_operator.config import Settings
-from lmms_operator.k8s import writes
+from lmms_operator.k8s import Api
+from lmms_operator.k8s.writes import Writer
 from lmms_operator.metrics import Metrics
-from lmms_operator.objectstore import ObjectStore
+from lmms_operator.objectstore import ObjectStore, StorePolicy
 from lmms_operator.reconcile import admission, progress
 from lmms_operator.reconcile import reasons as R
 from lmms_operator.reconcile.plan import Evaluation
@@ -96,7 +97,7 @@ def test_a_job_the_api_server_refused_fails_the_run_and_stops_its_objects() -> N
 
 
 class _Writes:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, exists: set[str]) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, writes: Writer, exists: set[str]) -> None:
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.refuse: str | None = None
@@ -123,25 +124,26 @@ def _evaluation(token_known: bool = False) -> Evaluation:
 
 
 def test_the_applier_answers_what_only_trying_tells(monkeypatch: pytest.MonkeyPatch) -> None:
-    applier = Applier(Clock(), ObjectStore(), Metrics())
+    api = Api()
+    applier = Applier(Clock(), ObjectStore(StorePolicy(), api), Metrics(), api)
     run = _run(SPEC)
     # A token Secret there already: the Job must carry its token, so plan again.
-    fake = _Writes(monkeypatch, exists={"Secret"})
+    fake = _Writes(monkeypatch, applier.writes, exists={"Secret"})
     replan = applier._evaluation(run, _evaluation())
     assert replan is not None and replan.token_exists and fake.created == ["Secret"]
     # With its token known, the same Secret is fine, and a Job there already is read back.
-    fake = _Writes(monkeypatch, exists={"Secret", "Job"})
+    fake = _Writes(monkeypatch, applier.writes, exists={"Secret", "Job"})
     replan = applier._evaluation(run, _evaluation(token_known=True))
     assert replan is not None and replan.job_exists
     assert fake.created == ["Secret", "ConfigMap", "Job"]
     # A refused Job leaves nothing half-created: its token Secret goes.
-    fake = _Writes(monkeypatch, exists=set())
+    fake = _Writes(monkeypatch, applier.writes, exists=set())
     fake.refuse = "Job"
     replan = applier._evaluation(run, _evaluation())
     assert replan is not None and replan.refused and "Invalid" in replan.refused
     assert fake.deleted == ["r-j-token"]
     # All new: done.
-    fake = _Writes(monkeypatch, exists=set())
+    fake = _Writes(monkeypatch, applier.writes, exists=set())
     assert applier._evaluation(run, _evaluation()) is None
 
 

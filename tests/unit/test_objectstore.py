@@ -7,19 +7,21 @@ import pytest
 from lmms_operator import objectstore
 from lmms_operator.api import S3Output
 from lmms_operator.errors import ObjectStoreError
+from lmms_operator.k8s import Api
 
 
 def test_without_credentials_only_listed_buckets_use_the_operators_identity() -> None:
     aws = S3Output(bucket="platform-evals")
     minio = S3Output(bucket="evals", endpoint="http://minio.storage:9000")
-    default = objectstore.ObjectStore(objectstore.StorePolicy())
+    default = objectstore.ObjectStore(objectstore.StorePolicy(), Api())
     for store in (aws, minio):
         with pytest.raises(ObjectStoreError, match="own identity only for the buckets"):
             default._credentials("team-a", store)
     listed = objectstore.ObjectStore(
         objectstore.StorePolicy(
             own_identity_buckets=frozenset({"platform-evals", "minio.storage:9000/evals"})
-        )
+        ),
+        Api(),
     )
     assert listed._credentials("team-a", aws) == {}
     assert listed._credentials("team-a", minio) == {}
@@ -31,7 +33,7 @@ def test_without_credentials_only_listed_buckets_use_the_operators_identity() ->
 
 def test_object_stores_can_be_turned_off() -> None:
     off = objectstore.ObjectStore(
-        objectstore.StorePolicy(enabled=False, own_identity_buckets=frozenset({"b"}))
+        objectstore.StorePolicy(enabled=False, own_identity_buckets=frozenset({"b"})), Api()
     )
     with pytest.raises(ObjectStoreError, match="s3Output feature is off"):
         off._credentials("team-a", S3Output(bucket="bbb"))

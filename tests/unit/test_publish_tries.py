@@ -14,8 +14,9 @@ from lmms_operator import errors, leaderboards
 from lmms_operator.api import EvalRunSpec
 from lmms_operator.applier import BACKOFF_BASE, BACKOFF_CAP, Applier, backoff
 from lmms_operator.clock import Clock
+from lmms_operator.k8s import Api
 from lmms_operator.metrics import Metrics
-from lmms_operator.objectstore import ObjectStore
+from lmms_operator.objectstore import ObjectStore, StorePolicy
 from lmms_operator.reconcile import publishing
 from lmms_operator.reconcile.plan import PublishEntries, Replan
 
@@ -39,7 +40,7 @@ def _step(attempt: int) -> PublishEntries:
 
 @pytest.fixture()
 def quota_exceeded(monkeypatch: pytest.MonkeyPatch) -> Applier:
-    applier = Applier(Clock(), ObjectStore(), Metrics())
+    applier = Applier(Clock(), ObjectStore(StorePolicy(), Api()), Metrics(), Api())
 
     def refuse(*_: Any) -> bool:
         raise errors.Forbidden("exceeded quota: count/configmaps")
@@ -59,7 +60,7 @@ def test_a_failing_publish_is_retried_until_the_last_try(quota_exceeded: Applier
 
 
 def test_a_full_leaderboard_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    applier = Applier(Clock(), ObjectStore(), Metrics())
+    applier = Applier(Clock(), ObjectStore(StorePolicy(), Api()), Metrics(), Api())
 
     def full(*_: Any) -> bool:
         raise leaderboards.LeaderboardFull("holds 10000 entries")

@@ -27,25 +27,6 @@ from ..api import GROUP, VERSION
 
 log = logging.getLogger("lmms.k8s")
 
-_lock = threading.Lock()
-_api: client.ApiClient | None = None
-
-
-def api() -> client.ApiClient:
-    """One shared client, from the in-cluster account or the current kubeconfig."""
-    global _api
-    with _lock:
-        if _api is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                # Read $KUBECONFIG now, not when the kubernetes package was imported.
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-            cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = 32
-            _api = client.ApiClient(cfg)
-        return _api
-
 
 def current_namespace() -> str:
     """The namespace of the current kubeconfig context (``default`` when it names none)."""
@@ -78,47 +59,6 @@ def translated() -> Iterator[None]:
         raise errors.Unavailable(f"the API server did not answer: {type(exc).__name__}") from None
 
 
-def request(
-    method: str,
-    path: str,
-    *,
-    query: Mapping[str, Any] | None = None,
-    body: Any = None,
-    content_type: str = "application/json",
-    timeout: float | tuple[float, float] | None = 60,
-) -> Any:
-    """One request; returns the urllib3 response, body unread (the caller reads or
-    streams it, then releases the connection). Raises ``errors.ApiError`` for any answer
-    but 2xx.
-
-    The generated API methods are not used: each validates its arguments with pydantic,
-    which builds the schemas of the whole generated model tree on first use (measured:
-    +110 MiB of RSS for one pod list).
-    """
-    client_ = api()
-    headers = {"Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = content_type
-    params = [(k, v) for k, v in (query or {}).items() if v is not None]
-    with translated():
-        serialized = client_.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=params,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = client_.call_api(*serialized, _request_timeout=timeout).response
-    if not 200 <= response.status < 300:
-        try:
-            raw = response.data
-        finally:
-            response.release_conn()
-        raise _error(int(response.status), raw, response.reason)
-    return response
-
-
 def _json(resp: Any) -> dict[str, Any]:
     try:
         return dict(json.loads(resp.data))
@@ -134,27 +74,6 @@ def release(resp: Any) -> None:
         resp.data  # noqa: B018 - reading is the point
     finally:
         resp.release_conn()
-
-
-def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    """A request whose JSON answer is returned."""
-    return _json(request(method, path, **kwargs))
-
-
-def _get(path: str) -> dict[str, Any] | None:
-    """The object, or None when it does not exist."""
-    try:
-        return call("GET", path)
-    except errors.NotFound:
-        return None
-
-
-def _exists(path: str) -> bool:
-    try:
-        release(request("GET", path))
-    except errors.NotFound:
-        return False
-    return True
 
 
 #: Paths of the resources the operator uses, by kind (namespaced collection).
@@ -189,92 +108,159 @@ def path(kind: str, namespace: str | None, name: str | None = None, sub: str = "
 MERGE_PATCH = "application/merge-patch+json"
 
 
-# -- EvalRuns and Leaderboards ------------------------------------------------------------
-def get_evalrun(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(path("EvalRun", namespace, name))
-
-
-def list_evalruns(namespace: str | None = None) -> list[dict[str, Any]]:
-    return list(call("GET", path("EvalRun", namespace)).get("items", []))
-
-
-def get_leaderboard(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(path("Leaderboard", namespace, name))
-
-
-# -- children ------------------------------------------------------------------------------
-def get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(path("Job", namespace, name))
-
-
-def list_objects(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-    return list(
-        call("GET", path(kind, namespace), query={"labelSelector": selector}).get("items", [])
-    )
-
-
-def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return list_objects("Job", namespace, selector)
-
-
-def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return list_objects("Pod", namespace, selector)
-
-
-# -- ConfigMaps ------------------------------------------------------------------------------
-def read_config_map(namespace: str, name: str) -> dict[str, Any] | None:
-    return _get(path("ConfigMap", namespace, name))
-
-
-def list_config_maps(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return list_objects("ConfigMap", namespace, selector)
-
-
-def config_map_exists(namespace: str, name: str) -> bool:
-    return _exists(path("ConfigMap", namespace, name))
-
-
-def pvc_exists(namespace: str, name: str) -> bool:
-    return _exists(path("PersistentVolumeClaim", namespace, name))
-
-
-# -- Secrets (read by name only) -------------------------------------------------------------
-def read_secret(namespace: str, name: str) -> dict[str, str] | None:
-    """The Secret's data, decoded (None when it does not exist). One read for all keys;
-    the values are for the caller only: never log them. A value that is not UTF-8 text
-    is left out (a token or key is text)."""
-    secret = _get(path("Secret", namespace, name))
-    if secret is None:
-        return None
-    out: dict[str, str] = {}
-    for key, value in (secret.get("data") or {}).items():
-        try:
-            out[key] = base64.b64decode(value).decode()
-        except (binascii.Error, UnicodeDecodeError, TypeError):
-            continue
-    return out
-
-
 #: The label by which a namespace's owners mark a Secret usable by EvalRuns.
 USABLE_LABEL = "eval.lmms.dev/usable-by-evalruns"
 
 
-def read_tenant_secret(namespace: str, name: str) -> dict[str, bytes] | None:
-    """The raw values of a Secret that a tenant's resource names, or None when it is not
-    usable: missing, or not labelled ``eval.lmms.dev/usable-by-evalruns: "true"``. The
-    two cases read alike, so that a run learns nothing about Secrets it may not use."""
-    secret = _get(path("Secret", namespace, name))
-    labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
-    if secret is None or labels.get(USABLE_LABEL) != "true":
-        return None
-    out: dict[str, bytes] = {}
-    for key, value in (secret.get("data") or {}).items():
+class Api:
+    """The operator's connection to the API server: one client (from the in-cluster
+    account or the current kubeconfig, made on first use) and the requests the operator
+    reads with. Made once per process and passed to what reads; ``k8s.writes.Writer``
+    writes through it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: client.ApiClient | None = None
+
+    def client(self) -> client.ApiClient:
+        """The client, made on first use (``$KUBECONFIG`` is read then, not at import)."""
+        with self._lock:
+            if self._client is None:
+                try:
+                    config.load_incluster_config()
+                except config.ConfigException:
+                    config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+                cfg = client.Configuration.get_default_copy()
+                cfg.connection_pool_maxsize = 32
+                self._client = client.ApiClient(cfg)
+            return self._client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | tuple[float, float] | None = 60,
+    ) -> Any:
+        """One request; returns the urllib3 response, body unread (the caller reads or
+        streams it, then releases the connection). Raises ``errors.ApiError`` for any answer
+        but 2xx.
+
+        The generated API methods are not used: each validates its arguments with pydantic,
+        which builds the schemas of the whole generated model tree on first use (measured:
+        +110 MiB of RSS for one pod list).
+        """
+        client_ = self.client()
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        with translated():
+            serialized = client_.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=params,
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = client_.call_api(*serialized, _request_timeout=timeout).response
+        if not 200 <= response.status < 300:
+            try:
+                raw = response.data
+            finally:
+                response.release_conn()
+            raise _error(int(response.status), raw, response.reason)
+        return response
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A request whose JSON answer is returned."""
+        return _json(self.request(method, path, **kwargs))
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
         try:
-            out[key] = base64.b64decode(value)
-        except (binascii.Error, TypeError):
-            continue
-    return out
+            return self.call("GET", path)
+        except errors.NotFound:
+            return None
 
+    def _exists(self, path: str) -> bool:
+        try:
+            release(self.request("GET", path))
+        except errors.NotFound:
+            return False
+        return True
 
-def read_secret_value(namespace: str, name: str, key: str) -> str | None:
-    return (read_secret(namespace, name) or {}).get(key) or None
+    def get_evalrun(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(path("EvalRun", namespace, name))
+
+    def list_evalruns(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return list(self.call("GET", path("EvalRun", namespace)).get("items", []))
+
+    def get_leaderboard(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(path("Leaderboard", namespace, name))
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(path("Job", namespace, name))
+
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return list(
+            self.call("GET", path(kind, namespace), query={"labelSelector": selector}).get(
+                "items", []
+            )
+        )
+
+    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self.list_objects("Job", namespace, selector)
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self.list_objects("Pod", namespace, selector)
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(path("ConfigMap", namespace, name))
+
+    def list_config_maps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self.list_objects("ConfigMap", namespace, selector)
+
+    def config_map_exists(self, namespace: str, name: str) -> bool:
+        return self._exists(path("ConfigMap", namespace, name))
+
+    def pvc_exists(self, namespace: str, name: str) -> bool:
+        return self._exists(path("PersistentVolumeClaim", namespace, name))
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, decoded (None when it does not exist). One read for all keys;
+        the values are for the caller only: never log them. A value that is not UTF-8 text
+        is left out (a token or key is text)."""
+        secret = self._get(path("Secret", namespace, name))
+        if secret is None:
+            return None
+        out: dict[str, str] = {}
+        for key, value in (secret.get("data") or {}).items():
+            try:
+                out[key] = base64.b64decode(value).decode()
+            except (binascii.Error, UnicodeDecodeError, TypeError):
+                continue
+        return out
+
+    def read_tenant_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """The raw values of a Secret that a tenant's resource names, or None when it is not
+        usable: missing, or not labelled ``eval.lmms.dev/usable-by-evalruns: "true"``. The
+        two cases read alike, so that a run learns nothing about Secrets it may not use."""
+        secret = self._get(path("Secret", namespace, name))
+        labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
+        if secret is None or labels.get(USABLE_LABEL) != "true":
+            return None
+        out: dict[str, bytes] = {}
+        for key, value in (secret.get("data") or {}).items():
+            try:
+                out[key] = base64.b64decode(value)
+            except (binascii.Error, TypeError):
+                continue
+        return out
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        return (self.read_secret(namespace, name) or {}).get(key) or None

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from .. import errors
-from .client import path, request
+from .client import path
 
 log = logging.getLogger("lmms.watch")
 
@@ -46,7 +46,7 @@ class Sink(Protocol):
 
 class Informer:
     """Keeps ``sink`` told about every object of ``kind`` (in ``namespace``, or all) that
-    matches ``label_selector``. ``fetch`` makes the requests (``k8s.client.request``)."""
+    matches ``label_selector``. ``fetch`` makes the requests (``k8s.Api.request``)."""
 
     PAGE = 250
     WATCH_TIMEOUT = 300  # server-side; the client gives it 30 s more before giving up
@@ -59,7 +59,7 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
-        fetch: Callable[..., Any] = request,
+        fetch: Callable[..., Any],
     ) -> None:
         self.kind = kind
         self.fetch = fetch

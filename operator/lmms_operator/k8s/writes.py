@@ -1,4 +1,5 @@
-"""Writes to the API server: creates, patches, replaces, deletes and Events.
+"""Writes to the API server: creates, patches, replaces, deletes and Events, through a
+``Writer`` over the process's ``client.Api``.
 
 Only the applier (``lmms_operator.applier``) imports this module; an import contract
 (``pyproject.toml``) checks it, so that every change the operator makes to the cluster
@@ -14,145 +15,143 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import errors
-from .client import MERGE_PATCH, call, list_jobs, list_objects, log, path, release, request
+from .client import MERGE_PATCH, Api, log, path, release
 
 
-def _delete(path: str, **query: Any) -> bool:
-    """Deletes; False when it was not there."""
-    try:
-        release(request("DELETE", path, query=query))
-    except errors.NotFound:
-        return False
-    return True
+class Writer:
+    """Every write the operator makes, through ``api``."""
 
+    def __init__(self, api: Api) -> None:
+        self.api = api
 
-def _create(path: str, body: Mapping[str, Any]) -> bool:
-    """Creates; False when it existed already."""
-    try:
-        release(request("POST", path, body=dict(body)))
-    except errors.Conflict:
-        return False
-    return True
+    def _delete(self, path: str, **query: Any) -> bool:
+        """Deletes; False when it was not there."""
+        try:
+            release(self.api.request("DELETE", path, query=query))
+        except errors.NotFound:
+            return False
+        return True
 
+    def _create(self, path: str, body: Mapping[str, Any]) -> bool:
+        """Creates; False when it existed already."""
+        try:
+            release(self.api.request("POST", path, body=dict(body)))
+        except errors.Conflict:
+            return False
+        return True
 
-def _patch_status(kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    """Merge-patches the status subresource; False when the object is gone."""
-    try:
+    def _patch_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> bool:
+        """Merge-patches the status subresource; False when the object is gone."""
+        try:
+            release(
+                self.api.request(
+                    "PATCH",
+                    path(kind, namespace, name, "status"),
+                    body={"status": dict(status)},
+                    content_type=MERGE_PATCH,
+                )
+            )
+        except errors.NotFound:
+            return False  # deleted meanwhile: nothing to report on
+        return True
+
+    def patch_evalrun_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        return self._patch_status("EvalRun", namespace, name, status)
+
+    def create_leaderboard(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Creates a Leaderboard; None when one of that name exists already."""
+        try:
+            return self.api.call(
+                "POST", path("Leaderboard", body["metadata"]["namespace"]), body=dict(body)
+            )
+        except errors.Conflict:
+            return None
+
+    def patch_leaderboard_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> bool:
+        return self._patch_status("Leaderboard", namespace, name, status)
+
+    def create(self, obj: Mapping[str, Any]) -> bool:
+        """Creates a namespaced Job, ConfigMap, Secret, Service or NetworkPolicy; False when
+        it existed."""
+        kind = obj["kind"]
+        if kind not in ("Job", "ConfigMap", "Secret", "Service", "NetworkPolicy"):
+            raise ValueError(f"cannot create {kind}")
+        return self._create(path(kind, obj["metadata"]["namespace"]), obj)
+
+    def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         release(
-            request(
+            self.api.request(
                 "PATCH",
-                path(kind, namespace, name, "status"),
-                body={"status": dict(status)},
+                path("Job", namespace, name),
+                body={"spec": {"suspend": suspend}},
                 content_type=MERGE_PATCH,
             )
         )
-    except errors.NotFound:
-        return False  # deleted meanwhile: nothing to report on
-    return True
 
+    def delete_run_children(self, namespace: str, selector: str) -> int:
+        """Deletes the Jobs (with their pods and token Secrets), ConfigMaps, Services and
+        NetworkPolicies matching ``selector``; returns how many Jobs were deleted."""
+        deleted = 0
+        for job in self.api.list_jobs(namespace, selector):
+            name = job["metadata"]["name"]
+            deleted += self._delete(path("Job", namespace, name), propagationPolicy="Background")
+            # By name: the operator may not list Secrets (least privilege). A token whose Job
+            # is gone already is removed with the run (owner reference).
+            self.delete_secret(namespace, f"{name}-token")
+        for kind in ("ConfigMap", "Service", "NetworkPolicy"):
+            for item in self.api.list_objects(kind, namespace, selector):
+                self._delete(path(kind, namespace, item["metadata"]["name"]))
+        return deleted
 
-def patch_evalrun_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    return _patch_status("EvalRun", namespace, name, status)
+    def delete_secret(self, namespace: str, name: str) -> None:
+        self._delete(path("Secret", namespace, name))
 
+    def create_config_map(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """Creates a ConfigMap; raises ``errors.Conflict`` when it exists."""
+        release(self.api.request("POST", path("ConfigMap", namespace), body=dict(body)))
 
-def create_leaderboard(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Creates a Leaderboard; None when one of that name exists already."""
-    try:
-        return call("POST", path("Leaderboard", body["metadata"]["namespace"]), body=dict(body))
-    except errors.Conflict:
-        return None
+    def replace_config_map(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """Replaces a ConfigMap; with ``metadata.resourceVersion`` set, raises
+        ``errors.Conflict`` when another writer replaced it first."""
+        release(self.api.request("PUT", path("ConfigMap", namespace, name), body=dict(body)))
 
+    def delete_config_map(self, namespace: str, name: str) -> None:
+        self._delete(path("ConfigMap", namespace, name))
 
-def patch_leaderboard_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-    return _patch_status("Leaderboard", namespace, name, status)
-
-
-def create(obj: Mapping[str, Any]) -> bool:
-    """Creates a namespaced Job, ConfigMap, Secret, Service or NetworkPolicy; False when
-    it existed."""
-    kind = obj["kind"]
-    if kind not in ("Job", "ConfigMap", "Secret", "Service", "NetworkPolicy"):
-        raise ValueError(f"cannot create {kind}")
-    return _create(path(kind, obj["metadata"]["namespace"]), obj)
-
-
-def patch_job_suspend(namespace: str, name: str, suspend: bool) -> None:
-    release(
-        request(
-            "PATCH",
-            path("Job", namespace, name),
-            body={"spec": {"suspend": suspend}},
-            content_type=MERGE_PATCH,
-        )
-    )
-
-
-def delete_run_children(namespace: str, selector: str) -> int:
-    """Deletes the Jobs (with their pods and token Secrets), ConfigMaps, Services and
-    NetworkPolicies matching ``selector``; returns how many Jobs were deleted."""
-    deleted = 0
-    for job in list_jobs(namespace, selector):
-        name = job["metadata"]["name"]
-        deleted += _delete(path("Job", namespace, name), propagationPolicy="Background")
-        # By name: the operator may not list Secrets (least privilege). A token whose Job
-        # is gone already is removed with the run (owner reference).
-        delete_secret(namespace, f"{name}-token")
-    for kind in ("ConfigMap", "Service", "NetworkPolicy"):
-        for item in list_objects(kind, namespace, selector):
-            _delete(path(kind, namespace, item["metadata"]["name"]))
-    return deleted
-
-
-def delete_secret(namespace: str, name: str) -> None:
-    _delete(path("Secret", namespace, name))
-
-
-def create_config_map(namespace: str, body: Mapping[str, Any]) -> None:
-    """Creates a ConfigMap; raises ``errors.Conflict`` when it exists."""
-    release(request("POST", path("ConfigMap", namespace), body=dict(body)))
-
-
-def replace_config_map(namespace: str, name: str, body: Mapping[str, Any]) -> None:
-    """Replaces a ConfigMap; with ``metadata.resourceVersion`` set, raises
-    ``errors.Conflict`` when another writer replaced it first."""
-    release(request("PUT", path("ConfigMap", namespace, name), body=dict(body)))
-
-
-def delete_config_map(namespace: str, name: str) -> None:
-    _delete(path("ConfigMap", namespace, name))
-
-
-# -- Events ------------------------------------------------------------------------------------
-def event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Records a core/v1 Event about ``obj``; never fails the caller."""
-    meta = obj["metadata"]
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    body = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            "generateName": f"{meta['name'][:200]}.",
-            "namespace": meta["namespace"],
-        },
-        "involvedObject": {
-            "apiVersion": obj.get("apiVersion"),
-            "kind": obj.get("kind"),
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        },
-        "reason": reason,
-        "message": message[:1024],
-        "type": type_,
-        "source": {"component": "lmms-operator"},
-        "reportingComponent": "lmms-operator",
-        "reportingInstance": os.environ.get("POD_NAME", "lmms-operator"),
-        "firstTimestamp": now[:19] + "Z",
-        "lastTimestamp": now[:19] + "Z",
-        "count": 1,
-    }
-    try:
-        release(request("POST", path("Event", meta["namespace"]), body=body))
-    except errors.ApiError as exc:  # events are best effort
-        log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+    def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Records a core/v1 Event about ``obj``; never fails the caller."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta['name'][:200]}.",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "lmms-operator"},
+            "reportingComponent": "lmms-operator",
+            "reportingInstance": os.environ.get("POD_NAME", "lmms-operator"),
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "count": 1,
+        }
+        try:
+            release(self.api.request("POST", path("Event", meta["namespace"]), body=body))
+        except errors.ApiError as exc:  # events are best effort
+            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)

@@ -120,6 +120,15 @@ class Replan:
     refused: str | None = None  # the API server's message about a refused object
     publish_failed: str | None = None  # a Leaderboard publish that will not be retried
 
+    def joined(self, found: Replan) -> Replan:
+        """What the attempts of one pass have found so far, with ``found``."""
+        return Replan(
+            token_exists=self.token_exists or found.token_exists,
+            job_exists=self.job_exists or found.job_exists,
+            refused=found.refused or self.refused,
+            publish_failed=found.publish_failed or self.publish_failed,
+        )
+
 
 @dataclass
 class Plan:
