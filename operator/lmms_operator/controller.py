@@ -351,7 +351,7 @@ class Controller:
                 if entry is not None:
                     entry.publish_failures = 0
                 return plan
-            inputs = pub.Inputs(**{**inputs.__dict__, "publish_failed": facts.publish_failed})
+            inputs = dataclasses.replace(inputs, publish_failed=facts.publish_failed)
         raise errors.Conflict(f"{run['metadata']['name']}: the plan keeps changing")
 
     def _apply(self, run: Mapping[str, Any], plan: Plan) -> Replan | None:

@@ -8,6 +8,7 @@ own namespace and, for a bucket, with the run's own credentials.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -107,7 +108,7 @@ def admission_snapshot(
 
 
 def _with(snap: admission.Snapshot, **changes: Any) -> admission.Snapshot:
-    return admission.Snapshot(**{**snap.__dict__, **changes})
+    return dataclasses.replace(snap, **changes)
 
 
 def results(

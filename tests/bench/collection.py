@@ -126,10 +126,10 @@ def main() -> int:
         f"Over all {len(every)} pods: median wait **{statistics.median(every):.2f} s**, "
         f"mean {statistics.mean(every):.2f} s. With a scrape every 5 s and nothing else, a "
         "finished runner waits 2.5 s on average (up to 5 s); the operator scrapes a run "
-        "again sooner when its runner is about to finish (`scrape.follow_up`: the runner's "
+        "again sooner when its runner is about to finish (`reconcile.progress.follow_up`: the runner's "
         "ETA within the interval, or past its last answer), at most a few times in a row, "
         "and asks a runner near its end for its results with a long poll "
-        "(`/results?wait=`, `scrape.near_end`), which the runner answers the moment they "
+        "(`/results?wait=`, `reconcile.progress.near_end`), which the runner answers the moment they "
         "are ready.\n"
     )
     if not args.no_write:

@@ -4,6 +4,7 @@ result set once every shard's are in. Pure."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -83,7 +84,7 @@ def collect_shard(
     plan.status["shards"] = shards
     if all(s.get("resultsCollected") for s in shards):
         kept = {**inputs.kept_shards, index: (summary, image or "")}
-        merged = Inputs(**{**inputs.__dict__, "kept_shards": kept})
+        merged = dataclasses.replace(inputs, kept_shards=kept)
         plan = plan.then(decide_shards(run, spec, {**status, "shards": shards}, [], merged, now))
     return plan
 
@@ -130,13 +131,11 @@ def decide_shards(
         described = f"{len(parts)} shards: " + ", ".join(
             f"{i} from the {src}" for i, src in enumerate(sources)
         )
-    merged = Inputs(
-        **{
-            **inputs.__dict__,
-            "summary": shard_plan.merge(parts),
-            "image": images[0] if images else None,
-            "source": described,
-        }
+    merged = dataclasses.replace(
+        inputs,
+        summary=shard_plan.merge(parts),
+        image=images[0] if images else None,
+        source=described,
     )
     published = decide(run, spec, status, merged, now)
     published.events += events
