@@ -27,6 +27,8 @@ TEST_SETTINGS = {
     "LMMS_RESYNC_INTERVAL": "1",
     "LMMS_SCRAPE_INTERVAL": "1",
     "LMMS_HOLD_TIMEOUT": "120",
+    # The tests' S3 server (moto) listens on loopback, which the operator refuses by default.
+    "LMMS_OBJECT_STORE_ALLOWED_CIDRS": "127.0.0.0/8",
 }
 
 

@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics.serve(args.metrics_address)
 
     namespaces = args.namespace or []
-    settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces))
+    settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces)).check()
     kopf.run(
         memo=kopf.Memo(settings=settings, metrics=metrics),
         standalone=True,

@@ -325,13 +325,18 @@ class Applier:
         raw = ((board.get("spec") or {}).get("storage") or {}).get("s3")
         if not raw:
             return None
-        s3 = S3Output.model_validate(raw)
         name = board["metadata"]["name"]
+        field = objectstore.BOARD_FIELD
         try:
+            s3 = S3Output.model_validate(raw)
             prefix = leaderboards.s3_key_prefix(s3, namespace, name)
-            return self.store.put_texts(namespace, s3, prefix, lb.render(ranked)), None
-        except errors.ObjectStoreError as exc:
-            message = str(exc)[:500]
+            table = lb.render(ranked)
+            return self.store.put_texts(namespace, s3, prefix, table, field=field), None
+        except (errors.ObjectStoreError, ValueError) as exc:
+            # Whatever the store or its endpoint did, the publish stands (the ConfigMaps
+            # are the table): the condition says why the copy is missing, no retry.
+            message = str(exc) if isinstance(exc, errors.ObjectStoreError) else f"{field}: {exc}"
+            message = message[:500]
             log.warning("leaderboard %s/%s: %s", namespace, name, message)
             self.writes.event(board, "Warning", R.LEADERBOARD_STORE_FAILED, message)
             return None, message

@@ -26,6 +26,11 @@
 | LMMS_OPERATOR_NAMESPACE        | (the kubeconfig's)               | where the operator's pods run         |
 | LMMS_OPERATOR_POD_LABELS       | app.kubernetes.io/name=lmms-operator | labels of the operator's pods     |
 | LMMS_WORKERS                   | 16                               | new/edited runs reconciled at once    |
+| LMMS_ALLOWED_PRIORITY_CLASSES  | (none)                           | priorityClassNames runs may set       |
+| LMMS_ALLOWED_TOLERATION_KEYS   | (unset: any outside kubernetes.io, k8s.io) | toleration keys (NAME, PFX*) |
+| LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY | false                       | pod affinity terms on other namespaces|
+| LMMS_OBJECT_STORE_ALLOWED_CIDRS | (none)                          | non-public networks stores may be on  |
+| LMMS_ALLOWED_MODEL_ARGS        | (none)                           | further model args (BACKEND:KEY, globs)|
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -33,6 +38,19 @@ remoteModels (model.apiKey), remoteCode (trust_remote_code, and the backends tha
 set it). Unset: all but remoteCode; empty: none. A run using another ends Failed with
 reason InvalidSpec, naming the field. LMMS_ALLOWED_ENV adds names to the spec.env
 variables a run may set (docs/security.md lists the default ones).
+
+The placement policy (``reconcile.placement``): LMMS_ALLOWED_PRIORITY_CLASSES lists the
+priority classes runs may name (unset or empty: none, only the cluster default);
+LMMS_ALLOWED_TOLERATION_KEYS narrows the toleration keys runs may use (unset: every key
+outside the kubernetes.io and k8s.io domains, which are refused whatever it says, as is
+a key-less toleration; empty: none); LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY lets pod
+affinity terms look at pods in other namespaces.
+
+LMMS_OBJECT_STORE_ALLOWED_CIDRS lists the networks, beyond public addresses, where the
+operator may reach a tenant's object store (``netguard``: every other loopback,
+link-local, private or reserved address is refused, in every spelling, after resolving
+the name). LMMS_ALLOWED_MODEL_ARGS adds ``BACKEND:KEY`` patterns to the model args the
+catalogue lists for each backend (the keyword arguments of its class hierarchy).
 """
 
 from __future__ import annotations
@@ -42,6 +60,7 @@ from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
 from .reconcile.job import RunnerDefaults
+from .reconcile.placement import PlacementPolicy
 from .reconcile.status import Timeouts
 from .reconcile.validate import DEFAULT_FEATURES, FEATURES, Policy
 
@@ -95,6 +114,9 @@ class Settings:
     operator_pod_labels: tuple[tuple[str, str], ...] = (
         ("app.kubernetes.io/name", "lmms-operator"),
     )
+    allowed_priority_classes: frozenset[str] = frozenset()
+    allowed_toleration_keys: tuple[str, ...] | None = None
+    allow_cross_namespace_affinity: bool = False
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -111,16 +133,37 @@ class Settings:
             operator_labels=self.operator_pod_labels,
         )
 
+    #: Networks beyond public addresses where object stores may be (netguard).
+    object_store_allowed_cidrs: tuple[str, ...] = ()
+    allowed_model_args: tuple[str, ...] = ()
+
     @property
     def store_policy(self) -> StorePolicy:
         return StorePolicy(
             enabled="s3Output" in self.allowed_features,
             own_identity_buckets=self.own_identity_buckets,
+            allowed_cidrs=StorePolicy.networks(
+                self.object_store_allowed_cidrs, "LMMS_OBJECT_STORE_ALLOWED_CIDRS"
+            ),
         )
 
     @property
     def policy(self) -> Policy:
-        return Policy(features=self.allowed_features, env=self.allowed_env)
+        return Policy(
+            features=self.allowed_features,
+            env=self.allowed_env,
+            model_args=self.allowed_model_args,
+            store_cidrs=self.store_policy.allowed_cidrs,
+            placement=self.placement,
+        )
+
+    @property
+    def placement(self) -> PlacementPolicy:
+        return PlacementPolicy(
+            priority_classes=self.allowed_priority_classes,
+            toleration_keys=self.allowed_toleration_keys,
+            cross_namespace_affinity=self.allow_cross_namespace_affinity,
+        )
 
     @property
     def timeouts(self) -> Timeouts:
@@ -161,7 +204,38 @@ class Settings:
             not in ("false", "0", "no"),
             operator_namespace=os.environ.get("LMMS_OPERATOR_NAMESPACE", ""),
             operator_pod_labels=_labels("LMMS_OPERATOR_POD_LABELS") or d.operator_pod_labels,
+            allowed_priority_classes=frozenset(_list("LMMS_ALLOWED_PRIORITY_CLASSES")),
+            allowed_toleration_keys=_list("LMMS_ALLOWED_TOLERATION_KEYS")
+            if "LMMS_ALLOWED_TOLERATION_KEYS" in os.environ
+            else None,
+            allow_cross_namespace_affinity=_bool("LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY", False),
+            object_store_allowed_cidrs=_list("LMMS_OBJECT_STORE_ALLOWED_CIDRS"),
+            allowed_model_args=_model_args(_list("LMMS_ALLOWED_MODEL_ARGS")),
         )
+
+    def check(self) -> Settings:
+        """Fails at start-up on a setting that cannot be used (a CIDR that is none)."""
+        _ = self.store_policy
+        return self
+
+
+def _model_args(items: tuple[str, ...]) -> tuple[str, ...]:
+    for item in items:
+        backend, sep, key = item.partition(":")
+        if not sep or not backend or not key:
+            raise ValueError(f"LMMS_ALLOWED_MODEL_ARGS: expected BACKEND:KEY, got {item!r}")
+    return items
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
 
 
 def _labels(name: str) -> tuple[tuple[str, str], ...]:

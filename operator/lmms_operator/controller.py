@@ -3,10 +3,10 @@
 - **Informers** fill the store (``store.py``) with the active runs and their children,
   selected on the API server.
 - **The engine** (``engine/``) runs one pass at a time per run: soon after an EvalRun
-  event whose spec the status does not reflect yet (on the ``spec`` pool, so that
-  admitting a run never waits behind status updates), a short while after a burst of
-  Job and pod events (``observe_delay``), at every resync, and on a backoff after a
-  failure.
+  event whose spec the status does not reflect yet (on the ``spec`` pool), a short while
+  after a burst of Job and pod events, at every resync, and on a backoff after a
+  transient failure. Any other failure ends the run ``Failed`` (``reconcile.guard``): one
+  object never stops the others, nor is retried for ever.
 - **A pass** reads a snapshot (the run from the store, its Job and pods from the watch
   caches, referenced objects through ``reads``), asks a pure decision of ``reconcile/``
   for a Plan (admission while the status does not reflect the spec, observation after),
@@ -24,13 +24,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import errors, k8s, leaderboards, reads
+from . import errors, k8s, reads
 from .api import EvalRunSpec
 from .api.runner import ResultsSummary, RunnerProgress
 from .applier import Applier
@@ -39,19 +40,17 @@ from .config import Settings
 from .engine import Backoff, Engine
 from .metrics import Metrics
 from .objectstore import ObjectStore
-from .reconcile import admission, fanout, observation
-from .reconcile import job as jobs
+from .reconcile import admission, fanout, guard, observation
 from .reconcile import progress as prog
 from .reconcile import publishing as pub
 from .reconcile import reasons as R
 from .reconcile.plan import Plan, Replan
 from .reconcile.validate import validate
 from .runnerprotocol import RunnerProtocol
-from .store import BoardSink, Store, board_key, needs_spec
+from .store import MANAGED_SELECTOR, BoardSink, Store, needs_spec, rebuild_scores
 
 log = logging.getLogger("lmms.controller")
 
-MANAGED_SELECTOR = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
 #: Attempts of one pass whose applier keeps answering Replan before it fails (and backs off).
 REPLANS = 3
 
@@ -72,7 +71,7 @@ class Controller:
         self.api = api or k8s.Api()
         self.metrics = metrics or Metrics()
         self.clock = clock or Clock()
-        self.store = Store(self.metrics, self._wake, self._gone)
+        self.store = Store(self.metrics, self._wake, self._gone, self._undecodable)
         self.objects = ObjectStore(settings.store_policy, self.api)
         self.applier = Applier(self.clock, self.objects, self.metrics, self.api)
         self.rules = admission.Rules(
@@ -125,7 +124,8 @@ class Controller:
         ]
         # Leaderboards are few: watched whole, so that the score series of a deleted
         # Leaderboard go with it.
-        boards = BoardSink(self.metrics, self._submit, self._rebuild_scores, self.applier.rerender)
+        rebuild = functools.partial(rebuild_scores, self.api, self.metrics)
+        boards = BoardSink(self.metrics, self._submit, rebuild, self.applier.rerender)
         children += [
             k8s.Informer("Leaderboard", boards, namespace=ns, fetch=fetch) for ns in scopes
         ]
@@ -180,8 +180,7 @@ class Controller:
         self.engine.forget(uid)  # a new generation is not held back by the last one's failures
         self.engine.add(uid)
 
-    def _gone(self, uid: str) -> None:
-        """A run finished or was deleted: its waiting pass and backoff go with it."""
+    def _gone(self, uid: str) -> None:  # a run finished or was deleted
         self.engine.discard(uid)
 
     def _pool_of(self, uid: str) -> str:
@@ -189,8 +188,7 @@ class Controller:
         return "spec" if run is not None and needs_spec(run) else "observe"
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Runs Leaderboard work ``fn(*args)`` on the Leaderboards' threads (from any
-        thread, never on the informer's); errors are logged."""
+        """Runs ``fn(*args)`` on the Leaderboards' threads, never on the informer's."""
 
         def run() -> None:
             try:
@@ -201,14 +199,10 @@ class Controller:
         with contextlib.suppress(RuntimeError):  # shut down: the process is stopping
             self._boards.submit(run)
 
-    def _rebuild_scores(self, board: Mapping[str, Any]) -> None:
-        namespace, name = board_key(board)
-        try:
-            entries, _ = leaderboards.read(self.api, namespace, board)
-        except errors.OperatorError as exc:
-            log.warning("score series of leaderboard %s/%s not rebuilt: %s", namespace, name, exc)
-            return
-        self.metrics.rebuild_scores(namespace, name, entries)
+    def _undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
+        """An undecodable EvalRun (told once per generation): Failed, a Warning Event."""
+        if kind == "evalruns" and (found := guard.undecodable(meta, reason, self.clock.now())):
+            self._submit(self.applier.apply, *found)
 
     # -- passes ------------------------------------------------------------------------------------
     def _lock(self, uid: str) -> threading.Lock:
@@ -221,15 +215,27 @@ class Controller:
             run = self.store.get(uid)
             if run is None or run.get("_stale"):
                 return None
-            if needs_spec(run):
-                with self.metrics.timed_handler("evalrun_spec"):
-                    return self._admit(uid, run)
-            status = run.get("status") or {}
-            active = status.get("phase") in R.ACTIVE and status.get("jobName")
-            if active and self._children_synced.is_set():
-                with self.metrics.timed_handler("evalrun_resync" if periodic else "observe"):
-                    self._observe(uid, run, periodic)
-            return None
+            spec_pass = needs_spec(run)
+            try:
+                if spec_pass:
+                    with self.metrics.timed_handler("evalrun_spec"):
+                        return self._admit(uid, run)
+                status = run.get("status") or {}
+                active = status.get("phase") in R.ACTIVE and status.get("jobName")
+                if active and self._children_synced.is_set():
+                    with self.metrics.timed_handler("evalrun_resync" if periodic else "observe"):
+                        self._observe(uid, run, periodic)
+                return None
+            except Exception as exc:  # the guard: transient errors are retried, not others
+                plan = guard.failed(
+                    run, exc, self.clock.now(), "admitting" if spec_pass else "observing"
+                )
+                if plan is None:
+                    raise
+                internal = plan.status.get("reason") == R.INTERNAL_ERROR
+                log.error("%s: %s", uid, plan.status.get("message"), exc_info=internal)
+                self._apply(run, plan)
+                return None
 
     def _admit(self, uid: str, run: dict[str, Any]) -> float | None:
         entry = self.store.entry(uid)
@@ -239,7 +245,7 @@ class Controller:
         generation = int(meta.get("generation") or 1)
         now = self.clock.now()
         try:
-            spec = validate(run.get("spec"), self.settings.policy)
+            spec = validate(run.get("spec"), self.settings.policy, meta["namespace"])
         except errors.InvalidSpec as exc:
             self._apply(run, admission.invalid(run, exc.problems, now))
             entry.waiting = None
@@ -363,14 +369,8 @@ class Controller:
         meta = run["metadata"]
         status = run.get("status") or {}
         if plan.status:
-            log.debug(
-                "status of %s/%s: %s",
-                meta["namespace"],
-                meta["name"],
-                ", ".join(
-                    f"{k}={v}" if k in ("phase", "reason") else k for k, v in plan.status.items()
-                ),
-            )
+            keys = (f"{k}={v}" if k in ("phase", "reason") else k for k, v in plan.status.items())
+            log.debug("status of %s/%s: %s", meta["namespace"], meta["name"], ", ".join(keys))
         job_name = plan.status.get("jobName") or status.get("jobName")
         # Read before the write: the watch may drop a finished run's pods as soon as it
         # shows the new status.

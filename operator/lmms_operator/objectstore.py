@@ -13,23 +13,31 @@ for every tenant:
   endpoint of its choosing.
 - Every read is capped in size and in total time, and every call has short connect and
   read timeouts with one retry.
+- The endpoint is checked before a client is made (``reconcile.endpoints``: syntax, and
+  the class of an IP literal), and every connection goes through ``netguard``: only
+  public addresses, or the networks the admin lists (``LMMS_OBJECT_STORE_ALLOWED_CIDRS``),
+  to the address checked, with no proxy and no redirect.
 
-Credentials are never logged: errors name the bucket, the key and the store's error
-code only.
+Every failure, from making the client to the store's answer, is an ``ObjectStoreError``
+whose message starts with the field of the resource that named the store
+(``spec.output.s3``, ``spec.storage.s3``). Credentials are never logged: errors name
+the bucket, the key and the store's error code only.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import k8s
+from . import k8s, netguard
 from .api import S3Output
 from .api.runner import RESULTS_SUMMARY_FILE
 from .errors import ObjectStoreError
+from .reconcile.endpoints import Network, check_store_endpoint, parse_cidrs
 
 #: Where the runner puts its results summary in the output it uploads.
 SUMMARY_KEY = RESULTS_SUMMARY_FILE
@@ -37,6 +45,10 @@ SUMMARY_KEY = RESULTS_SUMMARY_FILE
 MAX_OBJECT_BYTES = 8 * 1024 * 1024
 READ_DEADLINE = 20.0
 _CHUNK = 64 * 1024
+
+#: The fields that name a store: an EvalRun's output, a Leaderboard's storage.
+OUTPUT_FIELD = "spec.output.s3"
+BOARD_FIELD = "spec.storage.s3"
 
 _CREDENTIAL_KEYS = {
     "AWS_ACCESS_KEY_ID": "aws_access_key_id",
@@ -48,11 +60,18 @@ _CREDENTIAL_KEYS = {
 @dataclass(frozen=True)
 class StorePolicy:
     """What the platform allows: object stores at all (the s3Output feature, which gates
-    Leaderboard ``storage.s3`` too), and the buckets (``bucket`` on AWS S3,
-    ``host/bucket`` elsewhere) that the operator's own identity may reach."""
+    Leaderboard ``storage.s3`` too), the buckets (``bucket`` on AWS S3, ``host/bucket``
+    elsewhere) that the operator's own identity may reach, and the networks beyond
+    public addresses where stores may be (``allowed_cidrs``; none by default)."""
 
     enabled: bool = True
     own_identity_buckets: frozenset[str] = frozenset()
+    allowed_cidrs: tuple[Network, ...] = ()
+
+    @staticmethod
+    def networks(items: Iterable[str], setting: str) -> tuple[Network, ...]:
+        """The admin's CIDRs; a ValueError naming ``setting`` for one that is none."""
+        return parse_cidrs(items, setting)
 
     def own_identity_allowed(self, s3: S3Output) -> bool:
         host = urlsplit(s3.endpoint).netloc if s3.endpoint else ""
@@ -67,6 +86,14 @@ def split_url(url: str) -> tuple[str, str]:
     if not bucket:
         raise ObjectStoreError(f"no bucket in {url!r}")
     return bucket, key
+
+
+def _failed(field: str, doing: str, exc: Exception) -> ObjectStoreError:
+    """The error for a failed call: the guard's refusal names the endpoint's field."""
+    refused = netguard.refusal_in(exc)
+    if refused is not None:
+        return ObjectStoreError(f"{field}.endpoint: {refused}")
+    return ObjectStoreError(f"{field}: {doing}: {_describe(exc)}")
 
 
 def _describe(exc: Exception) -> str:
@@ -107,8 +134,11 @@ class ObjectStore:
     namespace, labelled usable), the operator's identity only where the policy lists the
     bucket."""
 
-    def __init__(self, policy: StorePolicy, api: k8s.Api) -> None:
+    def __init__(
+        self, policy: StorePolicy, api: k8s.Api, resolver: netguard.Resolver | None = None
+    ) -> None:
         self.policy, self.api = policy, api
+        self.guard = netguard.Guard(policy.allowed_cidrs, resolver or netguard.system_resolver)
 
     def _credentials(self, namespace: str, s3: S3Output) -> dict[str, str]:
         if not self.policy.enabled:
@@ -144,33 +174,46 @@ class ObjectStore:
             )
         return creds
 
-    def _client(self, namespace: str, s3: S3Output) -> Any:
+    def _client(self, namespace: str, s3: S3Output, field: str) -> Any:
+        """A client of the store that connects only through the guard. Every failure is
+        an ObjectStoreError that names ``field`` (the resource's ``...s3``)."""
+        problem = check_store_endpoint(f"{field}.endpoint", s3.endpoint, self.policy.allowed_cidrs)
+        if problem is not None:
+            raise ObjectStoreError(str(problem))
+        try:
+            creds = self._credentials(namespace, s3)
+        except ObjectStoreError as exc:
+            raise ObjectStoreError(f"{field}: {exc}") from None
         try:
             import boto3
             from botocore.config import Config
-        except ImportError as exc:  # pragma: no cover - a dependency of the operator
-            raise ObjectStoreError(f"boto3 is not installed: {exc}") from None
-        creds = self._credentials(namespace, s3)
-        return boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint or None,
-            region_name=s3.region or "us-east-1",
-            config=Config(
-                retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=5,
-                s3={"addressing_style": "path"} if s3.endpoint else None,
-            ),
-            **creds,
-        )
 
-    def get_json(self, namespace: str, s3: S3Output, url: str) -> Any:
+            client = boto3.client(
+                "s3",
+                endpoint_url=s3.endpoint or None,
+                region_name=s3.region or "us-east-1",
+                config=Config(
+                    retries={"max_attempts": 2, "mode": "standard"},
+                    connect_timeout=5,
+                    read_timeout=5,
+                    proxies={},
+                    s3={"addressing_style": "path"} if s3.endpoint else None,
+                ),
+                **creds,
+            )
+            netguard.guard_client(client, self.guard)
+        except Exception as exc:
+            error = _failed(field, "no client for the store", exc)
+            raise ObjectStoreError(_scrub(str(error), creds)) from None
+        return client
+
+    def get_json(self, namespace: str, s3: S3Output, url: str, *, field: str = OUTPUT_FIELD) -> Any:
         """The JSON document at ``url`` (``s3://bucket/key``), at most MAX_OBJECT_BYTES read
         within READ_DEADLINE seconds."""
         bucket, key = split_url(url)
         where = f"s3://{bucket}/{key}"
         deadline = time.monotonic() + READ_DEADLINE
-        client = self._client(namespace, s3)
+        client = self._client(namespace, s3, field)
         try:
             response = client.get_object(Bucket=bucket, Key=key)
             length = int(response.get("ContentLength") or 0)
@@ -178,21 +221,27 @@ class ObjectStore:
                 response["Body"].close()
                 raise ObjectStoreError(f"{where} is {length} bytes; at most {MAX_OBJECT_BYTES}")
             data = _read_capped(response["Body"], where, deadline)
-        except ObjectStoreError:
-            raise
+        except ObjectStoreError as exc:
+            raise ObjectStoreError(f"{field}: {exc}") from None
         except Exception as exc:
-            raise ObjectStoreError(f"reading {where}: {_describe(exc)}") from None
+            raise _failed(field, f"reading {where}", exc) from None
         try:
             return json.loads(data)
         except ValueError as exc:
-            raise ObjectStoreError(f"{where} is not JSON: {exc}") from None
+            raise ObjectStoreError(f"{field}: {where} is not JSON: {exc}") from None
 
     def put_texts(
-        self, namespace: str, s3: S3Output, key_prefix: str, files: dict[str, str]
+        self,
+        namespace: str,
+        s3: S3Output,
+        key_prefix: str,
+        files: dict[str, str],
+        *,
+        field: str = OUTPUT_FIELD,
     ) -> str:
         """Writes ``files`` (name -> text) under ``key_prefix`` in the bucket; returns the
         ``s3://`` URL of the prefix."""
-        client = self._client(namespace, s3)
+        client = self._client(namespace, s3, field)
         types = {".json": "application/json", ".csv": "text/csv", ".md": "text/markdown"}
         for name, text in files.items():
             key = key_prefix + name
@@ -202,20 +251,30 @@ class ObjectStore:
                     Bucket=s3.bucket, Key=key, Body=text.encode(), ContentType=content_type
                 )
             except Exception as exc:
-                raise ObjectStoreError(
-                    f"writing s3://{s3.bucket}/{key}: {_describe(exc)}"
-                ) from None
+                raise _failed(field, f"writing s3://{s3.bucket}/{key}", exc) from None
         return f"s3://{s3.bucket}/{key_prefix}"
 
     def list_keys(
-        self, namespace: str, s3: S3Output, key_prefix: str, limit: int = 1000
+        self,
+        namespace: str,
+        s3: S3Output,
+        key_prefix: str,
+        limit: int = 1000,
+        *,
+        field: str = OUTPUT_FIELD,
     ) -> list[str]:
         """The keys under ``key_prefix`` in the bucket (at most ``limit``, one request)."""
-        client = self._client(namespace, s3)
+        client = self._client(namespace, s3, field)
         try:
             response = client.list_objects_v2(Bucket=s3.bucket, Prefix=key_prefix, MaxKeys=limit)
+            return [str(o.get("Key")) for o in response.get("Contents") or []][:limit]
         except Exception as exc:
-            raise ObjectStoreError(
-                f"listing s3://{s3.bucket}/{key_prefix}: {_describe(exc)}"
-            ) from None
-        return [str(o.get("Key")) for o in response.get("Contents") or []][:limit]
+            raise _failed(field, f"listing s3://{s3.bucket}/{key_prefix}", exc) from None
+
+
+def _scrub(message: str, creds: dict[str, str]) -> str:
+    """``message`` without any credential value in it."""
+    for value in creds.values():
+        if len(value) >= 4:
+            message = message.replace(value, "***")
+    return message

@@ -13,7 +13,9 @@ from types import MappingProxyType
 
 @dataclass(frozen=True)
 class Preset:
-    pretrained: str
+    #: The checkpoint, passed as ``pretrained=``; None for a backend that names its
+    #: checkpoint with another argument (in ``args``): lmms-eval refuses ``pretrained``.
+    pretrained: str | None
     args: Mapping[str, str] = field(default_factory=dict)
     video: bool = False
 
@@ -33,7 +35,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "whisper": Preset("openai/whisper-large-v3"),
         "idefics2": Preset("HuggingFaceM4/idefics2-8b"),
         "internvl2": Preset("OpenGVLab/InternVL2-8B"),
-        "phi3v": Preset("microsoft/Phi-3-vision-128k-instruct"),
+        "phi3v": Preset(None, {"model_id_name": "microsoft/Phi-3-vision-128k-instruct"}),
         # Video models.
         "llava_vid": Preset(
             "lmms-lab/LLaVA-Video-7B-Qwen2",

@@ -13,16 +13,19 @@ of every change that may need a pass.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import errors, k8s, leaderboards
 from .metrics import Metrics
 from .reconcile import job as jobs
 from .reconcile import reasons as R
 
 MANAGED_SELECTOR = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
+log = logging.getLogger("lmms.store")
 
 
 # -- trimming: what the code reads of each object ------------------------------------------
@@ -120,11 +123,14 @@ class RunMemory:
 class Store:
     """Active runs and their children; fed by the informers (from their threads)."""
 
+    REPORTED = 4096  # undecodable objects remembered as told (bounded)
+
     def __init__(
         self,
         metrics: Metrics,
         on_run: Callable[[str, bool], None],
         on_gone: Callable[[str], None] = lambda _uid: None,
+        on_undecodable: Callable[[str, dict[str, Any], str], None] = lambda *_: None,
     ) -> None:
         self._lock = threading.RLock()
         self.runs: dict[str, RunMemory] = {}
@@ -133,6 +139,9 @@ class Store:
         self.metrics = metrics
         self._on_run = on_run  # (uid, observe_only) -> schedule work
         self._on_gone = on_gone  # uid -> nothing is held for the run any longer
+        # (kind, metadata, why) -> an object that cannot be read was skipped
+        self._on_undecodable = on_undecodable
+        self._reported: dict[tuple[str, str, object], None] = {}  # told already, in order
         self._listing: dict[tuple[str, str | None], set[Any]] = {}
 
     def run_sink(self) -> _Sink:
@@ -262,16 +271,14 @@ class Store:
         touched: list[tuple[str, bool]] = []
         for obj in objects:
             meta = obj.get("metadata") or {}
-            if kind == "evalruns":
-                seen.add(meta.get("uid"))
-                uid = self._run_seen(obj)
-                if uid:
-                    touched.append((uid, False))
-            else:
-                seen.add(meta.get("uid"))
-                uid = self._child_seen(kind, obj)
-                if uid:
-                    touched.append((uid, True))
+            try:
+                uid = self._run_seen(obj) if kind == "evalruns" else self._child_seen(kind, obj)
+            except Exception as exc:  # one object's fault: the page goes on without it
+                self.undecodable(kind, _meta_fields(meta), f"cannot be read ({exc!r:.200})")
+                continue
+            seen.add(meta.get("uid"))
+            if uid:
+                touched.append((uid, kind != "evalruns"))
         if final:
             self._prune(kind, scope, self._listing.pop((kind, scope), set()))
         for uid, observe_only in touched:
@@ -309,6 +316,22 @@ class Store:
         uid = self._child_deleted(kind, obj) if type_ == "DELETED" else self._child_seen(kind, obj)
         if uid:
             self._on_run(uid, True)
+
+    def undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
+        """An object that cannot be read was skipped: what is held for it goes (its
+        spec is no longer known), and ``on_undecodable`` is told, once per generation
+        (a status written about it comes back as an event, undecodable again)."""
+        uid = str(meta.get("uid") or "")
+        key = (kind, uid, meta.get("generation"))
+        with self._lock:
+            if kind == "evalruns" and uid:
+                self._forget(uid)
+            if key in self._reported:
+                return
+            self._reported[key] = None
+            while len(self._reported) > self.REPORTED:  # the oldest go first
+                del self._reported[next(iter(self._reported))]
+        self._on_undecodable(kind, meta, reason)
 
     def sizes(self) -> dict[str, int]:
         with self._lock:
@@ -348,6 +371,15 @@ class _Sink:
     def event(self, type_: str, obj: dict[str, Any]) -> None:
         self.store.event(self.kind, type_, obj)
 
+    def undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
+        self.store.undecodable(self.kind, meta, reason)
+
+
+def _meta_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata an unreadable object is reported with."""
+    keys = ("name", "namespace", "uid", "generation", "resourceVersion")
+    return {k: meta[k] for k in keys if isinstance(meta.get(k), str | int)}
+
 
 def needs_spec(run: Mapping[str, Any]) -> bool:
     """Whether the status does not reflect the spec yet (new, edited, or waiting for a
@@ -370,8 +402,11 @@ class BoardSink:
         submit: Callable[..., None],
         rebuild: Callable[[Mapping[str, Any]], None],
         rerender: Callable[[str, str], Any],
+        on_undecodable: Callable[[str, dict[str, Any], str], None] = lambda *_: None,
     ) -> None:
         self.metrics = metrics
+        self._on_undecodable = on_undecodable
+        self._reported: dict[tuple[str, str, object], None] = {}  # told already, in order
         self._submit = submit
         self._rebuild, self._rerender = rebuild, rerender
         self._listing: set[tuple[str, str]] = set()
@@ -395,7 +430,21 @@ class BoardSink:
         if seen is not None and meta.get("generation") != seen:
             self._submit(self._rerender, *board_key(obj))
 
+    def undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
+        self._on_undecodable("leaderboards", meta, reason)
+
 
 def board_key(obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def rebuild_scores(api: k8s.Api, metrics: Metrics, board: Mapping[str, Any]) -> None:
+    """A listed Leaderboard's score series, from its table (an operator restart keeps them)."""
+    namespace, name = board_key(board)
+    try:
+        entries, _ = leaderboards.read(api, namespace, board)
+    except errors.OperatorError as exc:
+        log.warning("score series of leaderboard %s/%s not rebuilt: %s", namespace, name, exc)
+        return
+    metrics.rebuild_scores(namespace, name, entries)

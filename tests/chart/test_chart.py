@@ -435,3 +435,96 @@ def test_the_operator_image_fits_the_deployment() -> None:
         if line.startswith("COPY ") and "--from" not in line:
             for src in line.split()[1:-1]:
                 assert (REPO / src).exists(), src
+
+
+# -- the runner placement policy ------------------------------------------------------------
+def _admission(*args: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    docs = render(*args)
+    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    return policy, binding
+
+
+def test_the_admission_policy_denies_runner_jobs_against_the_placement_policy() -> None:
+    from lmms_operator.reconcile import job as jobs
+
+    policy, binding = _admission()
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["batch"] and rule["resources"] == ["jobs"]
+    assert set(rule["operations"]) == {"CREATE", "UPDATE"}
+    # It matches the label the operator really puts on its Jobs, and its service account.
+    (match,) = spec["matchConditions"]
+    assert f"'{jobs.LABEL_MANAGED_BY}'" in match["expression"]
+    assert f"== '{jobs.MANAGED_BY}'" in match["expression"]
+    assert "system:serviceaccount:lmms-system:lmms-lmms-operator" in match["expression"]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert variables["allowedPriorityClasses"] == "[]"  # by default: none
+    rules = "\n".join(v["expression"] for v in spec["validations"])
+    for needle in (
+        "priorityClassName in variables.allowedPriorityClasses",
+        "has(t.key) && t.key != ''",
+        "['kubernetes.io', 'k8s.io']",
+        "!has(t.namespaceSelector)",
+        "n == request.namespace",
+        "node-role.kubernetes.io",
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "hostPath",
+        "privileged",
+    ):
+        assert needle in rules, needle
+    assert "allowedTolerationKeys.exists" not in rules  # no list: any key outside the domains
+    assert all(v.get("reason") == "Forbidden" for v in spec["validations"])
+
+
+def test_the_placement_values_reach_the_policy_and_the_operator() -> None:
+    args = (
+        "--set",
+        "placement.allowedPriorityClasses={batch-low,batch-high}",
+        "--set",
+        "placement.allowedTolerationKeys={nvidia.com/gpu,lmms.dev/*}",
+        "--set",
+        "placement.crossNamespaceAffinity=true",
+    )
+    policy, _ = _admission(*args)
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["allowedPriorityClasses"]) == ["batch-low", "batch-high"]
+    assert json.loads(variables["allowedTolerationKeys"]) == ["nvidia.com/gpu", "lmms.dev/*"]
+    rules = "\n".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "allowedTolerationKeys.exists" in rules and "namespaceSelector" not in rules
+    (deploy,) = by_kind(render(*args), "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["LMMS_ALLOWED_PRIORITY_CLASSES"] == "batch-low,batch-high"
+    assert env["LMMS_ALLOWED_TOLERATION_KEYS"] == "nvidia.com/gpu,lmms.dev/*"
+    assert env["LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY"] == "true"
+    (deploy,) = by_kind(render(), "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert "LMMS_ALLOWED_PRIORITY_CLASSES" not in env and "LMMS_ALLOWED_TOLERATION_KEYS" not in env
+    assert env["LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY"] == "false"
+    docs = render("--set", "admissionPolicy.enabled=false")
+    assert not by_kind(docs, "ValidatingAdmissionPolicy")
+    assert not by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    bad = helm(
+        "template",
+        "x",
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "placement.allowedPriorityClasses={Not A Class}",
+    )
+    assert bad.returncode != 0 and "/placement/allowedPriorityClasses/0" in bad.stderr

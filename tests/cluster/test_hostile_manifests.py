@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from lmms_operator.k8s import jsonsplit
 from tests import evalruns as er
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator_process")]
 
@@ -261,3 +263,67 @@ def test_a_leaderboard_cannot_point_the_operator_at_a_store_without_credentials(
         )
     assert exc.value.status == 422
     assert "spec.storage.s3.credentialsSecret" in json.loads(exc.value.body)["message"]
+
+
+# -- one object that cannot be decoded stops nothing else --------------------------------
+DEPTH = 5000
+
+
+def _raw(
+    api: client.ApiClient, method: str, path: str, body: str | None = None
+) -> tuple[int, bytes]:
+    """A request whose answer is not decoded by the client (it would recurse as deep):
+    the status and the body."""
+    method_, url, headers, _, _ = api.param_serialize(
+        method,
+        path,
+        query_params=[("fieldValidation", "Strict")] if body is not None else [],
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    # The body as it is: the client would encode it again (and recurse to decode it).
+    response = api.rest_client.pool_manager.request(
+        method_, url, body=body.encode() if body is not None else None, headers=headers
+    )
+    return int(response.status), bytes(response.data)
+
+
+def _status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    _, data = _raw(
+        api, "GET", f"/apis/eval.lmms.dev/v1alpha1/namespaces/{namespace}/evalruns/{name}"
+    )
+    for key, start, end in jsonsplit.members(data):
+        if key == "status":
+            return dict(json.loads(data[start:end]))
+    return {}
+
+
+def test_a_run_nested_too_deep_to_decode_fails_alone(
+    api: client.ApiClient, namespace: str, other_namespace: str
+) -> None:
+    """An affinity nested 5000 deep: refused by the API server naming the field (the
+    affinity is typed), or, where the schema keeps unknown fields, stored; then the
+    operator's informer skips it (Failed, a Warning Event) and keeps serving the others."""
+    body = json.dumps(er.manifest("deep", {**er.KWOK, "affinity": "DEEP"}))
+    deep = '{"x":' * DEPTH + "1" + "}" * DEPTH
+    path = f"/apis/eval.lmms.dev/v1alpha1/namespaces/{namespace}/evalruns"
+    code, answer = _raw(api, "POST", path, body.replace('"DEEP"', deep))
+    stored = code < 300
+    if not stored:
+        assert code in (400, 422), (code, answer[:2000])
+        assert b"spec.scheduling.affinity" in answer, answer[:2000]
+    er.create(api, other_namespace, er.manifest("neighbour", er.KWOK))
+    er.wait_phase(api, other_namespace, "neighbour", "Succeeded", timeout=60)
+    if stored:
+
+        def failed() -> dict[str, Any] | None:
+            status = _status(api, namespace, "deep")
+            return status if status.get("phase") == "Failed" else None
+
+        status = wait_for(failed, timeout=60)
+        assert status["reason"] == "InvalidSpec", status
+        assert "spec.scheduling.affinity" in status["message"], status
+        er.wait_event(api, namespace, "deep", "InvalidSpec")
+    # A run in the same namespace is served too.
+    er.create(api, namespace, er.manifest("after", er.KWOK))
+    er.wait_phase(api, namespace, "after", "Succeeded", timeout=60)

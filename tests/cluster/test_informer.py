@@ -41,6 +41,9 @@ class Sink:
         with self.lock:
             self.events.append((type_, obj["metadata"]["name"]))
 
+    def undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
+        raise AssertionError(f"undecodable {kind} {meta}: {reason}")
+
 
 @pytest.fixture()
 def operator_client(

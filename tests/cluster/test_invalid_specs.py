@@ -11,6 +11,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from lmms_operator.reconcile.placement import PlacementPolicy
 from lmms_operator.reconcile.validate import FEATURES, Policy, validate
 from tests import evalruns as er
 
@@ -190,6 +191,8 @@ def test_examples_apply_cleanly(cluster: Any, namespace: str) -> None:
         cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path))
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc["kind"] == "EvalRun":
-                # The operator accepts it too, once the features it names are allowed
-                # (the multi-node example's InternVL2 needs remoteCode).
-                validate(doc["spec"], Policy(features=frozenset(FEATURES)))
+                # The operator accepts it too, once the features and the priority class
+                # it names are allowed (the multi-node example's InternVL2 needs
+                # remoteCode; the Kueue example names the priority class batch-low).
+                placement = PlacementPolicy(priority_classes=frozenset({"batch-low"}))
+                validate(doc["spec"], Policy(features=frozenset(FEATURES), placement=placement))

@@ -210,6 +210,67 @@ def test_results_come_from_the_object_store_when_the_runner_is_gone(
     assert not [t for t in texts if SECRET_KEY in t]
 
 
+def test_the_operator_contacts_no_store_at_a_refused_address(
+    api: client.ApiClient, namespace: str, store: S3Server
+) -> None:
+    """The operator lends no network position (the tests allow only 127.0.0.0/8:
+    LMMS_OBJECT_STORE_ALLOWED_CIDRS). An EvalRun whose output endpoint is the metadata
+    service, in an octal spelling, fails InvalidSpec naming the field, with no Job; a
+    Leaderboard whose storage is there keeps its table in ConfigMaps, says why the
+    copy is missing (ObjectStoreSynced False, naming spec.storage.s3.endpoint), and the
+    run that publishes to it is published, once."""
+    _credentials(api, namespace, store)
+    imds = _run("imds", store, f"{namespace}/imds/0/", termination_value=0.5)
+    imds["spec"]["output"]["s3"]["endpoint"] = "http://0251.0376.0251.0376"
+    imds["spec"]["leaderboard"] = None
+    er.create(api, namespace, imds)
+    run = er.wait_phase(api, namespace, "imds", "Failed", timeout=60, reason="InvalidSpec")
+    assert "spec.output.s3.endpoint" in run["status"]["message"]
+    assert "169.254.169.254" in run["status"]["message"]
+    assert not er.jobs_of(api, namespace, run)
+
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "leaderboards",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Leaderboard",
+            "metadata": {"name": "board"},
+            "spec": {
+                "storage": {
+                    "s3": {
+                        "bucket": "boards",
+                        "endpoint": "http://[::ffff:169.254.169.254]",
+                        "credentialsSecret": "s3-creds",
+                    }
+                }
+            },
+        },
+    )
+    er.create(api, namespace, _run("pub", store, f"{namespace}/pub/0/", termination_value=0.5))
+    er.wait_phase(api, namespace, "pub", "Succeeded", timeout=90)
+
+    def refused() -> dict[str, Any] | None:
+        board = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "leaderboards", "board"
+        )
+        conditions = (board.get("status") or {}).get("conditions") or []
+        return board if conditions else None
+
+    board = wait_for(refused, timeout=60)
+    (synced,) = board["status"]["conditions"]
+    assert (synced["type"], synced["status"]) == ("ObjectStoreSynced", "False")
+    assert synced["message"].startswith("spec.storage.s3.endpoint: "), synced["message"]
+    assert board["status"]["entries"] == 1 and "tableLocation" not in board["status"]
+    pub = wait_for(
+        lambda: (r := er.get(api, namespace, "pub"))["status"].get("resultsConfigMap") and r
+    )
+    assert pub["status"]["leaderboardPublished"] is True
+    assert "LeaderboardPublished" not in [c["type"] for c in pub["status"].get("conditions", [])]
+
+
 class _HostileStore:
     """An S3 endpoint that answers GetObject either one byte per second (``drip`` in the
     key) or with 200 MiB as fast as it can (``huge``), both without a Content-Length."""

@@ -74,6 +74,10 @@ def test_runs_never_share_a_job_token_or_results(
     # Both namespaces got the policy that admits only the operator to runner pods.
     net = client.NetworkingV1Api(api)
     for ns in (namespace, other_namespace):
-        policy = net.read_namespaced_network_policy("lmms-runner-ingress", ns)
+        policy = net.read_namespaced_network_policy("lmms-runner", ns)
         (rule,) = policy.spec.ingress
         assert [p.port for p in rule.ports] == [8080]
+        # ...and keeps runners off the node's link-local range (the metadata service).
+        assert policy.spec.policy_types == ["Ingress", "Egress"]
+        blocks = [peer.ip_block for r in policy.spec.egress for peer in (r.to or [])]
+        assert "169.254.0.0/16" in [e for b in blocks if b for e in (b._except or [])]

@@ -279,6 +279,13 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
     for cm in config_maps:
         for secret in ("hf_e2eSECRETe2eSECRETe2e", "sk-e2e-0123456789abcdef"):
             assert secret not in json.dumps(cm.data)
+    # ...nor in the Events of the namespace, the operator's log or its metrics.
+    texts = [e.message or "" for e in core.list_namespaced_event(namespace).items]
+    texts += [operator_process.log(), operator_process.metrics()]
+    assert len(texts) > 3 and any("Succeeded" in t or "score" in t for t in texts)
+    for secret in ("hf_e2eSECRETe2eSECRETe2e", "sk-e2e-0123456789abcdef"):
+        leaks = [t[:200] for t in texts if secret in t]
+        assert not leaks, f"{secret[:6]}... leaked into {leaks}"
 
 
 def test_killing_the_operator_mid_run_loses_nothing_and_publishes_once(

@@ -8,7 +8,8 @@ from typing import Any
 
 from lmms_operator.config import Settings
 from lmms_operator.reconcile import job as jobs
-from lmms_operator.reconcile.validate import validate
+from lmms_operator.reconcile.placement import PlacementPolicy
+from lmms_operator.reconcile.validate import Policy, validate
 
 RUN = jobs.RunRef("qwen2vl-mme", "team-a", "0b8e6f5c-1111-2222-3333-444455556666")
 
@@ -16,7 +17,11 @@ RUN = jobs.RunRef("qwen2vl-mme", "team-a", "0b8e6f5c-1111-2222-3333-444455556666
 def build(**over: Any) -> jobs.Desired:
     raw: dict[str, Any] = {"model": {"type": "qwen2_vl"}, "tasks": ["mme"]}
     raw.update(over)
-    return jobs.build(RUN, validate(raw), Settings().runner, token="t0ken")
+    return jobs.build(RUN, validate(raw, POLICY), Settings().runner, token="t0ken")
+
+
+#: The admin lets runs use the priority class the scheduling test names.
+POLICY = Policy(placement=PlacementPolicy(priority_classes=frozenset({"batch-low"})))
 
 
 def pod(desired: jobs.Desired) -> dict[str, Any]:

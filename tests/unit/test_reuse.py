@@ -16,8 +16,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def spec(**over: Any) -> Any:
     raw: dict[str, Any] = {
         "model": {
-            "type": "qwen2_vl",
-            "pretrained": "Qwen/Qwen2-VL-2B-Instruct",
+            "type": "llava_hf",
+            "pretrained": "llava-hf/llava-1.5-7b-hf",
             "revision": COMMIT,
         },
         "tasks": ["mme", "ai2d"],
@@ -47,7 +47,7 @@ def test_only_a_pinned_model_is_reused() -> None:
     [
         {"model": {"revision": "f" * 40}},
         {"model": {"pretrained": "Qwen/Qwen2-VL-7B-Instruct"}},
-        {"model": {"args": {"max_pixels": "1000"}}},
+        {"model": {"args": {"max_frames_num": "16"}}},
         {"evaluation": {"limit": 10}},
         {"evaluation": {"numFewshot": 1}},
         {"evaluation": {"seed": 1}},

@@ -167,3 +167,34 @@ def test_children_are_the_runs_only_when_namespace_and_owner_say_so() -> None:
     assert store.job("x", "j") is not None
     store.event("pods", "ADDED", pod("real", "x", namespace="a"))
     assert [p["metadata"]["name"] for p in store.pods_of("x", "j")] == ["real"]
+
+
+def test_an_undecodable_run_is_dropped_and_told_once_per_generation() -> None:
+    told: list[tuple[str, str, str]] = []
+    gone: list[str] = []
+    store = Store(
+        metrics,
+        lambda uid, observe: None,
+        gone.append,
+        lambda kind, meta, reason: told.append((kind, meta["uid"], reason)),
+    )
+    sink = store.run_sink()
+    sink.listed(None, [run("u1", None)], final=True)
+    assert store.get("u1") is not None
+    meta = {"name": "r-u1", "namespace": "a", "uid": "u1", "generation": 2}
+    sink.undecodable("EvalRun", meta, "too deep")
+    # Its spec is no longer known: nothing held for it acts on the old one.
+    assert store.get("u1") is None and gone == ["u1"]
+    sink.undecodable("EvalRun", meta, "too deep")  # the echo of the status written
+    sink.undecodable("EvalRun", {**meta, "generation": 3}, "too deep")  # edited, still bad
+    assert told == [("evalruns", "u1", "too deep")] * 2
+
+
+def test_one_unreadable_item_does_not_stop_its_page() -> None:
+    told: list[str] = []
+    store = Store(metrics, lambda uid, observe: None, on_undecodable=lambda k, m, r: told.append(r))
+    bad = run("u2", None)
+    bad["status"] = "not an object"  # what no schema would store: reading it raises
+    store.run_sink().listed(None, [run("u1", None), bad, run("u3", None)], final=True)
+    assert sorted(store.uids()) == ["u1", "u3"]
+    assert len(told) == 1 and "cannot be read" in told[0]

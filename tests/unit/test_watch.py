@@ -43,6 +43,9 @@ class Sink:
     def event(self, type_: str, obj: dict[str, Any]) -> None:
         self.seen.append((type_, obj["metadata"]["name"]))
 
+    def undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
+        self.seen.append(("undecodable", kind, meta["name"], reason))
+
 
 def test_gone_relists_and_errors_resume_from_the_last_version() -> None:
     calls: list[dict[str, Any]] = []
@@ -115,3 +118,68 @@ def test_gone_relists_and_errors_resume_from_the_last_version() -> None:
     assert all(c.get("allowWatchBookmarks") == "true" for c in watches)
     assert calls[1]["continue"] == "c"
     assert informer.relists == 3
+
+
+class RawAnswer(Answer):
+    """An answer given as bytes: what ``json.dumps`` could not even write."""
+
+    def __init__(self, data: bytes = b"", lines: list[bytes] | None = None) -> None:
+        self.data, self.raw_lines = data, lines or []
+
+    def stream(self, amt: int, decode_content: bool = True) -> Any:
+        body = b"".join(line + b"\n" for line in self.raw_lines)
+        for i in range(0, len(body), 4096):  # long lines arrive in many chunks
+            yield body[i : i + 4096]
+
+
+def _poisoned(name: str, rv: str, depth: int = 100_000) -> bytes:
+    body = json.dumps(
+        {"metadata": {"name": name, "namespace": "a", "uid": f"u-{name}", "resourceVersion": rv}}
+    )
+    deep = '{"x":' * depth + "1" + "}" * depth
+    return (body[:-1] + ', "spec": {"affinity": ' + deep + "}}").encode()
+
+
+def test_a_poisoned_object_is_skipped_and_reported_and_the_rest_arrives() -> None:
+    items = b",".join([json.dumps(pod("a", "5")).encode(), _poisoned("deep", "6"), b"{}"])
+    good = json.dumps({"type": "ADDED", "object": pod("c", "12")}).encode()
+    script: list[Any] = [
+        RawAnswer(
+            b'{"kind": "PodList", "metadata": {"resourceVersion": "10"}, "items": ['
+            + items.replace(b",{}", b"," + json.dumps(pod("b", "7")).encode())
+            + b"]}"
+        ),
+        RawAnswer(
+            lines=[
+                b'{"type": "MODIFIED", "object": ' + _poisoned("deep", "11") + b"}",
+                b"not json",
+                good,
+            ]
+        ),
+    ]
+    done = threading.Event()
+    versions: list[str] = []
+
+    def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
+        if query.get("watch"):
+            versions.append(query["resourceVersion"])
+        if not script:
+            done.set()
+            raise errors.api_error(503, "the end")
+        return script.pop(0)
+
+    sink = Sink()
+    informer = Informer("Pod", sink, fetch=answer)
+    informer.BACKOFF_MIN = 0.01
+    informer.start()
+    assert done.wait(30)
+    informer.stop()
+    reason = "spec.affinity.x: nested too deeply to decode"
+    assert sink.seen == [
+        ("undecodable", "Pod", "deep", reason),
+        ("list", ["a", "b"], True),
+        ("undecodable", "Pod", "deep", reason),
+        ("ADDED", "c"),
+    ]
+    # The watch resumed after the last event, past the poisoned one.
+    assert versions == ["10", "12"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from pydantic.alias_generators import to_camel
 
 GROUP = "eval.lmms.dev"
@@ -17,6 +17,31 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A Kubernetes resource quantity such as ``4``, ``500m``, ``32Gi``.
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+#: Bounds of the numbers and lists of a status (well above what a run produces).
+MAX_COUNT = 2**53 - 1
+
+
+def cap(n: int) -> BeforeValidator:
+    """Cuts a string or a list to ``n``: a status field the operator fills from what
+    runners and lmms-eval report stays within the schema's bound instead of failing."""
+
+    def cut(value: Any) -> Any:
+        return value[:n] if isinstance(value, str | list) else value
+
+    return BeforeValidator(cut)
+
+
+def clamp(low: float, high: float) -> BeforeValidator:
+    """Brings a reported number within the schema's bounds."""
+
+    def bound(value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return min(max(value, low), high)
+        return value
+
+    return BeforeValidator(bound)
 
 
 class ApiModel(BaseModel):

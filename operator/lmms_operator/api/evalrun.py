@@ -16,19 +16,28 @@ from .resources import ResourcesSpec, SchedulingSpec
 from .status import EvalRunStatus
 
 # The grammars below keep every value that reaches lmms-eval's command line to one
-# meaning: lmms-eval splits --model_args on "," and "=", and --tasks on ",". Patterns are
-# RE2 (the API server) and Rust regex (pydantic) alike: no look-arounds, \x{...} escapes.
+# meaning: lmms-eval splits --model_args on "," and "=" (and groups on quotes and
+# brackets), and --tasks on ",". Patterns are RE2 (the API server) and Rust regex
+# (pydantic) alike: no look-arounds, Unicode classes by general category
+# (reconcile/grammar.py checks the same and more: NFKC, round trips, credentials).
 
-#: Control characters, quotes and Unicode bidi/format controls (never in an identifier).
-_UNSAFE = r"\x00-\x1f\x7f\x{85}\x{200b}-\x{200f}\x{2028}-\x{202e}\x{2060}-\x{206f}\x{feff}"
+#: Controls (Cc), format and bidi controls (Cf), private use (Co), line and paragraph
+#: separators (Zl, Zp). Neither engine can hold a surrogate (Cs), so it needs no class.
+UNSAFE_CLASS = r"\p{Cc}\p{Cf}\p{Co}\p{Zl}\p{Zp}"
+#: What lmms-eval's --model_args splitter gives a meaning: , = quotes and brackets.
+_SPECIAL = r",=\"'\[\]{}()"
+_NOT_ARG = _SPECIAL + UNSAFE_CLASS
 #: A model id on the Hugging Face Hub, an API model name, or a path in the image.
 MODEL_ID = r"^[A-Za-z0-9_./][A-Za-z0-9_./:@+\-]*$"
 #: A git branch, tag or commit (no ",", "=", spaces or ".." segments checked by CEL).
 REVISION = r"^[A-Za-z0-9_][A-Za-z0-9_./+\-]*$"
 #: A --model_args key: an identifier.
 ARG_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
-#: A --model_args value: no ",", "=", quotes, control or bidi characters.
-ARG_VALUE = r"^[^,=\"'" + _UNSAFE + r"]*$"
+#: A --model_args value: none of , = quotes brackets, no unsafe character, no space at
+#: either end.
+ARG_VALUE = rf"^([^{_NOT_ARG}\p{{Z}}]([^{_NOT_ARG}]*[^{_NOT_ARG}\p{{Z}}])?)?$"
+#: Free text that reaches the runner's environment: no unsafe character.
+SAFE_TEXT = rf"^[^{UNSAFE_CLASS}]*$"
 #: An lmms-eval task, group or tag name: no globs, commas, spaces or path segments.
 TASK_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_+\-]*(\.[A-Za-z0-9_+\-]+)*$"
 _TASK_ITEMS: dict[str, Any] = {
@@ -106,8 +115,10 @@ class ModelSpec(ApiModel):
     args: dict[ArgKey, ArgValue] = Field(
         default_factory=dict,
         description="Extra --model_args entries (key=value). Values override the preset's. "
-        "Keys are identifiers; values may not hold ',', '=', quotes, control or bidi "
-        "characters. trust_remote_code needs the remoteCode feature.",
+        "Keys must be arguments the model type's lmms-eval class accepts; values may not "
+        "hold , = quotes or brackets, control, format (bidi, invisible) or private-use "
+        "characters, nor begin or end with a space, and must be in Unicode NFKC form. "
+        "trust_remote_code (any value but false) needs the remoteCode feature.",
         max_length=64,
         json_schema_extra={
             "additionalProperties": {"type": "string", "maxLength": 4096, "pattern": ARG_VALUE},
@@ -248,7 +259,13 @@ class EnvVar(ApiModel):
     name: str = Field(
         description="Variable name.", max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
     )
-    value: str = Field(default="", description="Value.", max_length=4096)
+    value: str = Field(
+        default="",
+        description="Value: no control, format (bidi, invisible), private-use or "
+        "line-separator characters, and nothing shaped like a credential.",
+        max_length=4096,
+        pattern=SAFE_TEXT,
+    )
 
 
 class EvalRunSpec(ApiModel):

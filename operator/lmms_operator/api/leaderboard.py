@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
-from .base import DNS_SUBDOMAIN, ApiModel
+from .base import DNS_SUBDOMAIN, ApiModel, cap
 from .evalrun import S3Output
+from .status import MAX_CONDITIONS, Condition, Count, Name, Real, Time
+
+#: A task and a metric name in rankBy (metric names hold commas: exact_match,none).
+RankTask = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+RankMetric = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+#: Entries in status.top, at most (the table itself is in ConfigMaps).
+MAX_TOP = 1000
 
 
 class ConfigMapStorage(ApiModel):
@@ -42,10 +49,20 @@ class LeaderboardStorage(ApiModel):
 class LeaderboardSpec(ApiModel):
     """How the leaderboard ranks and stores entries."""
 
-    rank_by: dict[str, str] = Field(
+    rank_by: dict[RankTask, RankMetric] = Field(
         default_factory=dict,
         description="Metric that ranks each task (task -> metric). Tasks not listed rank by "
         "their primary metric.",
+        max_length=256,
+        json_schema_extra={
+            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 253},
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(k, size(k) >= 1 && size(k) <= 200)",
+                    "message": "task names are 1 to 200 characters",
+                }
+            ],
+        },
     )
     storage: LeaderboardStorage = Field(
         default_factory=LeaderboardStorage, description="Where the full table lives."
@@ -58,21 +75,23 @@ class LeaderboardEntry(ApiModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    rank: int = Field(description="Rank within the task (1 is best).")
+    rank: Count = Field(description="Rank within the task (1 is best).")
     model: str = Field(
         description="Model identity: pretrained@revision for a checkpoint; for an API model "
-        "its name (model_version) @ the endpoint's host."
+        "its name (model_version) @ the endpoint's host.",
+        max_length=2048,
     )
-    revision: str | None = Field(default=None, description="Model revision.")
+    revision: str | None = Field(default=None, description="Model revision.", max_length=256)
     settings: str | None = Field(
         default=None,
         description="Settings that change a score (limit, numFewshot, generation, the "
         "lmms-eval version): entries with other settings are other rows.",
+        max_length=2048,
     )
-    task: str = Field(description="Task name.")
-    metric: str = Field(description="Metric name.")
-    value: float | None = Field(default=None, description="Metric value.")
-    stderr: float | None = Field(default=None, description="Standard error.")
+    task: str = Field(description="Task name.", max_length=253)
+    metric: str = Field(description="Metric name.", max_length=253)
+    value: Real | None = Field(default=None, description="Metric value.")
+    stderr: Real | None = Field(default=None, description="Standard error.")
     higher_is_better: bool | None = Field(default=None, description="Direction of the metric.")
     tied_with_best: bool | None = Field(
         default=None,
@@ -80,10 +99,14 @@ class LeaderboardEntry(ApiModel):
         "significant at p < 0.05 (a two-sided z-test on both standard errors). Absent for "
         "the best entry; false where a standard error is missing (no tie is claimed).",
     )
-    run: str = Field(description="The EvalRun that produced it (namespace/name).")
-    run_uid: str | None = Field(default=None, description="The uid of that EvalRun.")
-    spec_hash: str | None = Field(default=None, description="The spec hash it evaluated.")
-    finished_at: str | None = Field(default=None, description="When the run finished.")
+    run: str = Field(description="The EvalRun that produced it (namespace/name).", max_length=317)
+    run_uid: str | None = Field(default=None, description="The uid of that EvalRun.", max_length=64)
+    spec_hash: str | None = Field(
+        default=None, description="The spec hash it evaluated.", max_length=64
+    )
+    finished_at: str | None = Field(
+        default=None, description="When the run finished.", max_length=64
+    )
 
 
 class LeaderboardStatus(ApiModel):
@@ -91,22 +114,35 @@ class LeaderboardStatus(ApiModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    observed_generation: int | None = Field(
-        default=None, description="The metadata.generation (rankBy, top) the table reflects."
+    observed_generation: Count | None = Field(
+        default=None,
+        description="The metadata.generation (rankBy, top) the table reflects.",
     )
-    entries: int = Field(default=0, description="Number of entries.")
-    models: int = Field(default=0, description="Number of distinct models.")
-    tasks: int = Field(default=0, description="Number of distinct tasks.")
-    last_update: str | None = Field(default=None, description="When the table last changed.")
-    top: list[LeaderboardEntry] = Field(default_factory=list, description="Top entries per task.")
-    config_maps: list[str] = Field(default_factory=list, description="ConfigMaps of the table.")
-    table_location: str | None = Field(default=None, description="Object-store URL, when used.")
-    conditions: list[dict[str, Any]] = Field(
+    entries: Count = Field(default=0, description="Number of entries.")
+    models: Count = Field(default=0, description="Number of distinct models.")
+    tasks: Count = Field(default=0, description="Number of distinct tasks.")
+    last_update: Time | None = Field(
+        default=None, description="When the table last changed.", max_length=64
+    )
+    top: Annotated[list[LeaderboardEntry], cap(MAX_TOP)] = Field(
+        default_factory=list,
+        description=f"Top entries per task (at most {MAX_TOP}; the table has them all).",
+        max_length=MAX_TOP,
+    )
+    config_maps: Annotated[list[Name], cap(1024)] = Field(
+        default_factory=list,
+        description="ConfigMaps of the table.",
+        max_length=1024,
+        json_schema_extra={"items": {"type": "string", "maxLength": 253}},
+    )
+    table_location: Annotated[str, cap(2048)] | None = Field(
+        default=None, description="Object-store URL, when used.", max_length=2048
+    )
+    conditions: Annotated[list[Condition], cap(MAX_CONDITIONS)] = Field(
         default_factory=list,
         description="Conditions (KEP-1623): ObjectStoreSynced when storage.s3 is set.",
-        json_schema_extra={
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        },
+        max_length=MAX_CONDITIONS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
 

@@ -2,20 +2,16 @@
 
 ``reconcile.job`` makes them the Job's: requests and limits, /dev/shm, an
 Indexed Job over several nodes; nodeSelector, tolerations, affinity and Kueue's queue
-label. Tolerations and affinity pass through as they are, so they are bounded here and
-in ``reconcile.validate``.
+label. Tolerations and affinity are the typed, bounded core/v1 types of ``corev1``;
+``reconcile.placement`` checks them against the admin's placement policy.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import ConfigDict, Field
 
 from .base import DNS_LABEL, DNS_SUBDOMAIN, QUANTITY, ApiModel
-
-#: Kubernetes types passed through whole: the schema keeps what it does not spell out.
-PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+from .corev1 import LABEL_MAP_SCHEMA, Affinity, LabelKey, LabelValue, Toleration
 
 #: A domain-prefixed extended resource (nvidia.com/gpu), outside kubernetes.io.
 EXTENDED_RESOURCE = (
@@ -89,22 +85,20 @@ class ResourcesSpec(ApiModel):
 class SchedulingSpec(ApiModel):
     """Where the pods may run."""
 
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         description="Pod nodeSelector.",
         max_length=64,
-        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63}},
+        json_schema_extra=LABEL_MAP_SCHEMA,
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[Toleration] = Field(
         default_factory=list,
         description="Pod tolerations (core/v1 Toleration).",
         max_length=32,
-        json_schema_extra={"items": {"type": "object", **PRESERVE}},
     )
-    affinity: dict[str, Any] = Field(
-        default_factory=dict,
+    affinity: Affinity = Field(
+        default_factory=Affinity,
         description="Pod affinity (core/v1 Affinity): at most 32 terms in all and 16 KiB.",
-        json_schema_extra=dict(PRESERVE),
     )
     priority_class_name: str | None = Field(
         default=None, description="Pod priorityClassName.", max_length=253, pattern=DNS_SUBDOMAIN

@@ -6,11 +6,26 @@ generated from these models as the spec's is (``python -m lmms_operator.api.crdg
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from .base import ApiModel
+from .base import MAX_COUNT, ApiModel, cap, clamp
+
+# Every string, list and number of the status is bounded in the schema; the models cut
+# and clamp what the operator fills from runners' reports and lmms-eval's output (the
+# tenant's code), so that a status write never fails on a bound.
+Name = Annotated[str, cap(253)]
+Time = Annotated[str, cap(64)]
+Text = Annotated[str, cap(32768)]
+Count = Annotated[int, clamp(-MAX_COUNT, MAX_COUNT), Field(ge=-MAX_COUNT, le=MAX_COUNT)]
+#: Scores, rates and durations: beyond 10**15 (written as an integer: YAML keeps it a number).
+MAX_REAL = 10**15
+Real = Annotated[float, clamp(-MAX_REAL, MAX_REAL), Field(ge=-MAX_REAL, le=MAX_REAL)]
+Percent = Annotated[float, clamp(0, 100), Field(ge=0, le=100)]
+MAX_TASKS = 4096
+MAX_SHARDS = 64
+MAX_CONDITIONS = 16
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
 
@@ -18,60 +33,76 @@ Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelle
 class Condition(ApiModel):
     """A condition (KEP-1623)."""
 
-    type: str = Field(description="Condition type, e.g. Ready.", max_length=316)
+    type: Annotated[str, cap(316)] = Field(
+        description="Condition type, e.g. Ready.", max_length=316
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(description="CamelCase reason.", max_length=1024)
-    message: str = Field(default="", description="Human-readable details.", max_length=32768)
-    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(
-        default=None, description="The metadata.generation this condition reflects."
+    reason: Annotated[str, cap(1024)] = Field(description="CamelCase reason.", max_length=1024)
+    message: Text = Field(default="", description="Human-readable details.", max_length=32768)
+    last_transition_time: Time = Field(
+        description="When the status last changed (RFC 3339).", max_length=64
+    )
+    observed_generation: Count | None = Field(
+        default=None,
+        description="The metadata.generation this condition reflects.",
     )
 
 
 class TaskProgress(ApiModel):
     """Progress of one task."""
 
-    name: str = Field(description="Task name.")
-    done: int = Field(default=0, description="Samples done.")
-    total: int = Field(default=0, description="Samples in all.")
+    name: Name = Field(description="Task name.", max_length=253)
+    done: Count = Field(default=0, description="Samples done.")
+    total: Count = Field(default=0, description="Samples in all.")
 
 
 class Progress(ApiModel):
     """Live progress scraped from the runner."""
 
-    percent: float = Field(default=0, description="Overall percent done.")
-    tasks: list[TaskProgress] = Field(default_factory=list, description="Per-task progress.")
-    samples_per_second: float | None = Field(default=None, description="Current throughput.")
-    eta_seconds: float | None = Field(default=None, description="Estimated time to finish.")
-    phase: str | None = Field(default=None, description="The runner's own phase.")
-    last_update: str | None = Field(default=None, description="When this was scraped.")
+    percent: Percent = Field(default=0, description="Overall percent done.")
+    tasks: Annotated[list[TaskProgress], cap(MAX_TASKS)] = Field(
+        default_factory=list, description="Per-task progress.", max_length=MAX_TASKS
+    )
+    samples_per_second: Real | None = Field(default=None, description="Current throughput.")
+    eta_seconds: Real | None = Field(default=None, description="Estimated time to finish.")
+    phase: Name | None = Field(default=None, description="The runner's own phase.", max_length=253)
+    last_update: Time | None = Field(
+        default=None, description="When this was scraped.", max_length=64
+    )
 
 
 class MetricResult(ApiModel):
     """One metric of one task."""
 
-    task: str = Field(description="Task or group name.")
-    metric: str = Field(description="Metric name, e.g. exact_match,none.")
-    value: float | None = Field(default=None, description="Metric value.")
-    stderr: float | None = Field(default=None, description="Standard error, when known.")
+    task: Name = Field(description="Task or group name.", max_length=253)
+    metric: Name = Field(description="Metric name, e.g. exact_match,none.", max_length=253)
+    value: Real | None = Field(default=None, description="Metric value.")
+    stderr: Real | None = Field(default=None, description="Standard error, when known.")
     higher_is_better: bool | None = Field(default=None, description="Direction of the metric.")
 
 
 class ShardStatus(ApiModel):
     """One pod of a run with parallelism > 1: its tasks and how far it got."""
 
-    index: int = Field(description="The Job completion index of the shard's pod.")
-    tasks: list[str] = Field(default_factory=list, description="The tasks assigned to it.")
-    expected_documents: int | None = Field(
+    index: Count = Field(description="The Job completion index of the shard's pod.")
+    tasks: Annotated[list[Name], cap(MAX_TASKS)] = Field(
+        default_factory=list,
+        description="The tasks assigned to it.",
+        max_length=MAX_TASKS,
+        json_schema_extra={"items": {"type": "string", "maxLength": 253}},
+    )
+    expected_documents: Count | None = Field(
         default=None,
         description="Documents the assignment expected (custom tasks' data, spec.evaluation."
         "limit); absent when unknown, then tasks are balanced by count.",
     )
-    pod: str | None = Field(default=None, description="The shard's newest pod.")
-    phase: str | None = Field(default=None, description="The shard runner's own phase.")
-    percent: float | None = Field(default=None, description="Percent done.")
-    done: int | None = Field(default=None, description="Documents done.")
-    total: int | None = Field(default=None, description="Documents in all.")
+    pod: Name | None = Field(default=None, description="The shard's newest pod.", max_length=253)
+    phase: Name | None = Field(
+        default=None, description="The shard runner's own phase.", max_length=253
+    )
+    percent: Percent | None = Field(default=None, description="Percent done.")
+    done: Count | None = Field(default=None, description="Documents done.")
+    total: Count | None = Field(default=None, description="Documents in all.")
     results_collected: bool | None = Field(
         default=None, description="The operator holds this shard's results."
     )
@@ -80,11 +111,15 @@ class ShardStatus(ApiModel):
 class ReusedResult(ApiModel):
     """A task whose results came from the evaluation index, and the run that produced them."""
 
-    task: str = Field(description="The entry of the run's task list.")
-    run: str = Field(description="The run that evaluated it (namespace/name).")
-    run_uid: str = Field(description="That run's uid.")
-    completed_at: str | None = Field(default=None, description="When that run finished.")
-    index_entry: str = Field(description="The index entry's ConfigMap.")
+    task: Name = Field(description="The entry of the run's task list.", max_length=253)
+    run: Annotated[str, cap(317)] = Field(
+        description="The run that evaluated it (namespace/name).", max_length=317
+    )
+    run_uid: Time = Field(description="That run's uid.", max_length=64)
+    completed_at: Time | None = Field(
+        default=None, description="When that run finished.", max_length=64
+    )
+    index_entry: Name = Field(description="The index entry's ConfigMap.", max_length=253)
 
 
 class EvalRunStatus(ApiModel):
@@ -93,40 +128,64 @@ class EvalRunStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
     phase: Phase | None = Field(default=None, description="Where the run stands.")
-    reason: str | None = Field(default=None, description="CamelCase reason of the phase.")
-    message: str | None = Field(default=None, description="Human-readable details.")
-    observed_generation: int | None = Field(
-        default=None, description="The metadata.generation this status reflects."
+    reason: Annotated[str, cap(1024)] | None = Field(
+        default=None, description="CamelCase reason of the phase.", max_length=1024
     )
-    conditions: list[Condition] = Field(
+    message: Text | None = Field(
+        default=None, description="Human-readable details.", max_length=32768
+    )
+    observed_generation: Count | None = Field(
+        default=None,
+        description="The metadata.generation this status reflects.",
+    )
+    conditions: Annotated[list[Condition], cap(MAX_CONDITIONS)] = Field(
         default_factory=list,
         description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled, "
         "RunnerReachable, HarnessPatched (False when the runner found an lmms-eval its "
         "patches were not written for and runs it plain), LeaderboardPublished (False when "
         "a publish failed 5 times).",
+        max_length=MAX_CONDITIONS,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    spec_hash: str | None = Field(default=None, description="Hash of the evaluated spec.")
-    job_name: str | None = Field(default=None, description="The Job running the evaluation.")
-    pod_name: str | None = Field(default=None, description="The newest pod of the Job.")
-    start_time: str | None = Field(default=None, description="When the Job started.")
-    completion_time: str | None = Field(default=None, description="When the run ended.")
+    spec_hash: Time | None = Field(
+        default=None, description="Hash of the evaluated spec.", max_length=64
+    )
+    job_name: Name | None = Field(
+        default=None, description="The Job running the evaluation.", max_length=253
+    )
+    pod_name: Name | None = Field(
+        default=None, description="The newest pod of the Job.", max_length=253
+    )
+    start_time: Time | None = Field(
+        default=None, description="When the Job started.", max_length=64
+    )
+    completion_time: Time | None = Field(
+        default=None, description="When the run ended.", max_length=64
+    )
     progress: Progress | None = Field(default=None, description="Live progress.")
-    summary: str | None = Field(default=None, description="Progress as shown by kubectl.")
-    shards: list[ShardStatus] = Field(
+    summary: Time | None = Field(
+        default=None, description="Progress as shown by kubectl.", max_length=64
+    )
+    shards: Annotated[list[ShardStatus], cap(MAX_SHARDS)] = Field(
         default_factory=list,
         description="With parallelism > 1: which tasks each shard (Job index) evaluates, "
         "and its progress.",
+        max_length=MAX_SHARDS,
     )
-    reused: list[ReusedResult] = Field(
+    reused: Annotated[list[ReusedResult], cap(MAX_TASKS)] = Field(
         default_factory=list,
         description="Tasks whose results came from the evaluation index (spec.reuse).",
+        max_length=MAX_TASKS,
     )
-    results: list[MetricResult] = Field(
-        default_factory=list, description="Primary metric per task."
+    results: Annotated[list[MetricResult], cap(MAX_TASKS)] = Field(
+        default_factory=list, description="Primary metric per task.", max_length=MAX_TASKS
     )
-    results_config_map: str | None = Field(default=None, description="ConfigMap with full results.")
-    results_location: str | None = Field(default=None, description="Object-store URL of results.")
+    results_config_map: Name | None = Field(
+        default=None, description="ConfigMap with full results.", max_length=253
+    )
+    results_location: Annotated[str, cap(2048)] | None = Field(
+        default=None, description="Object-store URL of results.", max_length=2048
+    )
     leaderboard_published: bool | None = Field(
         default=None, description="The scores are in the Leaderboard named by spec.leaderboard."
     )

@@ -10,14 +10,16 @@ never reaches the process. Each informer is one thread:
   where it stopped without a relist;
 - ``410 Gone`` (the resourceVersion is too old) relists, and the sink is told which
   objects the new list holds, so that objects deleted meanwhile are dropped;
-- any other error backs off (exponential with jitter, capped) and retries.
+- any other error backs off (exponential with jitter, capped) and retries;
+- pages and events are decoded item by item when they must be (``jsonsplit``): an
+  object that cannot be decoded (nested deeper than the decoder recurses) fails only
+  itself. It is skipped, and the sink is told what its metadata says (``undecodable``).
 
 The informer keeps no copy of the objects: its sink decides what to keep, and how little.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from .. import errors
+from . import jsonsplit
 from .client import path
 
 log = logging.getLogger("lmms.watch")
@@ -42,6 +45,10 @@ class Sink(Protocol):
 
     def event(self, type_: str, obj: dict[str, Any]) -> None:
         """ADDED, MODIFIED or DELETED, in the order the API server sent them."""
+
+    def undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
+        """An object of ``kind`` that cannot be decoded was skipped: ``meta`` holds what
+        could be read of its metadata (``jsonsplit.META_FIELDS``, possibly none)."""
 
 
 class Informer:
@@ -133,19 +140,20 @@ class Informer:
                 query["continue"] = cont
             response = self._call(query, (30, 120))
             try:
-                page = json.loads(response.data)
+                page = jsonsplit.page(response.data)
             finally:
                 response.release_conn()
             self.last_contact = time.monotonic()
-            meta = page.get("metadata") or {}
-            cont = meta.get("continue") or None
-            items = page.get("items") or []
+            cont = page.meta.get("continue") or None
             # A list's items carry no kind: set it, the sink may rely on it.
-            kind = str(page.get("kind", "")).removesuffix("List")
-            for item in items:
+            kind = page.kind.removesuffix("List") or self.kind
+            for item in page.items:
                 item.setdefault("kind", kind)
+            for bad in page.undecodable:
+                self._undecodable(bad)
+            self.sink.listed(self.namespace, page.items, final=cont is None)
+            meta = page.meta
             del page
-            self.sink.listed(self.namespace, items, final=cont is None)
             if cont is None:
                 return str(meta.get("resourceVersion") or "")
 
@@ -166,37 +174,76 @@ class Informer:
                 if self._stop.is_set():
                     break
                 self.last_contact = time.monotonic()
-                event = json.loads(line)
-                type_, obj = event.get("type"), event.get("object") or {}
-                if type_ == "ERROR":
-                    code = int(obj.get("code") or 0)
-                    raise errors.api_error(code, str(obj.get("message") or "watch error"))
-                rv = (obj.get("metadata") or {}).get("resourceVersion")
-                if type_ in ("ADDED", "MODIFIED", "DELETED"):
-                    self.sink.event(type_, obj)
-                if rv:
-                    # Kept as it goes: a watch that breaks resumes from here.
-                    version = self.version = str(rv)
+                version = self._event(line, version)
         finally:
             self._response = None
             response.release_conn()
         return version
 
+    def _event(self, line: bytes, version: str) -> str:
+        """Delivers one watch event; returns the resourceVersion to resume from. A line
+        that cannot be decoded is skipped (and an undecodable object reported): the watch
+        goes on."""
+        try:
+            type_, obj = jsonsplit.event(line)
+        except ValueError as exc:
+            log.warning("%r: skipped a watch line that is not an event: %s", self, exc)
+            return version
+        if isinstance(obj, jsonsplit.Undecodable):
+            if type_ == "DELETED":  # what the sink needs of a deleted object: its metadata
+                self.sink.event(type_, {"kind": self.kind, "metadata": dict(obj.meta)})
+            elif type_ in ("ADDED", "MODIFIED"):
+                self._undecodable(obj, type_)
+            rv = obj.meta.get("resourceVersion")
+        else:
+            if type_ == "ERROR":
+                code = int(obj.get("code") or 0)
+                raise errors.api_error(code, str(obj.get("message") or "watch error"))
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if type_ in ("ADDED", "MODIFIED", "DELETED"):
+                self.sink.event(type_, obj)
+        if rv:
+            # Kept as it goes: a watch that breaks resumes from here.
+            version = self.version = str(rv)
+        return version
+
+    def _undecodable(self, bad: jsonsplit.Undecodable, type_: str = "LISTED") -> None:
+        meta = bad.meta
+        log.warning(
+            "%r: skipped %s %s/%s (uid %s): %s",
+            self,
+            type_,
+            meta.get("namespace", "?"),
+            meta.get("name", "?"),
+            meta.get("uid", "?"),
+            bad.reason,
+        )
+        try:
+            self.sink.undecodable(self.kind, dict(meta), bad.reason)
+        except Exception:
+            log.exception("%r: the sink failed on an undecodable object", self)
+
 
 def _lines(response: Any) -> Iterator[bytes]:
-    """The lines of a streamed response, as they arrive."""
-    buffer = b""
+    """The lines of a streamed response, as they arrive. Linear in the stream: a long
+    line is kept as a list of chunks and joined once, when its end arrives."""
+    parts: list[bytes] = []
     for chunk in response.stream(64 * 1024, decode_content=True):
-        buffer += chunk
+        start = 0
         while True:
-            newline = buffer.find(b"\n")
+            newline = chunk.find(b"\n", start)
             if newline < 0:
                 break
-            line, buffer = buffer[:newline], buffer[newline + 1 :]
+            line = b"".join([*parts, chunk[start:newline]])
+            parts = []
+            start = newline + 1
             if line.strip():
                 yield line
-    if buffer.strip():
-        yield buffer
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    rest = b"".join(parts)
+    if rest.strip():
+        yield rest
 
 
 def _describe(exc: BaseException) -> str:

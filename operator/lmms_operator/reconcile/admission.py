@@ -271,8 +271,9 @@ def _shard_plan(
     if spec.parallelism <= 1:
         return []
     counts: dict[str, int] = {}
+    budget = shard_plan.Budget()  # for all of the run's ConfigMaps together
     for source, cm in zip(spec.custom_tasks, custom, strict=True):
-        found = shard_plan.custom_task_documents(cm.get("data") or {})
+        found = shard_plan.custom_task_documents(cm.get("data") or {}, budget)
         counts.update({t: n for t, n in found.items() if t in source.tasks})
     return shard_plan.plan(spec, counts, names)
 

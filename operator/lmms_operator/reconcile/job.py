@@ -374,9 +374,10 @@ def _pod_spec(
     if sched.node_selector:
         pod_spec["nodeSelector"] = dict(sched.node_selector)
     if sched.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in sched.tolerations]
-    if sched.affinity:
-        pod_spec["affinity"] = dict(sched.affinity)
+        pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    affinity = sched.affinity.to_wire()
+    if affinity:
+        pod_spec["affinity"] = affinity
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
     if spec.resources.nodes > 1:

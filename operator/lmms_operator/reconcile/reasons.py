@@ -57,6 +57,8 @@ RUNNER_ERROR = "RunnerError"
 JOB_DELETED = "JobDeleted"
 POD_CREATION_FAILED = "PodCreationFailed"
 NO_RESULTS = "NoResults"
+#: A pass raised what is neither the spec's fault nor transient: the operator's bug.
+INTERNAL_ERROR = "InternalError"
 
 # Events about the operator's own actions.
 JOB_CREATED = "JobCreated"
@@ -92,4 +94,5 @@ FAILURE_REASONS = (
     RUNNER_ERROR,
     NO_RESULTS,
     JOB_DELETED,
+    INTERNAL_ERROR,
 )

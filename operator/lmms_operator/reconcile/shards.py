@@ -30,6 +30,13 @@ from ..api.runner import ResultsSummary, RunnerProgress, TaskState
 #: document counts (a ConfigMap is the tenant's input).
 MAX_YAML_BYTES = 64 * 1024
 MAX_YAML_FILES = 100
+#: YAML read for document counts in one pass, over all of a run's ConfigMaps (libyaml
+#: reads about 1 MB/s into Python objects: this keeps a pass well under a second).
+MAX_YAML_TOTAL = 256 * 1024
+#: A task YAML nested deeper, or with more aliases (anchors reused: "billion laughs"),
+#: is not read. lmms-eval's task files are a few levels deep and use no aliases.
+MAX_YAML_DEPTH = 32
+MAX_YAML_ALIASES = 64
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,12 @@ def plan(
 
 
 # -- document counts of custom tasks ---------------------------------------------------------
-class _TolerantLoader(yaml.SafeLoader):
-    """SafeLoader that reads lmms-eval's ``!function`` (and any other tag) as null."""
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _TolerantLoader(_SafeLoader):  # type: ignore[valid-type,misc]
+    """SafeLoader (libyaml's where there is one) that reads lmms-eval's ``!function``
+    (and any other tag) as null."""
 
 
 def _ignore_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> None:
@@ -113,6 +124,48 @@ def _ignore_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> None:
 
 _TolerantLoader.add_multi_constructor("!", _ignore_tag)
 _TolerantLoader.add_multi_constructor("tag:", _ignore_tag)
+
+
+class Budget:
+    """Bytes of YAML a pass may still read (``MAX_YAML_TOTAL``)."""
+
+    def __init__(self, size: int = MAX_YAML_TOTAL) -> None:
+        self.left = size
+
+    def take(self, size: int) -> bool:
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
+
+
+def _bounded(text: str) -> bool:
+    """Whether a YAML text nests at most ``MAX_YAML_DEPTH`` deep and reuses at most
+    ``MAX_YAML_ALIASES`` anchors: read as a stream of events (the parser is iterative),
+    before anything builds objects from it (recursively)."""
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return False
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                return False
+    return True
+
+
+def _load(text: str) -> Any:
+    """A task YAML, or None when it cannot be read within the bounds."""
+    try:
+        if not _bounded(text):
+            return None
+        return yaml.load(text, Loader=_TolerantLoader)  # a SafeLoader
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
 
 
 def _data_file(doc: Mapping[str, Any]) -> str | None:
@@ -132,31 +185,30 @@ def _documents(text: str, name: str) -> int | None:
     if name.endswith(".json"):
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than the decoder recurses
             return None
         return len(doc) if isinstance(doc, list) else None
     return None
 
 
-def custom_task_documents(data: Mapping[str, str]) -> dict[str, int]:
+def custom_task_documents(data: Mapping[str, str], budget: Budget | None = None) -> dict[str, int]:
     """Documents per task of a custom-task ConfigMap, where a task's YAML names a local
     JSON or JSON Lines data file that the ConfigMap holds (``dataset_path: json``).
-    Anything else (a hub dataset, a file elsewhere, unreadable YAML) is unknown."""
+    Anything else (a hub dataset, a file elsewhere, unreadable YAML, YAML beyond the
+    bounds or the pass's ``budget``) is unknown: its task is weighed as the others."""
+    budget = budget or Budget()
     out: dict[str, int] = {}
     yamls = [k for k in sorted(data) if k.endswith((".yaml", ".yml"))][:MAX_YAML_FILES]
     for key in yamls:
         text = data[key]
-        if len(text) > MAX_YAML_BYTES:
+        if not isinstance(text, str) or len(text) > MAX_YAML_BYTES or not budget.take(len(text)):
             continue
-        try:
-            doc = yaml.load(text, Loader=_TolerantLoader)  # a SafeLoader
-        except yaml.YAMLError:
-            continue
+        doc = _load(text)
         if not isinstance(doc, dict) or not isinstance(doc.get("task"), str):
             continue
         path = _data_file(doc)
         base = posixpath.basename(path) if path else None
-        if base and base in data:
+        if base and isinstance(data.get(base), str):
             count = _documents(data[base], base)
             if count is not None:
                 out[doc["task"]] = count

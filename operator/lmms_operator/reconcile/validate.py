@@ -7,8 +7,6 @@ names the field (``spec.tasks[1]``) and says why, with a suggestion where one ex
 from __future__ import annotations
 
 import fnmatch
-import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +15,29 @@ from .. import catalogue, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
+from . import placement
+from .cmdline import check_command_line
+from .endpoints import Network, check_store_endpoint, runner_url_problems
+from .envvars import (
+    RESERVED_ENV,
+    RESERVED_ENV_PREFIXES,
+    SECRET_ENV,
+    check_env_names,
+    check_env_values,
+    env_refused_already,
+)
+from .grammar import text_problem
+from .modelargs import OPERATOR_ARGS, SECRET_ARG, check_model_args, remote_code_requested
+from .placement import PlacementPolicy
 
 __all__ = [
     "DEFAULT_FEATURES",
     "FEATURES",
+    "OPERATOR_ARGS",
+    "RESERVED_ENV",
+    "RESERVED_ENV_PREFIXES",
+    "SECRET_ARG",
+    "SECRET_ENV",
     "InvalidSpec",
     "Policy",
     "Problem",
@@ -30,21 +47,25 @@ __all__ = [
 ]
 
 
-def check_spec(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> list[Problem]:
-    """Semantic checks against lmms-eval's registries and the presets."""
+def check_spec(
+    spec: EvalRunSpec, cat: catalogue.Catalogue | None = None, policy: Policy | None = None
+) -> list[Problem]:
+    """Semantic checks against lmms-eval's registries, the presets and the kernel's
+    limits. The admin's policies (endpoints, placement) are checked in ``validate``."""
     cat = cat or catalogue.load()
-    problems = _check_model(spec, cat) + _check_tasks(spec, cat) + _check_sizes(spec)
-    return problems + _check_env_names(spec) + _check_combinations(spec)
+    extra = policy.model_args if policy else ()
+    problems = _check_model(spec, cat) + check_model_args(spec, cat, extra)
+    problems += _check_tasks(spec, cat) + check_command_line(spec)
+    return problems + check_env_names(spec) + check_env_values(spec) + _check_combinations(spec)
 
 
 def _check_model(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
-    """A backend lmms-eval knows, a checkpoint where it needs one, and model args that
-    neither repeat what the operator writes nor hold secrets (a ConfigMap stores them)."""
-    problems: list[Problem] = []
+    """A backend lmms-eval knows, and a checkpoint where its backend takes one and no
+    preset names it (``reconcile.modelargs`` checks the args themselves)."""
     model_type = spec.model.type
     if model_type not in cat.models:
         hint = cat.suggest_model(model_type)
-        problems.append(
+        return [
             Problem(
                 "spec.model.type",
                 f"unknown lmms-eval model type {model_type!r}"
@@ -54,43 +75,36 @@ def _check_model(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
                     else f" (lmms-eval {cat.lmms_eval_version} knows {len(cat.models)} model types)"
                 ),
             )
-        )
-    else:
-        pretrained, _ = presets.resolve(model_type, spec.model.pretrained, spec.model.args)
-        if pretrained is None and model_type not in NO_PRETRAINED:
-            problems.append(
-                Problem(
-                    "spec.model.pretrained",
-                    f"required: model type {model_type!r} has no preset, so name the checkpoint",
-                )
+        ]
+    pretrained, _ = presets.resolve(model_type, spec.model.pretrained, spec.model.args)
+    takes_checkpoint = "pretrained" in cat.model_args.get(model_type, ())
+    if pretrained is None and takes_checkpoint and model_type not in NO_PRETRAINED:
+        return [
+            Problem(
+                "spec.model.pretrained",
+                f"required: model type {model_type!r} has no preset, so name the checkpoint",
             )
-    for key in spec.model.args:
-        if key in OPERATOR_ARGS:
-            problems.append(
-                Problem(
-                    f"spec.model.args.{key}",
-                    f"set by the operator from spec.model.{OPERATOR_ARGS[key]}",
-                )
-            )
-        elif SECRET_ARG.search(key):
-            problems.append(
-                Problem(
-                    f"spec.model.args.{key}",
-                    "looks like a secret; model args are stored in a ConfigMap: put the key in a "
-                    "Secret and reference it from spec.model.apiKey",
-                )
-            )
-    return problems
+        ]
+    return []
 
 
 def _check_tasks(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
-    """Tasks lmms-eval or the custom tasks know, and each task ConfigMap listed once."""
+    """Tasks lmms-eval or the custom tasks know, and each task ConfigMap listed once.
+    "Did you mean" only for the first few unknown names (``catalogue.closest`` bounds
+    each one), so a spec of many long unknown names costs no more than a short one."""
     problems: list[Problem] = []
     custom = {t for source in spec.custom_tasks for t in source.tasks}
     known = cat.task_names | custom
+    suggested = 0
     for i, task in enumerate(spec.tasks):
-        if task not in known:
-            hint = catalogue.closest(task, known)
+        found = text_problem(task)
+        if found:
+            problems.append(Problem(f"spec.tasks[{i}]", f"the name {found}"))
+        elif task not in known:
+            hint = None
+            if suggested < catalogue.MAX_SUGGESTIONS:
+                suggested += 1
+                hint = catalogue.closest(task, known)
             problems.append(
                 Problem(
                     f"spec.tasks[{i}]",
@@ -113,29 +127,11 @@ def _check_tasks(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
                 )
             )
         seen.add(source.config_map)
-    return problems
-
-
-def _check_env_names(spec: EvalRunSpec) -> list[Problem]:
-    """No variable the operator sets, none that looks like a secret (the Job stores it)."""
-    problems: list[Problem] = []
-    for i, var in enumerate(spec.env):
-        if var.name in RESERVED_ENV or var.name.startswith(RESERVED_ENV_PREFIXES):
-            problems.append(
-                Problem(
-                    f"spec.env[{i}].name",
-                    f"{var.name} is set by the operator and cannot be overridden",
-                )
-            )
-        elif SECRET_ENV.search(var.name):
-            problems.append(
-                Problem(
-                    f"spec.env[{i}].name",
-                    f"{var.name} looks like a secret; env values are stored in the Job: use "
-                    "huggingFaceToken, model.apiKey or output.s3.credentialsSecret, which "
-                    "read Secrets",
-                )
-            )
+        problems += [
+            Problem(f"spec.customTasks[{i}].tasks[{j}]", f"the name {found}")
+            for j, task in enumerate(source.tasks)
+            if (found := text_problem(task))
+        ]
     return problems
 
 
@@ -165,103 +161,6 @@ def _check_combinations(spec: EvalRunSpec) -> list[Problem]:
         )
     return problems
 
-
-#: Environment variable names that hold secrets (TOKENIZERS_PARALLELISM does not).
-SECRET_ENV = re.compile(
-    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY(_ID)?|PRIVATE_KEY)$", re.IGNORECASE
-)
-
-#: --model_args entries the operator writes from other fields.
-OPERATOR_ARGS = {"pretrained": "pretrained", "revision": "revision"}
-
-#: The kernel refuses one argument longer than 128 KiB (MAX_ARG_STRLEN) and an argument
-#: list with the environment over ARG_MAX (2 MiB by default); stay well inside both.
-MAX_MODEL_ARGS = 64 * 1024
-MAX_ENV_BYTES = 256 * 1024
-#: Affinity is passed through as the Pod's; bounded before it reaches the Job.
-MAX_AFFINITY_BYTES = 16 * 1024
-MAX_AFFINITY_TERMS = 32
-MAX_TOLERATION_BYTES = 1024
-
-
-def _check_sizes(spec: EvalRunSpec) -> list[Problem]:
-    problems: list[Problem] = []
-    pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
-    model_args = ",".join(
-        f"{k}={v}"
-        for k, v in {
-            "pretrained": pretrained or "",
-            "revision": spec.model.revision or "",
-            **args,
-        }.items()
-    )
-    if len(model_args.encode()) > MAX_MODEL_ARGS:
-        problems.append(
-            Problem(
-                "spec.model.args",
-                f"--model_args would be {len(model_args.encode())} bytes; at most "
-                f"{MAX_MODEL_ARGS} fit on a command line",
-            )
-        )
-    env_bytes = sum(len(v.name.encode()) + len(v.value.encode()) + 2 for v in spec.env)
-    if env_bytes > MAX_ENV_BYTES:
-        problems.append(
-            Problem("spec.env", f"{env_bytes} bytes in all; at most {MAX_ENV_BYTES} are allowed")
-        )
-    affinity = spec.scheduling.affinity
-    if affinity:
-        size = len(json.dumps(affinity))
-        terms = _count_terms(affinity)
-        if size > MAX_AFFINITY_BYTES or terms > MAX_AFFINITY_TERMS:
-            problems.append(
-                Problem(
-                    "spec.scheduling.affinity",
-                    f"{terms} terms and {size} bytes; at most {MAX_AFFINITY_TERMS} terms and "
-                    f"{MAX_AFFINITY_BYTES} bytes are allowed",
-                )
-            )
-    for i, toleration in enumerate(spec.scheduling.tolerations):
-        if len(json.dumps(toleration)) > MAX_TOLERATION_BYTES:
-            problems.append(
-                Problem(
-                    f"spec.scheduling.tolerations[{i}]",
-                    f"larger than {MAX_TOLERATION_BYTES} bytes",
-                )
-            )
-    return problems
-
-
-def _count_terms(value: Any) -> int:
-    """Selector terms and weighted terms anywhere in an affinity."""
-    if isinstance(value, dict):
-        return sum(
-            (len(v) if k.endswith(("Terms", "Execution")) and isinstance(v, list) else 0)
-            + _count_terms(v)
-            for k, v in value.items()
-        )
-    if isinstance(value, list):
-        return sum(_count_terms(v) for v in value)
-    return 0
-
-
-#: Model arg names that hold secrets.
-SECRET_ARG = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
-
-#: Variables the operator sets on the runner (secrets among them).
-RESERVED_ENV = frozenset(
-    {
-        "POD_IP",
-        "POD_NAME",
-        "POD_NAMESPACE",
-        "HF_HOME",
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HOME",
-        "TMPDIR",
-        "PATH",
-    }
-)
-RESERVED_ENV_PREFIXES = ("LMMS_", "AWS_")
 
 #: Backends that talk to a server or need no checkpoint.
 NO_PRETRAINED = frozenset(
@@ -303,8 +202,6 @@ FEATURES = {
 #: On unless the platform says otherwise. remoteCode (code from a model repository run
 #: in the runner) is off until an admin turns it on, as TrustyAI's LMEvalJob does.
 DEFAULT_FEATURES = frozenset(FEATURES) - {"remoteCode"}
-
-_TRUE = {"true", "1", "yes", "on"}
 
 #: Environment variables a run may set without an admin's say: none can change what
 #: code runs (PYTHON*, LD_*, plug-in loaders), where requests, credentials or downloads
@@ -372,6 +269,12 @@ class Policy:
 
     features: frozenset[str] = DEFAULT_FEATURES
     env: tuple[str, ...] = field(default_factory=tuple)
+    #: Further model args (``BACKEND:KEY``, globs allowed) beyond the catalogue's.
+    model_args: tuple[str, ...] = field(default_factory=tuple)
+    #: Networks beyond public addresses where a run's object store may be.
+    store_cidrs: tuple[Network, ...] = ()
+    #: Priority classes, tolerations and affinity tenants may choose.
+    placement: PlacementPolicy = field(default_factory=PlacementPolicy)
 
     def env_allowed(self, name: str) -> bool:
         return name in SAFE_ENV or any(fnmatch.fnmatchcase(name, p) for p in self.env)
@@ -392,7 +295,7 @@ def used_features(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> 
     if spec.model.api_key is not None:
         used["remoteModels"] = FEATURES["remoteModels"]
     _, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
-    if str(args.get("trust_remote_code", "")).strip().lower() in _TRUE:
+    if remote_code_requested(args):
         used["remoteCode"] = "spec.model.args.trust_remote_code"
     elif spec.model.type in cat.remote_code_models:
         used["remoteCode"] = "spec.model.type"
@@ -426,23 +329,35 @@ def check_env(spec: EvalRunSpec, policy: Policy) -> list[Problem]:
             "settings.allowedEnv; docs/security.md lists the variables allowed by default)",
         )
         for i, var in enumerate(spec.env)
-        if not _env_refused_already(var.name) and not policy.env_allowed(var.name)
+        if not env_refused_already(var.name) and not policy.env_allowed(var.name)
     ]
 
 
-def _env_refused_already(name: str) -> bool:
-    return (
-        name in RESERVED_ENV
-        or name.startswith(RESERVED_ENV_PREFIXES)
-        or SECRET_ENV.search(name) is not None
-    )
-
-
-def validate(raw: Mapping[str, Any] | None, policy: Policy | None = None) -> EvalRunSpec:
-    """Parses and checks a spec; raises InvalidSpec with every problem found."""
+def validate(
+    raw: Mapping[str, Any] | None, policy: Policy | None = None, namespace: str | None = None
+) -> EvalRunSpec:
+    """Parses and checks a spec; raises InvalidSpec with every problem found.
+    ``namespace``: the run's own, which its affinity terms may name."""
     policy = policy or Policy()
     spec = parse_spec(raw)
-    problems = check_spec(spec) + check_features(spec, policy.features) + check_env(spec, policy)
+    problems = check_spec(spec, policy=policy) + check_features(spec, policy.features)
+    problems += check_env(spec, policy) + check_endpoints(spec, policy)
+    problems += placement.check(spec, policy.placement, namespace)
     if problems:
         raise InvalidSpec(problems)
     return spec
+
+
+def check_endpoints(spec: EvalRunSpec, policy: Policy) -> list[Problem]:
+    """The object store the operator itself contacts (syntax and address class, in
+    every spelling), and the URLs only the runner contacts (no link-local, metadata or
+    unspecified address: the pod's own loopback stays allowed)."""
+    problems: list[Problem] = []
+    s3 = spec.output.s3 if spec.output else None
+    if s3 is not None and s3.endpoint:
+        found = check_store_endpoint("spec.output.s3.endpoint", s3.endpoint, policy.store_cidrs)
+        problems += [found] if found else []
+    problems += runner_url_problems("spec.model.args", spec.model.args)
+    for i, var in enumerate(spec.env):
+        problems += runner_url_problems(f"spec.env[{i}]", {"value": var.value})
+    return problems
