@@ -100,6 +100,13 @@ class Metrics:
             ["namespace", "leaderboard", "model", "task", "metric", "direction"],
             registry=self.registry,
         )
+        self.undecodable = Counter(
+            "lmms_operator_undecodable_objects_total",
+            "Objects the informers skipped because they cannot be decoded (nested too deeply), "
+            "by resource; an EvalRun among them ends Failed (InvalidSpec) with a Warning Event.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.handler_calls = Counter(
             "lmms_operator_handler_calls_total",
             "Handler calls, by handler and result (ok, error).",

@@ -2,8 +2,7 @@
 finished but edited since), and the Jobs and pods of those runs, each trimmed to the
 fields the code reads. A finished run is dropped as soon as the watch shows it finished:
 it costs a phase count in the metrics and no periodic work. What is remembered per run
-(``RunMemory``: what this process wrote, its runner's token, scrape timing, publish
-tries) goes with it.
+(``RunMemory``: what this process wrote, its token, scrape timing, tries) goes with it.
 
 Informers (``k8s.Informer``) fill the store from their threads: EvalRuns, and the Jobs
 and pods carrying the operator's managed-by label, selected on the API server, so that
@@ -318,8 +317,8 @@ class Store:
             self._on_run(uid, True)
 
     def undecodable(self, kind: str, meta: dict[str, Any], reason: str) -> None:
-        """An object that cannot be read was skipped: what is held for it goes (its
-        spec is no longer known), and ``on_undecodable`` is told, once per generation
+        """An object that cannot be read was skipped: what is held for it goes (its spec is
+        no longer known); it is counted and ``on_undecodable`` told once per generation
         (a status written about it comes back as an event, undecodable again)."""
         uid = str(meta.get("uid") or "")
         key = (kind, uid, meta.get("generation"))
@@ -331,6 +330,7 @@ class Store:
             self._reported[key] = None
             while len(self._reported) > self.REPORTED:  # the oldest go first
                 del self._reported[next(iter(self._reported))]
+        self.metrics.undecodable.labels(kind).inc()
         self._on_undecodable(kind, meta, reason)
 
     def sizes(self) -> dict[str, int]:

@@ -169,6 +169,106 @@ CORPUS: list[tuple[str, dict[str, Any], str]] = [
     ),
     # Images
     ("image-shell", {"image": "img;rm -rf /"}, "spec.image"),
+    # Issue 30: what got through the lists of refused spellings.
+    # Remote code: any value but an explicit false; backends flagged by class hierarchy.
+    ("remote-code-enabled", _model(args={"trust_remote_code": "enabled"}), "trust_remote_code"),
+    ("remote-code-empty", _model(args={"trust_remote_code": ""}), "trust_remote_code"),
+    ("backend-inherited-remote-code", {"model": {"type": "internvl3_5"}}, "spec.model.type"),
+    ("backend-evals-model-output", {"model": {"type": "async_openai"}}, "spec.model.type"),
+    ("arg-not-taken", _model(args={"code_revision": "x"}), "spec.model.args.code_revision"),
+    # The splitter's special characters and other categories.
+    ("arg-bracket", _model(args={"max_pixels": "[1"}), "spec.model.args"),
+    ("arg-brace", _model(args={"max_pixels": "{1}"}), "spec.model.args"),
+    ("arg-bidi-isolate", _model(args={"max_pixels": "1\u2066"}), "spec.model.args"),
+    ("arg-soft-hyphen", _model(args={"max_pixels": "1\u00ad2"}), "spec.model.args"),
+    ("arg-not-nfkc", _model(args={"max_pixels": "\uff11"}), "spec.model.args"),
+    ("arg-numeric-not-int", _model(args={"max_pixels": "\u4e09"}), "spec.model.args"),
+    ("env-value-bidi", {"env": [{"name": "NCCL_DEBUG", "value": "x\u061cy"}]}, "spec.env[0]"),
+    ("arg-secret-value", _model(args={"system_prompt": "hf_" + "A1b2" * 9}), "spec.model.args"),
+    # Quadratic "did you mean": 200 long unknown task names cost milliseconds now.
+    ("tasks-200-unknown", {"tasks": [f"zz{i:03d}" + "q" * 190 for i in range(200)]}, "spec.tasks"),
+    # Kernel limits: the joined --tasks of custom tasks beyond one argument.
+    (
+        "tasks-argv-overflow",
+        {
+            "tasks": [],
+            "customTasks": [
+                {"configMap": f"c{j}", "tasks": [f"t{j}x{i:03d}" + "y" * 180 for i in range(100)]}
+                for j in range(8)
+            ],
+        },
+        "spec.tasks",
+    ),
+    # The operator's network position: the metadata service in several spellings.
+    (
+        "s3-endpoint-metadata-octal",
+        {
+            "output": {
+                "s3": {
+                    "bucket": "evals",
+                    "endpoint": "http://0251.0376.0251.0376",
+                    "credentialsSecret": "usable",
+                }
+            }
+        },
+        "spec.output.s3.endpoint",
+    ),
+    (
+        "s3-endpoint-metadata-mapped",
+        {
+            "output": {
+                "s3": {
+                    "bucket": "evals",
+                    "endpoint": "http://[::ffff:169.254.169.254]",
+                    "credentialsSecret": "usable",
+                }
+            }
+        },
+        "spec.output.s3.endpoint",
+    ),
+    ("runner-url-metadata", _model(args={"base_url": "http://169.254.169.254/v1"}), "base_url"),
+    # Placement against other tenants.
+    (
+        "priority-system",
+        {"scheduling": {"priorityClassName": "system-cluster-critical"}},
+        "spec.scheduling.priorityClassName",
+    ),
+    (
+        "toleration-control-plane",
+        {
+            "scheduling": {
+                "tolerations": [
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}
+                ]
+            }
+        },
+        "spec.scheduling.tolerations[0]",
+    ),
+    (
+        "toleration-keyless",
+        {"scheduling": {"tolerations": [{"operator": "Exists"}]}},
+        "spec.scheduling.tolerations[0]",
+    ),
+    (
+        "affinity-all-namespaces",
+        {
+            "scheduling": {
+                "affinity": {
+                    "podAntiAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": [
+                            {"topologyKey": "kubernetes.io/hostname", "namespaceSelector": {}}
+                        ]
+                    }
+                }
+            }
+        },
+        "spec.scheduling.affinity",
+    ),
+    (
+        "node-selector-control-plane",
+        {"scheduling": {"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}}},
+        "spec.scheduling.nodeSelector",
+    ),
 ]
 
 #: What a run hears about a Secret it may not use, whether or not it exists.

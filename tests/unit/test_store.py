@@ -188,6 +188,10 @@ def test_an_undecodable_run_is_dropped_and_told_once_per_generation() -> None:
     sink.undecodable("EvalRun", meta, "too deep")  # the echo of the status written
     sink.undecodable("EvalRun", {**meta, "generation": 3}, "too deep")  # edited, still bad
     assert told == [("evalruns", "u1", "too deep")] * 2
+    counted = metrics.registry.get_sample_value(
+        "lmms_operator_undecodable_objects_total", {"kind": "evalruns"}
+    )
+    assert counted is not None and counted >= 2
 
 
 def test_one_unreadable_item_does_not_stop_its_page() -> None:

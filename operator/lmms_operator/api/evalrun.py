@@ -159,7 +159,9 @@ class CustomTaskSource(ApiModel):
 class GenerationSpec(ApiModel):
     """Generation settings (--gen_kwargs)."""
 
-    temperature: float | None = Field(default=None, ge=0, description="Sampling temperature.")
+    temperature: float | None = Field(
+        default=None, ge=0, le=100, description="Sampling temperature."
+    )
     max_new_tokens: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Maximum number of new tokens."
     )
@@ -173,7 +175,10 @@ class EvaluationSpec(ApiModel):
 
     batch_size: int = Field(default=1, ge=1, le=4096, description="--batch_size.")
     limit: int | None = Field(
-        default=None, ge=1, description="Evaluate at most this many samples per task (--limit)."
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Evaluate at most this many samples per task (--limit).",
     )
     num_fewshot: int | None = Field(default=None, ge=0, le=128, description="--num_fewshot.")
     seed: int = Field(
@@ -366,7 +371,9 @@ class EvalRunSpec(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         default=86_400,
         ge=0,
-        description="Delete the finished Job (not the EvalRun) after this many seconds.",
+        le=366 * 86_400,
+        description="Delete the finished Job (not the EvalRun) after this many seconds (at "
+        "most a year).",
     )
     output: OutputSpec | None = Field(default=None, description="Extra result destinations.")
     leaderboard: str | None = Field(
