@@ -22,6 +22,9 @@ from tests.helpers import CHART, wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.chart, pytest.mark.usefixtures("crds")]
 
 RELEASE_NS = "lmms-system"
+#: The policy and its binding are cluster-scoped: a release name of this test's own, so
+#: that the chart install test's release does not find them (they are deleted after).
+RELEASE = "vaptest"
 
 
 def _create(cluster: devcluster.DevCluster, namespace: str, obj: dict[str, Any]) -> str:
@@ -88,12 +91,13 @@ def _runner_job(namespace: str, scheduling: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def _install_policy(cluster: devcluster.DevCluster) -> None:
+def _install_policy(cluster: devcluster.DevCluster) -> str:
+    """Applies the chart's policy and binding; returns their manifests (to delete)."""
     out = subprocess.run(
         [
             devcluster.find_helm(),
             "template",
-            "lmms",
+            RELEASE,
             str(CHART),
             "-n",
             RELEASE_NS,
@@ -105,6 +109,7 @@ def _install_policy(cluster: devcluster.DevCluster) -> None:
         check=True,
     )
     cluster.kubectl("apply", "--server-side", "-f", "-", input=out.stdout)
+    return out.stdout
 
 
 def _edit(job: dict[str, Any], change: Any) -> dict[str, Any]:
@@ -116,7 +121,14 @@ def _edit(job: dict[str, Any], change: Any) -> dict[str, Any]:
 def test_the_admission_policy_refuses_runner_jobs_against_the_placement_policy(
     cluster: Any, namespace: str
 ) -> None:
-    _install_policy(cluster)
+    manifests = _install_policy(cluster)
+    try:
+        _check_the_policy(cluster, namespace)
+    finally:
+        cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=manifests)
+
+
+def _check_the_policy(cluster: Any, namespace: str) -> None:
     good = _runner_job(
         namespace,
         {
@@ -175,7 +187,7 @@ def test_the_admission_policy_refuses_runner_jobs_against_the_placement_policy(
     refusal = _create(cluster, namespace, other)
     assert "ValidatingAdmissionPolicy" not in refusal, refusal
     policy = yaml.safe_load(cluster.kubectl("get", "validatingadmissionpolicy", "-o", "yaml"))
-    (item,) = [i for i in policy["items"] if i["metadata"]["name"].endswith("runner-placement")]
+    (item,) = [i for i in policy["items"] if i["metadata"]["name"].startswith(RELEASE)]
     assert not (item.get("status") or {}).get("typeChecking", {}).get("expressionWarnings"), item[
         "status"
     ]

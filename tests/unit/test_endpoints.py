@@ -236,6 +236,12 @@ def test_public_endpoints_and_names_pass(url: str) -> None:
     assert ep.check_store_endpoint(FIELD, url, ()) is None
 
 
+@pytest.mark.parametrize("url", ["http://[3fff::1]", "http://[2001:db8::5]:9000"])
+def test_documentation_ranges_are_not_public(url: str) -> None:
+    problem = ep.check_store_endpoint(FIELD, url, ())
+    assert problem is not None and "public" in problem.message
+
+
 def test_runner_urls_keep_loopback_and_private_addresses() -> None:
     for url in ("http://localhost:8000/v1", "http://127.0.0.1:8000", "http://10.0.0.5/v1"):
         assert ep.check_runner_url("f", url) is None, url

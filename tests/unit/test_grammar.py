@@ -150,6 +150,7 @@ SECRETS = {
     "AIza" + "B" * 35: "Google",
     "-----BEGIN RSA PRIVATE KEY-----": "PEM",
     "-----BEGIN OPENSSH PRIVATE KEY-----": "PEM",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl": "JSON Web Token",
 }
 
 

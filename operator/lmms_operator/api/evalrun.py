@@ -22,8 +22,15 @@ from .status import EvalRunStatus
 # (reconcile/grammar.py checks the same and more: NFKC, round trips, credentials).
 
 #: Controls (Cc), format and bidi controls (Cf), private use (Co), line and paragraph
-#: separators (Zl, Zp). Neither engine can hold a surrogate (Cs), so it needs no class.
-UNSAFE_CLASS = r"\p{Cc}\p{Cf}\p{Co}\p{Zl}\p{Zp}"
+#: separators (Zl, Zp), and Unicode's Default_Ignorable_Code_Point ranges outside Cf
+#: (Hangul fillers, variation selectors, ...; reconcile/grammar.py has the table) and the
+#: blank U+2800. Neither engine can hold a surrogate (Cs), so it needs no class.
+UNSAFE_CLASS = (
+    r"\p{Cc}\p{Cf}\p{Co}\p{Zl}\p{Zp}"
+    r"\x{034F}\x{115F}\x{1160}\x{17B4}\x{17B5}\x{180B}-\x{180F}\x{2800}\x{3164}"
+    r"\x{FE00}-\x{FE0F}\x{FFA0}\x{FFF0}-\x{FFF8}\x{1BCA0}-\x{1BCA3}\x{1D173}-\x{1D17A}"
+    r"\x{E0000}-\x{E0FFF}"
+)
 #: What lmms-eval's --model_args splitter gives a meaning: , = quotes and brackets.
 _SPECIAL = r",=\"'\[\]{}()"
 _NOT_ARG = _SPECIAL + UNSAFE_CLASS

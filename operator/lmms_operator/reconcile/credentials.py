@@ -29,6 +29,10 @@ SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("a Slack token (xoxb-/xoxp-/...)", _START + r"xox[abposr]-[A-Za-z0-9\-]{10,}"),
         ("a Google API key (AIza...)", _START + r"AIza[0-9A-Za-z_\-]{35}"),
         ("a PEM private key", r"-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----"),
+        (
+            "a JSON Web Token (eyJ...)",
+            _START + r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+",
+        ),
     )
 )
 

@@ -34,6 +34,8 @@ _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+#: IPv6 documentation ranges this Python's tables may call global (RFC 3849, RFC 9637).
+_DOCUMENTATION = (ipaddress.IPv6Network("2001:db8::/32"), ipaddress.IPv6Network("3fff::/20"))
 #: Cloud metadata services outside the link-local ranges (AWS over IPv6, Alibaba Cloud).
 METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
@@ -106,7 +108,7 @@ def _category(address: Address) -> str | None:
         return "a private address"
     if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
         return "a private address"
-    if not address.is_global:
+    if not address.is_global or any(address in net for net in _DOCUMENTATION):
         return "a special-purpose address"
     return None
 

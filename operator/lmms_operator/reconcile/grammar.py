@@ -2,8 +2,9 @@
 
 Defined by Unicode category, not by lists of code points: a character is refused for
 what it is (a control, a format or bidi control, a private-use or surrogate code point,
-a line or paragraph separator, or one this Python's Unicode tables do not know), so a
-new spelling of an invisible character is refused like the old ones.
+a line or paragraph separator, or one this Python's Unicode tables do not know) and by
+Unicode's Default_Ignorable_Code_Point property, so a new spelling of an invisible
+character is refused like the old ones.
 
 Model-args values must also read back exactly through lmms-eval 0.7.3's splitter
 (``lmms_eval.utils.simple_parse_args_string``), mirrored here because the operator
@@ -13,6 +14,7 @@ with the real one.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import unicodedata
@@ -30,6 +32,43 @@ REFUSED_CATEGORIES = {
     "Zp": "paragraph separator",
     "Cn": "unassigned",
 }
+
+#: Unicode's derived property Default_Ignorable_Code_Point (DerivedCoreProperties.txt,
+#: Unicode 15.1), as ranges: characters that render as nothing wherever a font lacks
+#: them (Hangul fillers, variation selectors, the combining grapheme joiner, ...),
+#: whatever their category (Lo, Mn, Cf). Python's ``unicodedata`` has no such property,
+#: so the standard's table is here; with BLANK (characters that render as blank space
+#: but are no space: U+2800 BRAILLE PATTERN BLANK), they are refused in every field,
+#: so that "gpt-4o" and "gpt-4o" plus one of them never name two Leaderboard rows.
+DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+BLANK = ((0x2800, 0x2800),)
+_INVISIBLE = sorted(DEFAULT_IGNORABLE + BLANK)
+_STARTS = [lo for lo, _ in _INVISIBLE]
+
+
+def invisible(ch: str) -> bool:
+    """A default-ignorable or blank-rendering character (``DEFAULT_IGNORABLE``, ``BLANK``)."""
+    i = bisect.bisect_right(_STARTS, ord(ch)) - 1
+    return i >= 0 and _INVISIBLE[i][0] <= ord(ch) <= _INVISIBLE[i][1]
+
 
 #: The ASCII characters among them (all Cc): a fast path for ASCII text.
 _ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -51,6 +90,11 @@ def text_problem(value: str) -> str | None:
         category = unicodedata.category(ch)
         if category in REFUSED_CATEGORIES:
             return _category_message(ch)
+        if invisible(ch):
+            return (
+                f"holds an invisible character (U+{ord(ch):04X}, Unicode "
+                "Default_Ignorable_Code_Point or blank)"
+            )
     return None
 
 

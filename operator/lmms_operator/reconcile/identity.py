@@ -2,11 +2,13 @@
 
 **Model identity.** A checkpoint is ``pretrained@revision`` (the revision when the spec
 pins one; the preset's checkpoint when it names none), and ``pretrained@<commit>`` (12
-hex digits) once the runner knows the commit the Hub resolved the revision to. A model behind an API (openai,
-litellm and the other backends without a checkpoint) is its model name (``model_version``,
-``model`` or ``model_name`` in ``model.args``), with ``@host`` of the endpoint when the
-run names one (``base_url``): two models served over an OpenAI-compatible API, or one
-name on two servers, never share a Leaderboard row, a score series or GPU-seconds.
+hex digits) once the runner knows the commit the Hub resolved the revision to. A model
+that no checkpoint names (openai, litellm, srt_api and the other backends without
+``pretrained``) is its model name, from the ``model.args`` key lmms-eval uses (``model``
+wins over ``model_version`` there, so it does here; a spec naming the model twice, with
+two values, is refused: ``naming_problems``), with ``@host`` of the endpoint when the run
+names one (``base_url``): two models served over an OpenAI-compatible API, or one name
+on two servers, never share a Leaderboard row, a score series or GPU-seconds.
 
 **Settings.** ``limit``, ``numFewshot``, the generation settings and the lmms-eval
 version change what a score means: they are part of a Leaderboard entry, so a
@@ -20,10 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import presets
-from .validate import NO_PRETRAINED
+from ..errors import Problem
 
-#: ``model.args`` keys that name the model of an API backend, in order of preference.
-API_MODEL_KEYS = ("model_version", "model", "model_name", "model_id")
+#: ``model.args`` keys that name the model of a backend without a checkpoint, in the
+#: order lmms-eval prefers them (its openai, gemini and async_openai backends take
+#: ``model`` over ``model_version``).
+API_MODEL_KEYS = ("model", "model_version", "model_name", "model_id", "model_id_name")
 #: ``model.args`` keys that name its endpoint.
 ENDPOINT_KEYS = ("base_url", "api_base", "endpoint", "azure_endpoint")
 
@@ -35,7 +39,7 @@ def model_identity(spec: Mapping[str, Any], commit: str | None = None) -> str:
     mtype = str(model.get("type") or "")
     args = {str(k): str(v) for k, v in (model.get("args") or {}).items()}
     pretrained, resolved = presets.resolve(mtype, model.get("pretrained"), args)
-    if mtype in NO_PRETRAINED and not model.get("pretrained"):
+    if not pretrained:  # no checkpoint: the model the backend's args name
         name = next((resolved[k] for k in API_MODEL_KEYS if resolved.get(k)), mtype)
         endpoint = next((resolved[k] for k in ENDPOINT_KEYS if resolved.get(k)), "")
         host = urlsplit(endpoint).netloc if "://" in endpoint else ""
@@ -45,6 +49,21 @@ def model_identity(spec: Mapping[str, Any], commit: str | None = None) -> str:
         return f"{ident}@{commit[:12]}"
     revision = model.get("revision")
     return f"{ident}@{revision}" if revision else ident
+
+
+def naming_problems(args: Mapping[str, Any]) -> list[Problem]:
+    """A model named by two ``model.args`` keys with two values is refused: which one a
+    backend uses is its own business, and the Leaderboard must name what ran."""
+    named = {k: str(args[k]) for k in API_MODEL_KEYS if args.get(k)}
+    if len(set(named.values())) <= 1:
+        return []
+    keys = sorted(named)
+    return [
+        Problem(
+            f"spec.model.args.{keys[-1]}",
+            f"the model is named twice ({' and '.join(keys)}, with different values); name it once",
+        )
+    ]
 
 
 def settings_label(spec: Mapping[str, Any], lmms_eval_version: str | None) -> str:
