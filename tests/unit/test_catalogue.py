@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from lmms_operator import catalogue
+from lmms_operator.catalogue.source import Source
 
 
-def _package(root: Path, modules: dict[str, str]) -> catalogue._Source:
+def _package(root: Path, modules: dict[str, str]) -> Source:
     for name, source in modules.items():
         path = root.joinpath(*name.split(".")).with_suffix(".py")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(source))
-    return catalogue._Source(root)
+    return Source(root)
 
 
 BASE = {
@@ -110,15 +111,166 @@ def test_remote_code_is_found_in_the_code_a_backend_runs(
     assert _package(tmp_path, BASE).runs_code([path]) is runs
 
 
+IMPORTS = {
+    "lmms_eval.api.model": BASE["lmms_eval.api.model"],
+    "lmms_eval.models.simple.rooted": """
+        import sys
+        from lmms_eval.api.model import lmms
+
+        class Rooted(lmms):
+            def __init__(self, root="/opt/x"):
+                sys.path.insert(0, root)  # a path the run's args name
+    """,
+    "lmms_eval.models.simple.stored_root": """
+        import sys
+        from lmms_eval.api.model import lmms
+
+        class StoredRoot(lmms):
+            def __init__(self, root):
+                self.root = root
+                if self.root not in sys.path:
+                    sys.path.append(self.root)
+    """,
+    "lmms_eval.models.simple.named": """
+        import importlib
+        from lmms_eval.api.model import lmms
+
+        class Named(lmms):
+            def __init__(self, backend):
+                self.impl = importlib.import_module(f"plugins.{backend}")
+    """,
+    "lmms_eval.models.simple.site_dir": """
+        import site
+        from lmms_eval.api.model import lmms
+
+        class SiteDir(lmms):
+            def __init__(self, extra):
+                site.addsitedir(extra)
+    """,
+    "lmms_eval.models.simple.by_file": """
+        import runpy
+        from lmms_eval.api.model import lmms
+
+        class ByFile(lmms):
+            def __init__(self, script):
+                runpy.run_path(script)
+    """,
+    "lmms_eval.models.simple.packaged": """
+        import importlib
+        import os
+        import sys
+        from pathlib import Path
+        from lmms_eval.api.model import lmms
+
+        wd = Path(__file__).parent.parent.resolve()
+        vendored = os.path.join(str(wd), "Vendored")
+        sys.path.append(vendored)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        sys.path += [str(wd / "more")]
+
+        class Packaged(lmms):
+            def __init__(self, pretrained):
+                self.mod = importlib.import_module("json")
+                self.other = __import__("os.path", fromlist=["join"])
+    """,
+    "lmms_eval.models.simple.rebound": """
+        import sys
+        from lmms_eval.api.model import lmms
+
+        extra = "/opt/fixed"
+
+        class Rebound(lmms):
+            def __init__(self, paths):
+                for extra in paths:  # the same name, bound by a loop: not fixed
+                    sys.path.append(extra)
+    """,
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "runs"),
+    [
+        ("lmms_eval.models.simple.rooted.Rooted", True),
+        ("lmms_eval.models.simple.stored_root.StoredRoot", True),
+        ("lmms_eval.models.simple.named.Named", True),
+        ("lmms_eval.models.simple.site_dir.SiteDir", True),
+        ("lmms_eval.models.simple.by_file.ByFile", True),
+        ("lmms_eval.models.simple.rebound.Rebound", True),
+        # Paths built from __file__ and literals, and literal module names: the
+        # image's own code, whatever the run says.
+        ("lmms_eval.models.simple.packaged.Packaged", False),
+    ],
+)
+def test_backends_that_import_from_a_path_they_are_given_run_code(
+    tmp_path: Path, path: str, runs: bool
+) -> None:
+    assert _package(tmp_path, IMPORTS).runs_code([path]) is runs
+
+
+def _task_tree(root: Path) -> Source:
+    """lmms_eval/tasks with: a plain task, one whose subdirectory execs the answer, one
+    whose ``!function`` names a module elsewhere that imports an eval, one whose
+    included template's directory evals, groups and a tag over them."""
+    files = {
+        "plain/plain.yaml": "task: plain\ntag: [mixed, clean]\nprocess_results: !function utils.score\n",
+        "plain/utils.py": "def score(doc, results):\n    return {'acc': eval('1')}\n",
+        "judged/judged.yaml": "task: judged\ntag: mixed\n",
+        "judged/metrics/judge.py": "def run(answer):\n    exec(answer)\n",
+        "shared/lib.py": "from lmms_eval.tasks.shared.deep import parse\n",
+        "shared/deep.py": "def parse(answer):\n    return eval(answer.strip())\n",
+        "borrowed/borrowed.yaml": "task: borrowed\nprocess_results: !function lmms_eval.tasks.shared.lib.parse\n",
+        "templated/t/_tmpl.yaml": "output_type: generate_until\n",
+        "templated/t/utils.py": "import math\nx = eval(input())\n",
+        "templated/task/templated.yaml": "include: ../t/_tmpl.yaml\ntask: templated\n",
+        "groups/dirty.yaml": "group: dirty\ntask:\n  - plain\n  - task: borrowed\n",
+        "groups/tidy.yaml": "group: tidy\ntask:\n  - plain\n  - clean\n",
+        "groups/outer.yaml": "group: outer\ntask:\n  - tidy\n  - group: inner\n    task: [judged]\n",
+    }
+    for name, text in files.items():
+        path = root / "lmms_eval" / "tasks" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return Source(root)
+
+
+def test_tasks_that_run_the_models_output_are_flagged_with_their_groups_and_tags(
+    tmp_path: Path,
+) -> None:
+    from lmms_eval.tasks import TaskManager
+
+    from lmms_operator.catalogue.tasks import TaskScan
+
+    source = _task_tree(tmp_path)
+    tasks = tmp_path / "lmms_eval" / "tasks"
+    tm = TaskManager(verbosity="ERROR", include_path=str(tasks), include_defaults=False)
+    assert set(tm.task_index) >= {"plain", "judged", "mixed", "clean", "dirty", "tidy", "outer"}
+    flagged = TaskScan(source, tm.task_index).flagged()
+    # judged: its directory tree; borrowed: a !function module's import; templated:
+    # its include's directory; dirty and outer: a task they list (outer inline);
+    # mixed: a tagged task. plain's eval is of a literal; tidy and clean hold only it.
+    assert flagged == {"judged", "borrowed", "templated", "dirty", "outer", "mixed"}
+
+
+def test_the_committed_catalogue_flags_the_tasks_that_eval_answers() -> None:
+    cat = catalogue.load()
+    assert {"auxsolidmath_easy", "auxsolidmath", "megabench_core", "mathvision_test"} <= (
+        cat.remote_code_tasks
+    )
+    assert "magi1_wm" in cat.remote_code_models
+    assert cat.remote_code_tasks <= cat.task_names
+
+
 def test_the_committed_catalogue_matches_the_installed_lmms_eval() -> None:
     from lmms_eval import models
 
-    src = catalogue._Source(Path(models.__file__).parents[2])
+    src = Source(Path(models.__file__).parents[2])
     backends = catalogue._backends(models)
     cat = catalogue.load()
     assert cat.models == frozenset(backends)
     assert cat.remote_code_models == frozenset(n for n, p in backends.items() if src.runs_code(p))
     assert all(cat.model_args[n] == src.keywords(p[0]) for n, p in backends.items())
+    generated = catalogue.generate()["remoteCodeTasks"]
+    assert isinstance(generated, list) and cat.remote_code_tasks == frozenset(generated)
 
 
 def test_suggestions_find_typos() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lmms_operator.reconcile.identity import model_identity, settings_label
 
 
@@ -45,3 +47,23 @@ def test_a_resolved_commit_names_the_checkpoint_once_known() -> None:
     assert model_identity(spec, "0123456789abcdef0123456789abcdef01234567") == "org/m@0123456789ab"
     api = {"model": {"type": "openai", "args": {"model_version": "gpt-4o"}}}
     assert model_identity(api, "0123456789abcdef0123456789abcdef01234567") == "gpt-4o"
+
+
+def test_a_model_named_twice_with_two_values_is_refused() -> None:
+    from lmms_operator.errors import InvalidSpec
+    from lmms_operator.reconcile.validate import validate
+
+    spec = {
+        "model": {
+            "type": "openai_compatible",
+            "args": {"model_version": "gpt-4o", "model": "tiny"},
+        },
+        "tasks": ["mme"],
+    }
+    with pytest.raises(InvalidSpec) as exc:
+        validate(spec)
+    assert any("named twice" in p.message for p in exc.value.problems)
+    # The same name twice is one model; lmms-eval sends `model`, so the identity says it.
+    spec["model"]["args"]["model"] = "gpt-4o"
+    validate(spec)
+    assert model_identity({**spec, "model": {**spec["model"], "args": {"model": "m"}}}) == "m"

@@ -161,6 +161,38 @@ def test_remote_code_is_off_until_an_admin_turns_it_on(case: dict[str, Any], fie
     assert validate(spec(**case), Policy(features=frozenset(FEATURES))).model.type
 
 
+def test_a_task_that_runs_the_models_output_is_remote_code() -> None:
+    # auxsolidmath evals the answer, megabench (a group) holds tasks that exec it: each
+    # is named, with the reason; a task of ordinary scoring code is not.
+    raw = spec(tasks=["mme", "auxsolidmath_easy", "megabench"])
+    found = problems(raw)
+    assert [p.split(":")[0] for p in found] == ["spec.tasks[1]", "spec.tasks[2]"]
+    assert all("runs the model's output as Python" in p for p in found)
+    assert validate(raw, Policy(features=frozenset(FEATURES))).tasks == raw["tasks"]
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        "mme",
+        "mmmu_val",
+        "ai2d",
+        "chartqa",
+        "textvqa_val",
+        "docvqa_val",
+        "mathvista_testmini",
+        "videomme",
+        "scienceqa_img",
+        "ocrbench",
+        "gqa",
+        "pope",
+    ],
+)
+def test_common_tasks_are_not_remote_code(task: str) -> None:
+    assert task not in catalogue.load().remote_code_tasks
+    assert validate(spec(tasks=[task])).tasks == [task]
+
+
 @pytest.mark.parametrize("value", ["false", "False", "FALSE"])
 def test_an_explicit_false_is_not_remote_code(value: str) -> None:
     assert validate(spec(model=_hf(value))).model.args["trust_remote_code"] == value

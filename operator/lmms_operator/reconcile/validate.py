@@ -15,7 +15,7 @@ from .. import catalogue, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
-from . import placement
+from . import identity, placement
 from .cmdline import check_command_line
 from .endpoints import Network, check_store_endpoint, runner_url_problems
 from .envvars import (
@@ -281,7 +281,7 @@ class Policy:
 
 
 def used_features(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> dict[str, str]:
-    """The optional features the spec uses, with the field that uses each."""
+    """The optional features the spec uses, with the (first) field that uses each."""
     cat = cat or catalogue.load()
     used: dict[str, str] = {}
     if spec.image is not None:
@@ -294,30 +294,58 @@ def used_features(spec: EvalRunSpec, cat: catalogue.Catalogue | None = None) -> 
         used["s3Output"] = FEATURES["s3Output"]
     if spec.model.api_key is not None:
         used["remoteModels"] = FEATURES["remoteModels"]
-    _, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
-    if remote_code_requested(args):
-        used["remoteCode"] = "spec.model.args.trust_remote_code"
-    elif spec.model.type in cat.remote_code_models:
-        used["remoteCode"] = "spec.model.type"
+    remote = remote_code_uses(spec, cat)
+    if remote:
+        used["remoteCode"] = remote[0][0]
     return used
 
 
-def check_features(spec: EvalRunSpec, allowed: Iterable[str]) -> list[Problem]:
-    """Problems for the features this operator does not allow."""
-    allowed = frozenset(allowed)
-    reasons = {
-        "remoteCode": " (it runs code from the model's repository: "
-        + "trust_remote_code, or a backend that always sets it)",
-    }
-    return [
-        Problem(
-            field,
-            f"{name} is not allowed by this operator{reasons.get(name, '')}; allowed "
-            f"features: {', '.join(sorted(allowed)) or 'none'}",
+def remote_code_uses(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[tuple[str, str]]:
+    """Every field that makes a run execute code the operator's image does not fix,
+    with why: the model's args, its backend, and each task whose scoring code the
+    catalogue flags (it ``eval``s or ``exec``s what the model answered, and a tenant's
+    model answers whatever it likes)."""
+    uses: list[tuple[str, str]] = []
+    _, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
+    if remote_code_requested(args):
+        uses.append(
+            ("spec.model.args.trust_remote_code", "it runs code from the model's repository")
         )
-        for name, field in used_features(spec).items()
-        if name not in allowed
+    elif spec.model.type in cat.remote_code_models:
+        uses.append(
+            (
+                "spec.model.type",
+                "the backend runs code from the model's repository, runs the model's output "
+                "or imports from a path its args name",
+            )
+        )
+    uses += [
+        (f"spec.tasks[{i}]", "its scoring code runs the model's output as Python")
+        for i, task in enumerate(spec.tasks)
+        if task in cat.remote_code_tasks
     ]
+    return uses
+
+
+def check_features(
+    spec: EvalRunSpec, allowed: Iterable[str], cat: catalogue.Catalogue | None = None
+) -> list[Problem]:
+    """Problems for the features this operator does not allow: remoteCode once for
+    each field that uses it, so a refusal lists every task to drop."""
+    cat = cat or catalogue.load()
+    allowed = frozenset(allowed)
+    listed = f"allowed features: {', '.join(sorted(allowed)) or 'none'}"
+    problems = [
+        Problem(field, f"{name} is not allowed by this operator; {listed}")
+        for name, field in used_features(spec, cat).items()
+        if name not in allowed and name != "remoteCode"
+    ]
+    if "remoteCode" not in allowed:
+        problems += [
+            Problem(field, f"remoteCode is not allowed by this operator ({why}); {listed}")
+            for field, why in remote_code_uses(spec, cat)
+        ]
+    return problems
 
 
 def check_env(spec: EvalRunSpec, policy: Policy) -> list[Problem]:
@@ -343,6 +371,7 @@ def validate(
     problems = check_spec(spec, policy=policy) + check_features(spec, policy.features)
     problems += check_env(spec, policy) + check_endpoints(spec, policy)
     problems += placement.check(spec, policy.placement, namespace)
+    problems += identity.naming_problems(spec.model.args)
     if problems:
         raise InvalidSpec(problems)
     return spec
