@@ -63,7 +63,7 @@ def test_a_run_succeeds_and_says_so(api: client.ApiClient, namespace: str) -> No
 
 
 def test_runner_failure_is_reported_with_its_message(api: client.ApiClient, namespace: str) -> None:
-    model = scripted(exit="3", message="task mme: no results (dataset download failed)")
+    model = scripted(exit="3", message="task mme: no results: dataset download failed")
     er.create(api, namespace, er.manifest("rerr", er.EXECUTOR, model=model, retries=0))
     run = er.wait_phase(api, namespace, "rerr", "Failed", timeout=60, reason="RunnerError")
     assert "exit code 3" in run["status"]["message"]
