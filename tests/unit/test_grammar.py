@@ -103,7 +103,7 @@ def test_any_key_and_value_is_accepted_or_refused_never_raises(key: str, value: 
         ("\ufb01le", "NFKC"),  # the "fi" ligature
         ("\uff41", "NFKC"),  # full-width a
         ("\u00b2", "NFKC"),
-        ("\u4e09", "integer"),  # numeric to Python, not to int()
+        ("\u4e09", "non-ASCII digits"),  # numeric to Python, not to int()
         (" a", "white space"),
         ("\u3000a", "NFKC"),
         ("a ", "white space"),

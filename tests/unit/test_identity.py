@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from lmms_operator.reconcile.identity import model_identity, settings_label
@@ -53,17 +55,12 @@ def test_a_model_named_twice_with_two_values_is_refused() -> None:
     from lmms_operator.errors import InvalidSpec
     from lmms_operator.reconcile.validate import validate
 
-    spec = {
-        "model": {
-            "type": "openai_compatible",
-            "args": {"model_version": "gpt-4o", "model": "tiny"},
-        },
-        "tasks": ["mme"],
-    }
+    def spec(**args: str) -> dict[str, Any]:
+        return {"model": {"type": "openai_compatible", "args": args}, "tasks": ["mme"]}
+
     with pytest.raises(InvalidSpec) as exc:
-        validate(spec)
+        validate(spec(model_version="gpt-4o", model="tiny"))
     assert any("named twice" in p.message for p in exc.value.problems)
     # The same name twice is one model; lmms-eval sends `model`, so the identity says it.
-    spec["model"]["args"]["model"] = "gpt-4o"
-    validate(spec)
-    assert model_identity({**spec, "model": {**spec["model"], "args": {"model": "m"}}}) == "m"
+    validate(spec(model_version="gpt-4o", model="gpt-4o"))
+    assert model_identity(spec(model_version="gpt-4o", model="m")) == "m"

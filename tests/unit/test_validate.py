@@ -296,3 +296,26 @@ def test_a_tenant_endpoint_needs_its_own_credentials() -> None:
         }
     )
     assert validate(ok).output
+
+
+@pytest.mark.parametrize("word", ["list", "list_groups", "list_tags", "list_subtasks"])
+def test_lmms_evals_listing_words_are_no_task_names(word: str) -> None:
+    # lmms-eval reads `--tasks list` as "list the tasks and exit 0": nothing is evaluated.
+    spec = {
+        "model": {"type": "qwen2_vl"},
+        "tasks": ["mme"],
+        "customTasks": [{"configMap": "cm", "tasks": [word]}],
+    }
+    with pytest.raises(InvalidSpec) as exc:
+        validate(spec)
+    assert [p.field for p in exc.value.problems] == ["spec.customTasks[0].tasks[0]"]
+
+
+def test_digits_that_lmms_eval_reads_as_numbers_are_refused() -> None:
+    for model, field in [
+        ({"type": "llava_hf", "pretrained": "org/m", "revision": "0123"}, "spec.model.revision"),
+        ({"type": "qwen2_vl", "args": {"max_pixels": "\u0663"}}, "spec.model.args.max_pixels"),
+    ]:
+        with pytest.raises(InvalidSpec) as exc:
+            validate({"model": model, "tasks": ["mme"]})
+        assert any(p.field == field for p in exc.value.problems), exc.value

@@ -127,11 +127,8 @@ def arg_value_problem(value: str) -> str | None:
         )
     if value != value.strip():
         return "may not begin or end with white space (lmms-eval strips it)"
-    if value.isnumeric():
-        try:
-            int(value)
-        except ValueError:
-            return "is numeric to Python but not an integer: lmms-eval would fail reading it"
+    if value.isnumeric() and not value.isascii():
+        return "holds non-ASCII digits: lmms-eval reads the value as a number; write 0-9"
     return None
 
 

@@ -85,7 +85,14 @@ def _check_model(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
                 f"required: model type {model_type!r} has no preset, so name the checkpoint",
             )
         ]
-    return []
+    return [
+        Problem(f"spec.model.{name}", "all digits: lmms-eval reads it as a number, not a name")
+        for name, value in (
+            ("pretrained", spec.model.pretrained),
+            ("revision", spec.model.revision),
+        )
+        if value and value.isdigit()
+    ]
 
 
 def _check_tasks(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
@@ -97,7 +104,7 @@ def _check_tasks(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
     known = cat.task_names | custom
     suggested = 0
     for i, task in enumerate(spec.tasks):
-        found = text_problem(task)
+        found = text_problem(task) or _listing_word(task)
         if found:
             problems.append(Problem(f"spec.tasks[{i}]", f"the name {found}"))
         elif task not in known:
@@ -130,9 +137,19 @@ def _check_tasks(spec: EvalRunSpec, cat: catalogue.Catalogue) -> list[Problem]:
         problems += [
             Problem(f"spec.customTasks[{i}].tasks[{j}]", f"the name {found}")
             for j, task in enumerate(source.tasks)
-            if (found := text_problem(task))
+            if (found := text_problem(task) or _listing_word(task))
         ]
     return problems
+
+
+#: --tasks values lmms-eval 0.7.3 takes as "list the tasks and exit 0", not as names.
+LISTING_WORDS = frozenset({"list", "list_groups", "list_tags", "list_subtasks"})
+
+
+def _listing_word(task: str) -> str | None:
+    if task in LISTING_WORDS:
+        return f"{task!r} is a word lmms-eval reads as 'list the tasks and exit', not a task"
+    return None
 
 
 def _check_combinations(spec: EvalRunSpec) -> list[Problem]:
