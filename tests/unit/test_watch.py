@@ -92,6 +92,8 @@ def test_gone_relists_and_errors_resume_from_the_last_version() -> None:
 
     def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
         assert (method, path) == ("GET", "/api/v1/pods")
+        if done.is_set():  # retries after the end, before stop(): not recorded
+            raise errors.api_error(503, "the end")
         calls.append(dict(query))
         if not script:
             done.set()
@@ -164,6 +166,8 @@ def test_a_poisoned_object_is_skipped_and_reported_and_the_rest_arrives() -> Non
     versions: list[str] = []
 
     def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
+        if done.is_set():  # retries after the end, before stop(): not recorded
+            raise errors.api_error(503, "the end")
         if query.get("watch"):
             versions.append(query["resourceVersion"])
         if not script:
@@ -231,6 +235,8 @@ def test_a_sink_that_fails_on_one_object_does_not_replay_it_for_ever(
 
     def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
         nonlocal lists
+        if done.is_set():  # retries after the end, before stop(): not recorded
+            raise errors.api_error(503, "the end")
         if query.get("watch"):
             versions.append(query["resourceVersion"])
         else:
