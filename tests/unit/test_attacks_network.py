@@ -26,10 +26,11 @@ from lmms_operator.objectstore import ObjectStore, StorePolicy
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 #: How long the hostile store keeps one request going, one header line at a time.
-DRIP_SECONDS = 4.5
+DRIP_SECONDS = 30.0
 DRIP_EVERY = 0.5
-#: The total a call may take in these tests: the read deadline (set to 1 s) and slack.
-BOUND = 3.0
+#: The total a call may take in these tests: the read deadline (set to 1 s) and slack
+#: for a busy machine, well short of the store's 30 s drip (what would hold it without one).
+BOUND = 10.0
 
 
 class _Secrets(Api):
