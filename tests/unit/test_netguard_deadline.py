@@ -132,7 +132,7 @@ def test_a_connection_does_not_outlive_its_call(monkeypatch: pytest.MonkeyPatch)
 
     with _raw_server(keep_alive) as port:
         assert _store().list_keys("team-a", _s3(port), "p/") == ["k"]
-        assert closed.wait(2), "the operator kept the store's connection after the call"
+        assert closed.wait(10), "the operator kept the store's connection after the call"
 
 
 def test_the_deadline_shuts_what_it_holds_and_refuses_new_connections() -> None:
@@ -145,7 +145,7 @@ def test_the_deadline_shuts_what_it_holds_and_refuses_new_connections() -> None:
         start = time.monotonic()
         reader.start()
         reader.join(5)
-        assert got == [b""] and time.monotonic() - start < 2
+        assert got == [b""] and time.monotonic() - start < 10
         assert deadline.expired
         late = socket.socket()
         with pytest.raises(netguard.Expired):
