@@ -11,8 +11,9 @@ for every tenant:
   buckets the platform listed (``LMMS_OWN_IDENTITY_BUCKETS``); any other store is
   refused, so that a tenant cannot point the operator's identity at a bucket or an
   endpoint of its choosing.
-- Every read is capped in size and in total time, and every call has short connect and
-  read timeouts with one retry.
+- Every call (connect, send, headers, body, its one retry) ends within READ_DEADLINE
+  seconds in all, whatever the store does, and every answer the operator reads (an
+  object, a listing, an error) is capped at MAX_OBJECT_BYTES (``netguard``).
 - The endpoint is checked before a client is made (``reconcile.endpoints``: syntax, and
   the class of an IP literal), and every connection goes through ``netguard``: only
   public addresses, or the networks the admin lists (``LMMS_OBJECT_STORE_ALLOWED_CIDRS``),
@@ -27,8 +28,8 @@ the bucket, the key and the store's error code only.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +42,8 @@ from .reconcile.endpoints import Network, check_store_endpoint, parse_cidrs
 
 #: Where the runner puts its results summary in the output it uploads.
 SUMMARY_KEY = RESULTS_SUMMARY_FILE
-#: The most the operator reads of one object, and the longest it spends reading it.
+#: The most the operator reads of one answer (an object, a listing, an error), and the
+#: longest one call takes in all (connect, send, headers, body, retries).
 MAX_OBJECT_BYTES = 8 * 1024 * 1024
 READ_DEADLINE = 20.0
 _CHUNK = 64 * 1024
@@ -74,8 +76,16 @@ class StorePolicy:
         return parse_cidrs(items, setting)
 
     def own_identity_allowed(self, s3: S3Output) -> bool:
-        host = urlsplit(s3.endpoint).netloc if s3.endpoint else ""
-        return (f"{host}/{s3.bucket}" if host else s3.bucket) in self.own_identity_buckets
+        """Whether the listed ``host/bucket`` (or ``bucket`` on AWS S3) is this store. An
+        endpoint with a path, a query or a fragment is never: botocore puts the path
+        before the bucket (``http://host/other-bucket``), so the bucket reached would not
+        be the one listed."""
+        if not s3.endpoint:
+            return s3.bucket in self.own_identity_buckets
+        parts = urlsplit(s3.endpoint)
+        if parts.path.strip("/") or parts.query or parts.fragment or not parts.netloc:
+            return False
+        return f"{parts.netloc}/{s3.bucket}" in self.own_identity_buckets
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -88,11 +98,20 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _failed(field: str, doing: str, exc: Exception) -> ObjectStoreError:
-    """The error for a failed call: the guard's refusal names the endpoint's field."""
+def _failed(
+    field: str, doing: str, exc: Exception, deadline: netguard.Deadline
+) -> ObjectStoreError:
+    """The error for a failed call: the guard's refusal names the endpoint's field; once
+    the deadline has passed, whatever broke, the deadline is the reason."""
     refused = netguard.refusal_in(exc)
     if refused is not None:
         return ObjectStoreError(f"{field}.endpoint: {refused}")
+    if deadline.expired:
+        return ObjectStoreError(
+            f"{field}: {doing}: the store did not answer within {deadline.seconds:g} s"
+        )
+    if isinstance(exc, ObjectStoreError | netguard.TooLarge):
+        return ObjectStoreError(f"{field}: {doing}: {exc}")
     return ObjectStoreError(f"{field}: {doing}: {_describe(exc)}")
 
 
@@ -105,24 +124,23 @@ def _describe(exc: Exception) -> str:
     return type(exc).__name__ + (f": {exc}" if "Credential" not in type(exc).__name__ else "")
 
 
-def _read_capped(body: Any, where: str, deadline: float) -> bytes:
-    """Reads a streaming body up to MAX_OBJECT_BYTES and until ``deadline`` (monotonic),
-    taking what each receive brings, so that a store that drips bytes cannot hold the
-    caller past the deadline."""
+def _read_capped(body: Any, deadline: netguard.Deadline) -> bytes:
+    """Reads a streaming body up to MAX_OBJECT_BYTES, taking what each receive brings;
+    the deadline shuts the connection of a store that drips bytes."""
     raw = getattr(body, "_raw_stream", None)
     read = getattr(raw, "read1", None) or body.read
     chunks: list[bytes] = []
     size = 0
     try:
         while True:
-            if time.monotonic() > deadline:
-                raise ObjectStoreError(f"reading {where}: no answer within {READ_DEADLINE:.0f} s")
+            deadline.check()
             chunk = read(_CHUNK)
             if not chunk:
+                deadline.check()  # cut short by the deadline, not the end
                 return b"".join(chunks)
             size += len(chunk)
             if size > MAX_OBJECT_BYTES:
-                raise ObjectStoreError(f"{where} is larger than {MAX_OBJECT_BYTES} bytes")
+                raise ObjectStoreError(f"it is larger than {MAX_OBJECT_BYTES} bytes")
             chunks.append(chunk)
     finally:
         body.close()
@@ -174,7 +192,7 @@ class ObjectStore:
             )
         return creds
 
-    def _client(self, namespace: str, s3: S3Output, field: str) -> Any:
+    def _client(self, namespace: str, s3: S3Output, field: str, deadline: netguard.Deadline) -> Any:
         """A client of the store that connects only through the guard. Every failure is
         an ObjectStoreError that names ``field`` (the resource's ``...s3``)."""
         problem = check_store_endpoint(f"{field}.endpoint", s3.endpoint, self.policy.allowed_cidrs)
@@ -201,30 +219,41 @@ class ObjectStore:
                 ),
                 **creds,
             )
-            netguard.guard_client(client, self.guard)
+            netguard.guard_client(client, self.guard, deadline, MAX_OBJECT_BYTES)
         except Exception as exc:
-            error = _failed(field, "no client for the store", exc)
+            error = _failed(field, "no client for the store", exc, deadline)
             raise ObjectStoreError(_scrub(str(error), creds)) from None
         return client
+
+    @contextmanager
+    def _call(
+        self, namespace: str, s3: S3Output, field: str, doing: str
+    ) -> Iterator[tuple[Any, netguard.Deadline]]:
+        """A client for one call, which ends within READ_DEADLINE seconds in all (connect,
+        send, headers, body, retries) and closes its connections at the end; every failure
+        is an ObjectStoreError naming ``field`` and what was being done."""
+        with netguard.Deadline(READ_DEADLINE) as deadline:
+            client = self._client(namespace, s3, field, deadline)
+            try:
+                yield client, deadline
+                deadline.check()  # a store cut off mid-headers may look like an empty 200
+            except Exception as exc:
+                raise _failed(field, doing, exc, deadline) from None
+            finally:
+                netguard.close_client(client)
 
     def get_json(self, namespace: str, s3: S3Output, url: str, *, field: str = OUTPUT_FIELD) -> Any:
         """The JSON document at ``url`` (``s3://bucket/key``), at most MAX_OBJECT_BYTES read
         within READ_DEADLINE seconds."""
         bucket, key = split_url(url)
         where = f"s3://{bucket}/{key}"
-        deadline = time.monotonic() + READ_DEADLINE
-        client = self._client(namespace, s3, field)
-        try:
+        with self._call(namespace, s3, field, f"reading {where}") as (client, deadline):
             response = client.get_object(Bucket=bucket, Key=key)
             length = int(response.get("ContentLength") or 0)
             if length > MAX_OBJECT_BYTES:
                 response["Body"].close()
-                raise ObjectStoreError(f"{where} is {length} bytes; at most {MAX_OBJECT_BYTES}")
-            data = _read_capped(response["Body"], where, deadline)
-        except ObjectStoreError as exc:
-            raise ObjectStoreError(f"{field}: {exc}") from None
-        except Exception as exc:
-            raise _failed(field, f"reading {where}", exc) from None
+                raise ObjectStoreError(f"it is {length} bytes; at most {MAX_OBJECT_BYTES}")
+            data = _read_capped(response["Body"], deadline)
         try:
             return json.loads(data)
         except ValueError as exc:
@@ -239,20 +268,17 @@ class ObjectStore:
         *,
         field: str = OUTPUT_FIELD,
     ) -> str:
-        """Writes ``files`` (name -> text) under ``key_prefix`` in the bucket; returns the
-        ``s3://`` URL of the prefix."""
-        client = self._client(namespace, s3, field)
+        """Writes ``files`` (name -> text) under ``key_prefix`` in the bucket, all within
+        READ_DEADLINE seconds; returns the ``s3://`` URL of the prefix."""
         types = {".json": "application/json", ".csv": "text/csv", ".md": "text/markdown"}
-        for name, text in files.items():
-            key = key_prefix + name
-            content_type = next((t for ext, t in types.items() if name.endswith(ext)), "text/plain")
-            try:
+        url = f"s3://{s3.bucket}/{key_prefix}"
+        with self._call(namespace, s3, field, f"writing {url}") as (client, _):
+            for name, text in files.items():
+                ctype = next((t for ext, t in types.items() if name.endswith(ext)), "text/plain")
                 client.put_object(
-                    Bucket=s3.bucket, Key=key, Body=text.encode(), ContentType=content_type
+                    Bucket=s3.bucket, Key=key_prefix + name, Body=text.encode(), ContentType=ctype
                 )
-            except Exception as exc:
-                raise _failed(field, f"writing s3://{s3.bucket}/{key}", exc) from None
-        return f"s3://{s3.bucket}/{key_prefix}"
+        return url
 
     def list_keys(
         self,
@@ -263,13 +289,12 @@ class ObjectStore:
         *,
         field: str = OUTPUT_FIELD,
     ) -> list[str]:
-        """The keys under ``key_prefix`` in the bucket (at most ``limit``, one request)."""
-        client = self._client(namespace, s3, field)
-        try:
+        """The keys under ``key_prefix`` in the bucket (at most ``limit``, one request,
+        within READ_DEADLINE seconds, a listing of at most MAX_OBJECT_BYTES)."""
+        doing = f"listing s3://{s3.bucket}/{key_prefix}"
+        with self._call(namespace, s3, field, doing) as (client, _):
             response = client.list_objects_v2(Bucket=s3.bucket, Prefix=key_prefix, MaxKeys=limit)
-            return [str(o.get("Key")) for o in response.get("Contents") or []][:limit]
-        except Exception as exc:
-            raise _failed(field, f"listing s3://{s3.bucket}/{key_prefix}", exc) from None
+        return [str(o.get("Key")) for o in response.get("Contents") or []][:limit]
 
 
 def _scrub(message: str, creds: dict[str, str]) -> str:

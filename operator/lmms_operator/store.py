@@ -281,7 +281,10 @@ class Store:
         if final:
             self._prune(kind, scope, self._listing.pop((kind, scope), set()))
         for uid, observe_only in touched:
-            self._on_run(uid, observe_only)
+            try:  # one run's fault does not leave the others of the page unscheduled
+                self._on_run(uid, observe_only)
+            except Exception as exc:
+                log.error("scheduling run %s failed: %s", uid, type(exc).__name__)
 
     def _prune(self, kind: str, scope: str | None, seen: set[Any]) -> None:
         def in_scope(obj: Mapping[str, Any]) -> bool:
@@ -296,11 +299,8 @@ class Store:
                 return
             for kinds in self.children.values():
                 objects = kinds.get(kind, {})
-                for name in [
-                    n
-                    for n, o in objects.items()
-                    if o["metadata"].get("uid") not in seen and in_scope(o)
-                ]:
+                uids = {n: o["metadata"].get("uid") for n, o in objects.items() if in_scope(o)}
+                for name in [n for n, uid in uids.items() if uid not in seen]:
                     del objects[name]
 
     def event(self, kind: str, type_: str, obj: dict[str, Any]) -> None:

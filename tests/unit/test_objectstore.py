@@ -37,3 +37,28 @@ def test_object_stores_can_be_turned_off() -> None:
     )
     with pytest.raises(ObjectStoreError, match="s3Output feature is off"):
         off._credentials("team-a", S3Output(bucket="bbb"))
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://minio.storage:9000/other-bucket",
+        "http://minio.storage:9000/evals",
+        "http://minio.storage:9000/evals/",
+    ],
+)
+def test_the_operators_identity_is_not_lent_to_an_endpoint_with_a_path(endpoint: str) -> None:
+    # botocore puts the endpoint's path before the bucket: http://host/other-bucket with
+    # bucket "evals" reaches other-bucket/evals/..., not the bucket the platform listed.
+    listed = objectstore.ObjectStore(
+        objectstore.StorePolicy(own_identity_buckets=frozenset({"minio.storage:9000/evals"})),
+        Api(),
+    )
+    assert (
+        listed._credentials(
+            "team-a", S3Output(bucket="evals", endpoint="http://minio.storage:9000/")
+        )
+        == {}
+    )
+    with pytest.raises(ObjectStoreError, match="own identity only for the buckets"):
+        listed._credentials("team-a", S3Output(bucket="evals", endpoint=endpoint))

@@ -202,3 +202,17 @@ def test_one_unreadable_item_does_not_stop_its_page() -> None:
     store.run_sink().listed(None, [run("u1", None), bad, run("u3", None)], final=True)
     assert sorted(store.uids()) == ["u1", "u3"]
     assert len(told) == 1 and "cannot be read" in told[0]
+
+
+def test_one_run_whose_scheduling_fails_does_not_keep_the_others_waiting() -> None:
+    woken: list[str] = []
+
+    def on_run(uid: str, observe: bool) -> None:
+        if uid == "u2":
+            raise RuntimeError("the pool is full")
+        woken.append(uid)
+
+    store = Store(metrics, on_run)
+    store.run_sink().listed(None, [run(u, None) for u in ("u1", "u2", "u3")], final=True)
+    assert woken == ["u1", "u3"]
+    assert sorted(store.uids()) == ["u1", "u2", "u3"]

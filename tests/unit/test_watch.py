@@ -5,8 +5,11 @@ from the last resourceVersion, bookmarks move it without an event."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any
+
+import pytest
 
 from lmms_operator import errors
 from lmms_operator.k8s.watch import Informer
@@ -89,6 +92,8 @@ def test_gone_relists_and_errors_resume_from_the_last_version() -> None:
 
     def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
         assert (method, path) == ("GET", "/api/v1/pods")
+        if done.is_set():  # retries after the end, before stop(): not recorded
+            raise errors.api_error(503, "the end")
         calls.append(dict(query))
         if not script:
             done.set()
@@ -161,6 +166,8 @@ def test_a_poisoned_object_is_skipped_and_reported_and_the_rest_arrives() -> Non
     versions: list[str] = []
 
     def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
+        if done.is_set():  # retries after the end, before stop(): not recorded
+            raise errors.api_error(503, "the end")
         if query.get("watch"):
             versions.append(query["resourceVersion"])
         if not script:
@@ -183,3 +190,76 @@ def test_a_poisoned_object_is_skipped_and_reported_and_the_rest_arrives() -> Non
     ]
     # The watch resumed after the last event, past the poisoned one.
     assert versions == ["10", "12"]
+
+
+class FailingSink(Sink):
+    """A sink that fails on the object named ``bad`` (in an event) and on a page that
+    holds it: what a bug in the sink for one object does."""
+
+    def listed(self, scope: str | None, objects: list[dict[str, Any]], final: bool) -> None:
+        if any(o["metadata"]["name"] == "bad" for o in objects):
+            raise RuntimeError("secret-content-of-bad")
+        super().listed(scope, objects, final)
+
+    def event(self, type_: str, obj: dict[str, Any]) -> None:
+        if obj["metadata"]["name"] == "bad":
+            raise RuntimeError("secret-content-of-bad")
+        super().event(type_, obj)
+
+
+def test_a_sink_that_fails_on_one_object_does_not_replay_it_for_ever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script: list[Any] = [
+        Answer(
+            {
+                "kind": "PodList",
+                "metadata": {"resourceVersion": "10", "continue": "c"},
+                "items": [pod("bad", "5")],
+            }
+        ),
+        Answer(
+            {"kind": "PodList", "metadata": {"resourceVersion": "10"}, "items": [pod("a", "6")]}
+        ),
+        Answer(
+            lines=[
+                {"type": "ADDED", "object": pod("bad", "11")},
+                {"type": "ADDED", "object": pod("b", "12")},
+            ]
+        ),
+        Answer(lines=[{"type": "MODIFIED", "object": pod("b", "13")}]),
+    ]
+    done = threading.Event()
+    versions: list[str] = []
+    lists = 0
+
+    def answer(method: str, path: str, *, query: dict[str, Any], timeout: Any) -> Any:
+        nonlocal lists
+        if done.is_set():  # retries after the end, before stop(): not recorded
+            raise errors.api_error(503, "the end")
+        if query.get("watch"):
+            versions.append(query["resourceVersion"])
+        else:
+            lists += 1
+        if not script:
+            done.set()
+            raise errors.api_error(503, "the end")
+        return script.pop(0)
+
+    sink = FailingSink()
+    informer = Informer("Pod", sink, fetch=answer)
+    informer.BACKOFF_MIN = 0.01
+    with caplog.at_level(logging.DEBUG, logger="lmms.watch"):
+        informer.start()
+        assert done.wait(10)
+        informer.stop()
+    # The failing page and event were passed over; what came after them arrived once.
+    assert sink.seen == [("list", ["a"], True), ("ADDED", "b"), ("MODIFIED", "b")]
+    assert lists == 2  # no relist
+    assert versions == ["10", "12", "13"]  # past the failing event, never back to it
+    failures = [r for r in caplog.records if "the sink failed" in r.getMessage()]
+    assert [r.getMessage().split(" on ")[1].split(":")[0] for r in failures] == [
+        "a page ?/? (uid ?)",
+        "ADDED a/bad (uid ?)",
+    ]
+    assert not any("secret-content" in r.getMessage() for r in caplog.records)

@@ -13,7 +13,10 @@ never reaches the process. Each informer is one thread:
 - any other error backs off (exponential with jitter, capped) and retries;
 - pages and events are decoded item by item when they must be (``jsonsplit``): an
   object that cannot be decoded (nested deeper than the decoder recurses) fails only
-  itself. It is skipped, and the sink is told what its metadata says (``undecodable``).
+  itself. It is skipped, and the sink is told what its metadata says (``undecodable``);
+- a sink that fails on one event (or one page) fails only that: it is logged (the
+  object's kind and identity, never its content) and the informer goes on past it,
+  rather than replaying it for ever.
 
 The informer keeps no copy of the objects: its sink decides what to keep, and how little.
 """
@@ -24,6 +27,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -133,7 +137,7 @@ class Informer:
     def _list(self) -> str:
         """Lists page by page, delivering each page; returns the list's resourceVersion."""
         cont: str | None = None
-        self.sink.relisting(self.namespace)
+        self._deliver("a relist", {}, self.sink.relisting, self.namespace)
         while True:
             query: dict[str, Any] = {"limit": self.PAGE}
             if cont:
@@ -151,7 +155,7 @@ class Informer:
                 item.setdefault("kind", kind)
             for bad in page.undecodable:
                 self._undecodable(bad)
-            self.sink.listed(self.namespace, page.items, final=cont is None)
+            self._deliver("a page", {}, self.sink.listed, self.namespace, page.items, cont is None)
             meta = page.meta
             del page
             if cont is None:
@@ -191,7 +195,8 @@ class Informer:
             return version
         if isinstance(obj, jsonsplit.Undecodable):
             if type_ == "DELETED":  # what the sink needs of a deleted object: its metadata
-                self.sink.event(type_, {"kind": self.kind, "metadata": dict(obj.meta)})
+                gone = {"kind": self.kind, "metadata": dict(obj.meta)}
+                self._deliver(type_, obj.meta, self.sink.event, type_, gone)
             elif type_ in ("ADDED", "MODIFIED"):
                 self._undecodable(obj, type_)
             rv = obj.meta.get("resourceVersion")
@@ -199,13 +204,33 @@ class Informer:
             if type_ == "ERROR":
                 code = int(obj.get("code") or 0)
                 raise errors.api_error(code, str(obj.get("message") or "watch error"))
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            meta = obj.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            rv = meta.get("resourceVersion")
             if type_ in ("ADDED", "MODIFIED", "DELETED"):
-                self.sink.event(type_, obj)
+                self._deliver(type_, meta, self.sink.event, type_, obj)
         if rv:
             # Kept as it goes: a watch that breaks resumes from here.
             version = self.version = str(rv)
         return version
+
+    def _deliver(self, what: str, meta: Any, call: Callable[..., None], *args: Any) -> None:
+        """``call(*args)`` into the sink; a failure is logged and passed over, so that
+        the informer does not replay what made it fail for ever (its resourceVersion
+        would advance only after). The log names the object, never its content."""
+        try:
+            call(*args)
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "%r: the sink failed on %s %s/%s (uid %s): %s at %s:%s; going on without it",
+                self,
+                what,
+                *(_ident(meta.get(key)) for key in ("namespace", "name", "uid")),
+                type(exc).__name__,  # not its message, which may quote the object
+                where.filename.rpartition("/")[2],
+                where.lineno,
+            )
 
     def _undecodable(self, bad: jsonsplit.Undecodable, type_: str = "LISTED") -> None:
         meta = bad.meta
@@ -244,6 +269,11 @@ def _lines(response: Any) -> Iterator[bytes]:
     rest = b"".join(parts)
     if rest.strip():
         yield rest
+
+
+def _ident(value: Any) -> str:
+    """A name, namespace or uid as it may be logged: a short string, nothing else."""
+    return str(value)[:253] if isinstance(value, str | int) else "?"
 
 
 def _describe(exc: BaseException) -> str:
