@@ -116,6 +116,9 @@ def test_every_value_set_renders_a_secure_operator(name: str) -> None:
             assert crd["spec"] == source["spec"]
     monitors = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     assert bool(monitors & {d["kind"] for d in docs}) == (name == "monitoring")
+    for monitor in by_kind(docs, "ServiceMonitor"):
+        # The EvalRun's namespace label stays the series' own (not exported_namespace).
+        assert all(e["honorLabels"] is True for e in monitor["spec"]["endpoints"])
     if name == "selected-namespaces":
         args = container["args"]
         assert "--namespace=team-a" in args and "--namespace=team-b" in args

@@ -91,3 +91,13 @@ def test_standard_errors_are_exported_with_their_scores_and_go_with_them() -> No
     metrics.published("ns-err", "board", [with_err], "run-e3")
     metrics.leaderboard_gone("ns-err", "board")
     assert not [s for s in _series("lmms_operator_score_stderr") if s["namespace"] == "ns-err"]
+
+
+def test_process_and_gc_series_are_served_for_sizing() -> None:
+    # docs/operations.md sizes the operator by its CPU and resident memory: the series
+    # that show them in production are on the operator's own registry.
+    from prometheus_client import generate_latest
+
+    text = generate_latest(Metrics().registry).decode()
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_gc_"):
+        assert name in text, name
