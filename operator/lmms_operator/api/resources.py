@@ -87,21 +87,25 @@ class SchedulingSpec(ApiModel):
 
     node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
-        description="Pod nodeSelector.",
+        description="Pod nodeSelector. Keys in node-role.kubernetes.io are refused (placement policy).",
         max_length=64,
         json_schema_extra=LABEL_MAP_SCHEMA,
     )
     tolerations: list[Toleration] = Field(
         default_factory=list,
-        description="Pod tolerations (core/v1 Toleration).",
+        description="Pod tolerations (core/v1 Toleration). Each needs a key; keys in the kubernetes.io and k8s.io domains are refused, and the admin may narrow the rest (placement.allowedTolerationKeys).",
         max_length=32,
     )
     affinity: Affinity = Field(
         default_factory=Affinity,
-        description="Pod affinity (core/v1 Affinity): at most 32 terms in all and 16 KiB.",
+        description="Pod affinity (core/v1 Affinity): at most 32 terms in all and 16 KiB. Pod (anti-)affinity terms may select pods of the run's own namespace only, unless the admin allows more (placement.crossNamespaceAffinity).",
     )
     priority_class_name: str | None = Field(
-        default=None, description="Pod priorityClassName.", max_length=253, pattern=DNS_SUBDOMAIN
+        default=None,
+        description="Pod priorityClassName: only classes the admin lists "
+        "(placement.allowedPriorityClasses); unset gets the cluster default.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
     )
     queue_name: str | None = Field(
         default=None,
