@@ -232,8 +232,10 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
         f'model="{model}",namespace="{namespace}",task="colors"}} 0.8'
     ) in text
     assert (
-        'lmms_operator_evalrun_transitions_total{from_phase="Running",to_phase="Succeeded"}' in text
-    )
+        'lmms_operator_evalrun_transitions_total{from_phase="Running",'
+        f'namespace="{namespace}",to_phase="Succeeded"}}'
+    ) in text
+    assert f'lmms_operator_evalruns{{namespace="{namespace}",phase="Succeeded"}}' in text
     assert 'lmms_operator_scrapes_total{result="ok"}' in text
     gpu = next(
         line
