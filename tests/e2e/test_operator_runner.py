@@ -78,7 +78,12 @@ def promql_range(base: str, query: str, start: float, end: float) -> list[dict[s
 
 DASHBOARD = Path(__file__).parents[2] / "helm" / "lmms-operator" / "files" / "dashboard.json"
 #: What Grafana puts in for the dashboard's variables ("All") and its interval macros.
-GRAFANA_VARIABLES = {"$namespace": ".*", "$leaderboard": ".*", "$__rate_interval": "1m"}
+GRAFANA_VARIABLES = {
+    "$namespace": ".*",
+    "$leaderboard": ".*",
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
