@@ -99,6 +99,16 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
+def dashboard_variables(namespace: str) -> dict[str, str]:
+    """The dashboard's query variables, with this namespace chosen."""
+    variables = json.loads(DASHBOARD.read_text())["templating"]["list"]
+    return {
+        v["name"]: v["query"]["query"].replace("$namespace", namespace)
+        for v in variables
+        if v["type"] == "query"
+    }
+
+
 @pytest.fixture()
 def model_server() -> Iterator[ModelServer]:
     server = ModelServer(delay=0.4, wrong_every=5)
@@ -269,6 +279,13 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
         if not promql_range(prometheus, expr, started, time.time())
     ]
     assert not empty, f"dashboard panels without data: {empty}"
+    # The variables offer this run's namespace, and its Leaderboard under that namespace
+    # (Grafana's label_values(SELECTOR, LABEL) is the LABEL values of the series).
+    offered = {}
+    for name, query in dashboard_variables(namespace).items():
+        selector, label = query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
+        offered[name] = {s["metric"][label] for s in promql(prometheus, selector)}
+    assert namespace in offered["namespace"] and offered["leaderboard"] == {"default"}
     (pod,) = core.list_namespaced_pod(
         namespace, label_selector=f"job-name={run['status']['jobName']}"
     ).items
