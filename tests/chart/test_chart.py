@@ -835,7 +835,7 @@ def test_the_chart_works_as_a_subchart_with_global_values(tmp_path: Path) -> Non
 def test_runner_pod_defaults_reach_the_operator_and_the_admission_policy() -> None:
     docs = render(*VALUE_SETS["runner-defaults"])
     (deploy,) = by_kind(docs, "Deployment")
-    env = {k: v.get("value") for k, v in _env(deploy).items()}
+    env = {k: str(v.get("value")) for k, v in _env(deploy).items()}
     assert json.loads(env["LMMS_RUNNER_IMAGE_PULL_SECRETS"]) == ["regcred"]
     assert json.loads(env["LMMS_RUNNER_TOLERATIONS"]) == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
