@@ -1,6 +1,7 @@
 """Whether the pod's NVIDIA GPUs can run the image's torch: checked before lmms-eval starts.
 
-A pod that requests NVIDIA GPUs (the operator sets LMMS_NVIDIA_GPUS) on a node whose
+A pod that requests NVIDIA GPUs (``spec.resources``: ``gpus`` of an ``nvidia.com/``
+resource, in a pod the operator made: ``POD_IP`` is set) on a node whose
 driver is older than the torch build's CUDA needs, or without the driver in the container
 at all (no NVIDIA container runtime, a missing ``runtimeClassName``), would otherwise
 fail deep inside lmms-eval, after minutes of loading, with torch's warning and a
@@ -23,12 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmms_operator.api.runner import (
-    DRIVER_TOO_OLD,
-    NO_GPU,
-    NVIDIA_GPUS_ENV,
-    SIMULATED_GPUS_ENV,
-)
+from lmms_operator.api import ResourcesSpec
+from lmms_operator.api.runner import DRIVER_TOO_OLD, NO_GPU, SIMULATED_GPUS_ENV
 
 #: The oldest Linux driver of each CUDA major version: a build for CUDA X.Y runs on every
 #: driver of X's family from this one on (NVIDIA's minor version compatibility).
@@ -177,7 +174,7 @@ def check(
         return Problem(
             DRIVER_TOO_OLD,
             f"{needs}; the node's driver is {found}: upgrade the node's driver, or run on "
-            f"nodes that have one (spec.scheduling)",
+            f"nodes that have one (spec.scheduling.nodeSelector)",
         )
     if driver.init_error is not None or driver.devices < gpus:
         why = driver.init_error or f"it sees {driver.devices} GPU(s)"
@@ -189,10 +186,12 @@ def check(
     return None
 
 
-def at_start(env: Mapping[str, str]) -> Problem | None:
-    """The check, for a pod the operator said requests NVIDIA GPUs (LMMS_NVIDIA_GPUS),
-    unless its node simulates them (LMMS_SIMULATED_GPUS, the devcluster's executor)."""
-    raw = env.get(NVIDIA_GPUS_ENV, "").strip()
-    if not raw.isdigit() or env.get(SIMULATED_GPUS_ENV):
+def at_start(resources: ResourcesSpec, env: Mapping[str, str]) -> Problem | None:
+    """The check, in a pod (``POD_IP``: not on a workstation, where a CPU may run what
+    the spec gives GPUs) that requests NVIDIA GPUs, unless its node simulates them
+    (LMMS_SIMULATED_GPUS: the devcluster's executor)."""
+    if not env.get("POD_IP") or env.get(SIMULATED_GPUS_ENV):
         return None
-    return check(int(raw), torch_build())
+    if not resources.gpu_resource_name.startswith("nvidia.com/"):
+        return None
+    return check(resources.gpus, torch_build())

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"configuration error: {exc}")
         write_termination(args.termination_log, results.failure_message("ConfigError", str(exc)))
         return EXIT_CONFIG_ERROR
-    problem = gpucheck.at_start(env)
+    problem = gpucheck.at_start(cfg.spec.resources, env)
     if problem is not None:
         log(f"{problem.reason}: {problem.message}")
         write_termination(

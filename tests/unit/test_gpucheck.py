@@ -10,11 +10,11 @@ import importlib.metadata
 from collections.abc import Callable
 
 from lmms_devcluster import executor
+from lmms_operator.api import ResourcesSpec
 from lmms_operator.api import runner as runner_api
 from lmms_operator.reconcile import reasons as R
 from lmms_runner import gpucheck, results
 from lmms_runner.gpucheck import Driver, Problem, TorchBuild
-from tests.unit.test_job import build, env
 from tests.unit.test_status import failed_job, observe, pod, terminated
 
 CU132 = TorchBuild("2.15.0+cu132", "13.2")
@@ -36,7 +36,7 @@ def test_a_driver_older_than_the_torch_build_needs_is_named_with_both_versions()
         "DriverTooOld",
         "the image's torch 2.15.0+cu132 is built for CUDA 13.2, which needs an NVIDIA driver "
         ">= 580.65.06; the node's driver is 575.57.08: upgrade the node's driver, or run on "
-        "nodes that have one (spec.scheduling)",
+        "nodes that have one (spec.scheduling.nodeSelector)",
     )
 
 
@@ -71,11 +71,16 @@ def test_nothing_is_asked_without_gpus_or_a_cuda_build() -> None:
     assert gpucheck.check(1, None, never) is None
 
 
-def test_only_pods_the_operator_marks_are_checked_and_simulated_gpus_never() -> None:
-    # A workstation run (no LMMS_NVIDIA_GPUS) and the devcluster executor's pods (GPUs
-    # simulated, no driver) start without a check.
-    assert gpucheck.at_start({}) is None
-    assert gpucheck.at_start({"LMMS_NVIDIA_GPUS": "1", "LMMS_SIMULATED_GPUS": "1"}) is None
+def test_only_pods_that_request_nvidia_gpus_are_checked_and_simulated_gpus_never() -> None:
+    # A workstation run (no POD_IP: a CPU may run what the spec gives a GPU), another
+    # vendor's GPUs, and the devcluster executor's pods (GPUs simulated, no driver) start
+    # without a check.
+    one_gpu = ResourcesSpec(gpus=1)
+    assert gpucheck.at_start(one_gpu, {}) is None
+    pod_env = {"POD_IP": "10.0.0.7"}
+    amd = ResourcesSpec(gpus=1, gpu_resource_name="amd.com/gpu")
+    assert gpucheck.at_start(amd, pod_env) is None
+    assert gpucheck.at_start(one_gpu, {**pod_env, "LMMS_SIMULATED_GPUS": "1"}) is None
     assert executor.SIMULATED_GPUS_ENV == runner_api.SIMULATED_GPUS_ENV
 
 
@@ -87,14 +92,6 @@ def test_the_torch_build_is_read_from_its_version_file() -> None:
     assert found.version == torch.__version__  # "2.15.0+cu132": the build, not only the release
     assert found.version.startswith(importlib.metadata.version("torch"))
     assert found.cuda == torch.cuda
-
-
-def test_the_operator_sets_the_gpu_count_only_for_nvidia_gpus() -> None:
-    assert env(build(resources={"gpus": 2}))["LMMS_NVIDIA_GPUS"]["value"] == "2"
-    mig = build(resources={"gpus": 1, "gpuResourceName": "nvidia.com/mig-1g.10gb"})
-    assert env(mig)["LMMS_NVIDIA_GPUS"]["value"] == "1"
-    assert "LMMS_NVIDIA_GPUS" not in env(build(resources={"gpus": 0}))
-    assert "LMMS_NVIDIA_GPUS" not in env(build(resources={"gpuResourceName": "amd.com/gpu"}))
 
 
 def test_the_run_fails_with_the_runners_reason_and_message() -> None:

@@ -29,9 +29,6 @@ DRIVER_TOO_OLD = "DriverTooOld"
 NO_GPU = "NoGPU"
 RUNNER_FAILURE_REASONS = (DRIVER_TOO_OLD, NO_GPU)
 
-#: Set by the operator on a runner whose pod requests NVIDIA GPUs (``nvidia.com/...``):
-#: how many; the runner then checks the driver before it starts lmms-eval.
-NVIDIA_GPUS_ENV = "LMMS_NVIDIA_GPUS"
 #: Set by a node whose GPUs are simulated (the devcluster's executor): no driver to check.
 SIMULATED_GPUS_ENV = "LMMS_SIMULATED_GPUS"
 

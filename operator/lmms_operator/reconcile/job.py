@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
-from ..api.runner import EXIT_CONFIG_ERROR, NVIDIA_GPUS_ENV
+from ..api.runner import EXIT_CONFIG_ERROR
 from . import netpol
 from .shards import Shard
 
@@ -247,9 +247,6 @@ def _env(name: str, spec: EvalRunSpec, runner: RunnerDefaults, shards: int) -> l
             _secret_env("AWS_SESSION_TOKEN", s3.credentials_secret, "AWS_SESSION_TOKEN", True),
         ]
     res = spec.resources
-    if res.gpus and res.gpu_resource_name.startswith("nvidia.com/"):
-        # The runner checks the node's driver against its torch before lmms-eval starts.
-        env.append({"name": NVIDIA_GPUS_ENV, "value": str(res.gpus)})
     if res.nodes > 1:
         env += [
             {"name": "LMMS_NNODES", "value": str(res.nodes)},
