@@ -17,7 +17,9 @@ from lmms_operator.reconcile.validate import DEFAULT_FEATURES, FEATURES
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 VALUES = yaml.safe_load((REPO / "helm" / "lmms-operator" / "values.yaml").read_text())
-DOCS = {p.relative_to(REPO): p.read_text() for p in [REPO / "README.md", *REPO.glob("docs/*.md")]}
+#: Every page that may tell how to install or upgrade: the README, docs/, the chart's.
+PAGES = ["README.md", "docs/**/*.md", "helm/**/*.md", "helm/**/NOTES.txt"]
+DOCS = {p.relative_to(REPO): p.read_text() for pattern in PAGES for p in REPO.glob(pattern)}
 
 
 def _run_defaults(monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:

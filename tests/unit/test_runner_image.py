@@ -108,3 +108,9 @@ def test_the_task_index_is_built_into_the_image_where_the_runner_reads_it() -> N
     # And the compiled methods of the dataclasses a start makes.
     assert "python -m lmms_runner.startup /opt/lmms/code-cache.marshal" in stage
     assert "LMMS_CODE_CACHE=/opt/lmms/code-cache.marshal" in stage
+
+
+def test_nvidias_runtime_leaves_the_driver_check_to_the_runner() -> None:
+    # The base's NVIDIA_REQUIRE_CUDA names the base's CUDA, not torch's: the container
+    # starts on any driver and the runner fails DriverTooOld with both versions.
+    assert "NVIDIA_DISABLE_REQUIRE=1" in final_stage()
