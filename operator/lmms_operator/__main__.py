@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--metrics-address",
-        default="0.0.0.0:8080",
+        default="0.0.0.0:9090",
         help="HOST:PORT of the Prometheus /metrics endpoint ('' to disable)",
     )
     run.add_argument("--verbose", "-v", action="store_true")

@@ -16,6 +16,7 @@ from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_
 from . import conditions as C
 from . import reasons as R
 from .plan import Event, Plan, StatusPatch
+from .pods import runner_failure
 from .times import fmt_time, parse_time
 
 TERMINAL = R.TERMINAL
@@ -125,6 +126,9 @@ def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             "spec.evaluation.batchSize"
         )
     if code in RUNNER_EXIT_CODES:
+        declared = runner_failure(message)
+        if declared is not None:
+            return declared
         detail = f": {message}" if message else ""
         return R.RUNNER_ERROR, f"runner {RUNNER_EXIT_CODES[code]} (exit code {code}){detail}"
     pod_reason = pod.get("status", {}).get("reason")

@@ -78,6 +78,9 @@ from lmms_devcluster.imagestore import (
 log = logging.getLogger("lmms.executor")
 
 TERMINATION_LOG_LIMIT = 4096
+#: What this node tells every container: its nvidia.com/gpu are simulated, there is no
+#: driver (lmms_operator.api.runner.SIMULATED_GPUS_ENV: the runner checks none).
+SIMULATED_GPUS_ENV = "LMMS_SIMULATED_GPUS"
 #: Where pods of the host environment keep lmms-eval's task index (the runner image has
 #: it at /opt/lmms/task-index.json, built with the image).
 HOST_TASK_INDEX = (
@@ -426,6 +429,7 @@ class PodRunner:
         env["KUBERNETES_SERVICE_HOST"] = host
         env["KUBERNETES_SERVICE_PORT"] = port
         env["KUBERNETES_SERVICE_PORT_HTTPS"] = port
+        env[SIMULATED_GPUS_ENV] = "1"
         for src in container.env_from or []:
             prefix = src.prefix or ""
             if src.config_map_ref:
