@@ -2,7 +2,7 @@
 
 The phase says where the run stands; conditions follow KEP-1623 and kstatus:
 ``Ready`` (True once Succeeded), ``Reconciling`` (True while the run is active),
-``Stalled`` (True once Failed), ``Suspended`` and ``PodScheduled``.
+``Stalled`` (True once Failed), ``Suspended``, ``PodScheduled``, ``Complete`` and ``Failed``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_
 from . import conditions as C
 from . import reasons as R
 from .plan import Event, Plan, StatusPatch
-from .times import fmt_time, parse_time
+from .times import duration, fmt_time, parse_time
 
 TERMINAL = R.TERMINAL
 ACTIVE = R.ACTIVE
@@ -349,6 +349,7 @@ def conditions(
         (R.RECONCILING, ob.phase in ACTIVE, ob.reason, ob.message),
         (R.STALLED, ob.phase == R.FAILED, ob.reason, ob.message),
         (R.SUSPENDED_CONDITION, ob.phase == R.QUEUED, ob.reason, ob.message),
+        *((ctype, ob.phase in phases, ob.reason, ob.message) for ctype, phases in R.OUTCOMES),
     ]
     out = []
     for ctype, ok, reason, message in wanted:
@@ -407,6 +408,7 @@ def transition(
         pod_name=ob.pod_name or status.get("podName"),
         start_time=ob.start_time or status.get("startTime"),
         completion_time=ob.completion_time if done else None,
+        duration=duration(ob.start_time or status.get("startTime"), ob.completion_time),
         conditions=[
             Condition.model_validate(c)
             for c in conditions(status.get("conditions") or [], ob, generation, now)
@@ -423,6 +425,7 @@ def transition(
         "pod_name",
         "start_time",
         "completion_time",
+        "duration",
         "conditions",
     }
     if done:
