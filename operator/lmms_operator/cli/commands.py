@@ -163,7 +163,8 @@ def execute(args: argparse.Namespace) -> int:
         namespace = getattr(args, "namespace", None) or k8s.current_namespace(kubeconfig, context)
         target = views.Target(api, namespace, bool(getattr(args, "all_namespaces", False)))
         args.output = getattr(args, "output", None) or "table"
-        text, code = args.view(target, args)
+        view: View = args.view
+        text, code = view(target, args)
         if text:
             out.say(text)
         return code

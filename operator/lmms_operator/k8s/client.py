@@ -42,7 +42,7 @@ def current_namespace(kubeconfig: str | None = None, context: str | None = None)
         contexts, current = config.list_kube_config_contexts(
             config_file=kubeconfig or os.environ.get("KUBECONFIG")
         )
-    except (config.ConfigException, TypeError, OSError):
+    except (config.ConfigException, OSError, yaml.YAMLError, TypeError, ValueError, KeyError):
         try:
             with open(IN_CLUSTER_NAMESPACE) as fh:
                 return fh.read().strip() or "default"
@@ -181,7 +181,7 @@ class Api:
                 self._client = client.ApiClient(cfg)
             return self._client
 
-    def _from_kubeconfig(self) -> client.Configuration:
+    def _from_kubeconfig(self) -> Any:  # (a client.Configuration)
         cfg = type.__call__(client.Configuration)  # (a new one, not a copy of the default)
         path = self._kubeconfig or os.environ.get("KUBECONFIG")
         try:
