@@ -11,6 +11,7 @@ import pytest
 
 from lmms_operator.api.crdgen import all_crds
 from lmms_operator.api.runner import Metric, Provenance, ResultsSummary, TaskResult
+from lmms_operator.api.status import COLUMN
 from lmms_operator.config import Settings
 from lmms_operator.reconcile import admission, publishing
 from lmms_operator.reconcile import reasons as R
@@ -62,6 +63,10 @@ def test_the_headline_score_is_the_first_tasks_primary_metric() -> None:
     assert headline_score(results, ["mme", "mmmu_val", "colors"]) == "mme=0.8123 (+1)"
     assert headline_score(results[:1], ["mme"]) == "colors=0.8"
     assert headline_score(results[2:], ["mmmu_val"]) is None
+    # Within the schema's bound, whatever the task's name.
+    long = [{"task": "t" * 253, "metric": "acc", "value": 0.5}, *results[:1]]
+    score = headline_score(long, ["t" * 253])
+    assert score is not None and len(score) == COLUMN and score.endswith("=0.5 (+1)")
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,10 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 def ts(seconds_ago: float) -> str:
-    return (NOW - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A timestamp that long before now (when called: ages and active durations are
+    measured from the real clock)."""
+    now = dt.datetime.now(dt.UTC)
+    return (now - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def evalrun(
@@ -46,7 +49,7 @@ def evalrun(
             "name": name,
             "namespace": namespace,
             "generation": generation,
-            "creationTimestamp": ts(3 * 3600 + 30),
+            "creationTimestamp": ts(9 * 3600 + 30),
         },
         "spec": {
             "model": {
@@ -67,38 +70,45 @@ def results(mme: float, stderr: float = 0.01) -> list[dict[str, Any]]:
     ]
 
 
-#: As the operator writes a finished run's status today (the columns' fields included).
-BIG = evalrun(
-    "big",
-    phase="Succeeded",
-    reason="Succeeded",
-    jobName="big-1a2b3c",
-    summary="100%",
-    model="lmms-lab/llava-onevision-qwen2-0.5b-ov@0123456789ab",
-    tasks="mme, docvqa_val",
-    score="mme=0.8 (+1)",
-    duration="4m12s",
-    startTime=ts(600),
-    completionTime=ts(348),
-    results=results(0.80),
-)
-#: As an operator that did not write the columns' fields left it: computed from the rest.
-SMALL = evalrun(
-    "small",
-    phase="Succeeded",
-    reason="Succeeded",
-    startTime=ts(400),
-    completionTime=ts(100),
-    results=results(0.70),
-)
-RUNNING = evalrun("live", "team-b", phase="Running", summary="45%", startTime=ts(90))
+def big() -> dict[str, Any]:
+    """As the operator writes a finished run's status today (the columns' fields included)."""
+    return evalrun(
+        "big",
+        phase="Succeeded",
+        reason="Succeeded",
+        jobName="big-1a2b3c",
+        summary="100%",
+        model="lmms-lab/llava-onevision-qwen2-0.5b-ov@0123456789ab",
+        tasks="mme, docvqa_val",
+        score="mme=0.8 (+1)",
+        duration="4m12s",
+        startTime=ts(600),
+        completionTime=ts(348),
+        results=results(0.80),
+    )
+
+
+def small() -> dict[str, Any]:
+    """As an operator that did not write the columns' fields left it: computed from the rest."""
+    return evalrun(
+        "small",
+        phase="Succeeded",
+        reason="Succeeded",
+        startTime=ts(400),
+        completionTime=ts(100),
+        results=results(0.70),
+    )
+
+
+def live() -> dict[str, Any]:
+    return evalrun("live", "team-b", phase="Running", summary="45%", startTime=ts(90))
 
 
 @pytest.fixture()
 def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[apistub.ApiStub]:
     """The stand-in API server as the current kubeconfig's cluster (namespace team-a)."""
     for server in apistub.serve():
-        for run in (BIG, SMALL, RUNNING):
+        for run in (big(), small(), live()):
             server.put(run)
         monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path)))
         yield server
@@ -148,7 +158,7 @@ def test_runs_shows_model_identity_tasks_score_duration_and_age(
         "mme, docvqa_val",
         "mme=0.8 (+1)",
         "4m12s",
-        "3h",
+        "9h",
     )
     # An older status without those fields: the same columns, computed from the spec.
     small = by_name["small"]
@@ -189,7 +199,7 @@ def test_runs_as_json_and_yaml_are_the_same_records(
     assert big["model"] == "lmms-lab/llava-onevision-qwen2-0.5b-ov@0123456789ab"
     assert big["tasks"] == ["mme", "docvqa_val"] and big["score"] == "mme=0.8 (+1)"
     assert big["durationSeconds"] == 252 and big["results"] == results(0.80)
-    assert big["status"] == BIG["status"] and big["upToDate"] is True
+    assert big["status"]["jobName"] == "big-1a2b3c" and big["upToDate"] is True
 
 
 def test_an_empty_namespace_says_so(

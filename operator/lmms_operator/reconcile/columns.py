@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..api.status import COLUMN
 from . import identity
 from .plan import StatusPatch
 
@@ -49,8 +50,15 @@ def headline_score(results: Iterable[Mapping[str, Any]], tasks: Sequence[str] = 
         return None
     order = {name: i for i, name in enumerate(tasks)}
     first = min(scored, key=lambda r: order.get(str(r.get("task")), len(order)))
-    text = f"{first.get('task')}={_value(first):.4g}"
-    return text + (f" (+{len(scored) - 1})" if len(scored) > 1 else "")
+    more = f" (+{len(scored) - 1})" if len(scored) > 1 else ""
+    value = f"={_value(first):.4g}{more}"
+    return str(first.get("task"))[: COLUMN - len(value)] + value  # within the schema's bound
+
+
+def model(spec: Mapping[str, Any], commit: str | None = None) -> str:
+    """``status.model``: the identity Leaderboards name the model by (``commit``: the
+    one the runner resolved), within the schema's bound."""
+    return identity.model_identity(spec, commit)[:COLUMN]
 
 
 def missing_columns(
@@ -59,10 +67,10 @@ def missing_columns(
     """The spec's columns that a status write should add: all that differ for a new
     evaluation (``new``), else only those the status lacks (a run from before they
     existed), so that a model publishing named with its resolved commit stays."""
-    model, tasks = identity.model_identity(spec), tasks_label(units)
+    named, tasks = model(spec), tasks_label(units)
     out = StatusPatch()
-    if status.get("model") != model if new else not status.get("model"):
-        out["model"] = model
+    if status.get("model") != named if new else not status.get("model"):
+        out["model"] = named
     if status.get("tasks") != tasks if new else not status.get("tasks"):
         out["tasks"] = tasks
     return out

@@ -15,7 +15,7 @@ from typing import Any
 from .. import catalogue
 from ..api import EvalRunSpec, MetricResult
 from ..api.runner import ResultsSummary
-from . import columns, identity, reuse
+from . import columns, reuse
 from . import conditions as C
 from . import job as jobs
 from . import reasons as R
@@ -142,7 +142,7 @@ def decide(
     )
     commit = found.summary.provenance.commit if found.summary is not None else None
     if commit:  # the model as its Leaderboard entries name it
-        plan.status["model"] = identity.model_identity(run.get("spec") or {}, commit)
+        plan.status["model"] = columns.model(run.get("spec") or {}, commit)
     if kept and not status.get("reused"):
         plan.status["reused"] = reuse.reused_status(kept, meta["namespace"])
     events = list(found.events)
