@@ -27,6 +27,14 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 SUSPENDED_CONDITION = "Suspended"
+# The Job-like pair `kubectl wait --for=condition=...` waits on: Complete is True once the
+# run Succeeded, Failed once it Failed or was Cancelled (each False until then).
+COMPLETE = "Complete"
+FAILED_CONDITION = "Failed"
+OUTCOMES = (
+    (COMPLETE, frozenset({SUCCEEDED})),
+    (FAILED_CONDITION, frozenset({FAILED, CANCELLED})),
+)
 POD_SCHEDULED = "PodScheduled"
 RUNNER_REACHABLE = "RunnerReachable"
 LEADERBOARD_PUBLISHED = "LeaderboardPublished"
