@@ -1031,6 +1031,7 @@ class StatusWriter:
         self._lock = threading.Lock()
         #: uid -> (namespace, name, the status to write)
         self._pending: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        # One write per pod at a time, so that an older status never lands after a newer.
         self._writing: dict[str, threading.Lock] = {}
         self._failing: set[str] = set()
         self.wake = threading.Event()
@@ -1050,6 +1051,7 @@ class StatusWriter:
         with self._lock:
             self._pending.pop(uid, None)
             self._failing.discard(uid)
+            self._writing.pop(uid, None)
 
     def write(self, uid: str, wait: bool = True) -> bool:
         """Writes the pod's pending status; False when it stays pending (also when
@@ -1094,7 +1096,6 @@ class StatusWriter:
             self._failing.discard(uid)
             if self._pending.get(uid) is entry:  # else a newer report is waiting its turn
                 del self._pending[uid]
-                self._writing.pop(uid, None)
 
     def _failed(self, uid: str, namespace: str, name: str, exc: BaseException) -> None:
         with self._lock:
@@ -1361,6 +1362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Its retries say each refused connection again: the executor says what it does about it.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     api = config.new_client_from_config(config_file=args.kubeconfig)
     executor = Executor(args.node, args.state_dir, api)
