@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 import urllib.request
 import uuid
@@ -143,9 +145,25 @@ def test_runs_end_right_through_api_server_and_etcd_restarts(
     dc.restart("etcd", downtime=3)
     restarts += 2
 
-    # 2. Runs whose Jobs and pods are being made and bound as the API server crashes:
-    #    the executor's watch is gone while they are bound, its relist finds them.
-    runs.launch("b", 3, sleep=5)
+    # 2. Pods bound while the node's watch is away. The executor is paused across a
+    #    crash of the API server, and runs are created once the API server is back: their
+    #    pods are bound to the node before the executor, resumed, finds its watch broken.
+    #    Its relist must start them. Then runs created just as the API server crashes.
+    executor = json.loads(dc.state_file.read_text())["pids"]["executor"]
+    os.kill(executor, signal.SIGSTOP)
+    try:
+        dc.restart("kube-apiserver", downtime=2, kill=True)
+        restarts += 1
+        runs.launch("b", 3, sleep=5)
+
+        def bound() -> bool:
+            pods = core.list_namespaced_pod(namespace).items
+            return sum(1 for p in pods if p.metadata.name[0] == "b" and p.spec.node_name) == 3
+
+        wait_for(bound, timeout=120, message="the b runs' pods bound")
+    finally:
+        os.kill(executor, signal.SIGCONT)
+    runs.launch("f", 2, sleep=5)
     time.sleep(1.5)
     dc.restart("kube-apiserver", downtime=5, kill=True)
     restarts += 1
@@ -215,6 +233,7 @@ def test_runs_end_right_through_api_server_and_etcd_restarts(
     # The outages did what they were meant to: statuses were kept and written later.
     executor_log = (dc.log_dir / "executor.log").read_text(errors="replace")
     assert "status written after an outage" in executor_log
+    assert "pod(s) to start" in executor_log
     print(
         f"\n{restarts} control-plane restarts, {len(ended)} runs, {time.monotonic() - began:.0f}s"
     )
