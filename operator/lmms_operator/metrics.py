@@ -144,6 +144,12 @@ class Metrics:
             "Time a runner scrape took.",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "lmms_operator_leader",
+            "1 while this process does the work (it holds the leader Lease, or runs without "
+            "--leader-elect), 0 while it is a standby.",
+            registry=self.registry,
+        )
         # Every known reason starts at 0, so that rates and dashboards see the series
         # before the first failure.
         for reason in FAILURE_REASONS:
@@ -158,6 +164,17 @@ class Metrics:
         self._score_runs: dict[tuple[str, ...], set[str]] = {}
         self._run_scores: dict[str, set[tuple[str, ...]]] = {}
         self.registry.register(_PhaseCollector(self))
+
+    def standby(self) -> None:
+        """This process stopped leading: the series that describe the cluster's runs and
+        scores go (the leader's stand for them), so that sums over replicas count each once."""
+        self.leader.set(0)
+        with self._lock:
+            self._phases.clear()
+            self._score_runs.clear()
+            self._run_scores.clear()
+        for gauge in (self.progress, self.throughput, self.score, self.score_stderr):
+            gauge.clear()
 
     def phase_counts(self) -> dict[str, int]:
         """EvalRuns the watch shows, by phase (the lmms_operator_evalruns gauge)."""
