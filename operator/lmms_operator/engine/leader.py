@@ -28,12 +28,18 @@ import datetime as dt
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..clock import Clock
 from ..reconcile.lease import LeaderRecord, Seen, Timing, next_record, observe, released
 
 log = logging.getLogger("lmms.leader")
+
+T = TypeVar("T")
+
+
+async def _on_thread(fn: Callable[[], T]) -> T:
+    return await asyncio.to_thread(fn)
 
 
 class Lock(Protocol):
@@ -70,13 +76,17 @@ class LeaderElector:
         on_stopped: Callable[[int], Awaitable[None]],
         clock: Clock | None = None,
         release_on_stop: bool = True,
+        blocking: Callable[[Callable[[], Any]], Awaitable[Any]] = _on_thread,
     ) -> None:
+        """``blocking(fn)`` runs a call that blocks (a request): on a thread, or inline
+        in a test whose lock answers at once."""
         if not identity:
             raise ValueError("a leader election needs an identity")
         self.lock, self.identity, self.timing = lock, identity, timing
         self.on_started, self.on_stopped = on_started, on_stopped
         self.clock = clock or Clock()
         self.release_on_stop = release_on_stop
+        self._blocking = blocking
         self.term = 0
         self.leading = False  # from on_started until on_stopped has ended
         self._open = False  # the fence: False from the moment a term is lost
@@ -178,7 +188,7 @@ class LeaderElector:
     # -- one try, on a thread ----------------------------------------------------------------
     async def _try(self, timeout: float) -> bool:
         try:
-            tried = await asyncio.wait_for(asyncio.to_thread(self._attempt), timeout)
+            tried: _Tried = await asyncio.wait_for(self._blocking(self._attempt), timeout)
         except TimeoutError:
             log.warning("%r: no answer within %.1fs", self.lock, timeout)
             return False
@@ -213,7 +223,7 @@ class LeaderElector:
             return self.lock.write(released(got[0], self.clock.now()), got[1]) is not None
 
         try:
-            done = await asyncio.wait_for(asyncio.to_thread(give_up), self.timing.renew_deadline)
+            done: bool = await asyncio.wait_for(self._blocking(give_up), self.timing.renew_deadline)
         except Exception as exc:
             log.warning("%r: not released: %s", self.lock, exc)
             return
@@ -222,8 +232,9 @@ class LeaderElector:
 
     async def _event(self, message: str) -> None:
         with contextlib.suppress(Exception):  # best effort: the lock logs what failed
+            when = self.clock.now()
             await asyncio.wait_for(
-                asyncio.to_thread(self.lock.event, self.identity, message, self.clock.now()),
+                self._blocking(lambda: self.lock.event(self.identity, message, when)),
                 self.timing.request_timeout,
             )
 
