@@ -90,7 +90,14 @@ class Leadership:
             await asyncio.gather(starting, return_exceptions=True)
         if controller is not None:
             await controller.stop()
+            # An informer's last event would put its run back in the phase gauge.
+            await asyncio.to_thread(_join, controller.informers)
         self.metrics.standby()
+
+
+def _join(informers: list[k8s.Informer]) -> None:
+    for informer in informers:
+        informer.join(2.0)
 
 
 def _failed(task: asyncio.Task[None]) -> None:
