@@ -12,6 +12,14 @@ def _run(args: argparse.Namespace) -> int:
 
     import kopf
 
+    from .config import LeaderElection
+
+    try:
+        election = LeaderElection.from_args(args)
+    except ValueError as exc:
+        print(f"lmms-operator run: {exc}", file=sys.stderr)
+        return 2
+
     from . import handlers  # noqa: F401 - importing them registers the handlers
 
     kopf.configure(
@@ -33,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     namespaces = args.namespace or []
     settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces)).check()
     kopf.run(
-        memo=kopf.Memo(settings=settings, metrics=metrics),
+        memo=kopf.Memo(settings=settings, metrics=metrics, election=election),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -69,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         help="HOST:PORT of the Prometheus /metrics endpoint ('' to disable)",
     )
     run.add_argument("--verbose", "-v", action="store_true")
+    from .config import LeaderElection
+
+    LeaderElection.add_arguments(run)
     run.set_defaults(func=_run)
 
     # runs, leaderboard show, compare and wait: the same commands as `kubectl lmms`.

@@ -51,15 +51,34 @@ operator may reach a tenant's object store (``netguard``: every other loopback,
 link-local, private or reserved address is refused, in every spelling, after resolving
 the name). LMMS_ALLOWED_MODEL_ARGS adds ``BACKEND:KEY`` patterns to the model args the
 catalogue lists for each backend (the keyword arguments of its class hierarchy).
+
+Leader election (``LeaderElection``) is set by flags of ``lmms-operator run``, not by
+the environment (docs/operations.md, "High availability"):
+
+| flag               | default                                   | meaning                          |
+|--------------------|-------------------------------------------|----------------------------------|
+| --leader-elect     | off: the process always does the work     | hold a Lease to do the work      |
+| --lease-name       | lmms-operator                             | the coordination.k8s.io Lease    |
+| --lease-namespace  | $POD_NAMESPACE, else the pod's namespace  | where the Lease is               |
+| --lease-duration   | 15                                        | s a standby waits on a silent holder |
+| --renew-deadline   | 10                                        | s the leader tries to renew before it stops its work |
+| --retry-period     | 2                                         | s between tries                  |
+
+The identity written in the Lease is ``$POD_NAME``, else the host name: stable across
+restarts of a pod, so that a restarted leader takes its Lease back at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
 from .reconcile.job import RunnerDefaults
+from .reconcile.lease import Timing
 from .reconcile.placement import PlacementPolicy
 from .reconcile.status import Timeouts
 from .reconcile.validate import DEFAULT_FEATURES, FEATURES, Policy
@@ -263,3 +282,68 @@ def _features(raw: str | None) -> frozenset[str]:
             f"known: {', '.join(FEATURES)}"
         )
     return names
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """``lmms-operator run --leader-elect``: the Lease, this process's identity in it, and
+    the timing. ``namespace`` '' means the operator's own (``k8s.own_namespace``)."""
+
+    enabled: bool = False
+    name: str = "lmms-operator"
+    namespace: str = ""
+    identity: str = ""
+    timing: Timing = field(default_factory=Timing)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        d = Timing()
+        group = parser.add_argument_group("leader election (for more than one replica)")
+        group.add_argument(
+            "--leader-elect",
+            action="store_true",
+            help="do the work only while holding a coordination.k8s.io Lease; a standby "
+            "serves metrics and health and takes over when the leader goes",
+        )
+        group.add_argument("--lease-name", default="lmms-operator", help="the Lease's name")
+        group.add_argument(
+            "--lease-namespace",
+            default="",
+            help="the Lease's namespace (default: $POD_NAMESPACE, else the pod's own)",
+        )
+        for flag, value, meaning in (
+            (
+                "--lease-duration",
+                d.lease_duration,
+                "a standby waits on a holder that stopped renewing",
+            ),
+            (
+                "--renew-deadline",
+                d.renew_deadline,
+                "the leader keeps trying to renew before it stops its work",
+            ),
+            ("--retry-period", d.retry_period, "between tries to take or renew the Lease"),
+        ):
+            group.add_argument(
+                flag, type=float, default=value, help=f"seconds {meaning} (default {value:g})"
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LeaderElection:
+        """The settings of the flags; ValueError naming the flag when one is unusable."""
+        timing = Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+        problems = timing.problems()
+        if len(args.lease_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(args.lease_name):
+            problems.append(f"--lease-name must be a DNS subdomain name, got {args.lease_name!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cls(
+            enabled=args.leader_elect,
+            name=args.lease_name,
+            namespace=args.lease_namespace,
+            identity=os.environ.get("POD_NAME") or socket.gethostname(),
+            timing=timing,
+        )

@@ -13,9 +13,8 @@
   and hands it to the applier (``applier.py``), the one writer. When the applier answers
   ``Replan`` (a token Secret or Job that exists already, a refused object, a publish
   given up), the pass reads and decides again with that fact.
-- **The runner protocol** (``runnerprotocol.py``) scrapes the runners; what their
-  answers change is decided and applied here too (``answered``, ``results``...), under the
-  same one-writer-per-run rule.
+- **The runner protocol** (``runnerprotocol.py``) scrapes the runners; what their answers
+  change is decided and applied here too (``answered``, ``results``...), one writer per run.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ REPLANS = 3
 
 
 class Controller:
-    """Informers, store, engine and runner protocol of one operator process."""
+    """Informers, store, engine and runner protocol of one process (``fence``: may it write)."""
 
     LOCKS = 256
 
@@ -66,6 +65,7 @@ class Controller:
         metrics: Metrics | None = None,
         clock: Clock | None = None,
         api: k8s.Api | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.api = api or k8s.Api()
@@ -73,7 +73,7 @@ class Controller:
         self.clock = clock or Clock()
         self.store = Store(self.metrics, self._wake, self._gone, self._undecodable)
         self.objects = ObjectStore(settings.store_policy, self.api)
-        self.applier = Applier(self.clock, self.objects, self.metrics, self.api)
+        self.applier = Applier(self.clock, self.objects, self.metrics, self.api, fence)
         self.rules = admission.Rules(
             settings.policy, settings.runner, settings.timeouts, settings.reference_timeout
         )

@@ -15,7 +15,8 @@
     ├── InvalidSpec         an EvalRun spec that cannot run (``problems`` name each field)
     ├── RetryLater          not the spec's fault: something it needs does not exist yet
     ├── ObjectStoreError    reading or writing S3 failed (the message holds no secret)
-    └── ScrapeError         a runner did not answer, or answered nonsense
+    ├── ScrapeError         a runner did not answer, or answered nonsense
+    └── NotLeading          a write refused: this process no longer holds the leader Lease
 
 Only ``k8s/`` talks to the API server; it translates the client library's exceptions
 into ``ApiError`` so that no other module needs to know which client is used.
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidSpec",
     "KubeconfigError",
     "NotFound",
+    "NotLeading",
     "ObjectStoreError",
     "OperatorError",
     "Problem",
@@ -138,3 +140,8 @@ class PublishFailed(OperatorError):
 
 class ScrapeError(OperatorError):
     """A runner could not be scraped."""
+
+
+class NotLeading(OperatorError):
+    """A write was refused before it was sent: this process no longer holds the leader
+    Lease (``--leader-elect``), so another replica may be doing the work."""

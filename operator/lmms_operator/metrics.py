@@ -145,6 +145,12 @@ class Metrics:
             "Time a runner scrape took.",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "lmms_operator_leader",
+            "1 while this process does the work (it holds the leader Lease, or runs without "
+            "--leader-elect), 0 while it is a standby.",
+            registry=self.registry,
+        )
         self._lock = threading.Lock()
         # Namespaces whose failure series start at 0 (every known reason), so that rates
         # and alerts see the series before the first failure there.
@@ -158,6 +164,17 @@ class Metrics:
         self._score_runs: dict[tuple[str, ...], set[str]] = {}
         self._run_scores: dict[str, set[tuple[str, ...]]] = {}
         self.registry.register(_PhaseCollector(self))
+
+    def standby(self) -> None:
+        """This process stopped leading: the series that describe the cluster's runs and
+        scores go (the leader's stand for them), so that sums over replicas count each once."""
+        self.leader.set(0)
+        with self._lock:
+            self._phases.clear()
+            self._score_runs.clear()
+            self._run_scores.clear()
+        for gauge in (self.progress, self.throughput, self.score, self.score_stderr):
+            gauge.clear()
 
     def phase_counts(self) -> dict[tuple[str, str], int]:
         """EvalRuns the watch shows, by namespace and phase (the lmms_operator_evalruns

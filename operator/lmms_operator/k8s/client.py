@@ -56,6 +56,23 @@ def current_namespace(kubeconfig: str | None = None, context: str | None = None)
         return "default"
 
 
+#: The namespace of the pod's service account (in a cluster).
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def own_namespace() -> str:
+    """Where this process runs: ``$POD_NAMESPACE``, else its service account's namespace
+    (in a cluster), else the current kubeconfig context's."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            found = f.read().strip()
+    except OSError:
+        found = ""
+    return found or current_namespace()
+
+
 def _error(status: int, body: Any, reason: str | None) -> errors.ApiError:
     """The ApiError for an answer: the API server's own message (it names the field) and
     reason, not the HTTP dump."""
@@ -115,6 +132,7 @@ _PLURALS = {
     "Event": (_CORE, "events"),
     "Job": ("/apis/batch/v1/namespaces/{ns}/{plural}", "jobs"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1/namespaces/{ns}/{plural}", "networkpolicies"),
+    "Lease": ("/apis/coordination.k8s.io/v1/namespaces/{ns}/{plural}", "leases"),
     "EvalRun": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "evalruns"),
     "Leaderboard": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "leaderboards"),
 }
@@ -278,6 +296,14 @@ class Api:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(path("Job", namespace, name))
+
+    def get_lease(
+        self, namespace: str, name: str, timeout: float | None = 60
+    ) -> dict[str, Any] | None:
+        try:
+            return self.call("GET", path("Lease", namespace, name), timeout=timeout)
+        except errors.NotFound:
+            return None
 
     def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         return list(

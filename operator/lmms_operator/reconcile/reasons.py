@@ -90,6 +90,8 @@ LEADERBOARD_STORE_WRITTEN = "Written"
 SCRAPED = "Scraped"
 SCRAPE_FAILED = "ScrapeFailed"
 RUNNER_UNREACHABLE = "RunnerUnreachable"
+# Events on the leader Lease (``--leader-elect``), client-go's reason.
+LEADER_ELECTION = "LeaderElection"
 # HarnessPatched: the runner patched the lmms-eval it found, or runs it plain.
 KNOWN_HARNESS = "KnownVersion"
 UNKNOWN_HARNESS = "UnknownHarnessVersion"
