@@ -158,6 +158,11 @@ _KINDS: dict[type, str] = {
 }
 
 
+def _show(text: str, most: int = 60) -> str:
+    """``text`` quoted, cut to ``most`` characters: an error message stays readable."""
+    return repr(text) if len(text) <= most else repr(text[:most]) + "..."
+
+
 def _kind(value: Any) -> str:
     return _KINDS.get(type(value), type(value).__name__)
 
@@ -200,10 +205,10 @@ def _name(values: Mapping[str, str], name: str, errors: _Errors) -> str | None:
 def dns_subdomain_problem(name: str) -> str | None:
     """Why ``name`` is no object name (RFC 1123 subdomain), or None."""
     if len(name) > 253:
-        return f"{name[:40]!r}... is longer than 253 characters"
+        return f"{_show(name)} is longer than 253 characters"
     if not _DNS_SUBDOMAIN.match(name):
         return (
-            f"{name!r} is not a valid name (lower-case letters, digits, '-' and '.', "
+            f"{_show(name)} is not a valid name (lower-case letters, digits, '-' and '.', "
             "starting and ending with a letter or digit)"
         )
     return None
@@ -215,13 +220,13 @@ def label_key_problem(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if not _QUALIFIED.match(key):
         return (
-            f"{key!r} is not a valid key ([prefix/]name: the name alphanumerics with '-', "
+            f"{_show(key)} is not a valid key ([prefix/]name: the name alphanumerics with '-', "
             "'_' and '.' inside; the prefix a DNS subdomain)"
         )
     if len(name) > 63:
-        return f"{key!r}: the name after the prefix is longer than 63 characters"
+        return f"{_show(key)}: the name after the prefix is longer than 63 characters"
     if len(prefix) > 253:
-        return f"{key!r}: the prefix is longer than 253 characters"
+        return f"{_show(key)}: the prefix is longer than 253 characters"
     return None
 
 
@@ -230,10 +235,10 @@ def label_value_problem(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"values must be strings, got {_kind(value)}"
     if len(value) > 63:
-        return f"{value[:40]!r}... is longer than 63 characters"
+        return f"{_show(value)} is longer than 63 characters"
     if not _LABEL_VALUE.match(value):
         return (
-            f"{value!r} is not a valid label value (empty, or alphanumerics with '-', '_' "
+            f"{_show(value)} is not a valid label value (empty, or alphanumerics with '-', '_' "
             "and '.' inside)"
         )
     return None
@@ -253,7 +258,7 @@ def _string_map(
     for key, value in raw.items():
         why = label_key_problem(key) or key_problem(key) or value_problem(value)
         if why:
-            errors.add(f"{name}[{key!r}]", why)
+            errors.add(f"{name}[{_show(key)}]", why)
         else:
             pairs.append((key, value))
     return tuple(pairs)
