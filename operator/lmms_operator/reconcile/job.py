@@ -68,7 +68,6 @@ class RunnerDefaults:
     network_policy: bool = True
     operator_namespace: str = ""
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
-    # The platform's pull secrets, placement, labels and annotations for every runner pod.
     pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
 
 
