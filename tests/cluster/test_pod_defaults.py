@@ -80,7 +80,7 @@ def test_a_runs_pods_get_the_platform_defaults_and_the_policy_still_checks_the_r
         }
         er.create(api, namespace, er.manifest("own", own, model=SCRIPTED))
         # Runs the policy refuses, whatever the platform's defaults say.
-        refused = {
+        refused: dict[str, tuple[dict[str, Any], str]] = {
             "changed": ({"nodeSelector": {devcluster.EXECUTOR_LABEL: "false"}}, "nodeSelector"),
             "priority": ({"priorityClassName": priority}, "priorityClassName"),
             "toleration": ({"tolerations": [PLATFORM_TOLERATION]}, "tolerations[0].key"),
