@@ -11,6 +11,7 @@
     │   ├── Forbidden       401, 403
     │   ├── Gone            410: a watch or list continuation is too old
     │   └── Unavailable     no answer (connection refused, timeout) or a 5xx
+    ├── KubeconfigError     no cluster to talk to: the kubeconfig is missing or unusable
     ├── InvalidSpec         an EvalRun spec that cannot run (``problems`` name each field)
     ├── RetryLater          not the spec's fault: something it needs does not exist yet
     ├── ObjectStoreError    reading or writing S3 failed (the message holds no secret)
@@ -31,6 +32,7 @@ __all__ = [
     "Gone",
     "Invalid",
     "InvalidSpec",
+    "KubeconfigError",
     "NotFound",
     "ObjectStoreError",
     "OperatorError",
@@ -94,6 +96,11 @@ def api_error(status: int, message: str, reason: str = "") -> ApiError:
         410: Gone,
     }.get(status, Unavailable if status == 0 or status >= 500 else ApiError)
     return kind(message, status=status, reason=reason)
+
+
+class KubeconfigError(OperatorError):
+    """There is no cluster to talk to: the kubeconfig (or its context) is missing or
+    cannot be used, and the process does not run in a pod."""
 
 
 @dataclass(frozen=True)

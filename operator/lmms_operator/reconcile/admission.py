@@ -17,8 +17,8 @@ from typing import Any
 
 from ..api import EvalRunSpec
 from ..errors import Problem
+from . import columns, publishing, reuse
 from . import job as jobs
-from . import publishing, reuse
 from . import reasons as R
 from . import shards as shard_plan
 from . import status as st
@@ -107,7 +107,20 @@ def invalid(
 
 
 def decide(snap: Snapshot, rules: Rules) -> Plan:
-    """The plan that makes the cluster match the spec."""
+    """The plan that makes the cluster match the spec; a status it writes names the
+    model and the tasks (the Model and Tasks columns)."""
+    plan = _decide(snap, rules)
+    if plan.status:
+        status = snap.run.get("status") or {}
+        new = status.get("specHash") != jobs.spec_hash(snap.spec)
+        add = columns.missing_columns(
+            status, snap.run.get("spec") or {}, shard_plan.units(snap.spec), new=new
+        )
+        plan.status = StatusPatch(**{**add, **plan.status})  # the plan's own values win
+    return plan
+
+
+def _decide(snap: Snapshot, rules: Rules) -> Plan:
     run, spec, now = snap.run, snap.spec, snap.now
     meta = run["metadata"]
     name, uid, generation = meta["name"], meta["uid"], _generation(run)

@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api import EvalRunSpec
-from . import fanout, publishing
+from . import columns, fanout, publishing
 from . import job as jobs
 from . import pods as pod_facts
 from . import reasons as R
+from . import shards as shard_plan
 from . import status as st
 from .plan import Needs, Plan
 from .times import fmt_time
@@ -92,6 +93,11 @@ def decide(
     if same_phase and (not periodic or not ob.lasted(now)):
         return Plan()  # the resync writes it if it lasts
     plan = st.transition(status, ob, generation, hash_, job_name, now)
+    if plan.status:  # (a run admitted before the status named its model and tasks)
+        add = columns.missing_columns(
+            status, run.get("spec") or {}, shard_plan.units(spec), new=False
+        )
+        plan.status.update(add)
     if ob.phase == R.SUCCEEDED and not status.get("resultsConfigMap"):
         plan = _with_results(run, spec, status, plan, ob, pods, now, results)
         if plan.needs is not None:

@@ -36,6 +36,10 @@ class StatusPatch(TypedDict, total=False):
     completionTime: str | None
     progress: dict[str, Any] | None
     summary: str | None
+    model: str | None
+    tasks: str | None
+    score: str | None
+    duration: str | None
     shards: list[dict[str, Any]] | None
     reused: list[dict[str, Any]] | None
     results: list[dict[str, Any]]

@@ -3,6 +3,8 @@ one place (CamelCase)."""
 
 from __future__ import annotations
 
+from ..api import runner as _runner
+
 # Phases of an EvalRun (status.phase; some double as the reason of that phase).
 PENDING = "Pending"
 QUEUED = "Queued"
@@ -25,6 +27,14 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 SUSPENDED_CONDITION = "Suspended"
+# The Job-like pair `kubectl wait --for=condition=...` waits on: Complete is True once the
+# run Succeeded, Failed once it Failed or was Cancelled (each False until then).
+COMPLETE = "Complete"
+FAILED_CONDITION = "Failed"
+OUTCOMES = (
+    (COMPLETE, frozenset({SUCCEEDED})),
+    (FAILED_CONDITION, frozenset({FAILED, CANCELLED})),
+)
 POD_SCHEDULED = "PodScheduled"
 RUNNER_REACHABLE = "RunnerReachable"
 LEADERBOARD_PUBLISHED = "LeaderboardPublished"
@@ -57,6 +67,10 @@ RUNNER_ERROR = "RunnerError"
 JOB_DELETED = "JobDeleted"
 POD_CREATION_FAILED = "PodCreationFailed"
 NO_RESULTS = "NoResults"
+#: The runner's own reasons (its termination message): the node's NVIDIA driver is older
+#: than the image's torch needs, or the pod's GPUs cannot be reached.
+DRIVER_TOO_OLD = _runner.DRIVER_TOO_OLD
+NO_GPU = _runner.NO_GPU
 #: A pass raised what is neither the spec's fault nor transient: the operator's bug.
 INTERNAL_ERROR = "InternalError"
 
@@ -92,6 +106,8 @@ FAILURE_REASONS = (
     DEADLINE_EXCEEDED,
     BACKOFF_LIMIT_EXCEEDED,
     RUNNER_ERROR,
+    DRIVER_TOO_OLD,
+    NO_GPU,
     NO_RESULTS,
     JOB_DELETED,
     INTERNAL_ERROR,

@@ -2,7 +2,7 @@
 
 The phase says where the run stands; conditions follow KEP-1623 and kstatus:
 ``Ready`` (True once Succeeded), ``Reconciling`` (True while the run is active),
-``Stalled`` (True once Failed), ``Suspended`` and ``PodScheduled``.
+``Stalled`` (True once Failed), ``Suspended``, ``PodScheduled``, ``Complete`` and ``Failed``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_
 from . import conditions as C
 from . import reasons as R
 from .plan import Event, Plan, StatusPatch
-from .times import fmt_time, parse_time
+from .pods import runner_failure
+from .times import duration, fmt_time, parse_time
 
 TERMINAL = R.TERMINAL
 ACTIVE = R.ACTIVE
@@ -126,7 +127,8 @@ def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         )
     if code in RUNNER_EXIT_CODES:
         detail = f": {message}" if message else ""
-        return R.RUNNER_ERROR, f"runner {RUNNER_EXIT_CODES[code]} (exit code {code}){detail}"
+        generic = R.RUNNER_ERROR, f"runner {RUNNER_EXIT_CODES[code]} (exit code {code}){detail}"
+        return runner_failure(message) or generic
     pod_reason = pod.get("status", {}).get("reason")
     if code is None and pod_reason:
         return R.BACKOFF_LIMIT_EXCEEDED, f"pod {name} failed: {pod_reason}"
@@ -349,6 +351,7 @@ def conditions(
         (R.RECONCILING, ob.phase in ACTIVE, ob.reason, ob.message),
         (R.STALLED, ob.phase == R.FAILED, ob.reason, ob.message),
         (R.SUSPENDED_CONDITION, ob.phase == R.QUEUED, ob.reason, ob.message),
+        *((ctype, ob.phase in phases, ob.reason, ob.message) for ctype, phases in R.OUTCOMES),
     ]
     out = []
     for ctype, ok, reason, message in wanted:
@@ -407,24 +410,15 @@ def transition(
         pod_name=ob.pod_name or status.get("podName"),
         start_time=ob.start_time or status.get("startTime"),
         completion_time=ob.completion_time if done else None,
+        duration=duration(ob.start_time or status.get("startTime"), ob.completion_time),
         conditions=[
             Condition.model_validate(c)
             for c in conditions(status.get("conditions") or [], ob, generation, now)
         ],
         summary="100%" if ob.phase == R.SUCCEEDED else None,
     )
-    fields = {
-        "phase",
-        "reason",
-        "message",
-        "observed_generation",
-        "spec_hash",
-        "job_name",
-        "pod_name",
-        "start_time",
-        "completion_time",
-        "conditions",
-    }
+    fields = {"phase", "reason", "message", "observed_generation", "spec_hash", "job_name"}
+    fields |= {"pod_name", "start_time", "completion_time", "duration", "conditions"}
     if done:
         fields.add("summary")  # a finished run shows 100% or nothing in the Progress column
     # Every field named is written, None included: a merge patch removes it.

@@ -526,6 +526,66 @@ class DevCluster:
             state["pids"] = {}
             self._save_state(state)
 
+    # -- outages: one component stopped and started again ------------------------------
+    #: The components a test may restart; etcd keeps its data, and each comes back on
+    #: the same ports with the same certificates, as after a crash or an upgrade.
+    RESTARTABLE = ("etcd", "kube-apiserver")
+
+    def stop_component(self, name: str, kill: bool = False) -> None:
+        """Stops one component (``RESTARTABLE``): SIGTERM, then SIGKILL after 10 s;
+        ``kill``: SIGKILL at once, as a crash. ``start_component`` starts it again with
+        the same command line (etcd's data directory is kept)."""
+        if name not in self.RESTARTABLE:
+            raise DevClusterError(f"{name}: not one of {', '.join(self.RESTARTABLE)}")
+        state = self._state()
+        pid = state.get("pids", {}).get(name)
+        if pid is None or not _alive(pid):
+            raise DevClusterError(f"{name} is not running")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        state.setdefault("stopped", {})[name] = [a.decode() for a in argv]
+        self._save_state(state)
+        if kill:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(pid):
+                time.sleep(0.05)
+        else:
+            _stop_group(pid)
+        _log(f"{name} stopped")
+
+    def start_component(self, name: str, timeout: float = 120.0) -> None:
+        """Starts a component ``stop_component`` stopped, and waits until the API server
+        is ready again (which needs etcd)."""
+        state = self._state()
+        argv = state.get("stopped", {}).pop(name, None)
+        if argv is None:
+            raise DevClusterError(f"{name} was not stopped by stop_component")
+        self._spawn(state, name, argv)  # saves the state, without it in "stopped"
+        if not state["stopped"]:  # with another one still down it cannot be ready
+            self._wait_api(state, timeout)
+        _log(f"{name} started again (pid {state['pids'][name]})")
+
+    def restart(
+        self, name: str, downtime: float = 0.0, kill: bool = False, timeout: float = 120.0
+    ) -> None:
+        """Restarts etcd (its data kept) or the API server, on the same ports and
+        certificates, after ``downtime`` seconds down; returns once the API server is
+        ready again."""
+        self.stop_component(name, kill=kill)
+        time.sleep(downtime)
+        self.start_component(name, timeout=timeout)
+
+    @contextlib.contextmanager
+    def outage(self, name: str, kill: bool = False) -> Iterator[None]:
+        """``name`` is down for the ``with`` block, and back (and the API server ready)
+        after it, also when the block fails."""
+        self.stop_component(name, kill=kill)
+        try:
+            yield
+        finally:
+            self.start_component(name)
+
     def _write_kubeconfig(self, server: str, token: str) -> None:
         config = {
             "apiVersion": "v1",
