@@ -17,8 +17,10 @@ def _run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces)).check()
     except ValueError as exc:
         # A setting that cannot be used: say which and why, and do not start.
+        from .cli.output import USAGE
+
         print(f"lmms-operator: invalid settings: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
 
     import kopf
 
