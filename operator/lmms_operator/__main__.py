@@ -10,6 +10,18 @@ import sys
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from .config import Settings
+
+    namespaces = args.namespace or []
+    try:
+        settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces)).check()
+    except ValueError as exc:
+        # A setting that cannot be used: say which and why, and do not start.
+        from .cli.output import USAGE
+
+        print(f"lmms-operator: invalid settings: {exc}", file=sys.stderr)
+        return USAGE
+
     import kopf
 
     from .config import LeaderElection
@@ -31,15 +43,12 @@ def _run(args: argparse.Namespace) -> int:
         # Kopf reports every handler call at INFO; the operator's own log says what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("lmms").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from .config import Settings
     from .metrics import Metrics
 
     metrics = Metrics()
     if args.metrics_address:
         metrics.serve(args.metrics_address)
 
-    namespaces = args.namespace or []
-    settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces)).check()
     kopf.run(
         memo=kopf.Memo(settings=settings, metrics=metrics, election=election),
         standalone=True,

@@ -31,6 +31,13 @@
 | LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY | false                       | pod affinity terms on other namespaces|
 | LMMS_OBJECT_STORE_ALLOWED_CIDRS | (none)                          | non-public networks stores may be on  |
 | LMMS_ALLOWED_MODEL_ARGS        | (none)                           | further model args (BACKEND:KEY, globs)|
+| LMMS_RUNNER_IMAGE_PULL_SECRETS | (none)                           | JSON list: Secret names for every pod |
+| LMMS_RUNNER_TOLERATIONS        | (none)                           | JSON list: core/v1 Tolerations        |
+| LMMS_RUNNER_NODE_SELECTOR      | (none)                           | JSON map: nodeSelector runs can't change|
+| LMMS_RUNNER_PRIORITY_CLASS_NAME | (none)                          | priorityClassName of runs setting none|
+| LMMS_RUNNER_RUNTIME_CLASS_NAME | (none)                           | runtimeClassName (e.g. nvidia)        |
+| LMMS_RUNNER_LABELS             | (none)                           | JSON map: labels of runner Jobs, pods |
+| LMMS_RUNNER_ANNOTATIONS        | (none)                           | JSON map: annotations of Jobs, pods   |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -45,6 +52,18 @@ LMMS_ALLOWED_TOLERATION_KEYS narrows the toleration keys runs may use (unset: ev
 outside the kubernetes.io and k8s.io domains, which are refused whatever it says, as is
 a key-less toleration; empty: none); LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY lets pod
 affinity terms look at pods in other namespaces.
+
+The runner pod defaults (``reconcile.poddefaults``: the platform's, trusted, not checked
+against the placement policy) go on every runner pod, merged with the run's own values:
+pull secrets (Secrets of those names in the run's namespace; ``["regcred"]`` or
+``[{"name": "regcred"}]``), tolerations (the union), nodeSelector (a run may add keys, never
+change the platform's: InvalidSpec), priorityClassName (the run's, when it sets one),
+runtimeClassName, and labels and annotations on the Job and its pods (the operator's own
+win). Unset, empty or ``null``: none. A value that cannot be used (bad JSON, a wrong type,
+an invalid name, key or value, a key-less toleration, Kubernetes' own taints or node
+roles, the operator's or Kubernetes' label domains) stops the operator at start-up with a
+message naming the variable. Defaults are not part of a run's identity: changing them
+restarts no Job; Jobs made afterwards get them.
 
 LMMS_OBJECT_STORE_ALLOWED_CIDRS lists the networks, beyond public addresses, where the
 operator may reach a tenant's object store (``netguard``: every other loopback,
@@ -77,6 +96,7 @@ import socket
 from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
+from .reconcile import poddefaults
 from .reconcile.job import RunnerDefaults
 from .reconcile.lease import Timing
 from .reconcile.placement import PlacementPolicy
@@ -136,6 +156,7 @@ class Settings:
     allowed_priority_classes: frozenset[str] = frozenset()
     allowed_toleration_keys: tuple[str, ...] | None = None
     allow_cross_namespace_affinity: bool = False
+    runner_pod_defaults: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -150,6 +171,7 @@ class Settings:
             network_policy=self.runner_network_policy,
             operator_namespace=self.operator_namespace,
             operator_labels=self.operator_pod_labels,
+            pod=self.runner_pod_defaults,
         )
 
     #: Networks beyond public addresses where object stores may be (netguard).
@@ -182,6 +204,7 @@ class Settings:
             priority_classes=self.allowed_priority_classes,
             toleration_keys=self.allowed_toleration_keys,
             cross_namespace_affinity=self.allow_cross_namespace_affinity,
+            node_selector=self.runner_pod_defaults.node_selector,
         )
 
     @property
@@ -230,6 +253,7 @@ class Settings:
             allow_cross_namespace_affinity=_bool("LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY", False),
             object_store_allowed_cidrs=_list("LMMS_OBJECT_STORE_ALLOWED_CIDRS"),
             allowed_model_args=_model_args(_list("LMMS_ALLOWED_MODEL_ARGS")),
+            runner_pod_defaults=poddefaults.parse(os.environ),
         )
 
     def check(self) -> Settings:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
-from . import netpol
+from . import netpol, poddefaults
 from .shards import Shard
 
 LABEL_PREFIX = "eval.lmms.dev"
@@ -68,6 +68,7 @@ class RunnerDefaults:
     network_policy: bool = True
     operator_namespace: str = ""
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
+    pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def build(
         service = netpol.rendezvous_service(_meta(f"{name}-rdzv", run, labels), own, RDZV_PORT)
         policy = netpol.rendezvous_policy(_meta(f"{name}-rdzv", run, labels), own, runner)
     return Desired(
-        job=_job(name, run, labels, spec, pod_spec, len(shards)),
+        job=poddefaults.apply(_job(name, run, labels, spec, pod_spec, len(shards)), runner.pod),
         config_map={
             "apiVersion": "v1",
             "kind": "ConfigMap",

@@ -15,7 +15,9 @@ A shared cluster's capacity and its control plane are not the tenant's to choose
   one) unless the admin allows it: an anti-affinity term could keep other tenants'
   runners off nodes;
 - a nodeSelector or node affinity requirement on a ``node-role.kubernetes.io`` key: a
-  runner is never placed by node role (the control plane's among them).
+  runner is never placed by node role (the control plane's among them);
+- a nodeSelector key of the platform's (``LMMS_RUNNER_NODE_SELECTOR``, ``poddefaults``)
+  with another value: a run may add keys to it, never change one.
 
 The chart's ValidatingAdmissionPolicy applies the same rules to the Jobs themselves.
 """
@@ -46,6 +48,8 @@ class PlacementPolicy:
     toleration_keys: tuple[str, ...] | None = None
     #: Pod (anti-)affinity terms may look at pods in other namespaces.
     cross_namespace_affinity: bool = False
+    #: The platform's nodeSelector (runner pod defaults): keys a run may not change.
+    node_selector: tuple[tuple[str, str], ...] = ()
 
 
 def domain(key: str) -> str:
@@ -75,6 +79,7 @@ def check(
         + _tolerations(spec, policy)
         + _node_roles(spec)
         + _namespaces(spec, policy, namespace)
+        + _platform_node_selector(spec, policy)
     )
 
 
@@ -167,3 +172,17 @@ def _namespaces(spec: EvalRunSpec, policy: PlacementPolicy, namespace: str | Non
                     )
                 )
     return problems
+
+
+def _platform_node_selector(spec: EvalRunSpec, policy: PlacementPolicy) -> list[Problem]:
+    fixed = dict(policy.node_selector)
+    return [
+        Problem(
+            f"{_SCHED}.nodeSelector.{key}",
+            f"{value!r} conflicts with the platform's {key}={fixed[key]!r}, which runs may "
+            "not change (settings LMMS_RUNNER_NODE_SELECTOR); leave the key out or set it to "
+            f"{fixed[key]!r}",
+        )
+        for key, value in spec.scheduling.node_selector.items()
+        if key in fixed and value != fixed[key]
+    ]
