@@ -9,6 +9,7 @@ success.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Mapping
@@ -91,6 +92,19 @@ class Writer:
                 content_type=MERGE_PATCH,
             )
         )
+
+    def patch_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Sets a Kueue Workload's ``spec.active`` (holds or releases a queued run); a
+        Workload that is gone (its Job was deleted) needs nothing."""
+        with contextlib.suppress(errors.NotFound):
+            release(
+                self.api.request(
+                    "PATCH",
+                    path("Workload", namespace, name),
+                    body={"spec": {"active": active}},
+                    content_type=MERGE_PATCH,
+                )
+            )
 
     def delete_run_children(self, namespace: str, selector: str) -> int:
         """Deletes the Jobs (with their pods and token Secrets), ConfigMaps, Services and
