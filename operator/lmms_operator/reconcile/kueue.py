@@ -89,15 +89,23 @@ def workload(obj: Mapping[str, Any] | None) -> Workload | None:
     )
 
 
-def hold(suspend: bool, wl: Workload | None, *, release: bool = True, age: float = 0.0) -> Plan:
+def hold(
+    suspend: bool,
+    wl: Workload | None,
+    *,
+    release: bool = True,
+    age: float = 0.0,
+    waiting: bool = False,
+) -> Plan:
     """Deactivates the Workload while ``spec.suspend`` is true and, when ``release`` (the
     pass that sees suspend turn false), activates it again. Only then: a Workload that
     Kueue or an admin deactivated stays so. Kueue creates the Workload a moment after
-    the Job: a run being held looks again shortly (``age``: the Job's, in seconds; one
-    that has had no Workload for long, Kueue being away, is looked at less often)."""
+    the Job: a run being held, or ``waiting`` (its Job suspended: the status tells the
+    Workload's reason), looks again shortly (``age``: the Job's, in seconds; one that has
+    had no Workload for long, Kueue being away, is looked at less often)."""
     if wl is None:
         retry = WORKLOAD_RETRY if age < WORKLOAD_PATIENCE else WORKLOAD_PATIENCE
-        return Plan(retry_after=retry) if suspend else Plan()
+        return Plan(retry_after=retry) if suspend or waiting else Plan()
     if wl.active != suspend or (not suspend and not release):
         return Plan()
     if suspend:

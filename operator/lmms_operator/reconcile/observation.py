@@ -94,7 +94,8 @@ def decide(
     held = Plan()
     if spec.scheduling.queue_name and ob.phase in st.ACTIVE:
         # A Workload that Kueue created after the spec pass is held (or released) here.
-        held = kueue.hold(spec.suspend, workload, release=False, age=kueue.job_age(job, now))
+        age, waiting = kueue.job_age(job, now), ob.phase == R.QUEUED
+        held = kueue.hold(spec.suspend, workload, release=False, age=age, waiting=waiting)
     same_phase = ob.passing and ob.phase == status.get("phase")
     if same_phase and (not periodic or not ob.lasted(now)):
         return held  # the resync writes it if it lasts
