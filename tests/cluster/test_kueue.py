@@ -371,15 +371,13 @@ def test_runs_beyond_the_quota_wait_with_the_workloads_reason_and_start_when_it_
     er.wait_phase(api, namespace, "first", "Running", timeout=60)
     er.create(api, namespace, _queued("second", q, 2, _scripted(sleep="1")))
     er.wait_phase(api, namespace, "second", "Queued", timeout=30, reason="Queued")
+
     # Kueue's own words, from the Workload's QuotaReserved condition.
-    waiting = wait_for(
-        lambda: (
-            "insufficient unused quota"
-            in (r := er.get(api, namespace, "second"))["status"]["message"]
-            and r
-        ),
-        timeout=15,
-    )
+    def told() -> dict[str, Any] | None:
+        run = er.get(api, namespace, "second")
+        return run if "insufficient unused quota" in run["status"]["message"] else None
+
+    waiting = wait_for(told, timeout=15)
     assert f"LocalQueue {q!r}" in waiting["status"]["message"]
     suspended = er.condition(waiting, "Suspended")
     assert (suspended["status"], suspended["reason"]) == ("True", "Queued")
