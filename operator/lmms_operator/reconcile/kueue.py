@@ -12,7 +12,9 @@ The operator never writes such a Job's ``spec.suspend``, so the two never fight 
 - a queued run that is suspended before it ever had a Job gets none until it is resumed
   (a Job created suspended would be admitted, and start, before its Workload could be
   deactivated);
-- while the Job waits, the run's status takes its reason and message from the Workload.
+- while the Job waits, the run's status takes its reason and message from the Workload
+  (Kueue 0.17 tells a pending Workload's position only through its visibility API, not
+  on the Workload: the message is the QuotaReserved condition's).
 
 The Workload is read, not watched (``reads.workload``): only queued runs whose Job is
 suspended, or held, need it; without Kueue's CRDs there is none.
@@ -50,8 +52,6 @@ class Workload:
     pending: tuple[str, str] | None = None
     #: (reason, message) of an Evicted condition that is True (Preempted, Deactivated...).
     evicted: tuple[str, str] | None = None
-    #: The position in its LocalQueue, where Kueue reports one.
-    position: int | None = None
 
 
 def job_labels(queue: str | None, priority: str | None) -> dict[str, str]:
@@ -78,14 +78,12 @@ def workload(obj: Mapping[str, Any] | None) -> Workload | None:
             return None
         return str(c.get("reason") or ""), str(c.get("message") or "")
 
-    position = (obj.get("status") or {}).get("positionInLocalQueue")
     return Workload(
         name=str(obj["metadata"]["name"]),
         active=(obj.get("spec") or {}).get("active", True) is not False,
         admitted=is_("Admitted", "True") is not None,
         pending=is_("QuotaReserved", "False"),
         evicted=is_("Evicted", "True"),
-        position=position if isinstance(position, int) else None,
     )
 
 
@@ -143,15 +141,14 @@ def waiting(spec_suspend: bool, queue: str, wl: Workload | None) -> tuple[str, s
             f"preempted by Kueue ({wl.evicted[1]}); queued again in {where}, it resumes "
             "from its cache when admitted"
         )
-    position = f" (position {wl.position} in the queue)" if wl.position is not None else ""
     if wl.pending is not None:
         reason, message = wl.pending
         if reason == R.INADMISSIBLE:
             return R.INADMISSIBLE, f"Kueue cannot admit Workload {wl.name}: {message}"
-        return R.QUEUED, f"queued in {where}{position}: {message}"
+        return R.QUEUED, f"queued in {where}: {message}"
     if wl.admitted:
         return R.QUEUED, f"admitted by Kueue in {where}; the Job is starting"
-    return R.QUEUED, f"waiting for Kueue to admit Workload {wl.name} in {where}{position}"
+    return R.QUEUED, f"waiting for Kueue to admit Workload {wl.name} in {where}"
 
 
 def job_age(job: Mapping[str, Any], now: dt.datetime) -> float:
