@@ -102,6 +102,8 @@ class Applier:
                 return replan
         if plan.suspend is not None:
             self.writes.patch_job_suspend(namespace, *plan.suspend)
+        if plan.activate is not None:
+            self.writes.patch_workload_active(namespace, *plan.activate)
         for step in plan.publish:
             replan = self._publish(step)
             if replan is not None:

@@ -224,7 +224,7 @@ class Controller:
                 active = status.get("phase") in R.ACTIVE and status.get("jobName")
                 if active and self._children_synced.is_set():
                     with self.metrics.timed_handler("evalrun_resync" if periodic else "observe"):
-                        self._observe(uid, run, periodic)
+                        return self._observe(uid, run, periodic)
                 return None
             except Exception as exc:  # the guard: transient errors are retried, not others
                 plan = guard.failed(
@@ -289,19 +289,17 @@ class Controller:
             facts = facts.joined(found)
         raise errors.Conflict(f"{meta['namespace']}/{meta['name']}: the plan keeps changing")
 
-    def _observe(self, uid: str, run: dict[str, Any], periodic: bool) -> None:
-        status = run.get("status") or {}
-        job_name = status.get("jobName")
-        if not job_name:
-            return
+    def _observe(self, uid: str, run: dict[str, Any], periodic: bool) -> float | None:
+        job_name = str((run.get("status") or {}).get("jobName") or "")
         try:
             spec = EvalRunSpec.model_validate(run.get("spec") or {})
         except ValueError:
-            return
+            return None
         job = self.store.job(uid, job_name)
         if job is None:  # the cache may not have it yet
             job = self.api.get_job(run["metadata"]["namespace"], job_name)
         pods = self.store.pods_of(uid, job_name)
+        workload = reads.workload(self.api, spec, job)
 
         def decide(results: pub.Inputs | None) -> Plan:
             return observation.decide(
@@ -313,13 +311,14 @@ class Controller:
                 self.settings.timeouts,
                 periodic=periodic,
                 results=results,
+                workload=workload,
             )
 
         plan = decide(None)
         if plan.needs is not None:
-            self._published(uid, run, spec, plan, decide, pods=pods)
-        else:
-            self._apply(run, plan)
+            return self._published(uid, run, spec, plan, decide, pods=pods).retry_after
+        self._apply(run, plan)
+        return plan.retry_after  # a held run whose Workload Kueue has yet to create
 
     def _published(
         self,

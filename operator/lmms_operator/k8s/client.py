@@ -135,7 +135,11 @@ _PLURALS = {
     "Lease": ("/apis/coordination.k8s.io/v1/namespaces/{ns}/{plural}", "leases"),
     "EvalRun": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "evalruns"),
     "Leaderboard": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "leaderboards"),
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/{plural}", "workloads"),
 }
+
+#: The label Kueue puts on the Workload of a Job: the Job's uid.
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 def path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
@@ -317,6 +321,20 @@ class Api:
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return self.list_objects("Pod", namespace, selector)
+
+    def workload_of_job(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """The Kueue Workload of a Job (selected by Kueue's job-uid label, and owned by
+        the Job), or None: none yet, or Kueue's CRDs are not installed (404), or the
+        operator may not read Workloads (403; the chart grants it)."""
+        try:
+            items = self.list_objects("Workload", namespace, f"{KUEUE_JOB_UID_LABEL}={job_uid}")
+        except (errors.NotFound, errors.Forbidden):
+            return None
+        for item in items:
+            refs = (item.get("metadata") or {}).get("ownerReferences") or []
+            if any(r.get("uid") == job_uid for r in refs):
+                return item
+        return None
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(path("ConfigMap", namespace, name))

@@ -12,6 +12,7 @@ process that no longer holds the Lease raises ``errors.NotLeading`` instead of w
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping
@@ -101,6 +102,19 @@ class Writer:
             body={"spec": {"suspend": suspend}},
             content_type=MERGE_PATCH,
         )
+
+    def patch_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Sets a Kueue Workload's ``spec.active`` (holds or releases a queued run); a
+        Workload that is gone (its Job was deleted) needs nothing."""
+        with contextlib.suppress(errors.NotFound):
+            release(
+                self.api.request(
+                    "PATCH",
+                    path("Workload", namespace, name),
+                    body={"spec": {"active": active}},
+                    content_type=MERGE_PATCH,
+                )
+            )
 
     def delete_run_children(self, namespace: str, selector: str) -> int:
         """Deletes the Jobs (with their pods and token Secrets), ConfigMaps, Services and

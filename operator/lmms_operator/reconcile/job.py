@@ -15,6 +15,8 @@ from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
 from . import netpol, poddefaults
+from .kueue import QUEUE_LABEL as KUEUE_QUEUE_LABEL  # noqa: F401 - re-exported
+from .kueue import job_labels as kueue_labels
 from .shards import Shard
 
 LABEL_PREFIX = "eval.lmms.dev"
@@ -23,7 +25,6 @@ LABEL_RUN_UID = f"{LABEL_PREFIX}/run-uid"
 LABEL_SPEC_HASH = f"{LABEL_PREFIX}/spec-hash"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "lmms-operator"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 CONFIG_DIR = "/etc/lmms/run"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
@@ -398,10 +399,9 @@ def _job(
     shard (fan-out); a configuration error fails it at once, a disruption costs no retry."""
     sched = spec.scheduling
     job_labels = dict(labels)
-    if sched.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
+    job_labels.update(kueue_labels(sched.queue_name, sched.workload_priority_class_name))
     job_spec: dict[str, Any] = {
-        # Kueue admits a queued Job by unsuspending it, so it must start suspended.
+        # Kueue admits a queued Job (one Workload) by unsuspending it: its suspend is Kueue's.
         "suspend": spec.suspend or bool(sched.queue_name),
         "backoffLimit": spec.retries,
         "activeDeadlineSeconds": spec.timeout_seconds,

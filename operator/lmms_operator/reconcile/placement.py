@@ -3,8 +3,9 @@
 A shared cluster's capacity and its control plane are not the tenant's to choose, so
 ``check`` refuses, naming the field:
 
-- a ``priorityClassName`` outside the admin's list (default: none, only the cluster
-  default, i.e. the field unset): a high priority preempts other tenants' runners;
+- a ``priorityClassName`` or a Kueue ``workloadPriorityClassName`` outside the admin's
+  list (default: none, only the cluster default, i.e. the field unset): a high priority
+  preempts other tenants' runners;
 - a toleration without a key (it tolerates every taint), and one whose key is in the
   ``kubernetes.io`` or ``k8s.io`` domains (``node-role.kubernetes.io/control-plane``,
   ``node.kubernetes.io/unreachable``, ...: the taints Kubernetes itself puts on the
@@ -84,18 +85,33 @@ def check(
 
 
 def _priority(spec: EvalRunSpec, policy: PlacementPolicy) -> list[Problem]:
-    name = spec.scheduling.priority_class_name
-    if name is None or name in policy.priority_classes:
-        return []
+    """The pod's priority class and Kueue's WorkloadPriorityClass: both let a run preempt
+    others, so both must be on the admin's list."""
+    sched = spec.scheduling
+    problems: list[Problem] = []
     allowed = ", ".join(sorted(policy.priority_classes))
     why = f"allowed: {allowed}" if allowed else "none is allowed; leave it unset"
-    return [
-        Problem(
-            f"{_SCHED}.priorityClassName",
-            f"{name!r} is not a priority class this cluster lets runs use ({why}; "
-            "settings LMMS_ALLOWED_PRIORITY_CLASSES)",
+    for field, name in (
+        ("priorityClassName", sched.priority_class_name),
+        ("workloadPriorityClassName", sched.workload_priority_class_name),
+    ):
+        if name is None or name in policy.priority_classes:
+            continue
+        problems.append(
+            Problem(
+                f"{_SCHED}.{field}",
+                f"{name!r} is not a priority class this cluster lets runs use ({why}; "
+                "settings LMMS_ALLOWED_PRIORITY_CLASSES)",
+            )
         )
-    ]
+    if sched.workload_priority_class_name is not None and not sched.queue_name:
+        problems.append(
+            Problem(
+                f"{_SCHED}.workloadPriorityClassName",
+                "is a Kueue priority: it needs spec.scheduling.queueName",
+            )
+        )
+    return problems
 
 
 def _tolerations(spec: EvalRunSpec, policy: PlacementPolicy) -> list[Problem]:

@@ -48,6 +48,10 @@ SCHEDULING = "Scheduling"
 STARTING = "Starting"
 RETRYING = "Retrying"
 SUSPENDED = "Suspended"
+#: Kueue evicted the run's Workload for one of higher priority: queued again, not failed.
+PREEMPTED = "Preempted"
+#: Kueue cannot admit the run's Workload (its LocalQueue or ClusterQueue is missing...).
+INADMISSIBLE = "Inadmissible"
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"

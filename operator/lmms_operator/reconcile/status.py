@@ -14,6 +14,7 @@ from typing import Any, cast
 from ..api import Condition, EvalRunStatus, Phase
 from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_FAILED
 from . import conditions as C
+from . import kueue
 from . import reasons as R
 from .plan import Event, Plan, StatusPatch
 from .pods import runner_failure
@@ -146,8 +147,10 @@ def observe(
     pods: list[dict[str, Any]],
     now: dt.datetime,
     timeouts: Timeouts,
+    workload: kueue.Workload | None = None,
 ) -> Observation:
-    """What the run's status is, given its current Job (None: not created yet) and pods.
+    """What the run's status is, given its current Job (None: not created yet), pods and
+    (queued) Kueue Workload.
 
     The first state that holds wins: cancelled, no Job yet, the Job's verdict, suspended,
     no pod yet, a pod that cannot be scheduled or started, then how far the pods got."""
@@ -163,7 +166,7 @@ def observe(
     if finished is not None:
         return finished
     if (job.get("spec") or {}).get("suspend"):
-        return _suspended(spec_suspend, queue_name, seen)
+        return _suspended(spec_suspend, queue_name, workload, seen)
     if pod is None:
         return _no_pod(job, timeouts, seen)
     scheduled, unschedulable = _scheduling(pod, timeouts, seen)
@@ -234,13 +237,14 @@ def _finished(
     return seen.obs(R.FAILED, R.BACKOFF_LIMIT_EXCEEDED, message, completion_time=done)
 
 
-def _suspended(spec_suspend: bool, queue_name: str | None, seen: _Seen) -> Observation:
-    """Suspended by spec.suspend, or by Kueue until it admits the Job."""
+def _suspended(
+    spec_suspend: bool, queue_name: str | None, workload: kueue.Workload | None, seen: _Seen
+) -> Observation:
+    """Suspended by spec.suspend, or by Kueue until it admits the Job (its Workload says why)."""
+    if queue_name:
+        return seen.obs(R.QUEUED, *kueue.waiting(spec_suspend, queue_name, workload))
     if spec_suspend:
         return seen.obs(R.QUEUED, R.SUSPENDED, "spec.suspend is true: the Job is suspended")
-    if queue_name:
-        message = f"waiting for Kueue to admit the Job in LocalQueue {queue_name!r}"
-        return seen.obs(R.QUEUED, R.QUEUED, message)
     return seen.obs(R.QUEUED, R.SUSPENDED, "the Job is suspended")
 
 
