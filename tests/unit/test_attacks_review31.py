@@ -59,7 +59,9 @@ def lmms(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return code, captured.out, captured.err
 
 
-def result(task: str, metric: str, value: float | None, stderr: float | None = 0.01) -> dict:
+def result(
+    task: str, metric: str, value: float | None, stderr: float | None = 0.01
+) -> dict[str, Any]:
     r: dict[str, Any] = {"task": task, "metric": metric, "value": value, "higherIsBetter": True}
     if stderr is not None:
         r["stderr"] = stderr
@@ -104,7 +106,9 @@ def test_leaderboard_table_escapes_an_edited_configmap(
         "run": HOSTILE,
         "finishedAt": HOSTILE,
     }
-    stub.config_map("team-a", "leaderboard-b", {"index.json": '{"configMaps": ["leaderboard-b-0"]}'})
+    stub.config_map(
+        "team-a", "leaderboard-b", {"index.json": '{"configMaps": ["leaderboard-b-0"]}'}
+    )
     stub.config_map("team-a", "leaderboard-b-0", {"table.json": json.dumps([entry])})
     code, stdout, _ = lmms(capsys, "leaderboard", "show", "b", "-o", "wide")
     assert code == 0 and unsafe(stdout) == [] and len(stdout.strip().splitlines()) == 2
@@ -183,7 +187,9 @@ def test_a_candidate_whose_score_is_not_a_number_does_not_pass_the_gate(
         {"task": "mme", "metric": "acc", "model": "m1", "value": 0.9, "stderr": 0.01},
         {"task": "mme", "metric": "acc", "model": "m2", "value": float("nan"), "stderr": 0.01},
     ]
-    stub.config_map("team-a", "leaderboard-b", {"index.json": '{"configMaps": ["leaderboard-b-0"]}'})
+    stub.config_map(
+        "team-a", "leaderboard-b", {"index.json": '{"configMaps": ["leaderboard-b-0"]}'}
+    )
     stub.config_map("team-a", "leaderboard-b-0", {"table.json": json.dumps(rows)})
     code, stdout, _ = lmms(capsys, "compare", "-l", "b", "m1", "m2")
     assert code == out.REGRESSION, stdout
