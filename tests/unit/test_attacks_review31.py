@@ -238,3 +238,70 @@ def test_wait_does_not_take_a_recreated_run_for_the_one_it_waited_for(
     with pytest.raises(out.Failure) as failure:
         asyncio.run(waiting.wait(target, ["w"], None, 2.0, "table", FakeClock()))
     assert "team-a/w" in str(failure.value) and failure.value.code != out.OK
+
+
+# -- the runner's words in the status, its conditions and Events ---------------------------------
+
+
+def failed_pod(message: str, exit_code: int = 2) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "runner",
+                    "state": {"terminated": {"exitCode": exit_code, "message": message}},
+                }
+            ],
+        },
+    }
+
+
+def test_a_forged_driver_failure_cannot_inject_into_the_status_or_events() -> None:
+    """The termination message is written by whatever runs in the runner's container (the
+    tenant's code with remote code or its own image). Its reason is allow-listed; its
+    message must not carry terminal controls or bidi tricks into status.message, the
+    conditions and the Event that kubectl describe prints as a table."""
+    from lmms_operator.reconcile import status as st_
+
+    forged = json.dumps({"ok": False, "reason": "DriverTooOld", "message": HOSTILE})
+    for pods in ([failed_pod(forged)], [failed_pod(HOSTILE)], [failed_pod(HOSTILE, 137)]):
+        found = st_._failed_pod_reason(pods)
+        assert found is not None
+        reason, message = found
+        assert reason.isascii() and reason.isalnum()
+        assert unsafe(message, allow="\n") == [], message
+
+
+def test_task_and_metric_names_a_runner_reports_reach_the_status_escaped() -> None:
+    """Task and metric names go to status.results, status.score (a kubectl get column),
+    the Leaderboard and the metrics' labels."""
+    from lmms_operator.api.runner import ResultsSummary
+    from lmms_operator.reconcile import results as res
+
+    message = json.dumps({"ok": True, "tasks": {HOSTILE: {HOSTILE: 0.5}}})
+    from_message = res.from_termination_message(message) or []
+    assert from_message and all(
+        unsafe(r["task"] + r["metric"], allow="") == [] for r in from_message
+    )
+    summary = ResultsSummary.model_validate(
+        {
+            "tasks": [
+                {"task": HOSTILE, "primary": HOSTILE, "metrics": [{"name": HOSTILE, "value": 0.5}]}
+            ],
+            "provenance": {"model": "dummy"},
+        }
+    )
+    primaries = res.primary_results(summary)
+    assert primaries and all(unsafe(r["task"] + r["metric"], allow="") == [] for r in primaries)
+
+
+@given(st.text(max_size=60))
+def test_escaping_leaves_nothing_hidden_and_printable_text_alone(text: str) -> None:
+    from lmms_operator.reconcile.grammar import escape_hidden
+
+    assert unsafe(escape_hidden(text), allow="") == []
+    assert unsafe(escape_hidden(text, keep="\n"), allow="\n") == []
+    if text.isprintable():
+        assert escape_hidden(text) == text
