@@ -290,7 +290,7 @@ def test_task_and_metric_names_a_runner_reports_reach_the_status_escaped() -> No
             "tasks": [
                 {"task": HOSTILE, "primary": HOSTILE, "metrics": [{"name": HOSTILE, "value": 0.5}]}
             ],
-            "provenance": {"model": "dummy"},
+            "provenance": {"model": "dummy", "configHash": "0"},
         }
     )
     primaries = res.primary_results(summary)

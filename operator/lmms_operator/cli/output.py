@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from ..reconcile.grammar import REFUSED_CATEGORIES, invisible
+from ..reconcile.grammar import escape_hidden, hidden
 
 #: The exit codes (``kubectl lmms --help`` and docs/cli.md list them).
 OK = 0
@@ -50,31 +49,11 @@ class Failure(Exception):
 # JSON and YAML (where the escape keeps the data: a script reads what is stored).
 
 
-def hidden(ch: str) -> bool:
-    """Whether a terminal would act on ``ch`` or not show it."""
-    if " " <= ch < "\x7f":
-        return False
-    return unicodedata.category(ch) in REFUSED_CATEGORIES or invisible(ch)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    return (
-        f"\\x{code:02x}"
-        if code < 0x100
-        else f"\\u{code:04x}"
-        if code < 0x10000
-        else f"\\U{code:08x}"
-    )
-
-
 def printable(text: str, keep: str = "") -> str:
     """``text`` with every character a terminal would act on or hide written as an
-    escape (``\\x1b``, ``\\u202e``); ``keep``: characters left as they are (the line
+    escape (``grammar.escape_hidden``); ``keep``: characters left as they are (the line
     breaks of a text made of lines)."""
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(_escape(c) if c not in keep and hidden(c) else c for c in text)
+    return escape_hidden(text, keep)
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
