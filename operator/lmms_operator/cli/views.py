@@ -206,12 +206,28 @@ def significance(
     return rows, told
 
 
+def _lost(r: Row) -> bool:
+    """A holds a score B lacks: the candidate dropped the metric (or the task), or its
+    score is not a number (lmms-eval's NaN is stored as null). A gate fails closed: no
+    score is no pass."""
+    return r.a is not None and r.b is None
+
+
 #: What makes ``compare`` exit with ``REGRESSION``.
 FAIL_ON: dict[str, Callable[[Row], bool]] = {
-    "regression": lambda r: r.better == "A",  # B (the candidate) is significantly worse
-    "difference": lambda r: bool(r.difference and r.difference.significant),
+    # B (the candidate) is significantly worse, or has no score where A has one.
+    "regression": lambda r: r.better == "A" or _lost(r),
+    "difference": lambda r: (
+        bool(r.difference and r.difference.significant) or (r.a is None) != (r.b is None)
+    ),
     "never": lambda r: False,
 }
+
+
+def _verdict(r: Row) -> str:
+    if r.difference is not None:
+        return r.difference.verdict
+    return "no score in B" if _lost(r) else "no score in A" if r.b is not None else "no score"
 
 
 def compare_results(
@@ -248,7 +264,7 @@ def compare_results(
                 _fmt(d.stderr if d else None, ".2g"),
                 _fmt(d.z if d else None, ".2f"),
                 _fmt(d.p if d else None, ".3g"),
-                d.verdict if d else "in one result only",
+                _verdict(r),
                 r.better or "-",
             ]
         )
@@ -256,7 +272,7 @@ def compare_results(
     if failing:
         what = "a regression" if fail_on == "regression" else "a significant difference"
         text += f"\n{what} (--fail-on {fail_on}): " + ", ".join(
-            f"{r.task} {r.metric}" for r in failing
+            out.printable(f"{r.task} {r.metric}") for r in failing
         )
     return text, code
 
@@ -275,5 +291,5 @@ def _row_json(r: Row) -> dict[str, Any]:
         "p": d.p if d else None,
         "significant": d.significant if d else None,
         "better": r.better or None,
-        "regression": r.better == "A",
+        "regression": FAIL_ON["regression"](r),
     }

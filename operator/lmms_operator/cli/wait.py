@@ -1,7 +1,8 @@
 """``kubectl lmms wait``: until runs end, and an exit code that says how: 0 when every run
 Succeeded, ``RUN_FAILED`` when one Failed or was Cancelled, ``TIMED_OUT`` when
 ``--timeout`` passed first. A terminal phase counts once the status describes the
-run's current spec (``observedGeneration``), not an evaluation an edit replaced."""
+run's current spec (``observedGeneration``), not an evaluation an edit replaced; a run
+deleted, or deleted and created again under its name (another uid), is an error."""
 
 from __future__ import annotations
 
@@ -58,12 +59,21 @@ async def wait(
     records: dict[tuple[str, str], dict[str, object]] = {}
     told: dict[tuple[str, str], str] = {}
     pending = list(keys)
+    # The run first read under each name: one deleted and created again under it is
+    # another evaluation, whose outcome is not the one waited for.
+    uids: dict[tuple[str, str], object] = {}
     deadline = None if timeout is None else clock.monotonic() + timeout
     while True:
         for key in list(pending):
             run = target.api.get_evalrun(*key)
             if run is None:
                 raise out.Failure(f"EvalRun {key[0]}/{key[1]} not found")
+            uid = (run.get("metadata") or {}).get("uid")
+            if uids.setdefault(key, uid) != uid:
+                raise out.Failure(
+                    f"EvalRun {key[0]}/{key[1]} was deleted and created again while waited "
+                    f"for (uid {uids[key]}, now {uid}): the run waited for is gone"
+                )
             rec = records[key] = run_record(run, clock.now())
             line = _line(rec)
             if told.get(key) != line:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..api.runner import RUNNER_FAILURE_REASONS
 from . import reasons as R
+from .grammar import escape_hidden
 
 
 def created(pod: Mapping[str, Any]) -> str:
@@ -59,5 +60,6 @@ def runner_failure(message: str) -> tuple[str, str] | None:
         return None
     reason, text = doc.get("reason"), doc.get("message")
     if reason in RUNNER_FAILURE_REASONS and isinstance(text, str):
-        return str(reason), text
+        # Written by whatever runs in the container: shown, never acted on.
+        return str(reason), escape_hidden(text, keep="\n")
     return None

@@ -16,6 +16,7 @@ from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_
 from . import conditions as C
 from . import kueue
 from . import reasons as R
+from .grammar import escape_hidden
 from .plan import Event, Plan, StatusPatch
 from .pods import runner_failure
 from .times import duration, fmt_time, parse_time
@@ -119,7 +120,9 @@ def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         return None
     term = _terminated(pod) or {}
     code = term.get("exitCode")
-    message = (term.get("message") or "").strip()
+    # The termination message is the container's (the tenant's code may write it): its
+    # controls and bidi characters reach the status and Events escaped.
+    message = escape_hidden((term.get("message") or "").strip(), keep="\n")
     name = pod["metadata"]["name"]
     if term.get("reason") == "OOMKilled":
         return R.OOM_KILLED, (
