@@ -17,6 +17,7 @@ import pytest
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
 from lmms_operator.reconcile import job as jobs
+from lmms_operator.reconcile import kueue as kueue_mod
 from lmms_operator.reconcile import poddefaults as pd
 from lmms_operator.reconcile.placement import PlacementPolicy
 from lmms_operator.reconcile.validate import Policy, validate
@@ -252,7 +253,7 @@ def test_a_runs_own_values_merge_with_the_platforms() -> None:
     assert pod["priorityClassName"] == "batch-low"  # the run's, from the admin's list
     assert pod["runtimeClassName"] == "nvidia"
     # The operator's own labels stay: Kueue's queue label on the Job, the selectors.
-    assert job["metadata"]["labels"][jobs.KUEUE_QUEUE_LABEL] == "gpus"
+    assert job["metadata"]["labels"][kueue_mod.QUEUE_LABEL] == "gpus"
     assert job["metadata"]["labels"][jobs.LABEL_MANAGED_BY] == jobs.MANAGED_BY
 
 

@@ -26,6 +26,7 @@ from lmms_operator.api import parse_spec
 from lmms_operator.api.corev1 import Toleration
 from lmms_operator.errors import InvalidSpec
 from lmms_operator.reconcile import job as jobs
+from lmms_operator.reconcile import kueue as kueue_mod
 from lmms_operator.reconcile import poddefaults as pd
 from lmms_operator.reconcile.placement import PlacementPolicy, check
 from tests import crdschema, strategies
@@ -195,7 +196,7 @@ OWN = {
     jobs.LABEL_RUN,
     jobs.LABEL_RUN_UID,
     jobs.LABEL_SPEC_HASH,
-    jobs.KUEUE_QUEUE_LABEL,
+    kueue_mod.QUEUE_LABEL,
     *pd.OWN_LABELS,
 }
 MERGED = {

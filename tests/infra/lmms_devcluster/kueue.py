@@ -62,7 +62,7 @@ def find_kueue() -> tuple[str, Path]:
 def crds(source: Path) -> list[dict[str, Any]]:
     """Kueue's CRDs, as the module ships them (v1beta2 stored; no conversion webhook:
     the devcluster only speaks v1beta2)."""
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path in sorted((source / "config" / "components" / "crd" / "bases").glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
