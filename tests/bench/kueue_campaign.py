@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -38,7 +38,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import yaml  # noqa: E402
 from kubernetes import client, config, watch  # noqa: E402
 
 from lmms_devcluster import devcluster  # noqa: E402
@@ -206,7 +205,7 @@ class Recorder:
                         self.finished[run] = now
                     if self._stop.is_set():
                         break
-            except Exception:  # noqa: BLE001 - a benchmark's watch: list again
+            except Exception:  # a benchmark's watch: list again
                 rv = None
                 time.sleep(0.2)
 
@@ -253,7 +252,7 @@ def setup_cluster(cluster: devcluster.DevCluster, work: Path) -> subprocess.Pope
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**__import__("os").environ, "KUBE_FEATURE_WatchListClient": "false"},
+        env={**os.environ, "KUBE_FEATURE_WatchListClient": "false"},
     )
     cluster.kubectl(
         "wait", "--for=condition=Ready", "node", "-l", f"{POOL_LABEL}=campaign", "--timeout=120s"
