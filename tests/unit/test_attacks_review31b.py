@@ -109,11 +109,11 @@ def test_a_default_queued_job_waiting_for_kueue_is_queued_not_resumed() -> None:
     plan = admission.decide(snap, RULES)
     assert plan.suspend is None, "the operator unsuspended a Job Kueue has not admitted"
     assert plan.status["reason"] == R.QUEUED
-    assert "1 more needed" in plan.status["message"]
+    assert "1 more needed" in str(plan.status["message"])
     run = _run(spec, 1, name)
     plan = observation.decide(run, spec, job, [], NOW, st.Timeouts(), workload=wl)
     assert plan.suspend is None
-    assert plan.status["reason"] == R.QUEUED and "1 more needed" in plan.status["message"]
+    assert plan.status["reason"] == R.QUEUED and "1 more needed" in str(plan.status["message"])
 
 
 class _OneWorkload:
