@@ -111,9 +111,10 @@ def admission_snapshot(
 def workload(
     api: k8s.Api, spec: EvalRunSpec, job: Mapping[str, Any] | None, *, always: bool = False
 ) -> kueue.Workload | None:
-    """The Kueue Workload of a queued run's Job, when a decision needs it: the run is
-    held (spec.suspend), or its Job waits (suspended), or ``always`` (a spec pass)."""
-    if job is None or not spec.scheduling.queue_name:
+    """The Kueue Workload of a queued run's Job (its queue named by the run, or given by
+    Kueue: ``kueue.queue_of``), when a decision needs it: the run is held
+    (spec.suspend), or its Job waits (suspended), or ``always`` (a spec pass)."""
+    if job is None or not kueue.queue_of(spec.scheduling.queue_name, job):
         return None
     suspended = bool((job.get("spec") or {}).get("suspend"))
     if not (always or spec.suspend or suspended):

@@ -229,7 +229,7 @@ def _cancelled(snap: Snapshot, status: dict[str, Any], hash_: str) -> Plan:
 def _pause(snap: Snapshot, job: dict[str, Any]) -> Plan:
     """Suspends or resumes the existing Job as spec.suspend says: through its Workload
     when the run is queued (Kueue owns the Job's suspend)."""
-    if snap.spec.scheduling.queue_name:
+    if kueue.queue_of(snap.spec.scheduling.queue_name, job):
         age = kueue.job_age(job, snap.now)
         return kueue.hold(snap.spec.suspend, snap.workload, age=age)
     return suspend_plan(snap.spec, job)
@@ -432,7 +432,7 @@ def suspend_plan(spec: EvalRunSpec, job: dict[str, Any]) -> Plan:
             suspend=(name, True),
             events=[Event("Normal", R.JOB_SUSPENDED, "spec.suspend is true: the Job is suspended")],
         )
-    if not spec.suspend and suspended and not spec.scheduling.queue_name:
+    if not spec.suspend and suspended and not kueue.queue_of(spec.scheduling.queue_name, job):
         job.setdefault("spec", {})["suspend"] = False
         return Plan(
             suspend=(name, False),

@@ -16,6 +16,9 @@ The operator never writes such a Job's ``spec.suspend``, so the two never fight 
   (Kueue 0.17 tells a pending Workload's position only through its visibility API, not
   on the Workload: the message is the QuotaReserved condition's).
 
+A run that names no queue is Kueue's all the same when Kueue's webhook gave its Job
+one (the namespace's LocalQueue ``default``): the Job's label says so (``queue_of``).
+
 The Workload is read, not watched (``reads.workload``): only queued runs whose Job is
 suspended, or held, need it; without Kueue's CRDs there is none.
 """
@@ -59,6 +62,17 @@ def job_labels(queue: str | None, priority: str | None) -> dict[str, str]:
     if not queue:
         return {}
     return {QUEUE_LABEL: queue, **({PRIORITY_LABEL: priority} if priority else {})}
+
+
+def queue_of(spec_queue: str | None, job: Mapping[str, Any] | None) -> str | None:
+    """The LocalQueue of a run's Job: the run's ``spec.scheduling.queueName``, or the one
+    Kueue's Job webhook gave a Job made without (the namespace's LocalQueue ``default``:
+    LocalQueueDefaulting, always on from Kueue 0.17). Either way the Job is Kueue's, and
+    so is its suspend. None: the Job is not queued (or there is none yet)."""
+    if spec_queue:
+        return spec_queue
+    labels = ((job or {}).get("metadata") or {}).get("labels") or {}
+    return str(labels.get(QUEUE_LABEL) or "") or None
 
 
 def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

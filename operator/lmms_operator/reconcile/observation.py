@@ -31,7 +31,7 @@ def observe_job(
     return st.observe(
         spec.suspend,
         spec.cancel,
-        spec.scheduling.queue_name,
+        kueue.queue_of(spec.scheduling.queue_name, job),
         spec.retries,
         spec.timeout_seconds,
         dict(job),
@@ -93,7 +93,7 @@ def decide(
         )
     ob = observe_job(spec, job, pods, now, timeouts, workload)
     held = Plan()
-    if spec.scheduling.queue_name and ob.phase in st.ACTIVE:
+    if kueue.queue_of(spec.scheduling.queue_name, job) and ob.phase in st.ACTIVE:
         # A Workload that Kueue created after the spec pass is held (or released) here.
         age, waiting = kueue.job_age(job, now), ob.phase == R.QUEUED
         held = kueue.hold(spec.suspend, workload, release=False, age=age, waiting=waiting)
