@@ -132,3 +132,23 @@ def test_the_workload_of_a_job_kueue_labelled_is_read() -> None:
     job = _defaulted_job("j", suspended=True)
     wl = reads.workload(api, _spec(suspend=False), job)  # type: ignore[arg-type]
     assert wl is not None and api.asked == [("team-a", "job-uid")]
+
+
+def test_a_run_suspended_before_it_started_gets_no_job_queued_or_not() -> None:
+    """A run created with spec.suspend: true gets no Job until it is resumed, with or
+    without a queueName: in a namespace with Kueue's ``default`` LocalQueue, Kueue takes
+    any Job, and could admit one created suspended before its Workload was deactivated."""
+    spec = _spec(suspend=True)
+    run = {
+        "metadata": {"name": "r", "namespace": "team-a", "uid": "u", "generation": 1},
+        "spec": spec.model_dump(by_alias=True, exclude_none=True),
+    }
+    plan = admission.decide(admission.Snapshot(run=run, spec=spec, now=NOW), RULES)
+    assert plan.evaluation is None and not plan.create, "a Job was made for a suspended run"
+    assert plan.status["phase"] == R.QUEUED and plan.status["reason"] == R.SUSPENDED
+    assert "once it is false" in str(plan.status["message"])
+    resumed = _spec(suspend=False)
+    run["spec"] = resumed.model_dump(by_alias=True, exclude_none=True)
+    run["status"] = plan.status
+    plan = admission.decide(admission.Snapshot(run=run, spec=resumed, now=NOW), RULES)
+    assert plan.evaluation is not None, "resuming made no Job"

@@ -394,8 +394,8 @@ class EvalRunSpec(ApiModel):
         default=False,
         description="Suspend the run: the Job is suspended and its pods deleted; false resumes "
         "it, from the run's cache volume when it has one. With scheduling.queueName, Kueue owns "
-        "the Job's suspend: the run is held by deactivating its Workload (spec.active: false), "
-        "or, before it ever started, by creating no Job.",
+        "the Job's suspend: the run is held by deactivating its Workload (spec.active: false). "
+        "A run suspended before it ever started gets no Job until it is resumed.",
     )
     cancel: bool = Field(
         default=False,

@@ -173,7 +173,7 @@ def _decide(snap: Snapshot, rules: Rules) -> Plan:
         if same_evaluation and status.get("jobName") == desired_name:
             ob = job_deleted(desired_name, status, now)
             return plan.then(st.transition(status, ob, generation, hash_, desired_name, now))
-        if spec.suspend and spec.scheduling.queue_name:
+        if spec.suspend:
             return plan.then(_held_before_start(snap, status, hash_))
         lookup = snap.lookup
         plan.create += [Create(cm, best_effort=True) for cm in (lookup.restore if lookup else ())]
@@ -236,12 +236,12 @@ def _pause(snap: Snapshot, job: dict[str, Any]) -> Plan:
 
 
 def _held_before_start(snap: Snapshot, status: dict[str, Any], hash_: str) -> Plan:
-    """A queued run suspended before it had a Job: none is made until it is resumed.
-    (Kueue would admit a Job created suspended, and start it, before its Workload could
-    be deactivated.)"""
-    queue = snap.spec.scheduling.queue_name or ""
-    message = f"spec.suspend is true: the Job is created, and queued in LocalQueue {queue!r}, "
-    ob = st.Observation(R.QUEUED, R.SUSPENDED, message + "once it is false")
+    """A run suspended before it had a Job gets none until resumed: Kueue could admit a Job
+    created suspended (queued, or in a namespace with a ``default`` LocalQueue) at once."""
+    queue = snap.spec.scheduling.queue_name
+    where = f", and queued in LocalQueue {queue!r}," if queue else ""
+    message = f"spec.suspend is true: the Job is created{where} once it is false"
+    ob = st.Observation(R.QUEUED, R.SUSPENDED, message)
     same = status.get("specHash") == hash_
     before = status if same else {"conditions": status.get("conditions") or []}
     return st.transition(before, ob, _generation(snap.run), hash_, None, snap.now)
