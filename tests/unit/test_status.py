@@ -165,6 +165,28 @@ def test_a_job_that_creates_no_pod_fails_after_its_timeout() -> None:
     assert observe(queued, [], queue_name="q").phase == "Queued"
 
 
+def test_a_resumed_job_counts_its_pod_creation_from_its_resumption() -> None:
+    """Kueue admits a Job that waited longer than the pod-creation timeout by unsuspending
+    it: until the Job controller sees it resumed (its Suspended condition still True) the
+    run is pending, and from then the timeout counts from the resumption (a campaign
+    behind Kueue lost a run to PodCreationFailed the moment its Job was admitted)."""
+    admitted = job()
+    admitted["metadata"]["creationTimestamp"] = "2026-11-27T11:00:00Z"
+    suspended = {
+        "type": "Suspended",
+        "status": "True",
+        "lastTransitionTime": "2026-11-27T11:00:01Z",
+    }
+    admitted["status"] = {"conditions": [suspended]}
+    assert observe(admitted, []).reason == R.JOB_PENDING
+    resumed = {**suspended, "status": "False", "lastTransitionTime": "2026-11-27T11:59:50Z"}
+    admitted["status"] = {"conditions": [resumed], "startTime": "2026-11-27T11:00:01Z"}
+    assert observe(admitted, []).reason == R.JOB_PENDING
+    resumed["lastTransitionTime"] = "2026-11-27T11:50:00Z"
+    admitted["status"] = {"conditions": [resumed], "startTime": "2026-11-27T11:50:00Z"}
+    assert observe(admitted, []).reason == R.POD_CREATION_FAILED
+
+
 def test_suspended_and_queued() -> None:
     suspended = {"metadata": {"name": "j"}, "spec": {"suspend": True}, "status": {}}
     assert observe(suspended, [], spec_suspend=True).reason == R.SUSPENDED

@@ -169,3 +169,21 @@ def job_age(job: Mapping[str, Any], now: dt.datetime) -> float:
     """Seconds since the Job was created (0 when unknown)."""
     created = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
     return (now - created).total_seconds() if created else 0.0
+
+
+def pod_wait_since(job: Mapping[str, Any]) -> dt.datetime | None:
+    """Since when the Job controller should have made the Job's pod: its start, or its
+    resumption when the Job was suspended (by Kueue until it admitted it, or by
+    spec.suspend): the Job's startTime is only reset once its controller sees the Job
+    resumed, and while its Suspended condition is still True it has not (None: not yet)."""
+    status = job.get("status") or {}
+    since = parse_time(status.get("startTime")) or parse_time(
+        (job.get("metadata") or {}).get("creationTimestamp")
+    )
+    conditions = status.get("conditions") or []
+    suspended = next((c for c in conditions if c.get("type") == "Suspended"), None)
+    if suspended is None or since is None:
+        return since
+    if suspended.get("status") == "True":
+        return None
+    return max(since, parse_time(suspended.get("lastTransitionTime")) or since)

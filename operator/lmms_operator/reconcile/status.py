@@ -252,10 +252,9 @@ def _suspended(
 
 
 def _no_pod(job: dict[str, Any], timeouts: Timeouts, seen: _Seen) -> Observation:
-    """A Job whose controller has yet to create a pod, or cannot."""
-    since = parse_time((job.get("status") or {}).get("startTime")) or parse_time(
-        (job.get("metadata") or {}).get("creationTimestamp")
-    )
+    """A Job whose controller has yet to create a pod, or cannot (counted from its
+    resumption when it was suspended: ``kueue.pod_wait_since``)."""
+    since = kueue.pod_wait_since(job)
     waited = (seen.now - since).total_seconds() if since else 0.0
     if waited >= timeouts.pod_creation:
         message = (
