@@ -204,20 +204,42 @@ def test_a_metric_new_in_the_candidate_is_no_regression(
     assert code == out.OK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proposal, not implemented: a candidate without standard errors never fails the "
-    "gate (docs/cli.md), and a tenant can force that by keeping the operator from its runner "
-    "(a NetworkPolicy in its namespace): the results then come from the termination message, "
-    "which carries none",
-)
 def test_a_large_drop_without_stderr_does_not_pass_the_gate(
     stub: apistub.ApiStub, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A tenant can strip the candidate's standard errors (keep the operator from its
+    runner with a NetworkPolicy: the results then come from the termination message,
+    which carries none). The default gate fails safe: worse with its significance
+    unknown is a regression; only ``--fail-on significant-regression`` lets it pass."""
     stub.put(finished("a", [result("mme", "acc", 0.9)]))
     stub.put(finished("b", [result("mme", "acc", 0.1, stderr=None)]))
-    code, _, _ = lmms(capsys, "compare", "a", "b")
+    code, stdout, _ = lmms(capsys, "compare", "a", "b")
     assert code == out.REGRESSION
+    assert "B worse, significance unknown" in stdout
+    assert stdout.strip().endswith("a regression (--fail-on regression): mme acc")
+    code, stdout, _ = lmms(capsys, "compare", "a", "b", "-o", "json")
+    (row,) = json.loads(stdout)
+    assert (code, row["significant"], row["regression"]) == (out.REGRESSION, None, True)
+    # The explicit opt-out keeps the old rule: only a significant drop fails.
+    code, stdout, _ = lmms(capsys, "compare", "a", "b", "--fail-on", "significant-regression")
+    assert code == out.OK, stdout
+    # Better, or equal, without standard errors: no regression either way.
+    code, stdout, _ = lmms(capsys, "compare", "b", "a")
+    assert code == out.OK and "unknown (no stderr)" in stdout
+    stub.put(finished("c", [result("mme", "acc", 0.9, stderr=None)]))
+    assert lmms(capsys, "compare", "a", "c")[0] == out.OK
+
+
+def test_worse_follows_the_metric_direction_where_significance_is_unknown(
+    stub: apistub.ApiStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lower WER is better: a candidate with a higher WER and no standard error fails
+    the default gate; one with a lower WER passes."""
+    wer = {"task": "asr", "metric": "wer", "higherIsBetter": False}
+    stub.put(finished("a", [{**wer, "value": 0.2}]))
+    stub.put(finished("b", [{**wer, "value": 0.4}]))
+    assert lmms(capsys, "compare", "a", "b")[0] == out.REGRESSION
+    assert lmms(capsys, "compare", "b", "a")[0] == out.OK
 
 
 # -- wait on a run that is deleted and created again ----------------------------------------------
