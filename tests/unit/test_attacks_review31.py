@@ -319,6 +319,42 @@ def test_task_and_metric_names_a_runner_reports_reach_the_status_escaped() -> No
     assert primaries and all(unsafe(r["task"] + r["metric"], allow="") == [] for r in primaries)
 
 
+def test_progress_a_runner_reports_reaches_the_status_escaped() -> None:
+    """status.progress.tasks[].name (what `kubectl lmms wait` prints and a client shows)
+    and the HarnessPatched condition and Event come from the runner's /progress: the
+    tenant's code."""
+    import datetime as dt
+
+    from lmms_operator.api.runner import RunnerProgress
+    from lmms_operator.reconcile import progress as prog
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    answer = RunnerProgress.model_validate(
+        {
+            "phase": "evaluating",
+            "percent": 10,
+            "tasks": [{"name": HOSTILE, "done": 1, "total": 10}, {"name": "pope", "total": 5}],
+            "harness": {"lmmsEvalVersion": HOSTILE, "patched": False, "message": HOSTILE},
+        }
+    )
+    run = {"metadata": {"name": "r", "namespace": "team-a", "generation": 1}}
+    plan = prog.answered(run, {}, answer, "ok", now)
+    progress = plan.status["progress"]
+    assert progress is not None
+    names = [t["name"] for t in progress["tasks"]]
+    assert unsafe("".join(names), allow="") == [] and names[1] == "pope"
+    assert "\\x1b" in names[0]  # shown, escaped
+    words = [c["message"] for c in plan.status["conditions"]] + [e.message for e in plan.events]
+    assert words and all(unsafe(w, allow="\n") == [] for w in words), words
+    # A fan-out's overall progress goes the same way.
+    shards = {"shards": [{"index": 0}, {"index": 1}]}
+    plan = prog.shards_progress_plan(shards, {0: answer, 1: answer}, now)
+    progress = plan.status["progress"]
+    assert progress is not None
+    names = [t["name"] for t in progress["tasks"]]
+    assert names and unsafe("".join(names), allow="") == []
+
+
 @given(st.text(max_size=60))
 def test_escaping_leaves_nothing_hidden_and_printable_text_alone(text: str) -> None:
     from lmms_operator.reconcile.grammar import escape_hidden
