@@ -545,6 +545,7 @@ def _admission(*args: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_the_admission_policy_denies_runner_jobs_against_the_placement_policy() -> None:
     from lmms_operator.reconcile import job as jobs
+    from lmms_operator.reconcile import kueue
 
     policy, binding = _admission()
     assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
@@ -564,9 +565,13 @@ def test_the_admission_policy_denies_runner_jobs_against_the_placement_policy() 
     assert "system:serviceaccount:lmms-system:lmms-lmms-operator" in match["expression"]
     variables = {v["name"]: v["expression"] for v in spec["variables"]}
     assert variables["allowedPriorityClasses"] == "[]"  # by default: none
+    assert variables["allowedWorkloadPriorityClasses"] == "[]"
+    # Kueue's priority: the label the operator really puts on a queued Job.
+    assert f"'{kueue.PRIORITY_LABEL}'" in variables["workloadPriorityClass"]
     rules = "\n".join(v["expression"] for v in spec["validations"])
     for needle in (
         "priorityClassName in variables.allowedPriorityClasses",
+        "workloadPriorityClass in variables.allowedWorkloadPriorityClasses",
         "has(t.key) && t.key != ''",
         "['kubernetes.io', 'k8s.io']",
         "!has(t.namespaceSelector)",
@@ -595,6 +600,7 @@ def test_the_placement_values_reach_the_policy_and_the_operator() -> None:
     policy, _ = _admission(*args)
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     assert json.loads(variables["allowedPriorityClasses"]) == ["batch-low", "batch-high"]
+    assert json.loads(variables["allowedWorkloadPriorityClasses"]) == ["batch-low", "batch-high"]
     assert json.loads(variables["allowedTolerationKeys"]) == ["nvidia.com/gpu", "lmms.dev/*"]
     rules = "\n".join(v["expression"] for v in policy["spec"]["validations"])
     assert "allowedTolerationKeys.exists" in rules and "namespaceSelector" not in rules
@@ -849,6 +855,13 @@ def test_runner_pod_defaults_reach_the_operator_and_the_admission_policy() -> No
     (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
     variables = {v["name"]: json.loads(v["expression"]) for v in policy["spec"]["variables"][1:3]}
     assert variables["allowedPriorityClasses"] == ["gpu-batch"]
+    # The pod's default priority class is no Kueue WorkloadPriorityClass a run may name.
+    workload = next(
+        v["expression"]
+        for v in policy["spec"]["variables"]
+        if v["name"] == "allowedWorkloadPriorityClasses"
+    )
+    assert json.loads(workload) == []
     assert "nvidia.com/gpu" in variables["allowedTolerationKeys"]
     # Nothing set, nothing passed: the operator's own defaults stand.
     (deploy,) = by_kind(render(), "Deployment")
