@@ -880,6 +880,46 @@ def test_runner_pod_defaults_reach_the_operator_and_the_admission_policy() -> No
         assert bad.returncode != 0 and field in bad.stderr, bad.stderr
 
 
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_operator_reads_the_runner_pod_defaults_the_chart_renders(name: str) -> None:
+    """The chart's env goes through the operator's own parser (``poddefaults.parse``,
+    what ``Settings.from_env`` calls at start-up) and onto a real runner Job: a value the
+    chart renders that the operator would refuse, or read differently, fails here."""
+    import dataclasses
+
+    from lmms_operator.api import parse_spec
+    from lmms_operator.config import Settings
+    from lmms_operator.reconcile import job as jobs
+    from lmms_operator.reconcile import poddefaults
+
+    (deploy,) = by_kind(render(*VALUE_SETS[name]), "Deployment")
+    env = {k: str(v["value"]) for k, v in _env(deploy).items() if "value" in v}
+    defaults = poddefaults.parse(env)  # raises ValueError naming a variable it refuses
+    if name != "runner-defaults":
+        assert not defaults, defaults
+        return
+    assert defaults.image_pull_secrets == ("regcred",)
+    assert [t.to_wire() for t in defaults.tolerations] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert dict(defaults.node_selector) == {"gpu": "a100"}
+    assert (defaults.priority_class_name, defaults.runtime_class_name) == ("gpu-batch", "nvidia")
+    assert (dict(defaults.labels), dict(defaults.annotations)) == (
+        {"team": "ml"},
+        {"cost-center": "42"},
+    )
+    runner = dataclasses.replace(Settings().runner, pod=defaults)
+    spec = parse_spec({"model": {"type": "dummy", "pretrained": "local"}, "tasks": ["mme"]})
+    run = jobs.RunRef(name="r", namespace="team-a", uid="00000000-0000-0000-0000-000000000001")
+    job = jobs.build(run, spec, runner, token="t").job
+    pod = job["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"]["gpu"] == "a100" and pod["runtimeClassName"] == "nvidia"
+    assert pod["priorityClassName"] == "gpu-batch"
+    assert job["metadata"]["labels"]["team"] == "ml"
+    assert job["spec"]["template"]["metadata"]["annotations"]["cost-center"] == "42"
+
+
 # -- tenants and Kueue ------------------------------------------------------------------------
 def test_tenants_get_evalruns_through_the_built_in_roles_with_status_read_only() -> None:
     docs = render()
