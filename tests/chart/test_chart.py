@@ -363,7 +363,13 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
         "PrometheusRule",
     )
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert alerts == {"EvalRunFailed", "EvalRunStalled", "LmmsOperatorDown", "ScoreRegression"}
+    assert alerts == {
+        "EvalRunFailed",
+        "EvalRunStalled",
+        "LmmsOperatorDown",
+        "LmmsOperatorNoLeader",
+        "ScoreRegression",
+    }
     # Every alert links its runbook section, and the section is there.
     runbooks = (REPO / "docs" / "runbooks.md").read_text()
     for r in (r for g in rule["spec"]["groups"] for r in g["rules"]):
@@ -382,7 +388,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
         [_promtool(), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 4 rules found" in check.stdout
+    assert "SUCCESS: 5 rules found" in check.stdout
     tested = subprocess.run(
         [_promtool(), "test", "rules", "alerts_test.yaml"],
         cwd=tmp_path,
