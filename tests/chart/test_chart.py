@@ -363,7 +363,13 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
         "PrometheusRule",
     )
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert alerts == {"EvalRunFailed", "EvalRunStalled", "LmmsOperatorDown", "ScoreRegression"}
+    assert alerts == {
+        "EvalRunFailed",
+        "EvalRunStalled",
+        "LmmsOperatorDown",
+        "LmmsOperatorNoLeader",
+        "ScoreRegression",
+    }
     # Every alert links its runbook section, and the section is there.
     runbooks = (REPO / "docs" / "runbooks.md").read_text()
     for r in (r for g in rule["spec"]["groups"] for r in g["rules"]):
@@ -382,7 +388,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
         [_promtool(), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 4 rules found" in check.stdout
+    assert "SUCCESS: 5 rules found" in check.stdout
     tested = subprocess.run(
         [_promtool(), "test", "rules", "alerts_test.yaml"],
         cwd=tmp_path,
@@ -545,6 +551,7 @@ def _admission(*args: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_the_admission_policy_denies_runner_jobs_against_the_placement_policy() -> None:
     from lmms_operator.reconcile import job as jobs
+    from lmms_operator.reconcile import kueue
 
     policy, binding = _admission()
     assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
@@ -564,9 +571,13 @@ def test_the_admission_policy_denies_runner_jobs_against_the_placement_policy() 
     assert "system:serviceaccount:lmms-system:lmms-lmms-operator" in match["expression"]
     variables = {v["name"]: v["expression"] for v in spec["variables"]}
     assert variables["allowedPriorityClasses"] == "[]"  # by default: none
+    assert variables["allowedWorkloadPriorityClasses"] == "[]"
+    # Kueue's priority: the label the operator really puts on a queued Job.
+    assert f"'{kueue.PRIORITY_LABEL}'" in variables["workloadPriorityClass"]
     rules = "\n".join(v["expression"] for v in spec["validations"])
     for needle in (
         "priorityClassName in variables.allowedPriorityClasses",
+        "workloadPriorityClass in variables.allowedWorkloadPriorityClasses",
         "has(t.key) && t.key != ''",
         "['kubernetes.io', 'k8s.io']",
         "!has(t.namespaceSelector)",
@@ -595,6 +606,7 @@ def test_the_placement_values_reach_the_policy_and_the_operator() -> None:
     policy, _ = _admission(*args)
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     assert json.loads(variables["allowedPriorityClasses"]) == ["batch-low", "batch-high"]
+    assert json.loads(variables["allowedWorkloadPriorityClasses"]) == ["batch-low", "batch-high"]
     assert json.loads(variables["allowedTolerationKeys"]) == ["nvidia.com/gpu", "lmms.dev/*"]
     rules = "\n".join(v["expression"] for v in policy["spec"]["validations"])
     assert "allowedTolerationKeys.exists" in rules and "namespaceSelector" not in rules
@@ -849,6 +861,13 @@ def test_runner_pod_defaults_reach_the_operator_and_the_admission_policy() -> No
     (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
     variables = {v["name"]: json.loads(v["expression"]) for v in policy["spec"]["variables"][1:3]}
     assert variables["allowedPriorityClasses"] == ["gpu-batch"]
+    # The pod's default priority class is no Kueue WorkloadPriorityClass a run may name.
+    workload = next(
+        v["expression"]
+        for v in policy["spec"]["variables"]
+        if v["name"] == "allowedWorkloadPriorityClasses"
+    )
+    assert json.loads(workload) == []
     assert "nvidia.com/gpu" in variables["allowedTolerationKeys"]
     # Nothing set, nothing passed: the operator's own defaults stand.
     (deploy,) = by_kind(render(), "Deployment")
@@ -865,6 +884,46 @@ def test_runner_pod_defaults_reach_the_operator_and_the_admission_policy() -> No
             "--set-json", f"runnerPodDefaults.tolerations=[{toleration}]",
         )  # fmt: skip
         assert bad.returncode != 0 and field in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_operator_reads_the_runner_pod_defaults_the_chart_renders(name: str) -> None:
+    """The chart's env goes through the operator's own parser (``poddefaults.parse``,
+    what ``Settings.from_env`` calls at start-up) and onto a real runner Job: a value the
+    chart renders that the operator would refuse, or read differently, fails here."""
+    import dataclasses
+
+    from lmms_operator.api import parse_spec
+    from lmms_operator.config import Settings
+    from lmms_operator.reconcile import job as jobs
+    from lmms_operator.reconcile import poddefaults
+
+    (deploy,) = by_kind(render(*VALUE_SETS[name]), "Deployment")
+    env = {k: str(v["value"]) for k, v in _env(deploy).items() if "value" in v}
+    defaults = poddefaults.parse(env)  # raises ValueError naming a variable it refuses
+    if name != "runner-defaults":
+        assert not defaults, defaults
+        return
+    assert defaults.image_pull_secrets == ("regcred",)
+    assert [t.to_wire() for t in defaults.tolerations] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert dict(defaults.node_selector) == {"gpu": "a100"}
+    assert (defaults.priority_class_name, defaults.runtime_class_name) == ("gpu-batch", "nvidia")
+    assert (dict(defaults.labels), dict(defaults.annotations)) == (
+        {"team": "ml"},
+        {"cost-center": "42"},
+    )
+    runner = dataclasses.replace(Settings().runner, pod=defaults)
+    spec = parse_spec({"model": {"type": "dummy", "pretrained": "local"}, "tasks": ["mme"]})
+    run = jobs.RunRef(name="r", namespace="team-a", uid="00000000-0000-0000-0000-000000000001")
+    job = jobs.build(run, spec, runner, token="t").job
+    pod = job["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"]["gpu"] == "a100" and pod["runtimeClassName"] == "nvidia"
+    assert pod["priorityClassName"] == "gpu-batch"
+    assert job["metadata"]["labels"]["team"] == "ml"
+    assert job["spec"]["template"]["metadata"]["annotations"]["cost-center"] == "42"
 
 
 # -- tenants and Kueue ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from lmms_devcluster import devcluster
 from lmms_operator.api import parse_spec
 from lmms_operator.config import Settings
 from lmms_operator.reconcile import job as jobs
+from lmms_operator.reconcile.kueue import PRIORITY_LABEL
 from tests.helpers import CHART, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chart, pytest.mark.usefixtures("crds")]
@@ -103,6 +104,8 @@ def _install_policy(cluster: devcluster.DevCluster) -> str:
             RELEASE_NS,
             "--show-only",
             "templates/admissionpolicy.yaml",
+            "--set",
+            "placement.allowedPriorityClasses={batch-high}",
         ],
         capture_output=True,
         text=True,
@@ -179,6 +182,16 @@ def _check_the_policy(cluster: Any, namespace: str) -> None:
             name,
             refusal,
         )
+    # Kueue's WorkloadPriorityClass, the Job's label (as the operator sets it for
+    # spec.scheduling.workloadPriorityClassName): only the admin's classes.
+    for klass, admitted in (("batch-high", True), ("urgent", False)):
+        labelled = copy.deepcopy(good)
+        labelled["metadata"]["labels"][PRIORITY_LABEL] = klass
+        refusal = _create(cluster, namespace, labelled)
+        if admitted:
+            assert refusal == "", refusal
+        else:
+            assert "may not use Kueue priority class urgent" in refusal, refusal
     # A Job that is not a runner's is not the policy's business.
     other = _edit(good, lambda p: p.update(priorityClassName="system-cluster-critical"))
     other["metadata"]["labels"] = {"app": "mine"}

@@ -165,9 +165,23 @@ def test_kubectl_lmms_and_kubectl_get_and_wait(
         ("acme/vlm-7b-distilled", 2, 0.5),
     ]
 
-    # `kubectl lmms compare`: results without standard errors claim nothing (exit 0) ...
-    same = kubectl(cluster, plugin_path, "lmms", "compare", "base", "cand", *ns)
-    assert same.returncode == 0 and "unknown (no stderr)" in same.stdout, same.stderr
+    # `kubectl lmms compare`: results without standard errors claim no significance, and
+    # the default gate fails safe on a drop (exit 3); the opt-out passes it ...
+    unknown = kubectl(cluster, plugin_path, "lmms", "compare", "base", "cand", *ns)
+    assert unknown.returncode == 3, unknown.stdout + unknown.stderr
+    assert "B worse, significance unknown" in unknown.stdout
+    same = kubectl(
+        cluster,
+        plugin_path,
+        "lmms",
+        "compare",
+        "base",
+        "cand",
+        "--fail-on",
+        "significant-regression",
+        *ns,
+    )
+    assert same.returncode == 0, same.stdout + same.stderr
     board = kubectl(
         cluster,
         plugin_path,
@@ -177,6 +191,7 @@ def test_kubectl_lmms_and_kubectl_get_and_wait(
         "board",
         "acme/vlm-7b",
         "acme/vlm-7b-distilled",
+        "--fail-on=significant-regression",
         *ns,
     )
     assert board.returncode == 0, board.stderr

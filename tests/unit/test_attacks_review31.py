@@ -204,20 +204,42 @@ def test_a_metric_new_in_the_candidate_is_no_regression(
     assert code == out.OK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proposal, not implemented: a candidate without standard errors never fails the "
-    "gate (docs/cli.md), and a tenant can force that by keeping the operator from its runner "
-    "(a NetworkPolicy in its namespace): the results then come from the termination message, "
-    "which carries none",
-)
 def test_a_large_drop_without_stderr_does_not_pass_the_gate(
     stub: apistub.ApiStub, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A tenant can strip the candidate's standard errors (keep the operator from its
+    runner with a NetworkPolicy: the results then come from the termination message,
+    which carries none). The default gate fails safe: worse with its significance
+    unknown is a regression; only ``--fail-on significant-regression`` lets it pass."""
     stub.put(finished("a", [result("mme", "acc", 0.9)]))
     stub.put(finished("b", [result("mme", "acc", 0.1, stderr=None)]))
-    code, _, _ = lmms(capsys, "compare", "a", "b")
+    code, stdout, _ = lmms(capsys, "compare", "a", "b")
     assert code == out.REGRESSION
+    assert "B worse, significance unknown" in stdout
+    assert stdout.strip().endswith("a regression (--fail-on regression): mme acc")
+    code, stdout, _ = lmms(capsys, "compare", "a", "b", "-o", "json")
+    (row,) = json.loads(stdout)
+    assert (code, row["significant"], row["regression"]) == (out.REGRESSION, None, True)
+    # The explicit opt-out keeps the old rule: only a significant drop fails.
+    code, stdout, _ = lmms(capsys, "compare", "a", "b", "--fail-on", "significant-regression")
+    assert code == out.OK, stdout
+    # Better, or equal, without standard errors: no regression either way.
+    code, stdout, _ = lmms(capsys, "compare", "b", "a")
+    assert code == out.OK and "unknown (no stderr)" in stdout
+    stub.put(finished("c", [result("mme", "acc", 0.9, stderr=None)]))
+    assert lmms(capsys, "compare", "a", "c")[0] == out.OK
+
+
+def test_worse_follows_the_metric_direction_where_significance_is_unknown(
+    stub: apistub.ApiStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lower WER is better: a candidate with a higher WER and no standard error fails
+    the default gate; one with a lower WER passes."""
+    wer = {"task": "asr", "metric": "wer", "higherIsBetter": False}
+    stub.put(finished("a", [{**wer, "value": 0.2}]))
+    stub.put(finished("b", [{**wer, "value": 0.4}]))
+    assert lmms(capsys, "compare", "a", "b")[0] == out.REGRESSION
+    assert lmms(capsys, "compare", "b", "a")[0] == out.OK
 
 
 # -- wait on a run that is deleted and created again ----------------------------------------------
@@ -295,6 +317,42 @@ def test_task_and_metric_names_a_runner_reports_reach_the_status_escaped() -> No
     )
     primaries = res.primary_results(summary)
     assert primaries and all(unsafe(r["task"] + r["metric"], allow="") == [] for r in primaries)
+
+
+def test_progress_a_runner_reports_reaches_the_status_escaped() -> None:
+    """status.progress.tasks[].name (what `kubectl lmms wait` prints and a client shows)
+    and the HarnessPatched condition and Event come from the runner's /progress: the
+    tenant's code."""
+    import datetime as dt
+
+    from lmms_operator.api.runner import RunnerProgress
+    from lmms_operator.reconcile import progress as prog
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    answer = RunnerProgress.model_validate(
+        {
+            "phase": "evaluating",
+            "percent": 10,
+            "tasks": [{"name": HOSTILE, "done": 1, "total": 10}, {"name": "pope", "total": 5}],
+            "harness": {"lmmsEvalVersion": HOSTILE, "patched": False, "message": HOSTILE},
+        }
+    )
+    run = {"metadata": {"name": "r", "namespace": "team-a", "generation": 1}}
+    plan = prog.answered(run, {}, answer, "ok", now)
+    progress = plan.status["progress"]
+    assert progress is not None
+    names = [t["name"] for t in progress["tasks"]]
+    assert unsafe("".join(names), allow="") == [] and names[1] == "pope"
+    assert "\\x1b" in names[0]  # shown, escaped
+    words = [c["message"] for c in plan.status["conditions"]] + [e.message for e in plan.events]
+    assert words and all(unsafe(w, allow="\n") == [] for w in words), words
+    # A fan-out's overall progress goes the same way.
+    shards = {"shards": [{"index": 0}, {"index": 1}]}
+    plan = prog.shards_progress_plan(shards, {0: answer, 1: answer}, now)
+    progress = plan.status["progress"]
+    assert progress is not None
+    names = [t["name"] for t in progress["tasks"]]
+    assert names and unsafe("".join(names), allow="") == []
 
 
 @given(st.text(max_size=60))

@@ -106,7 +106,8 @@ def add_commands(sub: Any, top: bool = False) -> None:
         help="compare two runs (or two models of a Leaderboard) per task and metric, with "
         f"the significance of each difference; exit {out.REGRESSION} on a regression",
         description="A is the baseline, B the candidate. The exit code is "
-        f"{out.REGRESSION} when B is significantly worse than A on some metric (--fail-on).",
+        f"{out.REGRESSION} when B is significantly worse than A on some metric, worse where "
+        "no standard error allows a test, or has no score where A has one (--fail-on).",
     )
     cmp.add_argument("a", help="the baseline: EvalRun NAME or NAMESPACE/NAME (-l: a model)")
     cmp.add_argument("b", help="the candidate, named the same way")
@@ -121,8 +122,10 @@ def add_commands(sub: Any, top: bool = False) -> None:
         "--fail-on",
         choices=sorted(views.FAIL_ON),
         default="regression",
-        help=f"exit {out.REGRESSION} when B is significantly worse than A (regression, the "
-        "default), when they differ significantly either way (difference), or never",
+        help=f"exit {out.REGRESSION} when B is worse than A: significantly, or where no "
+        "standard error allows a test (regression, the default, fail-safe); only "
+        "significantly (significant-regression); when they differ significantly either way "
+        "(difference); or never",
     )
 
     wait = command(

@@ -213,10 +213,24 @@ def _lost(r: Row) -> bool:
     return r.a is not None and r.b is None
 
 
+def _worse_unknown(r: Row) -> bool:
+    """B is worse than A (in the metric's direction) where no standard error allows a
+    test: its significance is unknown. A gate fails closed on it too: a candidate whose
+    results carry no standard errors (a runner's termination message carries none) must
+    not pass a large drop."""
+    d = r.difference
+    if d is None or d.significant is not None or d.diff == 0:
+        return False
+    return (d.diff > 0) == (r.higher_is_better is not False)
+
+
 #: What makes ``compare`` exit with ``REGRESSION``.
 FAIL_ON: dict[str, Callable[[Row], bool]] = {
-    # B (the candidate) is significantly worse, or has no score where A has one.
-    "regression": lambda r: r.better == "A" or _lost(r),
+    # B (the candidate) is significantly worse, worse where significance is unknown, or
+    # has no score where A has one: fail-safe.
+    "regression": lambda r: r.better == "A" or _worse_unknown(r) or _lost(r),
+    # The same, but a drop whose significance is unknown passes.
+    "significant-regression": lambda r: r.better == "A" or _lost(r),
     "difference": lambda r: (
         bool(r.difference and r.difference.significant) or (r.a is None) != (r.b is None)
     ),
@@ -225,6 +239,8 @@ FAIL_ON: dict[str, Callable[[Row], bool]] = {
 
 
 def _verdict(r: Row) -> str:
+    if _worse_unknown(r):
+        return "B worse, significance unknown"
     if r.difference is not None:
         return r.difference.verdict
     return "no score in B" if _lost(r) else "no score in A" if r.b is not None else "no score"
@@ -270,7 +286,7 @@ def compare_results(
         )
     text = f"A = {name_a}\nB = {name_b}\n\n{out.table(table)}\n\n{told}"
     if failing:
-        what = "a regression" if fail_on == "regression" else "a significant difference"
+        what = "a regression" if "regression" in fail_on else "a significant difference"
         text += f"\n{what} (--fail-on {fail_on}): " + ", ".join(
             out.printable(f"{r.task} {r.metric}") for r in failing
         )

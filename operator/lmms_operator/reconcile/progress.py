@@ -22,6 +22,7 @@ from ..api.runner import RunnerProgress
 from . import conditions as C
 from . import reasons as R
 from . import shards as shard_plan
+from .grammar import escape_hidden
 from .plan import Event, Plan, StatusPatch
 from .times import fmt_time
 
@@ -55,9 +56,10 @@ def progress_plan(status: Mapping[str, Any], progress: RunnerProgress, now: dt.d
     percent = round(progress.percent, 1)
     new = Progress(
         percent=percent,
-        # The runner is the tenant's code: what it reports is bounded before the status.
+        # The runner is the tenant's code: what it reports is escaped (a kubectl column,
+        # `kubectl lmms wait`'s lines) and bounded before the status.
         tasks=[
-            TaskProgress(name=t.name[:MAX_TASK_NAME], done=t.done, total=t.total)
+            TaskProgress(name=escape_hidden(t.name)[:MAX_TASK_NAME], done=t.done, total=t.total)
             for t in progress.tasks[:MAX_PROGRESS_TASKS]
         ],
         samples_per_second=round(progress.samples_per_second, 3)
@@ -120,11 +122,16 @@ def harness(
     wanted = "True" if found.patched else "False"
     if current is not None and current.get("status") == wanted:
         return Plan()
-    version = found.lmms_eval_version or "unknown"
-    message = found.message or (
-        f"lmms-eval {version}: the runner's patches apply"
-        if found.patched
-        else f"lmms-eval {version}: the runner's patches were not written for it; it runs plain"
+    # The runner's words (the tenant's code) reach a condition and an Event: escaped.
+    version = escape_hidden(found.lmms_eval_version or "unknown")
+    message = (
+        escape_hidden(found.message, keep="\n")
+        if found.message
+        else (
+            f"lmms-eval {version}: the runner's patches apply"
+            if found.patched
+            else f"lmms-eval {version}: the runner's patches were not written for it; it runs plain"
+        )
     )
     cond = C.condition(
         current,
