@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -315,12 +316,29 @@ def prepare_namespace(api: client.ApiClient, name: str) -> None:
     )
 
 
-def wait_done(rec: Recorder, n: int, timeout: float) -> None:
+def wait_done(
+    rec: Recorder, n: int, timeout: float, failed: Callable[[], list[str]] | None = None
+) -> None:
+    """Until every run's pod finished; a run that failed instead ends the benchmark."""
     deadline = time.monotonic() + timeout
+    checked = time.monotonic()
     while len(rec.finished) < n:
         if time.monotonic() > deadline:
             raise AssertionError(f"only {len(rec.finished)} of {n} finished in {timeout:.0f}s")
+        if failed is not None and time.monotonic() - checked > 10:
+            checked = time.monotonic()
+            if bad := failed():
+                raise AssertionError(f"runs failed: {'; '.join(bad[:5])}")
         time.sleep(0.5)
+
+
+def failed_runs(objs: client.CustomObjectsApi, namespace: str) -> list[str]:
+    runs = objs.list_namespaced_custom_object(GROUP, VERSION, namespace, "evalruns")["items"]
+    return [
+        f"{r['metadata']['name']}: {r['status'].get('reason')}: {r['status'].get('message')}"
+        for r in runs
+        if (r.get("status") or {}).get("phase") == "Failed"
+    ]
 
 
 def summary(label: str, rec: Recorder, t0: float, plan: list[tuple[str, int, int]]) -> dict:
@@ -390,7 +408,7 @@ def main() -> int:
                     GROUP, VERSION, "campaign-op", "evalruns", evalrun(name, gpus)
                 )
             created_op = time.monotonic() - t0
-            wait_done(rec, len(plan), timeout=bound * 4 + 300)
+            wait_done(rec, len(plan), bound * 4 + 300, lambda: failed_runs(objs, "campaign-op"))
             op_cpu = cpu_seconds(pid) - cpu0
             sampling.set()
             rec.stop()
