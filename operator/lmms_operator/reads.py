@@ -122,7 +122,8 @@ def workload(
     uid = (job.get("metadata") or {}).get("uid")
     if not uid:
         return None
-    return kueue.workload(api.workload_of_job(job["metadata"]["namespace"], uid))
+    names = kueue.workload_names(job["metadata"]["name"], uid)
+    return kueue.workload(api.workload_of_job(job["metadata"]["namespace"], uid, names))
 
 
 def _with(snap: admission.Snapshot, **changes: Any) -> admission.Snapshot:

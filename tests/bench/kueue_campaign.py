@@ -26,12 +26,15 @@ import argparse
 import json
 import os
 import random
+import re
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -316,6 +319,51 @@ def prepare_namespace(api: client.ApiClient, name: str) -> None:
     )
 
 
+def api_requests(cluster: devcluster.DevCluster) -> dict[str, float]:
+    """The API server's request counters, by verb and resource (watches left out)."""
+    ctx = ssl.create_default_context(cafile=str(cluster.directory / "pki" / "ca.crt"))
+    req = urllib.request.Request(
+        cluster.server + "/metrics", headers={"Authorization": f"Bearer {cluster.token}"}
+    )
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("verb") in ("WATCH", "CONNECT"):
+                continue
+            sub = "/" + labels["subresource"] if labels.get("subresource") else ""
+            key = f"{labels.get('verb')} {labels.get('resource', '')}{sub}"
+            out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def control_plane_cpu(cluster: devcluster.DevCluster) -> float:
+    """CPU seconds of the API server and etcd so far."""
+    pids = json.loads(cluster.state_file.read_text())["pids"]
+    return sum(cpu_seconds(pids[n]) for n in ("kube-apiserver", "etcd"))
+
+
+class Load:
+    """The API server's requests and its and etcd's CPU over a campaign."""
+
+    def __init__(self, cluster: devcluster.DevCluster) -> None:
+        self.cluster = cluster
+        self.requests = api_requests(cluster)
+        self.cpu = control_plane_cpu(cluster)
+
+    def done(self, runs: int) -> dict[str, Any]:
+        after = api_requests(self.cluster)
+        delta = {k: v - self.requests.get(k, 0) for k, v in after.items()}
+        top = sorted(((v, k) for k, v in delta.items() if v > 0), reverse=True)[:8]
+        return {
+            "requests_per_run": sum(delta.values()) / runs,
+            "control_plane_cpu_s": control_plane_cpu(self.cluster) - self.cpu,
+            "top": ", ".join(f"{k} {v / runs:.1f}" for v, k in top),
+        }
+
+
 def wait_done(
     rec: Recorder, n: int, timeout: float, failed: Callable[[], list[str]] | None = None
 ) -> None:
@@ -341,7 +389,9 @@ def failed_runs(objs: client.CustomObjectsApi, namespace: str) -> list[str]:
     ]
 
 
-def summary(label: str, rec: Recorder, t0: float, plan: list[tuple[str, int, int]]) -> dict:
+def summary(
+    label: str, rec: Recorder, t0: float, plan: list[tuple[str, int, int]]
+) -> dict[str, Any]:
     g = gaps(rec, t0)
     makespan = max(rec.finished.values()) - t0
     out = {
@@ -402,6 +452,7 @@ def main() -> int:
 
             threading.Thread(target=sample, daemon=True).start()
             cpu0 = cpu_seconds(pid)
+            load = Load(cluster)
             t0 = time.monotonic()
             for name, gpus, _ in plan:
                 objs.create_namespaced_custom_object(
@@ -414,6 +465,8 @@ def main() -> int:
             rec.stop()
             with_op = summary("operator", rec, t0, plan)
             with_op.update(cpu_s=op_cpu, peak_rss_mib=peak[0], create_s=created_op)
+            with_op.update(load.done(len(plan)))
+            print("operator load", with_op["top"], flush=True)
             templates: dict[int, dict[str, Any]] = {}
             for job in batch.list_namespaced_job("campaign-op").items:
                 gpus = int(job.metadata.labels[RUN_LABEL].split("-g")[1].split("-")[0])
@@ -434,6 +487,7 @@ def main() -> int:
             prepare_namespace(api, "campaign-plain")
             rec = Recorder(api, "campaign-plain")
             time.sleep(2)
+            load = Load(cluster)
             t0 = time.monotonic()
             for name, gpus, _ in plan:
                 batch.create_namespaced_job("campaign-plain", plain_job(name, templates[gpus]))
@@ -442,6 +496,8 @@ def main() -> int:
             rec.stop()
             plain = summary("plain Jobs", rec, t0, plan)
             plain.update(create_s=created_plain)
+            plain.update(load.done(len(plan)))
+            print("plain load", plain["top"], flush=True)
         finally:
             kwok.terminate()
             kwok.wait(timeout=30)
@@ -458,8 +514,8 @@ def render(
     args: argparse.Namespace,
     plan: list[tuple[str, int, int]],
     bound: float,
-    op: dict[str, float],
-    plain: dict[str, float],
+    op: dict[str, Any],
+    plain: dict[str, Any],
     ratio: float,
 ) -> str:
     gpu_s = sum(g * s for _, g, s in plan)
@@ -485,6 +541,11 @@ Lower bound: {bound:.0f} s (GPU-seconds over {NODES * GPUS} GPUs, or the longest
 - The operator over the campaign: {op["cpu_s"]:.1f} CPU-seconds, peak RSS
   {op["peak_rss_mib"]:.0f} MiB; creating the {args.runs} EvalRuns took {op["create_s"]:.1f} s
   (the plain Jobs {plain["create_s"]:.1f} s).
+- API requests per run (watches left out) and the API server's and etcd's CPU over the
+  campaign: with the operator {op["requests_per_run"]:.1f} per run,
+  {op["control_plane_cpu_s"]:.0f} CPU-seconds; plain Jobs {plain["requests_per_run"]:.1f}
+  per run, {plain["control_plane_cpu_s"]:.0f} CPU-seconds. The most frequent, per run, with
+  the operator: {op["top"]}; plain Jobs: {plain["top"]}.
 """
 
 

@@ -21,6 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from lmms_devcluster import devcluster
 from lmms_devcluster.kueue import QUEUE_LABEL
+from lmms_operator.reconcile.kueue import workload_names as kueue_names
 from tests import evalruns as er
 from tests.helpers import wait_for
 from tests.operator_process import OperatorProcess
@@ -197,6 +198,9 @@ def test_a_queued_job_is_admitted_within_quota(
     conds = {c["type"]: c for c in workload["status"]["conditions"]}
     assert conds["QuotaReserved"]["status"] == "False"
     assert "insufficient quota" in conds["QuotaReserved"]["message"]
+    # The operator reads a Job's Workload by the name Kueue gives it (one object, not a
+    # list of the namespace's Workloads).
+    assert workload["metadata"]["name"] in kueue_names(big.metadata.name, big.metadata.uid)
 
 
 def test_an_outage_of_kueue_never_blocks_jobs_without_a_queue(

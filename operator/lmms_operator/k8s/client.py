@@ -322,19 +322,28 @@ class Api:
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return self.list_objects("Pod", namespace, selector)
 
-    def workload_of_job(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
-        """The Kueue Workload of a Job (selected by Kueue's job-uid label, and owned by
-        the Job), or None: none yet, or Kueue's CRDs are not installed (404), or the
-        operator may not read Workloads (403; the chart grants it)."""
+    def workload_of_job(
+        self, namespace: str, job_uid: str, names: tuple[str, ...] = ()
+    ) -> dict[str, Any] | None:
+        """The Kueue Workload of a Job (owned by the Job), or None: none yet, or Kueue's
+        CRDs are not installed (404), or the operator may not read Workloads (403; the
+        chart grants it). Read by the ``names`` Kueue gives it first (one object each),
+        else selected by Kueue's job-uid label (a list: every Workload in the namespace
+        is read on the server, so not the first choice where hundreds wait)."""
+
+        def owned(item: dict[str, Any] | None) -> bool:
+            refs = ((item or {}).get("metadata") or {}).get("ownerReferences") or []
+            return any(r.get("uid") == job_uid for r in refs)
+
         try:
+            for name in names:
+                item = self._get(path("Workload", namespace, name))
+                if item is not None and owned(item):
+                    return item
             items = self.list_objects("Workload", namespace, f"{KUEUE_JOB_UID_LABEL}={job_uid}")
         except (errors.NotFound, errors.Forbidden):
             return None
-        for item in items:
-            refs = (item.get("metadata") or {}).get("ownerReferences") or []
-            if any(r.get("uid") == job_uid for r in refs):
-                return item
-        return None
+        return next((item for item in items if owned(item)), None)
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(path("ConfigMap", namespace, name))

@@ -26,6 +26,7 @@ suspended, or held, need it; without Kueue's CRDs there is none.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -187,3 +188,13 @@ def pod_wait_since(job: Mapping[str, Any]) -> dt.datetime | None:
     if suspended.get("status") == "True":
         return None
     return max(since, parse_time(suspended.get("lastTransitionTime")) or since)
+
+
+def workload_names(job_name: str, job_uid: str) -> tuple[str, ...]:
+    """The names Kueue gives a Job's Workload (jobframework/workload_names.go): ``job-`` and
+    the Job's name, cut to leave room for ``-`` and 5 hex digits of a SHA-1 of the Job's
+    kind, group, name and uid; cut to 253 characters, or to 63 with Kueue's
+    ShortWorkloadNames feature (alpha in 0.17). Reading them costs one object each."""
+    digest = hashlib.sha1(f"Job\nbatch\n{job_name}\n{job_uid}".encode()).hexdigest()[:5]
+    names = (f"{f'job-{job_name}'[: limit - 6]}-{digest}" for limit in (253, 63))
+    return tuple(dict.fromkeys(names))
