@@ -122,7 +122,9 @@ class _OneWorkload:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str]] = []
 
-    def workload_of_job(self, namespace: str, uid: str) -> dict[str, Any]:
+    def workload_of_job(
+        self, namespace: str, uid: str, names: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         self.asked.append((namespace, uid))
         return {"metadata": {"name": "job-r-abc"}, "spec": {"active": True}}
 
