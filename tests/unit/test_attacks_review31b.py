@@ -151,6 +151,6 @@ def test_a_run_suspended_before_it_started_gets_no_job_queued_or_not() -> None:
     assert "once it is false" in str(plan.status["message"])
     resumed = _spec(suspend=False)
     run["spec"] = resumed.model_dump(by_alias=True, exclude_none=True)
-    run["status"] = plan.status
+    run["status"] = dict(plan.status)
     plan = admission.decide(admission.Snapshot(run=run, spec=resumed, now=NOW), RULES)
     assert plan.evaluation is not None, "resuming made no Job"
