@@ -68,6 +68,10 @@ class RunnerDefaults:
     network_policy: bool = True
     operator_namespace: str = ""
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
+    # Label selectors (kubectl -l syntax) of the Prometheus pods and namespaces that may
+    # also reach the runner port (the runner PodMonitor); both None: the operator only.
+    prometheus_namespace_selector: str | None = None
+    prometheus_pod_selector: str | None = None
 
 
 @dataclass(frozen=True)
