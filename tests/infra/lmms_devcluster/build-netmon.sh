@@ -6,7 +6,13 @@
 #     (github.com/containernetworking/plugins): the process executor gives each pod a
 #     network namespace of its own with an address on a bridge through them;
 #   - the Prometheus Operator (github.com/prometheus-operator/prometheus-operator,
-#     cmd/operator), which tests run against the devcluster.
+#     cmd/operator), which tests run against the devcluster;
+#   - Prometheus itself (github.com/prometheus/prometheus, cmd/prometheus, the release the
+#     operator's go.mod names) for the configuration the operator generates: Debian's
+#     package is built without Kubernetes service discovery, which that configuration
+#     uses. Built as upstream's `make plugins` does with a plugins.yml listing only the
+#     kubernetes SD (file and http are always in), and without the web UI's assets (the
+#     HTTP API is complete without them).
 #
 #   tests/infra/lmms_devcluster/build-netmon.sh       # prints the directory of the binaries
 #   tests/infra/lmms_devcluster/build-netmon.sh cni   # the CNI plugins only (devcluster up)
@@ -19,8 +25,12 @@ set -euo pipefail
 
 CNI_PLUGINS_VERSION="${CNI_PLUGINS_VERSION:-v1.10.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+# Prometheus v3.5.0 (its Go module's versions are v0.<minor><patch>).
+PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.305.0}"
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.5.0}"
 CACHE_ROOT="${LMMS_CACHE_DIR:-$HOME/.cache/lmms-operator}"
 BIN_DIR="$CACHE_ROOT/netmon-cni-$CNI_PLUGINS_VERSION-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin"
+PROM_DIR="$CACHE_ROOT/prometheus-$PROMETHEUS_VERSION-kubernetes-sd/bin"
 
 CNI_PLUGINS=(main/bridge main/loopback ipam/host-local)
 
@@ -35,8 +45,9 @@ complete() {
   done
   [ "$ONLY_CNI" = 1 ] && return 0
   [ -x "$BIN_DIR/prometheus-operator" ] || return 1
-  # The CRDs the operator needs, from the same module.
-  [ -f "$BIN_DIR/crds/monitoring.coreos.com_prometheuses.yaml" ]
+  # The CRDs the operator needs and the example ClusterRoles, from the same module.
+  [ -f "$BIN_DIR/crds/monitoring.coreos.com_prometheuses.yaml" ] && [ -d "$BIN_DIR/rbac/prometheus" ] \
+    && [ -x "$BIN_DIR/prometheus" ]
 }
 
 if complete; then
@@ -56,7 +67,7 @@ for p in "${CNI_PLUGINS[@]}"; do
     "github.com/containernetworking/plugins/plugins/$p@$CNI_PLUGINS_VERSION"
 done
 
-if [ "$ONLY_CNI" = 0 ] && { [ ! -x "$BIN_DIR/prometheus-operator" ] || [ ! -f "$BIN_DIR/crds/monitoring.coreos.com_prometheuses.yaml" ]; }; then
+if [ "$ONLY_CNI" = 0 ] && { [ ! -x "$BIN_DIR/prometheus-operator" ] || [ ! -d "$BIN_DIR/rbac/prometheus" ]; }; then
   module="github.com/prometheus-operator/prometheus-operator"
   dir="$(go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
   src="$CACHE_ROOT/src-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
@@ -89,6 +100,34 @@ if [ "$ONLY_CNI" = 0 ] && { [ ! -x "$BIN_DIR/prometheus-operator" ] || [ ! -f "$
   fi
   mkdir -p "$BIN_DIR/crds"
   cp "$src"/example/prometheus-operator-crd/*.yaml "$BIN_DIR/crds/"
+  mkdir -p "$BIN_DIR/rbac"
+  cp -r "$src/example/rbac/prometheus-operator" "$src/example/rbac/prometheus" "$BIN_DIR/rbac/"
+fi
+
+if [ "$ONLY_CNI" = 0 ] && [ ! -x "$BIN_DIR/prometheus" ]; then
+  if [ ! -x "$PROM_DIR/prometheus" ]; then
+    module="github.com/prometheus/prometheus"
+    dir="$(go mod download -json "$module@$PROMETHEUS_MODULE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+    src="$CACHE_ROOT/src-prometheus-$PROMETHEUS_VERSION"
+    rm -rf "$src"
+    cp -r "$dir" "$src"
+    chmod -R u+w "$src"
+    log "go build $module/cmd/prometheus ($PROMETHEUS_VERSION, kubernetes SD only)"
+    (
+      cd "$src"
+      echo "- github.com/prometheus/prometheus/discovery/kubernetes" >plugins.yml
+      (cd plugins && go run -tags plugins generate.go)
+      mkdir -p "$PROM_DIR"
+      go build -trimpath \
+        -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION \
+          -X github.com/prometheus/common/version.Revision=$PROMETHEUS_MODULE_VERSION \
+          -X github.com/prometheus/common/version.Branch=release" \
+        -o "$PROM_DIR/prometheus.tmp" ./cmd/prometheus
+      mv "$PROM_DIR/prometheus.tmp" "$PROM_DIR/prometheus"
+    )
+    rm -rf "$src"
+  fi
+  ln -sf "$PROM_DIR/prometheus" "$BIN_DIR/prometheus"
 fi
 
 complete || { log "binaries missing in $BIN_DIR"; exit 1; }

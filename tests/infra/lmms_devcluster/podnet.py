@@ -104,7 +104,8 @@ class PodNetwork:
         self.bridge, self.subnet = identity(state_dir)
         self.gateway = str(self.subnet.network_address + 1)
         self.name = f"lmms-devcluster-{self.bridge}"
-        self.ipam_dir = state_dir / "cni" / "ipam"
+        self.ipam_dir = state_dir / "cni" / "ipam"  # its existence says pods have a network
+        self.ipam_dir.mkdir(parents=True, exist_ok=True)
         self.host_ports = _host_port_range()
         self._host_ready = False
         self._lock = threading.Lock()
