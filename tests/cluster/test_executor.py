@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import ipaddress
 import json
@@ -131,10 +132,11 @@ def test_job_running_python_completes_with_volumes_env_and_pod_ip(
     assert terminated.exit_code == 0
     report = json.loads(terminated.message)
     assert report["ip"] == pod.status.pod_ip
-    if _pod_network(cluster) is None:  # not root: the node's loopback
+    subnet = _pod_network(cluster)
+    if subnet is None:  # not root: the node's loopback
         assert report["ip"].startswith("127.") and report["ip"] != "127.0.0.1"
     else:  # its own network namespace, on the devcluster's bridge
-        assert ipaddress.ip_address(report["ip"]) in _pod_network(cluster)
+        assert ipaddress.ip_address(report["ip"]) in subnet
     assert report["name"] == pod.metadata.name
     assert report["token"] == "s3cr3t" and report["secret_file"] == "s3cr3t"
     assert report["config"] == "model: tiny\n"
@@ -550,14 +552,11 @@ def test_pods_have_addresses_on_the_bridge_that_services_and_the_host_reach(
 
         wait_for(endpoints, timeout=30)  # the EndpointSlice controller took them
         for ip in ips:  # the host reaches each pod at its address
-            body = wait_for(lambda ip=ip: _get(f"http://{ip}:8080/"), timeout=30)
+            body = wait_for(functools.partial(_get, f"http://{ip}:8080/"), timeout=30)
             assert body == "pod says hi"
         for pod in pods:
-            report = json.loads(
-                wait_for(
-                    lambda pod=pod: _read(f"/tmp/net-{namespace}-{pod.metadata.name}"), timeout=30
-                )
-            )
+            path = f"/tmp/net-{namespace}-{pod.metadata.name}"
+            report = json.loads(wait_for(functools.partial(_read, path), timeout=30))
             assert report["ifaces"] == ["eth0", "lo"]  # its own namespace, not the node's
             assert report["fixture"] == "host says hi"  # the host's 127.0.0.1
             assert report["api"] in ("200", "401", "403")

@@ -117,11 +117,14 @@ def prometheus_operator(cluster: devcluster.DevCluster, api: client.ApiClient) -
     binaries = devcluster.find_netmon()
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(binaries / "crds"))
     kinds = ("prometheuses", "servicemonitors", "podmonitors", "prometheusrules")
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        *[f"crd/{kind}.monitoring.coreos.com" for kind in kinds],
+    wait_for(  # (a CRD just made has no conditions yet, which kubectl wait refuses)
+        lambda: cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            *[f"crd/{kind}.monitoring.coreos.com" for kind in kinds],
+        ),
+        timeout=90,
     )
     core = client.CoreV1Api(api)
     namespace = f"monitoring-{uuid.uuid4().hex[:6]}"
@@ -218,13 +221,15 @@ def _render_chart(system: str, metrics_port: int) -> list[dict[str, Any]]:
 def _prometheus_pod(namespace: str, account: str) -> dict[str, Any]:
     """Prometheus with the configuration and rule files the Prometheus Operator wrote,
     where its StatefulSet mounts them; what its config reloader does first (unzip the
-    configuration, put the pod's name in for ``$(POD_NAME)``) is done by the container's
+    configuration, put in the pod's name for ``$(POD_NAME)`` and its shard for
+    ``$(SHARD)``, which the targets' ``hashmod`` keeps) is done by the container's
     shell."""
     rules = f"prometheus-{PROMETHEUS}-rulefiles-0"
     binary = devcluster.find_netmon() / "prometheus"
     script = (
         "gunzip -c /etc/prometheus/config/prometheus.yaml.gz "
-        "| sed 's/[$](POD_NAME)/'\"$POD_NAME\"'/g' > $HOME/prometheus.yaml && "
+        "| sed -e 's/[$](POD_NAME)/'\"$POD_NAME\"'/g' -e 's/[$](SHARD)/0/g' "
+        "> $HOME/prometheus.yaml && "
         f"exec {binary} --config.file=$HOME/prometheus.yaml --storage.tsdb.path=/prometheus "
         "--web.listen-address=$(POD_IP):9090"
     )
@@ -468,14 +473,18 @@ def test_the_prometheus_operator_turns_the_charts_monitors_and_rules_into_promet
             target = wait_for(operator_target, timeout=120)
         except AssertionError:
             operator_pods = core.list_namespaced_pod(system).items
+            dropped = _api(base, "/api/v1/targets", state="dropped")["data"]["droppedTargets"]
             raise AssertionError(
-                f"{_targets(base)}\n" + "\n".join(_log(cluster, p) for p in operator_pods)
+                f"{_targets(base)}\ndropped: {[d for d in dropped if d['scrapePool'] == service_job]}\n"
+                + cluster.kubectl(
+                    "get", "endpoints,endpointslices,pods", "-o", "wide", "-n", system
+                )
+                + "\n".join(_log(cluster, p)[-1000:] for p in operator_pods)
             ) from None
         host = target["labels"]["instance"].rsplit(":", 1)[0]
         assert podnet_address(host, subnet), target
 
         body = colors_run(core, evals, "colors", model_server, "sk-promop-0123456789")
-        body["spec"]["resources"] = {"gpus": 1}
         er.create(api, evals, body)
 
         # The runner PodMonitor's target is up while the run runs: the runner pod's
