@@ -10,7 +10,27 @@ import sys
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from .config import Settings
+
+    namespaces = args.namespace or []
+    try:
+        settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces)).check()
+    except ValueError as exc:
+        # A setting that cannot be used: say which and why, and do not start.
+        from .cli.output import USAGE
+
+        print(f"lmms-operator: invalid settings: {exc}", file=sys.stderr)
+        return USAGE
+
     import kopf
+
+    from .config import LeaderElection
+
+    try:
+        election = LeaderElection.from_args(args)
+    except ValueError as exc:
+        print(f"lmms-operator run: {exc}", file=sys.stderr)
+        return 2
 
     from . import handlers  # noqa: F401 - importing them registers the handlers
 
@@ -23,17 +43,14 @@ def _run(args: argparse.Namespace) -> int:
         # Kopf reports every handler call at INFO; the operator's own log says what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("lmms").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from .config import Settings
     from .metrics import Metrics
 
     metrics = Metrics()
     if args.metrics_address:
         metrics.serve(args.metrics_address)
 
-    namespaces = args.namespace or []
-    settings = dataclasses.replace(Settings.from_env(), namespaces=tuple(namespaces)).check()
     kopf.run(
-        memo=kopf.Memo(settings=settings, metrics=metrics),
+        memo=kopf.Memo(settings=settings, metrics=metrics, election=election),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -45,7 +62,10 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from . import cli
 
-    parser = argparse.ArgumentParser(prog="lmms-operator", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lmms-operator", description=__doc__, epilog=cli.EXIT_CODES
+    )
+    parser.add_argument("--version", action="version", version=f"lmms-operator {cli.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument(
@@ -62,46 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--metrics-address",
-        default="0.0.0.0:8080",
+        default="0.0.0.0:9090",
         help="HOST:PORT of the Prometheus /metrics endpoint ('' to disable)",
     )
     run.add_argument("--verbose", "-v", action="store_true")
+    from .config import LeaderElection
+
+    LeaderElection.add_arguments(run)
     run.set_defaults(func=_run)
 
-    board = sub.add_parser("leaderboard", help="leaderboard views")
-    board_sub = board.add_subparsers(dest="action", required=True)
-    show = board_sub.add_parser("show", help="print the ranked table")
-    show.add_argument("name")
-    show.add_argument("--namespace", "-n")
-    show.add_argument("--task", help="only this task")
-    show.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    show.set_defaults(func=lambda a: cli.leaderboard_show(a.name, a.namespace, a.output, a.task))
-
-    runs = sub.add_parser("runs", help="list EvalRuns with phase, progress and results")
-    runs.add_argument("--namespace", "-n")
-    runs.add_argument("--all-namespaces", "-A", action="store_true")
-    runs.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    runs.set_defaults(func=lambda a: cli.runs(a.namespace, a.all_namespaces, a.output))
-
-    cmp = sub.add_parser(
-        "compare",
-        help="compare two runs (or two models of a leaderboard) per task and metric, "
-        "with the significance of each difference",
-    )
-    cmp.add_argument("a", help="EvalRun NAME or NAMESPACE/NAME (with --leaderboard: a model)")
-    cmp.add_argument("b", help="the other one")
-    cmp.add_argument("--namespace", "-n")
-    cmp.add_argument("--leaderboard", "-l", help="compare two models' entries of this board")
-    cmp.add_argument(
-        "--alpha",
-        type=float,
-        default=0.05,
-        help="significance level of the two-sided z-test (default 0.05)",
-    )
-    cmp.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    cmp.set_defaults(
-        func=lambda a: cli.compare_results(a.a, a.b, a.namespace, a.leaderboard, a.alpha, a.output)
-    )
+    # runs, leaderboard show, compare and wait: the same commands as `kubectl lmms`.
+    cli.add_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -13,10 +13,14 @@ concurrency (resourceVersion), retrying on conflict after a random pause that gr
 each lost race (writers in lockstep would otherwise keep colliding), then deletes the
 old generation: readers always see one complete table, and no entry is lost when many
 runs finish at once.
+
+The leader Lease (``LeaseLock``) is written here too, past the fence that every other
+write passes (``k8s.writes``): the elector (``engine.leader``) decides, this writes.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import random
@@ -32,10 +36,12 @@ from .clock import Clock
 from .k8s.writes import Writer
 from .metrics import Metrics
 from .reconcile import leaderboard as lb
+from .reconcile import lease
 from .reconcile import reasons as R
 from .reconcile.job import LABEL_MANAGED_BY, MANAGED_BY
 from .reconcile.plan import Evaluation, IndexEntries, Plan, PublishEntries, Replan
 from .reconcile.publishing import PUBLISH_TRIES
+from .reconcile.times import fmt_time
 
 log = logging.getLogger("lmms.applier")
 
@@ -64,10 +70,15 @@ class Applier:
     LOCKS = 64
 
     def __init__(
-        self, clock: Clock, store: objectstore.ObjectStore, metrics: Metrics, api: k8s.Api
+        self,
+        clock: Clock,
+        store: objectstore.ObjectStore,
+        metrics: Metrics,
+        api: k8s.Api,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.clock, self.store, self.metrics = clock, store, metrics
-        self.api, self.writes = api, Writer(api)
+        self.api, self.writes = api, Writer(api, fence)
         self._locks = tuple(threading.Lock() for _ in range(self.LOCKS))
 
     # -- a run's plan --------------------------------------------------------------------------
@@ -91,6 +102,8 @@ class Applier:
                 return replan
         if plan.suspend is not None:
             self.writes.patch_job_suspend(namespace, *plan.suspend)
+        if plan.activate is not None:
+            self.writes.patch_workload_active(namespace, *plan.activate)
         for step in plan.publish:
             replan = self._publish(step)
             if replan is not None:
@@ -352,3 +365,63 @@ class Applier:
         status = lb.board_status(board, ranked, names, stored, self.clock.now())
         meta = board["metadata"]
         self.writes.patch_leaderboard_status(meta["namespace"], meta["name"], status)
+
+
+class LeaseLock:
+    """The leader Lease ``namespace/name``: read through ``k8s``, written here (client-go's
+    ``resourcelock.LeaseLock``). ``timeout`` bounds each request (``Timing.request_timeout``)."""
+
+    def __init__(self, api: k8s.Api, namespace: str, name: str, timeout: float) -> None:
+        self.api, self.writes = api, Writer(api)
+        self.namespace, self.name, self.timeout = namespace, name, timeout
+        self._uid: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Lease {self.namespace}/{self.name}"
+
+    def get(self) -> tuple[lease.LeaderRecord, str] | None:
+        """The record and its resourceVersion; None when there is no Lease."""
+        found = self.api.get_lease(self.namespace, self.name, timeout=self.timeout)
+        if found is None:
+            return None
+        self._uid = found["metadata"].get("uid")
+        return lease.record_of(found), str(found["metadata"]["resourceVersion"])
+
+    def write(self, record: lease.LeaderRecord, resource_version: str | None) -> str | None:
+        """Creates (``resource_version`` None) or replaces the Lease; its new
+        resourceVersion, or None when another writer came first."""
+        body = lease.lease_body(self.namespace, self.name, record, resource_version)
+        if resource_version is None:
+            written = self.writes.create_lease(body, self.timeout)
+        else:
+            written = self.writes.replace_lease(body, self.timeout)
+        if written is None:
+            return None
+        self._uid = written["metadata"].get("uid")
+        return str(written["metadata"]["resourceVersion"])
+
+    def event(self, identity: str, message: str, when: dt.datetime) -> None:
+        """An Event on the Lease (reason ``LeaderElection``, as client-go's), best effort."""
+        wall = fmt_time(when)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": lease.API_VERSION,
+                "kind": lease.KIND,
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": self._uid,
+            },
+            "reason": R.LEADER_ELECTION,
+            "message": f"{identity} {message}"[:1024],
+            "type": "Normal",
+            "source": {"component": "lmms-operator", "host": identity[:253]},
+            "reportingComponent": "lmms-operator",
+            "reportingInstance": identity[:128],
+            "firstTimestamp": wall,
+            "lastTimestamp": wall,
+            "count": 1,
+        }
+        self.writes.record(body, R.LEADER_ELECTION, repr(self))

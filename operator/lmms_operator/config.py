@@ -33,6 +33,13 @@
 | LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY | false                       | pod affinity terms on other namespaces|
 | LMMS_OBJECT_STORE_ALLOWED_CIDRS | (none)                          | non-public networks stores may be on  |
 | LMMS_ALLOWED_MODEL_ARGS        | (none)                           | further model args (BACKEND:KEY, globs)|
+| LMMS_RUNNER_IMAGE_PULL_SECRETS | (none)                           | JSON list: Secret names for every pod |
+| LMMS_RUNNER_TOLERATIONS        | (none)                           | JSON list: core/v1 Tolerations        |
+| LMMS_RUNNER_NODE_SELECTOR      | (none)                           | JSON map: nodeSelector runs can't change|
+| LMMS_RUNNER_PRIORITY_CLASS_NAME | (none)                          | priorityClassName of runs setting none|
+| LMMS_RUNNER_RUNTIME_CLASS_NAME | (none)                           | runtimeClassName (e.g. nvidia)        |
+| LMMS_RUNNER_LABELS             | (none)                           | JSON map: labels of runner Jobs, pods |
+| LMMS_RUNNER_ANNOTATIONS        | (none)                           | JSON map: annotations of Jobs, pods   |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -55,20 +62,52 @@ outside the kubernetes.io and k8s.io domains, which are refused whatever it says
 a key-less toleration; empty: none); LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY lets pod
 affinity terms look at pods in other namespaces.
 
+The runner pod defaults (``reconcile.poddefaults``: the platform's, trusted, not checked
+against the placement policy) go on every runner pod, merged with the run's own values:
+pull secrets (Secrets of those names in the run's namespace; ``["regcred"]`` or
+``[{"name": "regcred"}]``), tolerations (the union), nodeSelector (a run may add keys, never
+change the platform's: InvalidSpec), priorityClassName (the run's, when it sets one),
+runtimeClassName, and labels and annotations on the Job and its pods (the operator's own
+win). Unset, empty or ``null``: none. A value that cannot be used (bad JSON, a wrong type,
+an invalid name, key or value, a key-less toleration, Kubernetes' own taints or node
+roles, the operator's or Kubernetes' label domains) stops the operator at start-up with a
+message naming the variable. Defaults are not part of a run's identity: changing them
+restarts no Job; Jobs made afterwards get them.
+
 LMMS_OBJECT_STORE_ALLOWED_CIDRS lists the networks, beyond public addresses, where the
 operator may reach a tenant's object store (``netguard``: every other loopback,
 link-local, private or reserved address is refused, in every spelling, after resolving
 the name). LMMS_ALLOWED_MODEL_ARGS adds ``BACKEND:KEY`` patterns to the model args the
 catalogue lists for each backend (the keyword arguments of its class hierarchy).
+
+Leader election (``LeaderElection``) is set by flags of ``lmms-operator run``, not by
+the environment (docs/operations.md, "High availability"):
+
+| flag               | default                                   | meaning                          |
+|--------------------|-------------------------------------------|----------------------------------|
+| --leader-elect     | off: the process always does the work     | hold a Lease to do the work      |
+| --lease-name       | lmms-operator                             | the coordination.k8s.io Lease    |
+| --lease-namespace  | $POD_NAMESPACE, else the pod's namespace  | where the Lease is               |
+| --lease-duration   | 15                                        | s a standby waits on a silent holder |
+| --renew-deadline   | 10                                        | s the leader tries to renew before it stops its work |
+| --retry-period     | 2                                         | s between tries                  |
+
+The identity written in the Lease is ``$POD_NAME``, else the host name: stable across
+restarts of a pod, so that a restarted leader takes its Lease back at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
+from .reconcile import poddefaults
 from .reconcile.job import RunnerDefaults
+from .reconcile.lease import Timing
 from .reconcile.netpol import prometheus_peer
 from .reconcile.placement import PlacementPolicy
 from .reconcile.status import Timeouts
@@ -129,6 +168,7 @@ class Settings:
     allow_cross_namespace_affinity: bool = False
     prometheus_namespace_selector: str | None = None
     prometheus_pod_selector: str | None = None
+    runner_pod_defaults: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -145,6 +185,7 @@ class Settings:
             operator_labels=self.operator_pod_labels,
             prometheus_namespace_selector=self.prometheus_namespace_selector,
             prometheus_pod_selector=self.prometheus_pod_selector,
+            pod=self.runner_pod_defaults,
         )
 
     #: Networks beyond public addresses where object stores may be (netguard).
@@ -177,6 +218,7 @@ class Settings:
             priority_classes=self.allowed_priority_classes,
             toleration_keys=self.allowed_toleration_keys,
             cross_namespace_affinity=self.allow_cross_namespace_affinity,
+            node_selector=self.runner_pod_defaults.node_selector,
         )
 
     @property
@@ -228,6 +270,7 @@ class Settings:
             prometheus_namespace_selector=os.environ.get("LMMS_PROMETHEUS_NAMESPACE_SELECTOR")
             or None,
             prometheus_pod_selector=os.environ.get("LMMS_PROMETHEUS_POD_SELECTOR") or None,
+            runner_pod_defaults=poddefaults.parse(os.environ),
         )
 
     def check(self) -> Settings:
@@ -281,3 +324,68 @@ def _features(raw: str | None) -> frozenset[str]:
             f"known: {', '.join(FEATURES)}"
         )
     return names
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """``lmms-operator run --leader-elect``: the Lease, this process's identity in it, and
+    the timing. ``namespace`` '' means the operator's own (``k8s.own_namespace``)."""
+
+    enabled: bool = False
+    name: str = "lmms-operator"
+    namespace: str = ""
+    identity: str = ""
+    timing: Timing = field(default_factory=Timing)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        d = Timing()
+        group = parser.add_argument_group("leader election (for more than one replica)")
+        group.add_argument(
+            "--leader-elect",
+            action="store_true",
+            help="do the work only while holding a coordination.k8s.io Lease; a standby "
+            "serves metrics and health and takes over when the leader goes",
+        )
+        group.add_argument("--lease-name", default="lmms-operator", help="the Lease's name")
+        group.add_argument(
+            "--lease-namespace",
+            default="",
+            help="the Lease's namespace (default: $POD_NAMESPACE, else the pod's own)",
+        )
+        for flag, value, meaning in (
+            (
+                "--lease-duration",
+                d.lease_duration,
+                "a standby waits on a holder that stopped renewing",
+            ),
+            (
+                "--renew-deadline",
+                d.renew_deadline,
+                "the leader keeps trying to renew before it stops its work",
+            ),
+            ("--retry-period", d.retry_period, "between tries to take or renew the Lease"),
+        ):
+            group.add_argument(
+                flag, type=float, default=value, help=f"seconds {meaning} (default {value:g})"
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LeaderElection:
+        """The settings of the flags; ValueError naming the flag when one is unusable."""
+        timing = Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+        problems = timing.problems()
+        if len(args.lease_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(args.lease_name):
+            problems.append(f"--lease-name must be a DNS subdomain name, got {args.lease_name!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cls(
+            enabled=args.leader_elect,
+            name=args.lease_name,
+            namespace=args.lease_namespace,
+            identity=os.environ.get("POD_NAME") or socket.gethostname(),
+            timing=timing,
+        )

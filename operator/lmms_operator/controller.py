@@ -13,9 +13,8 @@
   and hands it to the applier (``applier.py``), the one writer. When the applier answers
   ``Replan`` (a token Secret or Job that exists already, a refused object, a publish
   given up), the pass reads and decides again with that fact.
-- **The runner protocol** (``runnerprotocol.py``) scrapes the runners; what their
-  answers change is decided and applied here too (``answered``, ``results``...), under the
-  same one-writer-per-run rule.
+- **The runner protocol** (``runnerprotocol.py``) scrapes the runners; what their answers
+  change is decided and applied here too (``answered``, ``results``...), one writer per run.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ REPLANS = 3
 
 
 class Controller:
-    """Informers, store, engine and runner protocol of one operator process."""
+    """Informers, store, engine and runner protocol of one process (``fence``: may it write)."""
 
     LOCKS = 256
 
@@ -66,6 +65,7 @@ class Controller:
         metrics: Metrics | None = None,
         clock: Clock | None = None,
         api: k8s.Api | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.api = api or k8s.Api()
@@ -73,7 +73,7 @@ class Controller:
         self.clock = clock or Clock()
         self.store = Store(self.metrics, self._wake, self._gone, self._undecodable)
         self.objects = ObjectStore(settings.store_policy, self.api)
-        self.applier = Applier(self.clock, self.objects, self.metrics, self.api)
+        self.applier = Applier(self.clock, self.objects, self.metrics, self.api, fence)
         self.rules = admission.Rules(
             settings.policy, settings.runner, settings.timeouts, settings.reference_timeout
         )
@@ -224,7 +224,7 @@ class Controller:
                 active = status.get("phase") in R.ACTIVE and status.get("jobName")
                 if active and self._children_synced.is_set():
                     with self.metrics.timed_handler("evalrun_resync" if periodic else "observe"):
-                        self._observe(uid, run, periodic)
+                        return self._observe(uid, run, periodic)
                 return None
             except Exception as exc:  # the guard: transient errors are retried, not others
                 plan = guard.failed(
@@ -289,19 +289,17 @@ class Controller:
             facts = facts.joined(found)
         raise errors.Conflict(f"{meta['namespace']}/{meta['name']}: the plan keeps changing")
 
-    def _observe(self, uid: str, run: dict[str, Any], periodic: bool) -> None:
-        status = run.get("status") or {}
-        job_name = status.get("jobName")
-        if not job_name:
-            return
+    def _observe(self, uid: str, run: dict[str, Any], periodic: bool) -> float | None:
+        job_name = str((run.get("status") or {}).get("jobName") or "")
         try:
             spec = EvalRunSpec.model_validate(run.get("spec") or {})
         except ValueError:
-            return
+            return None
         job = self.store.job(uid, job_name)
         if job is None:  # the cache may not have it yet
             job = self.api.get_job(run["metadata"]["namespace"], job_name)
         pods = self.store.pods_of(uid, job_name)
+        workload = reads.workload(self.api, spec, job)
 
         def decide(results: pub.Inputs | None) -> Plan:
             return observation.decide(
@@ -313,13 +311,14 @@ class Controller:
                 self.settings.timeouts,
                 periodic=periodic,
                 results=results,
+                workload=workload,
             )
 
         plan = decide(None)
         if plan.needs is not None:
-            self._published(uid, run, spec, plan, decide, pods=pods)
-        else:
-            self._apply(run, plan)
+            return self._published(uid, run, spec, plan, decide, pods=pods).retry_after
+        self._apply(run, plan)
+        return plan.retry_after  # a held run whose Workload Kueue has yet to create
 
     def _published(
         self,

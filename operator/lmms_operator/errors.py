@@ -11,10 +11,12 @@
     │   ├── Forbidden       401, 403
     │   ├── Gone            410: a watch or list continuation is too old
     │   └── Unavailable     no answer (connection refused, timeout) or a 5xx
+    ├── KubeconfigError     no cluster to talk to: the kubeconfig is missing or unusable
     ├── InvalidSpec         an EvalRun spec that cannot run (``problems`` name each field)
     ├── RetryLater          not the spec's fault: something it needs does not exist yet
     ├── ObjectStoreError    reading or writing S3 failed (the message holds no secret)
-    └── ScrapeError         a runner did not answer, or answered nonsense
+    ├── ScrapeError         a runner did not answer, or answered nonsense
+    └── NotLeading          a write refused: this process no longer holds the leader Lease
 
 Only ``k8s/`` talks to the API server; it translates the client library's exceptions
 into ``ApiError`` so that no other module needs to know which client is used.
@@ -31,7 +33,9 @@ __all__ = [
     "Gone",
     "Invalid",
     "InvalidSpec",
+    "KubeconfigError",
     "NotFound",
+    "NotLeading",
     "ObjectStoreError",
     "OperatorError",
     "Problem",
@@ -96,6 +100,11 @@ def api_error(status: int, message: str, reason: str = "") -> ApiError:
     return kind(message, status=status, reason=reason)
 
 
+class KubeconfigError(OperatorError):
+    """There is no cluster to talk to: the kubeconfig (or its context) is missing or
+    cannot be used, and the process does not run in a pod."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a spec: the field (``spec.tasks[1]``) and why."""
@@ -131,3 +140,8 @@ class PublishFailed(OperatorError):
 
 class ScrapeError(OperatorError):
     """A runner could not be scraped."""
+
+
+class NotLeading(OperatorError):
+    """A write was refused before it was sent: this process no longer holds the leader
+    Lease (``--leader-elect``), so another replica may be doing the work."""

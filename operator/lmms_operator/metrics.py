@@ -2,8 +2,9 @@
 
 Label values are bounded: ``phase`` is one of the six phases, ``reason`` one of the
 failure reasons in ``reconcile/reasons.py``, ``handler`` one of the operator's handlers,
-``result`` ok/error. Per-run series (``namespace``, ``name``) exist only while the run
-is active; score series exist per (namespace, leaderboard, model, task, metric)
+``result`` ok/error. Every series about runs carries the run's ``namespace`` (what the
+ServiceMonitor's ``honorLabels`` keeps): counts by namespace and phase or reason, never
+by run name. Per-run series (``namespace``, ``name``) exist only while the run is active; score series exist per (namespace, leaderboard, model, task, metric)
 published, and go when every run that set them, or their Leaderboard, is deleted.
 Values that come from tenants (model, task and metric names) are cut to
 ``MAX_LABEL`` characters, with a hash of the whole when cut.
@@ -59,23 +60,23 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         self.transitions = Counter(
             "lmms_operator_evalrun_transitions_total",
-            "Phase transitions of EvalRuns; from_phase is '' for a new run. Phases: "
-            + ", ".join(PHASES)
-            + ".",
-            ["from_phase", "to_phase"],
+            "Phase transitions of EvalRuns, by namespace; from_phase is '' for a new run. "
+            "Phases: " + ", ".join(PHASES) + ".",
+            ["namespace", "from_phase", "to_phase"],
             registry=self.registry,
         )
         self.failures = Counter(
             "lmms_operator_evalrun_failures_total",
-            "EvalRuns that ended Failed, by reason (InvalidSpec, Unschedulable, ImagePullError, "
-            "OOMKilled, DeadlineExceeded, BackoffLimitExceeded, RunnerError, JobDeleted).",
-            ["reason"],
+            "EvalRuns that ended Failed, by namespace and reason (InvalidSpec, Unschedulable, "
+            "ImagePullError, OOMKilled, DeadlineExceeded, BackoffLimitExceeded, RunnerError, "
+            "JobDeleted, ...); every reason starts at 0 in a namespace once a run is seen there.",
+            ["namespace", "reason"],
             registry=self.registry,
         )
         self.duration = Histogram(
             "lmms_operator_evalrun_duration_seconds",
-            "Time from creation to the end of an EvalRun, by final phase.",
-            ["phase"],
+            "Time from creation to the end of an EvalRun, by namespace and final phase.",
+            ["namespace", "phase"],
             buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400),
             registry=self.registry,
         )
@@ -144,11 +145,16 @@ class Metrics:
             "Time a runner scrape took.",
             registry=self.registry,
         )
-        # Every known reason starts at 0, so that rates and dashboards see the series
-        # before the first failure.
-        for reason in FAILURE_REASONS:
-            self.failures.labels(reason)
+        self.leader = Gauge(
+            "lmms_operator_leader",
+            "1 while this process does the work (it holds the leader Lease, or runs without "
+            "--leader-elect), 0 while it is a standby.",
+            registry=self.registry,
+        )
         self._lock = threading.Lock()
+        # Namespaces whose failure series start at 0 (every known reason), so that rates
+        # and alerts see the series before the first failure there.
+        self._namespaces: set[str] = set()
         # run uid -> (namespace, phase), for every run the watch shows (finished ones
         # included): the lmms_operator_evalruns gauge counts them. Entries go when the run
         # is deleted, or when a relist no longer holds it.
@@ -159,13 +165,34 @@ class Metrics:
         self._run_scores: dict[str, set[tuple[str, ...]]] = {}
         self.registry.register(_PhaseCollector(self))
 
-    def phase_counts(self) -> dict[str, int]:
-        """EvalRuns the watch shows, by phase (the lmms_operator_evalruns gauge)."""
+    def standby(self) -> None:
+        """This process stopped leading: the series that describe the cluster's runs and
+        scores go (the leader's stand for them), so that sums over replicas count each once."""
+        self.leader.set(0)
         with self._lock:
-            counts = {p: 0 for p in PHASES}
-            for _, phase in self._phases.values():
-                counts[phase] = counts.get(phase, 0) + 1
+            self._phases.clear()
+            self._score_runs.clear()
+            self._run_scores.clear()
+        for gauge in (self.progress, self.throughput, self.score, self.score_stderr):
+            gauge.clear()
+
+    def phase_counts(self) -> dict[tuple[str, str], int]:
+        """EvalRuns the watch shows, by namespace and phase (the lmms_operator_evalruns
+        gauge): every phase of each namespace that holds a run, zeros included."""
+        with self._lock:
+            counts: dict[tuple[str, str], int] = {}
+            for namespace in sorted({ns for ns, _ in self._phases.values()}):
+                counts.update({(namespace, p): 0 for p in PHASES})
+            for namespace, phase in self._phases.values():
+                counts[namespace, phase] = counts.get((namespace, phase), 0) + 1
         return counts
+
+    def _namespace_seen(self, namespace: str) -> None:
+        if namespace in self._namespaces:
+            return
+        self._namespaces.add(namespace)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(namespace, reason)
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
@@ -191,9 +218,10 @@ class Metrics:
         new_phase = fields.get("phase")
         old_phase = old.get("phase") or ""
         if new_phase and new_phase != old_phase:
-            self.transitions.labels(old_phase, new_phase).inc()
+            self.transitions.labels(meta["namespace"], old_phase, new_phase).inc()
             with self._lock:
                 self._phases[meta["uid"]] = (meta["namespace"], new_phase)
+                self._namespace_seen(meta["namespace"])
             if new_phase in R.TERMINAL:
                 self._ended(run, old, fields, new_phase)
                 self.count_gpu_seconds(run, pods or [])
@@ -212,11 +240,14 @@ class Metrics:
     ) -> None:
         meta = run["metadata"]
         if phase == R.FAILED:
-            self.failures.labels(fields.get("reason") or old.get("reason") or "Unknown").inc()
+            reason = fields.get("reason") or old.get("reason") or "Unknown"
+            self.failures.labels(meta["namespace"], reason).inc()
         created = parse_time(meta.get("creationTimestamp"))
         done = parse_time(fields.get("completionTime")) or dt.datetime.now(dt.UTC)
         if created and done:
-            self.duration.labels(phase).observe(max(0.0, (done - created).total_seconds()))
+            self.duration.labels(meta["namespace"], phase).observe(
+                max(0.0, (done - created).total_seconds())
+            )
         self.forget_run(meta["namespace"], meta["name"])
 
     def forget_run(self, namespace: str, name: str) -> None:
@@ -229,6 +260,7 @@ class Metrics:
         if phase in PHASES:
             with self._lock:
                 self._phases[uid] = (namespace, phase)
+                self._namespace_seen(namespace)
 
     def retain(self, namespace: str | None, uids: set[str]) -> None:
         """A relist of ``namespace`` (None: all) holds these runs only: forget the others."""
@@ -347,11 +379,13 @@ class _PhaseCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "lmms_operator_evalruns",
-            "EvalRuns by phase (" + ", ".join(PHASES) + ").",
-            labels=["phase"],
+            "EvalRuns the operator sees, by namespace and phase ("
+            + ", ".join(PHASES)
+            + "); a namespace's series go when it holds no run.",
+            labels=["namespace", "phase"],
         )
-        for phase, n in self._metrics.phase_counts().items():
-            family.add_metric([phase], n)
+        for (namespace, phase), n in self._metrics.phase_counts().items():
+            family.add_metric([namespace, phase], n)
         yield family
 
 

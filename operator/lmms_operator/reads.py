@@ -19,7 +19,7 @@ from typing import Any
 from . import errors, evaluation_index, k8s, objectstore
 from .api import EvalRunSpec, S3Output
 from .api.runner import ResultsSummary, results_prefix
-from .reconcile import admission, fanout, reuse
+from .reconcile import admission, fanout, kueue, reuse
 from .reconcile import job as jobs
 from .reconcile import pods as pods_
 from .reconcile import publishing as pub
@@ -88,7 +88,8 @@ def admission_snapshot(
             config = api.read_config_map(namespace, f"{name}-config")
             shards = admission.shards_of_config(config)
         pods = api.list_pods(namespace, f"job-name={name}")
-        return _with(snap, job=job, pods=tuple(pods), job_shards=tuple(shards))
+        wl = workload(api, spec, job, always=True)
+        return _with(snap, job=job, pods=tuple(pods), job_shards=tuple(shards), workload=wl)
     token = None
     token_exists = facts is not None and facts.token_exists
     if not fresh or token_exists:
@@ -105,6 +106,22 @@ def admission_snapshot(
         policy_known=policy_known,
         token_exists=token_exists,
     )
+
+
+def workload(
+    api: k8s.Api, spec: EvalRunSpec, job: Mapping[str, Any] | None, *, always: bool = False
+) -> kueue.Workload | None:
+    """The Kueue Workload of a queued run's Job, when a decision needs it: the run is
+    held (spec.suspend), or its Job waits (suspended), or ``always`` (a spec pass)."""
+    if job is None or not spec.scheduling.queue_name:
+        return None
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    if not (always or spec.suspend or suspended):
+        return None
+    uid = (job.get("metadata") or {}).get("uid")
+    if not uid:
+        return None
+    return kueue.workload(api.workload_of_job(job["metadata"]["namespace"], uid))
 
 
 def _with(snap: admission.Snapshot, **changes: Any) -> admission.Snapshot:

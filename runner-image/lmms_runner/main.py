@@ -4,8 +4,9 @@ In the pod every option comes from the environment the operator sets; on a works
 
     lmms-runner --config evalrun.yaml [--include-path DIR] [--output DIR] [--listen 127.0.0.1:8080]
 
-Exit codes: 0 done, 2 configuration error, 3 evaluation failed (no complete results,
-whatever lmms-eval's own exit code), 4 upload failed (results were still served).
+Exit codes: 0 done, 2 configuration error (also: the pod's NVIDIA GPUs cannot run the
+image's torch, see gpucheck), 3 evaluation failed (no complete results, whatever
+lmms-eval's own exit code), 4 upload failed (results were still served).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from lmms_operator.api.runner import EXIT_CONFIG_ERROR
 
-from . import results
+from . import gpucheck, results
 from .config import ConfigError, load
 from .evaluation import Runner
 from .finish import TERMINATION_LOG, write_termination
@@ -78,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log(f"configuration error: {exc}")
         write_termination(args.termination_log, results.failure_message("ConfigError", str(exc)))
+        return EXIT_CONFIG_ERROR
+    problem = gpucheck.at_start(cfg.spec.resources, env)
+    if problem is not None:
+        log(f"{problem.reason}: {problem.message}")
+        write_termination(
+            args.termination_log, results.failure_message(problem.reason, problem.message)
+        )
         return EXIT_CONFIG_ERROR
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -38,6 +38,23 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set",
         "serviceAccount.create=false,serviceAccount.name=existing",
     ],
+    "one-replica": ["--set", "replicaCount=1"],
+    "no-leader-election": ["--set", "replicaCount=1,leaderElection.enabled=false"],
+    "renamed": ["--set", "nameOverride=evals,fullnameOverride=platform-evals"],
+    "by-digest": ["--set", f"image.digest=sha256:{'ab' * 32},image.tag=ignored"],
+    "openshift": [
+        "--set-json",
+        'podSecurityContext={"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}}',
+        "--set",
+        "podAntiAffinity=hard",
+    ],
+    "runner-defaults": [
+        "--set-json",
+        'runnerPodDefaults={"imagePullSecrets":["regcred"],"tolerations":[{"key":'
+        '"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}],"nodeSelector":'
+        '{"gpu":"a100"},"priorityClassName":"gpu-batch","runtimeClassName":"nvidia",'
+        '"labels":{"team":"ml"},"annotations":{"cost-center":"42"}}',
+    ],
 }
 
 
@@ -79,20 +96,31 @@ def test_every_value_set_renders_a_secure_operator(name: str) -> None:
     docs = render(*VALUE_SETS[name])
     (deploy,) = by_kind(docs, "Deployment")
     spec = deploy["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
+    # Two replicas and a leader by default; without leader election, one and Recreate.
+    if name == "no-leader-election":
+        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+        assert "--leader-elect" not in container["args"]
+    else:
+        assert spec["replicas"] == (1 if name == "one-replica" else 2)
+        assert spec["strategy"]["type"] == "RollingUpdate"
+        assert "--leader-elect" in container["args"]
+    # One PodDisruptionBudget exactly when there is more than one replica.
+    assert len(by_kind(docs, "PodDisruptionBudget")) == (spec["replicas"] > 1)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert (
         container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
     )
-    # Pod Security "restricted".
+    # Pod Security "restricted", and no fixed user id (OpenShift assigns one).
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     sc = container["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["readOnlyRootFilesystem"] is True
+    for context in (pod["securityContext"], sc):
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & context.keys(), context
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["LMMS_SCRAPE_INTERVAL"] == "5" and env["LMMS_HOLD_TIMEOUT"] == "600"
     if name == "restricted-features":
@@ -122,8 +150,18 @@ def test_every_value_set_renders_a_secure_operator(name: str) -> None:
     if name == "selected-namespaces":
         args = container["args"]
         assert "--namespace=team-a" in args and "--namespace=team-b" in args
-        assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
-        assert sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == [
+        # Cluster-wide, the operator reads Kueue's ClusterQueues only: nothing namespaced.
+        cluster_rules = _operator_rules(docs, "ClusterRole")
+        assert cluster_rules == [
+            {
+                "apiGroups": ["kueue.x-k8s.io"],
+                "resources": ["clusterqueues"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ]
+        roles = by_kind(docs, "Role")
+        assert sorted(r["metadata"]["namespace"] for r in roles) == [
+            "lmms-system",  # the Lease
             "team-a",
             "team-b",
         ]
@@ -136,7 +174,24 @@ def test_every_value_set_renders_a_secure_operator(name: str) -> None:
 
 
 def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [rule for d in docs if d["kind"] in ("ClusterRole", "Role") for rule in d["rules"]]
+    """The rules the operator's ServiceAccount holds (not the tenants' roles)."""
+    return _operator_rules(docs, "ClusterRole") + _operator_rules(docs, "Role")
+
+
+def _operator_rules(
+    docs: list[dict[str, Any]], kind: str, sa: str = "lmms-lmms-operator"
+) -> list[dict[str, Any]]:
+    bound = {
+        (b["metadata"].get("namespace"), b["roleRef"]["name"])
+        for b in by_kind(docs, f"{kind}Binding")
+        if any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in b["subjects"])
+    }
+    return [
+        rule
+        for role in by_kind(docs, kind)
+        if (role["metadata"].get("namespace"), role["metadata"]["name"]) in bound
+        for rule in role["rules"]
+    ]
 
 
 @pytest.mark.parametrize("name", ["defaults", "selected-namespaces"])
@@ -154,8 +209,7 @@ def test_rbac_is_least_privilege(name: str) -> None:
     assert secret_verbs == {"get", "create", "delete"}  # never list or watch
     evalrun_verbs = {v for r in rules if "evalruns" in r["resources"] for v in r["verbs"]}
     assert evalrun_verbs == {"get", "list", "watch"}  # the spec belongs to its users
-    binding_kind = "ClusterRoleBinding" if name == "defaults" else "RoleBinding"
-    for binding in by_kind(docs, binding_kind):
+    for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject == {
             "kind": "ServiceAccount",
@@ -288,6 +342,30 @@ def test_the_dashboard_ships_in_a_grafana_configmap() -> None:
     } <= titles
 
 
+def test_the_dashboard_reads_each_tenants_namespace_and_survives_restarts() -> None:
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    # The Leaderboard variable lists the boards of the chosen namespaces only.
+    assert variables["leaderboard"]["query"]["query"] == (
+        'label_values(lmms_operator_score{namespace=~"$namespace"}, leaderboard)'
+    )
+    assert "lmms_operator_evalruns" in variables["namespace"]["query"]["query"]
+    panels = {p["title"]: p for p in dashboard["panels"]}
+    # GPU-hours: what the counter grew by over the dashboard's range (a restart resets the
+    # counter; increase() sees through it), not the raw counter.
+    (gpu,) = panels["GPU-hours by namespace and model"]["targets"]
+    assert "increase(lmms_operator_gpu_seconds_total{" in gpu["expr"]
+    assert "[$__range]" in gpu["expr"] and gpu["instant"] is True
+    # Every panel about runs follows the namespace variable; only the operator's own work
+    # is for the whole operator.
+    for title, panel in panels.items():
+        for target in panel["targets"]:
+            if title == "Operator work":
+                assert "$namespace" not in target["expr"]
+            else:
+                assert 'namespace=~"$namespace"' in target["expr"], (title, target["expr"])
+
+
 def _leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for key, value in values.items():
@@ -345,6 +423,18 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
     )
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == {"EvalRunFailed", "EvalRunStalled", "LmmsOperatorDown", "ScoreRegression"}
+    # Every alert links its runbook section, and the section is there.
+    runbooks = (REPO / "docs" / "runbooks.md").read_text()
+    for r in (r for g in rule["spec"]["groups"] for r in g["rules"]):
+        url = r["annotations"]["runbook_url"]
+        assert url.endswith(f"/docs/runbooks.md#{r['alert'].lower()}"), url
+        assert f"\n## {r['alert']}\n" in runbooks, r["alert"]
+    assert "namespace" in next(
+        r["expr"]
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if r["alert"] == "EvalRunFailed"
+    )
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
     shutil.copy(Path(__file__).parent / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
     check = subprocess.run(
@@ -492,7 +582,12 @@ def test_the_operator_image_fits_the_deployment() -> None:
     pod = deploy["spec"]["template"]["spec"]
     assert 'ENTRYPOINT ["lmms-operator"]' in dockerfile  # the chart passes `run ...` args
     assert pod["containers"][0]["args"][0] == "run"
-    assert f"USER {pod['securityContext']['runAsUser']}:" in dockerfile  # non-root, as run
+    # No user id in the chart: the image's USER runs, numeric and not root, so that the
+    # kubelet can check runAsNonRoot (a name it cannot), or OpenShift assigns one.
+    assert "runAsUser" not in pod["securityContext"]
+    (user,) = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, user
     for line in dockerfile.splitlines():
         if line.startswith("COPY ") and "--from" not in line:
             for src in line.split()[1:-1]:
@@ -590,3 +685,334 @@ def test_the_placement_values_reach_the_policy_and_the_operator() -> None:
         "placement.allowedPriorityClasses={Not A Class}",
     )
     assert bad.returncode != 0 and "/placement/allowedPriorityClasses/0" in bad.stderr
+
+
+# -- high availability -------------------------------------------------------------------
+def _env(deploy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_two_replicas_elect_a_leader_on_a_lease_they_may_write() -> None:
+    docs = render()
+    (deploy,) = by_kind(docs, "Deployment")
+    spec = deploy["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert spec["replicas"] == 2
+    # A new pod starts before an old one stops: safe, since only the leader works.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    args = container["args"]
+    assert "--leader-elect" in args
+    assert "--lease-name=lmms-lmms-operator" in args
+    assert "--lease-namespace=lmms-system" in args
+    env = _env(deploy)
+    # The identity is the pod's name (stable across restarts of that pod).
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # The Lease: created by any replica, read and renewed by name, in the release namespace.
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "lmms-system"]
+    lease_rules = [r for r in role["rules"] if "leases" in r["resources"]]
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+    verbs = {(v, tuple(r.get("resourceNames", []))) for r in lease_rules for v in r["verbs"]}
+    assert verbs == {
+        ("create", ()),
+        ("get", ("lmms-lmms-operator",)),
+        ("update", ("lmms-lmms-operator",)),
+    }
+    (binding,) = [
+        b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["metadata"]["namespace"] == "lmms-system"
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    # A drain evicts one replica at a time; replicas prefer different nodes.
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    labels = spec["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_one_replica_has_no_pdb_and_no_leader_election_means_one_replica() -> None:
+    assert not by_kind(render("--set", "replicaCount=1"), "PodDisruptionBudget")
+    assert not by_kind(render("--set", "podDisruptionBudget.enabled=false"), "PodDisruptionBudget")
+    docs = render(*VALUE_SETS["no-leader-election"])
+    assert not [r for r in _rules(docs) if "leases" in r["resources"]]
+    (deploy,) = by_kind(docs, "Deployment")
+    assert "POD_NAME" in _env(deploy)  # still there: the operator's identity in Events
+    two = helm(
+        "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "leaderElection.enabled=false",
+    )  # fmt: skip
+    assert two.returncode != 0 and "replicaCount > 1 needs leaderElection.enabled" in two.stderr
+    (deploy,) = by_kind(render("--set", "leaderElection.leaseName=evals-leader"), "Deployment")
+    assert (
+        "--lease-name=evals-leader" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    (deploy,) = by_kind(render(*VALUE_SETS["openshift"]), "Deployment")
+    affinity = deploy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == (
+        "kubernetes.io/hostname"
+    )
+    (deploy,) = by_kind(render("--set", "podAntiAffinity=none"), "Deployment")
+    assert "affinity" not in deploy["spec"]["template"]["spec"]
+
+
+# -- names, images, security contexts, subchart ---------------------------------------------
+def test_name_overrides_reach_every_object_and_selector() -> None:
+    docs = render(*VALUE_SETS["renamed"])
+    namespaced = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
+    for doc in namespaced:
+        assert doc["metadata"]["name"].startswith("platform-evals"), doc["metadata"]["name"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "evals"
+    (deploy,) = by_kind(docs, "Deployment")
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (service,) = by_kind(docs, "Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    pairs = dict(p.split("=") for p in _env(deploy)["LMMS_OPERATOR_POD_LABELS"]["value"].split(","))
+    assert pairs["app.kubernetes.io/name"] == "evals" and pairs.items() <= labels.items()
+    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "platform-evals"
+    # nameOverride alone: RELEASE-NAME.
+    (deploy,) = by_kind(render("--set", "nameOverride=evals"), "Deployment")
+    assert deploy["metadata"]["name"] == "lmms-evals"
+
+
+def test_the_image_by_digest_wins_over_the_tag_and_the_runner_follows_app_version() -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    (deploy,) = by_kind(render(), "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"lmms-operator:{app_version}"
+    assert _env(deploy)["LMMS_RUNNER_IMAGE"]["value"] == f"lmms-operator-runner:{app_version}"
+    (deploy,) = by_kind(render(*VALUE_SETS["by-digest"]), "Deployment")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        f"lmms-operator@sha256:{'ab' * 32}"
+    )
+    (deploy,) = by_kind(render("--set", "settings.runnerImage=reg.example/runner:v9"), "Deployment")
+    assert _env(deploy)["LMMS_RUNNER_IMAGE"]["value"] == "reg.example/runner:v9"
+    bad = helm(
+        "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "image.digest=latest",
+    )  # fmt: skip
+    assert bad.returncode != 0 and "/image/digest" in bad.stderr
+
+
+def test_security_contexts_are_values_with_no_user_id() -> None:
+    """A platform that needs a user id sets one; Helm merges it into the defaults, and a
+    null removes a default."""
+    docs = render(
+        "--set-json",
+        'podSecurityContext={"runAsUser":1000680000,"fsGroup":1000680000}',
+        "--set-json",
+        'securityContext={"readOnlyRootFilesystem":null,"runAsUser":1000680000}',
+    )
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000680000,
+        "fsGroup": 1000680000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["runAsUser"] == 1000680000 and "readOnlyRootFilesystem" not in sc
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+
+
+def test_extra_env_comes_after_the_charts_own() -> None:
+    (deploy,) = by_kind(
+        render(
+            "--set-json",
+            'extraEnv=[{"name":"HTTPS_PROXY","value":"http://proxy:3128"},'
+            '{"name":"TOKEN","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]',
+        ),
+        "Deployment",
+    )
+    env = deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env[-2:]] == ["HTTPS_PROXY", "TOKEN"]
+    assert env[-1]["valueFrom"]["secretKeyRef"] == {"name": "s", "key": "k"}
+
+
+def test_the_chart_works_as_a_subchart_with_global_values(tmp_path: Path) -> None:
+    """A parent chart passes `global` to every subchart: the schema must allow it."""
+    parent = tmp_path / "platform"
+    (parent / "charts").mkdir(parents=True)
+    shutil.copytree(CHART, parent / "charts" / "lmms-operator")
+    (parent / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [{"name": "lmms-operator", "version": "0.1.0"}],
+            }
+        )
+    )
+    (parent / "values.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "imageRegistry": "registry.example.com/mirror",
+                    "imagePullSecrets": [{"name": "mirror-credentials"}],
+                    "storageClass": "fast",  # another subchart's global: allowed
+                },
+                "lmms-operator": {"fullnameOverride": "evals", "replicaCount": 3},
+            }
+        )
+    )
+    out = helm("template", "p", str(parent), "-n", "platform", "--kube-version", KUBE_VERSION)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert deploy["metadata"]["name"] == "evals" and deploy["spec"]["replicas"] == 3
+    assert pod["containers"][0]["image"].startswith("registry.example.com/mirror/lmms-operator:")
+    assert _env(deploy)["LMMS_RUNNER_IMAGE"]["value"].startswith(
+        "registry.example.com/mirror/lmms-operator-runner:"
+    )
+    assert pod["imagePullSecrets"] == [{"name": "mirror-credentials"}]
+    lint = helm("lint", "--strict", str(parent), "--kube-version", KUBE_VERSION)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    # A repository that names its own registry keeps it.
+    (deploy,) = by_kind(
+        render(
+            "--set",
+            "global.imageRegistry=mirror.example,image.repository=quay.example/team/op",
+        ),
+        "Deployment",
+    )
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+        "quay.example/team/op:"
+    )
+
+
+# -- platform defaults of runner pods -------------------------------------------------------
+def test_runner_pod_defaults_reach_the_operator_and_the_admission_policy() -> None:
+    docs = render(*VALUE_SETS["runner-defaults"])
+    (deploy,) = by_kind(docs, "Deployment")
+    env = {k: str(v.get("value")) for k, v in _env(deploy).items()}
+    assert json.loads(env["LMMS_RUNNER_IMAGE_PULL_SECRETS"]) == ["regcred"]
+    assert json.loads(env["LMMS_RUNNER_TOLERATIONS"]) == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert json.loads(env["LMMS_RUNNER_NODE_SELECTOR"]) == {"gpu": "a100"}
+    assert env["LMMS_RUNNER_PRIORITY_CLASS_NAME"] == "gpu-batch"
+    assert env["LMMS_RUNNER_RUNTIME_CLASS_NAME"] == "nvidia"
+    assert json.loads(env["LMMS_RUNNER_LABELS"]) == {"team": "ml"}
+    assert json.loads(env["LMMS_RUNNER_ANNOTATIONS"]) == {"cost-center": "42"}
+    # The platform's own defaults pass the placement policy the API server enforces.
+    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    variables = {v["name"]: json.loads(v["expression"]) for v in policy["spec"]["variables"][1:3]}
+    assert variables["allowedPriorityClasses"] == ["gpu-batch"]
+    assert "nvidia.com/gpu" in variables["allowedTolerationKeys"]
+    # Nothing set, nothing passed: the operator's own defaults stand.
+    (deploy,) = by_kind(render(), "Deployment")
+    assert not [k for k in _env(deploy) if k.startswith("LMMS_RUNNER_") and k not in (
+        "LMMS_RUNNER_IMAGE", "LMMS_RUNNER_PORT", "LMMS_RUNNER_NETWORK_POLICY"
+    )]  # fmt: skip
+    # A default toleration must have a key outside Kubernetes' own domains.
+    for toleration, field in (
+        ('{"operator":"Exists"}', "/runnerPodDefaults/tolerations/0"),
+        ('{"key":"node.kubernetes.io/unreachable"}', "/runnerPodDefaults/tolerations/0/key"),
+    ):
+        bad = helm(
+            "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+            "--set-json", f"runnerPodDefaults.tolerations=[{toleration}]",
+        )  # fmt: skip
+        assert bad.returncode != 0 and field in bad.stderr, bad.stderr
+
+
+# -- tenants and Kueue ------------------------------------------------------------------------
+def test_tenants_get_evalruns_through_the_built_in_roles_with_status_read_only() -> None:
+    docs = render()
+    roles = {
+        r["metadata"]["name"]: r
+        for r in by_kind(docs, "ClusterRole")
+        if any(
+            k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in r["metadata"]["labels"]
+        )
+    }
+    assert set(roles) == {"lmms-lmms-operator-edit", "lmms-lmms-operator-view"}
+
+    def grants(role: dict[str, Any]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["eval.lmms.dev"], rule
+            for resource in rule["resources"]:
+                out.setdefault(resource, set()).update(rule["verbs"])
+        return out
+
+    edit, view = roles["lmms-lmms-operator-edit"], roles["lmms-lmms-operator-view"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert edit["metadata"]["labels"][aggregate + "edit"] == "true"
+    assert edit["metadata"]["labels"][aggregate + "admin"] == "true"
+    assert view["metadata"]["labels"][aggregate + "view"] == "true"
+    writes = {"create", "update", "patch", "delete"}
+    for resource in ("evalruns", "leaderboards"):
+        assert writes <= grants(edit)[resource]
+        assert grants(view)[resource] == {"get", "list", "watch"}
+        for role in (edit, view):
+            assert not writes & grants(role)[f"{resource}/status"], role["metadata"]["name"]
+            assert "get" in grants(role)[f"{resource}/status"]
+    assert not [
+        r for r in by_kind(render("--set", "rbac.aggregatedRoles=false"), "ClusterRole")
+        if "aggregate-to-edit" in str(r["metadata"]["labels"])
+    ]  # fmt: skip
+
+
+def test_the_operator_may_follow_and_hold_kueue_workloads_when_kueue_is_on() -> None:
+    def kueue(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for rule in _rules(docs):
+            if rule["apiGroups"] == ["kueue.x-k8s.io"]:
+                for resource in rule["resources"]:
+                    out.setdefault(resource, set()).update(rule["verbs"])
+        return out
+
+    read = {"get", "list", "watch"}
+    expected = {"workloads": read | {"patch", "update"}, "localqueues": read, "clusterqueues": read}
+    assert kueue(render()) == expected
+    assert kueue(render(*VALUE_SETS["selected-namespaces"])) == expected
+    assert kueue(render("--set", "kueue.enabled=false")) == {}
+
+
+# -- the chart's README ------------------------------------------------------------------------
+def _value_rows(
+    values: dict[str, Any], schema: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, Any]]:
+    """Every value the schema describes as a property, with its default (free-form maps
+    such as resources or labels as one value)."""
+    rows = []
+    for key, value in values.items():
+        node = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and value and "properties" in node:
+            rows += _value_rows(value, node, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def test_the_chart_readme_lists_every_value_with_its_default() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in readme.splitlines()
+        if line.startswith("| `")
+    }
+    missing = []
+    for path, default in _value_rows(values, schema):
+        cell = f"`{json.dumps(default, separators=(',', ':'))}`"
+        row = rows.get(path)
+        if row is None or row.split("|")[2].strip() != cell:
+            missing.append(f"| `{path}` | {cell} | ... |")
+    assert not missing, "README.md's values table lacks or misstates:\n" + "\n".join(missing)
+    # ...and lists no value that values.yaml does not have.
+    described = {path for path, _ in _value_rows(values, schema)}
+    extra = {p for p in rows if "." in p or p in values} - described
+    assert not {p for p in extra if p.split(".")[0] in values}, extra

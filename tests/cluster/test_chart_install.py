@@ -98,6 +98,35 @@ def test_the_chart_installs_and_its_service_account_runs_evalruns(
         assert not _can_i(cluster, sa, "create", "pods", "--subresource=exec", "-n", evals)
         assert not _can_i(cluster, sa, "patch", "evalruns.eval.lmms.dev", "-n", evals)
         assert not _can_i(cluster, sa, "delete", "nodes")
+        # Leader election: the Lease in the release namespace, by name; nowhere else.
+        lease = "leases.coordination.k8s.io/lmms-lmms-operator"
+        assert _can_i(cluster, sa, "create", "leases.coordination.k8s.io", "-n", system)
+        assert _can_i(cluster, sa, "update", lease, "-n", system)
+        assert not _can_i(cluster, sa, "update", "leases.coordination.k8s.io/other", "-n", system)
+        assert not _can_i(cluster, sa, "update", lease, "-n", evals)
+        policy = client.PolicyV1Api(api)
+        pdb = policy.read_namespaced_pod_disruption_budget("lmms-lmms-operator", system)
+        assert pdb.spec.max_unavailable == 1
+        # Tenants: the built-in roles, bound in their namespace, now cover EvalRuns and
+        # Leaderboards (the API server's aggregation controller fills them in).
+        cluster.kubectl("create", "rolebinding", "alice-edit", "--clusterrole=edit",
+                        "--user=alice", "-n", evals)  # fmt: skip
+        cluster.kubectl("create", "rolebinding", "bob-view", "--clusterrole=view",
+                        "--user=bob", "-n", evals)  # fmt: skip
+        wait_for(lambda: _can_i(cluster, "alice", "create", "evalruns.eval.lmms.dev", "-n", evals))
+        for verb in ("update", "delete"):
+            assert _can_i(cluster, "alice", verb, "evalruns.eval.lmms.dev", "-n", evals)
+            assert _can_i(cluster, "alice", verb, "leaderboards.eval.lmms.dev", "-n", evals)
+        assert _can_i(cluster, "alice", "create", "leaderboards.eval.lmms.dev", "-n", evals)
+        assert not _can_i(cluster, "alice", "create", "evalruns.eval.lmms.dev", "-n", system)
+        wait_for(lambda: _can_i(cluster, "bob", "list", "evalruns.eval.lmms.dev", "-n", evals))
+        assert _can_i(cluster, "bob", "get", "leaderboards.eval.lmms.dev", "-n", evals)
+        assert not _can_i(cluster, "bob", "create", "evalruns.eval.lmms.dev", "-n", evals)
+        for who in ("alice", "bob"):  # status is the operator's
+            for resource in ("evalruns.eval.lmms.dev", "leaderboards.eval.lmms.dev"):
+                assert not _can_i(
+                    cluster, who, "patch", resource, "--subresource=status", "-n", evals
+                )
         # The Deployment's pod passes Pod Security "restricted" in the release namespace.
         wait_for(
             lambda: (

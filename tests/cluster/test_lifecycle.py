@@ -212,23 +212,6 @@ def test_suspend_and_resume(api: client.ApiClient, namespace: str) -> None:
     assert run["status"]["jobName"] == job_name
 
 
-def test_a_queued_run_waits_for_kueue(api: client.ApiClient, namespace: str) -> None:
-    body = er.manifest("kq", er.KWOK)
-    body["spec"]["scheduling"]["queueName"] = "team-a"
-    er.create(api, namespace, body)
-    run = er.wait_phase(api, namespace, "kq", "Queued", timeout=30)
-    assert run["status"]["reason"] == "Queued"
-    assert "team-a" in run["status"]["message"]
-    (job,) = er.jobs_of(api, namespace, run)
-    assert job.spec.suspend is True
-    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
-    # Kueue admits the workload by unsuspending the Job: the run starts.
-    client.BatchV1Api(api).patch_namespaced_job(
-        job.metadata.name, namespace, {"spec": {"suspend": False}}
-    )
-    er.wait_phase(api, namespace, "kq", "Succeeded", timeout=60)
-
-
 def test_editing_the_spec_starts_a_new_evaluation(api: client.ApiClient, namespace: str) -> None:
     er.create(api, namespace, er.manifest("edit", er.EXECUTOR, model=scripted(sleep="60")))
     first = er.wait_phase(api, namespace, "edit", "Running", timeout=60)

@@ -75,6 +75,9 @@ def test_the_chart_runs_the_operator_image_which_runs_the_runner_image(
                 "repository": operator_image.rsplit(":", 1)[0],
                 "tag": operator_image.rsplit(":", 1)[1],
             },
+            # One replica (it still leads, on its Lease): the test reads that pod's log,
+            # restarts and metrics. Two replicas and a takeover: tests/cluster (HA).
+            "replicaCount": 1,
             "metricsPort": metrics_port,
             "healthPort": health_port,
             "nodeSelector": {devcluster.EXECUTOR_LABEL: "true"},

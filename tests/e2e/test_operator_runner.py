@@ -78,7 +78,12 @@ def promql_range(base: str, query: str, start: float, end: float) -> list[dict[s
 
 DASHBOARD = Path(__file__).parents[2] / "helm" / "lmms-operator" / "files" / "dashboard.json"
 #: What Grafana puts in for the dashboard's variables ("All") and its interval macros.
-GRAFANA_VARIABLES = {"$namespace": ".*", "$leaderboard": ".*", "$__rate_interval": "1m"}
+GRAFANA_VARIABLES = {
+    "$namespace": ".*",
+    "$leaderboard": ".*",
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -92,6 +97,16 @@ def dashboard_queries() -> list[tuple[str, str]]:
             assert "$" not in expr, (panel["title"], expr)
             out.append((panel["title"], expr))
     return out
+
+
+def dashboard_variables(namespace: str) -> dict[str, str]:
+    """The dashboard's query variables, with this namespace chosen."""
+    variables = json.loads(DASHBOARD.read_text())["templating"]["list"]
+    return {
+        v["name"]: v["query"]["query"].replace("$namespace", namespace)
+        for v in variables
+        if v["type"] == "query"
+    }
 
 
 @pytest.fixture()
@@ -232,8 +247,10 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
         f'model="{model}",namespace="{namespace}",task="colors"}} 0.8'
     ) in text
     assert (
-        'lmms_operator_evalrun_transitions_total{from_phase="Running",to_phase="Succeeded"}' in text
-    )
+        'lmms_operator_evalrun_transitions_total{from_phase="Running",'
+        f'namespace="{namespace}",to_phase="Succeeded"}}'
+    ) in text
+    assert f'lmms_operator_evalruns{{namespace="{namespace}",phase="Succeeded"}}' in text
     assert 'lmms_operator_scrapes_total{result="ok"}' in text
     gpu = next(
         line
@@ -262,6 +279,13 @@ def test_an_evalrun_with_a_custom_task_runs_real_lmms_eval(
         if not promql_range(prometheus, expr, started, time.time())
     ]
     assert not empty, f"dashboard panels without data: {empty}"
+    # The variables offer this run's namespace, and its Leaderboard under that namespace
+    # (Grafana's label_values(SELECTOR, LABEL) is the LABEL values of the series).
+    offered = {}
+    for name, query in dashboard_variables(namespace).items():
+        selector, label = query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
+        offered[name] = {s["metric"][label] for s in promql(prometheus, selector)}
+    assert namespace in offered["namespace"] and offered["leaderboard"] == {"default"}
     (pod,) = core.list_namespaced_pod(
         namespace, label_selector=f"job-name={run['status']['jobName']}"
     ).items

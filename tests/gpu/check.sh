@@ -28,6 +28,11 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 assert "$DEVICE" != "cuda" or torch.cuda.is_available(), "no CUDA device"
 PYEOF
+if [ "$DEVICE" = cuda ]; then
+  # The runner's start check (lmms_runner/gpucheck.py) passes on this machine's driver.
+  "$PY" -c "from lmms_runner import gpucheck as g; b = g.torch_build(); print('driver', g.query(), b)
+assert g.check(1, b) is None, g.check(1, b)"
+fi
 "$PY" tests/gpu/tiny_qwen2vl.py "$W/model" >/dev/null
 "$PY" -c "from pathlib import Path; from tests.fixtures import colortask; colortask.write(Path('$W/tasks'), samples=32)"
 cat > "$W/evalrun.yaml" <<YAML

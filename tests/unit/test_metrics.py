@@ -101,3 +101,68 @@ def test_process_and_gc_series_are_served_for_sizing() -> None:
     text = generate_latest(Metrics().registry).decode()
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_gc_"):
         assert name in text, name
+
+
+def _run(namespace: str, name: str, uid: str) -> dict[str, object]:
+    return {
+        "metadata": {
+            "namespace": namespace,
+            "name": name,
+            "uid": uid,
+            "creationTimestamp": "2026-11-27T10:00:00Z",
+        },
+        "spec": {"model": {"type": "dummy"}, "tasks": ["mme"]},
+    }
+
+
+def test_run_series_carry_the_runs_namespace_and_no_run_names() -> None:
+    """What the dashboard's namespace variable and the alert texts read: runs by phase,
+    transitions, durations and failures per namespace; the counts never name a run."""
+    own = Metrics()
+
+    def series(name: str) -> list[dict[str, str]]:
+        return [
+            dict(s.labels, value=str(s.value))
+            for family in own.registry.collect()
+            for s in family.samples
+            if s.name == name
+        ]
+
+    a1, a2, b1 = _run("team-a", "r1", "u1"), _run("team-a", "r2", "u2"), _run("team-b", "r1", "u3")
+    for run in (a1, a2, b1):
+        own.observe_status(run, {}, {"phase": "Pending"})
+        own.observe_status(run, {"phase": "Pending"}, {"phase": "Running"})
+    own.observe_status(
+        a1,
+        {"phase": "Running"},
+        {"phase": "Failed", "reason": "OOMKilled", "completionTime": "2026-11-27T10:05:00Z"},
+    )
+    own.observe_status(
+        b1, {"phase": "Running"}, {"phase": "Succeeded", "completionTime": "2026-11-27T10:01:00Z"}
+    )
+    runs = {
+        (s["namespace"], s["phase"]): float(s["value"]) for s in series("lmms_operator_evalruns")
+    }
+    assert runs[("team-a", "Failed")] == 1 and runs[("team-a", "Running")] == 1
+    assert runs[("team-b", "Succeeded")] == 1 and runs[("team-b", "Running")] == 0
+    assert {ns for ns, _ in runs} == {"team-a", "team-b"}  # every phase of each, zeros too
+    failures = {
+        (s["namespace"], s["reason"]): float(s["value"])
+        for s in series("lmms_operator_evalrun_failures_total")
+    }
+    assert failures[("team-a", "OOMKilled")] == 1
+    # Each namespace's reasons start at 0: rates and alerts see them before a failure.
+    assert failures[("team-b", "OOMKilled")] == 0 and ("team-b", "Unschedulable") in failures
+    (moved,) = [
+        s for s in series("lmms_operator_evalrun_transitions_total") if s["to_phase"] == "Succeeded"
+    ]
+    assert moved["namespace"] == "team-b" and moved["from_phase"] == "Running"
+    (took,) = [
+        s for s in series("lmms_operator_evalrun_duration_seconds_count") if s["phase"] == "Failed"
+    ]
+    assert took["namespace"] == "team-a" and float(took["value"]) == 1
+    counted = ("lmms_operator_evalruns", "lmms_operator_evalrun_failures_total")
+    assert not [s for n in counted for s in series(n) if "name" in s]
+    # A relist that no longer holds team-b's run: its namespace leaves the gauge.
+    own.retain("team-b", set())
+    assert {s["namespace"] for s in series("lmms_operator_evalruns")} == {"team-a"}

@@ -17,7 +17,25 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 def final_stage() -> str:
-    return DOCKERFILE.rsplit("\nFROM ", 1)[1]
+    """What the image holds: its runtime stage and the last stage (not the build stage,
+    whose compilers stay out)."""
+    stages = DOCKERFILE.split("\nFROM ")
+    runtime = next(s for s in stages if s.startswith("${CUDA_BASE} AS runtime\n"))
+    assert stages[-1].startswith("runtime\n")
+    return runtime + stages[-1]
+
+
+def test_the_user_at_uid_1000_is_reused_when_the_base_holds_one() -> None:
+    # Ubuntu 24.04 (the default base) holds `ubuntu` at 1000:1000, where `groupadd --gid
+    # 1000` fails: an existing group and user are renamed and reset instead.
+    # (`images.sh user-check` builds the stage on bases with and without one.)
+    stage = final_stage()
+    assert 'group="$(getent group 1000 | cut -d: -f1)"' in stage
+    assert 'groupmod --new-name lmms "$group"' in stage
+    assert 'usermod --login lmms "$user"' in stage
+    assert "usermod --gid 1000 --groups ''" in stage
+    assert re.search(r"if \[ -z \"\$group\" \]; then groupadd --gid 1000 lmms", stage)
+    assert "user-check" in (REPO / "tests" / "infra" / "lmms_devcluster" / "images.sh").read_text()
 
 
 def test_entrypoint_is_the_runner_command() -> None:
@@ -90,3 +108,9 @@ def test_the_task_index_is_built_into_the_image_where_the_runner_reads_it() -> N
     # And the compiled methods of the dataclasses a start makes.
     assert "python -m lmms_runner.startup /opt/lmms/code-cache.marshal" in stage
     assert "LMMS_CODE_CACHE=/opt/lmms/code-cache.marshal" in stage
+
+
+def test_nvidias_runtime_leaves_the_driver_check_to_the_runner() -> None:
+    # The base's NVIDIA_REQUIRE_CUDA names the base's CUDA, not torch's: the container
+    # starts on any driver and the runner fails DriverTooOld with both versions.
+    assert "NVIDIA_DISABLE_REQUIRE=1" in final_stage()

@@ -1,15 +1,26 @@
-{{/* The release's full name, at most 63 characters. */}}
+{{/* The chart's name, or nameOverride: app.kubernetes.io/name and the full name's suffix. */}}
+{{- define "lmms-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name (every object's name), at most 63 characters: fullnameOverride,
+or the release name with the chart's name (nameOverride) unless it already holds it. */}}
 {{- define "lmms-operator.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "lmms-operator.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "lmms-operator.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
-app.kubernetes.io/name: {{ .Chart.Name }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "lmms-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -17,12 +28,29 @@ app.kubernetes.io/part-of: lmms-operator
 {{- end -}}
 
 {{- define "lmms-operator.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "lmms-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
-{{/* The selector labels as key=value,key=value (LMMS_OPERATOR_POD_LABELS). */}}
+{{/* An image reference from {registry, repository, tag, digest}: the digest wins over the
+tag; an empty tag is the chart's appVersion; global.imageRegistry (when the chart is a
+subchart, say) goes in front of a repository that names no registry of its own. */}}
+{{- define "lmms-operator.imageRef" -}}
+{{- $repo := .image.repository -}}
+{{- $registry := ((.root.Values.global | default dict).imageRegistry) | default "" -}}
+{{- $first := regexFind "^[^/]+/" $repo -}}
+{{- $own := and $first (or (contains "." $first) (contains ":" $first) (eq $first "localhost/")) -}}
+{{- if and $registry (not $own) -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $registry) $repo -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "lmms-operator.selectorPairs" -}}
 {{- $pairs := list -}}
 {{- range $k, $v := include "lmms-operator.selectorLabels" . | fromYaml -}}

@@ -192,12 +192,17 @@ def _convert(
 
 def _printer_columns_evalrun() -> list[dict[str, Any]]:
     return [
-        {"name": "Model", "type": "string", "jsonPath": ".spec.model.type"},
-        {"name": "Tasks", "type": "string", "jsonPath": ".spec.tasks"},
+        # The model's identity and the tasks as the operator wrote them in the status (a
+        # column reads one field, and the spec names neither in one).
+        {"name": "Model", "type": "string", "jsonPath": ".status.model"},
+        {"name": "Tasks", "type": "string", "jsonPath": ".status.tasks"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.summary"},
+        {"name": "Score", "type": "string", "jsonPath": ".status.score"},
+        {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
         {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+        {"name": "Backend", "type": "string", "jsonPath": ".spec.model.type", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

@@ -392,7 +392,10 @@ class EvalRunSpec(ApiModel):
     )
     suspend: bool = Field(
         default=False,
-        description="Suspend the run: the Job is suspended and its pods deleted; false resumes it.",
+        description="Suspend the run: the Job is suspended and its pods deleted; false resumes "
+        "it, from the run's cache volume when it has one. With scheduling.queueName, Kueue owns "
+        "the Job's suspend: the run is held by deactivating its Workload (spec.active: false), "
+        "or, before it ever started, by creating no Job.",
     )
     cancel: bool = Field(
         default=False,

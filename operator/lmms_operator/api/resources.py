@@ -110,7 +110,19 @@ class SchedulingSpec(ApiModel):
     queue_name: str | None = Field(
         default=None,
         description="Kueue LocalQueue: the Job is labelled kueue.x-k8s.io/queue-name and "
-        "created suspended, so that Kueue admits it when quota allows.",
+        "created suspended; Kueue admits it (one Workload for all of its pods) when quota "
+        "allows, and owns its suspend from then on. While waiting, the status shows the "
+        "Workload's reason and message. spec.suspend holds a queued run by deactivating its "
+        "Workload (spec.active: false), or by creating no Job while it never started.",
         max_length=63,
         pattern=DNS_LABEL,
+    )
+    workload_priority_class_name: str | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass (with queueName): the Job is labelled "
+        "kueue.x-k8s.io/priority-class. Kueue may preempt a run of lower priority for it; a "
+        "preempted run is queued again and resumes from its cache, without counting as a "
+        "failure or a retry. Only classes the admin lists (placement.allowedPriorityClasses).",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
     )

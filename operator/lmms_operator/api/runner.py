@@ -21,6 +21,17 @@ EXIT_UPLOAD_FAILED = 4
 
 TERMINATION_MESSAGE_LIMIT = 4096
 
+#: Failure reasons the runner names in its termination message (``"reason"``), which
+#: the operator shows as the run's own reason: the pod's GPUs cannot run the image's
+#: torch (its driver is older than the torch build's CUDA needs), or CUDA finds no GPU or
+#: no driver at all. Both exit EXIT_CONFIG_ERROR: a retry on the same node cannot help.
+DRIVER_TOO_OLD = "DriverTooOld"
+NO_GPU = "NoGPU"
+RUNNER_FAILURE_REASONS = (DRIVER_TOO_OLD, NO_GPU)
+
+#: Set by a node whose GPUs are simulated (the devcluster's executor): no driver to check.
+SIMULATED_GPUS_ENV = "LMMS_SIMULATED_GPUS"
+
 
 class TaskState(ApiModel):
     name: str

@@ -26,6 +26,8 @@ Percent = Annotated[float, clamp(0, 100), Field(ge=0, le=100)]
 MAX_TASKS = 4096
 MAX_SHARDS = 64
 MAX_CONDITIONS = 16
+#: The bound of a status string shown in a `kubectl get` column.
+COLUMN = 256
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
 
@@ -140,7 +142,9 @@ class EvalRunStatus(ApiModel):
     )
     conditions: Annotated[list[Condition], cap(MAX_CONDITIONS)] = Field(
         default_factory=list,
-        description="Conditions: Ready, Reconciling, Stalled, Suspended, PodScheduled, "
+        description="Conditions: Ready, Reconciling, Stalled, Complete and Failed (True "
+        "once the run Succeeded, or Failed or was Cancelled: for kubectl wait), Suspended, "
+        "PodScheduled, "
         "RunnerReachable, HarnessPatched (False when the runner found an lmms-eval its "
         "patches were not written for and runs it plain), LeaderboardPublished (False when "
         "a publish failed 5 times).",
@@ -165,6 +169,31 @@ class EvalRunStatus(ApiModel):
     progress: Progress | None = Field(default=None, description="Live progress.")
     summary: Time | None = Field(
         default=None, description="Progress as shown by kubectl.", max_length=64
+    )
+    model: Annotated[str, cap(COLUMN)] | None = Field(
+        default=None,
+        description="The model's identity, as Leaderboards name it: the checkpoint "
+        "(pretrained@revision, @commit once the runner resolved it) or, for a backend "
+        "without one, the model name at its endpoint's host (the Model column).",
+        max_length=COLUMN,
+    )
+    tasks: Annotated[str, cap(COLUMN)] | None = Field(
+        default=None,
+        description="The tasks, as a comma-separated list, shortened to fit (the Tasks column).",
+        max_length=COLUMN,
+    )
+    score: Annotated[str, cap(COLUMN)] | None = Field(
+        default=None,
+        description="The headline score once the results are in: the first task's "
+        "primary metric, as task=value, with (+N) when N more results are in "
+        "status.results (the Score column).",
+        max_length=COLUMN,
+    )
+    duration: Time | None = Field(
+        default=None,
+        description="How long the evaluation ran, from startTime to completionTime, "
+        "written as kubectl writes ages, e.g. 4m12s (the Duration column).",
+        max_length=64,
     )
     shards: Annotated[list[ShardStatus], cap(MAX_SHARDS)] = Field(
         default_factory=list,

@@ -6,7 +6,7 @@ as ``errors.ApiError``), made by the command line and passed to what reads; info
 (``writes.Writer``) are the applier's alone: this package does not re-export them.
 """
 
-from .client import USABLE_LABEL, Api, current_namespace, path
+from .client import USABLE_LABEL, Api, current_namespace, own_namespace, path
 from .watch import Informer, Sink
 
-__all__ = ["USABLE_LABEL", "Api", "Informer", "Sink", "current_namespace", "path"]
+__all__ = ["USABLE_LABEL", "Api", "Informer", "Sink", "current_namespace", "own_namespace", "path"]

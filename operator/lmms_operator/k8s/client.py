@@ -15,10 +15,12 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from types import EllipsisType
 from typing import Any
 from urllib.parse import quote
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -28,13 +30,47 @@ from ..api import GROUP, VERSION
 log = logging.getLogger("lmms.k8s")
 
 
-def current_namespace() -> str:
-    """The namespace of the current kubeconfig context (``default`` when it names none)."""
+#: The namespace of the pod's service account, where a command runs in a pod.
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def current_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig's current context (or of ``context``), as kubectl
+    picks it: ``default`` when the context names none; the pod's own namespace where
+    there is no kubeconfig and the command runs in a pod."""
     try:
-        _, context = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG"))
-        return str((context or {}).get("context", {}).get("namespace") or "default")
-    except (config.ConfigException, TypeError, OSError):
+        contexts, current = config.list_kube_config_contexts(
+            config_file=kubeconfig or os.environ.get("KUBECONFIG")
+        )
+    except (config.ConfigException, OSError, yaml.YAMLError, TypeError, ValueError, KeyError):
+        try:
+            with open(IN_CLUSTER_NAMESPACE) as fh:
+                return fh.read().strip() or "default"
+        except OSError:
+            return "default"
+    if context is not None:
+        current = next((c for c in contexts or [] if c.get("name") == context), None)
+    try:
+        return str((current or {}).get("context", {}).get("namespace") or "default")
+    except AttributeError:
         return "default"
+
+
+#: The namespace of the pod's service account (in a cluster).
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def own_namespace() -> str:
+    """Where this process runs: ``$POD_NAMESPACE``, else its service account's namespace
+    (in a cluster), else the current kubeconfig context's."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            found = f.read().strip()
+    except OSError:
+        found = ""
+    return found or current_namespace()
 
 
 def _error(status: int, body: Any, reason: str | None) -> errors.ApiError:
@@ -56,7 +92,16 @@ def translated() -> Iterator[None]:
     except ApiException as exc:
         raise _error(int(exc.status or 0), exc.body, exc.reason) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise errors.Unavailable(f"the API server did not answer: {type(exc).__name__}") from None
+        raise errors.Unavailable(f"the API server did not answer: {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    """Why a request got no answer, in one line: the error's type and, for a refused or
+    failed connection, the system's words (``[Errno 111] Connection refused``)."""
+    cause = getattr(exc, "reason", None) or exc
+    words = str(cause).rsplit("Failed to establish a new connection: ", 1)
+    detail = f" ({words[1]})" if len(words) == 2 else ""
+    return " ".join(f"{type(exc).__name__}{detail}".split())[:300]
 
 
 def _json(resp: Any) -> dict[str, Any]:
@@ -87,9 +132,14 @@ _PLURALS = {
     "Event": (_CORE, "events"),
     "Job": ("/apis/batch/v1/namespaces/{ns}/{plural}", "jobs"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1/namespaces/{ns}/{plural}", "networkpolicies"),
+    "Lease": ("/apis/coordination.k8s.io/v1/namespaces/{ns}/{plural}", "leases"),
     "EvalRun": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "evalruns"),
     "Leaderboard": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "leaderboards"),
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/{plural}", "workloads"),
 }
+
+#: The label Kueue puts on the Workload of a Job: the Job's uid.
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 def path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
@@ -118,14 +168,32 @@ class Api:
     reads with. Made once per process and passed to what reads; ``k8s.writes.Writer``
     writes through it."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        kubeconfig_first: bool = False,
+        timeout: float | tuple[float, float] = 60,
+    ) -> None:
+        """``kubeconfig_first`` (a command line, as kubectl): the kubeconfig (``kubeconfig``
+        or ``$KUBECONFIG`` or ``~/.kube/config``, its ``context`` or current context),
+        else the in-cluster account; otherwise (the operator) the in-cluster account
+        first. ``timeout``: of each request (connect, read)."""
         self._lock = threading.Lock()
         self._client: client.ApiClient | None = None
+        self._kubeconfig, self._context = kubeconfig, context
+        self._kubeconfig_first = kubeconfig_first or kubeconfig is not None or context is not None
+        self.timeout = timeout
 
     def client(self) -> client.ApiClient:
-        """The client, made on first use (``$KUBECONFIG`` is read then, not at import)."""
+        """The client, made on first use (``$KUBECONFIG`` is read then, not at import).
+        Raises ``errors.KubeconfigError`` when there is no cluster to talk to."""
         with self._lock:
             if self._client is None:
+                if self._kubeconfig_first:
+                    self._client = client.ApiClient(self._from_kubeconfig())
+                    return self._client
                 try:
                     config.load_incluster_config()
                 except config.ConfigException:
@@ -135,6 +203,31 @@ class Api:
                 self._client = client.ApiClient(cfg)
             return self._client
 
+    def _from_kubeconfig(self) -> Any:  # (a client.Configuration)
+        cfg = type.__call__(client.Configuration)  # (a new one, not a copy of the default)
+        path = self._kubeconfig or os.environ.get("KUBECONFIG")
+        try:
+            config.load_kube_config(
+                config_file=path,
+                context=self._context,
+                client_configuration=cfg,
+                persist_config=False,
+            )
+            return cfg
+        except config.ConfigException as exc:
+            problem = str(exc)
+        except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError, KeyError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"  # unreadable, or not a kubeconfig
+        if self._kubeconfig is None and self._context is None:
+            try:  # no kubeconfig: the pod's own account, as kubectl does
+                config.load_incluster_config(client_configuration=cfg)
+                return cfg
+            except config.ConfigException:
+                pass
+        where = path or "~/.kube/config"
+        problem = " ".join(problem.split())
+        raise errors.KubeconfigError(f"cannot use the kubeconfig {where}: {problem}")
+
     def request(
         self,
         method: str,
@@ -143,11 +236,11 @@ class Api:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | tuple[float, float] | None = 60,
+        timeout: float | tuple[float, float] | EllipsisType | None = ...,
     ) -> Any:
         """One request; returns the urllib3 response, body unread (the caller reads or
         streams it, then releases the connection). Raises ``errors.ApiError`` for any answer
-        but 2xx.
+        but 2xx. ``timeout``: of this request (default: the Api's).
 
         The generated API methods are not used: each validates its arguments with pydantic,
         which builds the schemas of the whole generated model tree on first use (measured:
@@ -167,7 +260,9 @@ class Api:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = client_.call_api(*serialized, _request_timeout=timeout).response
+            response = client_.call_api(
+                *serialized, _request_timeout=self.timeout if timeout is ... else timeout
+            ).response
         if not 200 <= response.status < 300:
             try:
                 raw = response.data
@@ -206,6 +301,14 @@ class Api:
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(path("Job", namespace, name))
 
+    def get_lease(
+        self, namespace: str, name: str, timeout: float | None = 60
+    ) -> dict[str, Any] | None:
+        try:
+            return self.call("GET", path("Lease", namespace, name), timeout=timeout)
+        except errors.NotFound:
+            return None
+
     def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         return list(
             self.call("GET", path(kind, namespace), query={"labelSelector": selector}).get(
@@ -218,6 +321,20 @@ class Api:
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return self.list_objects("Pod", namespace, selector)
+
+    def workload_of_job(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """The Kueue Workload of a Job (selected by Kueue's job-uid label, and owned by
+        the Job), or None: none yet, or Kueue's CRDs are not installed (404), or the
+        operator may not read Workloads (403; the chart grants it)."""
+        try:
+            items = self.list_objects("Workload", namespace, f"{KUEUE_JOB_UID_LABEL}={job_uid}")
+        except (errors.NotFound, errors.Forbidden):
+            return None
+        for item in items:
+            refs = (item.get("metadata") or {}).get("ownerReferences") or []
+            if any(r.get("uid") == job_uid for r in refs):
+                return item
+        return None
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(path("ConfigMap", namespace, name))

@@ -10,7 +10,8 @@ never reaches the process. Each informer is one thread:
   where it stopped without a relist;
 - ``410 Gone`` (the resourceVersion is too old) relists, and the sink is told which
   objects the new list holds, so that objects deleted meanwhile are dropped;
-- any other error backs off (exponential with jitter, capped) and retries;
+- any other error backs off (exponential with jitter, capped) and retries; the backoff
+  starts over once the API server has answered again (a new outage);
 - pages and events are decoded item by item when they must be (``jsonsplit``): an
   object that cannot be decoded (nested deeper than the decoder recurses) fails only
   itself. It is skipped, and the sink is told what its metadata says (``undecodable``);
@@ -116,6 +117,7 @@ class Informer:
     def _run(self) -> None:
         backoff = self.BACKOFF_MIN
         while not self._stop.is_set():
+            answered = self.last_contact
             try:
                 if self.version is None:
                     self.version = self._list()
@@ -129,6 +131,12 @@ class Informer:
             except Exception as exc:
                 if self._stop.is_set():
                     return
+                if self.last_contact != answered:
+                    # The API server answered since the last failure: this is a new
+                    # outage, and its backoff starts over. (Else, after a few restarts
+                    # of the API server, the informer would stay blind for up to
+                    # BACKOFF_MAX after each one is back.)
+                    backoff = self.BACKOFF_MIN
                 delay = backoff * (0.5 + random.random())
                 log.warning("%r failed (%s); retrying in %.1fs", self, _describe(exc), delay)
                 self._stop.wait(delay)

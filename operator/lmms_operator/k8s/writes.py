@@ -5,13 +5,17 @@ Only the applier (``lmms_operator.applier``) imports this module; an import cont
 (``pyproject.toml``) checks it, so that every change the operator makes to the cluster
 is one step of a Plan. "Already exists" on create and "not found" on delete count as
 success.
+
+With leader election, every write but the Lease's own passes a ``fence`` first: a
+process that no longer holds the Lease raises ``errors.NotLeading`` instead of writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import errors
@@ -19,15 +23,25 @@ from .client import MERGE_PATCH, Api, log, path, release
 
 
 class Writer:
-    """Every write the operator makes, through ``api``."""
+    """Every write the operator makes, through ``api``; ``fence`` (None: always open)
+    says whether this process may write now."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, fence: Callable[[], bool] | None = None) -> None:
         self.api = api
+        self.fence = fence
+
+    def _open(self) -> None:
+        if self.fence is not None and not self.fence():
+            raise errors.NotLeading("not written: this process no longer holds the leader Lease")
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> None:
+        self._open()
+        release(self.api.request(method, path, **kwargs))
 
     def _delete(self, path: str, **query: Any) -> bool:
         """Deletes; False when it was not there."""
         try:
-            release(self.api.request("DELETE", path, query=query))
+            self._send("DELETE", path, query=query)
         except errors.NotFound:
             return False
         return True
@@ -35,7 +49,7 @@ class Writer:
     def _create(self, path: str, body: Mapping[str, Any]) -> bool:
         """Creates; False when it existed already."""
         try:
-            release(self.api.request("POST", path, body=dict(body)))
+            self._send("POST", path, body=dict(body))
         except errors.Conflict:
             return False
         return True
@@ -45,13 +59,11 @@ class Writer:
     ) -> bool:
         """Merge-patches the status subresource; False when the object is gone."""
         try:
-            release(
-                self.api.request(
-                    "PATCH",
-                    path(kind, namespace, name, "status"),
-                    body={"status": dict(status)},
-                    content_type=MERGE_PATCH,
-                )
+            self._send(
+                "PATCH",
+                path(kind, namespace, name, "status"),
+                body={"status": dict(status)},
+                content_type=MERGE_PATCH,
             )
         except errors.NotFound:
             return False  # deleted meanwhile: nothing to report on
@@ -62,6 +74,7 @@ class Writer:
 
     def create_leaderboard(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Creates a Leaderboard; None when one of that name exists already."""
+        self._open()
         try:
             return self.api.call(
                 "POST", path("Leaderboard", body["metadata"]["namespace"]), body=dict(body)
@@ -83,14 +96,25 @@ class Writer:
         return self._create(path(kind, obj["metadata"]["namespace"]), obj)
 
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        release(
-            self.api.request(
-                "PATCH",
-                path("Job", namespace, name),
-                body={"spec": {"suspend": suspend}},
-                content_type=MERGE_PATCH,
-            )
+        self._send(
+            "PATCH",
+            path("Job", namespace, name),
+            body={"spec": {"suspend": suspend}},
+            content_type=MERGE_PATCH,
         )
+
+    def patch_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Sets a Kueue Workload's ``spec.active`` (holds or releases a queued run); a
+        Workload that is gone (its Job was deleted) needs nothing."""
+        with contextlib.suppress(errors.NotFound):
+            release(
+                self.api.request(
+                    "PATCH",
+                    path("Workload", namespace, name),
+                    body={"spec": {"active": active}},
+                    content_type=MERGE_PATCH,
+                )
+            )
 
     def delete_run_children(self, namespace: str, selector: str) -> int:
         """Deletes the Jobs (with their pods and token Secrets), ConfigMaps, Services and
@@ -112,18 +136,21 @@ class Writer:
 
     def create_config_map(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Creates a ConfigMap; raises ``errors.Conflict`` when it exists."""
-        release(self.api.request("POST", path("ConfigMap", namespace), body=dict(body)))
+        self._send("POST", path("ConfigMap", namespace), body=dict(body))
 
     def replace_config_map(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """Replaces a ConfigMap; with ``metadata.resourceVersion`` set, raises
         ``errors.Conflict`` when another writer replaced it first."""
-        release(self.api.request("PUT", path("ConfigMap", namespace, name), body=dict(body)))
+        self._send("PUT", path("ConfigMap", namespace, name), body=dict(body))
 
     def delete_config_map(self, namespace: str, name: str) -> None:
         self._delete(path("ConfigMap", namespace, name))
 
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """Records a core/v1 Event about ``obj``; never fails the caller."""
+        """Records a core/v1 Event about ``obj``; never fails the caller (and is not sent
+        when the fence is closed)."""
+        if self.fence is not None and not self.fence():
+            return
         meta = obj["metadata"]
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         body = {
@@ -151,7 +178,38 @@ class Writer:
             "lastTimestamp": now[:19] + "Z",
             "count": 1,
         }
+        self.record(body, reason, meta["name"])
+
+    def record(self, body: Mapping[str, Any], reason: str, about: str) -> None:
+        """Posts an Event; best effort, and past the fence (the Lease's own Events)."""
         try:
-            release(self.api.request("POST", path("Event", meta["namespace"]), body=body))
+            release(
+                self.api.request(
+                    "POST", path("Event", body["metadata"]["namespace"]), body=dict(body)
+                )
+            )
         except errors.ApiError as exc:  # events are best effort
-            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+            log.warning("could not record event %s on %s: %s", reason, about, exc)
+
+    # -- the leader Lease: past the fence (the elector writes it to keep or take it) -----------
+    def create_lease(self, body: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Creates the Lease; None when another candidate created it first."""
+        namespace = body["metadata"]["namespace"]
+        try:
+            return self.api.call("POST", path("Lease", namespace), body=dict(body), timeout=timeout)
+        except errors.Conflict:
+            return None
+
+    def replace_lease(self, body: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Replaces the Lease at the ``resourceVersion`` it names; None when another writer
+        changed it first."""
+        meta = body["metadata"]
+        try:
+            return self.api.call(
+                "PUT",
+                path("Lease", meta["namespace"], meta["name"]),
+                body=dict(body),
+                timeout=timeout,
+            )
+        except errors.Conflict:
+            return None

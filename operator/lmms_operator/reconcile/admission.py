@@ -17,8 +17,8 @@ from typing import Any
 
 from ..api import EvalRunSpec
 from ..errors import Problem
+from . import columns, kueue, publishing, reuse
 from . import job as jobs
-from . import publishing, reuse
 from . import reasons as R
 from . import shards as shard_plan
 from . import status as st
@@ -81,6 +81,7 @@ class Snapshot:
     token_exists: bool = False  # the token Secret is there: the Job reads its token from it
     publish_failures: int = 0  # Leaderboard publishes of reused results that failed so far
     publish_failed: str | None = None  # the last one, when it will not be retried
+    workload: kueue.Workload | None = None  # a queued run's Kueue Workload (of ``job``)
 
 
 def run_selector(uid: str) -> str:
@@ -107,7 +108,20 @@ def invalid(
 
 
 def decide(snap: Snapshot, rules: Rules) -> Plan:
-    """The plan that makes the cluster match the spec."""
+    """The plan that makes the cluster match the spec; a status it writes names the
+    model and the tasks (the Model and Tasks columns)."""
+    plan = _decide(snap, rules)
+    if plan.status:
+        status = snap.run.get("status") or {}
+        new = status.get("specHash") != jobs.spec_hash(snap.spec)
+        add = columns.missing_columns(
+            status, snap.run.get("spec") or {}, shard_plan.units(snap.spec), new=new
+        )
+        plan.status = StatusPatch(**{**add, **plan.status})  # the plan's own values win
+    return plan
+
+
+def _decide(snap: Snapshot, rules: Rules) -> Plan:
     run, spec, now = snap.run, snap.spec, snap.now
     meta = run["metadata"]
     name, uid, generation = meta["name"], meta["uid"], _generation(run)
@@ -159,6 +173,8 @@ def decide(snap: Snapshot, rules: Rules) -> Plan:
         if same_evaluation and status.get("jobName") == desired_name:
             ob = job_deleted(desired_name, status, now)
             return plan.then(st.transition(status, ob, generation, hash_, desired_name, now))
+        if spec.suspend and spec.scheduling.queue_name:
+            return plan.then(_held_before_start(snap, status, hash_))
         lookup = snap.lookup
         plan.create += [Create(cm, best_effort=True) for cm in (lookup.restore if lookup else ())]
         if lookup is not None and lookup.entries and not lookup.missing:
@@ -169,14 +185,14 @@ def decide(snap: Snapshot, rules: Rules) -> Plan:
         plan.events += _created_events(desired_name, snap.lookup)
         job = dict(plan.evaluation.job)
     else:
-        plan = plan.then(suspend_plan(spec, job))
+        plan = plan.then(_pause(snap, job))
     if not same_evaluation:
         if status.get("shards") and spec.parallelism <= 1:
             plan.status["shards"] = None  # the previous evaluation's assignment
         if status.get("reused"):
             plan.status["reused"] = None
         status = {"conditions": status.get("conditions") or []}
-    ob = observe_job(spec, job, [dict(p) for p in snap.pods], now, rules.timeouts)
+    ob = observe_job(spec, job, [dict(p) for p in snap.pods], now, rules.timeouts, snap.workload)
     plan = plan.then(st.transition(status, ob, generation, hash_, desired_name, now))
     if spec.parallelism > 1 and not status.get("shards"):
         # The assignment the Job runs with: its ConfigMap's, when the Job was there.
@@ -208,6 +224,27 @@ def _cancelled(snap: Snapshot, status: dict[str, Any], hash_: str) -> Plan:
         completion_time=fmt_time(now),
     )
     return plan.then(st.transition(status, ob, generation, hash_, status.get("jobName"), now))
+
+
+def _pause(snap: Snapshot, job: dict[str, Any]) -> Plan:
+    """Suspends or resumes the existing Job as spec.suspend says: through its Workload
+    when the run is queued (Kueue owns the Job's suspend)."""
+    if snap.spec.scheduling.queue_name:
+        age = kueue.job_age(job, snap.now)
+        return kueue.hold(snap.spec.suspend, snap.workload, age=age)
+    return suspend_plan(snap.spec, job)
+
+
+def _held_before_start(snap: Snapshot, status: dict[str, Any], hash_: str) -> Plan:
+    """A queued run suspended before it had a Job: none is made until it is resumed.
+    (Kueue would admit a Job created suspended, and start it, before its Workload could
+    be deactivated.)"""
+    queue = snap.spec.scheduling.queue_name or ""
+    message = f"spec.suspend is true: the Job is created, and queued in LocalQueue {queue!r}, "
+    ob = st.Observation(R.QUEUED, R.SUSPENDED, message + "once it is false")
+    same = status.get("specHash") == hash_
+    before = status if same else {"conditions": status.get("conditions") or []}
+    return st.transition(before, ob, _generation(snap.run), hash_, None, snap.now)
 
 
 def _evaluation(
@@ -385,7 +422,8 @@ def _secret_value_problem(value: bytes | None) -> str | None:
 
 
 def suspend_plan(spec: EvalRunSpec, job: dict[str, Any]) -> Plan:
-    """Suspends or resumes the Job as the spec says (with a queue, Kueue decides)."""
+    """Suspends or resumes the Job as the spec says (a queued run's Job is Kueue's:
+    ``kueue.hold`` holds it through its Workload instead)."""
     suspended = bool((job.get("spec") or {}).get("suspend"))
     name = job["metadata"]["name"]
     if spec.suspend and not suspended:

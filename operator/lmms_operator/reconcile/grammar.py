@@ -70,6 +70,32 @@ def invisible(ch: str) -> bool:
     return i >= 0 and _INVISIBLE[i][0] <= ord(ch) <= _INVISIBLE[i][1]
 
 
+def hidden(ch: str) -> bool:
+    """Whether a terminal would act on ``ch`` (a control: escape sequences, line breaks,
+    tabs) or a reader could not see it (a format or bidi control, a default-ignorable
+    character): what ``escape_hidden`` escapes."""
+    if " " <= ch < "\x7f":
+        return False
+    return unicodedata.category(ch) in REFUSED_CATEGORIES or invisible(ch)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_hidden(text: str, keep: str = "") -> str:
+    """``text`` with each character ``hidden`` names written as an escape (``\\x1b``,
+    ``\\u202e``), for text a tenant wrote that the operator shows (status, Events, the
+    command line); ``keep``: characters left as they are (``"\\n"`` in a message of
+    several lines). Printable text is returned as it is."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(_escape(c) if c not in keep and hidden(c) else c for c in text)
+
+
 #: The ASCII characters among them (all Cc): a fast path for ASCII text.
 _ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
-from . import netpol
+from . import netpol, poddefaults
+from .kueue import QUEUE_LABEL as KUEUE_QUEUE_LABEL  # noqa: F401 - re-exported
+from .kueue import job_labels as kueue_labels
 from .shards import Shard
 
 LABEL_PREFIX = "eval.lmms.dev"
@@ -23,7 +25,6 @@ LABEL_RUN_UID = f"{LABEL_PREFIX}/run-uid"
 LABEL_SPEC_HASH = f"{LABEL_PREFIX}/spec-hash"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "lmms-operator"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 CONFIG_DIR = "/etc/lmms/run"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
@@ -72,6 +73,7 @@ class RunnerDefaults:
     # also reach the runner port (the runner PodMonitor); both None: the operator only.
     prometheus_namespace_selector: str | None = None
     prometheus_pod_selector: str | None = None
+    pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ def build(
         service = netpol.rendezvous_service(_meta(f"{name}-rdzv", run, labels), own, RDZV_PORT)
         policy = netpol.rendezvous_policy(_meta(f"{name}-rdzv", run, labels), own, runner)
     return Desired(
-        job=_job(name, run, labels, spec, pod_spec, len(shards)),
+        job=poddefaults.apply(_job(name, run, labels, spec, pod_spec, len(shards)), runner.pod),
         config_map={
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -401,10 +403,9 @@ def _job(
     shard (fan-out); a configuration error fails it at once, a disruption costs no retry."""
     sched = spec.scheduling
     job_labels = dict(labels)
-    if sched.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
+    job_labels.update(kueue_labels(sched.queue_name, sched.workload_priority_class_name))
     job_spec: dict[str, Any] = {
-        # Kueue admits a queued Job by unsuspending it, so it must start suspended.
+        # Kueue admits a queued Job (one Workload) by unsuspending it: its suspend is Kueue's.
         "suspend": spec.suspend or bool(sched.queue_name),
         "backoffLimit": spec.retries,
         "activeDeadlineSeconds": spec.timeout_seconds,

@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api import EvalRunSpec
-from . import fanout, publishing
+from . import columns, fanout, kueue, publishing
 from . import job as jobs
 from . import pods as pod_facts
 from . import reasons as R
+from . import shards as shard_plan
 from . import status as st
 from .plan import Needs, Plan
 from .times import fmt_time
@@ -25,6 +26,7 @@ def observe_job(
     pods: Sequence[Mapping[str, Any]],
     now: dt.datetime,
     timeouts: st.Timeouts,
+    workload: kueue.Workload | None = None,
 ) -> st.Observation:
     return st.observe(
         spec.suspend,
@@ -36,6 +38,7 @@ def observe_job(
         [dict(p) for p in pods],
         now,
         timeouts,
+        workload,
     )
 
 
@@ -68,6 +71,7 @@ def decide(
     *,
     periodic: bool = True,
     results: publishing.Inputs | None = None,
+    workload: kueue.Workload | None = None,
 ) -> Plan:
     """The status for the run's current Job (None: it is gone) and pods. An event-driven
     pass (``periodic`` False) does not write a passing state within the same phase: the
@@ -87,11 +91,21 @@ def decide(
         return st.transition(
             status, job_deleted(job_name, status, now), generation, hash_, job_name, now
         )
-    ob = observe_job(spec, job, pods, now, timeouts)
+    ob = observe_job(spec, job, pods, now, timeouts, workload)
+    held = Plan()
+    if spec.scheduling.queue_name and ob.phase in st.ACTIVE:
+        # A Workload that Kueue created after the spec pass is held (or released) here.
+        age, waiting = kueue.job_age(job, now), ob.phase == R.QUEUED
+        held = kueue.hold(spec.suspend, workload, release=False, age=age, waiting=waiting)
     same_phase = ob.passing and ob.phase == status.get("phase")
     if same_phase and (not periodic or not ob.lasted(now)):
-        return Plan()  # the resync writes it if it lasts
-    plan = st.transition(status, ob, generation, hash_, job_name, now)
+        return held  # the resync writes it if it lasts
+    plan = held.then(st.transition(status, ob, generation, hash_, job_name, now))
+    if plan.status:  # (a run admitted before the status named its model and tasks)
+        add = columns.missing_columns(
+            status, run.get("spec") or {}, shard_plan.units(spec), new=False
+        )
+        plan.status.update(add)
     if ob.phase == R.SUCCEEDED and not status.get("resultsConfigMap"):
         plan = _with_results(run, spec, status, plan, ob, pods, now, results)
         if plan.needs is not None:

@@ -3,8 +3,9 @@
 A shared cluster's capacity and its control plane are not the tenant's to choose, so
 ``check`` refuses, naming the field:
 
-- a ``priorityClassName`` outside the admin's list (default: none, only the cluster
-  default, i.e. the field unset): a high priority preempts other tenants' runners;
+- a ``priorityClassName`` or a Kueue ``workloadPriorityClassName`` outside the admin's
+  list (default: none, only the cluster default, i.e. the field unset): a high priority
+  preempts other tenants' runners;
 - a toleration without a key (it tolerates every taint), and one whose key is in the
   ``kubernetes.io`` or ``k8s.io`` domains (``node-role.kubernetes.io/control-plane``,
   ``node.kubernetes.io/unreachable``, ...: the taints Kubernetes itself puts on the
@@ -15,7 +16,9 @@ A shared cluster's capacity and its control plane are not the tenant's to choose
   one) unless the admin allows it: an anti-affinity term could keep other tenants'
   runners off nodes;
 - a nodeSelector or node affinity requirement on a ``node-role.kubernetes.io`` key: a
-  runner is never placed by node role (the control plane's among them).
+  runner is never placed by node role (the control plane's among them);
+- a nodeSelector key of the platform's (``LMMS_RUNNER_NODE_SELECTOR``, ``poddefaults``)
+  with another value: a run may add keys to it, never change one.
 
 The chart's ValidatingAdmissionPolicy applies the same rules to the Jobs themselves.
 """
@@ -46,6 +49,8 @@ class PlacementPolicy:
     toleration_keys: tuple[str, ...] | None = None
     #: Pod (anti-)affinity terms may look at pods in other namespaces.
     cross_namespace_affinity: bool = False
+    #: The platform's nodeSelector (runner pod defaults): keys a run may not change.
+    node_selector: tuple[tuple[str, str], ...] = ()
 
 
 def domain(key: str) -> str:
@@ -75,22 +80,38 @@ def check(
         + _tolerations(spec, policy)
         + _node_roles(spec)
         + _namespaces(spec, policy, namespace)
+        + _platform_node_selector(spec, policy)
     )
 
 
 def _priority(spec: EvalRunSpec, policy: PlacementPolicy) -> list[Problem]:
-    name = spec.scheduling.priority_class_name
-    if name is None or name in policy.priority_classes:
-        return []
+    """The pod's priority class and Kueue's WorkloadPriorityClass: both let a run preempt
+    others, so both must be on the admin's list."""
+    sched = spec.scheduling
+    problems: list[Problem] = []
     allowed = ", ".join(sorted(policy.priority_classes))
     why = f"allowed: {allowed}" if allowed else "none is allowed; leave it unset"
-    return [
-        Problem(
-            f"{_SCHED}.priorityClassName",
-            f"{name!r} is not a priority class this cluster lets runs use ({why}; "
-            "settings LMMS_ALLOWED_PRIORITY_CLASSES)",
+    for field, name in (
+        ("priorityClassName", sched.priority_class_name),
+        ("workloadPriorityClassName", sched.workload_priority_class_name),
+    ):
+        if name is None or name in policy.priority_classes:
+            continue
+        problems.append(
+            Problem(
+                f"{_SCHED}.{field}",
+                f"{name!r} is not a priority class this cluster lets runs use ({why}; "
+                "settings LMMS_ALLOWED_PRIORITY_CLASSES)",
+            )
         )
-    ]
+    if sched.workload_priority_class_name is not None and not sched.queue_name:
+        problems.append(
+            Problem(
+                f"{_SCHED}.workloadPriorityClassName",
+                "is a Kueue priority: it needs spec.scheduling.queueName",
+            )
+        )
+    return problems
 
 
 def _tolerations(spec: EvalRunSpec, policy: PlacementPolicy) -> list[Problem]:
@@ -167,3 +188,17 @@ def _namespaces(spec: EvalRunSpec, policy: PlacementPolicy, namespace: str | Non
                     )
                 )
     return problems
+
+
+def _platform_node_selector(spec: EvalRunSpec, policy: PlacementPolicy) -> list[Problem]:
+    fixed = dict(policy.node_selector)
+    return [
+        Problem(
+            f"{_SCHED}.nodeSelector.{key}",
+            f"{value!r} conflicts with the platform's {key}={fixed[key]!r}, which runs may "
+            "not change (settings LMMS_RUNNER_NODE_SELECTOR); leave the key out or set it to "
+            f"{fixed[key]!r}",
+        )
+        for key, value in spec.scheduling.node_selector.items()
+        if key in fixed and value != fixed[key]
+    ]

@@ -4,7 +4,7 @@ A pass reads a snapshot (the run, its children from the watch caches, the object
 references), the decisions of ``reconcile/`` compute a Plan from it, and the applier
 (``lmms_operator.applier``, the only module that writes) carries it out, in this order:
 children to delete, objects to create (the evaluation's objects last, the Job last of
-them), the Job's ``suspend``, results to publish (Leaderboards, the evaluation index),
+them), the Job's ``suspend`` (or, for a queued run, its Kueue Workload's ``active``), results to publish (Leaderboards, the evaluation index),
 the status, the Events, children to stop once the status says why.
 
 Some steps can only be decided after they were tried: a token Secret that exists
@@ -36,6 +36,10 @@ class StatusPatch(TypedDict, total=False):
     completionTime: str | None
     progress: dict[str, Any] | None
     summary: str | None
+    model: str | None
+    tasks: str | None
+    score: str | None
+    duration: str | None
     shards: list[dict[str, Any]] | None
     reused: list[dict[str, Any]] | None
     results: list[dict[str, Any]]
@@ -138,6 +142,7 @@ class Plan:
     create: list[Create] = field(default_factory=list)
     evaluation: Evaluation | None = None
     suspend: tuple[str, bool] | None = None  # (Job name, suspend)
+    activate: tuple[str, bool] | None = None  # (Kueue Workload name, spec.active)
     publish: list[PublishEntries] = field(default_factory=list)
     index: list[IndexEntries] = field(default_factory=list)
     stop: str | None = None  # label selector, deleted after the status is written
@@ -153,6 +158,7 @@ class Plan:
             or self.create
             or self.evaluation
             or self.suspend
+            or self.activate
             or self.publish
             or self.index
             or self.stop
@@ -167,6 +173,7 @@ class Plan:
             create=[*self.create, *other.create],
             evaluation=other.evaluation or self.evaluation,
             suspend=other.suspend or self.suspend,
+            activate=other.activate or self.activate,
             publish=[*self.publish, *other.publish],
             index=[*self.index, *other.index],
             stop=other.stop or self.stop,

@@ -1,12 +1,16 @@
 """What a run's pods tell about its results: which pod holds them (node 0 of a multi-node
-run, the newest), its termination message and the runner image's digest. Pure."""
+run, the newest), its termination message (or a failure the runner named in it) and the
+runner image's digest. Pure."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..api.runner import RUNNER_FAILURE_REASONS
 from . import reasons as R
+from .grammar import escape_hidden
 
 
 def created(pod: Mapping[str, Any]) -> str:
@@ -42,4 +46,20 @@ def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
             term = (cs.get("state") or {}).get("terminated") or {}
             if term.get("message"):
                 return str(term["message"])
+    return None
+
+
+def runner_failure(message: str) -> tuple[str, str] | None:
+    """The reason and message of a failure the runner named itself in its termination
+    message (``DriverTooOld``, ``NoGPU``); None for any other message."""
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("ok") is not False:
+        return None
+    reason, text = doc.get("reason"), doc.get("message")
+    if reason in RUNNER_FAILURE_REASONS and isinstance(text, str):
+        # Written by whatever runs in the container: shown, never acted on.
+        return str(reason), escape_hidden(text, keep="\n")
     return None

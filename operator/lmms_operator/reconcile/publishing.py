@@ -15,11 +15,11 @@ from typing import Any
 from .. import catalogue
 from ..api import EvalRunSpec, MetricResult
 from ..api.runner import ResultsSummary
+from . import columns, reuse
 from . import conditions as C
 from . import job as jobs
 from . import reasons as R
 from . import results as res
-from . import reuse
 from . import shards as shard_plan
 from .leaderboard import entries_for_run
 from .plan import Create, Event, IndexEntries, Plan, PublishEntries, StatusPatch
@@ -138,7 +138,11 @@ def decide(
     plan.status = StatusPatch(
         results=[MetricResult.model_validate(p).to_wire() for p in found.primaries],
         resultsConfigMap=name,
+        score=columns.headline_score(found.primaries, shard_plan.units(spec)),
     )
+    commit = found.summary.provenance.commit if found.summary is not None else None
+    if commit:  # the model as its Leaderboard entries name it
+        plan.status["model"] = columns.model(run.get("spec") or {}, commit)
     if kept and not status.get("reused"):
         plan.status["reused"] = reuse.reused_status(kept, meta["namespace"])
     events = list(found.events)

@@ -3,6 +3,8 @@ one place (CamelCase)."""
 
 from __future__ import annotations
 
+from ..api import runner as _runner
+
 # Phases of an EvalRun (status.phase; some double as the reason of that phase).
 PENDING = "Pending"
 QUEUED = "Queued"
@@ -25,6 +27,14 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 SUSPENDED_CONDITION = "Suspended"
+# The Job-like pair `kubectl wait --for=condition=...` waits on: Complete is True once the
+# run Succeeded, Failed once it Failed or was Cancelled (each False until then).
+COMPLETE = "Complete"
+FAILED_CONDITION = "Failed"
+OUTCOMES = (
+    (COMPLETE, frozenset({SUCCEEDED})),
+    (FAILED_CONDITION, frozenset({FAILED, CANCELLED})),
+)
 POD_SCHEDULED = "PodScheduled"
 RUNNER_REACHABLE = "RunnerReachable"
 LEADERBOARD_PUBLISHED = "LeaderboardPublished"
@@ -38,6 +48,10 @@ SCHEDULING = "Scheduling"
 STARTING = "Starting"
 RETRYING = "Retrying"
 SUSPENDED = "Suspended"
+#: Kueue evicted the run's Workload for one of higher priority: queued again, not failed.
+PREEMPTED = "Preempted"
+#: Kueue cannot admit the run's Workload (its LocalQueue or ClusterQueue is missing...).
+INADMISSIBLE = "Inadmissible"
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"
@@ -57,6 +71,10 @@ RUNNER_ERROR = "RunnerError"
 JOB_DELETED = "JobDeleted"
 POD_CREATION_FAILED = "PodCreationFailed"
 NO_RESULTS = "NoResults"
+#: The runner's own reasons (its termination message): the node's NVIDIA driver is older
+#: than the image's torch needs, or the pod's GPUs cannot be reached.
+DRIVER_TOO_OLD = _runner.DRIVER_TOO_OLD
+NO_GPU = _runner.NO_GPU
 #: A pass raised what is neither the spec's fault nor transient: the operator's bug.
 INTERNAL_ERROR = "InternalError"
 
@@ -76,6 +94,8 @@ LEADERBOARD_STORE_WRITTEN = "Written"
 SCRAPED = "Scraped"
 SCRAPE_FAILED = "ScrapeFailed"
 RUNNER_UNREACHABLE = "RunnerUnreachable"
+# Events on the leader Lease (``--leader-elect``), client-go's reason.
+LEADER_ELECTION = "LeaderElection"
 # HarnessPatched: the runner patched the lmms-eval it found, or runs it plain.
 KNOWN_HARNESS = "KnownVersion"
 UNKNOWN_HARNESS = "UnknownHarnessVersion"
@@ -92,6 +112,8 @@ FAILURE_REASONS = (
     DEADLINE_EXCEEDED,
     BACKOFF_LIMIT_EXCEEDED,
     RUNNER_ERROR,
+    DRIVER_TOO_OLD,
+    NO_GPU,
     NO_RESULTS,
     JOB_DELETED,
     INTERNAL_ERROR,

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from ..api.runner import ResultsSummary
+from .grammar import escape_hidden
 
 #: ConfigMaps are limited to 1 MiB; leave room for metadata.
 CONFIG_MAP_BUDGET = 900 * 1024
@@ -14,6 +15,12 @@ CONFIG_MAP_BUDGET = 900 * 1024
 #: ConfigMaps, Leaderboards and metrics: this many tasks, names this long.
 MAX_TASKS = 256
 MAX_NAME = 253
+
+
+def _name(name: str) -> str:
+    """A task or metric name as reported (the tenant's code): escaped, then bounded; it
+    is shown in a kubectl column, Leaderboards and the command line."""
+    return escape_hidden(name)[:MAX_NAME]
 
 
 def _finite(value: float | None) -> float | None:
@@ -29,8 +36,8 @@ def primary_results(summary: ResultsSummary) -> list[dict[str, Any]]:
             continue
         # NaN and infinities are not JSON: the API server would refuse the status.
         entry: dict[str, Any] = {
-            "task": task.task[:MAX_NAME],
-            "metric": metric.name[:MAX_NAME],
+            "task": _name(task.task),
+            "metric": _name(metric.name),
             "value": _finite(metric.value),
         }
         if _finite(metric.stderr) is not None:
@@ -69,8 +76,8 @@ def from_termination_message(message: str | None) -> list[dict[str, Any]] | None
             )
             out.append(
                 {
-                    "task": str(task)[:MAX_NAME],
-                    "metric": str(name)[:MAX_NAME],
+                    "task": _name(str(task)),
+                    "metric": _name(str(name)),
                     "value": _finite(number),
                 }
             )

@@ -2,7 +2,7 @@
 
 The phase says where the run stands; conditions follow KEP-1623 and kstatus:
 ``Ready`` (True once Succeeded), ``Reconciling`` (True while the run is active),
-``Stalled`` (True once Failed), ``Suspended`` and ``PodScheduled``.
+``Stalled`` (True once Failed), ``Suspended``, ``PodScheduled``, ``Complete`` and ``Failed``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from typing import Any, cast
 from ..api import Condition, EvalRunStatus, Phase
 from ..api.runner import EXIT_CONFIG_ERROR, EXIT_EVALUATION_FAILED, EXIT_UPLOAD_FAILED
 from . import conditions as C
+from . import kueue
 from . import reasons as R
+from .grammar import escape_hidden
 from .plan import Event, Plan, StatusPatch
-from .times import fmt_time, parse_time
+from .pods import runner_failure
+from .times import duration, fmt_time, parse_time
 
 TERMINAL = R.TERMINAL
 ACTIVE = R.ACTIVE
@@ -117,7 +120,9 @@ def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         return None
     term = _terminated(pod) or {}
     code = term.get("exitCode")
-    message = (term.get("message") or "").strip()
+    # The termination message is the container's (the tenant's code may write it): its
+    # controls and bidi characters reach the status and Events escaped.
+    message = escape_hidden((term.get("message") or "").strip(), keep="\n")
     name = pod["metadata"]["name"]
     if term.get("reason") == "OOMKilled":
         return R.OOM_KILLED, (
@@ -126,7 +131,8 @@ def _failed_pod_reason(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         )
     if code in RUNNER_EXIT_CODES:
         detail = f": {message}" if message else ""
-        return R.RUNNER_ERROR, f"runner {RUNNER_EXIT_CODES[code]} (exit code {code}){detail}"
+        generic = R.RUNNER_ERROR, f"runner {RUNNER_EXIT_CODES[code]} (exit code {code}){detail}"
+        return runner_failure(message) or generic
     pod_reason = pod.get("status", {}).get("reason")
     if code is None and pod_reason:
         return R.BACKOFF_LIMIT_EXCEEDED, f"pod {name} failed: {pod_reason}"
@@ -144,8 +150,10 @@ def observe(
     pods: list[dict[str, Any]],
     now: dt.datetime,
     timeouts: Timeouts,
+    workload: kueue.Workload | None = None,
 ) -> Observation:
-    """What the run's status is, given its current Job (None: not created yet) and pods.
+    """What the run's status is, given its current Job (None: not created yet), pods and
+    (queued) Kueue Workload.
 
     The first state that holds wins: cancelled, no Job yet, the Job's verdict, suspended,
     no pod yet, a pod that cannot be scheduled or started, then how far the pods got."""
@@ -161,7 +169,7 @@ def observe(
     if finished is not None:
         return finished
     if (job.get("spec") or {}).get("suspend"):
-        return _suspended(spec_suspend, queue_name, seen)
+        return _suspended(spec_suspend, queue_name, workload, seen)
     if pod is None:
         return _no_pod(job, timeouts, seen)
     scheduled, unschedulable = _scheduling(pod, timeouts, seen)
@@ -232,13 +240,14 @@ def _finished(
     return seen.obs(R.FAILED, R.BACKOFF_LIMIT_EXCEEDED, message, completion_time=done)
 
 
-def _suspended(spec_suspend: bool, queue_name: str | None, seen: _Seen) -> Observation:
-    """Suspended by spec.suspend, or by Kueue until it admits the Job."""
+def _suspended(
+    spec_suspend: bool, queue_name: str | None, workload: kueue.Workload | None, seen: _Seen
+) -> Observation:
+    """Suspended by spec.suspend, or by Kueue until it admits the Job (its Workload says why)."""
+    if queue_name:
+        return seen.obs(R.QUEUED, *kueue.waiting(spec_suspend, queue_name, workload))
     if spec_suspend:
         return seen.obs(R.QUEUED, R.SUSPENDED, "spec.suspend is true: the Job is suspended")
-    if queue_name:
-        message = f"waiting for Kueue to admit the Job in LocalQueue {queue_name!r}"
-        return seen.obs(R.QUEUED, R.QUEUED, message)
     return seen.obs(R.QUEUED, R.SUSPENDED, "the Job is suspended")
 
 
@@ -349,6 +358,7 @@ def conditions(
         (R.RECONCILING, ob.phase in ACTIVE, ob.reason, ob.message),
         (R.STALLED, ob.phase == R.FAILED, ob.reason, ob.message),
         (R.SUSPENDED_CONDITION, ob.phase == R.QUEUED, ob.reason, ob.message),
+        *((ctype, ob.phase in phases, ob.reason, ob.message) for ctype, phases in R.OUTCOMES),
     ]
     out = []
     for ctype, ok, reason, message in wanted:
@@ -407,24 +417,15 @@ def transition(
         pod_name=ob.pod_name or status.get("podName"),
         start_time=ob.start_time or status.get("startTime"),
         completion_time=ob.completion_time if done else None,
+        duration=duration(ob.start_time or status.get("startTime"), ob.completion_time),
         conditions=[
             Condition.model_validate(c)
             for c in conditions(status.get("conditions") or [], ob, generation, now)
         ],
         summary="100%" if ob.phase == R.SUCCEEDED else None,
     )
-    fields = {
-        "phase",
-        "reason",
-        "message",
-        "observed_generation",
-        "spec_hash",
-        "job_name",
-        "pod_name",
-        "start_time",
-        "completion_time",
-        "conditions",
-    }
+    fields = {"phase", "reason", "message", "observed_generation", "spec_hash", "job_name"}
+    fields |= {"pod_name", "start_time", "completion_time", "duration", "conditions"}
     if done:
         fields.add("summary")  # a finished run shows 100% or nothing in the Progress column
     # Every field named is written, None included: a merge patch removes it.

@@ -1,8 +1,9 @@
 """A real, local Kubernetes control plane for tests and the demo ("devcluster").
 
 It starts, on loopback addresses only: etcd, kube-apiserver, kube-controller-manager
-(the Job controller, garbage collector, ...), kube-scheduler, kwok (fake GPU nodes)
-and the process executor (runs the pods of one node as local processes).
+(the Job controller, garbage collector, ...), kube-scheduler, kwok (fake GPU nodes),
+the process executor (runs the pods of one node as local processes) and Kueue (quota
+and admission for Jobs labelled ``kueue.x-k8s.io/queue-name``; see kueue.py).
 
     lmms-devcluster up   [--dir DIR]   # idempotent; prints `export KUBECONFIG=...`
     lmms-devcluster down [--dir DIR]   # stops every process it started
@@ -15,6 +16,7 @@ and are otherwise built from their Go modules by ``build-k8s.sh`` and cached und
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import json
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lmms_devcluster import kueue as kueue_mod
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
@@ -255,6 +259,8 @@ class DevCluster:
 
     directory: Path
     binaries: dict[str, str] = field(default_factory=dict)
+    #: Start Kueue (see kueue.py); ``lmms-devcluster up --no-kueue`` leaves it out.
+    kueue: bool = True
 
     @property
     def kubeconfig(self) -> Path:
@@ -380,6 +386,8 @@ class DevCluster:
                 ],
             )
             self._wait_api(state, timeout)
+            if self.kueue:
+                self._install_kueue_crds()
             self._spawn(
                 state,
                 "kube-controller-manager",
@@ -430,6 +438,9 @@ class DevCluster:
                 ],
             )
             self._create_nodes()
+            if self.kueue:
+                self.start_kueue(wait=False)
+                state = self._state()
             cni = find_cni_plugins()
             self._spawn(
                 state,
@@ -448,6 +459,8 @@ class DevCluster:
                 ],
             )
             self._wait_nodes_ready(timeout)
+            if self.kueue:
+                self._wait_kueue(timeout)
         except BaseException:
             self.down(quiet=True)
             raise
@@ -542,6 +555,79 @@ class DevCluster:
             time.sleep(0.5)
         raise DevClusterError(f"nodes not Ready after {timeout:.0f}s")
 
+    # -- Kueue (kueue.py) ----------------------------------------------------------
+    @property
+    def kueue_dir(self) -> Path:
+        return self.directory / "kueue"
+
+    def _install_kueue_crds(self) -> None:
+        _, source = kueue_mod.find_kueue()
+        docs = kueue_mod.crds(source)
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kueue-system"}})
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def start_kueue(self, wait: bool = True, timeout: float = 60.0) -> None:
+        """Starts Kueue under its supervisor (again, after ``stop_kueue``)."""
+        binary, source = kueue_mod.find_kueue()
+        state = self._state()
+        ports = state.get("kueue") or {n: free_port() for n in ("webhook", "health", "metrics")}
+        state["kueue"] = ports
+        config = kueue_mod.prepare(self.kueue_dir, self.directory / "pki", ports)
+        crds = [f"crd/{d['metadata']['name']}" for d in kueue_mod.crds(source)]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+        argv = kueue_mod.supervisor_argv(binary, self.kueue_dir, config, self.kubeconfig)
+        self._spawn(state, "kueue", argv)
+        if wait:
+            self._wait_kueue(timeout)
+
+    def _wait_kueue(self, timeout: float) -> None:
+        """Until Kueue is ready and the API server calls its webhooks."""
+        state = self._state()
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{state['kueue']['health']}/readyz"
+        while True:
+            if not _alive(state["pids"]["kueue"]):
+                raise DevClusterError(
+                    f"kueue's supervisor died:\n{_tail(self.log_dir / 'kueue.log')}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"kueue not ready:\n{_tail(self.log_dir / 'kueue.log')}")
+            time.sleep(0.2)
+        _, source = kueue_mod.find_kueue()
+        ca = base64.b64encode((self.directory / "pki" / "ca.crt").read_bytes()).decode()
+        hooks = kueue_mod.webhook_configurations(source, state["kueue"]["webhook"], ca)
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(hooks))
+        while not kueue_mod.job_webhook_live(self.kubectl):
+            if time.monotonic() > deadline:
+                raise DevClusterError("the API server does not call Kueue's Job webhook")
+            time.sleep(0.2)
+
+    def stop_kueue(self) -> None:
+        """Stops Kueue and its supervisor (an outage: its webhooks stay installed)."""
+        state = self._state()
+        pid = state["pids"].pop("kueue", None)
+        if pid is not None:
+            _stop_group(pid)
+        self._save_state(state)
+
+    def kill_kueue(self) -> list[int]:
+        """SIGKILLs the Kueue process (not its supervisor, which starts it again)."""
+        pids = kueue_mod.kueue_pids(self._state()["pids"]["kueue"])
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
+    def kueue_pids(self) -> list[int]:
+        """The running Kueue processes (under the supervisor)."""
+        return kueue_mod.kueue_pids(self._state()["pids"]["kueue"])
+
     def down(self, quiet: bool = False) -> None:
         state = self._state()
         pids: dict[str, int] = state.get("pids", {})
@@ -564,6 +650,66 @@ class DevCluster:
         if state:
             state["pids"] = {}
             self._save_state(state)
+
+    # -- outages: one component stopped and started again ------------------------------
+    #: The components a test may restart; etcd keeps its data, and each comes back on
+    #: the same ports with the same certificates, as after a crash or an upgrade.
+    RESTARTABLE = ("etcd", "kube-apiserver")
+
+    def stop_component(self, name: str, kill: bool = False) -> None:
+        """Stops one component (``RESTARTABLE``): SIGTERM, then SIGKILL after 10 s;
+        ``kill``: SIGKILL at once, as a crash. ``start_component`` starts it again with
+        the same command line (etcd's data directory is kept)."""
+        if name not in self.RESTARTABLE:
+            raise DevClusterError(f"{name}: not one of {', '.join(self.RESTARTABLE)}")
+        state = self._state()
+        pid = state.get("pids", {}).get(name)
+        if pid is None or not _alive(pid):
+            raise DevClusterError(f"{name} is not running")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        state.setdefault("stopped", {})[name] = [a.decode() for a in argv]
+        self._save_state(state)
+        if kill:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(pid):
+                time.sleep(0.05)
+        else:
+            _stop_group(pid)
+        _log(f"{name} stopped")
+
+    def start_component(self, name: str, timeout: float = 120.0) -> None:
+        """Starts a component ``stop_component`` stopped, and waits until the API server
+        is ready again (which needs etcd)."""
+        state = self._state()
+        argv = state.get("stopped", {}).pop(name, None)
+        if argv is None:
+            raise DevClusterError(f"{name} was not stopped by stop_component")
+        self._spawn(state, name, argv)  # saves the state, without it in "stopped"
+        if not state["stopped"]:  # with another one still down it cannot be ready
+            self._wait_api(state, timeout)
+        _log(f"{name} started again (pid {state['pids'][name]})")
+
+    def restart(
+        self, name: str, downtime: float = 0.0, kill: bool = False, timeout: float = 120.0
+    ) -> None:
+        """Restarts etcd (its data kept) or the API server, on the same ports and
+        certificates, after ``downtime`` seconds down; returns once the API server is
+        ready again."""
+        self.stop_component(name, kill=kill)
+        time.sleep(downtime)
+        self.start_component(name, timeout=timeout)
+
+    @contextlib.contextmanager
+    def outage(self, name: str, kill: bool = False) -> Iterator[None]:
+        """``name`` is down for the ``with`` block, and back (and the API server ready)
+        after it, also when the block fails."""
+        self.stop_component(name, kill=kill)
+        try:
+            yield
+        finally:
+            self.start_component(name)
 
     def _write_kubeconfig(self, server: str, token: str) -> None:
         config = {
@@ -696,8 +842,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmms-devcluster", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "binaries"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory")
+    parser.add_argument("--no-kueue", action="store_true", help="do not start Kueue")
     args = parser.parse_args(argv)
-    cluster = DevCluster(args.dir.resolve())
+    cluster = DevCluster(args.dir.resolve(), kueue=not args.no_kueue)
     try:
         if args.command == "up":
             cluster.up()
@@ -711,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for name, path in sorted(find_binaries().items()):
                 print(f"{name}\t{path}")
+            print(f"kueue\t{kueue_mod.find_kueue()[0]}")
     except (DevClusterError, subprocess.CalledProcessError) as exc:
         _log(f"error: {exc}")
         return 1

@@ -65,9 +65,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -85,6 +88,9 @@ from lmms_devcluster.podnet import PodNetwork, PodNetworkError, Sandbox
 log = logging.getLogger("lmms.executor")
 
 TERMINATION_LOG_LIMIT = 4096
+#: What this node tells every container: its nvidia.com/gpu are simulated, there is no
+#: driver (lmms_operator.api.runner.SIMULATED_GPUS_ENV: the runner checks none).
+SIMULATED_GPUS_ENV = "LMMS_SIMULATED_GPUS"
 #: Where pods of the host environment keep lmms-eval's task index (the runner image has
 #: it at /opt/lmms/task-index.json, built with the image).
 HOST_TASK_INDEX = (
@@ -479,6 +485,7 @@ class PodRunner:
         env["KUBERNETES_SERVICE_HOST"] = host
         env["KUBERNETES_SERVICE_PORT"] = port
         env["KUBERNETES_SERVICE_PORT_HTTPS"] = port
+        env[SIMULATED_GPUS_ENV] = "1"
         for src in container.env_from or []:
             prefix = src.prefix or ""
             if src.config_map_ref:
@@ -546,13 +553,17 @@ class PodRunner:
 
     def _config_map(self, name: str, optional: bool | None) -> dict[str, str]:
         try:
-            cm = self.ex.core.read_namespaced_config_map(name, self.namespace)
+            cm = self.ex.core.read_namespaced_config_map(
+                name, self.namespace, _request_timeout=API_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 404:
                 if optional:
                     return {}
                 raise _NotReady(f'configmap "{name}" not found') from None
-            raise
+            raise _NotReady(f'configmap "{name}": {exc.status} {exc.reason}') from None
+        except TRANSIENT_ERRORS as exc:  # the API server is away: the pod waits
+            raise _NotReady(f'configmap "{name}": {_brief(exc)}') from None
         data = dict(cm.data or {})
         for key, value in (cm.binary_data or {}).items():
             data[key] = base64.b64decode(value).decode(errors="replace")
@@ -560,13 +571,17 @@ class PodRunner:
 
     def _secret(self, name: str, optional: bool | None) -> dict[str, bytes]:
         try:
-            secret = self.ex.core.read_namespaced_secret(name, self.namespace)
+            secret = self.ex.core.read_namespaced_secret(
+                name, self.namespace, _request_timeout=API_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 404:
                 if optional:
                     return {}
                 raise _NotReady(f'secret "{name}" not found') from None
-            raise
+            raise _NotReady(f'secret "{name}": {exc.status} {exc.reason}') from None
+        except TRANSIENT_ERRORS as exc:
+            raise _NotReady(f'secret "{name}": {_brief(exc)}') from None
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     def _volumes(self) -> dict[str, Path]:
@@ -642,12 +657,14 @@ class PodRunner:
             spec["audiences"] = [source.audience]
         try:
             made = self.ex.core.create_namespaced_service_account_token(
-                sa, self.namespace, {"spec": spec}
+                sa, self.namespace, {"spec": spec}, _request_timeout=API_TIMEOUT
             )
         except ApiException as exc:
             if exc.status == 404:
                 raise _NotReady(f'serviceaccount "{sa}" not found') from None
-            raise
+            raise _NotReady(f'serviceaccount "{sa}" token: {exc.status} {exc.reason}') from None
+        except TRANSIENT_ERRORS as exc:
+            raise _NotReady(f'serviceaccount "{sa}" token: {_brief(exc)}') from None
         path = target / source.path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(made.status.token)  # in place: the pod's mount sees the new one
@@ -717,13 +734,9 @@ class PodRunner:
     def _patch_status(self, status: dict[str, Any]) -> None:
         if self.stopping.is_set():
             return
-        try:
-            self.ex.core.patch_namespaced_pod_status(self.name, self.namespace, {"status": status})
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning(
-                    "pod %s/%s: status patch failed: %s", self.namespace, self.name, exc.reason
-                )
+        # Kept until written: while the API server is away it is written again (and on
+        # every relist) until it is, as a kubelet's status manager does.
+        self.ex.statuses.report(self.uid, self.namespace, self.name, status)
 
     def _conditions(self, ready: bool, reason: str | None = None) -> list[dict[str, Any]]:
         now = _now()
@@ -985,7 +998,194 @@ class _InvalidPod(Exception):
     """The pod cannot be run by the executor at all."""
 
 
+#: Seconds an API request may take (a watch: its read timeout on top of its own).
+API_TIMEOUT = 10.0
+#: How often unwritten pod statuses are written again while the API server is away.
+STATUS_RETRY_INTERVAL = 1.0
+#: What a call to an API server that is away (restarting, or its etcd away) raises,
+#: besides an ApiException: refused and reset connections, timeouts.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (urllib3.exceptions.HTTPError, OSError)
+
+
+def _brief(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the executor needs to know of a pod bound to its node."""
+
+    uid: str
+    phase: str | None
+    deleting: bool
+
+    @classmethod
+    def of(cls, pod: client.V1Pod) -> PodView:
+        return cls(
+            uid=pod.metadata.uid,
+            phase=pod.status.phase if pod.status is not None else None,
+            deleting=pod.metadata.deletion_timestamp is not None,
+        )
+
+
+def pod_action(pod: PodView, running: bool) -> str | None:
+    """What a kubelet does about one pod of its node: ``"start"`` a pod it does not run
+    yet (a pod it has never started is Pending, or has no phase yet), ``"delete"`` a
+    pod being deleted (stop its process, if any, and confirm the deletion), or nothing."""
+    if pod.deleting:
+        return "delete"
+    if not running and pod.phase in (None, "Pending"):
+        return "start"
+    return None
+
+
+@dataclass(frozen=True)
+class Relist:
+    """What a relist must do to make the node's runners match the pods bound to it."""
+
+    start: tuple[str, ...] = ()
+    #: Pods being deleted: stop their runners (those that have one), confirm the deletion.
+    delete: tuple[str, ...] = ()
+    #: Runners whose pod is gone (deleted while the watch was down): stop them.
+    stop: tuple[str, ...] = ()
+    #: Runners whose last status write failed: write their current status again.
+    report: tuple[str, ...] = ()
+
+
+def plan_relist(
+    pods: Iterable[PodView], running: Iterable[str], unwritten: Iterable[str]
+) -> Relist:
+    """Reconciles a full list of the pods bound to the node (``pods``) against the pods
+    it runs (``running``: uids of its runners, finished ones included) and the runners
+    whose status is not written yet (``unwritten``)."""
+    running_set = set(running)
+    start: list[str] = []
+    delete: list[str] = []
+    listed: set[str] = set()
+    for pod in pods:
+        listed.add(pod.uid)
+        action = pod_action(pod, pod.uid in running_set)
+        if action == "start":
+            start.append(pod.uid)
+        elif action == "delete":
+            delete.append(pod.uid)
+    stop = sorted(running_set - listed)
+    gone = set(delete) | set(stop)
+    report = sorted(uid for uid in set(unwritten) & running_set if uid not in gone)
+    return Relist(tuple(start), tuple(delete), tuple(stop), tuple(report))
+
+
+class StatusWriter:
+    """The executor's status manager: the status each of its pods should have, kept
+    until the API server has it. A report the API server does not take (it is away,
+    or its etcd is) stays, merged with later ones, and is written again every
+    ``STATUS_RETRY_INTERVAL`` seconds and at every relist, until it is written."""
+
+    def __init__(self, core: client.CoreV1Api) -> None:
+        self.core = core
+        self._lock = threading.Lock()
+        #: uid -> (namespace, name, the status to write)
+        self._pending: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        # One write per pod at a time, so that an older status never lands after a newer.
+        self._writing: dict[str, threading.Lock] = {}
+        self._failing: set[str] = set()
+        self.wake = threading.Event()
+
+    def report(self, uid: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        with self._lock:
+            entry = self._pending.get(uid)
+            merged = {**(entry[2] if entry else {}), **status}
+            self._pending[uid] = (namespace, name, merged)
+        self.write(uid)
+
+    def unwritten(self) -> set[str]:
+        with self._lock:
+            return set(self._pending)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._pending.pop(uid, None)
+            self._failing.discard(uid)
+            self._writing.pop(uid, None)
+
+    def write(self, uid: str, wait: bool = True) -> bool:
+        """Writes the pod's pending status; False when it stays pending (also when
+        ``wait`` is false and a write of it is in flight)."""
+        with self._lock:
+            lock = self._writing.setdefault(uid, threading.Lock())
+        if not lock.acquire(blocking=wait):
+            return False
+        try:
+            return self._write(uid)
+        finally:
+            lock.release()
+
+    def _write(self, uid: str) -> bool:
+        with self._lock:
+            entry = self._pending.get(uid)
+        if entry is None:
+            return True
+        namespace, name, status = entry
+        try:
+            self.core.patch_namespaced_pod_status(
+                name, namespace, {"status": status}, _request_timeout=API_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status in (404, 400, 422):  # the pod is gone, or the patch can never be
+                if exc.status != 404:
+                    log.warning("pod %s/%s: status refused: %s", namespace, name, _brief(exc))
+                self._done(uid, entry)
+                return True
+            self._failed(uid, namespace, name, exc)
+            return False
+        except TRANSIENT_ERRORS as exc:
+            self._failed(uid, namespace, name, exc)
+            return False
+        if uid in self._failing:
+            log.info("pod %s/%s: status written after an outage", namespace, name)
+        self._done(uid, entry)
+        return True
+
+    def _done(self, uid: str, entry: tuple[str, str, dict[str, Any]]) -> None:
+        with self._lock:
+            self._failing.discard(uid)
+            if self._pending.get(uid) is entry:  # else a newer report is waiting its turn
+                del self._pending[uid]
+
+    def _failed(self, uid: str, namespace: str, name: str, exc: BaseException) -> None:
+        with self._lock:
+            first = uid not in self._failing
+            self._failing.add(uid)
+        if first:
+            log.warning(
+                "pod %s/%s: status write failed (%s): kept, written again until it is",
+                namespace,
+                name,
+                _brief(exc),
+            )
+
+    def retry_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.wake.wait(STATUS_RETRY_INTERVAL)
+            self.wake.clear()
+            for uid in sorted(self.unwritten()):
+                if stop.is_set():
+                    return
+                try:
+                    self.write(uid, wait=False)
+                except Exception:  # never let one pod's write end the retries
+                    log.exception("status retry failed")
+
+
 class Executor:
+    """The kubelet of one node. It lists the pods bound to the node and watches them
+    from that list; whenever the watch ends (its timeout, 410 Gone, the API server or
+    its etcd restarting) it lists again and reconciles (``plan_relist``): it starts the
+    pods bound meanwhile, stops those deleted meanwhile, and writes again each status
+    the API server did not take (``StatusWriter``). No API error ends it."""
+
     def __init__(
         self, node: str, state_dir: Path, api: client.ApiClient, cni_path: Path | None = None
     ) -> None:
@@ -997,6 +1197,7 @@ class Executor:
         self.names = PodNames(state_dir / "names")
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
+        self.statuses = StatusWriter(self.core)
         self.unshare_prefix = _unshare_prefix()
         self.images = ImageStore()
         endpoint = urllib.parse.urlsplit(api.configuration.host)
@@ -1058,32 +1259,42 @@ class Executor:
                 time.sleep(0.5)
 
     def handle(self, pod: client.V1Pod) -> None:
-        uid = pod.metadata.uid
+        """Acts on one pod of the node, as seen in a watch event or a relist."""
+        view = PodView.of(pod)
         with self.lock:
-            runner = self.runners.get(uid)
-            if pod.metadata.deletion_timestamp is not None:
+            runner = self.runners.get(view.uid)
+            action = pod_action(view, runner is not None)
+            if action == "delete":
                 if runner is not None:
+                    del self.runners[view.uid]
                     grace = pod.metadata.deletion_grace_period_seconds or 0
-                    threading.Thread(
-                        target=self._delete, args=(runner, pod, grace), daemon=True
-                    ).start()
-                    del self.runners[uid]
+                    self._stop_runner(runner, grace, then_delete=pod)
                 else:
                     threading.Thread(target=self._force_delete, args=(pod,), daemon=True).start()
-                return
-            if runner is None and (pod.status.phase in (None, "Pending")):
+            elif action == "start":
                 runner = PodRunner(self, pod)
-                self.runners[uid] = runner
+                self.runners[view.uid] = runner
                 runner.start()
 
-    def _delete(self, runner: PodRunner, pod: client.V1Pod, grace: float) -> None:
+    def _stop_runner(
+        self, runner: PodRunner, grace: float, then_delete: client.V1Pod | None = None
+    ) -> None:
+        self.statuses.forget(runner.uid)
+        threading.Thread(
+            target=self._delete, args=(runner, then_delete, grace), daemon=True
+        ).start()
+
+    def _delete(self, runner: PodRunner, pod: client.V1Pod | None, grace: float) -> None:
         runner.stop(grace)
-        self._force_delete(pod)
-        shutil.rmtree(runner.dir, ignore_errors=True)
+        self.statuses.forget(runner.uid)
+        if pod is not None:  # a graceful deletion: the pod's files go with it
+            self._force_delete(pod)
+            shutil.rmtree(runner.dir, ignore_errors=True)
 
     def _force_delete(self, pod: client.V1Pod) -> None:
         # With no kubelet to confirm, the pod object would stay Terminating forever.
-        with contextlib.suppress(ApiException):
+        # Should the API server be away, the next relist confirms it again.
+        try:
             self.core.delete_namespaced_pod(
                 pod.metadata.name,
                 pod.metadata.namespace,
@@ -1092,39 +1303,100 @@ class Executor:
                     grace_period_seconds=0,
                     preconditions=client.V1Preconditions(uid=pod.metadata.uid),
                 ),
+                _request_timeout=API_TIMEOUT,
             )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning("pod %s: delete failed: %s", pod.metadata.name, _brief(exc))
+        except TRANSIENT_ERRORS as exc:
+            log.warning("pod %s: delete failed: %s", pod.metadata.name, _brief(exc))
+
+    def relist(self) -> str:
+        """Lists the node's pods and makes the runners match them, as a kubelet does
+        after its watch broke: starts the pods it missed, stops those deleted meanwhile,
+        and writes again every status the API server has not taken. Returns the list's
+        resourceVersion, to watch from."""
+        pods = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.node}", _request_timeout=API_TIMEOUT * 3
+        )
+        with self.lock:
+            plan = plan_relist(
+                (PodView.of(p) for p in pods.items), self.runners, self.statuses.unwritten()
+            )
+            stopped = [self.runners.pop(uid) for uid in plan.stop]
+        for runner in stopped:
+            log.info("pod %s/%s: deleted while away: stopping it", runner.namespace, runner.name)
+            self._stop_runner(runner, 0)
+        starting = set(plan.start) | set(plan.delete)
+        for pod in pods.items:
+            if pod.metadata.uid in starting:
+                self.handle(pod)
+        if plan.start:
+            log.info("relist: %d pod(s) to start", len(plan.start))
+        if plan.report:
+            log.info("relist: %d pod status(es) to write again", len(plan.report))
+            self.statuses.wake.set()
+        return str(pods.metadata.resource_version)
+
+    def _watch(self, resource_version: str, stop: threading.Event) -> None:
+        w = watch.Watch()
+        for event in w.stream(
+            self.core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={self.node}",
+            resource_version=resource_version,
+            timeout_seconds=60,
+            _request_timeout=(API_TIMEOUT, 60 + API_TIMEOUT),
+        ):
+            if stop.is_set():
+                w.stop()
+                return
+            if event["type"] in ("ADDED", "MODIFIED"):
+                self.handle(event["object"])
+            elif event["type"] == "DELETED":
+                with self.lock:
+                    runner = self.runners.pop(event["object"].metadata.uid, None)
+                if runner:
+                    self._stop_runner(runner, 0)
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_node()
-        selector = f"spec.nodeName={self.node}"
+        """List, then watch from the list; whenever the watch ends (its timeout, a 410
+        Gone, an error, the API server going away) list again. Nothing the API server
+        does ends this loop."""
+        threading.Thread(
+            target=self.statuses.retry_loop, args=(stop,), name="status-retry", daemon=True
+        ).start()
+        backoff = 0.0
         while not stop.is_set():
-            pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
-            for pod in pods.items:
-                self.handle(pod)
-            w = watch.Watch()
+            if stop.wait(backoff):
+                return
             try:
-                for event in w.stream(
-                    self.core.list_pod_for_all_namespaces,
-                    field_selector=selector,
-                    resource_version=pods.metadata.resource_version,
-                    timeout_seconds=60,
-                ):
-                    if stop.is_set():
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self.handle(event["object"])
-                    elif event["type"] == "DELETED":
-                        with self.lock:
-                            runner = self.runners.pop(event["object"].metadata.uid, None)
-                        if runner:
-                            threading.Thread(target=runner.stop, args=(0,), daemon=True).start()
+                self.ensure_node()
+                break
+            except Exception as exc:
+                log.warning("registering the node failed: %s", _brief(exc))
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+        backoff = 0.0
+        while not stop.is_set():
+            if stop.wait(backoff):
+                return
+            try:
+                resource_version = self.relist()
+            except Exception as exc:
+                log.warning("relist failed: %s", _brief(exc))
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+                continue
+            backoff = 0.0
+            try:
+                self._watch(resource_version, stop)
             except ApiException as exc:
-                if exc.status != 410:
-                    log.warning("watch failed: %s", exc.reason)
-                    stop.wait(1)
-            except Exception as exc:  # connection reset and the like: list and watch again
-                log.warning("watch interrupted: %s", exc)
-                stop.wait(1)
+                if exc.status == 410:
+                    log.info("watch expired (410 Gone): relisting")
+                else:
+                    log.warning("watch failed: %s: relisting", _brief(exc))
+                    backoff = 0.5
+            except Exception as exc:  # connection reset and the like
+                log.warning("watch interrupted: %s: relisting", _brief(exc))
+                backoff = 0.5
 
     def shutdown(self) -> None:
         with self.lock:
@@ -1174,6 +1446,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Its retries say each refused connection again: the executor says what it does about it.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     api = config.new_client_from_config(config_file=args.kubeconfig)
     executor = Executor(args.node, args.state_dir, api, args.cni_path)

@@ -5,6 +5,7 @@
 # and their public default bases.
 #
 #   tests/infra/lmms_devcluster/images.sh [operator|runner|all]   # make images: all
+#   tests/infra/lmms_devcluster/images.sh user-check   # the runner's user on two bases
 #
 # Cached: the base under ~/.cache/lmms-operator/images, keyed by its package list; an
 # image is rebuilt only when the hash of its Dockerfile, lock file and sources changed
@@ -116,9 +117,69 @@ runner() {
     --build-arg RUNNER_LOCK=requirements/runner-py311.txt
 }
 
+# user-check: the runner Dockerfile's runtime stage (its packages and its user at uid and
+# gid 1000) on the base above and on a variant of it that already holds uid and gid 1000,
+# as Ubuntu 24.04 images hold `ubuntu` (the default CUDA base's; here also in group adm,
+# so that dropping supplementary groups is checked). Both must end with one user and one
+# group at 1000, both named lmms. Prints what each base held and what the stage made;
+# removes the images and containers it made. `user-check full` builds the whole runner
+# image on the variant only (as `make images` does on the base) and starts the runner in
+# it as uid 1000.
+in_image() {  # in_image IMAGE COMMAND: runs COMMAND (sh) in a container of IMAGE
+  local ctr out rc=0
+  ctr="$("${B[@]}" from --quiet "$1")"
+  out="$("${B[@]}" run --isolation chroot "$ctr" -- sh -c "$2")" || rc=$?
+  "${B[@]}" rm "$ctr" >/dev/null
+  echo "$out"
+  return $rc
+}
+
+user_check() {
+  local full="${1:-}"
+  base
+  local variant="localhost/lmms-user-check:uid1000-base" ctr name i=0 held got
+  local made=("$variant")
+  ctr="$("${B[@]}" from --quiet "$BASE_TAG")"
+  "${B[@]}" run --isolation chroot "$ctr" -- sh -c 'groupadd --gid 1000 ubuntu &&
+    useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash ubuntu && usermod -aG adm ubuntu'
+  "${B[@]}" commit --quiet "$ctr" "$variant" >/dev/null
+  "${B[@]}" rm "$ctr" >/dev/null
+  local mounts
+  mapfile -t mounts < <(build_mounts)
+  local ok=0
+  local bases=("$BASE_TAG" "$variant") what=(--target runtime)
+  if [ "$full" = full ]; then
+    bases=("$variant")
+    what=(--build-arg RUNNER_LOCK=requirements/runner-py311.txt)
+  fi
+  for name in "${bases[@]}"; do
+    i=$((i + 1))
+    held="$(in_image "$name" 'id 1000 2>&1 || true')"
+    (cd "$REPO" && "${B[@]}" bud --quiet --isolation chroot --layers=false "${what[@]}" \
+      --build-arg CUDA_BASE="$name" "${mounts[@]}" -f runner-image/Dockerfile \
+      -t "localhost/lmms-user-check:runtime-$i" .) >/dev/null || { ok=1; continue; }
+    made+=("localhost/lmms-user-check:runtime-$i")
+    got="$(in_image "localhost/lmms-user-check:runtime-$i" \
+      'id lmms; grep -h ":x:1000:" /etc/passwd /etc/group | cut -d: -f1,3,4,6,7 | tr "\n" " "')"
+    echo "base $name held: $held; it made: $(echo "$got" | tr '\n' ' ')"
+    if [ "$full" = full ]; then
+      ctr="$("${B[@]}" from --quiet "localhost/lmms-user-check:runtime-$i")"
+      "${B[@]}" run --isolation chroot --user 1000:1000 "$ctr" -- lmms-runner --help | sed -n 1p || ok=1
+      "${B[@]}" rm "$ctr" >/dev/null
+    fi
+    case "$got" in
+      "uid=1000(lmms) gid=1000(lmms) groups=1000(lmms)"*"lmms:1000:1000:/home/lmms:/usr/sbin/nologin lmms:1000: ") ;;
+      *) log "FAILED on $name"; ok=1 ;;
+    esac
+  done
+  "${B[@]}" rmi "${made[@]}" >/dev/null
+  return $ok
+}
+
 case "${1:-all}" in
   operator) operator ;;
   runner) runner ;;
   all) operator && runner ;;
-  *) log "unknown image ${1}: operator, runner or all"; exit 2 ;;
+  user-check) user_check "${2:-}" ;;
+  *) log "unknown image ${1}: operator, runner, all or user-check"; exit 2 ;;
 esac
