@@ -108,7 +108,7 @@ from .objectstore import StorePolicy
 from .reconcile import poddefaults
 from .reconcile.job import RunnerDefaults
 from .reconcile.lease import Timing
-from .reconcile.netpol import prometheus_peer
+from .reconcile.netpol import PrometheusScrapers, prometheus_peer
 from .reconcile.placement import PlacementPolicy
 from .reconcile.status import Timeouts
 from .reconcile.validate import DEFAULT_FEATURES, FEATURES, Policy
@@ -183,8 +183,9 @@ class Settings:
             network_policy=self.runner_network_policy,
             operator_namespace=self.operator_namespace,
             operator_labels=self.operator_pod_labels,
-            prometheus_namespace_selector=self.prometheus_namespace_selector,
-            prometheus_pod_selector=self.prometheus_pod_selector,
+            prometheus=PrometheusScrapers(
+                self.prometheus_namespace_selector, self.prometheus_pod_selector
+            ),
             pod=self.runner_pod_defaults,
         )
 

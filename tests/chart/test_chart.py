@@ -281,7 +281,9 @@ def test_with_the_pod_monitor_prometheus_reaches_the_runner_metrics_port() -> No
         for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert "LMMS_PROMETHEUS_NAMESPACE_SELECTOR" not in env  # {}: every namespace
-    runner = RunnerDefaults(prometheus_pod_selector=env["LMMS_PROMETHEUS_POD_SELECTOR"])
+    runner = RunnerDefaults(
+        prometheus=netpol.PrometheusScrapers(pod_selector=env["LMMS_PROMETHEUS_POD_SELECTOR"])
+    )
     assert netpol.prometheus_peer(runner) == prometheus
     selectors = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
@@ -302,8 +304,9 @@ def test_with_the_pod_monitor_prometheus_reaches_the_runner_metrics_port() -> No
         for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     runner = RunnerDefaults(
-        prometheus_namespace_selector=env["LMMS_PROMETHEUS_NAMESPACE_SELECTOR"],
-        prometheus_pod_selector=env["LMMS_PROMETHEUS_POD_SELECTOR"],
+        prometheus=netpol.PrometheusScrapers(
+            env["LMMS_PROMETHEUS_NAMESPACE_SELECTOR"], env["LMMS_PROMETHEUS_POD_SELECTOR"]
+        ),
     )
     assert netpol.prometheus_peer(runner) == selectors
     runners = next(

@@ -157,8 +157,9 @@ def test_unset_prometheus_selectors_keep_the_operator_only() -> None:
 def test_the_configured_prometheus_reaches_the_runner_port_and_nothing_else_does() -> None:
     runner = RunnerDefaults(
         operator_namespace="lmms-system",
-        prometheus_namespace_selector="kubernetes.io/metadata.name=monitoring",
-        prometheus_pod_selector="app.kubernetes.io/name=prometheus",
+        prometheus=netpol.PrometheusScrapers(
+            "kubernetes.io/metadata.name=monitoring", "app.kubernetes.io/name=prometheus"
+        ),
     )
     policy = netpol.namespace_policy("team-a", runner, RUNNERS)
     assert policy is not None
@@ -175,7 +176,9 @@ def test_the_configured_prometheus_reaches_the_runner_port_and_nothing_else_does
 
 
 def test_a_prometheus_pod_selector_alone_admits_those_pods_in_every_namespace() -> None:
-    runner = RunnerDefaults(prometheus_pod_selector="app.kubernetes.io/name in (prometheus)")
+    runner = RunnerDefaults(
+        prometheus=netpol.PrometheusScrapers(pod_selector="app.kubernetes.io/name in (prometheus)")
+    )
     policy = netpol.namespace_policy("team-a", runner, RUNNERS)
     assert policy is not None
     for ns in (MONITORING, {"kubernetes.io/metadata.name": "elsewhere"}):
@@ -184,7 +187,9 @@ def test_a_prometheus_pod_selector_alone_admits_those_pods_in_every_namespace() 
 
 
 def test_a_namespace_selector_alone_admits_every_pod_there() -> None:
-    runner = RunnerDefaults(prometheus_namespace_selector="team=observability,!restricted")
+    runner = RunnerDefaults(
+        prometheus=netpol.PrometheusScrapers(namespace_selector="team=observability,!restricted")
+    )
     peer = netpol.prometheus_peer(runner)
     assert peer == {
         "namespaceSelector": {

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -131,20 +132,28 @@ def _value(value: str, name: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class PrometheusScrapers:
+    """The Prometheus pods that may also reach the runner port (the runner PodMonitor):
+    label selectors in kubectl's ``-l`` syntax (``label_selector``) of their namespaces
+    and of the pods; an unset one selects all."""
+
+    namespace_selector: str | None = None
+    pod_selector: str | None = None
+
+
 def prometheus_peer(runner: RunnerDefaults) -> dict[str, Any] | None:
-    """The Prometheus pods that may scrape runners (the runner PodMonitor): both
-    selectors always present, so they select pods matching the pod selector in the
-    namespaces matching the namespace selector; an unset one selects all. ``None``
-    (today's behaviour: the operator only) when neither is set."""
-    if runner.prometheus_namespace_selector is None and runner.prometheus_pod_selector is None:
+    """The peer of ``runner.prometheus``: both selectors always present, so it selects the
+    pods matching the pod selector in the namespaces matching the namespace selector.
+    ``None`` (the operator only) when no Prometheus is configured."""
+    scrapers = runner.prometheus
+    if scrapers is None or (scrapers.namespace_selector is None and scrapers.pod_selector is None):
         return None
     return {
         "namespaceSelector": label_selector(
-            runner.prometheus_namespace_selector or "", "LMMS_PROMETHEUS_NAMESPACE_SELECTOR"
+            scrapers.namespace_selector or "", "LMMS_PROMETHEUS_NAMESPACE_SELECTOR"
         ),
-        "podSelector": label_selector(
-            runner.prometheus_pod_selector or "", "LMMS_PROMETHEUS_POD_SELECTOR"
-        ),
+        "podSelector": label_selector(scrapers.pod_selector or "", "LMMS_PROMETHEUS_POD_SELECTOR"),
     }
 
 
