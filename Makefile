@@ -1,7 +1,8 @@
 # Everything a fresh machine needs is installed by these targets: the Python
 # environment (.venv, through uv), Debian packages (.ci/system-deps.sh: etcd-server,
 # util-linux, prometheus, openssl, lua5.1, buildah, mmdebstrap), the Go-built binaries
-# (Kubernetes, kwok, helm, Kueue, kstatus-check; cached under ~/.cache/lmms-operator, keyed by
+# (Kubernetes, kwok, helm, Kueue, kstatus-check, the CNI plugins, the Prometheus Operator and
+# Prometheus; cached under ~/.cache/lmms-operator, keyed by
 # version) and the two images (make images; cached by buildah, keyed by their inputs).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -44,6 +45,7 @@ system-deps:
 binaries: system-deps venv
 	@bash tests/infra/lmms_devcluster/build-k8s.sh
 	@bash tests/infra/lmms_devcluster/build-kueue.sh
+	@bash tests/infra/lmms_devcluster/build-netmon.sh
 	@$(BIN)/python -c "from lmms_devcluster import devcluster as d; d.find_kstatus_check()"
 
 devcluster: binaries

@@ -25,6 +25,8 @@
 | LMMS_RUNNER_NETWORK_POLICY     | true                             | a NetworkPolicy per run               |
 | LMMS_OPERATOR_NAMESPACE        | (the kubeconfig's)               | where the operator's pods run         |
 | LMMS_OPERATOR_POD_LABELS       | app.kubernetes.io/name=lmms-operator | labels of the operator's pods     |
+| LMMS_PROMETHEUS_NAMESPACE_SELECTOR | (unset)                      | namespaces of Prometheus pods that may scrape runners |
+| LMMS_PROMETHEUS_POD_SELECTOR   | (unset)                          | Prometheus pods that may scrape runners |
 | LMMS_WORKERS                   | 16                               | new/edited runs reconciled at once    |
 | LMMS_ALLOWED_PRIORITY_CLASSES  | (none)                           | priorityClassNames runs may set       |
 | LMMS_ALLOWED_TOLERATION_KEYS   | (unset: any outside kubernetes.io, k8s.io) | toleration keys (NAME, PFX*) |
@@ -45,6 +47,13 @@ remoteModels (model.apiKey), remoteCode (trust_remote_code, and the backends tha
 set it). Unset: all but remoteCode; empty: none. A run using another ends Failed with
 reason InvalidSpec, naming the field. LMMS_ALLOWED_ENV adds names to the spec.env
 variables a run may set (docs/security.md lists the default ones).
+
+LMMS_PROMETHEUS_NAMESPACE_SELECTOR and LMMS_PROMETHEUS_POD_SELECTOR (label selectors in
+kubectl's ``-l`` syntax, e.g. ``kubernetes.io/metadata.name=monitoring`` and
+``app.kubernetes.io/name=prometheus``) open the runner port, in each namespace's
+``lmms-runner`` NetworkPolicy, to those Prometheus pods, for a runner PodMonitor. Both
+unset (or empty): the operator's pods only. With one set, the other selects all: the
+selected pods in every namespace, or every pod of the selected namespaces.
 
 The placement policy (``reconcile.placement``): LMMS_ALLOWED_PRIORITY_CLASSES lists the
 priority classes runs may name (unset or empty: none, only the cluster default);
@@ -99,6 +108,7 @@ from .objectstore import StorePolicy
 from .reconcile import poddefaults
 from .reconcile.job import RunnerDefaults
 from .reconcile.lease import Timing
+from .reconcile.netpol import PrometheusScrapers, prometheus_peer
 from .reconcile.placement import PlacementPolicy
 from .reconcile.status import Timeouts
 from .reconcile.validate import DEFAULT_FEATURES, FEATURES, Policy
@@ -156,6 +166,8 @@ class Settings:
     allowed_priority_classes: frozenset[str] = frozenset()
     allowed_toleration_keys: tuple[str, ...] | None = None
     allow_cross_namespace_affinity: bool = False
+    prometheus_namespace_selector: str | None = None
+    prometheus_pod_selector: str | None = None
     runner_pod_defaults: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
 
     @property
@@ -171,6 +183,9 @@ class Settings:
             network_policy=self.runner_network_policy,
             operator_namespace=self.operator_namespace,
             operator_labels=self.operator_pod_labels,
+            prometheus=PrometheusScrapers(
+                self.prometheus_namespace_selector, self.prometheus_pod_selector
+            ),
             pod=self.runner_pod_defaults,
         )
 
@@ -253,12 +268,16 @@ class Settings:
             allow_cross_namespace_affinity=_bool("LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY", False),
             object_store_allowed_cidrs=_list("LMMS_OBJECT_STORE_ALLOWED_CIDRS"),
             allowed_model_args=_model_args(_list("LMMS_ALLOWED_MODEL_ARGS")),
+            prometheus_namespace_selector=os.environ.get("LMMS_PROMETHEUS_NAMESPACE_SELECTOR")
+            or None,
+            prometheus_pod_selector=os.environ.get("LMMS_PROMETHEUS_POD_SELECTOR") or None,
             runner_pod_defaults=poddefaults.parse(os.environ),
         )
 
     def check(self) -> Settings:
         """Fails at start-up on a setting that cannot be used (a CIDR that is none)."""
         _ = self.store_policy
+        _ = prometheus_peer(self.runner)  # a selector that is none fails here, named
         return self
 
 

@@ -253,6 +253,68 @@ def test_network_policy_lets_only_the_operator_reach_the_scrape_port() -> None:
     }
 
 
+def test_with_the_pod_monitor_prometheus_reaches_the_runner_metrics_port() -> None:
+    """The runner PodMonitor scrapes the runner port: with podMonitor.enabled the chart's
+    runner policy and the operator's own per-namespace policy (through the env the chart
+    sets) admit the Prometheus pods of networkPolicy.prometheus there, and agree."""
+    from lmms_operator.reconcile import netpol
+    from lmms_operator.reconcile.job import RunnerDefaults
+
+    assert "LMMS_PROMETHEUS_POD_SELECTOR" not in json.dumps(render())  # off: operator only
+    docs = render(*VALUE_SETS["monitoring"])
+    runners = next(
+        d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-runners")
+    )
+    (scrape,) = runners["spec"]["ingress"]
+    prometheus = {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    assert scrape["from"][1] == prometheus
+    (monitor,) = by_kind(docs, "PodMonitor")
+    assert [e["targetPort"] for e in monitor["spec"]["podMetricsEndpoints"]] == [
+        p["port"] for p in scrape["ports"]
+    ]
+    (deploy,) = by_kind(docs, "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert "LMMS_PROMETHEUS_NAMESPACE_SELECTOR" not in env  # {}: every namespace
+    runner = RunnerDefaults(
+        prometheus=netpol.PrometheusScrapers(pod_selector=env["LMMS_PROMETHEUS_POD_SELECTOR"])
+    )
+    assert netpol.prometheus_peer(runner) == prometheus
+    selectors = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {
+            "matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "b"]}]
+        },
+    }
+    docs = render(
+        *VALUE_SETS["monitoring"],
+        "--set-json",
+        f"networkPolicy.prometheus={json.dumps(selectors)}",
+        "--set",
+        "networkPolicy.prometheus.podSelector.matchLabels=null",
+    )
+    (deploy,) = by_kind(docs, "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    runner = RunnerDefaults(
+        prometheus=netpol.PrometheusScrapers(
+            env["LMMS_PROMETHEUS_NAMESPACE_SELECTOR"], env["LMMS_PROMETHEUS_POD_SELECTOR"]
+        ),
+    )
+    assert netpol.prometheus_peer(runner) == selectors
+    runners = next(
+        d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-runners")
+    )
+    assert runners["spec"]["ingress"][0]["from"][1] == selectors
+
+
 def test_only_prometheus_may_scrape_the_operator_by_default() -> None:
     docs = render()
     operator = next(

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import ipaddress
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import urllib.request
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from lmms_devcluster import devcluster
+from lmms_devcluster import devcluster, podnet
 from lmms_devcluster.imagestore import HOST_IMAGE
 from tests.helpers import wait_for
 
@@ -47,6 +54,14 @@ def _executor_pod_spec(script: str, **extra: object) -> client.V1PodSpec:
     )
 
 
+def _pod_network(cluster: devcluster.DevCluster) -> ipaddress.IPv4Network | None:
+    """The subnet of the executor's pod network (``None`` where pods share the node's)."""
+    directory = cluster.directory / "executor"
+    if not (directory / "cni").exists():  # made when the executor starts its pod network
+        return None
+    return podnet.identity(directory)[1]
+
+
 def _job(name: str, spec: client.V1PodSpec, backoff_limit: int = 0) -> client.V1Job:
     return client.V1Job(
         metadata=client.V1ObjectMeta(name=name),
@@ -62,7 +77,7 @@ def _job_condition(batch: client.BatchV1Api, ns: str, name: str, ctype: str) -> 
 
 
 def test_job_running_python_completes_with_volumes_env_and_pod_ip(
-    api: client.ApiClient, namespace: str
+    cluster: devcluster.DevCluster, api: client.ApiClient, namespace: str
 ) -> None:
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     core.create_namespaced_config_map(
@@ -117,7 +132,11 @@ def test_job_running_python_completes_with_volumes_env_and_pod_ip(
     assert terminated.exit_code == 0
     report = json.loads(terminated.message)
     assert report["ip"] == pod.status.pod_ip
-    assert report["ip"].startswith("127.") and report["ip"] != "127.0.0.1"
+    subnet = _pod_network(cluster)
+    if subnet is None:  # not root: the node's loopback
+        assert report["ip"].startswith("127.") and report["ip"] != "127.0.0.1"
+    else:  # its own network namespace, on the devcluster's bridge
+        assert ipaddress.ip_address(report["ip"]) in subnet
     assert report["name"] == pod.metadata.name
     assert report["token"] == "s3cr3t" and report["secret_file"] == "s3cr3t"
     assert report["config"] == "model: tiny\n"
@@ -454,3 +473,121 @@ def test_probes_drive_readiness_and_a_failing_liveness_probe_restarts(
     wait_for(lambda: restarted("unlive"), timeout=60)
     wait_for(lambda: restarted("unstarted"), timeout=60)
     assert not ready("unstarted")
+
+
+def test_pods_have_addresses_on_the_bridge_that_services_and_the_host_reach(
+    cluster: devcluster.DevCluster, api: client.ApiClient, namespace: str
+) -> None:
+    """Each pod has a network namespace of its own with an address on the devcluster's
+    bridge (the real CNI bridge plugin): a Service's EndpointSlice takes it, the host
+    reaches the pod there, pods reach each other, and a pod still reaches the host's
+    loopback services (the API server, a fixture) at 127.0.0.1."""
+    subnet = _pod_network(cluster)
+    if subnet is None:
+        pytest.skip(
+            "pods share the node's network here (not root, or LMMS_DEVCLUSTER_POD_NETWORK=loopback)"
+        )
+    core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"host says hi")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    script = f"""
+        import http.server, json, os, socket, ssl, urllib.request
+        api = os.environ["KUBERNETES_SERVICE_HOST"] + ":" + os.environ["KUBERNETES_SERVICE_PORT"]
+        ctx = ssl._create_unverified_context()
+        try:
+            urllib.request.urlopen(f"https://{{api}}/readyz", context=ctx, timeout=5)
+            reached_api = "200"
+        except urllib.error.HTTPError as exc:  # anonymous: 401/403 is an answer too
+            reached_api = str(exc.code)
+        fixture = urllib.request.urlopen("http://127.0.0.1:{host.server_address[1]}/", timeout=5)
+        with open("/tmp/net-{namespace}-" + os.environ["POD_NAME"], "w") as fh:
+            json.dump({{"api": reached_api, "fixture": fixture.read().decode(),
+                        "ifaces": sorted(n for _, n in socket.if_nameindex())}}, fh)
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers(); self.wfile.write(b"pod says hi")
+        http.server.HTTPServer((os.environ["POD_IP"], 8080), H).serve_forever()
+    """
+    labels = {"app": "web"}
+    for name in ("web-0", "web-1"):
+        spec = _executor_pod_spec(script)
+        spec.containers[0].ports = [client.V1ContainerPort(container_port=8080, name="http")]
+        core.create_namespaced_pod(
+            namespace,
+            client.V1Pod(metadata=client.V1ObjectMeta(name=name, labels=labels), spec=spec),
+        )
+    core.create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="web"),
+            spec=client.V1ServiceSpec(
+                selector=labels, ports=[client.V1ServicePort(port=80, target_port="http")]
+            ),
+        ),
+    )
+    try:
+
+        def running() -> list[client.V1Pod] | None:
+            pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
+            return pods if all(p.status.phase == "Running" for p in pods) else None
+
+        pods = wait_for(running, timeout=60)
+        ips = sorted(p.status.pod_ip for p in pods)
+        assert len(set(ips)) == 2 and all(ipaddress.ip_address(ip) in subnet for ip in ips)
+
+        def endpoints() -> list[str] | None:
+            slices = discovery.list_namespaced_endpoint_slice(
+                namespace, label_selector="kubernetes.io/service-name=web"
+            ).items
+            found = sorted(a for s in slices for e in s.endpoints or [] for a in e.addresses)
+            return found if found == ips else None
+
+        wait_for(endpoints, timeout=30)  # the EndpointSlice controller took them
+        for ip in ips:  # the host reaches each pod at its address
+            body = wait_for(functools.partial(_get, f"http://{ip}:8080/"), timeout=30)
+            assert body == "pod says hi"
+        for pod in pods:
+            path = f"/tmp/net-{namespace}-{pod.metadata.name}"
+            report = json.loads(wait_for(functools.partial(_read, path), timeout=30))
+            assert report["ifaces"] == ["eth0", "lo"]  # its own namespace, not the node's
+            assert report["fixture"] == "host says hi"  # the host's 127.0.0.1
+            assert report["api"] in ("200", "401", "403")
+        # A pod reaches another pod at its address (the bridge).
+        probe = _executor_pod_spec(
+            f"import urllib.request; urllib.request.urlopen('http://{ips[1]}:8080/', timeout=5)"
+        )
+        client.BatchV1Api(api).create_namespaced_job(namespace, _job("probe", probe))
+        wait_for(
+            lambda: _job_condition(client.BatchV1Api(api), namespace, "probe", "Complete"),
+            timeout=60,
+        )
+    finally:
+        host.shutdown()
+        for name in ("web-0", "web-1"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"/tmp/net-{namespace}-{name}")
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text() or None
+    except OSError:
+        return None

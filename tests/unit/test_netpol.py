@@ -96,3 +96,160 @@ def test_the_operator_still_reaches_the_runners() -> None:
 def test_no_policy_when_the_admin_turns_them_off() -> None:
     runner = RunnerDefaults(network_policy=False)
     assert netpol.namespace_policy("team-a", runner, RUNNERS) is None
+
+
+def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A LabelSelector's meaning (matchLabels and matchExpressions ANDed)."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        present, value = e["key"] in labels, labels.get(e["key"])
+        ok = {
+            "In": present and value in e.get("values", []),
+            "NotIn": not present or value not in e.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _ingress_allows(
+    policy: Mapping[str, Any],
+    pod_ns: str,
+    source_ns: Mapping[str, str],
+    source_pod: Mapping[str, str],
+    port: int,
+) -> bool:
+    """Whether a pod with ``source_pod`` labels in a namespace with ``source_ns`` labels may
+    open ``port`` on a pod (in ``pod_ns``) that ``policy`` selects, as an implementation
+    reads a peer: a namespaceSelector picks namespaces (absent: the policy's own), a
+    podSelector pods in them (absent: all)."""
+    for rule in policy["spec"]["ingress"]:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        for peer in rule["from"]:
+            if "namespaceSelector" in peer:
+                in_ns = _selects(peer["namespaceSelector"], source_ns)
+            else:
+                in_ns = source_ns.get("kubernetes.io/metadata.name") == pod_ns
+            if in_ns and _selects(peer.get("podSelector", {}), source_pod):
+                return True
+    return False
+
+
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
+OPERATOR_NS = {"kubernetes.io/metadata.name": "lmms-system"}
+OPERATOR = {"app.kubernetes.io/name": "lmms-operator"}
+
+
+def test_unset_prometheus_selectors_keep_the_operator_only() -> None:
+    runner = RunnerDefaults(operator_namespace="lmms-system")
+    policy = netpol.namespace_policy("team-a", runner, RUNNERS)
+    assert policy is not None
+    assert netpol.prometheus_peer(runner) is None
+    assert _ingress_allows(policy, "team-a", OPERATOR_NS, OPERATOR, 8080)
+    assert not _ingress_allows(policy, "team-a", MONITORING, PROMETHEUS, 8080)
+
+
+def test_the_configured_prometheus_reaches_the_runner_port_and_nothing_else_does() -> None:
+    runner = RunnerDefaults(
+        operator_namespace="lmms-system",
+        prometheus=netpol.PrometheusScrapers(
+            "kubernetes.io/metadata.name=monitoring", "app.kubernetes.io/name=prometheus"
+        ),
+    )
+    policy = netpol.namespace_policy("team-a", runner, RUNNERS)
+    assert policy is not None
+    assert _ingress_allows(policy, "team-a", MONITORING, PROMETHEUS, 8080)
+    assert _ingress_allows(policy, "team-a", OPERATOR_NS, OPERATOR, 8080)
+    # Only the runner port, only those pods, only in that namespace.
+    assert not _ingress_allows(policy, "team-a", MONITORING, PROMETHEUS, 9090)
+    assert not _ingress_allows(policy, "team-a", MONITORING, {"app": "grafana"}, 8080)
+    other = {"kubernetes.io/metadata.name": "team-b"}
+    assert not _ingress_allows(policy, "team-a", other, PROMETHEUS, 8080)
+    assert not _ingress_allows(
+        policy, "team-a", {"kubernetes.io/metadata.name": "team-a"}, PROMETHEUS, 8080
+    )
+
+
+def test_a_prometheus_pod_selector_alone_admits_those_pods_in_every_namespace() -> None:
+    runner = RunnerDefaults(
+        prometheus=netpol.PrometheusScrapers(pod_selector="app.kubernetes.io/name in (prometheus)")
+    )
+    policy = netpol.namespace_policy("team-a", runner, RUNNERS)
+    assert policy is not None
+    for ns in (MONITORING, {"kubernetes.io/metadata.name": "elsewhere"}):
+        assert _ingress_allows(policy, "team-a", ns, PROMETHEUS, 8080)
+    assert not _ingress_allows(policy, "team-a", MONITORING, {"app": "x"}, 8080)
+
+
+def test_a_namespace_selector_alone_admits_every_pod_there() -> None:
+    runner = RunnerDefaults(
+        prometheus=netpol.PrometheusScrapers(namespace_selector="team=observability,!restricted")
+    )
+    peer = netpol.prometheus_peer(runner)
+    assert peer == {
+        "namespaceSelector": {
+            "matchLabels": {"team": "observability"},
+            "matchExpressions": [{"key": "restricted", "operator": "DoesNotExist"}],
+        },
+        "podSelector": {},
+    }
+    policy = netpol.namespace_policy("team-a", runner, RUNNERS)
+    assert policy is not None
+    assert _ingress_allows(policy, "team-a", {"team": "observability"}, {"any": "pod"}, 8080)
+    assert not _ingress_allows(
+        policy, "team-a", {"team": "observability", "restricted": "yes"}, {"a": "b"}, 8080
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "selector"),
+    [
+        ("a=b", {"matchLabels": {"a": "b"}}),
+        (
+            "a==b, c!=d",
+            {
+                "matchLabels": {"a": "b"},
+                "matchExpressions": [{"key": "c", "operator": "NotIn", "values": ["d"]}],
+            },
+        ),
+        (
+            "x.io/k in (a, b),y notin (c)",
+            {
+                "matchExpressions": [
+                    {"key": "x.io/k", "operator": "In", "values": ["a", "b"]},
+                    {"key": "y", "operator": "NotIn", "values": ["c"]},
+                ]
+            },
+        ),
+        (
+            "k,!j",
+            {
+                "matchExpressions": [
+                    {"key": "k", "operator": "Exists"},
+                    {"key": "j", "operator": "DoesNotExist"},
+                ]
+            },
+        ),
+        ("", {}),
+    ],
+)
+def test_label_selectors_are_read_as_kubectl_reads_them(
+    text: str, selector: dict[str, Any]
+) -> None:
+    assert netpol.label_selector(text, "X") == selector
+
+
+@pytest.mark.parametrize("text", ["a=b=c", "a in b", "a in ()", "(a", "a,,b", "-bad=x", "a=b c"])
+def test_a_bad_prometheus_selector_fails_at_start_naming_the_setting(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmms_operator.config import Settings
+
+    monkeypatch.setenv("LMMS_PROMETHEUS_POD_SELECTOR", text)
+    with pytest.raises(ValueError, match="LMMS_PROMETHEUS_POD_SELECTOR"):
+        Settings.from_env().check()

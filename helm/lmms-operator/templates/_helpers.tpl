@@ -77,3 +77,33 @@ app.kubernetes.io/managed-by: lmms-operator
 {{- $ns := .Values.networkPolicy.runnerNamespaces | default .Values.watch.namespaces | default (list .Release.Namespace) -}}
 {{- toJson $ns -}}
 {{- end -}}
+
+{{/* A LabelSelector (matchLabels, matchExpressions) in kubectl's -l syntax, for
+LMMS_PROMETHEUS_*_SELECTOR. */}}
+{{- define "lmms-operator.selectorString" -}}
+{{- $terms := list -}}
+{{- range $k, $v := .matchLabels -}}
+{{- $terms = append $terms (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- range .matchExpressions -}}
+{{- if eq .operator "In" -}}
+{{- $terms = append $terms (printf "%s in (%s)" .key (join "," .values)) -}}
+{{- else if eq .operator "NotIn" -}}
+{{- $terms = append $terms (printf "%s notin (%s)" .key (join "," .values)) -}}
+{{- else if eq .operator "Exists" -}}
+{{- $terms = append $terms .key -}}
+{{- else -}}
+{{- $terms = append $terms (printf "!%s" .key) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $terms -}}
+{{- end -}}
+
+{{/* Whether runner pods admit the Prometheus pods of networkPolicy.prometheus (the runner
+PodMonitor): with podMonitor and networkPolicy enabled, and a selector set. */}}
+{{- define "lmms-operator.prometheusPeer" -}}
+{{- $p := .Values.networkPolicy.prometheus | default dict -}}
+{{- if and .Values.podMonitor.enabled .Values.networkPolicy.enabled (or (include "lmms-operator.selectorString" ($p.namespaceSelector | default dict)) (include "lmms-operator.selectorString" ($p.podSelector | default dict))) -}}
+true
+{{- end -}}
+{{- end -}}

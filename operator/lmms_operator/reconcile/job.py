@@ -64,11 +64,11 @@ class RunnerDefaults:
     default_shm: str = "8Gi"
     uid: int = 1000
     hold_timeout: float = 600.0
-    # NetworkPolicies: runner pods accept the runner port from the operator's pods only;
-    # the pods of one multi-node run reach each other; never other runs' pods.
+    # NetworkPolicies (netpol): who reaches runners (the operator; ``prometheus``'s pods).
     network_policy: bool = True
     operator_namespace: str = ""
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
+    prometheus: netpol.PrometheusScrapers | None = None
     pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
 
 

@@ -129,6 +129,38 @@ def find_helm() -> str:
     return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")
 
 
+@functools.cache
+def find_netmon(only_cni: bool = False) -> Path:
+    """The directory of the CNI plugins and the Prometheus Operator (with its CRDs under
+    ``crds/``), built by ``build-netmon.sh`` and cached by version."""
+    out = subprocess.run(
+        ["bash", str(HERE / "build-netmon.sh"), *(["cni"] if only_cni else [])],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def find_cni_plugins() -> Path | None:
+    """The CNI plugins for the executor's pod network (``podnet``); ``None`` (pods on
+    loopback addresses) where it cannot be made: not root, or
+    ``LMMS_DEVCLUSTER_POD_NETWORK=loopback``."""
+    from lmms_devcluster import podnet
+
+    if os.environ.get("LMMS_DEVCLUSTER_POD_NETWORK", "cni") == "loopback":
+        return None
+    if os.geteuid() != 0:
+        _log("pods share the node's network (loopback addresses): not root")
+        return None
+    path = find_netmon(only_cni=True)
+    why = podnet.available(path)
+    if why is not None:
+        _log(f"pods share the node's network (loopback addresses): {why}")
+        return None
+    return path
+
+
 KSTATUS_CLI_UTILS = "v0.37.2"
 
 
@@ -409,6 +441,7 @@ class DevCluster:
             if self.kueue:
                 self.start_kueue(wait=False)
                 state = self._state()
+            cni = find_cni_plugins()
             self._spawn(
                 state,
                 "executor",
@@ -422,6 +455,7 @@ class DevCluster:
                     EXECUTOR_NODE,
                     "--state-dir",
                     str(self.directory / "executor"),
+                    *(["--cni-path", str(cni)] if cni else []),
                 ],
             )
             self._wait_nodes_ready(timeout)
@@ -606,6 +640,11 @@ class DevCluster:
             for line in children.read_text().split():
                 _stop_group(int(line), grace=2)
             children.unlink()
+        # The pod network's namespaces, host rule and bridge, if the executor could not.
+        if (self.directory / "executor" / "cni").exists():
+            from lmms_devcluster import podnet
+
+            podnet.cleanup(self.directory / "executor")
         if pids and not quiet:
             _log(f"stopped {', '.join(reversed(list(pids)))}")
         if state:

@@ -19,8 +19,13 @@ first container:
 
 Either way the container gets its environment (downward-API values included, and
 ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server, the endpoint a
-kube-proxy would reach); ``POD_IP`` is a unique address in 127.0.0.0/8 that the process
-can bind to. The pod's ConfigMap, Secret, downwardAPI, projected (ServiceAccount tokens
+kube-proxy would reach). Each pod gets a network namespace of its own with an address
+on the devcluster's bridge (``podnet``: the real CNI bridge, host-local and loopback
+plugins), which ``status.podIP`` and ``POD_IP`` name, so a Service's endpoints take it;
+the host's loopback services (the API server, the tests' fixtures) stay reachable at
+127.0.0.1 from inside. Where that cannot be made (not root, no CNI plugins, or
+``LMMS_DEVCLUSTER_POD_NETWORK=loopback``) and for ``hostNetwork`` pods, the pod shares
+the node's network and ``POD_IP`` is a unique address in 127.0.0.0/8 it can bind to. The pod's ConfigMap, Secret, downwardAPI, projected (ServiceAccount tokens
 included, from the TokenRequest API, bound to the pod, renewed at 80% of their
 lifetime), emptyDir and PVC volumes appear
 at their mount paths through bind mounts in a private mount namespace (``unshare
@@ -35,8 +40,8 @@ then Succeeded or Failed with the real exit code and the termination message, so
 Job controller completes or fails Jobs. Deleting the pod stops the process (SIGTERM, then
 SIGKILL after the grace period).
 
-Pods share the node's network namespace (each binds its own loopback address); resource
-limits and seccomp/capability settings are recorded, not enforced.
+Resource limits, seccomp/capability settings and NetworkPolicies are recorded, not
+enforced (there is no policy engine).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from lmms_devcluster import podnet
 from lmms_devcluster.imagestore import (
     HOST_IMAGE,
     Image,
@@ -77,6 +83,7 @@ from lmms_devcluster.imagestore import (
     command_line,
     resolve_user,
 )
+from lmms_devcluster.podnet import PodNetwork, PodNetworkError, Sandbox
 
 log = logging.getLogger("lmms.executor")
 
@@ -170,18 +177,16 @@ class PodRunner:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
         self.done = threading.Event()
-        self.pod_ip = executor.ips.allocate()
         self.image_id = ""
         self.ready = False
-        # A pod with a subdomain is named in it from now on (as DNS names a pod as soon
-        # as it has an address), so that its peers find it whatever the start order.
         self.hostname: str | None = None
         self.hosts_file: Path | None = None
-        if pod.spec.subdomain:
-            self.hostname = pod.spec.hostname or self.name
-            self.hosts_file = executor.names.add(
-                self.namespace, pod.spec.subdomain, self.hostname, self.pod_ip
-            )
+        # With a pod network, the address comes with the pod's sandbox (``_sandbox_up``).
+        self.sandbox: Sandbox | None = None
+        self.pod_ip = ""
+        if not self._own_network():
+            self.pod_ip = executor.ips.allocate()
+            self._name()
         self.thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
 
     # -- the pod's life -----------------------------------------------------------
@@ -190,13 +195,60 @@ class PodRunner:
 
     def _run(self) -> None:
         try:
-            self._run_inner()
+            if self._sandbox_up():
+                self._run_inner()
         except Exception as exc:
             log.exception("pod %s/%s: executor error", self.namespace, self.name)
             if not self.stopping.is_set():
                 self._report_terminated(128, "ExecutorError", f"executor error: {exc}", _now())
         finally:
+            self._sandbox_down()
             self.done.set()
+
+    # -- the pod's sandbox: its network namespace and address ------------------------
+    def _own_network(self) -> bool:
+        return self.ex.network is not None and not self.pod.spec.host_network
+
+    def _name(self) -> None:
+        """A pod with a subdomain is named in it as soon as it has an address (as DNS
+        names a pod), so that its peers find it whatever the start order."""
+        if self.pod.spec.subdomain:
+            self.hostname = self.pod.spec.hostname or self.name
+            self.hosts_file = self.ex.names.add(
+                self.namespace, self.pod.spec.subdomain, self.hostname, self.pod_ip
+            )
+
+    def _sandbox_up(self) -> bool:
+        """The pod's network namespace, with its address on the devcluster's bridge
+        (CNI), made before anything else as a kubelet's RunPodSandbox; retried while it
+        fails (the pod waits in ContainerCreating). False when the pod stopped meanwhile."""
+        network = self.ex.network
+        if network is None or not self._own_network():
+            return True
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                self.sandbox = network.add(self.uid)
+            except (PodNetworkError, OSError, subprocess.SubprocessError) as exc:
+                log.warning("pod %s/%s: sandbox: %s", self.namespace, self.name, exc)
+                self._report_waiting("ContainerCreating", f"failed to create pod sandbox: {exc}")
+                if self.stopping.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self.pod_ip = self.sandbox.ip
+            self._name()
+            return not self.stopping.is_set()
+        return False
+
+    def _sandbox_down(self) -> None:
+        sandbox, self.sandbox = self.sandbox, None
+        if sandbox is not None and self.ex.network is not None:
+            self._unname()
+            try:
+                self.ex.network.delete(sandbox)
+            except Exception as exc:  # the namespace stays for cleanup() at the end
+                log.warning("pod %s/%s: sandbox removal: %s", self.namespace, self.name, exc)
 
     def _run_inner(self) -> None:
         spec = self.pod.spec
@@ -390,8 +442,9 @@ class PodRunner:
         plan_file.write_text(json.dumps(plan))
         log_file = open(self.dir / "container.log", "ab")  # noqa: SIM115 - owned by the child
         launcher = [sys.executable, "-m", "lmms_devcluster.launch", str(plan_file)]
+        netns = self.sandbox.enter() if self.sandbox is not None else []
         self.proc = subprocess.Popen(
-            [*self.ex.unshare_prefix, *launcher],
+            [*netns, *self.ex.unshare_prefix, *launcher],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -1133,11 +1186,14 @@ class Executor:
     pods bound meanwhile, stops those deleted meanwhile, and writes again each status
     the API server did not take (``StatusWriter``). No API error ends it."""
 
-    def __init__(self, node: str, state_dir: Path, api: client.ApiClient) -> None:
+    def __init__(
+        self, node: str, state_dir: Path, api: client.ApiClient, cni_path: Path | None = None
+    ) -> None:
         self.node = node
         self.state_dir = state_dir
         self.core = client.CoreV1Api(api)
         self.ips = IPPool()
+        self.network = _pod_network(state_dir, cni_path)
         self.names = PodNames(state_dir / "names")
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
@@ -1348,6 +1404,25 @@ class Executor:
             self.runners.clear()
         for runner in runners:
             runner.stop(2)
+        if self.network is not None:
+            self.network.close()
+
+
+def _pod_network(state_dir: Path, cni_path: Path | None) -> PodNetwork | None:
+    """Pods in network namespaces of their own on a bridge (``podnet``) when the CNI
+    plugins are given and this machine allows it; else on the node's loopback."""
+    if cni_path is None:
+        return None
+    why = podnet.available(cni_path)
+    if why is not None:
+        log.warning("pods share the node's network (loopback addresses): %s", why)
+        return None
+    podnet.cleanup(state_dir)  # what an executor killed before left
+    network = PodNetwork(state_dir, cni_path)
+    log.info(
+        "pod network %s on bridge %s (gateway %s)", network.subnet, network.bridge, network.gateway
+    )
+    return network
 
 
 def _unshare_prefix() -> list[str]:
@@ -1364,13 +1439,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--node", required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument(
+        "--cni-path",
+        type=Path,
+        help="the CNI plugins (bridge, host-local, loopback): pods get network namespaces",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # Its retries say each refused connection again: the executor says what it does about it.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     api = config.new_client_from_config(config_file=args.kubeconfig)
-    executor = Executor(args.node, args.state_dir, api)
+    executor = Executor(args.node, args.state_dir, api, args.cni_path)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
