@@ -1,6 +1,6 @@
 # Everything a fresh machine needs is installed by these targets: the Python
 # environment (.venv, through uv), Debian packages (.ci/system-deps.sh: etcd-server,
-# util-linux, prometheus, openssl, lua5.1, buildah, mmdebstrap), the Go-built binaries
+# util-linux, prometheus, openssl, lua5.1, iproute2, iptables, procps, buildah, mmdebstrap), the Go-built binaries
 # (Kubernetes, kwok, helm, Kueue, kstatus-check, the CNI plugins, the Prometheus Operator and
 # Prometheus; cached under ~/.cache/lmms-operator, keyed by
 # version) and the two images (make images; cached by buildah, keyed by their inputs).

@@ -7,6 +7,10 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v openssl >/dev/null || need+=(openssl)
 command -v lua5.1 >/dev/null || need+=(lua5.1)
+# The executor's pod network (network namespaces on a bridge, the real CNI plugins).
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v sysctl >/dev/null || need+=(procps)
 # make images: buildah (vfs storage, chroot isolation: no daemon) and mmdebstrap (the
 # base images, from Debian packages).
 command -v buildah >/dev/null || need+=(buildah)
