@@ -5,8 +5,9 @@ the timing and the callbacks.
 
 - **Campaigning.** Every ``retry_period`` (plus up to 20% jitter) the candidate reads
   the Lease and writes it when ``reconcile.lease.next_record`` says it may. While another
-  holder's term runs, it also wakes when that term would end, so that a dead leader is
-  replaced within the lease duration of its last renewal (plus one read).
+  holder's term runs, it reads the Lease every ``STANDBY_READ`` (0.5 s) and wakes when
+  that term would end, so that a dead leader is replaced within the lease duration of its
+  last renewal plus 0.5 s (client-go reads every retry period: up to 2.4 s more).
 - **Leading.** Once written, ``on_started(term)`` runs, and the leader renews every
   ``retry_period``. A renewal that fails is tried again every ``retry_period`` until
   ``renew_deadline`` after the last success; then, or as soon as another holder is seen,
@@ -36,6 +37,9 @@ from ..reconcile.lease import LeaderRecord, Seen, Timing, next_record, observe, 
 log = logging.getLogger("lmms.leader")
 
 T = TypeVar("T")
+
+#: How often a standby reads the Lease while another process holds it (seconds).
+STANDBY_READ = 0.5
 
 
 async def _on_thread(fn: Callable[[], T]) -> T:
@@ -162,7 +166,10 @@ class LeaderElector:
         delay = self.timing.retry_period * (1 + Timing.JITTER * random.random())
         seen, now = self._seen, self.clock.monotonic()
         if seen is not None and seen.record.holder and seen.expires > now:
-            delay = min(delay, seen.expires - now + 0.05)
+            # A standby reads the Lease often (one small GET): it sees each renewal within
+            # STANDBY_READ, so a dead leader's term ends at most that long after its
+            # last renewal (read every retry period, up to 1.2 of it).
+            delay = min(delay, STANDBY_READ, seen.expires - now + 0.05)
         return delay
 
     async def _renew(self) -> str:
