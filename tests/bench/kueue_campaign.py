@@ -26,15 +26,12 @@ import argparse
 import json
 import os
 import random
-import re
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,7 +43,15 @@ from kubernetes import client, config, watch  # noqa: E402
 
 from lmms_devcluster import devcluster  # noqa: E402
 from tests.bench.docs import write_section  # noqa: E402
-from tests.bench.scale import GROUP, VERSION, Bench, _proc_status, cpu_seconds  # noqa: E402
+from tests.bench.scale import (  # noqa: E402
+    GROUP,
+    VERSION,
+    Bench,
+    _proc_status,
+    apiserver_requests,
+    cpu_seconds,
+    request_key,
+)
 from tests.operator_process import OperatorProcess  # noqa: E402
 
 SECTION = "## Campaign behind Kueue"
@@ -321,21 +326,10 @@ def prepare_namespace(api: client.ApiClient, name: str) -> None:
 
 def api_requests(cluster: devcluster.DevCluster) -> dict[str, float]:
     """The API server's request counters, by verb and resource (watches left out)."""
-    ctx = ssl.create_default_context(cafile=str(cluster.directory / "pki" / "ca.crt"))
-    req = urllib.request.Request(
-        cluster.server + "/metrics", headers={"Authorization": f"Bearer {cluster.token}"}
-    )
-    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-        text = resp.read().decode()
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("apiserver_request_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            if labels.get("verb") in ("WATCH", "CONNECT"):
-                continue
-            sub = "/" + labels["subresource"] if labels.get("subresource") else ""
-            key = f"{labels.get('verb')} {labels.get('resource', '')}{sub}"
-            out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    for labels, count in apiserver_requests(cluster):
+        if labels.get("verb") not in ("WATCH", "CONNECT"):
+            out[request_key(labels)] = out.get(request_key(labels), 0) + count
     return out
 
 

@@ -70,18 +70,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def apiserver_writes(cluster: devcluster.DevCluster) -> dict[str, float]:
+def apiserver_requests(cluster: devcluster.DevCluster) -> list[tuple[dict[str, str], float]]:
+    """The API server's request counters: each series' labels and its count."""
     ctx = ssl.create_default_context(cafile=str(cluster.directory / "pki" / "ca.crt"))
     req = urllib.request.Request(
         cluster.server + "/metrics", headers={"Authorization": f"Bearer {cluster.token}"}
     )
     with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
         text = resp.read().decode()
+    return [
+        (dict(re.findall(r'(\w+)="([^"]*)"', line)), float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("apiserver_request_total{")
+    ]
+
+
+def request_key(labels: dict[str, str]) -> str:
+    """``VERB resource[/subresource]``."""
+    sub = "/" + labels["subresource"] if labels.get("subresource") else ""
+    return f"{labels.get('verb')} {labels.get('resource', '')}{sub}"
+
+
+def apiserver_writes(cluster: devcluster.DevCluster) -> dict[str, float]:
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+    for labels, count in apiserver_requests(cluster):
         if labels.get("verb") not in WRITE_VERBS:
             continue
         res = labels.get("resource", "")
@@ -89,9 +101,7 @@ def apiserver_writes(cluster: devcluster.DevCluster) -> dict[str, float]:
             continue  # the Job controller writes Job status
         if res not in (*OPERATOR_RESOURCES, "jobs"):
             continue
-        sub = "/" + labels["subresource"] if labels.get("subresource") else ""
-        key = f"{labels['verb']} {res}{sub}"
-        out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+        out[request_key(labels)] = out.get(request_key(labels), 0) + count
     return out
 
 
