@@ -9,9 +9,9 @@ The operator never writes such a Job's ``spec.suspend``, so the two never fight 
 - ``spec.suspend: true`` deactivates the Workload (``spec.active: false``); Kueue then
   evicts it and suspends the Job, and ``false`` activates it again: Kueue queues it, and
   the same Job's next pod resumes from the run's cache;
-- a queued run that is suspended before it ever had a Job gets none until it is resumed
-  (a Job created suspended would be admitted, and start, before its Workload could be
-  deactivated);
+- a run suspended before it ever had a Job gets none until it is resumed, queued or
+  not (a Job created suspended would be admitted, and start, before its Workload could
+  be deactivated);
 - while the Job waits, the run's status takes its reason and message from the Workload
   (Kueue 0.17 tells a pending Workload's position only through its visibility API, not
   on the Workload: the message is the QuotaReserved condition's).
@@ -19,8 +19,9 @@ The operator never writes such a Job's ``spec.suspend``, so the two never fight 
 A run that names no queue is Kueue's all the same when Kueue's webhook gave its Job
 one (the namespace's LocalQueue ``default``): the Job's label says so (``queue_of``).
 
-The Workload is read, not watched (``reads.workload``): only queued runs whose Job is
-suspended, or held, need it; without Kueue's CRDs there is none.
+The Workload is read, not watched (``reads.workload``), by the name Kueue gives it
+(``workload_names``): only queued runs whose Job is suspended, or held, need it; without
+Kueue's CRDs there is none.
 """
 
 from __future__ import annotations
