@@ -131,3 +131,27 @@ def test_the_workload_priority_class_is_a_label_on_the_admins_list() -> None:
     with pytest.raises(InvalidSpec, match=r"needs spec\.scheduling\.queueName"):
         validate({**body, "scheduling": {"workloadPriorityClassName": "x"}}, allowed)
     validate({**body, "scheduling": {"queueName": "q", "workloadPriorityClassName": "x"}}, allowed)
+
+
+def test_a_workload_conditions_text_is_bounded_where_it_is_read() -> None:
+    """Kueue's condition messages may hold 32 KiB; the run's status quotes them in a
+    message of its own, whose schema bound must hold whatever Kueue wrote."""
+    wl = kueue.workload(
+        {
+            "metadata": {"name": "job-r-abc"},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "QuotaReserved",
+                        "status": "False",
+                        "reason": "R" * 5000,
+                        "message": "m" * 40000,
+                    }
+                ]
+            },
+        }
+    )
+    assert wl is not None and wl.pending is not None
+    reason, message = wl.pending
+    assert len(reason) == kueue.MAX_REASON and len(message) == kueue.MAX_MESSAGE
+    assert len(kueue.waiting(False, "q" * 63, wl)[1]) < 4096

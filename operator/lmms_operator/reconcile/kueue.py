@@ -44,6 +44,8 @@ WORKLOAD_RETRY = 1.0
 #: Seconds after which a Job without a Workload (Kueue is down or absent) is looked at
 #: only this often.
 WORKLOAD_PATIENCE = 30.0
+#: How much of a Workload condition's reason and message a run's status quotes.
+MAX_REASON, MAX_MESSAGE = 128, 2048
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def workload(obj: Mapping[str, Any] | None) -> Workload | None:
         c = conds.get(ctype)
         if c is None or c.get("status") != status:
             return None
-        return str(c.get("reason") or ""), str(c.get("message") or "")
+        # Bounded where they are read: the run's status quotes them (Kueue's conditions
+        # may hold 32 KiB, the status message no more than that in all).
+        return str(c.get("reason") or "")[:MAX_REASON], str(c.get("message") or "")[:MAX_MESSAGE]
 
     return Workload(
         name=str(obj["metadata"]["name"]),
