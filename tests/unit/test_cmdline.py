@@ -217,7 +217,11 @@ def test_one_gpu_is_unchanged_and_model_parallel_on_one_gpu_proves_the_command()
 
 
 def test_lmms_runner_config_by_hand_follows_the_specs_value() -> None:
-    base = {"model": {"type": "qwen2_vl"}, "tasks": ["mme"], "resources": {"gpus": 2}}
+    base: dict[str, Any] = {
+        "model": {"type": "qwen2_vl"},
+        "tasks": ["mme"],
+        "resources": {"gpus": 2},
+    }
     hand = from_document({"spec": base})  # unset: data parallel, as before
     assert "--multi_gpu" in command.build(hand, "/o", dist=command.Distributed.from_env(hand, {}))
     base["model"]["multiGPU"] = "ModelParallel"

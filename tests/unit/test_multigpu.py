@@ -138,7 +138,11 @@ def test_what_model_parallel_cannot_do() -> None:
 
 
 def test_the_run_fails_invalid_spec_naming_the_field() -> None:
-    raw = {"model": {"type": "qwen2_vl"}, "tasks": ["mme"], "resources": {"gpus": 2}}
+    raw: dict[str, Any] = {
+        "model": {"type": "qwen2_vl"},
+        "tasks": ["mme"],
+        "resources": {"gpus": 2},
+    }
     with pytest.raises(InvalidSpec) as exc:
         validate(raw)  # no memory declared
     assert [p.field for p in exc.value.problems] == ["spec.model.multiGPU"]

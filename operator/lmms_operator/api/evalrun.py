@@ -153,12 +153,14 @@ class ModelSpec(ApiModel):
         "spreads one copy of the model over the pod's GPUs (device_map=auto in --model_args, "
         "unless args sets device_map), for a model larger than one GPU; only for backends "
         "whose lmms-eval class honours device_map, in one pod (not with resources.nodes > 1 "
-        "nor an engine). Unset: with more than one GPU, DataParallel when the model fits on "
-        "one GPU and ModelParallel when it does not, from the preset's size (about 2 bytes "
-        "a parameter, plus a quarter for activations and the KV cache) against the GPU "
+        "nor an engine). Unset, with more than one GPU: DataParallel when the model fits on "
+        "one GPU (and always for a backend that cannot spread a model, or several nodes), "
+        "ModelParallel when it does not, from the preset's size (2 bytes a parameter, plus "
+        "a quarter for activations, the KV cache and the CUDA context) against the GPU "
         "memory the admin declares for resources.gpuResourceName (settings.gpuMemory). "
         "Where that size is unknown (no preset, another checkpoint than the preset's, or no "
-        "declared memory), a run with more than one GPU must set it.",
+        "declared memory), a run with more than one GPU must set it. With one GPU, unset "
+        "changes nothing.",
     )
 
 
