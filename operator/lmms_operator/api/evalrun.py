@@ -326,6 +326,14 @@ class EvalRunSpec(ApiModel):
                     "are node ranks",
                     "fieldPath": ".parallelism",
                 },
+                {
+                    "rule": "!has(self.model.multiGPU) || self.model.multiGPU != 'ModelParallel' "
+                    "|| !has(self.resources) || !has(self.resources.nodes) || "
+                    "self.resources.nodes == 1",
+                    "message": "ModelParallel runs in one pod: resources.nodes > 1 is data "
+                    "parallel over one torchrun world",
+                    "fieldPath": ".model.multiGPU",
+                },
             ]
         }
     )
