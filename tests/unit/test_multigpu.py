@@ -125,6 +125,7 @@ def test_an_unknown_size_needs_the_specs_word(
 def test_what_model_parallel_cannot_do() -> None:
     mp = {"multiGPU": "ModelParallel"}
     assert "resources.nodes > 1" in refused({"type": "qwen2_vl", **mp}, gpus=8, nodes=2)
+    assert "resources.gpus is 0" in refused({"type": "qwen2_vl", **mp}, gpus=0)
     # lmms-eval 0.7.3's classes without device_map, and those that load onto one device.
     assert "takes none" in refused({"type": "instructblip", **mp})
     assert "takes none" in refused({"type": "phi3v", **mp})

@@ -178,6 +178,8 @@ def check(
             )
         elif served:
             why = f"is for Hugging Face backends; with {served} the server spreads the model"
+        elif res.gpus < 1:
+            why = "spreads the model over the pod's GPUs, and resources.gpus is 0"
         elif not splits(mtype, cat):
             why = (
                 f"needs a backend that spreads the model given device_map=auto, and "
