@@ -4,7 +4,8 @@ When a user gives only ``spec.model.type``, the preset fills in a well-known che
 and the arguments its backend needs; anything the user sets wins.
 
 Each preset also knows its checkpoint's size (parameters, in billions, from the model
-card, rounded up), from which ``reconcile.multigpu`` tells whether it fits on one GPU.
+cards or the sum of their parts, rounded up), from which ``reconcile.multigpu`` tells
+whether it fits on one GPU.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "video_llava": Preset("LanguageBind/Video-LLaVA-7B-hf", video=True, params_b=7.4),
         "videollama3": Preset("DAMO-NLP-SG/VideoLLaMA3-7B", video=True, params_b=8.1),
         "internvideo2": Preset("OpenGVLab/InternVideo2-Chat-8B", video=True, params_b=8.4),
-        "llama_vid": Preset("YanweiLi/llama-vid-7b-full-224-video-fps-1", video=True, params_b=7.5),
+        "llama_vid": Preset("YanweiLi/llama-vid-7b-full-224-video-fps-1", video=True, params_b=8.0),
         "videochat2": Preset(
             "OpenGVLab/VideoChat2_HD_stage4_Mistral_7B_hf", video=True, params_b=7.9
         ),
