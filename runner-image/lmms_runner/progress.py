@@ -114,6 +114,10 @@ class Tracker:
         with self._lock:
             self._updated = _now()
             self.changes += 1
+            if self._phase == "starting":
+                # Any line of lmms-eval's (a log line at any --verbosity, a checkpoint's
+                # loading bar, a library's warning): it is loading the tasks and the model.
+                self._phase = "loading"
             answered = ANSWERED.match(line)
             if answered:
                 n, total = int(answered.group("n")), int(answered.group("total"))
@@ -138,8 +142,6 @@ class Tracker:
             elif EXCEPTION_LINE.match(line):
                 # The last line of a traceback says what went wrong; "Traceback" does not.
                 self.last_error = line[:1000]
-            if self._phase == "starting" and level:
-                self._phase = "loading"
             selected = SELECTED.search(line)
             if selected:
                 for name in re.findall(r"'([^']+)'", selected.group("tasks")):
