@@ -3,9 +3,9 @@
 # tiny random-weight Qwen2-VL built from code (tiny_qwen2vl.py, no hub) and a local
 # 32-image task. What each path proves: README.md beside this file. One line per path,
 # `PASS|FAIL|SKIP <path>: ... samples/s ...`; the figures in $OUT/gpu-paths.json when OUT
-# is set. About 3 minutes on an H100; every path has its own timeout (STEP_TIMEOUT).
+# is set. Expected: about 3 minutes on an H100; each path has its own timeout (STEP_TIMEOUT).
 #
-#   WHEELS=.whl bash tests/gpu/check.sh                     # the device machine (DEVICE=cuda)
+#   WHEELS=.gpu/wheels bash tests/gpu/check.sh              # the device machine (DEVICE=cuda)
 #   DEVICE=cpu PY=.venv/bin/python bash tests/gpu/check.sh  # here, on the CPU
 #
 # WHEELS: a folder of the wheels that machine lacks (tests/gpu/wheels.txt; wheels.sh
