@@ -169,30 +169,38 @@ class Server:
             return
         self.port = port
         serve_ok = importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn")
-        if serve_ok and os.environ.get("GPU_SERVER") != "mini":
+        self._spawn(bool(serve_ok) and os.environ.get("GPU_SERVER") != "mini")
+
+    def _spawn(self, transformers_serve: bool) -> None:
+        if transformers_serve:
             self.kind = "transformers serve"
             argv = ["-c", "from transformers.cli.transformers import main; main()", "serve"]
             argv += [str(self.model), "--device", self.device, "--host", "127.0.0.1"]
-            argv += ["--port", str(port)]
         else:
             self.kind = "chat_server.py (transformers generate)"
             argv = [str(Path(__file__).with_name("chat_server.py")), str(self.model)]
-            argv += ["--device", self.device, "--port", str(port)]
+            argv += ["--device", self.device]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, *argv],
+                [sys.executable, *argv, "--port", str(self.port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
     def ready(self) -> str:
-        """Waits for ``GET /v1/models``; returns the first model id."""
+        """Waits for ``GET /v1/models``; returns the first model id. A ``transformers
+        serve`` that exits first (another 5.x release's options, say) is replaced by
+        ``chat_server.py``, and ``kind`` says so."""
         assert self.proc is not None
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise Fail(f"{self.kind} exited {self.proc.returncode}:\n{tail(self.log)}")
+                if self.kind != "transformers serve":
+                    raise Fail(f"{self.kind} exited {self.proc.returncode}:\n{tail(self.log)}")
+                why = (tail(self.log, 1) or f"exit {self.proc.returncode}")[:200]
+                self._spawn(transformers_serve=False)
+                self.kind += f", as transformers serve exited ({why})"
             try:
                 with urllib.request.urlopen(f"{self.url}/models", timeout=5) as r:
                     return str(json.load(r)["data"][0]["id"])
@@ -406,15 +414,16 @@ class Paths:
         if command[:1] != ["lmms-runner"]:
             raise Fail(f"unexpected runner command {command}")
         waited: list[float] = []
+        served: list[str] = []
 
         def start_engine_when_polled(proc: subprocess.Popen[bytes], log: Path) -> None:
             # The engine starts only once the runner has asked for it: the wait is real.
             waited.append(answer_one_poll(int(where.port or 0), proc, self.timeout / 2, log))
             self.server.start(int(where.port or 0))
-            self.server.ready()
+            served.append(self.server.ready())
 
         result = self.runner(run, command[1:], env, start_engine_when_polled)
-        check_served_args(result, url, str(self.model))
+        check_served_args(result, url, served[0])
         said = WAIT_MESSAGE in (run / "runner.log").read_text(errors="replace")
         engine_cmd = " ".join([*engine.get("command", []), *engine.get("args", [])])
         gpus = engine.get("resources", {}).get("limits", {})
