@@ -157,6 +157,8 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.kind = ""
+        #: The first answer to a chat request (``probe``), once there was one.
+        self.answered: str | None = None
 
     @property
     def url(self) -> str:
@@ -189,24 +191,59 @@ class Server:
             )
 
     def ready(self) -> str:
-        """Waits for ``GET /v1/models``; returns the first model id. A ``transformers
-        serve`` that exits first (another 5.x release's options, say) is replaced by
-        ``chat_server.py``, and ``kind`` says so."""
+        """Waits for ``GET /v1/models`` and, the first time, for the answer to one chat
+        request with an image; returns the first model id. A ``transformers serve`` that
+        exits first or cannot answer (another 5.x release's options or image handling,
+        say) is replaced by ``chat_server.py``, and ``kind`` says so: lmms-eval's openai
+        backend would score a server's errors as empty answers."""
         assert self.proc is not None
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
+            problem = ""
             if self.proc.poll() is not None:
-                if self.kind != "transformers serve":
-                    raise Fail(f"{self.kind} exited {self.proc.returncode}:\n{tail(self.log)}")
-                why = (tail(self.log, 1) or f"exit {self.proc.returncode}")[:200]
-                self._spawn(transformers_serve=False)
-                self.kind += f", as transformers serve exited ({why})"
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=5) as r:
-                    return str(json.load(r)["data"][0]["id"])
-            except OSError:
-                time.sleep(0.5)
+                problem = (tail(self.log, 1) or f"exit {self.proc.returncode}")[:200]
+            else:
+                try:
+                    with urllib.request.urlopen(f"{self.url}/models", timeout=5) as r:
+                        model_id = str(json.load(r)["data"][0]["id"])
+                except OSError:
+                    time.sleep(0.5)
+                    continue
+                if self.answered is not None:
+                    return model_id
+                try:
+                    self.answered = self.probe(model_id)
+                    return model_id
+                except (OSError, ValueError, KeyError, IndexError) as exc:
+                    problem = f"no answer to a chat request with an image: {exc}"[:200]
+            if self.kind != "transformers serve":
+                raise Fail(f"{self.kind}: {problem}\n{tail(self.log)}")
+            stop(self.proc)
+            self._spawn(transformers_serve=False)
+            self.kind += f", as transformers serve failed ({problem})"
         raise Fail(f"{self.kind} not ready in {self.timeout:.0f} s:\n{tail(self.log)}")
+
+    def probe(self, model_id: str) -> str:
+        """One chat request with an image, as lmms-eval's openai backend sends it."""
+        from tests.fixtures import colortask
+
+        image = {"url": "data:image/png;base64," + colortask.png((255, 0, 0))}
+        content = [{"type": "image_url", "image_url": image}, {"type": "text", "text": "Colour?"}]
+        body = {
+            "model": model_id,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": content}],
+        }
+        request = urllib.request.Request(
+            f"{self.url}/chat/completions",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", "Authorization": "Bearer local"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            answer = json.load(r)["choices"][0]["message"]["content"]
+        if not isinstance(answer, str):
+            raise ValueError(f"answer {answer!r}")
+        return answer
 
     def close(self) -> None:
         if self.proc is not None:
@@ -228,7 +265,9 @@ class Paths:
         colortask.write(self.tasks / TASKS_CONFIG_MAP, samples=SAMPLES)
 
     def base_env(self, run: Path) -> dict[str, str]:
-        env = dict(os.environ)
+        """This process's environment for a runner here, without an API key of its own
+        (a spec without ``apiKey`` gives the runner none)."""
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
         env.update(
             {
                 "LMMS_TASKS_DIR": str(self.tasks),
@@ -496,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         paths.server.close()
+    if paths.server.kind:
+        report["server"] = {"kind": paths.server.kind, "first_answer": paths.server.answered}
     out = os.environ.get("OUT")
     if out:
         Path(out, "gpu-paths.json").write_text(json.dumps(report, indent=1, default=str))
