@@ -36,4 +36,5 @@ if [ "$DEVICE" = cuda ]; then
 assert g.check(1, b) is None, g.check(1, b)"
 fi
 exec "$PY" tests/gpu/paths.py --device "$DEVICE" --work "$W" \
-  --timeout "${STEP_TIMEOUT:-150}" --paths "${PATHS:-hf,mp,engine,served,openai-args}"
+  --timeout "${STEP_TIMEOUT:-150}" --budget "${BUDGET:-420}" \
+  --paths "${PATHS:-hf,mp,engine,served,openai-args}"

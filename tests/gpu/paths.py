@@ -502,45 +502,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--paths", default=",".join(PATHS))
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per path")
+    parser.add_argument("--timeout", type=float, default=150.0, help="seconds per path")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=420.0,
+        help="seconds for all paths (a path left with less than 30 fails at once)",
+    )
     a = parser.parse_args(argv)
     chosen = [p for p in a.paths.split(",") if p]
     unknown = set(chosen) - set(PATHS)
     if unknown:
         parser.error(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
+    deadline = time.monotonic() + a.budget
     paths = Paths(a.work, a.device, a.timeout)
     paths.prepare()
     report: dict[str, Any] = {"device": a.device, "paths": {}}
-    failed = False
+    out = os.environ.get("OUT")
+
+    def record(name: str, status: str, line: str, **fields: Any) -> None:
+        report["paths"][name] = {"status": status, **fields}
+        if paths.server.kind:
+            report["server"] = {"kind": paths.server.kind, "first_answer": paths.server.answered}
+        print(f"{status} {name}: {line}", flush=True)
+        if out:  # after each path: what was measured survives a kill
+            Path(out, "gpu-paths.json").write_text(json.dumps(report, indent=1, default=str))
+
     try:
         for name in chosen:
-            step = getattr(paths, name.replace("-", "_"))
+            left = deadline - time.monotonic()
+            if left < 30:
+                record(name, "FAIL", f"out of time ({a.budget:.0f} s for all paths)")
+                continue
+            paths.timeout = paths.server.timeout = min(a.timeout, left)
             try:
-                result, what = step()
+                result, what = getattr(paths, name.replace("-", "_"))()
             except Skip as exc:
-                report["paths"][name] = {"status": "SKIP", "why": str(exc)}
-                print(f"SKIP {name}: {exc}", flush=True)
-                continue
+                record(name, "SKIP", str(exc), why=str(exc))
             except Fail as exc:
-                failed = True
-                report["paths"][name] = {"status": "FAIL", "why": str(exc)}
-                print(f"FAIL {name}: {exc}", flush=True)
-                continue
-            report["paths"][name] = {"status": "PASS", "what": what, **result}
-            print(
-                f"PASS {name}: {result['samples_per_s']} samples/s over lmms-eval's "
-                f"evaluation ({result['evaluation_s']} s), {result['samples_per_s_wall']} "
-                f"samples/s over the runner's wall time ({result['wall_s']} s); {what}",
-                flush=True,
-            )
+                record(name, "FAIL", str(exc), why=str(exc))
+            else:
+                line = (
+                    f"{result['samples_per_s']} samples/s over lmms-eval's evaluation "
+                    f"({result['evaluation_s']} s), {result['samples_per_s_wall']} samples/s "
+                    f"over the runner's wall time ({result['wall_s']} s); {what}"
+                )
+                record(name, "PASS", line, what=what, **result)
     finally:
         paths.server.close()
-    if paths.server.kind:
-        report["server"] = {"kind": paths.server.kind, "first_answer": paths.server.answered}
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "gpu-paths.json").write_text(json.dumps(report, indent=1, default=str))
-    return 1 if failed else 0
+    return 1 if any(r["status"] == "FAIL" for r in report["paths"].values()) else 0
 
 
 if __name__ == "__main__":
