@@ -8,7 +8,7 @@
 - ``engine``: the Job the operator renders (``reconcile/job.py`` ``build``) for
   ``spec.model.engine: vllm``: the runner container's command and environment run here,
   and an OpenAI-compatible server (``transformers serve``, else ``chat_server.py``) stands
-  in for the engine container, started only once the runner waits for it at
+  in for the engine container, started only once the runner has asked for it at
   ``$LMMS_MODEL_URL``;
 - ``served``: ``spec.model.endpoint.url``: the runner against that same server;
 - ``openai-args``: the ``openai`` backend with ``base_url`` in ``spec.model.args`` (needs
@@ -21,7 +21,7 @@ means this build lacks what the path needs (a field, the engine container, the r
 served-model support) and says which. The figures go to ``$OUT/gpu-paths.json`` when
 ``OUT`` is set. Exit status: 1 if any path failed.
 
-    python tests/gpu/paths.py --device cuda [--paths hf,mp,engine,served,openai-args]
+    python tests/gpu/paths.py --device cuda --work DIR [--paths hf,engine] [--budget 420]
 """
 
 from __future__ import annotations
