@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from lmms_operator import concurrency
 
 from .config import RunConfig
 
@@ -50,7 +53,18 @@ def model_args(cfg: RunConfig) -> str:
     if cfg.spec.model.revision:
         parts.append(f"revision={cfg.spec.model.revision}")
     parts += [f"{k}={v}" for k, v in cfg.model_args.items() if k not in ("pretrained", "revision")]
+    model = cfg.spec.model
+    parts += [f"{k}={v}" for k, v in concurrency.model_args(model.type, model.concurrency).items()]
     return ",".join(parts)
+
+
+def in_flight(cfg: RunConfig, cpus: int | None = None) -> int | None:
+    """The most requests lmms-eval keeps in flight to an OpenAI-compatible server (None:
+    the backend holds the model, or talks to another API)."""
+    model = cfg.spec.model
+    return concurrency.in_flight(
+        model.type, model.concurrency, cfg.model_args, cpus or os.cpu_count() or 1
+    )
 
 
 def gen_kwargs(cfg: RunConfig) -> str:
