@@ -13,7 +13,7 @@ from tqdm import tqdm
 from lmms_operator.reconcile.validate import InvalidSpec, validate
 from lmms_runner import command, resume
 from lmms_runner.config import ConfigError, RunConfig, from_document
-from lmms_runner.patches import answer_count
+from lmms_runner.patches import answer_count, chunked_answers
 from lmms_runner.progress import Tracker
 from lmms_runner.redact import Redactor
 from lmms_runner.supervise import Forwarder
@@ -166,3 +166,32 @@ def test_counted_answers_reach_the_tracker_and_not_the_log() -> None:
     forwarder.run()
     assert t.snapshot().done == 2
     assert "responded" not in out.getvalue() and "some log line" in out.getvalue()
+
+
+def test_the_answers_of_a_chunk_are_synced_once_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lmms-eval fsyncs its audit log once per answer after a chunk is answered, with no
+    request in flight; the runner syncs each file once per chunk instead."""
+    synced: list[tuple[int, list[int]]] = []
+
+    class Os:
+        def fsync(self, fd: int) -> None:
+            synced.append((fd, list(seen)))
+
+    seen: list[int] = []
+    files = chunked_answers.DeferredFsync(Os())
+
+    def execute(cache: object, lm: object, reqtype: str, requests: list[int]) -> list[int]:
+        for r in requests:
+            seen.append(r)
+            files.fsync(7)  # as lmms-eval's _log_to_audit does after each answer
+        return [r * 10 for r in requests]
+
+    monkeypatch.setenv("LMMS_CACHE_CHECKPOINT_INTERVAL", "2")
+    monkeypatch.setattr(chunked_answers.prefetch, "prefetch_after_answers", lambda: None)
+    chunked = chunked_answers.chunked_execute(execute, files)
+    assert chunked(None, None, "generate_until", [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
+    assert synced == [(7, [1, 2]), (7, [1, 2, 3, 4]), (7, [1, 2, 3, 4, 5])]
+    files.fsync(7)  # outside an answer (the cache's close): at once
+    assert len(synced) == 4
