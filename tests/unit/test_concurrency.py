@@ -8,12 +8,12 @@ import sys
 from typing import Any
 
 import pytest
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from lmms_operator.reconcile.validate import InvalidSpec, validate
 from lmms_runner import command, resume
 from lmms_runner.config import ConfigError, RunConfig, from_document
-from lmms_runner.patches import answer_count, chunked_answers
+from lmms_runner.patches import answer_count, chunked_answers, prefetch
 from lmms_runner.progress import Tracker
 from lmms_runner.redact import Redactor
 from lmms_runner.supervise import Forwarder
@@ -57,7 +57,9 @@ def test_concurrency_on_a_backend_that_holds_the_model_is_refused() -> None:
 def test_concurrency_beside_the_arg_it_sets_is_refused() -> None:
     args = {"base_url": URL, "num_concurrent": "8"}
     (p,) = problems(spec({"type": "openai", "args": args, "concurrency": 16}))
-    assert p == "spec.model.concurrency: set either concurrency or model.args.num_concurrent, not both"
+    assert (
+        p == "spec.model.concurrency: set either concurrency or model.args.num_concurrent, not both"
+    )
     # Either alone is fine.
     validate(spec({"type": "openai", "args": args}))
     validate(spec({"type": "openai", "args": {"base_url": URL}, "concurrency": 16}))
@@ -189,7 +191,7 @@ def test_the_answers_of_a_chunk_are_synced_once_at_its_end(
         return [r * 10 for r in requests]
 
     monkeypatch.setenv("LMMS_CACHE_CHECKPOINT_INTERVAL", "2")
-    monkeypatch.setattr(chunked_answers.prefetch, "prefetch_after_answers", lambda: None)
+    monkeypatch.setattr(prefetch, "prefetch_after_answers", lambda: None)
     chunked = chunked_answers.chunked_execute(execute, files)
     assert chunked(None, None, "generate_until", [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
     assert synced == [(7, [1, 2]), (7, [1, 2, 3, 4]), (7, [1, 2, 3, 4, 5])]

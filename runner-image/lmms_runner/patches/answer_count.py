@@ -49,7 +49,7 @@ def counting_update(original: Any) -> Any:
 
 def install() -> None:
     """Every tqdm bar counts its answers (see the module's docstring)."""
-    from tqdm import std
+    from tqdm import std  # type: ignore[import-untyped]
 
     if not hasattr(std.tqdm.update, "__wrapped__"):
-        std.tqdm.update = counting_update(std.tqdm.update)  # type: ignore[method-assign]
+        std.tqdm.update = counting_update(std.tqdm.update)

@@ -93,6 +93,6 @@ def install() -> None:
     from lmms_eval.caching import response_cache
 
     files = DeferredFsync(response_cache.os)
-    response_cache.os = files  # type: ignore[assignment]
+    response_cache.os = files
     cache = response_cache.ResponseCache
     cache.execute = chunked_execute(cache.execute, files)
