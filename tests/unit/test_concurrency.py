@@ -4,12 +4,14 @@ progress that counts answers as they arrive."""
 from __future__ import annotations
 
 import io
+import json
 import sys
 from typing import Any
 
 import pytest
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from lmms_operator.reconcile import job as jobs
 from lmms_operator.reconcile.validate import InvalidSpec, validate
 from lmms_runner import command, resume
 from lmms_runner.config import ConfigError, RunConfig, from_document
@@ -77,6 +79,14 @@ def test_the_runner_passes_concurrency_as_lmms_eval_reads_it() -> None:
     assert asy["num_cpus"] == "8" and "num_concurrent" not in asy
     # Unset: nothing added, lmms-eval's default holds.
     assert margs(config({"type": "openai", "args": {"base_url": URL}})) == {"base_url": URL}
+
+
+def test_the_operators_run_configuration_carries_it_to_the_runners_command() -> None:
+    spec_ = validate(spec({"type": "openai", "args": {"base_url": URL}, "concurrency": 24}))
+    run = jobs.RunRef("r", "team-a", "0b8e6f5c-1111-2222-3333-444455556666")
+    document = json.loads(json.dumps(jobs.run_config(run, spec_, "h")))
+    assert document["spec"]["model"]["concurrency"] == 24
+    assert margs(from_document(document))["num_concurrent"] == "24"
 
 
 def test_a_configuration_by_hand_is_checked_like_a_spec() -> None:
