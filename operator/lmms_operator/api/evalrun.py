@@ -152,8 +152,8 @@ class ModelSpec(ApiModel):
         "openai, with base_url in args, and engine and endpoint runs; also async_openai): "
         "lmms-eval's num_concurrent (num_cpus for async_openai) and adaptive_max_concurrency "
         "both set to it, so it bounds adaptive concurrency too. Unset: lmms-eval's default "
-        "(32 for openai, half the pod's CPUs for async_openai). Refused for other backends, "
-        "and beside those args in args.",
+        "(32 for openai; for async_openai half the node's CPUs, not the pod's limit). "
+        "Refused for other backends, and beside those args in args.",
     )
 
 
