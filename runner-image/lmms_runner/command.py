@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from lmms_operator import concurrency
 
 from .config import RunConfig
 
@@ -49,12 +52,17 @@ class Distributed:
         )
 
 
+def _concurrency(cfg: RunConfig) -> dict[str, str]:
+    model = cfg.spec.model
+    return concurrency.model_args(model.type, model.concurrency)
+
+
 def model_args(cfg: RunConfig) -> str:
     """--model_args: pretrained, revision, the preset's and the spec's args, and (model
     parallel) device_map=auto unless the args set a device_map of their own; a served
     model's are the openai backend's own (served.model_args)."""
     if cfg.served:
-        return ",".join(f"{k}={v}" for k, v in cfg.model_args.items())
+        return ",".join(f"{k}={v}" for k, v in {**cfg.model_args, **_concurrency(cfg)}.items())
     parts: list[str] = []
     if cfg.pretrained:
         parts.append(f"pretrained={cfg.pretrained}")
@@ -63,7 +71,17 @@ def model_args(cfg: RunConfig) -> str:
     parts += [f"{k}={v}" for k, v in cfg.model_args.items() if k not in ("pretrained", "revision")]
     if cfg.spec.model.multi_gpu == "ModelParallel" and "device_map" not in cfg.model_args:
         parts.append("device_map=auto")
+    parts += [f"{k}={v}" for k, v in _concurrency(cfg).items()]
     return ",".join(parts)
+
+
+def in_flight(cfg: RunConfig, cpus: int | None = None) -> int | None:
+    """The most requests lmms-eval keeps in flight to an OpenAI-compatible server (None:
+    the backend holds the model, or talks to another API)."""
+    model = cfg.spec.model
+    return concurrency.in_flight(
+        model.type, model.concurrency, cfg.model_args, cpus or os.cpu_count() or 1
+    )
 
 
 def gen_kwargs(cfg: RunConfig) -> str:

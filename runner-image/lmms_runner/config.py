@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from lmms_operator import presets
+from lmms_operator import concurrency, presets
 from lmms_operator.api import EvalRunSpec, parse_spec
 from lmms_operator.errors import InvalidSpec
 
@@ -97,6 +97,9 @@ def from_document(raw: Any, source: str = "config") -> RunConfig:
             f"{spec.resources.nodes}"
         )
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
+    found = concurrency.problems(spec.model.type, spec.model.concurrency, args)
+    if found:
+        raise ConfigError("; ".join(str(p) for p in found))
     canonical = json.dumps(
         spec.model_dump(mode="json", by_alias=True, exclude={"suspend"}), sort_keys=True
     )

@@ -219,7 +219,8 @@ class Runner:
             env["OPENAI_API_KEY"] = "EMPTY"
         if self.state is not None:
             self.state.mkdir(parents=True, exist_ok=True)
-            env.setdefault("LMMS_CACHE_CHECKPOINT_INTERVAL", resume.CHECKPOINT_INTERVAL)
+            interval = resume.checkpoint_interval(command.in_flight(self.cfg))
+            env.setdefault("LMMS_CACHE_CHECKPOINT_INTERVAL", interval)
             reused = resume.merge_unfinished_attempts(self.state / "response-cache")
             if reused:
                 log(f"resuming: {reused} answer(s) of an earlier attempt are reused")

@@ -162,6 +162,17 @@ class ModelSpec(ApiModel):
         "declared memory), a run with more than one GPU must set it. With one GPU, unset "
         "changes nothing.",
     )
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Requests in flight at once to an OpenAI-compatible model server (type "
+        "openai, with base_url in args, and engine and endpoint runs; also async_openai): "
+        "lmms-eval's num_concurrent (num_cpus for async_openai) and adaptive_max_concurrency "
+        "both set to it, so it bounds adaptive concurrency too. Unset: lmms-eval's default "
+        "(32 for openai; for async_openai half the node's CPUs, not the pod's limit). "
+        "Refused for other backends, and beside those args in args.",
+    )
 
 
 class CustomTaskSource(ApiModel):

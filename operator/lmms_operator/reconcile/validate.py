@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import catalogue, presets
+from .. import catalogue, concurrency, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
@@ -56,6 +56,7 @@ def check_spec(
     extra = policy.model_args if policy else ()
     problems = _check_model(spec, cat) + check_model_args(spec, cat, extra)
     problems += _check_tasks(spec, cat) + check_command_line(spec)
+    problems += concurrency.problems(spec.model.type, spec.model.concurrency, spec.model.args)
     return problems + check_env_names(spec) + check_env_values(spec) + _check_combinations(spec)
 
 
