@@ -40,6 +40,8 @@
 | LMMS_RUNNER_RUNTIME_CLASS_NAME | (none)                           | runtimeClassName (e.g. nvidia)        |
 | LMMS_RUNNER_LABELS             | (none)                           | JSON map: labels of runner Jobs, pods |
 | LMMS_RUNNER_ANNOTATIONS        | (none)                           | JSON map: annotations of Jobs, pods   |
+| LMMS_ENGINE_IMAGE_VLLM         | (none)                           | image of spec.model.engine: vllm      |
+| LMMS_ENGINE_IMAGE_SGLANG       | (none)                           | image of spec.model.engine: sglang    |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -47,6 +49,11 @@ remoteModels (model.apiKey), remoteCode (trust_remote_code, and the backends tha
 set it). Unset: all but remoteCode; empty: none. A run using another ends Failed with
 reason InvalidSpec, naming the field. LMMS_ALLOWED_ENV adds names to the spec.env
 variables a run may set (docs/security.md lists the default ones).
+
+LMMS_ENGINE_IMAGE_VLLM and LMMS_ENGINE_IMAGE_SGLANG name the images of the inference
+engines (``reconcile.inference``); a run naming an engine without one ends Failed
+(InvalidSpec, naming spec.model.engine). A value that is not an image reference stops
+the operator at start-up.
 
 LMMS_PROMETHEUS_NAMESPACE_SELECTOR and LMMS_PROMETHEUS_POD_SELECTOR (label selectors in
 kubectl's ``-l`` syntax, e.g. ``kubernetes.io/metadata.name=monitoring`` and
@@ -105,7 +112,7 @@ import socket
 from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
-from .reconcile import poddefaults
+from .reconcile import inference, poddefaults
 from .reconcile.job import RunnerDefaults
 from .reconcile.lease import Timing
 from .reconcile.netpol import PrometheusScrapers, prometheus_peer
@@ -169,6 +176,8 @@ class Settings:
     prometheus_namespace_selector: str | None = None
     prometheus_pod_selector: str | None = None
     runner_pod_defaults: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
+    #: (engine, image) for spec.model.engine; an engine not listed has no image.
+    engine_images: tuple[tuple[str, str], ...] = ()
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -187,6 +196,7 @@ class Settings:
                 self.prometheus_namespace_selector, self.prometheus_pod_selector
             ),
             pod=self.runner_pod_defaults,
+            engine_images=self.engine_images,
         )
 
     #: Networks beyond public addresses where object stores may be (netguard).
@@ -211,6 +221,7 @@ class Settings:
             model_args=self.allowed_model_args,
             store_cidrs=self.store_policy.allowed_cidrs,
             placement=self.placement,
+            engines=frozenset(name for name, _ in self.engine_images),
         )
 
     @property
@@ -272,6 +283,7 @@ class Settings:
             or None,
             prometheus_pod_selector=os.environ.get("LMMS_PROMETHEUS_POD_SELECTOR") or None,
             runner_pod_defaults=poddefaults.parse(os.environ),
+            engine_images=_engine_images(),
         )
 
     def check(self) -> Settings:
@@ -279,6 +291,23 @@ class Settings:
         _ = self.store_policy
         _ = prometheus_peer(self.runner)  # a selector that is none fails here, named
         return self
+
+
+#: An image reference: [registry/]path[:tag][@digest] (no spaces, no scheme).
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@\-]{0,511}")
+
+
+def _engine_images() -> tuple[tuple[str, str], ...]:
+    """LMMS_ENGINE_IMAGE_<ENGINE>: each engine's image, checked to be an image reference."""
+    pairs = []
+    for engine in inference.ENGINES:
+        name = f"LMMS_ENGINE_IMAGE_{engine.upper()}"
+        image = os.environ.get(name, "").strip()
+        if image and not _IMAGE.fullmatch(image):
+            raise ValueError(f"{name} must be an image reference, got {image!r}")
+        if image:
+            pairs.append((engine, image))
+    return tuple(pairs)
 
 
 def _model_args(items: tuple[str, ...]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from .. import catalogue, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
-from . import identity, placement
+from . import identity, inference, placement
 from .cmdline import check_command_line
 from .endpoints import Network, check_store_endpoint, runner_url_problems
 from .envvars import (
@@ -292,6 +292,8 @@ class Policy:
     store_cidrs: tuple[Network, ...] = ()
     #: Priority classes, tolerations and affinity tenants may choose.
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    #: Engines (spec.model.engine) this operator has an image for.
+    engines: frozenset[str] = frozenset()
 
     def env_allowed(self, name: str) -> bool:
         return name in SAFE_ENV or any(fnmatch.fnmatchcase(name, p) for p in self.env)
@@ -389,6 +391,7 @@ def validate(
     problems += check_env(spec, policy) + check_endpoints(spec, policy)
     problems += placement.check(spec, policy.placement, namespace)
     problems += identity.naming_problems(spec.model.args)
+    problems += inference.problems(spec, policy.engines)
     if problems:
         raise InvalidSpec(problems)
     return spec
