@@ -103,7 +103,9 @@ def engine_run(core: client.CoreV1Api, namespace: str, name: str, **stub: str) -
     return body
 
 
-def watch(api: client.ApiClient, namespace: str, name: str, timeout: float) -> tuple[dict, set]:
+def watch(
+    api: client.ApiClient, namespace: str, name: str, timeout: float
+) -> tuple[dict[str, Any], set[tuple[str, str]]]:
     """The run's status once it ended, and every (phase, reason) it went through."""
     seen: set[tuple[str, str]] = set()
     deadline = time.monotonic() + timeout

@@ -1,7 +1,13 @@
 """The process executor: a tiny kubelet that runs one node's pods as local processes.
 
-For end-to-end tests and the local demo. For every pod bound to its node it runs the
-first container:
+For end-to-end tests and the local demo. For every pod bound to its node it runs every
+container as a kubelet does: the init containers in order (a native sidecar, an init
+container with ``restartPolicy: Always``, is started and the next container waits only
+for its startup probe; it is restarted whenever it exits, and stopped with SIGTERM, then
+SIGKILL after the grace period, once every regular container has exited; a plain init
+container must exit 0 first), then the regular containers at once, each under the pod's
+restart policy. Every container of a pod shares its network namespace (127.0.0.1
+between them) and its volumes. Each container runs:
 
 - **From its image** when the image is in the node's image store (``imagestore``: the
   images ``make images`` built): inside an overlay over the image's root filesystem
@@ -35,10 +41,13 @@ UTS namespace) and an ``/etc/hosts`` that names every such pod of the subdomain 
 cluster's DNS would (``<hostname>.<subdomain>``, and ``.<namespace>.svc.cluster.local``),
 so torchrun's rendezvous finds node 0. HTTP and TCP startup, readiness and liveness
 probes run as a kubelet runs them: readiness sets the pod's Ready condition, a failed
-startup or liveness probe restarts the container. The pod's status follows the process: Running when it starts,
-then Succeeded or Failed with the real exit code and the termination message, so the real
-Job controller completes or fails Jobs. Deleting the pod stops the process (SIGTERM, then
-SIGKILL after the grace period).
+startup or liveness probe restarts the container. The pod's status follows the processes,
+with a status per container (``initContainerStatuses``, ``containerStatuses``: state,
+``lastState.terminated`` with the exit code and termination message of the run before a
+restart, ``restartCount``, ready, started): Pending until a regular container starts,
+Running, then Succeeded (every regular container exited 0) or Failed, so the real Job
+controller completes or fails Jobs. Deleting the pod stops its processes (the regular
+containers, then the sidecars: SIGTERM, then SIGKILL after the grace period).
 
 Resource limits, seccomp/capability settings and NetworkPolicies are recorded, not
 enforced (there is no policy engine).
@@ -456,7 +465,7 @@ class PodRunner:
             groups.update(int(g) for g in psc.supplemental_groups or [])
         return uid, gid, sorted(groups)
 
-    def _launch(self, plan: dict[str, Any], cdir: Path) -> subprocess.Popen[bytes]:
+    def _launch(self, plan: dict[str, Any], cdir: Path, name: str) -> subprocess.Popen[bytes]:
         """Starts one container's process (in the pod's network namespace, when it has
         one: every container of the pod shares its loopback and address)."""
         plan_file = cdir / "plan.json"
@@ -478,7 +487,7 @@ class PodRunner:
             "pod %s/%s: started %s, pid %d at %s",
             self.namespace,
             self.name,
-            cdir.name,
+            name,
             proc.pid,
             self.pod_ip,
         )
@@ -885,7 +894,7 @@ class ContainerRun:
         """One start of the process: (False, code) when it ended for good, (True, code)
         when it is to be restarted, None when its pod is being deleted."""
         started = _now()
-        self.proc = self.pod._launch(plan, self.dir)
+        self.proc = self.pod._launch(plan, self.dir, self.cname)
         prober = Prober(self, self.container, started, self.restarts)
         self.state = {"running": {"startedAt": started}}
         self.started, self.ready = True, prober.readiness is None
