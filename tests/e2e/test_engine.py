@@ -135,7 +135,7 @@ def test_an_engine_run_waits_for_its_server_and_succeeds_with_the_scores(
     body = engine_run(core, namespace, "engine-ok", STUB_START_DELAY="12")
     er.create(api, namespace, body)
     status, seen = watch(api, namespace, "engine-ok", timeout=420)
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", status["message"]
     # While the server loaded, the runner waited and the status said so.
     assert ("Running", "ModelLoading") in seen, seen
     (result,) = status["results"]

@@ -73,6 +73,10 @@ def test_the_engine_is_a_native_sidecar_with_the_pods_gpus_and_the_runner_reques
     runner_env = {e["name"]: e.get("value") for e in runner["env"]}
     assert runner_env["LMMS_MODEL_URL"] == "http://127.0.0.1:8000/v1"
     assert runner_env["LMMS_MODEL_WAIT_SECONDS"] == "3600"
+    # The OpenAI client's key: the runner's own token, never a plain value.
+    key = next(e for e in runner["env"] if e["name"] == "OPENAI_API_KEY")
+    token = next(e for e in runner["env"] if e["name"] == "LMMS_RUNNER_TOKEN")
+    assert "value" not in key and key["valueFrom"] == token["valueFrom"]
 
 
 def test_sglang_and_a_revision() -> None:
@@ -104,6 +108,9 @@ def test_an_engine_run_must_be_openai_with_a_checkpoint_on_one_node() -> None:
     no_ckpt = raw()
     del no_ckpt["model"]["pretrained"]
     assert "required with an engine" in problems(no_ckpt)["spec.model.pretrained"]
+    keyed = raw()
+    keyed["model"]["apiKey"] = {"secretKeyRef": {"name": "k", "key": "k"}}
+    assert "not with an engine" in problems(keyed)["spec.model.apiKey"]
     no_gpu = raw()
     no_gpu["resources"] = {"gpus": 0}
     assert "at least one GPU" in problems(no_gpu)["spec.resources.gpus"]

@@ -9,7 +9,8 @@ as a native sidecar of the run's pod, and what its container's status tells. Pur
   parallel size = the pod's GPUs. The engine requests the run's GPUs, CPU and memory;
   the runner requests none (a sidecar's requests add to the regular containers', so the
   pod's effective request is exactly the run's). The runner gets ``LMMS_MODEL_URL`` and
-  ``LMMS_MODEL_WAIT_SECONDS`` and waits for the server itself;
+  ``LMMS_MODEL_WAIT_SECONDS`` and waits for the server itself (its OpenAI client's key,
+  which the engine does not check, is the runner's own token);
 - ``observed``: a run whose engine exited while the runner had not finished ends Failed
   with reason ``EngineFailed`` and the engine's last log lines (its termination message,
   ``FallbackToLogsOnError``), redacted and bounded; an engine image that cannot be
@@ -96,6 +97,13 @@ def problems(spec: EvalRunSpec, configured: Mapping[str, str] | frozenset[str]) 
                 "parallel across nodes is not supported",
             )
         )
+    if spec.model.api_key is not None:
+        found.append(
+            Problem(
+                "spec.model.apiKey",
+                "not with an engine: the engine serves only its own pod and checks no key",
+            )
+        )
     if "base_url" in spec.model.args:
         found.append(
             Problem(
@@ -135,10 +143,14 @@ def attach(
     resources = runner["resources"]
     runner["resources"] = {}
     wait = min(WAIT_SECONDS, spec.timeout_seconds)
+    # The OpenAI client needs a key, and the engine checks none: the runner's own token
+    # (a secretKeyRef, masked in everything the runner writes) serves, never a plain value.
+    token = next(e["valueFrom"] for e in runner["env"] if e["name"] == "LMMS_RUNNER_TOKEN")
     runner["env"] = [
         *runner["env"],
         {"name": "LMMS_MODEL_URL", "value": URL},
         {"name": "LMMS_MODEL_WAIT_SECONDS", "value": str(wait)},
+        {"name": "OPENAI_API_KEY", "valueFrom": token},
     ]
     shared = {"hf-home", "tmp", "dshm"}
     carried = {"HF_HOME", "HOME", "TMPDIR", "HF_TOKEN"} | {v.name for v in spec.env}
