@@ -176,7 +176,7 @@ def test_an_engine_that_crashes_mid_run_fails_the_run_with_its_last_lines_redact
     assert "the vllm engine (container engine of pod" in message
     assert "exited with code 1" in message
     assert "CUDA error: an illegal memory access" in message
-    assert HF_TOKEN not in message and "[REDACTED]" in message
+    assert HF_TOKEN not in message and "[REDACTED]" in message, message
     assert er.wait_event(api, namespace, "engine-crash", "EngineFailed")
     # The run's Job is stopped: no pod holds the GPUs any longer.
     run = er.get(api, namespace, "engine-crash")
