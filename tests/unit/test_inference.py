@@ -11,7 +11,7 @@ import pytest
 
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
-from lmms_operator.reconcile import inference, observation
+from lmms_operator.reconcile import identity, inference, observation, reuse
 from lmms_operator.reconcile import job as jobs
 from lmms_operator.reconcile import reasons as R
 from lmms_operator.reconcile import status as st
@@ -236,3 +236,13 @@ def test_observe_job_reads_the_engine() -> None:
     engine = {"lastState": {"terminated": crashed()}, "state": {"running": {}}}
     ob = observation.observe_job(SPEC, job, [pod(engine, RUNNING)], NOW, st.Timeouts())
     assert ob.reason == R.ENGINE_FAILED and ob.stop_job
+
+
+def test_an_engine_is_part_of_the_leaderboard_entry_and_the_evaluation_identity() -> None:
+    wire = SPEC.to_wire()
+    assert identity.model_identity(wire) == "Qwen/Qwen2-VL-72B-Instruct"
+    assert identity.settings_label(wire, "0.7.3") == "lmms-eval=0.7.3 engine=vllm"
+    sglang = validate(raw(engine="sglang"), POLICY)
+    assert reuse.reuse_key(SPEC, "0.7.3", None) != reuse.reuse_key(sglang, "0.7.3", None)
+    plain = validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]})
+    assert "engine" not in reuse.reuse_key(plain, "0.7.3", None)
