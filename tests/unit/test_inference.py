@@ -88,7 +88,7 @@ def test_sglang_and_a_revision() -> None:
         *("Qwen/Qwen2-VL-72B-Instruct", "--tp", "4"),
     ]
     assert engine["command"][-2:] == ["--revision", "a" * 40]
-    assert ["--host", "127.0.0.1", "--port", "8000"] == engine["command"][7:11]
+    assert engine["command"][7:11] == ["--host", "127.0.0.1", "--port", "8000"]
 
 
 def test_a_run_without_an_engine_has_no_sidecar() -> None:
