@@ -48,8 +48,10 @@ CEL: dict[str, Callable[[Any], bool]] = {
     ),
     "!has(self.model.multiGPU) || self.model.multiGPU != 'ModelParallel' || "
     "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1": (
-        lambda s: (s.get("model") or {}).get("multiGPU") != "ModelParallel"
-        or (s.get("resources") or {}).get("nodes", 1) == 1
+        lambda s: (
+            (s.get("model") or {}).get("multiGPU") != "ModelParallel"
+            or (s.get("resources") or {}).get("nodes", 1) == 1
+        )
     ),
     "!self.split('/').exists(s, s == '..')": lambda v: ".." not in v.split("/"),
     "self.nodes == 1 || self.gpus >= 1": lambda r: r.get("nodes") == 1 or r.get("gpus", 0) >= 1,

@@ -1107,3 +1107,20 @@ def test_the_gpu_memory_the_chart_declares_is_what_the_operator_reads() -> None:
             "--set-json", f"settings.gpuMemory={bad}",
         )  # fmt: skip
         assert out.returncode != 0 and field in out.stderr, out.stderr
+
+
+# -- inference engines -------------------------------------------------------------------
+def test_the_engine_images_reach_the_operator_only_when_set() -> None:
+    (deploy,) = by_kind(render(), "Deployment")
+    assert not {n for n in _env(deploy) if n.startswith("LMMS_ENGINE_IMAGE_")}
+    (deploy,) = by_kind(
+        render("--set", "engines.vllm.image=reg.example/lmms-engine-vllm:0.1.0"), "Deployment"
+    )
+    env = _env(deploy)
+    assert env["LMMS_ENGINE_IMAGE_VLLM"]["value"] == "reg.example/lmms-engine-vllm:0.1.0"
+    assert "LMMS_ENGINE_IMAGE_SGLANG" not in env
+    bad = helm(
+        "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "engines.sglang.image=not an image",
+    )  # fmt: skip
+    assert bad.returncode != 0 and "/engines/sglang/image" in bad.stderr

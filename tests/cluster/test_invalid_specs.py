@@ -147,6 +147,23 @@ CORPUS: list[tuple[str, dict[str, Any], str]] = [
         "spec.model.multiGPU",
     ),
     ("verbosity-unknown", {"evaluation": {"verbosity": "TRACE"}}, "spec.evaluation.verbosity"),
+    # spec.model.engine: a name the schema does not know; one this operator has no image
+    # for (the tests' operator has none); and what an engine run must also say.
+    ("engine-unknown", {"model": {"type": "openai", "engine": "tgi"}}, "spec.model.engine"),
+    (
+        "engine-without-image",
+        {"model": {"type": "openai", "engine": "vllm", "pretrained": "org/model"}},
+        "spec.model.engine",
+    ),
+    ("engine-not-openai", {"model": {"type": "qwen2_vl", "engine": "sglang"}}, "spec.model.type"),
+    (
+        "engine-multi-node",
+        {
+            "model": {"type": "openai", "engine": "vllm", "pretrained": "org/model"},
+            "resources": {"nodes": 2, "gpus": 8},
+        },
+        "spec.resources.nodes",
+    ),
 ]
 
 

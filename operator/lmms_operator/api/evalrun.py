@@ -138,6 +138,16 @@ class ModelSpec(ApiModel):
             ],
         },
     )
+    engine: Literal["vllm", "sglang"] | None = Field(
+        default=None,
+        description="Serve the model with an inference engine in the run's own pod: the "
+        "engine's OpenAI-compatible server (vLLM's or SGLang's, from the operator's engine "
+        "image) runs beside the runner, on all of the pod's GPUs (tensor parallel size = "
+        "resources.gpus), and the runner evaluates it over the pod's loopback with type "
+        "openai once it answers. Needs type openai, the checkpoint to serve in pretrained, "
+        "and resources.nodes 1. A server that exits ends the run Failed (EngineFailed) with "
+        "its last log lines.",
+    )
     api_key: SecretSource | None = Field(
         default=None,
         description="API key of a model server (openai, litellm and other API backends), "

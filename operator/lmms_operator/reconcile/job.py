@@ -1,6 +1,7 @@
 """spec -> the objects that run an evaluation: Job, run-config ConfigMap, token Secret,
-and (multi-node) a headless Service and NetworkPolicy (``netpol``). Pure functions; the
-k8s layer applies them.
+and (multi-node) a headless Service and NetworkPolicy (``netpol``); an engine run's pod
+has the engine's server beside the runner (``inference``). Pure functions; the k8s layer
+applies them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
-from . import multigpu, netpol, poddefaults
-from .kueue import QUEUE_LABEL as KUEUE_QUEUE_LABEL  # noqa: F401 - re-exported
+from . import inference, multigpu, netpol, poddefaults
 from .kueue import job_labels as kueue_labels
 from .shards import Shard
 
@@ -71,6 +71,7 @@ class RunnerDefaults:
     prometheus: netpol.PrometheusScrapers | None = None
     pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
     gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)  # per resource
+    engine_images: tuple[tuple[str, str], ...] = ()  # (engine, image): ``inference``
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,7 @@ def _meta(name: str, run: RunRef, labels: dict[str, str]) -> dict[str, Any]:
 
 
 def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": secret, "key": key}
-    if optional:
-        ref["optional"] = True
+    ref: dict[str, Any] = {"name": secret, "key": key, **({"optional": True} if optional else {})}
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
@@ -187,6 +186,7 @@ def build(
     volumes, mounts = _volumes(name, spec, runner)
     container = _container(spec, runner, _env(name, spec, runner, len(shards)), mounts)
     pod_spec = _pod_spec(name, spec, runner, container, volumes)
+    inference.attach(pod_spec, spec, runner.engine_images)  # an engine's server, if any
     service: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
     if spec.resources.nodes > 1:

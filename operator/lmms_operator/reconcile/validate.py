@@ -15,7 +15,7 @@ from .. import catalogue, concurrency, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
-from . import identity, multigpu, placement
+from . import identity, inference, multigpu, placement
 from .cmdline import check_command_line
 from .endpoints import Network, check_store_endpoint, runner_url_problems
 from .envvars import (
@@ -295,6 +295,8 @@ class Policy:
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
     #: The memory of one GPU per resource name, for spec.model.multiGPU's default.
     gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)
+    #: Engines (spec.model.engine) this operator has an image for.
+    engines: frozenset[str] = frozenset()
 
     def env_allowed(self, name: str) -> bool:
         return name in SAFE_ENV or any(fnmatch.fnmatchcase(name, p) for p in self.env)
@@ -393,6 +395,7 @@ def validate(
     problems += placement.check(spec, policy.placement, namespace)
     problems += identity.naming_problems(spec.model.args)
     problems += multigpu.check(spec, policy.gpu_memory)
+    problems += inference.problems(spec, policy.engines)
     if problems:
         raise InvalidSpec(problems)
     return spec
