@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .. import k8s
+from .. import errors, k8s
 from ..reconcile.significance import Scores
 
 #: The most ConfigMaps read for one run (the operator writes at most 8).
@@ -90,7 +90,10 @@ def run_scores(api: k8s.Api, run: Mapping[str, Any]) -> Scores | None:
             if name not in cache:
                 if len(cache) >= MAX_CONFIG_MAPS:
                     break
-                found = api.read_config_map(str(meta.get("namespace")), name)
+                try:
+                    found = api.read_config_map(str(meta.get("namespace")), name)
+                except (errors.Forbidden, errors.NotFound):
+                    found = None  # not readable by this user: no samples from it
                 cache[name] = found if found and _owned(found, str(meta.get("uid"))) else None
             data = (cache[name] or {}).get("data") or {}
             text.append(str(data.get(f"{i}.jsonl") or ""))
