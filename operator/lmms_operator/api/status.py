@@ -124,7 +124,7 @@ class ReusedResult(ApiModel):
     index_entry: Name = Field(description="The index entry's ConfigMap.", max_length=253)
 
 
-class TaskSamples(ApiModel):
+class SampledTask(ApiModel):
     """Where one task's logged samples are kept."""
 
     task: Name = Field(description="Task name.", max_length=253)
@@ -140,8 +140,9 @@ class TaskSamples(ApiModel):
     )
     config_maps: Annotated[list[Name], cap(16)] = Field(
         default_factory=list,
-        description="The ConfigMaps holding the task's records (key <i>.jsonl, i the "
-        "task's place in this list; one JSON object a line: id, target, response, scores).",
+        description="The ConfigMaps that hold the task's records, under the key <i>.jsonl "
+        "(i: the task's index in status.samples.tasks), one JSON object a line: id, target, "
+        "response, scores.",
         max_length=16,
         json_schema_extra={"items": {"type": "string", "maxLength": 253}},
     )
@@ -150,8 +151,11 @@ class TaskSamples(ApiModel):
 class SamplesStatus(ApiModel):
     """Where the samples of a run with spec.evaluation.logSamples are kept."""
 
-    tasks: Annotated[list[TaskSamples], cap(MAX_TASKS)] = Field(
-        default_factory=list, description="Per task: count, ConfigMaps.", max_length=MAX_TASKS
+    tasks: Annotated[list[SampledTask], cap(MAX_TASKS)] = Field(
+        default_factory=list,
+        description="Per task: the documents logged, the records kept and the ConfigMaps "
+        "that hold them.",
+        max_length=MAX_TASKS,
     )
     location: Annotated[str, cap(2048)] | None = Field(
         default=None,
