@@ -263,6 +263,19 @@ def test_the_samples_go_to_config_maps_owned_by_the_run_and_the_status_points_at
     assert [e.reason for e in plan.events] == ["ResultsCollected", "SamplesKept"]
 
 
+def test_the_status_names_the_cache_volume_and_the_output_that_hold_the_full_files() -> None:
+    run = {**RUN, "spec": {**RUN["spec"], "cache": {"persistentVolumeClaim": "hf-cache"}}}
+    full = report(3).model_copy(update={"path": "lmms-runner/abc/samples"})
+    summary = SUMMARY.model_copy(update={"s3_location": "s3://evals/team-a/r/abc/"})
+    inputs = publishing.Inputs(summary=summary, samples=full)
+    plan = publishing.decide(run, EvalRunSpec.model_validate(run["spec"]), STATUS, inputs, NOW)
+    pointer = plan.status.get("samples") or {}
+    assert pointer["persistentVolumeClaim"] == "hf-cache"
+    assert pointer["path"] == "lmms-runner/abc/samples"
+    assert pointer["location"] == "s3://evals/team-a/r/abc/"
+    EvalRunStatus.model_validate({"samples": pointer})
+
+
 def test_samples_not_kept_cost_the_samples_never_the_scores() -> None:
     inputs = publishing.Inputs(summary=SUMMARY, samples=report(10), samples_failed="exceeded quota")
     plan = publishing.decide(RUN, SPEC, STATUS, inputs, NOW)
