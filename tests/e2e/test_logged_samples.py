@@ -13,6 +13,7 @@ runner running real lmms-eval 0.7.3 (offline) against two loopback models.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -99,13 +100,14 @@ def test_samples_are_kept_without_s3_paired_by_compare_and_a_failed_upload_runs_
     er.create(api, namespace, right)
     er.create(api, namespace, wrong)
 
-    runs = {}
+    def with_samples(name: str) -> dict[str, Any] | None:
+        run = er.get(api, namespace, name)
+        return run if run["status"].get("samples") else None
+
+    runs: dict[str, dict[str, Any]] = {}
     for name in ("right", "wrong"):
         er.wait_phase(api, namespace, name, "Succeeded", timeout=420)
-        runs[name] = wait_for(
-            lambda n=name: (r := er.get(api, namespace, n))["status"].get("samples") and r,
-            timeout=30,
-        )
+        runs[name] = wait_for(functools.partial(with_samples, name), timeout=30)
 
     # The failed upload: reported, the results kept, one pod that exited 0, no re-run.
     run = runs["right"]
