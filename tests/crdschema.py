@@ -46,6 +46,11 @@ CEL: dict[str, Callable[[Any], bool]] = {
     "!has(self.resources.nodes) || self.resources.nodes == 1": lambda s: (
         s.get("parallelism", 1) == 1 or (s.get("resources") or {}).get("nodes", 1) == 1
     ),
+    "!has(self.model.multiGPU) || self.model.multiGPU != 'ModelParallel' || "
+    "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1": (
+        lambda s: (s.get("model") or {}).get("multiGPU") != "ModelParallel"
+        or (s.get("resources") or {}).get("nodes", 1) == 1
+    ),
     "!self.split('/').exists(s, s == '..')": lambda v: ".." not in v.split("/"),
     "self.nodes == 1 || self.gpus >= 1": lambda r: r.get("nodes") == 1 or r.get("gpus", 0) >= 1,
     "!self.split('/')[0].endsWith('kubernetes.io') && !self.split('/')[0].endsWith('k8s.io')": (

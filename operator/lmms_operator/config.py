@@ -40,6 +40,7 @@
 | LMMS_RUNNER_RUNTIME_CLASS_NAME | (none)                           | runtimeClassName (e.g. nvidia)        |
 | LMMS_RUNNER_LABELS             | (none)                           | JSON map: labels of runner Jobs, pods |
 | LMMS_RUNNER_ANNOTATIONS        | (none)                           | JSON map: annotations of Jobs, pods   |
+| LMMS_GPU_MEMORY                | (none)                           | memory of one GPU per resource name   |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -74,6 +75,12 @@ roles, the operator's or Kubernetes' label domains) stops the operator at start-
 message naming the variable. Defaults are not part of a run's identity: changing them
 restarts no Job; Jobs made afterwards get them.
 
+LMMS_GPU_MEMORY declares the memory of one GPU of each extended resource name
+(``nvidia.com/gpu=80Gi,nvidia.com/mig-1g.10gb=10Gi``): with it, a run on more than one GPU
+of a model whose preset gives its size is data parallel when the model fits on one GPU
+and model parallel when it does not (``reconcile.multigpu``, spec.model.multiGPU). A
+value that is not such a list stops the operator at start-up, naming the variable.
+
 LMMS_OBJECT_STORE_ALLOWED_CIDRS lists the networks, beyond public addresses, where the
 operator may reach a tenant's object store (``netguard``: every other loopback,
 link-local, private or reserved address is refused, in every spelling, after resolving
@@ -105,7 +112,7 @@ import socket
 from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
-from .reconcile import poddefaults
+from .reconcile import multigpu, poddefaults
 from .reconcile.job import RunnerDefaults
 from .reconcile.lease import Timing
 from .reconcile.netpol import PrometheusScrapers, prometheus_peer
@@ -169,6 +176,7 @@ class Settings:
     prometheus_namespace_selector: str | None = None
     prometheus_pod_selector: str | None = None
     runner_pod_defaults: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
+    gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -187,6 +195,7 @@ class Settings:
                 self.prometheus_namespace_selector, self.prometheus_pod_selector
             ),
             pod=self.runner_pod_defaults,
+            gpu_memory=self.gpu_memory,
         )
 
     #: Networks beyond public addresses where object stores may be (netguard).
@@ -211,6 +220,7 @@ class Settings:
             model_args=self.allowed_model_args,
             store_cidrs=self.store_policy.allowed_cidrs,
             placement=self.placement,
+            gpu_memory=self.gpu_memory,
         )
 
     @property
@@ -272,6 +282,7 @@ class Settings:
             or None,
             prometheus_pod_selector=os.environ.get("LMMS_PROMETHEUS_POD_SELECTOR") or None,
             runner_pod_defaults=poddefaults.parse(os.environ),
+            gpu_memory=multigpu.parse_gpu_memory(os.environ.get(multigpu.SETTING, "")),
         )
 
     def check(self) -> Settings:

@@ -144,6 +144,35 @@ class ModelSpec(ApiModel):
         "given to the runner as OPENAI_API_KEY. Keys never belong in args, which are stored "
         "in a ConfigMap.",
     )
+    multi_gpu: Literal["DataParallel", "ModelParallel"] | None = Field(
+        default=None,
+        alias="multiGPU",
+        description="How a Hugging Face backend uses the pod's GPUs (resources.gpus). "
+        "DataParallel: one process per GPU (accelerate launch), each holding a whole copy of "
+        "the model and evaluating a share of the documents. ModelParallel: one process that "
+        "spreads one copy of the model over the pod's GPUs (device_map=auto in --model_args, "
+        "unless args sets device_map), for a model larger than one GPU; only for backends "
+        "whose lmms-eval class honours device_map, in one pod (not with resources.nodes > 1 "
+        "nor an engine). Unset, with more than one GPU: DataParallel when the model fits on "
+        "one GPU (and always for a backend that cannot spread a model, or several nodes), "
+        "ModelParallel when it does not, from the preset's size (2 bytes a parameter, plus "
+        "a quarter for activations, the KV cache and the CUDA context) against the GPU "
+        "memory the admin declares for resources.gpuResourceName (settings.gpuMemory). "
+        "Where that size is unknown (no preset, another checkpoint than the preset's, or no "
+        "declared memory), a run with more than one GPU must set it. With one GPU, unset "
+        "changes nothing.",
+    )
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Requests in flight at once to an OpenAI-compatible model server (type "
+        "openai, with base_url in args, and engine and endpoint runs; also async_openai): "
+        "lmms-eval's num_concurrent (num_cpus for async_openai) and adaptive_max_concurrency "
+        "both set to it, so it bounds adaptive concurrency too. Unset: lmms-eval's default "
+        "(32 for openai; for async_openai half the node's CPUs, not the pod's limit). "
+        "Refused for other backends, and beside those args in args.",
+    )
 
 
 class CustomTaskSource(ApiModel):
@@ -202,6 +231,13 @@ class EvaluationSpec(ApiModel):
         "run, the full files on the cache volume (spec.cache) and in the output "
         "(spec.output.s3) when the run has them; status.samples says where. `kubectl lmms "
         "compare` pairs two such runs document by document.",
+    )
+    verbosity: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="lmms-eval's log level (--verbosity). The run's progress does not depend "
+        "on it (the runner reads lmms-eval's progress bars and counts answers), but lmms-eval "
+        "logs each task's post-processed document count at INFO: at WARNING and ERROR "
+        "status.progress.tasks shows no per-task counts while the run goes.",
     )
     generation: GenerationSpec | None = Field(default=None, description="Generation settings.")
 
@@ -308,6 +344,14 @@ class EvalRunSpec(ApiModel):
                     "multi-node run is one torchrun world over an Indexed Job whose indexes "
                     "are node ranks",
                     "fieldPath": ".parallelism",
+                },
+                {
+                    "rule": "!has(self.model.multiGPU) || self.model.multiGPU != 'ModelParallel' "
+                    "|| !has(self.resources) || !has(self.resources.nodes) || "
+                    "self.resources.nodes == 1",
+                    "message": "ModelParallel runs in one pod: resources.nodes > 1 is data "
+                    "parallel over one torchrun world",
+                    "fieldPath": ".model.multiGPU",
                 },
             ]
         }

@@ -14,7 +14,7 @@ from typing import Any
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
-from . import netpol, poddefaults
+from . import multigpu, netpol, poddefaults
 from .kueue import QUEUE_LABEL as KUEUE_QUEUE_LABEL  # noqa: F401 - re-exported
 from .kueue import job_labels as kueue_labels
 from .shards import Shard
@@ -70,6 +70,7 @@ class RunnerDefaults:
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
     prometheus: netpol.PrometheusScrapers | None = None
     pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
+    gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)  # per resource
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,14 @@ def run_config(
     shards: Sequence[Shard] = (),
     evaluate: Sequence[str] | None = None,
     reuse_key: Mapping[str, Any] | None = None,
+    gpu_memory: multigpu.GpuMemory = multigpu.UNDECLARED,
 ) -> dict[str, Any]:
-    """What the runner reads: the EvalRun (with presets resolved) as a manifest; with
-    more than one shard, ``shards`` lists each Job index's tasks (the runner reads its
-    own index from LMMS_SHARD_INDEX); ``evaluate``, when some tasks' results were reused,
-    the tasks left to evaluate."""
+    """What the runner reads: the EvalRun, presets and multiGPU resolved; ``shards`` (more
+    than one) each Job index's tasks (a pod's index: LMMS_SHARD_INDEX); ``evaluate`` the
+    tasks left to evaluate when some tasks' results were reused."""
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
-    resolved = spec.model_copy(
-        update={"model": spec.model.model_copy(update={"pretrained": pretrained, "args": args})}
-    )
+    model = {"pretrained": pretrained, "args": args, "multi_gpu": multigpu.mode(spec, gpu_memory)}
+    resolved = spec.model_copy(update={"model": spec.model.model_copy(update=model)})
     config: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "EvalRun",
@@ -183,7 +183,7 @@ def build(
     hash_ = spec_hash(spec)
     name = job_name(run.name, run.uid, hash_)
     labels = _labels(run, hash_)
-    config = run_config(run, spec, hash_, shards, evaluate, reuse_key)
+    config = run_config(run, spec, hash_, shards, evaluate, reuse_key, runner.gpu_memory)
     volumes, mounts = _volumes(name, spec, runner)
     container = _container(spec, runner, _env(name, spec, runner, len(shards)), mounts)
     pod_spec = _pod_spec(name, spec, runner, container, volumes)

@@ -186,7 +186,8 @@ def _preset_problems(
 
 def runner_model_args(spec: EvalRunSpec) -> dict[str, str]:
     """The --model_args entries the runner builds (``lmms_runner.command.model_args``):
-    pretrained, revision, then the preset's and the spec's args."""
+    pretrained, revision, then the preset's and the spec's args (and, model parallel,
+    device_map=auto unless they name one)."""
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
     out: dict[str, str] = {}
     if pretrained:
@@ -194,6 +195,8 @@ def runner_model_args(spec: EvalRunSpec) -> dict[str, str]:
     if spec.model.revision:
         out["revision"] = spec.model.revision
     out.update({k: v for k, v in args.items() if k not in ("pretrained", "revision")})
+    if spec.model.multi_gpu == "ModelParallel":
+        out.setdefault("device_map", "auto")
     return out
 
 
