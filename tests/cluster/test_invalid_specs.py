@@ -233,4 +233,9 @@ def test_examples_apply_cleanly(cluster: Any, namespace: str) -> None:
                 # it names are allowed (the multi-node example's InternVL2 needs
                 # remoteCode; the Kueue example names the priority class batch-low).
                 placement = PlacementPolicy(priority_classes=frozenset({"batch-low"}))
-                validate(doc["spec"], Policy(features=frozenset(FEATURES), placement=placement))
+                policy = Policy(
+                    features=frozenset(FEATURES),
+                    placement=placement,
+                    engines=frozenset({"vllm", "sglang"}),  # the engine example's image
+                )
+                validate(doc["spec"], policy)

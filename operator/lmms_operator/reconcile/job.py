@@ -18,6 +18,7 @@ from ..api.runner import EXIT_CONFIG_ERROR
 from . import inference, multigpu, netpol, poddefaults
 from .kueue import job_labels as kueue_labels
 from .shards import Shard
+from .spechash import spec_hash as spec_hash  # re-exported: the Job's label and name
 
 LABEL_PREFIX = "eval.lmms.dev"
 LABEL_RUN = f"{LABEL_PREFIX}/run"
@@ -34,13 +35,6 @@ OUTPUT_DIR = "/var/lib/lmms/output"
 RDZV_PORT = 29500
 #: A pod's Job completion index: a multi-node run's node rank, a fan-out's shard.
 JOB_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-
-
-def spec_hash(spec: EvalRunSpec) -> str:
-    """Identifies an evaluation: every spec field but ``suspend`` (which only pauses it)."""
-    data = spec.model_dump(mode="json", by_alias=True, exclude={"suspend"})
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    return digest[:10]
 
 
 def job_name(run_name: str, uid: str, hash_: str) -> str:
