@@ -15,7 +15,7 @@ from .. import catalogue, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
-from . import identity, placement
+from . import identity, modelendpoint, placement
 from .cmdline import check_command_line
 from .endpoints import Network, check_store_endpoint, runner_url_problems
 from .envvars import (
@@ -27,6 +27,7 @@ from .envvars import (
     env_refused_already,
 )
 from .grammar import text_problem
+from .modelurls import UrlRule
 from .modelargs import OPERATOR_ARGS, SECRET_ARG, check_model_args, remote_code_requested
 from .placement import PlacementPolicy
 
@@ -292,6 +293,8 @@ class Policy:
     store_cidrs: tuple[Network, ...] = ()
     #: Priority classes, tolerations and affinity tenants may choose.
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    #: URLs a run's model or judge endpoint may name (``modelurls``; none by default).
+    model_urls: tuple[UrlRule, ...] = ()
 
     def env_allowed(self, name: str) -> bool:
         return name in SAFE_ENV or any(fnmatch.fnmatchcase(name, p) for p in self.env)
@@ -403,6 +406,7 @@ def check_endpoints(spec: EvalRunSpec, policy: Policy) -> list[Problem]:
     if s3 is not None and s3.endpoint:
         found = check_store_endpoint("spec.output.s3.endpoint", s3.endpoint, policy.store_cidrs)
         problems += [found] if found else []
+    problems += modelendpoint.problems(spec, policy.model_urls)
     problems += runner_url_problems("spec.model.args", spec.model.args)
     for i, var in enumerate(spec.env):
         problems += runner_url_problems(f"spec.env[{i}]", {"value": var.value})
