@@ -101,7 +101,9 @@ class Provenance(ApiModel):
         max_length=512,
     )
     endpoint: str | None = Field(
-        default=None, description="Where the served model was, without credentials.", max_length=1024
+        default=None,
+        description="Where the served model was, without credentials.",
+        max_length=1024,
     )
     judge: str | None = Field(
         default=None,

@@ -353,7 +353,9 @@ class Api:
     def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(path("Service", namespace, name))
 
-    def get_inference_service(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
+    def get_inference_service(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """A KServe InferenceService, or None with why it cannot be read: its API is not
         installed (the API server knows no such resource), or the operator may not read
         it (403: the chart grants it). None, None: it does not exist (yet)."""

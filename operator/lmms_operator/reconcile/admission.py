@@ -17,7 +17,7 @@ from typing import Any
 
 from ..api import EvalRunSpec
 from ..errors import Problem
-from . import columns, kueue, modelendpoint, publishing, reuse
+from . import columns, kueue, modelendpoint, modelwait, publishing, reuse
 from . import job as jobs
 from . import reasons as R
 from . import shards as shard_plan
@@ -82,8 +82,7 @@ class Snapshot:
     publish_failures: int = 0  # Leaderboard publishes of reused results that failed so far
     publish_failed: str | None = None  # the last one, when it will not be retried
     workload: kueue.Workload | None = None  # a queued run's Kueue Workload (of ``job``)
-    # spec.model.endpoint and spec.judge, by field, as their API objects show them
-    endpoints: Mapping[str, modelendpoint.Readiness] = field(default_factory=dict)
+    endpoints: Mapping[str, modelendpoint.Readiness] = field(default_factory=dict)  # by field
 
 
 def run_selector(uid: str) -> str:
@@ -135,13 +134,8 @@ def _decide(snap: Snapshot, rules: Rules) -> Plan:
     if not is_fresh(run):
         plan.delete.append(f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}!={hash_}")
         if snap.stale_jobs:
-            plan.events.append(
-                Event(
-                    "Normal",
-                    R.JOB_REPLACED,
-                    "the spec changed: the previous evaluation's Job was deleted",
-                )
-            )
+            message = "the spec changed: the previous evaluation's Job was deleted"
+            plan.events.append(Event("Normal", R.JOB_REPLACED, message))
     same_evaluation = status.get("specHash") == hash_
     if same_evaluation and status.get("phase") in st.TERMINAL:
         # Finished: never start it again (its Job may be gone after ttlSecondsAfterFinished).
@@ -181,9 +175,8 @@ def _decide(snap: Snapshot, rules: Rules) -> Plan:
         plan.create += [Create(cm, best_effort=True) for cm in (lookup.restore if lookup else ())]
         if lookup is not None and lookup.entries and not lookup.missing:
             return plan.then(_reused(snap, status, hash_, desired_name, lookup))
-        unready = _waiting_for_model(snap)
-        if unready is not None:
-            return plan.then(unready)
+        if (waiting := modelwait.plan(run, snap.endpoints, snap.waited, now)) is not None:
+            return plan.then(waiting)
         evaluate = lookup.missing if lookup is not None and lookup.entries else None
         shards = _shard_plan(spec, snap.custom, evaluate)
         plan.evaluation = _evaluation(snap, rules, desired_name, hash_, shards, evaluate)
@@ -209,32 +202,6 @@ def _decide(snap: Snapshot, rules: Rules) -> Plan:
 
 #: Seconds between two looks for a missing referenced object.
 REFERENCE_RETRY = 10.0
-
-
-def _waiting_for_model(snap: Snapshot) -> Plan | None:
-    """Pending (reason WaitingForModel, no Job, no GPU) while an endpoint the run names is
-    not ready; Failed (ModelNotReady) once one waited past its waitSeconds."""
-    unready = {f: r for f, r in snap.endpoints.items() if not r.ready}
-    if not unready:
-        return None
-    message = "; ".join(f"{f}: waiting for {r.waiting}" for f, r in unready.items())
-    late = [f for f, r in unready.items() if snap.waited >= r.wait_seconds]
-    if late:
-        problems = [
-            Problem(f, f"{unready[f].waiting} after {int(snap.waited)}s (waitSeconds "
-            f"{unready[f].wait_seconds})")
-            for f in late
-        ]
-        return invalid(snap.run, problems, snap.now, R.MODEL_NOT_READY)
-    run = snap.run
-    status = dict(run.get("status") or {})
-    ob = st.Observation(R.PENDING, R.WAITING_FOR_MODEL, message + " (no Job is created meanwhile)")
-    plan = st.transition(
-        status, ob, _generation(run), status.get("specHash"), status.get("jobName"), snap.now
-    )
-    left = min(r.wait_seconds - snap.waited for r in unready.values())
-    plan.retry_after = max(0.5, min(modelendpoint.RETRY, left))
-    return plan
 
 
 def _generation(run: Mapping[str, Any]) -> int:
@@ -292,8 +259,8 @@ def _evaluation(
     lookup = snap.lookup
     key = lookup.key if lookup is not None else None
     token = snap.token or snap.new_token
-    urls = {f: r.url for f, r in snap.endpoints.items() if r.url}
-    desired = jobs.build(run, snap.spec, rules.runner, token, shards, evaluate, key, urls)
+    desired = jobs.build(run, snap.spec, rules.runner, token, shards, evaluate, key)
+    modelendpoint.adapt(desired.job, snap.spec, snap.endpoints)
     before: list[Mapping[str, Any]] = []
     if lookup is not None and lookup.entries:
         before.append(reuse.kept_config_map(run, name, hash_, lookup.key, lookup.entries))
@@ -403,9 +370,7 @@ def secret_refs(spec: EvalRunSpec) -> list[tuple[str, str, tuple[str, ...]]]:
     if spec.model.api_key is not None:
         ref = spec.model.api_key.secret_key_ref
         refs.append(("spec.model.apiKey.secretKeyRef", ref.name, (ref.key,)))
-    if spec.judge is not None and spec.judge.api_key is not None:
-        ref = spec.judge.api_key.secret_key_ref
-        refs.append(("spec.judge.apiKey.secretKeyRef", ref.name, (ref.key,)))
+    refs += modelendpoint.secret_refs(spec)
     if spec.hugging_face_token is not None:
         ref = spec.hugging_face_token.secret_key_ref
         refs.append(("spec.huggingFaceToken.secretKeyRef", ref.name, (ref.key,)))

@@ -14,7 +14,7 @@ from typing import Any
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
-from . import modelendpoint, netpol, poddefaults
+from . import netpol, poddefaults
 from .kueue import QUEUE_LABEL as KUEUE_QUEUE_LABEL  # noqa: F401 - re-exported
 from .kueue import job_labels as kueue_labels
 from .shards import Shard
@@ -176,20 +176,16 @@ def build(
     shards: Sequence[Shard] = (),
     evaluate: Sequence[str] | None = None,
     reuse_key: Mapping[str, Any] | None = None,
-    endpoints: Mapping[str, str] | None = None,
 ) -> Desired:
     """``shards``: the fan-out assignment (``shards.plan``); more than one makes an
     Indexed Job with one pod per shard, each retried alone (backoffLimitPerIndex).
-    ``evaluate``: the tasks to evaluate when the others' results were reused.
-    ``endpoints``: the URLs of spec.model.endpoint and spec.judge, by field, as their
-    API objects showed them ready (``modelendpoint.readiness``)."""
+    ``evaluate``: the tasks to evaluate when the others' results were reused."""
     hash_ = spec_hash(spec)
     name = job_name(run.name, run.uid, hash_)
     labels = _labels(run, hash_)
     config = run_config(run, spec, hash_, shards, evaluate, reuse_key)
     volumes, mounts = _volumes(name, spec, runner)
-    env = _env(name, spec, runner, len(shards)) + endpoint_env(spec, endpoints or {})
-    container = _container(spec, runner, env, mounts)
+    container = _container(spec, runner, _env(name, spec, runner, len(shards)), mounts)
     pod_spec = _pod_spec(name, spec, runner, container, volumes)
     service: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
@@ -274,33 +270,6 @@ def _env(name: str, spec: EvalRunSpec, runner: RunnerDefaults, shards: int) -> l
     return env
 
 
-def endpoint_env(spec: EvalRunSpec, urls: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Where the served model and the judge are (``modelendpoint``): LMMS_MODEL_URL and
-    LMMS_MODEL_WAIT_SECONDS for the runner; lmms-eval's judge variables (docs/judge.md),
-    its key by secretKeyRef only (spec.model.apiKey's OPENAI_API_KEY is the same key)."""
-    env: list[dict[str, Any]] = []
-    endpoint = spec.model.endpoint
-    if endpoint is not None and urls.get(modelendpoint.MODEL_FIELD):
-        env += [
-            {"name": "LMMS_MODEL_URL", "value": urls[modelendpoint.MODEL_FIELD]},
-            {"name": "LMMS_MODEL_WAIT_SECONDS", "value": str(endpoint.wait_seconds)},
-        ]
-    judge = spec.judge
-    if judge is not None and urls.get(modelendpoint.JUDGE_FIELD):
-        env += [
-            {"name": "API_TYPE", "value": "openai"},
-            {"name": "OPENAI_API_URL", "value": urls[modelendpoint.JUDGE_FIELD]},
-        ]
-        env += [{"name": n, "value": judge.model} for n in modelendpoint.JUDGE_MODEL_ENV]
-        if spec.model.api_key is None:
-            if judge.api_key is not None:
-                ref = judge.api_key.secret_key_ref
-                env.append(_secret_env("OPENAI_API_KEY", ref.name, ref.key))
-            else:
-                env.append({"name": "OPENAI_API_KEY", "value": modelendpoint.NO_KEY})
-    return env
-
-
 def _volumes(
     name: str, spec: EvalRunSpec, runner: RunnerDefaults
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -345,7 +314,7 @@ def _container(
     read-only root filesystem, no capabilities)."""
     res = spec.resources
     quantities: dict[str, str] = {}
-    if res.gpus and spec.model.endpoint is None:  # a served model's runner holds no GPU
+    if res.gpus:
         quantities[res.gpu_resource_name] = str(res.gpus)
     if res.cpu:
         quantities["cpu"] = res.cpu

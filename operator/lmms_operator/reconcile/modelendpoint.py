@@ -93,7 +93,11 @@ def readiness(ref: EndpointRef, namespace: str, seen: Observed) -> Readiness:
         return Readiness(False, None, f"InferenceService {name!r} not found", wait)
     status = isvc.get("status") or {}
     ready = next(
-        (c for c in status.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"),
+        (
+            c
+            for c in status.get("conditions") or []
+            if isinstance(c, dict) and c.get("type") == "Ready"
+        ),
         None,
     )
     if ready is None or ready.get("status") != "True":
@@ -220,9 +224,70 @@ def _key_problems(spec: EvalRunSpec) -> list[Problem]:
 
 #: The variables lmms-eval 0.7.3's judged tasks read for their judge's model name
 #: (docs/judge.md lists which tasks read which).
-JUDGE_MODEL_ENV = ("MODEL_VERSION", "GPT_EVAL_MODEL_NAME", "JUDGE_MODEL_VERSION", "OPENAI_JUDGE_MODEL")
+JUDGE_MODEL_ENV = (
+    "MODEL_VERSION",
+    "GPT_EVAL_MODEL_NAME",
+    "JUDGE_MODEL_VERSION",
+    "OPENAI_JUDGE_MODEL",
+)
 #: Every variable the operator sets for a judge (refused in spec.env).
 JUDGE_ENV = frozenset({"API_TYPE", "OPENAI_API_URL", "OPENAI_API_KEY", *JUDGE_MODEL_ENV})
 #: The key lmms-eval's judge sends where no Secret gives one: its judge refuses an empty
 #: key (``is_available``), and a server without authentication ignores it.
 NO_KEY = "EMPTY"
+
+
+def adapt(job: dict[str, Any], spec: EvalRunSpec, ready: Mapping[str, Readiness]) -> None:
+    """The Job of a run with an endpoint or a judge (``job.build``'s, changed in place):
+    its runner container learns where they are (``env``), and a served model's runner
+    requests no GPU (resources.gpus is ignored: the server holds the GPUs)."""
+    if spec.model.endpoint is None and spec.judge is None:
+        return
+    urls = {f: r.url for f, r in ready.items() if r.url}
+    pod = job["spec"]["template"]["spec"]
+    for container in pod.get("containers") or []:
+        if container.get("name") != "runner":
+            continue
+        container["env"] = list(container.get("env") or []) + env(spec, urls)
+        if spec.model.endpoint is not None:
+            resources = container.get("resources") or {}
+            name = spec.resources.gpu_resource_name
+            for part in ("requests", "limits"):
+                (resources.get(part) or {}).pop(name, None)
+
+
+def env(spec: EvalRunSpec, urls: Mapping[str, str]) -> list[dict[str, Any]]:
+    """LMMS_MODEL_URL and LMMS_MODEL_WAIT_SECONDS for the runner (the served model);
+    lmms-eval's judge variables (docs/judge.md), the key by secretKeyRef only
+    (spec.model.apiKey's OPENAI_API_KEY is the same key: ``problems``)."""
+    found: list[dict[str, Any]] = []
+    endpoint = spec.model.endpoint
+    if endpoint is not None and urls.get(MODEL_FIELD):
+        found += [
+            {"name": "LMMS_MODEL_URL", "value": urls[MODEL_FIELD]},
+            {"name": "LMMS_MODEL_WAIT_SECONDS", "value": str(endpoint.wait_seconds)},
+        ]
+    judge = spec.judge
+    if judge is not None and urls.get(JUDGE_FIELD):
+        found += [
+            {"name": "API_TYPE", "value": "openai"},
+            {"name": "OPENAI_API_URL", "value": urls[JUDGE_FIELD]},
+        ]
+        found += [{"name": n, "value": judge.model} for n in JUDGE_MODEL_ENV]
+        if spec.model.api_key is None and judge.api_key is not None:
+            ref = {
+                "name": judge.api_key.secret_key_ref.name,
+                "key": judge.api_key.secret_key_ref.key,
+            }
+            found.append({"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": ref}})
+        elif spec.model.api_key is None:
+            found.append({"name": "OPENAI_API_KEY", "value": NO_KEY})
+    return found
+
+
+def secret_refs(spec: EvalRunSpec) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The judge's Secret (``admission.secret_refs``): labelled like every other."""
+    if spec.judge is None or spec.judge.api_key is None:
+        return []
+    ref = spec.judge.api_key.secret_key_ref
+    return [("spec.judge.apiKey.secretKeyRef", ref.name, (ref.key,))]

@@ -64,9 +64,7 @@ MAX_ENTRY_TASKS = 256
 
 def not_pinned(spec: EvalRunSpec) -> str | None:
     """Why the run's model cannot be reused (None when it is pinned)."""
-    if spec.model.endpoint is not None and not any(
-        spec.model.args.get(k) for k in API_MODEL_KEYS
-    ):
+    if spec.model.endpoint is not None and not any(spec.model.args.get(k) for k in API_MODEL_KEYS):
         return (
             "the served model's id is not named (spec.model.args.model_version): the "
             "operator never asks the endpoint what it serves, so it cannot know it is the "

@@ -27,8 +27,8 @@ from .envvars import (
     env_refused_already,
 )
 from .grammar import text_problem
-from .modelurls import UrlRule
 from .modelargs import OPERATOR_ARGS, SECRET_ARG, check_model_args, remote_code_requested
+from .modelurls import UrlRule
 from .placement import PlacementPolicy
 
 __all__ = [
