@@ -75,11 +75,6 @@ class SecretSource(ApiModel):
 URL_PATH = r"^(/[A-Za-z0-9_~\-][A-Za-z0-9._~\-]*)*/?$"
 #: An http(s) URL a run may name (the admin's allow-list decides which: see ``endpoint``).
 ENDPOINT_URL = r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?$"
-_ONE_FORM = {
-    "rule": "[has(self.service), has(self.inferenceService), has(self.url)]"
-    ".filter(x, x).size() == 1",
-    "message": "name exactly one of service, inferenceService and url",
-}
 
 
 class ServiceEndpoint(ApiModel):
@@ -121,7 +116,17 @@ class EndpointRef(ApiModel):
     and url. The operator reads readiness from the API objects only; it never connects
     to the server (the runner does)."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_ONE_FORM]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.service), has(self.inferenceService), has(self.url)]"
+                    ".filter(x, x).size() == 1",
+                    "message": "name exactly one of service, inferenceService and url",
+                }
+            ]
+        }
+    )
 
     service: ServiceEndpoint | None = Field(
         default=None,

@@ -175,8 +175,8 @@ def _decide(snap: Snapshot, rules: Rules) -> Plan:
         plan.create += [Create(cm, best_effort=True) for cm in (lookup.restore if lookup else ())]
         if lookup is not None and lookup.entries and not lookup.missing:
             return plan.then(_reused(snap, status, hash_, desired_name, lookup))
-        if (waiting := modelwait.plan(run, snap.endpoints, snap.waited, now)) is not None:
-            return plan.then(waiting)
+        if (held := modelwait.plan(run, snap.endpoints, snap.waited, now)) is not None:
+            return plan.then(held)
         evaluate = lookup.missing if lookup is not None and lookup.entries else None
         shards = _shard_plan(spec, snap.custom, evaluate)
         plan.evaluation = _evaluation(snap, rules, desired_name, hash_, shards, evaluate)
