@@ -29,7 +29,7 @@ from typing import Any
 from lmms_operator import presets
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
-from lmms_operator.reconcile import admission, shards
+from lmms_operator.reconcile import admission, modelendpoint, shards
 from lmms_operator.reconcile import job as jobs
 from lmms_operator.reconcile.validate import FEATURES, Policy, validate
 from lmms_runner import command, config
@@ -131,6 +131,11 @@ def _plan(
         new_token="t0ken",
         references=refs,
         custom=tuple({"data": {}} for _ in spec.custom_tasks),
+        # A named endpoint or judge, ready: what its API objects would show.
+        endpoints={
+            field: modelendpoint.Readiness(True, "http://model.team-a.svc:8000/v1")
+            for field, _ in modelendpoint.references(spec)
+        },
     )
     settings = Settings()
     rules = admission.Rules(policy, settings.runner, settings.timeouts)
