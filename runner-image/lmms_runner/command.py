@@ -44,6 +44,8 @@ class Distributed:
 
 
 def model_args(cfg: RunConfig) -> str:
+    if cfg.served:
+        return ",".join(f"{k}={v}" for k, v in cfg.model_args.items())
     parts: list[str] = []
     if cfg.pretrained:
         parts.append(f"pretrained={cfg.pretrained}")

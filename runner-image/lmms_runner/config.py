@@ -33,6 +33,9 @@ class RunConfig:
     shard: int | None = None
     #: The tasks left to evaluate when the operator reused the others' results.
     evaluate: tuple[str, ...] | None = None
+    #: A model server serves the model (LMMS_MODEL_URL, see served.py): ``model_args``
+    #: are the openai backend's whole --model_args, with no pretrained= or revision=.
+    served: bool = False
 
     @property
     def tasks(self) -> list[str]:

@@ -9,11 +9,12 @@ import argparse
 import json
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 from lmms_operator import catalogue
 
-from . import command, provenance, results, resume
+from . import command, provenance, results, resume, served
 from .config import ConfigError, RunConfig
 from .finish import Finish
 from .log import log
@@ -49,6 +50,9 @@ class Runner:
         self.finish = Finish(args.termination_log, self.tracker, self.redact, args.hold_timeout)
         self.include_paths = self._include_paths()
         self._results_file: Path | None = None
+        #: The model server (LMMS_MODEL_URL) and, once it answered, the model it serves.
+        self.model_server = served.ModelServer.from_env(env)
+        self.served_model: str | None = None
 
     def argv(self, tasks: list[str] | None = None, output: Path | None = None) -> list[str]:
         cache = str(self.state / "response-cache") if self.state else None
@@ -118,7 +122,37 @@ class Runner:
             return self.finish.failed(f"lmms-eval exited with code {rc} on node {node}")
         return self.finish.node_done(node)
 
+    def _wait_for_model(self) -> int | None:
+        """An engine or endpoint run: waits until the model server lists its model, then
+        evaluates that model through lmms-eval's openai backend. An exit code when the
+        wait ends without one."""
+        server = self.model_server
+        assert server is not None
+        self.tracker.set_phase(
+            "loading", "ModelLoading", f"waiting for the model server at {server.url}"
+        )
+
+        def waiting(message: str) -> None:
+            self.tracker.set_phase("loading", "ModelLoading", self.redact(message))
+
+        try:
+            model_id = server.wait(waiting, self.supervisor.stopping)
+        except served.ServedError as exc:
+            if self.supervisor.stopping.is_set():
+                return STOPPED
+            return self.finish.failed(str(exc), reason=exc.reason)
+        log(f"the model server at {server.url} serves {model_id}")
+        self.served_model = model_id
+        args = served.model_args(server, model_id, self.cfg.model_args)
+        self.cfg = replace(self.cfg, served=True, model_args=args)
+        self.tracker.set_phase("starting")
+        return None
+
     def _run(self) -> int:
+        if self.model_server is not None and self.served_model is None:
+            failure = self._wait_for_model()
+            if failure is not None:
+                return failure
         argv = self.argv()
         if self.dist.nodes > 1 and self.dist.node_rank != 0:
             return self._run_other_node(argv)
@@ -130,7 +164,10 @@ class Runner:
                 return STOPPED
             except results.ResultsError as exc:
                 return self.finish.failed(str(exc))
-        summary = results.parse(data, provenance.provenance(self.cfg, self.env, argv, self.redact))
+        prov = provenance.provenance(self.cfg, self.env, argv, self.redact)
+        if self.model_server is not None:
+            prov.served_model, prov.endpoint = self.served_model, self.model_server.url
+        summary = results.parse(data, prov)
         summary.results_file = str(self._results_file) if self._results_file else None
         self._save_state(data)
         return self.finish.publish(summary, self.cfg, self.env, self.output)

@@ -47,15 +47,13 @@ class Finish:
     hold_timeout: float
     server: RunnerServer | None = None
 
-    def failed(self, message: str) -> int:
+    def failed(self, message: str, reason: str = "EvaluationFailed") -> int:
         """The evaluation failed: why (with lmms-eval's last error), redacted, everywhere."""
         if self.tracker.last_error:
             message += f"; last error: {self.tracker.last_error}"
         message = self.redact(message)
-        self.tracker.set_phase("failed", "EvaluationFailed", message)
-        write_termination(
-            self.termination_log, results.failure_message("EvaluationFailed", message)
-        )
+        self.tracker.set_phase("failed", reason, message)
+        write_termination(self.termination_log, results.failure_message(reason, message))
         log(f"evaluation failed: {message}")
         return EXIT_EVALUATION_FAILED
 

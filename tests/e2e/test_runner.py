@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 
 class ModelServer:
-    def __init__(self, delay: float, wrong_every: int = 0) -> None:
+    def __init__(self, delay: float, wrong_every: int = 0, port: int = 0) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -47,6 +47,8 @@ class ModelServer:
                 str(delay),
                 "--wrong-every",
                 str(wrong_every),
+                "--port",
+                str(port),
             ],
             stdout=subprocess.PIPE,
             text=True,

@@ -27,7 +27,10 @@ TERMINATION_MESSAGE_LIMIT = 4096
 #: no driver at all. Both exit EXIT_CONFIG_ERROR: a retry on the same node cannot help.
 DRIVER_TOO_OLD = "DriverTooOld"
 NO_GPU = "NoGPU"
-RUNNER_FAILURE_REASONS = (DRIVER_TOO_OLD, NO_GPU)
+#: The model server (an engine sidecar or spec.model.endpoint) did not list a model within
+#: LMMS_MODEL_WAIT_SECONDS (exits EXIT_EVALUATION_FAILED: a retry may find it up).
+MODEL_NOT_READY = "ModelNotReady"
+RUNNER_FAILURE_REASONS = (DRIVER_TOO_OLD, NO_GPU, MODEL_NOT_READY)
 
 #: Set by a node whose GPUs are simulated (the devcluster's executor): no driver to check.
 SIMULATED_GPUS_ENV = "LMMS_SIMULATED_GPUS"
@@ -117,6 +120,13 @@ class Provenance(ApiModel):
         default_factory=dict, description="Every locked package and its version."
     )
     config_hash: str
+    served_model: str | None = Field(
+        default=None,
+        description="The id the model server listed at /v1/models (an engine or endpoint run).",
+    )
+    endpoint: str | None = Field(
+        default=None, description="The model server's base URL (an engine or endpoint run)."
+    )
     argv: list[str] = Field(default_factory=list, description="The exact command, redacted.")
 
 
