@@ -97,17 +97,6 @@ class Provenance(ApiModel):
         description="The commit the Hub resolved the revision to, from the runner's cache.",
     )
     seed: int | None = None
-    served_model: str | None = Field(
-        default=None,
-        description="The id the served model's /v1/models answered (a run with "
-        "spec.model.endpoint or an engine).",
-        max_length=512,
-    )
-    endpoint: str | None = Field(
-        default=None,
-        description="Where the served model was, without credentials.",
-        max_length=1024,
-    )
     judge: str | None = Field(
         default=None,
         description="The judge of judged tasks, <model>@<endpoint> (spec.judge).",
