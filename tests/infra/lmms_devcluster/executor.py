@@ -466,7 +466,11 @@ class PodRunner:
 
     def _host_environment(self) -> dict[str, str]:
         (self.dir / "home").mkdir(parents=True, exist_ok=True)
+        # A checkout put first on the executor's path (a worktree beside the environment's
+        # editable install) is the code its pods run too.
+        path = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         return {
+            **path,
             # The project's own environment provides the commands the image would have.
             "PATH": os.pathsep.join(
                 [os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]
