@@ -12,6 +12,7 @@ targetPort, there is no virtual IP)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from lmms_devcluster.devcluster import DevCluster
 from lmms_devcluster.imagestore import HOST_IMAGE
 from tests import evalruns as er
+from tests.cluster.test_executor import _pod_network
 from tests.fixtures import colortask
 from tests.helpers import LOCAL_TASK_DIR, LOCAL_TASKS, local_tasks, wait_for
 
@@ -53,7 +56,7 @@ def _model_pod() -> client.V1Pod:
 
 
 def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
-    api: client.ApiClient, namespace: str
+    api: client.ApiClient, namespace: str, cluster: DevCluster
 ) -> None:
     core = client.CoreV1Api(api)
     local_tasks(core, namespace, LOCAL_TASKS, colortask.files("colors", 6, LOCAL_TASK_DIR))
@@ -110,3 +113,8 @@ def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
     (entry,) = board["status"]["top"]
     assert entry["model"] == model
     assert entry["settings"] == f"judge={model} lmms-eval=0.7.3"
+    # Where the executor has a pod network, the name led to the model pod's bridge address.
+    subnet = _pod_network(cluster)
+    pod_ip = core.read_namespaced_pod("model-0", namespace).status.pod_ip
+    assert subnet is None or ipaddress.ip_address(pod_ip) in subnet, (pod_ip, subnet)
+    print(f"the runner reached model.{namespace}.svc at {pod_ip} (pod network: {subnet})")
