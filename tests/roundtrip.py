@@ -113,7 +113,8 @@ def _plan(
     raw: Mapping[str, Any], spec: Any, policy: Policy
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The Job and the runner's configuration document, from admission's whole plan
-    with every referenced object present (None: the spec cancels the run, as asked)."""
+    with every referenced object present (None: the spec cancels the run, as asked; a
+    suspended run's, once resumed)."""
     secrets: dict[str, Mapping[str, bytes] | None] = {
         name: {k: b"x" for k in keys} for _, name, keys in admission.secret_refs(spec)
     }
@@ -143,6 +144,10 @@ def _plan(
     if spec.cancel:
         assert plan.evaluation is None and plan.status.get("phase") == "Cancelled", plan.status
         return None
+    if spec.suspend:  # a run suspended before it started gets its Job once resumed
+        assert plan.evaluation is None and plan.status.get("reason") == "Suspended", plan.status
+        snap = dataclasses.replace(snap, spec=spec.model_copy(update={"suspend": False}))
+        plan = admission.decide(snap, rules)
     assert plan.evaluation is not None, f"accepted, but no Job planned: {plan.status}"
     job = dict(plan.evaluation.job)
     configs = [
