@@ -387,10 +387,7 @@ def needs_spec(run: Mapping[str, Any]) -> bool:
     pending = _pending_spec(run)
     if pending is not None:
         return pending
-    return (run.get("status") or {}).get("reason") in (
-        R.WAITING_FOR_REFERENCES,
-        R.WAITING_FOR_MODEL,
-    )
+    return (run.get("status") or {}).get("reason") in R.ADMISSION_WAITS
 
 
 class BoardSink:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from lmms_devcluster import devcluster
 from lmms_devcluster.devcluster import DevCluster
 from lmms_devcluster.imagestore import HOST_IMAGE
 from tests import evalruns as er
@@ -41,8 +42,8 @@ def _model_pod() -> client.V1Pod:
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name="model-0", labels={"app": "served-model"}),
         spec=client.V1PodSpec(
-            node_selector=er.EXECUTOR["nodeSelector"],
-            tolerations=[client.V1Toleration(**t) for t in er.EXECUTOR["tolerations"]],
+            node_selector={devcluster.EXECUTOR_LABEL: "true"},
+            tolerations=[client.V1Toleration(key=devcluster.EXECUTOR_LABEL, operator="Exists")],
             containers=[
                 client.V1Container(
                     name="server",

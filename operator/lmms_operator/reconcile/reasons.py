@@ -58,6 +58,8 @@ CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 WAITING_FOR_REFERENCES = "WaitingForReferences"
 #: The run's spec.model.endpoint or spec.judge is not ready yet: no Job, no GPU held.
 WAITING_FOR_MODEL = "WaitingForModel"
+#: Pending reasons of a spec pass that is retried (admission waits for something).
+ADMISSION_WAITS = frozenset({WAITING_FOR_REFERENCES, WAITING_FOR_MODEL})
 SCHEDULED = "Scheduled"
 
 # Terminal reasons.
