@@ -53,11 +53,18 @@ def endpoint_readiness(
     for field_, ref in modelendpoint.references(spec):
         seen = modelendpoint.Observed()
         if ref.service is not None:
-            service = api.get_service(namespace, ref.service.name)
-            slices: list[dict[str, Any]] = []
-            if service is not None:
-                label = f"{modelendpoint.SERVICE_NAME_LABEL}={ref.service.name}"
-                slices = api.list_objects("EndpointSlice", namespace, label)
+            try:
+                service = api.get_service(namespace, ref.service.name)
+                slices: list[dict[str, Any]] = []
+                if service is not None:
+                    label = f"{modelendpoint.SERVICE_NAME_LABEL}={ref.service.name}"
+                    slices = api.list_objects("EndpointSlice", namespace, label)
+            except errors.Forbidden:
+                denied = (
+                    "the operator may not read Services or EndpointSlices (the chart grants it)"
+                )
+                found[field_] = modelendpoint.Readiness(False, None, denied, ref.wait_seconds)
+                continue
             seen = modelendpoint.Observed(service=service, slices=tuple(slices))
         elif ref.inference_service is not None:
             isvc, why = api.get_inference_service(namespace, ref.inference_service.name)

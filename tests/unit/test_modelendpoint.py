@@ -418,3 +418,45 @@ def test_the_runner_records_the_judge_in_the_provenance() -> None:
     cfg = config.from_document(doc)
     found = provenance.provenance(cfg, {}, ["lmms-eval"], Redactor())
     assert found.judge == "J@j.example.com/v1"
+
+
+class _Reads:
+    """The reads ``reads.endpoint_readiness`` makes, answering as the API server would."""
+
+    def __init__(self, forbidden: bool = False) -> None:
+        self.forbidden = forbidden
+        self.calls: list[tuple[str, ...]] = []
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", "services", namespace, name))
+        if self.forbidden:
+            raise errors.api_error(403, "forbidden", "Forbidden")
+        return {"metadata": {"name": name}}
+
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.calls.append(("list", kind, namespace, selector))
+        return [{"endpoints": [{"addresses": ["10.0.0.9"]}]}]
+
+    def get_inference_service(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        self.calls.append(("get", "inferenceservices", namespace, name))
+        return None, "the InferenceService API (serving.kserve.io/v1beta1) is not installed"
+
+
+def test_readiness_is_read_by_name_and_label_in_the_run_namespace_only() -> None:
+    from lmms_operator import reads
+
+    spec = validate({**_spec(), "judge": {"inferenceService": {"name": "j"}, "model": "J"}})
+    api = _Reads()
+    found = reads.endpoint_readiness(api, spec, "team-a")  # type: ignore[arg-type]
+    assert api.calls == [
+        ("get", "services", "team-a", "qwen"),
+        ("list", "EndpointSlice", "team-a", "kubernetes.io/service-name=qwen"),
+        ("get", "inferenceservices", "team-a", "j"),
+    ]
+    assert found["spec.model.endpoint"].url == "http://qwen.team-a.svc:8000/v1"
+    assert "not installed" in found["spec.judge"].waiting
+    denied = reads.endpoint_readiness(_Reads(forbidden=True), spec, "team-a")  # type: ignore[arg-type]
+    assert not denied["spec.model.endpoint"].ready
+    assert "may not read Services" in denied["spec.model.endpoint"].waiting
