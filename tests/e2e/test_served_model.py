@@ -1,6 +1,7 @@
 """A model served in the cluster, evaluated by reference: the loopback model server runs
 as a pod behind a Service; an EvalRun names the Service (spec.model.endpoint) and the
-same server as its judge (spec.judge). Real operator, Job controller, EndpointSlice
+same server as its judge (spec.judge), which a judged custom task asks through lmms-eval's
+own judge client. Real operator, Job controller, EndpointSlice
 controller, scheduler and executor; the real runner and lmms-eval 0.7.3 (offline).
 
 What the devcluster proves here, without kube-proxy or cluster DNS: the operator waits
@@ -33,6 +34,42 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator_process")]
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8000
 
+#: A judged task: lmms-eval's own judge client (``lmms_eval.llm_judge``, configured only
+#: by the variables the operator sets: API_TYPE, OPENAI_API_URL, OPENAI_API_KEY,
+#: MODEL_VERSION) is shown the image and the model's answer; the score is whether the
+#: judge, named as MODEL_VERSION says, gives the same colour.
+JUDGED_UTILS = """
+
+def judged_results(doc, results):
+    import os
+
+    from lmms_eval.llm_judge import Request, ServerConfig, get_server
+
+    config = ServerConfig(model_name=os.environ["MODEL_VERSION"], num_retries=1, max_tokens=8)
+    server = get_server(os.environ["API_TYPE"], config)
+    answer = results[0].strip().lower()
+    question = "The model says this image is " + answer + ". Which colour is it?"
+    verdict = server.evaluate(
+        Request(messages=[{"role": "user", "content": question}], images=doc_to_visual(doc))
+    )
+    agrees = verdict.success and verdict.model_used == os.environ["MODEL_VERSION"]
+    return {"judge_agrees": 1.0 if agrees and verdict.content.lower() == answer else 0.0}
+"""
+
+
+def _task_files() -> dict[str, str]:
+    """The colors task, and the judged task beside it (one utils.py for both)."""
+    files = colortask.files("colors", 6, LOCAL_TASK_DIR)
+    judged = colortask.files("judged", 4, LOCAL_TASK_DIR)
+    yaml_ = judged.pop("judged.yaml").replace("utils.process_results", "utils.judged_results")
+    yaml_ = yaml_.replace("metric: exact_match", "metric: judge_agrees")
+    files.update({k: v for k, v in judged.items() if k != "utils.py"})
+    files["judged.yaml"] = yaml_.replace(
+        "  - metric: error_rate\n    aggregation: mean\n    higher_is_better: false\n", ""
+    )
+    files["utils.py"] += JUDGED_UTILS
+    return files
+
 
 def _model_pod() -> client.V1Pod:
     server = [sys.executable, str(REPO / "tests/fixtures/openai_server.py")]
@@ -60,7 +97,7 @@ def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
     api: client.ApiClient, namespace: str, cluster: DevCluster
 ) -> None:
     core = client.CoreV1Api(api)
-    local_tasks(core, namespace, LOCAL_TASKS, colortask.files("colors", 6, LOCAL_TASK_DIR))
+    local_tasks(core, namespace, LOCAL_TASKS, _task_files())
     core.create_namespaced_service(
         namespace,
         client.V1Service(
@@ -77,7 +114,7 @@ def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
         er.EXECUTOR,
         model={"type": "openai", "endpoint": endpoint, "args": {"num_concurrent": "1"}},
         tasks=[],
-        customTasks=[{"configMap": LOCAL_TASKS, "tasks": ["colors"]}],
+        customTasks=[{"configMap": LOCAL_TASKS, "tasks": ["colors", "judged"]}],
         env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
         judge={"service": {"name": "model", "port": PORT}, "model": "local"},
         resources={"gpus": 1},
@@ -97,8 +134,9 @@ def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
     assert env["LMMS_MODEL_URL"] == url and env["OPENAI_API_URL"] == url
     assert env["MODEL_VERSION"] == "local" and env["API_TYPE"] == "openai"
     status = run["status"]
-    (result,) = status["results"]
-    assert (result["task"], result["value"]) == ("colors", 1.0)  # the fixture knows them all
+    scores = {(r["task"], r["metric"]): r["value"] for r in status["results"]}
+    # The fixture knows every colour; as the judge it agrees with every answer.
+    assert scores == {("colors", "exact_match"): 1.0, ("judged", "judge_agrees"): 1.0}
     model = f"local@svc/model:{PORT}/v1"  # the served id, at the endpoint
     assert status["model"] == model
     cm = core.read_namespaced_config_map(status["resultsConfigMap"], namespace)
@@ -111,9 +149,11 @@ def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
         ),
         timeout=30,
     )
-    (entry,) = board["status"]["top"]
-    assert entry["model"] == model
-    assert entry["settings"] == f"judge={model} lmms-eval=0.7.3"
+    entries = board["status"]["top"]
+    assert sorted(e["task"] for e in entries) == ["colors", "judged"]
+    for entry in entries:
+        assert entry["model"] == model
+        assert entry["settings"] == f"judge={model} lmms-eval=0.7.3"
     # Where the executor has a pod network, the name led to the model pod's bridge address.
     subnet = _pod_network(cluster)
     pod_ip = core.read_namespaced_pod("model-0", namespace).status.pod_ip
