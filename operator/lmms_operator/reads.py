@@ -63,7 +63,9 @@ def endpoint_readiness(
                 denied = (
                     "the operator may not read Services or EndpointSlices (the chart grants it)"
                 )
-                found[field_] = modelendpoint.Readiness(False, None, denied, ref.wait_seconds)
+                found[field_] = modelendpoint.Readiness(
+                    False, None, denied, ref.wait_seconds, ".service.name"
+                )
                 continue
             seen = modelendpoint.Observed(service=service, slices=tuple(slices))
         elif ref.inference_service is not None:

@@ -44,10 +44,12 @@ def test_a_missing_service_is_waited_for_with_no_job_then_fails_naming_the_field
     created = er.create(api, namespace, body)
     run = er.wait_phase(api, namespace, "absent", "Pending", reason="WaitingForModel")
     message = run["status"]["message"]
-    assert "spec.model.endpoint: waiting for Service 'absent' not found" in message
+    assert message.startswith("spec.model.endpoint.service.name: Service 'absent' not found;")
     assert not er.jobs_of(api, namespace, created)  # no Job, so no GPU held
     run = er.wait_phase(api, namespace, "absent", "Failed", timeout=60, reason="ModelNotReady")
-    assert run["status"]["message"].startswith("spec.model.endpoint: Service 'absent' not found")
+    assert run["status"]["message"].startswith(
+        "spec.model.endpoint.service.name: Service 'absent' not found after"
+    )
     assert "waitSeconds: 8" in run["status"]["message"]
     assert not er.jobs_of(api, namespace, created)
 

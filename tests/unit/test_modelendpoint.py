@@ -209,6 +209,7 @@ def test_a_service_is_ready_once_an_endpoint_slice_has_a_ready_endpoint() -> Non
     ready = [{"endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": True}}]}]
     got = modelendpoint.readiness(ref, "team-a", Observed(service, unready + ready))
     assert got == Readiness(True, "http://qwen.team-a.svc:8000/v1", "", 600)
+    assert missing.where == ".service.name"
 
 
 def test_an_inference_service_is_ready_on_its_ready_condition_with_an_address() -> None:
@@ -250,16 +251,22 @@ def _decide(spec: dict[str, Any], ready: dict[str, Readiness], waited: float = 0
 def test_an_unready_endpoint_waits_with_no_job_and_fails_past_its_wait() -> None:
     spec = _spec()
     spec["model"]["endpoint"]["waitSeconds"] = 60
-    unready = {"spec.model.endpoint": Readiness(False, None, "Service 'qwen' not found", 60)}
+    missing = Readiness(False, None, "Service 'qwen' not found", 60, ".service.name")
+    unready = {"spec.model.endpoint": missing}
     plan = _decide(spec, unready, waited=10)
     assert plan.evaluation is None and not plan.create
     assert plan.status["phase"] == R.PENDING and plan.status["reason"] == R.WAITING_FOR_MODEL
-    assert "spec.model.endpoint: waiting for Service 'qwen' not found" in plan.status["message"]
+    assert plan.status["message"] == (
+        "spec.model.endpoint.service.name: Service 'qwen' not found; waiting up to 60s, "
+        "with no Job meanwhile"
+    )
     assert plan.retry_after == modelendpoint.RETRY
     late = _decide(spec, unready, waited=61)
     assert late.evaluation is None
     assert late.status["phase"] == R.FAILED and late.status["reason"] == R.MODEL_NOT_READY
-    assert late.status["message"].startswith("spec.model.endpoint: Service 'qwen' not found")
+    assert late.status["message"] == (
+        "spec.model.endpoint.service.name: Service 'qwen' not found after 61s (waitSeconds: 60)"
+    )
 
 
 def test_a_ready_endpoint_gets_a_job_with_its_url_and_no_gpu() -> None:

@@ -45,6 +45,7 @@ class Readiness:
     url: str | None = None
     waiting: str = ""
     wait_seconds: int = 600
+    where: str = ""  # the field below the endpoint's that names what is waited for
 
 
 @dataclass(frozen=True)
@@ -78,19 +79,21 @@ def readiness(ref: EndpointRef, namespace: str, seen: Observed) -> Readiness:
     if ref.url is not None:
         return Readiness(True, ref.url, wait_seconds=wait)
     if ref.service is not None:
-        svc = ref.service
+        svc, where = ref.service, ".service.name"
         if seen.service is None:
-            return Readiness(False, None, f"Service {svc.name!r} not found", wait)
+            return Readiness(False, None, f"Service {svc.name!r} not found", wait, where)
         if not any(_slice_ready(s) for s in seen.slices):
-            return Readiness(False, None, f"Service {svc.name!r} has no ready endpoint", wait)
+            why = f"Service {svc.name!r} has no ready endpoint"
+            return Readiness(False, None, why, wait, where)
         return Readiness(True, service_url(svc.name, namespace, svc.port, svc.path), "", wait)
     assert ref.inference_service is not None
-    name = ref.inference_service.name
+    name, where = ref.inference_service.name, ".inferenceService.name"
     if seen.unreadable is not None:
-        return Readiness(False, None, f"InferenceService {name!r}: {seen.unreadable}", wait)
+        why = f"InferenceService {name!r}: {seen.unreadable}"
+        return Readiness(False, None, why, wait, where)
     isvc = seen.inference_service
     if isvc is None:
-        return Readiness(False, None, f"InferenceService {name!r} not found", wait)
+        return Readiness(False, None, f"InferenceService {name!r} not found", wait, where)
     status = isvc.get("status") or {}
     ready = next(
         (
@@ -102,10 +105,12 @@ def readiness(ref: EndpointRef, namespace: str, seen: Observed) -> Readiness:
     )
     if ready is None or ready.get("status") != "True":
         why = str((ready or {}).get("reason") or "no Ready condition yet")[:200]
-        return Readiness(False, None, f"InferenceService {name!r} is not Ready ({why})", wait)
+        why = f"InferenceService {name!r} is not Ready ({why})"
+        return Readiness(False, None, why, wait, where)
     base = str(((status.get("address") or {}).get("url")) or status.get("url") or "")
     if not base.startswith(("http://", "https://")):
-        return Readiness(False, None, f"InferenceService {name!r} has no address yet", wait)
+        why = f"InferenceService {name!r} has no address yet"
+        return Readiness(False, None, why, wait, where)
     return Readiness(True, base.rstrip("/") + ref.inference_service.path, "", wait)
 
 

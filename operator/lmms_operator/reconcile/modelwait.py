@@ -30,7 +30,7 @@ def plan(
     late = [f for f, r in unready.items() if waited >= r.wait_seconds]
     if late:
         message = "; ".join(
-            f"{f}: {unready[f].waiting} after {int(waited)}s "
+            f"{f}{unready[f].where}: {unready[f].waiting} after {int(waited)}s "
             f"(waitSeconds: {unready[f].wait_seconds})"
             for f in late
         )
@@ -38,8 +38,11 @@ def plan(
         before = {"conditions": status.get("conditions") or [], "phase": status.get("phase")}
         failed = Plan(delete=[f"{LABEL_RUN_UID}={run['metadata']['uid']}"])
         return failed.then(st.transition(before, ob, generation, None, None, now))
-    message = "; ".join(f"{f}: waiting for {r.waiting}" for f, r in unready.items())
-    ob = st.Observation(R.PENDING, R.WAITING_FOR_MODEL, message + " (no Job meanwhile)")
+    message = "; ".join(
+        f"{f}{r.where}: {r.waiting}; waiting up to {r.wait_seconds}s, with no Job meanwhile"
+        for f, r in unready.items()
+    )
+    ob = st.Observation(R.PENDING, R.WAITING_FOR_MODEL, message)
     waiting = st.transition(
         status, ob, generation, status.get("specHash"), status.get("jobName"), now
     )
