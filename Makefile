@@ -28,9 +28,15 @@ $(VENV)/.installed: pyproject.toml tests/infra/pyproject.toml requirements/dev.t
 	touch $@
 
 # The operator and runner images, built without a daemon (buildah, vfs, chroot isolation) from a
-# base made from Debian packages (mmdebstrap); cached, keyed by a hash of its inputs.
+# base made from Debian packages (mmdebstrap); cached, keyed by a hash of its inputs. The
+# inference engines' images (runner-image/engines/: CUDA and torch, many GB) only when asked:
+# make images ENGINES=vllm,sglang (ENGINE_BASE: a base whose python3 is 3.12).
+ENGINES ?=
+comma := ,
 images: system-deps
 	@bash tests/infra/lmms_devcluster/images.sh all
+	@for engine in $(subst $(comma), ,$(ENGINES)); do \
+		bash tests/infra/lmms_devcluster/images.sh engine-$$engine || exit 1; done
 
 # Write the lock files (requirements/*.txt) again after a change to pyproject.toml's
 # dependencies; tests/unit/test_lock.py fails until then.

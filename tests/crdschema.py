@@ -46,6 +46,13 @@ CEL: dict[str, Callable[[Any], bool]] = {
     "!has(self.resources.nodes) || self.resources.nodes == 1": lambda s: (
         s.get("parallelism", 1) == 1 or (s.get("resources") or {}).get("nodes", 1) == 1
     ),
+    "!has(self.model.multiGPU) || self.model.multiGPU != 'ModelParallel' || "
+    "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1": (
+        lambda s: (
+            (s.get("model") or {}).get("multiGPU") != "ModelParallel"
+            or (s.get("resources") or {}).get("nodes", 1) == 1
+        )
+    ),
     "!self.split('/').exists(s, s == '..')": lambda v: ".." not in v.split("/"),
     "self.nodes == 1 || self.gpus >= 1": lambda r: r.get("nodes") == 1 or r.get("gpus", 0) >= 1,
     "!self.split('/')[0].endsWith('kubernetes.io') && !self.split('/')[0].endsWith('k8s.io')": (
@@ -61,6 +68,7 @@ CEL: dict[str, Callable[[Any], bool]] = {
     "!has(self.endpoint) || self.type == 'openai'": lambda m: (
         "endpoint" not in m or m.get("type") == "openai"
     ),
+    "!has(self.endpoint) || !has(self.engine)": lambda m: "endpoint" not in m or "engine" not in m,
     "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''": (
         lambda t: t.get("operator") != "Exists" or not t.get("value")
     ),

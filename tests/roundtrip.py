@@ -144,10 +144,10 @@ def _plan(
     if spec.cancel:
         assert plan.evaluation is None and plan.status.get("phase") == "Cancelled", plan.status
         return None
-    if spec.suspend:  # a run suspended before it started gets its Job once resumed
+    if spec.suspend:
+        # A run suspended before it ever started gets no Job until it is resumed.
         assert plan.evaluation is None and plan.status.get("reason") == "Suspended", plan.status
-        snap = dataclasses.replace(snap, spec=spec.model_copy(update={"suspend": False}))
-        plan = admission.decide(snap, rules)
+        return None
     assert plan.evaluation is not None, f"accepted, but no Job planned: {plan.status}"
     job = dict(plan.evaluation.job)
     configs = [

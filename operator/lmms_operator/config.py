@@ -41,6 +41,9 @@
 | LMMS_RUNNER_RUNTIME_CLASS_NAME | (none)                           | runtimeClassName (e.g. nvidia)        |
 | LMMS_RUNNER_LABELS             | (none)                           | JSON map: labels of runner Jobs, pods |
 | LMMS_RUNNER_ANNOTATIONS        | (none)                           | JSON map: annotations of Jobs, pods   |
+| LMMS_GPU_MEMORY                | (none)                           | memory of one GPU per resource name   |
+| LMMS_ENGINE_IMAGE_VLLM         | (none)                           | image of spec.model.engine: vllm      |
+| LMMS_ENGINE_IMAGE_SGLANG       | (none)                           | image of spec.model.engine: sglang    |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -48,6 +51,11 @@ remoteModels (model.apiKey), remoteCode (trust_remote_code, and the backends tha
 set it). Unset: all but remoteCode; empty: none. A run using another ends Failed with
 reason InvalidSpec, naming the field. LMMS_ALLOWED_ENV adds names to the spec.env
 variables a run may set (docs/security.md lists the default ones).
+
+LMMS_ENGINE_IMAGE_VLLM and LMMS_ENGINE_IMAGE_SGLANG name the images of the inference
+engines (``reconcile.inference``); a run naming an engine without one ends Failed
+(InvalidSpec, naming spec.model.engine). A value that is not an image reference stops
+the operator at start-up.
 
 LMMS_PROMETHEUS_NAMESPACE_SELECTOR and LMMS_PROMETHEUS_POD_SELECTOR (label selectors in
 kubectl's ``-l`` syntax, e.g. ``kubernetes.io/metadata.name=monitoring`` and
@@ -74,6 +82,12 @@ an invalid name, key or value, a key-less toleration, Kubernetes' own taints or 
 roles, the operator's or Kubernetes' label domains) stops the operator at start-up with a
 message naming the variable. Defaults are not part of a run's identity: changing them
 restarts no Job; Jobs made afterwards get them.
+
+LMMS_GPU_MEMORY declares the memory of one GPU of each extended resource name
+(``nvidia.com/gpu=80Gi,nvidia.com/mig-1g.10gb=10Gi``): with it, a run on more than one GPU
+of a model whose preset gives its size is data parallel when the model fits on one GPU
+and model parallel when it does not (``reconcile.multigpu``, spec.model.multiGPU). A
+value that is not such a list stops the operator at start-up, naming the variable.
 
 LMMS_OBJECT_STORE_ALLOWED_CIDRS lists the networks, beyond public addresses, where the
 operator may reach a tenant's object store (``netguard``: every other loopback,
@@ -110,7 +124,7 @@ import socket
 from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
-from .reconcile import modelurls, poddefaults
+from .reconcile import inference, modelurls, multigpu, poddefaults
 from .reconcile.job import RunnerDefaults
 from .reconcile.lease import Timing
 from .reconcile.netpol import PrometheusScrapers, prometheus_peer
@@ -174,6 +188,9 @@ class Settings:
     prometheus_namespace_selector: str | None = None
     prometheus_pod_selector: str | None = None
     runner_pod_defaults: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
+    gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)
+    #: (engine, image) for spec.model.engine; an engine not listed has no image.
+    engine_images: tuple[tuple[str, str], ...] = ()
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -192,6 +209,8 @@ class Settings:
                 self.prometheus_namespace_selector, self.prometheus_pod_selector
             ),
             pod=self.runner_pod_defaults,
+            gpu_memory=self.gpu_memory,
+            engine_images=self.engine_images,
         )
 
     #: Networks beyond public addresses where object stores may be (netguard).
@@ -218,6 +237,8 @@ class Settings:
             model_args=self.allowed_model_args,
             store_cidrs=self.store_policy.allowed_cidrs,
             placement=self.placement,
+            gpu_memory=self.gpu_memory,
+            engines=frozenset(name for name, _ in self.engine_images),
             model_urls=modelurls.parse_rules(self.allowed_model_urls),
         )
 
@@ -281,6 +302,8 @@ class Settings:
             or None,
             prometheus_pod_selector=os.environ.get("LMMS_PROMETHEUS_POD_SELECTOR") or None,
             runner_pod_defaults=poddefaults.parse(os.environ),
+            gpu_memory=multigpu.parse_gpu_memory(os.environ.get(multigpu.SETTING, "")),
+            engine_images=_engine_images(),
         )
 
     def check(self) -> Settings:
@@ -289,6 +312,23 @@ class Settings:
         _ = self.policy  # an allowed model URL that is none fails here, named
         _ = prometheus_peer(self.runner)  # a selector that is none fails here, named
         return self
+
+
+#: An image reference: [registry/]path[:tag][@digest] (no spaces, no scheme).
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@\-]{0,511}")
+
+
+def _engine_images() -> tuple[tuple[str, str], ...]:
+    """LMMS_ENGINE_IMAGE_<ENGINE>: each engine's image, checked to be an image reference."""
+    pairs = []
+    for engine in inference.ENGINES:
+        name = f"LMMS_ENGINE_IMAGE_{engine.upper()}"
+        image = os.environ.get(name, "").strip()
+        if image and not _IMAGE.fullmatch(image):
+            raise ValueError(f"{name} must be an image reference, got {image!r}")
+        if image:
+            pairs.append((engine, image))
+    return tuple(pairs)
 
 
 def _model_args(items: tuple[str, ...]) -> tuple[str, ...]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from lmms_operator import concurrency
 
 from .config import RunConfig
 
@@ -25,11 +28,16 @@ LEAKED_DISTRIBUTED_ENV = (
 
 @dataclass(frozen=True)
 class Distributed:
+    """How lmms-eval is started over the pod's GPUs (and nodes). ``model_parallel``
+    (spec.model.multiGPU ModelParallel): one process spreading the model over the GPUs;
+    otherwise one process per GPU (data parallel)."""
+
     gpus: int = 1
     nodes: int = 1
     node_rank: int = 0
     master_addr: str = ""
     master_port: int = 29500
+    model_parallel: bool = False
 
     @classmethod
     def from_env(cls, cfg: RunConfig, env: Mapping[str, str]) -> Distributed:
@@ -40,19 +48,40 @@ class Distributed:
             node_rank=int(env.get("LMMS_NODE_RANK") or 0),
             master_addr=env.get("LMMS_MASTER_ADDR", ""),
             master_port=int(env.get("LMMS_MASTER_PORT") or 29500),
+            model_parallel=cfg.spec.model.multi_gpu == "ModelParallel",
         )
 
 
+def _concurrency(cfg: RunConfig) -> dict[str, str]:
+    model = cfg.spec.model
+    return concurrency.model_args(model.type, model.concurrency)
+
+
 def model_args(cfg: RunConfig) -> str:
+    """--model_args: pretrained, revision, the preset's and the spec's args, and (model
+    parallel) device_map=auto unless the args set a device_map of their own; a served
+    model's are the openai backend's own (served.model_args)."""
     if cfg.served:
-        return ",".join(f"{k}={v}" for k, v in cfg.model_args.items())
+        return ",".join(f"{k}={v}" for k, v in {**cfg.model_args, **_concurrency(cfg)}.items())
     parts: list[str] = []
     if cfg.pretrained:
         parts.append(f"pretrained={cfg.pretrained}")
     if cfg.spec.model.revision:
         parts.append(f"revision={cfg.spec.model.revision}")
     parts += [f"{k}={v}" for k, v in cfg.model_args.items() if k not in ("pretrained", "revision")]
+    if cfg.spec.model.multi_gpu == "ModelParallel" and "device_map" not in cfg.model_args:
+        parts.append("device_map=auto")
+    parts += [f"{k}={v}" for k, v in _concurrency(cfg).items()]
     return ",".join(parts)
+
+
+def in_flight(cfg: RunConfig, cpus: int | None = None) -> int | None:
+    """The most requests lmms-eval keeps in flight to an OpenAI-compatible server (None:
+    the backend holds the model, or talks to another API)."""
+    model = cfg.spec.model
+    return concurrency.in_flight(
+        model.type, model.concurrency, cfg.model_args, cpus or os.cpu_count() or 1
+    )
 
 
 def gen_kwargs(cfg: RunConfig) -> str:
@@ -70,6 +99,8 @@ def gen_kwargs(cfg: RunConfig) -> str:
 
 
 def launcher(dist: Distributed, python: str = sys.executable) -> list[str]:
+    """torchrun over the nodes; accelerate with one process per GPU (data parallel);
+    else one process (one GPU, or model parallel over all of them)."""
     if dist.nodes > 1:
         return [
             python,
@@ -83,7 +114,7 @@ def launcher(dist: Distributed, python: str = sys.executable) -> list[str]:
             "-m",
             "lmms_runner.lmms_eval_main",
         ]
-    if dist.gpus > 1:
+    if dist.gpus > 1 and not dist.model_parallel:
         return [
             python,
             "-m",
@@ -129,7 +160,7 @@ def build(
         argv.append("--log_samples")
     if cache_file:
         argv += ["--use_cache", cache_file]
-    argv += ["--output_path", output_dir, "--timezone", "UTC", "--verbosity", "INFO"]
+    argv += ["--output_path", output_dir, "--timezone", "UTC", "--verbosity", ev.verbosity]
     return argv
 
 

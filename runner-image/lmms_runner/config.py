@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from lmms_operator import presets
+from lmms_operator import concurrency, presets
 from lmms_operator.api import EvalRunSpec, parse_spec
 from lmms_operator.errors import InvalidSpec
 
@@ -91,7 +91,15 @@ def from_document(raw: Any, source: str = "config") -> RunConfig:
         raise ConfigError(str(exc)) from None
     if not spec.tasks and not any(s.tasks for s in spec.custom_tasks):
         raise ConfigError("spec.tasks: at least one task is required")
+    if spec.model.multi_gpu == "ModelParallel" and spec.resources.nodes > 1:
+        raise ConfigError(
+            "spec.model.multiGPU: ModelParallel runs in one pod; resources.nodes is "
+            f"{spec.resources.nodes}"
+        )
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
+    found = concurrency.problems(spec.model.type, spec.model.concurrency, args)
+    if found:
+        raise ConfigError("; ".join(str(p) for p in found))
     canonical = json.dumps(
         spec.model_dump(mode="json", by_alias=True, exclude={"suspend"}), sort_keys=True
     )

@@ -213,9 +213,14 @@ class Runner:
         self.output.mkdir(parents=True, exist_ok=True)
         self.tracker.failed_requests = 0
         env = command.child_env(self.env, self.dist)
+        if self.model_server is not None and not env.get("OPENAI_API_KEY"):
+            # lmms-eval's openai client refuses to start without a key; a server that
+            # needs none ignores this placeholder (vLLM's and SGLang's convention).
+            env["OPENAI_API_KEY"] = "EMPTY"
         if self.state is not None:
             self.state.mkdir(parents=True, exist_ok=True)
-            env.setdefault("LMMS_CACHE_CHECKPOINT_INTERVAL", resume.CHECKPOINT_INTERVAL)
+            interval = resume.checkpoint_interval(command.in_flight(self.cfg))
+            env.setdefault("LMMS_CACHE_CHECKPOINT_INTERVAL", interval)
             reused = resume.merge_unfinished_attempts(self.state / "response-cache")
             if reused:
                 log(f"resuming: {reused} answer(s) of an earlier attempt are reused")

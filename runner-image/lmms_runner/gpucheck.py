@@ -189,8 +189,9 @@ def check(
 def at_start(resources: ResourcesSpec, env: Mapping[str, str]) -> Problem | None:
     """The check, in a pod (``POD_IP``: not on a workstation, where a CPU may run what
     the spec gives GPUs) that requests NVIDIA GPUs, unless its node simulates them
-    (LMMS_SIMULATED_GPUS: the devcluster's executor)."""
-    if not env.get("POD_IP") or env.get(SIMULATED_GPUS_ENV):
+    (LMMS_SIMULATED_GPUS: the devcluster's executor), nor where the model is served
+    (LMMS_MODEL_URL: an engine sidecar holds the pod's GPUs, the runner none)."""
+    if not env.get("POD_IP") or env.get(SIMULATED_GPUS_ENV) or env.get("LMMS_MODEL_URL"):
         return None
     if not resources.gpu_resource_name.startswith("nvidia.com/"):
         return None

@@ -26,6 +26,9 @@ RESPONDING = "Model Responding"
 #: Printed by lmms-eval's process before each chunk of a request type
 #: (``lmms_runner.patches.chunked_answers``).
 ANSWERED = re.compile(r"^lmms-runner: answered (?P<n>\d+)/(?P<total>\d+)$")
+#: Printed by lmms-eval's process at each answer: the "Model Responding" bar's count, as
+#: a redraw would show it (``lmms_runner.patches.answer_count``).
+RESPONDED = re.compile(r"^lmms-runner: responded (?P<n>\d+)/(?P<total>\d+)$")
 
 
 def _now() -> str:
@@ -114,6 +117,10 @@ class Tracker:
         with self._lock:
             self._updated = _now()
             self.changes += 1
+            if self._phase == "starting":
+                # Any line of lmms-eval's (a log line at any --verbosity, a checkpoint's
+                # loading bar, a library's warning): it is loading the tasks and the model.
+                self._phase = "loading"
             answered = ANSWERED.match(line)
             if answered:
                 n, total = int(answered.group("n")), int(answered.group("total"))
@@ -124,6 +131,10 @@ class Tracker:
                 if n >= total:  # the request type is answered
                     self._bars_done += total
                     self._chunks = None
+                return
+            responded = RESPONDED.match(line)
+            if responded:
+                self._responding(int(responded.group("n")), int(responded.group("total")))
                 return
             bar = TQDM.search(line)
             if bar:
@@ -138,8 +149,6 @@ class Tracker:
             elif EXCEPTION_LINE.match(line):
                 # The last line of a traceback says what went wrong; "Traceback" does not.
                 self.last_error = line[:1000]
-            if self._phase == "starting" and level:
-                self._phase = "loading"
             selected = SELECTED.search(line)
             if selected:
                 for name in re.findall(r"'([^']+)'", selected.group("tasks")):
@@ -150,19 +159,24 @@ class Tracker:
                 n = int(post.group("n"))
                 self._task(post.group("task"), TaskState(name="", done=n, total=n))
 
+    def _responding(self, n: int, total: int) -> None:
+        """The "Model Responding" bar stands at ``n`` of ``total`` answers: from a redraw,
+        or counted at each answer (``RESPONDED``)."""
+        if self._phase in ("starting", "loading"):
+            self._phase = "evaluating"
+        if self._chunks is None and n < self._bar_n and self._bar_n >= self._bar_total > 0:
+            self._bars_done += self._bar_total  # a new request type started
+        self._bar_n, self._bar_total = n, total
+        task = self._current_task
+        if task is not None and task in self._tasks and self._tasks[task].total <= total:
+            # One task per process: the bar counts that task's requests.
+            self._tasks[task] = TaskState(name=task, done=min(n, total), total=total)
+
     def _on_bar(self, bar: re.Match[str]) -> None:
         desc = (bar.group("desc") or "").strip()
         n, total = int(bar.group("n")), int(bar.group("total"))
         if desc.startswith(RESPONDING):
-            if self._phase in ("starting", "loading"):
-                self._phase = "evaluating"
-            if self._chunks is None and n < self._bar_n and self._bar_n >= self._bar_total > 0:
-                self._bars_done += self._bar_total  # a new request type started
-            self._bar_n, self._bar_total = n, total
-            task = self._current_task
-            if task is not None and task in self._tasks and self._tasks[task].total <= total:
-                # One task per process: the bar counts that task's requests.
-                self._tasks[task] = TaskState(name=task, done=min(n, total), total=total)
+            self._responding(n, total)
             rate = bar.group("rate")
             if rate and rate != "?":
                 value = float(rate)

@@ -15,6 +15,18 @@ from pathlib import Path
 #: alone stores a request type only once all its answers are in): a killed attempt
 #: loses at most this many answers.
 CHECKPOINT_INTERVAL = "8"
+#: A chunk's requests go to the model together and the next chunk waits for the slowest
+#: of them: against a model server that takes N requests at once, chunks of this many
+#: times N keep it busy (a chunk of fewer than N would bound the requests in flight).
+CHUNKS_PER_CONCURRENCY = 4
+
+
+def checkpoint_interval(in_flight: int | None) -> str:
+    """Answers per chunk: ``CHECKPOINT_INTERVAL``, or more against a model server that
+    keeps ``in_flight`` requests in flight (``command.in_flight``)."""
+    if in_flight is None:
+        return CHECKPOINT_INTERVAL
+    return str(max(int(CHECKPOINT_INTERVAL), CHUNKS_PER_CONCURRENCY * in_flight))
 
 
 def merge_unfinished_attempts(cache_dir: Path) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import lazytorch
 from .patches import (
+    answer_count,
     backend,
     chunked_answers,
     codecache,
@@ -44,6 +45,7 @@ def prepare(argv: list[str]) -> None:
     deferred_imports.install()  # imports lmms_eval (for its optional_import)
     taskindex.install()
     chunked_answers.install()
+    answer_count.install()
     torchrun_rank.install()
     stderr_for_metric.install()
     import lmms_eval.__main__  # noqa: F401

@@ -13,6 +13,7 @@ import time
 from typing import IO
 
 from .log import log
+from .patches.answer_count import PREFIX as COUNTED
 from .progress import Tracker
 from .redact import Redactor
 
@@ -25,7 +26,8 @@ class Forwarder(threading.Thread):
     """Copies one output stream of lmms-eval to ours, redacted, and feeds the tracker.
 
     tqdm redraws a bar with carriage returns many times a second; the log keeps at most
-    one line per bar per second so ``kubectl logs`` stays readable."""
+    one line per bar per second so ``kubectl logs`` stays readable, and none of the
+    answer counts (``patches.answer_count``), which only the tracker reads."""
 
     def __init__(self, stream: IO[bytes], out: IO[str], tracker: Tracker, redact: Redactor) -> None:
         super().__init__(daemon=True)
@@ -56,6 +58,8 @@ class Forwarder(threading.Thread):
         if not text.strip():
             return
         self.tracker.feed(text)
+        if text.startswith(COUNTED):
+            return
         now = time.monotonic()
         if is_redraw and now - self._last_bar < 1.0 and "100%" not in text:
             return

@@ -161,7 +161,8 @@ def evalrun(name: str, gpus: int) -> dict[str, Any]:
         "kind": "EvalRun",
         "metadata": {"name": name},
         "spec": {
-            "model": {"type": "qwen2_vl"},
+            # A 7B model fits on one GPU: one process per GPU (spec.model.multiGPU).
+            "model": {"type": "qwen2_vl", "multiGPU": "DataParallel"},
             "tasks": ["mme"],
             "resources": {"gpus": gpus},
             "scheduling": {"queueName": QUEUE},

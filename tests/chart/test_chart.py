@@ -48,6 +48,10 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set",
         "podAntiAffinity=hard",
     ],
+    "gpu-memory": [
+        "--set-json",
+        'settings.gpuMemory={"nvidia.com/gpu":"80Gi","nvidia.com/mig-1g.10gb":"10Gi"}',
+    ],
     "runner-defaults": [
         "--set-json",
         'runnerPodDefaults={"imagePullSecrets":["regcred"],"tolerations":[{"key":'
@@ -1086,3 +1090,45 @@ def test_the_chart_readme_lists_every_value_with_its_default() -> None:
     described = {path for path, _ in _value_rows(values, schema)}
     extra = {p for p in rows if "." in p or p in values} - described
     assert not {p for p in extra if p.split(".")[0] in values}, extra
+
+
+def test_the_gpu_memory_the_chart_declares_is_what_the_operator_reads() -> None:
+    """settings.gpuMemory reaches LMMS_GPU_MEMORY, and the operator's own parser reads it
+    back (spec.model.multiGPU's default); unset, nothing is declared."""
+    from lmms_operator.reconcile import multigpu
+
+    (deploy,) = by_kind(render(*VALUE_SETS["gpu-memory"]), "Deployment")
+    env = {k: str(v.get("value")) for k, v in _env(deploy).items()}
+    memory = multigpu.parse_gpu_memory(env["LMMS_GPU_MEMORY"])
+    assert dict(memory.per_resource) == {
+        "nvidia.com/gpu": 80 * 2**30,
+        "nvidia.com/mig-1g.10gb": 10 * 2**30,
+    }
+    (deploy,) = by_kind(render(), "Deployment")
+    assert "LMMS_GPU_MEMORY" not in _env(deploy)
+    for bad, field in (
+        ('{"gpu":"80Gi"}', "invalid propertyName 'gpu'"),  # helm names no path here
+        ('{"nvidia.com/gpu":"80 GB"}', "/settings/gpuMemory/nvidia.com~1gpu"),
+    ):
+        out = helm(
+            "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+            "--set-json", f"settings.gpuMemory={bad}",
+        )  # fmt: skip
+        assert out.returncode != 0 and field in out.stderr, out.stderr
+
+
+# -- inference engines -------------------------------------------------------------------
+def test_the_engine_images_reach_the_operator_only_when_set() -> None:
+    (deploy,) = by_kind(render(), "Deployment")
+    assert not {n for n in _env(deploy) if n.startswith("LMMS_ENGINE_IMAGE_")}
+    (deploy,) = by_kind(
+        render("--set", "engines.vllm.image=reg.example/lmms-engine-vllm:0.1.0"), "Deployment"
+    )
+    env = _env(deploy)
+    assert env["LMMS_ENGINE_IMAGE_VLLM"]["value"] == "reg.example/lmms-engine-vllm:0.1.0"
+    assert "LMMS_ENGINE_IMAGE_SGLANG" not in env
+    bad = helm(
+        "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", "engines.sglang.image=not an image",
+    )  # fmt: skip
+    assert bad.returncode != 0 and "/engines/sglang/image" in bad.stderr

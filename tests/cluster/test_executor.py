@@ -591,3 +591,100 @@ def _read(path: str) -> str | None:
         return Path(path).read_text() or None
     except OSError:
         return None
+
+
+def test_a_native_sidecar_serves_the_pods_containers_on_its_loopback_and_is_restarted(
+    api: client.ApiClient, namespace: str
+) -> None:
+    """An init container with restartPolicy Always starts first, is restarted when it
+    exits (restartCount, lastState with its last log lines), serves the regular
+    containers on the pod's 127.0.0.1 and shared volumes, and is stopped once they have
+    all exited: the pod Succeeds with a status per container, as a kubelet reports it."""
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    server = """
+        import http.server, os, sys
+        if not os.path.exists("/shared/started"):
+            open("/shared/started", "w").write("1")
+            print("first start: dying on purpose", flush=True)
+            sys.exit(7)
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = open("/shared/started").read().encode()
+                self.send_response(200); self.end_headers(); self.wfile.write(b"served " + body)
+        http.server.HTTPServer(("127.0.0.1", 8000), H).serve_forever()
+    """
+    main = """
+        import time, urllib.request
+        for _ in range(300):
+            try:
+                answer = urllib.request.urlopen("http://127.0.0.1:8000/", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        open("/dev/termination-log", "w").write(answer.decode())
+    """
+    spec = _executor_pod_spec(main)
+    shared = client.V1VolumeMount(name="shared", mount_path="/shared")
+    spec.containers[0].volume_mounts = [shared]
+    spec.containers.append(
+        client.V1Container(
+            name="second",
+            image=HOST_IMAGE,
+            command=[sys.executable, "-c", "open('/dev/termination-log', 'w').write('two')"],
+        )
+    )
+    spec.init_containers = [
+        client.V1Container(
+            name="server",
+            image=HOST_IMAGE,
+            restart_policy="Always",
+            command=[sys.executable, "-c", textwrap.dedent(server)],
+            volume_mounts=[shared],
+            termination_message_policy="FallbackToLogsOnError",
+        )
+    ]
+    spec.volumes = [client.V1Volume(name="shared", empty_dir=client.V1EmptyDirVolumeSource())]
+    spec.termination_grace_period_seconds = 5
+    batch.create_namespaced_job(namespace, _job("sidecar", spec))
+    wait_for(lambda: _job_condition(batch, namespace, "sidecar", "Complete"), timeout=120)
+    (pod,) = core.list_namespaced_pod(namespace, label_selector="job-name=sidecar").items
+    assert pod.status.phase == "Succeeded"
+    statuses = {s.name: s for s in pod.status.container_statuses}
+    assert list(statuses) == ["main", "second"]
+    assert statuses["main"].state.terminated.exit_code == 0
+    assert statuses["main"].state.terminated.message == "served 1"
+    assert statuses["second"].state.terminated.message == "two"
+    (sidecar,) = pod.status.init_container_statuses
+    assert sidecar.name == "server" and sidecar.restart_count == 1
+    last = sidecar.last_state.terminated
+    assert last.exit_code == 7 and "first start: dying on purpose" in last.message
+    # Stopped with SIGTERM once the regular containers had exited.
+    assert sidecar.state.terminated.exit_code == 143
+
+
+def test_a_sidecar_that_cannot_start_holds_the_regular_containers(
+    api: client.ApiClient, namespace: str
+) -> None:
+    """The regular containers start only once the sidecar has: while its image cannot be
+    pulled they wait in PodInitializing, and the pod is Pending."""
+    core = client.CoreV1Api(api)
+    spec = _executor_pod_spec("print('never')")
+    spec.init_containers = [
+        client.V1Container(
+            name="engine", image="registry.invalid/engine:1", restart_policy="Always"
+        )
+    ]
+    core.create_namespaced_pod(
+        namespace, client.V1Pod(metadata=client.V1ObjectMeta(name="held"), spec=spec)
+    )
+
+    def waiting() -> client.V1Pod | None:
+        pod = core.read_namespaced_pod("held", namespace)
+        inits = pod.status.init_container_statuses or []
+        if inits and inits[0].state.waiting and "ImagePull" in inits[0].state.waiting.reason:
+            return pod
+        return None
+
+    pod = wait_for(waiting, timeout=60)
+    assert pod.status.phase == "Pending"
+    assert pod.status.container_statuses[0].state.waiting.reason == "PodInitializing"

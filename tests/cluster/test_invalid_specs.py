@@ -126,6 +126,44 @@ CORPUS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("env-reserved", {"env": [{"name": "HF_TOKEN", "value": "hf_x"}]}, "spec.env[0].name"),
     ("env-bad-name", {"env": [{"name": "1-X", "value": "y"}]}, "spec.env[0].name"),
+    ("multi-gpu-unknown-mode", {"model": {"type": "qwen2_vl", "multiGPU": "Pipeline"}}, "multiGPU"),
+    (
+        # Two GPUs of a size the operator cannot tell (no memory declared): say which.
+        "multi-gpu-undecided",
+        {"resources": {"gpus": 2}},
+        "spec.model.multiGPU",
+    ),
+    (
+        "model-parallel-multi-node",
+        {
+            "model": {"type": "qwen2_vl", "multiGPU": "ModelParallel"},
+            "resources": {"gpus": 2, "nodes": 2},
+        },
+        "spec.model.multiGPU",
+    ),
+    (
+        "model-parallel-no-device-map",
+        {"model": {"type": "instructblip", "multiGPU": "ModelParallel"}, "resources": {"gpus": 2}},
+        "spec.model.multiGPU",
+    ),
+    ("verbosity-unknown", {"evaluation": {"verbosity": "TRACE"}}, "spec.evaluation.verbosity"),
+    # spec.model.engine: a name the schema does not know; one this operator has no image
+    # for (the tests' operator has none); and what an engine run must also say.
+    ("engine-unknown", {"model": {"type": "openai", "engine": "tgi"}}, "spec.model.engine"),
+    (
+        "engine-without-image",
+        {"model": {"type": "openai", "engine": "vllm", "pretrained": "org/model"}},
+        "spec.model.engine",
+    ),
+    ("engine-not-openai", {"model": {"type": "qwen2_vl", "engine": "sglang"}}, "spec.model.type"),
+    (
+        "engine-multi-node",
+        {
+            "model": {"type": "openai", "engine": "vllm", "pretrained": "org/model"},
+            "resources": {"nodes": 2, "gpus": 8},
+        },
+        "spec.resources.nodes",
+    ),
 ]
 
 

@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# The runner's GPU path, end to end: a tiny Qwen2-VL built from code (no hub), a local
-# image task (tests/fixtures/colortask.py, 32 images), `python -m lmms_runner` running
-# real lmms-eval with the qwen2_vl backend on $DEVICE, then the results checked: every
-# task scored, the model on the device asked for, the runner's summary and provenance.
+# The GPU script: every way the operator evaluates a model, run for real on one GPU with a
+# tiny random-weight Qwen2-VL built from code (tiny_qwen2vl.py, no hub) and a local
+# 32-image task. What each path proves: README.md beside this file. One line per path,
+# `PASS|FAIL|SKIP <path>: ... samples/s ...`; the figures in $OUT/gpu-paths.json when OUT
+# is set. Expected: about 3 minutes on an H100; each path has its own timeout (STEP_TIMEOUT).
 #
-#   DEVICE=cuda PY=python3 WHEELS=.gpu/wheels bash tests/gpu/check.sh    # a GPU machine
-#   DEVICE=cpu PY=.venv/bin/python bash tests/gpu/check.sh                # here, slower
+#   WHEELS=.gpu/wheels bash tests/gpu/check.sh              # the device machine (DEVICE=cuda)
+#   DEVICE=cpu PY=.venv/bin/python bash tests/gpu/check.sh  # here, on the CPU
 #
-# WHEELS (optional): a folder of wheels that machine lacks (lmms-eval 0.7.3 and the 18
-# packages it needs there, pydantic, decord; the list is in ../shared/GPU-NOTES.md),
-# installed into a private folder first.
+# WHEELS: a folder of the wheels that machine lacks (tests/gpu/wheels.txt; wheels.sh
+# downloads them), installed into a private folder first. PATHS=hf,mp,engine,served,
+# openai-args chooses paths.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PY:-python3}
+PY=${PY:-$(command -v /opt/torch/.venv/bin/python3 || echo python3)}
 DEVICE=${DEVICE:-cuda}
 W=$(mktemp -d)
 if [ -n "${WHEELS:-}" ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$W/site" "$WHEELS"/*.whl
+  timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target "$W/site" "$WHEELS"/*.whl
   export PYTHONPATH="$W/site"
 fi
 export PYTHONPATH="$PWD/operator:$PWD/runner-image:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HOME="$W/hf" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1
 "$PY" - <<PYEOF
 import torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
@@ -33,46 +35,6 @@ if [ "$DEVICE" = cuda ]; then
   "$PY" -c "from lmms_runner import gpucheck as g; b = g.torch_build(); print('driver', g.query(), b)
 assert g.check(1, b) is None, g.check(1, b)"
 fi
-"$PY" tests/gpu/tiny_qwen2vl.py "$W/model" >/dev/null
-"$PY" -c "from pathlib import Path; from tests.fixtures import colortask; colortask.write(Path('$W/tasks'), samples=32)"
-cat > "$W/evalrun.yaml" <<YAML
-apiVersion: eval.lmms.dev/v1alpha1
-kind: EvalRun
-metadata: {name: tiny-qwen2vl-colors}
-spec:
-  model:
-    type: qwen2_vl
-    pretrained: $W/model
-    args: {device: $DEVICE, device_map: $DEVICE, max_pixels: "12544", min_pixels: "3136"}
-  tasks: [colors]
-  evaluation: {batchSize: 4, seed: 7}
-YAML
-start=$(date +%s.%N)
-"$PY" -m lmms_runner --config "$W/evalrun.yaml" --include-path "$W/tasks" \
-  --output "$W/out" --listen "" --hold-timeout 0 --termination-log "$W/termination" \
-  >"$W/runner.log" 2>&1 || { tail -40 "$W/runner.log"; exit 1; }
-end=$(date +%s.%N)
-"$PY" - "$W" "$start" "$end" "$DEVICE" <<'PYEOF'
-import json, sys
-from pathlib import Path
-w, start, end, device = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-term = json.loads((w / "termination").read_text())
-assert term.get("ok") is True, term
-results = sorted(w.glob("out/**/*_results.json"))
-assert results, "no lmms-eval results file"
-doc = json.loads(results[-1].read_text())
-scores = doc["results"]["colors"]
-assert "exact_match,none" in scores, scores
-n = doc.get("n-samples", {}).get("colors", {}).get("effective")
-assert n == 32, doc.get("n-samples")
-log = (w / "runner.log").read_text()
-prov = sorted(w.glob("out/**/lmms-runner.json"))
-print(json.dumps({
-    "device": device,
-    "wall_s": round(end - start, 1),
-    "samples": n,
-    "exact_match": scores["exact_match,none"],
-    "termination": term.get("tasks"),
-    "provenance": json.loads(prov[-1].read_text()) if prov else None,
-}, indent=1, default=str)[:3000])
-PYEOF
+exec "$PY" tests/gpu/paths.py --device "$DEVICE" --work "$W" \
+  --timeout "${STEP_TIMEOUT:-150}" --budget "${BUDGET:-420}" \
+  --paths "${PATHS:-hf,mp,engine,served,openai-args}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from lmms_operator.config import Settings
 from lmms_operator.reconcile import job as jobs
+from lmms_operator.reconcile import multigpu
 from lmms_operator.reconcile.placement import PlacementPolicy
 from lmms_operator.reconcile.validate import Policy, validate
 
@@ -84,7 +85,10 @@ def test_owner_reference_and_labels() -> None:
 
 
 def test_gpu_cpu_memory_requests_and_limits() -> None:
-    d = build(resources={"gpus": 2, "gpuResourceName": "amd.com/gpu", "cpu": "8", "memory": "64Gi"})
+    d = build(
+        model={"type": "qwen2_vl", "multiGPU": "DataParallel"},
+        resources={"gpus": 2, "gpuResourceName": "amd.com/gpu", "cpu": "8", "memory": "64Gi"},
+    )
     res = container(d)["resources"]
     assert res["requests"] == res["limits"] == {"amd.com/gpu": "2", "cpu": "8", "memory": "64Gi"}
 
@@ -153,7 +157,8 @@ def test_cache_pvc_is_hf_home_and_custom_tasks_are_mounted() -> None:
 
 def test_shared_memory_only_for_multi_gpu() -> None:
     assert "dshm" not in {v["name"] for v in pod(build())["volumes"]}
-    vols = {v["name"]: v for v in pod(build(resources={"gpus": 4}))["volumes"]}
+    four = build(model={"type": "qwen2_vl", "multiGPU": "ModelParallel"}, resources={"gpus": 4})
+    vols = {v["name"]: v for v in pod(four)["volumes"]}
     assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
 
 
@@ -193,6 +198,28 @@ def test_run_config_carries_the_resolved_preset() -> None:
     assert config["kind"] == "EvalRun"
     assert config["spec"]["model"]["pretrained"] == "Qwen/Qwen2-VL-7B-Instruct"
     assert config["spec"]["model"]["args"]["max_pixels"] == "12845056"
+    assert "multiGPU" not in config["spec"]["model"]  # one GPU: no question
+
+
+def test_run_config_carries_the_multi_gpu_mode_the_operator_decided() -> None:
+    raw: dict[str, Any] = {"model": {"type": "qwen2_vl"}, "tasks": ["mme"]}
+    raw["resources"] = {"gpus": 4, "gpuResourceName": "nvidia.com/mig-1g.10gb"}
+    memory = multigpu.parse_gpu_memory("nvidia.com/mig-1g.10gb=10Gi,nvidia.com/gpu=80Gi")
+    spec = validate(raw, dataclasses.replace(POLICY, gpu_memory=memory))
+    runner = dataclasses.replace(Settings().runner, gpu_memory=memory)
+
+    def mode(spec: Any) -> Any:
+        config = json.loads(jobs.build(RUN, spec, runner, "t").config_map["data"]["config.json"])
+        return config["spec"]["model"].get("multiGPU")
+
+    assert mode(spec) == "ModelParallel"  # 8.3B parameters do not fit on 10 GiB
+    on_h100 = spec.resources.model_copy(update={"gpu_resource_name": "nvidia.com/gpu"})
+    assert mode(spec.model_copy(update={"resources": on_h100})) == "DataParallel"
+    # The Job is the spec's, not the decision's: the same name whatever the admin declares.
+    assert (
+        jobs.build(RUN, spec, runner, "t").job["metadata"]["name"]
+        == (jobs.build(RUN, spec, Settings().runner, "t").job["metadata"]["name"])
+    )
 
 
 def test_runners_admit_the_operator_and_only_a_multi_node_runs_own_pods() -> None:

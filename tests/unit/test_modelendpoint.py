@@ -336,6 +336,8 @@ def test_bad_endpoint_specs_are_refused_naming_the_field() -> None:
     assert "spec.model.args.base_url" in _problems(with_base)
     nodes = {**_spec(), "resources": {"gpus": 1, "nodes": 2}}
     assert "spec.resources.nodes" in _problems(nodes)
+    engine = _spec(engine="vllm", pretrained="Qwen/Qwen2-VL-7B-Instruct")
+    assert "spec.model.engine" in _problems(engine)
 
 
 def test_one_openai_key_may_not_reach_the_other_server() -> None:

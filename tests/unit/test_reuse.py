@@ -67,7 +67,9 @@ def test_anything_that_changes_a_score_changes_the_identity(change: dict[str, An
 def test_what_does_not_change_a_score_keeps_the_identity() -> None:
     base = key()
     for same in (
-        {"resources": {"gpus": 4}},
+        {"resources": {"gpus": 4}, "model": {"multiGPU": "DataParallel"}},
+        {"resources": {"gpus": 4}, "model": {"multiGPU": "ModelParallel"}},
+        {"evaluation": {"verbosity": "DEBUG"}},
         {"parallelism": 2},
         {"retries": 5},
         {"timeoutSeconds": 60},

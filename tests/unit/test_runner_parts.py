@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lmms_operator.api.runner import Provenance
 from lmms_runner import command, results
 from lmms_runner.config import from_document
@@ -299,3 +301,24 @@ def test_provenance_records_the_lock_the_image_was_installed_from(tmp_path: Path
     assert found["locked"] == {"lmms-eval": "0.7.3", "torch": "2.15.0"}
     assert found["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     assert locked_packages(None) == {} and locked_packages(str(tmp_path / "none")) == {}
+
+
+@pytest.mark.parametrize("verbosity", ["WARNING", "ERROR"])
+def test_progress_without_lmms_evals_info_lines(verbosity: str) -> None:
+    """spec.evaluation.verbosity above INFO hides "Selected Tasks" and "Postprocessed":
+    the phase and the percent still move, from the bars and the answers."""
+    t = Tracker(["colors"])
+    assert t.snapshot().phase == "starting"
+    if verbosity == "WARNING":
+        t.feed("2026-12-07 10:00:00 | WARNING  | lmms_eval.models:__init__:12 - slow processor")
+    t.feed("Loading checkpoint shards: 100%|██████████| 4/4 [00:03<00:00,  1.20it/s]")
+    assert t.snapshot().phase == "loading"
+    t.feed("Model Responding:  50%|█████     | 9/18 [00:02<00:02,  3.22it/s]")
+    snap = t.snapshot()
+    assert (snap.phase, snap.done, snap.total, snap.percent) == ("evaluating", 9, 18, 47.5)
+    t.feed("Model Responding: 100%|██████████| 18/18 [00:04<00:00,  3.22it/s]")
+    t.feed("Postprocessing: 100%|██████████| 18/18 [00:00<00:00, 900.00it/s]")
+    snap = t.snapshot()
+    assert snap.phase == "postprocessing" and 90 <= snap.percent < 100
+    t.feed("2026-12-07 | ERROR | lmms_eval.models:x:140 - All 5 attempts failed. Last error: x")
+    assert t.failed_requests == 1  # ERROR lines are there at every verbosity

@@ -59,6 +59,15 @@ subchart, say) goes in front of a repository that names no registry of its own. 
 {{- join "," $pairs -}}
 {{- end -}}
 
+{{- /* A map as k=v,k=v (sorted by key), e.g. settings.gpuMemory for LMMS_GPU_MEMORY. */}}
+{{- define "lmms-operator.pairs" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%v" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
 {{- define "lmms-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "lmms-operator.fullname" .) .Values.serviceAccount.name -}}

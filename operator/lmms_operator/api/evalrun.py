@@ -187,7 +187,13 @@ class ModelSpec(ApiModel):
                     "rule": "!has(self.endpoint) || self.type == 'openai'",
                     "message": "a model served at an endpoint is evaluated with type openai",
                     "fieldPath": ".type",
-                }
+                },
+                {
+                    "rule": "!has(self.endpoint) || !has(self.engine)",
+                    "message": "a model served at an endpoint needs no engine: name one or the "
+                    "other",
+                    "fieldPath": ".engine",
+                },
             ]
         }
     )
@@ -256,6 +262,16 @@ class ModelSpec(ApiModel):
             ],
         },
     )
+    engine: Literal["vllm", "sglang"] | None = Field(
+        default=None,
+        description="Serve the model with an inference engine in the run's own pod: the "
+        "engine's OpenAI-compatible server (vLLM's or SGLang's, from the operator's engine "
+        "image) runs beside the runner, on all of the pod's GPUs (tensor parallel size = "
+        "resources.gpus), and the runner evaluates it over the pod's loopback with type "
+        "openai once it answers. Needs type openai, the checkpoint to serve in pretrained, "
+        "and resources.nodes 1. A server that exits ends the run Failed (EngineFailed) with "
+        "its last log lines.",
+    )
     api_key: SecretSource | None = Field(
         default=None,
         description="API key of a model server (openai, litellm and other API backends), "
@@ -270,6 +286,35 @@ class ModelSpec(ApiModel):
         "until the endpoint is ready; its pod requests no GPU (resources.gpus is ignored). "
         "The served model's id, read from /v1/models, and the endpoint name the model on "
         "Leaderboards.",
+    )
+    multi_gpu: Literal["DataParallel", "ModelParallel"] | None = Field(
+        default=None,
+        alias="multiGPU",
+        description="How a Hugging Face backend uses the pod's GPUs (resources.gpus). "
+        "DataParallel: one process per GPU (accelerate launch), each holding a whole copy of "
+        "the model and evaluating a share of the documents. ModelParallel: one process that "
+        "spreads one copy of the model over the pod's GPUs (device_map=auto in --model_args, "
+        "unless args sets device_map), for a model larger than one GPU; only for backends "
+        "whose lmms-eval class honours device_map, in one pod (not with resources.nodes > 1 "
+        "nor an engine). Unset, with more than one GPU: DataParallel when the model fits on "
+        "one GPU (and always for a backend that cannot spread a model, or several nodes), "
+        "ModelParallel when it does not, from the preset's size (2 bytes a parameter, plus "
+        "a quarter for activations, the KV cache and the CUDA context) against the GPU "
+        "memory the admin declares for resources.gpuResourceName (settings.gpuMemory). "
+        "Where that size is unknown (no preset, another checkpoint than the preset's, or no "
+        "declared memory), a run with more than one GPU must set it. With one GPU, unset "
+        "changes nothing.",
+    )
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Requests in flight at once to an OpenAI-compatible model server (type "
+        "openai, with base_url in args, and engine and endpoint runs; also async_openai): "
+        "lmms-eval's num_concurrent (num_cpus for async_openai) and adaptive_max_concurrency "
+        "both set to it, so it bounds adaptive concurrency too. Unset: lmms-eval's default "
+        "(32 for openai; for async_openai half the node's CPUs, not the pod's limit). "
+        "Refused for other backends, and beside those args in args.",
     )
 
 
@@ -322,6 +367,13 @@ class EvaluationSpec(ApiModel):
         description="Seed for Python, NumPy, torch and few-shot sampling (--seed).",
     )
     log_samples: bool = Field(default=False, description="Save per-sample outputs (--log_samples).")
+    verbosity: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="lmms-eval's log level (--verbosity). The run's progress does not depend "
+        "on it (the runner reads lmms-eval's progress bars and counts answers), but lmms-eval "
+        "logs each task's post-processed document count at INFO: at WARNING and ERROR "
+        "status.progress.tasks shows no per-task counts while the run goes.",
+    )
     generation: GenerationSpec | None = Field(default=None, description="Generation settings.")
 
 
@@ -427,6 +479,14 @@ class EvalRunSpec(ApiModel):
                     "multi-node run is one torchrun world over an Indexed Job whose indexes "
                     "are node ranks",
                     "fieldPath": ".parallelism",
+                },
+                {
+                    "rule": "!has(self.model.multiGPU) || self.model.multiGPU != 'ModelParallel' "
+                    "|| !has(self.resources) || !has(self.resources.nodes) || "
+                    "self.resources.nodes == 1",
+                    "message": "ModelParallel runs in one pod: resources.nodes > 1 is data "
+                    "parallel over one torchrun world",
+                    "fieldPath": ".model.multiGPU",
                 },
             ]
         }

@@ -50,3 +50,8 @@ def credential_kind(value: str) -> str | None:
         if shape.search(match.group()):
             return kind
     return None  # pragma: no cover - the match is one of the shapes
+
+
+def masked(text: str) -> str:
+    """``text`` with every value of a credential's shape replaced by ``[REDACTED]``."""
+    return _ANY.sub("[REDACTED]", text)

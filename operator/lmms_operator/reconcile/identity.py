@@ -96,4 +96,6 @@ def settings_label(spec: Mapping[str, Any], lmms_eval_version: str | None) -> st
         parts.append(f"judge={judge}")
     if lmms_eval_version:
         parts.append(f"lmms-eval={lmms_eval_version}")
+    if (spec.get("model") or {}).get("engine"):  # another inference stack, another score
+        parts.append(f"engine={spec['model']['engine']}")
     return " ".join(parts)

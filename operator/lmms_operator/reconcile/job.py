@@ -1,6 +1,7 @@
 """spec -> the objects that run an evaluation: Job, run-config ConfigMap, token Secret,
-and (multi-node) a headless Service and NetworkPolicy (``netpol``). Pure functions; the
-k8s layer applies them.
+and (multi-node) a headless Service and NetworkPolicy (``netpol``); an engine run's pod
+has the engine's server beside the runner (``inference``). Pure functions; the k8s layer
+applies them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 from .. import presets
 from ..api import API_VERSION, EvalRunSpec
 from ..api.runner import EXIT_CONFIG_ERROR
-from . import netpol, poddefaults
-from .kueue import QUEUE_LABEL as KUEUE_QUEUE_LABEL  # noqa: F401 - re-exported
+from . import inference, multigpu, netpol, poddefaults
 from .kueue import job_labels as kueue_labels
 from .shards import Shard
 
@@ -70,6 +70,8 @@ class RunnerDefaults:
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
     prometheus: netpol.PrometheusScrapers | None = None
     pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
+    gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)  # per resource
+    engine_images: tuple[tuple[str, str], ...] = ()  # (engine, image): ``inference``
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,14 @@ def run_config(
     shards: Sequence[Shard] = (),
     evaluate: Sequence[str] | None = None,
     reuse_key: Mapping[str, Any] | None = None,
+    gpu_memory: multigpu.GpuMemory = multigpu.UNDECLARED,
 ) -> dict[str, Any]:
-    """What the runner reads: the EvalRun (with presets resolved) as a manifest; with
-    more than one shard, ``shards`` lists each Job index's tasks (the runner reads its
-    own index from LMMS_SHARD_INDEX); ``evaluate``, when some tasks' results were reused,
-    the tasks left to evaluate."""
+    """What the runner reads: the EvalRun, presets and multiGPU resolved; ``shards`` (more
+    than one) each Job index's tasks (a pod's index: LMMS_SHARD_INDEX); ``evaluate`` the
+    tasks left to evaluate when some tasks' results were reused."""
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
-    resolved = spec.model_copy(
-        update={"model": spec.model.model_copy(update={"pretrained": pretrained, "args": args})}
-    )
+    model = {"pretrained": pretrained, "args": args, "multi_gpu": multigpu.mode(spec, gpu_memory)}
+    resolved = spec.model_copy(update={"model": spec.model.model_copy(update=model)})
     config: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "EvalRun",
@@ -158,9 +159,7 @@ def _meta(name: str, run: RunRef, labels: dict[str, str]) -> dict[str, Any]:
 
 
 def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": secret, "key": key}
-    if optional:
-        ref["optional"] = True
+    ref: dict[str, Any] = {"name": secret, "key": key, **({"optional": True} if optional else {})}
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
@@ -183,10 +182,11 @@ def build(
     hash_ = spec_hash(spec)
     name = job_name(run.name, run.uid, hash_)
     labels = _labels(run, hash_)
-    config = run_config(run, spec, hash_, shards, evaluate, reuse_key)
+    config = run_config(run, spec, hash_, shards, evaluate, reuse_key, runner.gpu_memory)
     volumes, mounts = _volumes(name, spec, runner)
     container = _container(spec, runner, _env(name, spec, runner, len(shards)), mounts)
     pod_spec = _pod_spec(name, spec, runner, container, volumes)
+    inference.attach(pod_spec, spec, runner.engine_images)  # an engine's server, if any
     service: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
     if spec.resources.nodes > 1:

@@ -137,7 +137,8 @@ def _checkpoint_problems(
         if value is None:
             continue
         field = f"spec.model.{name}"
-        if not accepts(spec.model.type, name, cat, extra):
+        # (An engine serves them: they reach its command, not --model_args.)
+        if spec.model.engine is None and not accepts(spec.model.type, name, cat, extra):
             problems.append(Problem(field, _not_taken(spec.model.type, name, cat)))
             continue
         found = text_problem(value)
@@ -186,14 +187,19 @@ def _preset_problems(
 
 def runner_model_args(spec: EvalRunSpec) -> dict[str, str]:
     """The --model_args entries the runner builds (``lmms_runner.command.model_args``):
-    pretrained, revision, then the preset's and the spec's args."""
+    pretrained, revision, then the preset's and the spec's args (and, model parallel,
+    device_map=auto unless they name one)."""
     pretrained, args = presets.resolve(spec.model.type, spec.model.pretrained, spec.model.args)
     out: dict[str, str] = {}
+    if spec.model.engine is not None:  # the engine serves them (``inference.command``)
+        pretrained = None
     if pretrained:
         out["pretrained"] = pretrained
-    if spec.model.revision:
+    if spec.model.revision and spec.model.engine is None:
         out["revision"] = spec.model.revision
     out.update({k: v for k, v in args.items() if k not in ("pretrained", "revision")})
+    if spec.model.multi_gpu == "ModelParallel":
+        out.setdefault("device_map", "auto")
     return out
 
 

@@ -187,6 +187,13 @@ def problems(spec: EvalRunSpec, rules: tuple[UrlRule, ...]) -> list[Problem]:
                         "spec.model.endpoint names the server: leave the URL out of the args",
                     )
                 )
+        if spec.model.engine is not None:
+            found.append(
+                Problem(
+                    "spec.model.engine",
+                    "a model served at spec.model.endpoint needs no engine: name one or the other",
+                )
+            )
         if spec.resources.nodes > 1:
             found.append(
                 Problem(

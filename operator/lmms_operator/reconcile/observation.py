@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api import EvalRunSpec
-from . import columns, fanout, kueue, publishing
+from . import columns, fanout, inference, kueue, publishing
 from . import job as jobs
 from . import pods as pod_facts
 from . import reasons as R
@@ -28,7 +28,7 @@ def observe_job(
     timeouts: st.Timeouts,
     workload: kueue.Workload | None = None,
 ) -> st.Observation:
-    return st.observe(
+    ob = st.observe(
         spec.suspend,
         spec.cancel,
         kueue.queue_of(spec.scheduling.queue_name, job),
@@ -40,6 +40,7 @@ def observe_job(
         timeouts,
         workload,
     )
+    return inference.observed(spec, ob, pods, now, timeouts)  # an engine's own end
 
 
 def job_deleted(job_name: str, status: Mapping[str, Any], now: dt.datetime) -> st.Observation:
@@ -91,7 +92,7 @@ def decide(
         return st.transition(
             status, job_deleted(job_name, status, now), generation, hash_, job_name, now
         )
-    ob = observe_job(spec, job, pods, now, timeouts, workload)
+    ob = inference.loading(spec, observe_job(spec, job, pods, now, timeouts, workload), status)
     held = Plan()
     if kueue.queue_of(spec.scheduling.queue_name, job) and ob.phase in st.ACTIVE:
         # A Workload that Kueue created after the spec pass is held (or released) here.

@@ -61,6 +61,8 @@ WAITING_FOR_MODEL = "WaitingForModel"
 #: Pending reasons of a spec pass that is retried (admission waits for something).
 ADMISSION_WAITS = frozenset({WAITING_FOR_REFERENCES, WAITING_FOR_MODEL})
 SCHEDULED = "Scheduled"
+#: An engine run whose runner waits for the engine to serve the model.
+MODEL_LOADING = "ModelLoading"
 
 # Terminal reasons.
 REUSED = "Reused"
@@ -77,6 +79,8 @@ RUNNER_ERROR = "RunnerError"
 JOB_DELETED = "JobDeleted"
 POD_CREATION_FAILED = "PodCreationFailed"
 NO_RESULTS = "NoResults"
+#: The engine server of an engine run (spec.model.engine) exited.
+ENGINE_FAILED = "EngineFailed"
 #: The runner's own reasons (its termination message): the node's NVIDIA driver is older
 #: than the image's torch needs, or the pod's GPUs cannot be reached.
 DRIVER_TOO_OLD = _runner.DRIVER_TOO_OLD
@@ -122,6 +126,7 @@ FAILURE_REASONS = (
     DRIVER_TOO_OLD,
     NO_GPU,
     NO_RESULTS,
+    ENGINE_FAILED,
     JOB_DELETED,
     INTERNAL_ERROR,
 )

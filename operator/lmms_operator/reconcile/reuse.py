@@ -8,8 +8,8 @@ and the index entries that map an identity to its results. Pure functions.
   release, a checkpoint baked into an image). A branch or tag can move, so a run whose
   model is not pinned is neither served from the index nor added to it. With it: the
   backend (``model.type``), the checkpoint (``pretrained``, presets resolved) and every
-  ``model.args`` entry (an endpoint included), and the runner image when ``spec.image``
-  names one;
+  ``model.args`` entry (an endpoint included), the engine that serves it
+  (``spec.model.engine``), and the runner image when ``spec.image`` names one;
 - **the task** and a hash of its definition: a built-in task is fixed by the lmms-eval
   version (the YAML in that release); with ``spec.customTasks`` every entry's definition
   includes the content of the run's custom-task ConfigMaps (a custom task may override a
@@ -111,6 +111,8 @@ def reuse_key(spec: EvalRunSpec, lmms_eval_version: str, definitions: str | None
         "generation": ev.generation.to_wire() if ev.generation else {},
         "lmmsEval": lmms_eval_version,
         "customTaskDefinitions": definitions,
+        # (Only where set: the keys of runs without an engine stay what they were.)
+        **({"engine": spec.model.engine} if spec.model.engine else {}),
         **_served_key(wire),
     }
 

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import catalogue, presets
+from .. import catalogue, concurrency, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
-from . import identity, modelendpoint, placement
+from . import identity, inference, modelendpoint, multigpu, placement
 from .cmdline import check_command_line
 from .endpoints import Network, check_store_endpoint, runner_url_problems
 from .envvars import (
@@ -57,6 +57,7 @@ def check_spec(
     extra = policy.model_args if policy else ()
     problems = _check_model(spec, cat) + check_model_args(spec, cat, extra)
     problems += _check_tasks(spec, cat) + check_command_line(spec)
+    problems += concurrency.problems(spec.model.type, spec.model.concurrency, spec.model.args)
     return problems + check_env_names(spec) + check_env_values(spec) + _check_combinations(spec)
 
 
@@ -293,6 +294,10 @@ class Policy:
     store_cidrs: tuple[Network, ...] = ()
     #: Priority classes, tolerations and affinity tenants may choose.
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    #: The memory of one GPU per resource name, for spec.model.multiGPU's default.
+    gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)
+    #: Engines (spec.model.engine) this operator has an image for.
+    engines: frozenset[str] = frozenset()
     #: URLs a run's model or judge endpoint may name (``modelurls``; none by default).
     model_urls: tuple[UrlRule, ...] = ()
 
@@ -392,6 +397,8 @@ def validate(
     problems += check_env(spec, policy) + check_endpoints(spec, policy)
     problems += placement.check(spec, policy.placement, namespace)
     problems += identity.naming_problems(spec.model.args)
+    problems += multigpu.check(spec, policy.gpu_memory)
+    problems += inference.problems(spec, policy.engines)
     if problems:
         raise InvalidSpec(problems)
     return spec

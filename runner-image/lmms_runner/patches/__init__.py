@@ -15,6 +15,7 @@ from __future__ import annotations
 import types
 
 from . import (
+    answer_count,
     backend,
     chunked_answers,
     codecache,
@@ -34,6 +35,7 @@ from . import (
 
 #: Every patch module.
 PATCHES: tuple[types.ModuleType, ...] = (
+    answer_count,
     backend,
     chunked_answers,
     codecache,

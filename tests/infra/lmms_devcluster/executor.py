@@ -1,7 +1,13 @@
 """The process executor: a tiny kubelet that runs one node's pods as local processes.
 
-For end-to-end tests and the local demo. For every pod bound to its node it runs the
-first container:
+For end-to-end tests and the local demo. For every pod bound to its node it runs every
+container as a kubelet does: the init containers in order (a native sidecar, an init
+container with ``restartPolicy: Always``, is started and the next container waits only
+for its startup probe; it is restarted whenever it exits, and stopped with SIGTERM, then
+SIGKILL after the grace period, once every regular container has exited; a plain init
+container must exit 0 first), then the regular containers at once, each under the pod's
+restart policy. Every container of a pod shares its network namespace (127.0.0.1
+between them) and its volumes. Each container runs:
 
 - **From its image** when the image is in the node's image store (``imagestore``: the
   images ``make images`` built): inside an overlay over the image's root filesystem
@@ -37,10 +43,13 @@ so torchrun's rendezvous finds node 0. Every other pod's ``/etc/hosts`` names th
 Services of its namespace (``servicenames``: ``<service>.<namespace>.svc`` at a ready
 endpoint's pod address; no kube-proxy, so a Service's port must equal its targetPort). HTTP and TCP startup, readiness and liveness
 probes run as a kubelet runs them: readiness sets the pod's Ready condition, a failed
-startup or liveness probe restarts the container. The pod's status follows the process: Running when it starts,
-then Succeeded or Failed with the real exit code and the termination message, so the real
-Job controller completes or fails Jobs. Deleting the pod stops the process (SIGTERM, then
-SIGKILL after the grace period).
+startup or liveness probe restarts the container. The pod's status follows the processes,
+with a status per container (``initContainerStatuses``, ``containerStatuses``: state,
+``lastState.terminated`` with the exit code and termination message of the run before a
+restart, ``restartCount``, ready, started): Pending until a regular container starts,
+Running, then Succeeded (every regular container exited 0) or Failed, so the real Job
+controller completes or fails Jobs. Deleting the pod stops its processes (the regular
+containers, then the sidecars: SIGTERM, then SIGKILL after the grace period).
 
 Resource limits, seccomp/capability settings and NetworkPolicies are recorded, not
 enforced (there is no policy engine).
@@ -176,11 +185,14 @@ class PodRunner:
         self.uid: str = pod.metadata.uid
         self.pod = pod
         self.dir = executor.state_dir / "pods" / self.uid
-        self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
         self.done = threading.Event()
-        self.image_id = ""
-        self.ready = False
+        self.start_time: str | None = None
+        spec = pod.spec
+        self.containers: list[ContainerRun] = [
+            ContainerRun(self, c, "sidecar" if c.restart_policy == "Always" else "init", False)
+            for c in spec.init_containers or []
+        ] + [ContainerRun(self, c, "regular", i == 0) for i, c in enumerate(spec.containers)]
         self.hostname: str | None = None
         self.hosts_file: Path | None = None
         # With a pod network, the address comes with the pod's sandbox (``_sandbox_up``).
@@ -253,71 +265,82 @@ class PodRunner:
                 log.warning("pod %s/%s: sandbox removal: %s", self.namespace, self.name, exc)
 
     def _run_inner(self) -> None:
+        """The pod's containers as a kubelet runs them: the init containers in order
+        (a native sidecar, ``restartPolicy: Always``, is started, and the next container
+        waits only for its startup; a plain one must exit 0), then every regular
+        container at once, each under the pod's restart policy; once they have all
+        exited, the sidecars are stopped (SIGTERM, SIGKILL after the grace period) and
+        the pod's phase follows the regular containers' exit codes."""
         spec = self.pod.spec
-        container = spec.containers[0]
-        restart_policy = spec.restart_policy or "Always"
-        restarts = 0
-        image: Image | None = None
-        rootfs: Path | None = None
-        if (container.image or "") != HOST_IMAGE:
-            image = self._pull(container)
-            if image is None:
-                return
-            self.image_id = image.image_id
-            self._report_waiting("ContainerCreating", "")
-            rootfs = self.ex.images.rootfs(image)
-        while not self.stopping.is_set():
-            try:
-                plan = self._plan(container, image, rootfs)
-            except _NotReady as exc:
-                # Like a kubelet: the pod waits (ContainerCreating) until its volumes exist.
-                self._report_waiting("ContainerCreating", str(exc))
-                if self.stopping.wait(2):
+        policy = spec.restart_policy or "Always"
+        self.start_time = _now()
+        self.publish()
+        sidecars: list[tuple[ContainerRun, threading.Thread]] = []
+        for run in self.containers:
+            if run.kind == "sidecar":
+                thread = threading.Thread(
+                    target=run.run, args=("Always",), name=f"sidecar-{run.cname}", daemon=True
+                )
+                thread.start()
+                sidecars.append((run, thread))
+                while not run.startup_done.wait(0.2):
+                    if self.stopping.is_set():
+                        return
+            elif run.kind == "init":
+                code = run.run("Never" if policy == "Never" else "OnFailure")
+                if code is None:
                     return
-                continue
-            except _InvalidPod as exc:
-                self._report_terminated(128, "CreateContainerConfigError", str(exc), _now())
-                return
-            started = _now()
-            self._launch(plan)
-            prober = Prober(self, container, started, restarts)
-            self._report_running(started, restarts, ready=prober.readiness is None)
-            prober.start()
-            assert self.proc is not None
-            code = self.proc.wait()
-            prober.stop()
-            if code < 0:
-                code = 128 - code
-            if self.stopping.is_set():
-                return
-            finished = _now()
-            message = self._termination_message(container, code)
-            retry = restart_policy == "Always" or (restart_policy == "OnFailure" and code != 0)
-            if not retry:
-                self._unname()
-                reason = "Completed" if code == 0 else "Error"
-                self._report_terminated(code, reason, message, finished, started, restarts)
-                return
-            restarts += 1
-            self._report_last_state(code, message, started, finished, restarts)
-            if self.stopping.wait(min(10, 2**restarts)):
-                return
+                if code != 0:
+                    self._finish(sidecars, [code])
+                    return
+        regular = [r for r in self.containers if r.kind == "regular"]
+        codes: list[int | None] = [None] * len(regular)
 
-    def _pull(self, container: client.V1Container) -> Image | None:
+        def run_one(i: int, run: ContainerRun) -> None:
+            codes[i] = run.run(policy)
+
+        threads = [
+            threading.Thread(target=run_one, args=(i, r), name=f"container-{r.cname}", daemon=True)
+            for i, r in enumerate(regular)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.stopping.is_set() or any(c is None for c in codes):
+            return
+        self._finish(sidecars, [int(c) for c in codes if c is not None])
+
+    def _finish(
+        self, sidecars: list[tuple[ContainerRun, threading.Thread]], codes: list[int]
+    ) -> None:
+        """Every regular container exited (or an init container failed): the sidecars
+        are stopped in reverse order, then the pod is Succeeded or Failed."""
+        self._unname()
+        grace = float(self.pod.spec.termination_grace_period_seconds or 30)
+        for run, thread in reversed(sidecars):
+            run.stop(grace)
+            thread.join(timeout=grace + 5)
+        phase = "Succeeded" if all(c == 0 for c in codes) else "Failed"
+        self.publish(phase)
+        log.info("pod %s/%s: %s (exit codes %s)", self.namespace, self.name, phase, codes)
+
+    def _pull(self, run: ContainerRun) -> Image | None:
         """The container's image from the node's store; while it is not there, the
         container waits in ErrImagePull and ImagePullBackOff, as a kubelet's does when a
         pull fails, and looks again after a back-off (10 s doubling up to 300 s)."""
         backoff = 10.0
-        while not self.stopping.is_set():
+        image = run.container.image or ""
+        while not run.stopping.is_set():
             try:
-                return self.ex.images.lookup(container.image or "")
+                return self.ex.images.lookup(image)
             except ImageNotFound as exc:
-                reason = f'failed to pull and unpack image "{container.image}": {exc}'
-                self._report_waiting("ErrImagePull", reason)
-            if self.stopping.wait(2):
+                reason = f'failed to pull and unpack image "{image}": {exc}'
+                run.set_waiting("ErrImagePull", reason)
+            if run.stopping.wait(2):
                 return None
-            self._report_waiting("ImagePullBackOff", f'Back-off pulling image "{container.image}"')
-            if self.stopping.wait(backoff):
+            run.set_waiting("ImagePullBackOff", f'Back-off pulling image "{image}"')
+            if run.stopping.wait(backoff):
                 return None
             backoff = min(backoff * 2, 300.0)
         return None
@@ -327,24 +350,28 @@ class PodRunner:
             self.ex.names.remove(self.namespace, self.pod.spec.subdomain, self.hostname)
 
     def stop(self, grace: float) -> None:
-        """Stops the process: SIGTERM, then SIGKILL once ``grace`` seconds have passed."""
+        """Stops the pod's processes: the regular containers, then the sidecars (SIGTERM,
+        then SIGKILL once ``grace`` seconds have passed)."""
         self.stopping.set()
         self._unname()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=max(grace, 0.1))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        deadline = time.monotonic() + max(grace, 0.1)
+        regular = [r for r in self.containers if r.kind != "sidecar"]
+        sidecars = [r for r in reversed(self.containers) if r.kind == "sidecar"]
+        for group in (regular, sidecars):
+            for run in group:
+                run.stopping.set()
+                run.signal(signal.SIGTERM)
+            for run in group:
+                run.wait_or_kill(max(deadline - time.monotonic(), 0.1))
         self.thread.join(timeout=5)
 
     # -- building the process ----------------------------------------------------------
     def _plan(
-        self, container: client.V1Container, image: Image | None, rootfs: Path | None
+        self,
+        container: client.V1Container,
+        image: Image | None,
+        rootfs: Path | None,
+        cdir: Path,
     ) -> dict[str, Any]:
         if image is None:
             if not container.command and not container.args:
@@ -363,6 +390,7 @@ class PodRunner:
             base["HOSTNAME"] = self.hostname or self.name
         env = self._environment(container, base)
         self.dir.mkdir(parents=True, exist_ok=True)
+        cdir.mkdir(parents=True, exist_ok=True)
         volumes = self._volumes()
         mounts: list[dict[str, Any]] = []
         for vm in container.volume_mounts or []:
@@ -377,7 +405,7 @@ class PodRunner:
                 {"source": str(source), "target": vm.mount_path, "readOnly": bool(vm.read_only)}
             )
         term_path = container.termination_message_path or "/dev/termination-log"
-        term_file = self.dir / "termination-log"
+        term_file = cdir / "termination-log"
         term_file.write_text("")
         term_file.chmod(0o666)
         mounts.append({"source": str(term_file), "target": term_path, "readOnly": False})
@@ -405,7 +433,7 @@ class PodRunner:
             sc = container.security_context
             plan["image"] = {
                 "rootfs": str(rootfs),
-                "dir": str(self.dir / "container"),
+                "dir": str(cdir / "container"),
                 "readOnlyRoot": bool(sc and sc.read_only_root_filesystem),
                 "uid": uid,
                 "gid": gid,
@@ -444,25 +472,33 @@ class PodRunner:
             groups.update(int(g) for g in psc.supplemental_groups or [])
         return uid, gid, sorted(groups)
 
-    def _launch(self, plan: dict[str, Any]) -> None:
-        plan_file = self.dir / "plan.json"
+    def _launch(self, plan: dict[str, Any], cdir: Path, name: str) -> subprocess.Popen[bytes]:
+        """Starts one container's process (in the pod's network namespace, when it has
+        one: every container of the pod shares its loopback and address)."""
+        plan_file = cdir / "plan.json"
         plan_file.write_text(json.dumps(plan))
-        log_file = open(self.dir / "container.log", "ab")  # noqa: SIM115 - owned by the child
+        log_file = open(cdir / "container.log", "ab")  # noqa: SIM115 - owned by the child
         launcher = [sys.executable, "-m", "lmms_devcluster.launch", str(plan_file)]
         netns = self.sandbox.enter() if self.sandbox is not None else []
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [*netns, *self.ex.unshare_prefix, *launcher],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            cwd=self.dir,
+            cwd=cdir,
         )
         log_file.close()
-        self.ex.register_child(self.proc.pid)
+        self.ex.register_child(proc.pid)
         log.info(
-            "pod %s/%s: started pid %d at %s", self.namespace, self.name, self.proc.pid, self.pod_ip
+            "pod %s/%s: started %s, pid %d at %s",
+            self.namespace,
+            self.name,
+            name,
+            proc.pid,
+            self.pod_ip,
         )
+        return proc
 
     def _host_environment(self) -> dict[str, str]:
         (self.dir / "home").mkdir(parents=True, exist_ok=True)
@@ -711,36 +747,49 @@ class PodRunner:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(value)
 
-    def _termination_message(self, container: client.V1Container, code: int) -> str:
-        path = self.dir / "termination-log"
+    def _termination_message(self, container: client.V1Container, code: int, cdir: Path) -> str:
+        path = cdir / "termination-log"
         try:
             message = path.read_bytes()[:TERMINATION_LOG_LIMIT].decode(errors="replace")
         except OSError:
             message = ""
         policy = container.termination_message_policy or "File"
         if not message and code != 0 and policy == "FallbackToLogsOnError":
-            lines = (self.dir / "container.log").read_text(errors="replace").splitlines()
+            lines = (cdir / "container.log").read_text(errors="replace").splitlines()
             message = "\n".join(lines[-FALLBACK_LOG_LINES:])[-TERMINATION_LOG_LIMIT:]
         return str(message)
 
     # -- status -----------------------------------------------------------------------
-    def _container_status(
-        self, state: dict[str, Any], restarts: int, ready: bool, last: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        container = self.pod.spec.containers[0]
+    def publish(self, phase: str | None = None) -> None:
+        """The pod's status as its containers stand, as a kubelet reports it: the phase
+        (Pending until a regular container has started, Running, then ``phase``), the
+        conditions, and each container's status (``initContainerStatuses``,
+        ``containerStatuses``) with its state, last state and restart count."""
+        regular = [r for r in self.containers if r.kind == "regular"]
+        inits = [r for r in self.containers if r.kind != "regular"]
+        if phase is None:
+            begun = any(r.restarts or "waiting" not in r.state for r in regular)
+            phase = "Running" if begun else "Pending"
+        done = phase in ("Succeeded", "Failed")
+        initialized = done or all(
+            "terminated" in r.state or (r.kind == "sidecar" and r.startup_done.is_set())
+            for r in inits
+        )
+        ready = not done and all(r.ready for r in self.containers if r.kind != "init")
+        reason = "PodCompleted" if done else (None if ready else "ContainersNotReady")
         status: dict[str, Any] = {
-            "name": container.name,
-            "image": container.image or "",
-            "imageID": self.image_id,
-            "containerID": f"process://{self.proc.pid}" if self.proc else None,
-            "ready": ready,
-            "started": "running" in state,
-            "restartCount": restarts,
-            "state": state,
+            "phase": phase,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": self.start_time or _now(),
+            "conditions": self._conditions(ready, reason, initialized),
+            "containerStatuses": [r.status() for r in regular],
         }
-        if last:
-            status["lastState"] = last
-        return status
+        if self.pod_ip:
+            status.update(podIP=self.pod_ip, podIPs=[{"ip": self.pod_ip}])
+        if inits:
+            status["initContainerStatuses"] = [r.status() for r in inits]
+        self._patch_status(status)
 
     def _patch_status(self, status: dict[str, Any]) -> None:
         if self.stopping.is_set():
@@ -749,11 +798,13 @@ class PodRunner:
         # every relist) until it is, as a kubelet's status manager does.
         self.ex.statuses.report(self.uid, self.namespace, self.name, status)
 
-    def _conditions(self, ready: bool, reason: str | None = None) -> list[dict[str, Any]]:
+    def _conditions(
+        self, ready: bool, reason: str | None = None, initialized: bool = True
+    ) -> list[dict[str, Any]]:
         now = _now()
         conds = []
         for ctype in ("Initialized", "ContainersReady", "Ready", "PodReadyToStartContainers"):
-            ok = True if ctype in ("Initialized", "PodReadyToStartContainers") else ready
+            ok = {"Initialized": initialized, "PodReadyToStartContainers": True}.get(ctype, ready)
             cond: dict[str, Any] = {
                 "type": ctype,
                 "status": "True" if ok else "False",
@@ -765,84 +816,195 @@ class PodRunner:
         return conds
 
     def _report_waiting(self, reason: str, message: str) -> None:
-        waiting = {"waiting": {"reason": reason, "message": message}}
-        self._patch_status(
-            {
-                "phase": "Pending",
-                "containerStatuses": [self._container_status(waiting, 0, False)],
-            }
-        )
+        """Every container not started yet waits (the pod's sandbox is not made)."""
+        for run in self.containers:
+            run.state = {"waiting": {"reason": reason, "message": message}}
+        self.publish()
 
-    def _report_running(self, started: str, restarts: int, ready: bool) -> None:
-        self.ready = ready
-        self._patch_status(
-            {
-                "phase": "Running",
-                "hostIP": "127.0.0.1",
-                "hostIPs": [{"ip": "127.0.0.1"}],
-                "podIP": self.pod_ip,
-                "podIPs": [{"ip": self.pod_ip}],
-                "startTime": started,
-                "conditions": self._conditions(ready, None if ready else "ContainersNotReady"),
-                "containerStatuses": [
-                    self._container_status({"running": {"startedAt": started}}, restarts, ready)
-                ],
-            }
-        )
+    def _report_terminated(self, code: int, reason: str, message: str, finished: str) -> None:
+        """The pod failed as a whole (an executor error): every container that has not
+        exited ends with ``reason``."""
+        for run in self.containers:
+            if "terminated" not in run.state:
+                run.state = {"terminated": _terminated(code, reason, message, finished, finished)}
+                run.ready = False
+        self.publish("Failed")
+        log.info("pod %s/%s: exited %d (%s)", self.namespace, self.name, code, reason)
 
+
+class ContainerRun:
+    """One container of a pod: its process (restarted under a restart policy), and its
+    status as a kubelet reports it. ``kind``: ``init``, ``sidecar`` (an init container
+    with ``restartPolicy: Always``) or ``regular``. The first regular container keeps its
+    files (``container.log``, ``termination-log``) in the pod's directory; the others in
+    ``containers/<name>`` there."""
+
+    def __init__(
+        self, pod: PodRunner, container: client.V1Container, kind: str, first: bool
+    ) -> None:
+        self.pod = pod
+        self.container = container
+        self.kind = kind
+        self.cname: str = container.name
+        self.namespace = pod.namespace
+        self.name = f"{pod.name}/{container.name}"  # (for the prober's log lines)
+        self.dir = pod.dir if first else pod.dir / "containers" / container.name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.image_id = ""
+        waiting = "PodInitializing" if kind == "regular" else "ContainerCreating"
+        self.state: dict[str, Any] = {"waiting": {"reason": waiting}}
+        self.last: dict[str, Any] | None = None
+        self.restarts = 0
+        self.ready = False
+        self.started = False
+        #: Set once the container has started and its startup probe (if any) passed.
+        self.startup_done = threading.Event()
+        self.stopping = threading.Event()
+
+    @property
+    def pod_ip(self) -> str:
+        return self.pod.pod_ip
+
+    def set_waiting(self, reason: str, message: str) -> None:
+        self.state = {"waiting": {"reason": reason, "message": message}}
+        self.pod.publish()
+
+    def run(self, policy: str) -> int | None:
+        """Runs the container until it exits for good under ``policy`` (Always, OnFailure,
+        Never); its last exit code, or None when it was stopped with its pod."""
+        self._run_policy = policy
+        image: Image | None = None
+        rootfs: Path | None = None
+        if (self.container.image or "") != HOST_IMAGE:
+            image = self.pod._pull(self)
+            if image is None:
+                return None
+            self.image_id = image.image_id
+            self.set_waiting("ContainerCreating", "")
+            rootfs = self.pod.ex.images.rootfs(image)
+        while not self.stopping.is_set():
+            try:
+                plan = self.pod._plan(self.container, image, rootfs, self.dir)
+            except _NotReady as exc:
+                # Like a kubelet: the pod waits (ContainerCreating) until its volumes exist.
+                self.set_waiting("ContainerCreating", str(exc))
+                if self.stopping.wait(2):
+                    return None
+                continue
+            except _InvalidPod as exc:
+                self._terminate(128, "CreateContainerConfigError", str(exc), _now(), _now())
+                return 128
+            code = self._once(plan)
+            if code is None:
+                return None
+            if code[0] is False:
+                return code[1]
+        return None
+
+    def _once(self, plan: dict[str, Any]) -> tuple[bool, int] | None:
+        """One start of the process: (False, code) when it ended for good, (True, code)
+        when it is to be restarted, None when its pod is being deleted."""
+        started = _now()
+        self.proc = self.pod._launch(plan, self.dir, self.cname)
+        prober = Prober(self, self.container, started, self.restarts)
+        self.state = {"running": {"startedAt": started}}
+        self.started, self.ready = True, prober.readiness is None
+        if prober.startup is None:
+            self.startup_done.set()
+        self.pod.publish()
+        prober.start()
+        code = self.proc.wait()
+        prober.stop()
+        if code < 0:
+            code = 128 - code
+        if self.pod.stopping.is_set():
+            return None
+        finished = _now()
+        message = self.pod._termination_message(self.container, code, self.dir)
+        policy_retry = self._policy_retry(code)
+        if self.stopping.is_set() or not policy_retry:
+            self._terminate(code, "Completed" if code == 0 else "Error", message, started, finished)
+            return (False, code)
+        self.restarts += 1
+        reason = "Completed" if code == 0 else "Error"
+        self.last = {"terminated": _terminated(code, reason, message, started, finished)}
+        self.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off restarting failed container {self.cname}",
+            }
+        }
+        self.started = self.ready = False
+        self.pod.publish()
+        if self.stopping.wait(min(10, 2**self.restarts)):
+            self.state = dict(self.last)  # stopped in its back-off: its last end stands
+            self.pod.publish()
+            return (False, code)
+        return (True, code)
+
+    def _policy_retry(self, code: int) -> bool:
+        policy = "Always" if self.kind == "sidecar" else self._run_policy
+        return policy == "Always" or (policy == "OnFailure" and code != 0)
+
+    _run_policy = "Never"
+
+    def _terminate(self, code: int, reason: str, message: str, started: str, finished: str) -> None:
+        self.state = {"terminated": _terminated(code, reason, message, started, finished)}
+        self.started = self.ready = False
+        self.pod.publish()
+        log.info("pod %s: container exited %d (%s)", self.name, code, reason)
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "name": self.cname,
+            "image": self.container.image or "",
+            "imageID": self.image_id,
+            "containerID": f"process://{self.proc.pid}" if self.proc else None,
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restarts,
+            "state": self.state,
+        }
+        if self.last:
+            status["lastState"] = self.last
+        return status
+
+    # -- for the prober and the pod ---------------------------------------------------
     def set_ready(self, ready: bool, started: str, restarts: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self._report_running(started, restarts, ready)
+            self.ready = ready
+            self.pod.publish()
 
-    def kill_container(self, grace: float) -> None:
-        """Ends the container's process (a failed liveness probe); the pod lives on and
-        its restart policy decides what comes next."""
+    def signal(self, sig: int) -> None:
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+    def wait_or_kill(self, grace: float) -> None:
+        proc = self.proc
+        if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=grace)
+            proc.wait(timeout=max(grace, 0.1))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
-    def _report_last_state(
-        self, code: int, message: str, started: str, finished: str, restarts: int
-    ) -> None:
-        last = {"terminated": _terminated(code, "Error", message, started, finished)}
-        waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "restarting"}}
-        self._patch_status(
-            {
-                "containerStatuses": [self._container_status(waiting, restarts, False, last)],
-            }
-        )
+    def kill_container(self, grace: float) -> None:
+        """Ends the container's process (a failed liveness or startup probe); the pod
+        lives on and the restart policy decides what comes next."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        self.wait_or_kill(grace)
 
-    def _report_terminated(
-        self,
-        code: int,
-        reason: str,
-        message: str,
-        finished: str,
-        started: str | None = None,
-        restarts: int = 0,
-    ) -> None:
-        terminated = {
-            "terminated": _terminated(code, reason, message, started or finished, finished)
-        }
-        self._patch_status(
-            {
-                "phase": "Succeeded" if code == 0 else "Failed",
-                "hostIP": "127.0.0.1",
-                "podIP": self.pod_ip,
-                "podIPs": [{"ip": self.pod_ip}],
-                "startTime": started or finished,
-                "conditions": self._conditions(False, "PodCompleted"),
-                "containerStatuses": [self._container_status(terminated, restarts, False)],
-            }
-        )
-        log.info("pod %s/%s: exited %d (%s)", self.namespace, self.name, code, reason)
+    def stop(self, grace: float) -> None:
+        """Stops a sidecar once the regular containers have exited."""
+        self.stopping.set()
+        self.signal(signal.SIGTERM)
+        self.wait_or_kill(grace)
 
 
 class Prober:
@@ -855,7 +1017,7 @@ class Prober:
     ready again."""
 
     def __init__(
-        self, pod: PodRunner, container: client.V1Container, started: str, restarts: int
+        self, pod: ContainerRun, container: client.V1Container, started: str, restarts: int
     ) -> None:
         self.pod = pod
         self.container = container
@@ -934,6 +1096,7 @@ class Prober:
             successes = successes + 1 if ok else 0
             if kind == "startup" and ok:
                 self._started.set()
+                self.pod.startup_done.set()
                 return
             if kind == "readiness":
                 if ok and not self.pod.ready and successes >= (probe.success_threshold or 1):

@@ -5,6 +5,8 @@
 # and their public default bases.
 #
 #   tests/infra/lmms_devcluster/images.sh [operator|runner|all]   # make images: all
+#   tests/infra/lmms_devcluster/images.sh engine-vllm|engine-sglang   # make images ENGINES=vllm
+#   tests/infra/lmms_devcluster/images.sh engine-stub   # the engine e2e test's stand-in
 #   tests/infra/lmms_devcluster/images.sh user-check   # the runner's user on two bases
 #
 # Cached: the base under ~/.cache/lmms-operator/images, keyed by its package list; an
@@ -117,6 +119,24 @@ runner() {
     --build-arg RUNNER_LOCK=requirements/runner-py311.txt
 }
 
+# The inference engines' images (spec.model.engine), each from its own lock
+# (runner-image/engines/<engine>/requirements.txt, Python 3.12): large (CUDA, torch), so
+# built only when asked. They need a base whose python3 is 3.12 (ENGINE_BASE, default
+# NVIDIA's CUDA runtime on Ubuntu 24.04 as the Dockerfile says), which the Debian bookworm
+# base made here is not.
+engine() {
+  local e="$1" dir="runner-image/engines/$1" extra=()
+  [ -n "${ENGINE_BASE:-}" ] && extra+=(--build-arg CUDA_BASE="$ENGINE_BASE")
+  build "lmms-engine-$e" "$(sources_hash -- "$dir")" \
+    "$dir/Dockerfile" "${extra[@]}"
+}
+
+# The engine e2e test's stand-in engine: the loopback model server behind `vllm serve`.
+engine_stub() {
+  build lmms-engine-stub "$(sources_hash tests/fixtures/openai_server.py -- tests/fixtures/engine)" \
+    tests/fixtures/engine/Dockerfile
+}
+
 # user-check: the runner Dockerfile's runtime stage (its packages and its user at uid and
 # gid 1000) on the base above and on a variant of it that already holds uid and gid 1000,
 # as Ubuntu 24.04 images hold `ubuntu` (the default CUDA base's; here also in group adm,
@@ -180,6 +200,9 @@ case "${1:-all}" in
   operator) operator ;;
   runner) runner ;;
   all) operator && runner ;;
+  engine-vllm) engine vllm ;;
+  engine-sglang) engine sglang ;;
+  engine-stub) engine_stub ;;
   user-check) user_check "${2:-}" ;;
-  *) log "unknown image ${1}: operator, runner, all or user-check"; exit 2 ;;
+  *) log "unknown image ${1}: operator, runner, all, engine-vllm, engine-sglang, engine-stub or user-check"; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 """The lock files: every transitive package pinned with its hashes, per target.
 
     python -m lmms_devcluster.lock            # (re)write requirements/*.txt (make lock)
+    python -m lmms_devcluster.lock engines    # runner-image/engines/*/requirements.txt
 
 | file                        | Python | what                          | used by                  |
 |-----------------------------|--------|-------------------------------|--------------------------|
@@ -10,6 +11,11 @@
 | requirements/runner-py311.txt | 3.11 | the same, for Python 3.11     | the runner image on a    |
 |                             |        |                               | Debian bookworm base     |
 |                             |        |                               | (make images)            |
+
+The inference engines' images (``runner-image/engines/<engine>/``) have locks of their
+own, resolved from the ``requirements.in`` beside each (the engine, pinned) for Python
+3.12 on the platform its wheels are built for (``ENGINE_PLATFORMS``), and installed with
+``--no-deps``: every package is in the lock.
 
 Each file starts with ``# pyproject-sha256: <hash>``, the hash of pyproject.toml's
 dependency lists: ``tests/unit/test_lock.py`` fails when they change and the locks were
@@ -155,5 +161,28 @@ def write() -> None:
             print(f"wrote {out.relative_to(REPO)}")
 
 
+#: The platform each engine's wheels need (SGLang publishes manylinux_2_34 only).
+ENGINE_PLATFORMS = {"vllm": "x86_64-manylinux_2_28", "sglang": "x86_64-manylinux_2_34"}
+ENGINE_DIR = REPO / "runner-image" / "engines"
+
+
+def write_engines() -> None:
+    uv = str(Path(sys.executable).with_name("uv"))
+    for engine, platform in ENGINE_PLATFORMS.items():
+        source, out = (
+            ENGINE_DIR / engine / "requirements.in",
+            ENGINE_DIR / engine / "requirements.txt",
+        )
+        cmd = [uv, "pip", "compile", str(source), "--generate-hashes", "--no-header"]
+        cmd += ["--python-version", "3.12", "--python-platform", platform, "--quiet"]
+        subprocess.run([*cmd, "--output-file", str(out)], check=True, cwd=REPO)
+        out.write_text(
+            f"# python 3.12, {platform}: the {engine} engine image's lock (install with "
+            "--require-hashes --no-deps); written by `python -m lmms_devcluster.lock engines`\n"
+            + out.read_text()
+        )
+        print(f"wrote {out.relative_to(REPO)}")
+
+
 if __name__ == "__main__":
-    write()
+    write_engines() if sys.argv[1:] == ["engines"] else write()
