@@ -39,7 +39,7 @@ from .reconcile import leaderboard as lb
 from .reconcile import lease
 from .reconcile import reasons as R
 from .reconcile.job import LABEL_MANAGED_BY, MANAGED_BY
-from .reconcile.plan import Evaluation, IndexEntries, Plan, PublishEntries, Replan
+from .reconcile.plan import Evaluation, IndexEntries, KeepSamples, Plan, PublishEntries, Replan
 from .reconcile.publishing import PUBLISH_TRIES
 from .reconcile.times import fmt_time
 
@@ -96,6 +96,10 @@ class Applier:
                 if not create.best_effort:
                     raise
                 log.warning("%s not created: %s", create.obj["metadata"]["name"], exc)
+        if plan.samples is not None:
+            replan = self._samples(namespace, plan.samples)
+            if replan is not None:
+                return replan
         if plan.evaluation is not None:
             replan = self._evaluation(run, plan.evaluation)
             if replan is not None:
@@ -136,6 +140,25 @@ class Applier:
             return Replan(refused=exc.message)
         if not created:
             return Replan(job_exists=True)  # read it back: its state decides
+        return None
+
+    def _samples(self, namespace: str, step: KeepSamples) -> Replan | None:
+        """The samples' ConfigMaps, all or none: one the API server refuses (too large,
+        over a quota, forbidden) deletes those made, and the pass plans again without
+        them (the scores do not wait for the samples). An API server that does not answer
+        fails the pass (it is retried)."""
+        try:
+            for obj in step.config_maps:
+                self.writes.create(obj)
+        except errors.Unavailable:
+            raise
+        except errors.ApiError as exc:
+            for obj in step.config_maps:
+                try:
+                    self.writes.delete_config_map(namespace, obj["metadata"]["name"])
+                except errors.ApiError as again:  # owned by the run: collected with it
+                    log.warning("%s not deleted: %s", obj["metadata"]["name"], again)
+            return Replan(samples_failed=str(exc)[:1000])
         return None
 
     def _publish(self, step: PublishEntries) -> Replan | None:

@@ -7,12 +7,10 @@
   after a burst of Job and pod events, at every resync, and on a backoff after a
   transient failure. Any other failure ends the run ``Failed`` (``reconcile.guard``): one
   object never stops the others, nor is retried for ever.
-- **A pass** reads a snapshot (the run from the store, its Job and pods from the watch
-  caches, referenced objects through ``reads``), asks a pure decision of ``reconcile/``
-  for a Plan (admission while the status does not reflect the spec, observation after),
-  and hands it to the applier (``applier.py``), the one writer. When the applier answers
-  ``Replan`` (a token Secret or Job that exists already, a refused object, a publish
-  given up), the pass reads and decides again with that fact.
+- **A pass** reads a snapshot (the run, its Job and pods from the caches, referenced
+  objects through ``reads``), asks ``reconcile/`` for a Plan (admission while the status
+  does not reflect the spec, observation after) and hands it to the applier, the one
+  writer, whose ``Replan`` (an object that exists, a refused one...) it decides again with.
 - **The runner protocol** (``runnerprotocol.py``) scrapes the runners; what their answers
   change is decided and applied here too (``answered``, ``results``...), one writer per run.
 """
@@ -32,7 +30,7 @@ from typing import Any
 
 from . import errors, k8s, reads
 from .api import EvalRunSpec
-from .api.runner import ResultsSummary, RunnerProgress
+from .api.runner import ResultsSummary, RunnerProgress, SamplesReport
 from .applier import Applier
 from .clock import Clock
 from .config import Settings
@@ -356,7 +354,7 @@ class Controller:
                 if entry is not None:
                     entry.publish_failures = 0
                 return plan
-            inputs = dataclasses.replace(inputs, publish_failed=facts.publish_failed)
+            inputs = inputs.after(facts)
         raise errors.Conflict(f"{run['metadata']['name']}: the plan keeps changing")
 
     def _apply(self, run: Mapping[str, Any], plan: Plan) -> Replan | None:
@@ -414,7 +412,9 @@ class Controller:
 
         self._update(uid, act)
 
-    def results(self, uid: str, summary: ResultsSummary, image: str | None) -> None:
+    def results(
+        self, uid: str, summary: ResultsSummary, image: str | None, samples: SamplesReport | None
+    ) -> None:
         def act(run: dict[str, Any]) -> None:
             spec = EvalRunSpec.model_validate(run.get("spec") or {})
             status = run.get("status") or {}
@@ -423,7 +423,8 @@ class Controller:
                 assert inputs is not None
                 return pub.decide(run, spec, status, inputs, self.clock.now())
 
-            self._published(uid, run, spec, Plan(), decide, summary=summary, image=image)
+            found = {"summary": summary, "image": image, "samples": samples}
+            self._published(uid, run, spec, Plan(), decide, **found)
 
         self._update(uid, act)
 

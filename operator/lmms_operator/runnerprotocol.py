@@ -5,6 +5,9 @@ no Kubernetes credentials. It pulls, like Prometheus:
   sooner, a few times, when its runner is about to finish (``progress.follow_up``);
 - ``GET /results`` with the run's bearer token once a runner is done, or as a long poll
   (``?wait=``) while it is about to be, answered the moment its results are ready;
+- ``GET /samples`` with the same token, right after the results, for a run that logs its
+  samples (``spec.evaluation.logSamples``): compact, bounded; a failure costs the samples,
+  never the results;
 - ``POST /ack`` once the results are kept, so that the runner exits and frees its GPUs;
 - a fan-out's shards: each runner is scraped, each shard's results are kept as they come
   and acknowledged, and the last one publishes the merged set.
@@ -27,7 +30,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from . import errors, k8s
-from .api.runner import ResultsSummary, RunnerProgress
+from .api.runner import ResultsSummary, RunnerProgress, SamplesReport
 from .clock import Clock
 from .config import Settings
 from .metrics import Metrics
@@ -53,7 +56,9 @@ class Runs(Protocol):
 
     def unanswered(self, uid: str, message: str) -> None: ...
 
-    def results(self, uid: str, summary: ResultsSummary, image: str | None) -> None: ...
+    def results(
+        self, uid: str, summary: ResultsSummary, image: str | None, samples: SamplesReport | None
+    ) -> None: ...
 
     def shard_results(
         self, uid: str, index: int, summary: ResultsSummary, image: str | None
@@ -349,6 +354,20 @@ class RunnerProtocol:
                 )
                 return i, None
 
+        async def samples(i: int) -> SamplesReport | None:
+            """The runner's logged samples, when the run logs them (a single-pod run)."""
+            spec = (self.store.get(uid) or {}).get("spec") or {}
+            if shards or not (spec.get("evaluation") or {}).get("logSamples"):
+                return None
+            try:
+                answer = await self.scraper.request(
+                    "GET", f"{self._base(pods[i])}/samples", token=token
+                )
+                return SamplesReport.model_validate(answer)
+            except (errors.ScrapeError, ValueError) as exc:
+                log.warning("logged samples of %s not fetched: %s", job_name, str(exc)[:300])
+                return None
+
         async def ack(i: int) -> None:
             try:
                 await self.scraper.request("POST", f"{self._base(pods[i])}/ack", token=token)
@@ -368,7 +387,8 @@ class RunnerProtocol:
                 if shards:
                     await self._in_thread(self.runs.shard_results, uid, i, summary, image)
                 else:
-                    await self._in_thread(self.runs.results, uid, summary, image)
+                    kept = await samples(i)
+                    await self._in_thread(self.runs.results, uid, summary, image, kept)
                 acks.append(asyncio.ensure_future(ack(i)))
         finally:
             for pending in fetches:

@@ -48,6 +48,9 @@ class Runner:
         self.server: RunnerServer | None = None
         self.supervisor = Supervisor(self.tracker, self.redact)
         self.finish = Finish(args.termination_log, self.tracker, self.redact, args.hold_timeout)
+        if self.state is not None:  # the full samples files stay on the cache volume
+            self.finish.samples_dir = self.state / "samples"
+            self.finish.volume_root = env.get("HF_HOME")
         self.include_paths = self._include_paths()
         self._results_file: Path | None = None
         #: The model server (LMMS_MODEL_URL) and, once it answered, the model it serves.

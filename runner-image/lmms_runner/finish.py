@@ -15,9 +15,10 @@ from lmms_operator.api.runner import (
     EXIT_UPLOAD_FAILED,
     RESULTS_SUMMARY_FILE,
     ResultsSummary,
+    SamplesReport,
 )
 
-from . import results, upload
+from . import results, samples, upload
 from .config import RunConfig
 from .log import log
 from .progress import Tracker
@@ -46,6 +47,10 @@ class Finish:
     redact: Redactor
     hold_timeout: float
     server: RunnerServer | None = None
+    #: A directory on the cache volume where the full samples files are kept, and the
+    #: volume's mount point (the status names the path within the volume).
+    samples_dir: Path | None = None
+    volume_root: str | None = None
 
     def failed(self, message: str, reason: str = "EvaluationFailed") -> int:
         """The evaluation failed: why (with lmms-eval's last error), redacted, everywhere."""
@@ -91,6 +96,8 @@ class Finish:
         summary.truncated = json.loads(text).get("truncated", False)
         write_termination(self.termination_log, text)
         if self.server is not None:
+            if cfg.spec.evaluation.log_samples:
+                self.server.samples = self._samples(output)
             self.server.results = summary
         self.tracker.set_phase(
             "done" if code == EXIT_OK else "failed", None if code == EXIT_OK else "UploadFailed"
@@ -105,6 +112,18 @@ class Finish:
             log("the upload failed, but the operator kept the results: exiting 0")
             return EXIT_OK
         return code
+
+    def _samples(self, output: Path) -> SamplesReport | None:
+        """The logged samples, compact (and the full files on the cache volume); a failure
+        to read them costs the samples only, never the scores."""
+        try:
+            report = samples.report(output, self.samples_dir, self.volume_root, self.redact)
+        except (OSError, ValueError) as exc:
+            log(self.redact(f"the logged samples were not read: {exc}"))
+            return None
+        kept = sum(len(t.records) for t in report.tasks)
+        log(f"logged samples: {kept} record(s) of {len(report.tasks)} task(s) to serve")
+        return report
 
     def _upload(
         self, summary: ResultsSummary, cfg: RunConfig, env: dict[str, str], output: Path

@@ -4,6 +4,8 @@ GET  /healthz    liveness
 GET  /progress   RunnerProgress (JSON)
 GET  /metrics    Prometheus text
 GET  /results    ResultsSummary (JSON)              bearer token
+GET  /samples    SamplesReport (JSON): the logged samples, compact, once the results are
+                 ready (404 when the run logs none)  bearer token
                  ``?wait=S``: answer once the results are ready (or the run failed), or
                  after S seconds (at most ``MAX_WAIT``): the operator asks a runner near
                  its end, to collect its results, and free its pod, at once
@@ -25,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from lmms_operator.api.runner import ResultsSummary
+from lmms_operator.api.runner import ResultsSummary, SamplesReport
 
 from .progress import Tracker
 
@@ -52,6 +54,8 @@ class RunnerServer:
         self.tracker = tracker
         self.token = token
         self._results: ResultsSummary | None = None
+        #: Set before the results: the operator asks for them once it has the results.
+        self.samples: SamplesReport | None = None
         self._ready = threading.Event()
         self.acknowledged = threading.Event()
         self.registry = CollectorRegistry()
@@ -155,6 +159,7 @@ class RunnerServer:
                     ),
                     "/metrics": lambda: self._send(200, server._metrics(), CONTENT_TYPE_LATEST),
                     "/results": self._results,
+                    "/samples": self._samples,
                 }
                 route = routes.get(self.path.split("?")[0])
                 if route is None:
@@ -171,6 +176,15 @@ class RunnerServer:
                     self._json(404, {"error": "no results yet", "phase": server.tracker.phase})
                 else:
                     self._send(200, summary.model_dump_json(by_alias=True).encode())
+
+            def _samples(self) -> None:
+                if not server._authorized(self.headers.get("Authorization")):
+                    self._json(401, {"error": "a valid bearer token is required"})
+                elif server.samples is None:
+                    self._json(404, {"error": "no logged samples", "phase": server.tracker.phase})
+                else:
+                    body = server.samples.model_dump_json(by_alias=True, exclude_defaults=True)
+                    self._send(200, body.encode())
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -207,6 +207,47 @@ def test_kubectl_lmms_and_kubectl_get_and_wait(
     gate = kubectl(cluster, plugin_path, "lmms", "compare", "base", "cand", *ns)
     assert gate.returncode == 3, gate.stdout + gate.stderr
     assert "a regression (--fail-on regression): mme acc,none" in gate.stdout
+    assert " z " in gate.stdout and "unpaired: both runs' logged samples" in gate.stdout
+    # With both runs' logged samples (as the operator keeps them for logSamples: status
+    # .samples names ConfigMaps the run owns), the paired test over the shared documents:
+    # base right on 8 of 10, cand on 5 and right wherever cand is, plus a document only
+    # base scored. Differences 1,1,1,0,...: mean 0.3, t = 0.3/√(0.2333/10) = 1.964,
+    # p = 0.0811 (scipy.stats.ttest_rel): a drop whose significance the z-test claimed
+    # (p ≈ 0) is not significant paired over ten documents.
+    core = client.CoreV1Api(api)
+    for name, right in (("base", 8), ("cand", 5)):
+        run = er.get(api, namespace, name)
+        n = 11 if name == "base" else 10
+        lines = [json.dumps({"id": i, "scores": {"acc": float(i < right)}}) for i in range(n)]
+        cm = f"{name}-samples-0"
+        core.create_namespaced_config_map(
+            namespace,
+            {
+                "metadata": {
+                    "name": cm,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": f"{GROUP}/{VERSION}",
+                            "kind": "EvalRun",
+                            "name": name,
+                            "uid": run["metadata"]["uid"],
+                        }
+                    ],
+                },
+                "data": {"0.jsonl": "\n".join(lines), "index.json": '{"0.jsonl": "mme"}'},
+            },
+        )
+        pointer = {"tasks": [{"task": "mme", "count": n, "kept": n, "configMaps": [cm]}]}
+        objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "evalruns", name, {"status": {"samples": pointer}}
+        )
+    paired = kubectl(cluster, plugin_path, "lmms", "compare", "base", "cand", *ns, "-o", "json")
+    assert paired.returncode == 0, paired.stdout + paired.stderr
+    (row,) = json.loads(paired.stdout)
+    assert (row["test"], row["paired"], row["significant"]) == ("paired-t", 10, False)
+    assert row["diff"] == pytest.approx(0.3) and row["p"] == pytest.approx(0.081126, abs=1e-6)
+    table = kubectl(cluster, plugin_path, "lmms", "compare", "base", "cand", *ns)
+    assert "paired n=10" in table.stdout and "(10 paired)" in table.stdout
 
     # Errors: one line on stderr, exit 1.
     missing = kubectl(cluster, plugin_path, "lmms", "wait", "ghost", *ns)

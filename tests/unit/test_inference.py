@@ -94,6 +94,7 @@ def test_sglang_and_a_revision() -> None:
 def test_a_run_without_an_engine_has_no_sidecar() -> None:
     spec = raw(type="qwen2_vl")
     del spec["model"]["engine"]
+    spec["model"]["multiGPU"] = "ModelParallel"  # a 72B checkpoint, no declared GPU memory
     pod = pod_spec(spec)
     assert "initContainers" not in pod
     assert "LMMS_MODEL_URL" not in {e["name"] for e in pod["containers"][0]["env"]}

@@ -366,7 +366,15 @@ class EvaluationSpec(ApiModel):
         le=2**32 - 1,
         description="Seed for Python, NumPy, torch and few-shot sampling (--seed).",
     )
-    log_samples: bool = Field(default=False, description="Save per-sample outputs (--log_samples).")
+    log_samples: bool = Field(
+        default=False,
+        description="Log per-sample outputs (lmms-eval's --log_samples) and keep them "
+        "without an object store: compact records (doc id, target, filtered response, "
+        "per-sample metric values; text cut to 200 characters) in ConfigMaps owned by the "
+        "run, the full files on the cache volume (spec.cache) and in the output "
+        "(spec.output.s3) when the run has them; status.samples says where. `kubectl lmms "
+        "compare` pairs two such runs document by document.",
+    )
     verbosity: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO",
         description="lmms-eval's log level (--verbosity). The run's progress does not depend "

@@ -141,3 +141,49 @@ class ResultsSummary(ApiModel):
     s3_location: str | None = None
     evaluation_seconds: float | None = None
     truncated: bool = False
+
+
+# -- logged samples (``spec.evaluation.logSamples``) ----------------------------------------------
+
+#: A sample's text fields (its target and filtered response) are cut to this many
+#: characters; the record says so (``cut``).
+SAMPLE_TEXT_LIMIT = 200
+#: The most per-sample metric values a record keeps.
+SAMPLE_SCORES_LIMIT = 16
+#: The most bytes of samples a runner serves (``GET /samples``), in all: under the
+#: operator's bound on an answer, and the most the run's sample ConfigMaps hold.
+SAMPLES_BYTES_LIMIT = 3 * 1024 * 1024
+
+
+class SampleRecord(ApiModel):
+    """One document of a task as lmms-eval logged it (``samples_<task>.jsonl``), compact:
+    its id, the target and the filtered response (cut to ``SAMPLE_TEXT_LIMIT``
+    characters), and its per-sample metric values (numbers only)."""
+
+    id: int | str = Field(description="lmms-eval's doc_id.")
+    target: str | None = None
+    response: str | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+    cut: bool = Field(default=False, description="A text field was cut.")
+
+
+class TaskSamples(ApiModel):
+    task: str
+    count: int = Field(description="Documents lmms-eval logged for the task.")
+    truncated: bool = Field(
+        default=False,
+        description="Records were left out or shortened: text fields cut, text dropped to "
+        "keep the scores, or records dropped (``note`` says which).",
+    )
+    note: str | None = None
+    records: list[SampleRecord] = Field(default_factory=list)
+
+
+class SamplesReport(ApiModel):
+    """``GET /samples``: the logged samples of every task, compact, within
+    ``SAMPLES_BYTES_LIMIT``."""
+
+    tasks: list[TaskSamples] = Field(default_factory=list)
+    path: str | None = Field(
+        default=None, description="Where the full samples files were copied (the cache volume)."
+    )

@@ -124,6 +124,55 @@ class ReusedResult(ApiModel):
     index_entry: Name = Field(description="The index entry's ConfigMap.", max_length=253)
 
 
+class SampledTask(ApiModel):
+    """Where one task's logged samples are kept."""
+
+    task: Name = Field(description="Task name.", max_length=253)
+    count: Count = Field(default=0, description="Documents lmms-eval logged for the task.")
+    kept: Count = Field(default=0, description="Records kept in the ConfigMaps.")
+    truncated: bool = Field(
+        default=False,
+        description="Records were left out or shortened to fit (note says how); the full "
+        "samples are where location or path says, when the run has either.",
+    )
+    note: Annotated[str, cap(1024)] | None = Field(
+        default=None, description="What was left out.", max_length=1024
+    )
+    config_maps: Annotated[list[Name], cap(16)] = Field(
+        default_factory=list,
+        description="The ConfigMaps that hold the task's records, under the key <i>.jsonl "
+        "(i: the task's index in status.samples.tasks), one JSON object a line: id, target, "
+        "response, scores.",
+        max_length=16,
+        json_schema_extra={"items": {"type": "string", "maxLength": 253}},
+    )
+
+
+class SamplesStatus(ApiModel):
+    """Where the samples of a run with spec.evaluation.logSamples are kept."""
+
+    tasks: Annotated[list[SampledTask], cap(MAX_TASKS)] = Field(
+        default_factory=list,
+        description="Per task: the documents logged, the records kept and the ConfigMaps "
+        "that hold them.",
+        max_length=MAX_TASKS,
+    )
+    location: Annotated[str, cap(2048)] | None = Field(
+        default=None,
+        description="Object-store URL of the run's output, which holds the full samples "
+        "files (with spec.output.s3).",
+        max_length=2048,
+    )
+    persistent_volume_claim: Name | None = Field(
+        default=None,
+        description="The cache volume (spec.cache) that holds the full samples files.",
+        max_length=253,
+    )
+    path: Annotated[str, cap(1024)] | None = Field(
+        default=None, description="Their directory on that volume.", max_length=1024
+    )
+
+
 class EvalRunStatus(ApiModel):
     """What the operator observed."""
 
@@ -214,6 +263,12 @@ class EvalRunStatus(ApiModel):
     )
     results_location: Annotated[str, cap(2048)] | None = Field(
         default=None, description="Object-store URL of results.", max_length=2048
+    )
+    samples: SamplesStatus | None = Field(
+        default=None,
+        description="With spec.evaluation.logSamples: where the logged samples are kept "
+        "(ConfigMaps owned by the run, compact; the full files on the cache volume or in "
+        "the object store).",
     )
     leaderboard_published: bool | None = Field(
         default=None, description="The scores are in the Leaderboard named by spec.leaderboard."

@@ -103,7 +103,7 @@ def data(value: Any, output: str) -> str:
     if output == "yaml":
         return yaml.dump(
             value, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
-        ).rstrip()
+        ).rstrip("\n")  # only the line break: str.rstrip() would strip a value's U+00A0 too
     text = json.dumps(value, indent=1, ensure_ascii=False)
     # Outside strings JSON is ASCII: every such character is in a string, where an
     # escape means the same character.

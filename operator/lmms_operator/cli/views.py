@@ -13,9 +13,10 @@ from .. import k8s, leaderboards
 from ..reconcile.columns import headline_score, tasks_label
 from ..reconcile.identity import model_identity
 from ..reconcile.reasons import ACTIVE
-from ..reconcile.significance import DEFAULT_ALPHA, Row, compare
+from ..reconcile.significance import DEFAULT_ALPHA, PAIRED_T_TEST, Row, Scores, compare
 from ..reconcile.times import human_duration, seconds_between
 from . import output as out
+from . import samples as logged
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, int | float) else ""
 
 
-def _run_results(target: Target, ref: str) -> tuple[str, list[dict[str, Any]]]:
+def _run_results(target: Target, ref: str) -> tuple[str, list[dict[str, Any]], Scores | None]:
+    """The run's results and, when it kept its logged samples, its per-document scores."""
     ns, name = target.split(ref)
     run = target.api.get_evalrun(ns, name)
     if run is None:
@@ -176,7 +178,7 @@ def _run_results(target: Target, ref: str) -> tuple[str, list[dict[str, Any]]]:
     status = run.get("status") or {}
     if not status.get("results"):
         raise out.Failure(f"EvalRun {ns}/{name} has no results (phase {status.get('phase')})")
-    return f"{ns}/{name}", list(status["results"])
+    return f"{ns}/{name}", list(status["results"]), logged.run_scores(target.api, run)
 
 
 def _model_entries(
@@ -194,16 +196,42 @@ def _model_entries(
 
 
 def significance(
-    a: list[dict[str, Any]], b: list[dict[str, Any]], alpha: float
+    a: list[dict[str, Any]],
+    b: list[dict[str, Any]],
+    alpha: float,
+    samples: tuple[Scores | None, Scores | None] = (None, None),
 ) -> tuple[list[Row], str]:
-    """The one place that chooses the test, and says which it was: today a two-sided
-    z-test for independent runs, on lmms-eval's reported standard errors."""
-    rows = compare(a, b, alpha)
-    told = (
-        f"significant: p < {alpha} (two-sided z-test on the difference, standard error "
-        "sqrt(stderr_A² + stderr_B²) from lmms-eval's reported standard errors)"
+    """The one place that chooses the test, and says which it was: when both runs kept
+    their logged samples, the paired t-test on the per-document scores of the documents
+    both scored (lmms-eval's paired test); else the z-test for independent runs, on
+    lmms-eval's reported standard errors."""
+    sa, sb = samples
+    both = (sa, sb) if sa is not None and sb is not None else None
+    rows = compare(a, b, alpha, both)
+    counts = sorted(
+        {r.difference.n or 0 for r in rows if r.difference and r.difference.test == PAIRED_T_TEST}
     )
-    return rows, told
+    paired = sum(1 for r in rows if r.difference and r.difference.test == PAIRED_T_TEST)
+    lines = [f"significant: p < {alpha}"]
+    if paired:
+        shown = ", ".join(str(n) for n in counts)
+        lines.append(
+            "paired: two-sided paired t-test on the per-document scores (lmms-eval's paired "
+            f"test), documents matched by doc id, only those both runs scored ({shown} paired)"
+        )
+    if paired < len(rows):
+        if paired:
+            why = "the other rows: "
+        elif both is None:
+            why = "unpaired: both runs' logged samples (spec.evaluation.logSamples) are needed "
+            why += "for the paired test; "
+        else:
+            why = "unpaired: no metric was scored per document in both runs; "
+        lines.append(
+            f"z: {why}two-sided z-test on the difference, standard error "
+            "sqrt(stderr_A² + stderr_B²) from lmms-eval's reported standard errors"
+        )
+    return rows, "\n".join(lines)
 
 
 def _lost(r: Row) -> bool:
@@ -259,14 +287,16 @@ def compare_results(
         if board is None:
             raise out.Failure(f"Leaderboard {target.namespace}/{leaderboard} not found")
         (name_a, res_a), (name_b, res_b) = (_model_entries(target, board, m) for m in (a, b))
+        scores: tuple[Scores | None, Scores | None] = (None, None)
     else:
-        (name_a, res_a), (name_b, res_b) = (_run_results(target, r) for r in (a, b))
-    rows, told = significance(res_a, res_b, alpha)
+        (name_a, res_a, sa), (name_b, res_b, sb) = (_run_results(target, r) for r in (a, b))
+        scores = (sa, sb)
+    rows, told = significance(res_a, res_b, alpha, scores)
     failing = [r for r in rows if FAIL_ON[fail_on](r)]
     code = out.REGRESSION if failing else out.OK
     if output in ("json", "yaml"):
         return out.data([_row_json(r) for r in rows], output), code
-    table = [["TASK", "METRIC", "A", "B", "A-B", "STDERR", "Z", "P", "VERDICT", "BETTER"]]
+    table = [["TASK", "METRIC", "A", "B", "A-B", "STDERR", "Z|T", "P", "TEST", "VERDICT", "BETTER"]]
     for r in rows:
         d = r.difference
         arrow = "↓" if r.higher_is_better is False else "↑"
@@ -280,6 +310,7 @@ def compare_results(
                 _fmt(d.stderr if d else None, ".2g"),
                 _fmt(d.z if d else None, ".2f"),
                 _fmt(d.p if d else None, ".3g"),
+                _test(r),
                 _verdict(r),
                 r.better or "-",
             ]
@@ -291,6 +322,13 @@ def compare_results(
             out.printable(f"{r.task} {r.metric}") for r in failing
         )
     return text, code
+
+
+def _test(r: Row) -> str:
+    d = r.difference
+    if d is None:
+        return "-"
+    return f"paired n={d.n}" if d.test == PAIRED_T_TEST else "z"
 
 
 def _row_json(r: Row) -> dict[str, Any]:
@@ -306,6 +344,9 @@ def _row_json(r: Row) -> dict[str, Any]:
         "z": d.z if d else None,
         "p": d.p if d else None,
         "significant": d.significant if d else None,
+        "test": d.test if d else None,
+        "paired": d.n if d else None,
+        "ci": list(d.ci) if d and d.ci else None,
         "better": r.better or None,
         "regression": FAIL_ON["regression"](r),
     }

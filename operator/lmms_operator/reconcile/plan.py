@@ -3,8 +3,8 @@
 A pass reads a snapshot (the run, its children from the watch caches, the objects it
 references), the decisions of ``reconcile/`` compute a Plan from it, and the applier
 (``lmms_operator.applier``, the only module that writes) carries it out, in this order:
-children to delete, objects to create (the evaluation's objects last, the Job last of
-them), the Job's ``suspend`` (or, for a queued run, its Kueue Workload's ``active``), results to publish (Leaderboards, the evaluation index),
+children to delete, objects to create (a run's logged samples, all or none, after them;
+the evaluation's objects last, the Job last of them), the Job's ``suspend`` (or, for a queued run, its Kueue Workload's ``active``), results to publish (Leaderboards, the evaluation index),
 the status, the Events, children to stop once the status says why.
 
 Some steps can only be decided after they were tried: a token Secret that exists
@@ -45,6 +45,7 @@ class StatusPatch(TypedDict, total=False):
     results: list[dict[str, Any]]
     resultsConfigMap: str | None
     resultsLocation: str | None
+    samples: dict[str, Any] | None
     leaderboardPublished: bool | None
 
 
@@ -65,6 +66,15 @@ class Create:
 
     obj: Mapping[str, Any]
     best_effort: bool = False
+
+
+@dataclass(frozen=True)
+class KeepSamples:
+    """The ConfigMaps of a run's logged samples: all of them or none. A failure deletes
+    those made and answers ``Replan(samples_failed=...)``: the run's scores are published
+    all the same, without the samples."""
+
+    config_maps: tuple[Mapping[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class Replan:
     job_exists: bool = False
     refused: str | None = None  # the API server's message about a refused object
     publish_failed: str | None = None  # a Leaderboard publish that will not be retried
+    samples_failed: str | None = None  # the samples' ConfigMaps were not made
 
     def joined(self, found: Replan) -> Replan:
         """What the attempts of one pass have found so far, with ``found``."""
@@ -131,6 +142,7 @@ class Replan:
             job_exists=self.job_exists or found.job_exists,
             refused=found.refused or self.refused,
             publish_failed=found.publish_failed or self.publish_failed,
+            samples_failed=found.samples_failed or self.samples_failed,
         )
 
 
@@ -140,6 +152,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)  # label selectors, first
     create: list[Create] = field(default_factory=list)
+    samples: KeepSamples | None = None  # after ``create``, before publishing
     evaluation: Evaluation | None = None
     suspend: tuple[str, bool] | None = None  # (Job name, suspend)
     activate: tuple[str, bool] | None = None  # (Kueue Workload name, spec.active)
@@ -156,6 +169,7 @@ class Plan:
             or self.events
             or self.delete
             or self.create
+            or self.samples
             or self.evaluation
             or self.suspend
             or self.activate
@@ -171,6 +185,7 @@ class Plan:
             events=[*self.events, *other.events],
             delete=[*self.delete, *other.delete],
             create=[*self.create, *other.create],
+            samples=other.samples or self.samples,
             evaluation=other.evaluation or self.evaluation,
             suspend=other.suspend or self.suspend,
             activate=other.activate or self.activate,

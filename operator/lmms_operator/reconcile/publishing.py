@@ -7,6 +7,7 @@ termination message.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,15 +15,25 @@ from typing import Any
 
 from .. import catalogue
 from ..api import EvalRunSpec, MetricResult
-from ..api.runner import ResultsSummary
+from ..api.runner import ResultsSummary, SamplesReport
 from . import columns, reuse
 from . import conditions as C
 from . import job as jobs
 from . import reasons as R
 from . import results as res
+from . import samples as sample_maps
 from . import shards as shard_plan
 from .leaderboard import entries_for_run
-from .plan import Create, Event, IndexEntries, Plan, PublishEntries, StatusPatch
+from .plan import (
+    Create,
+    Event,
+    IndexEntries,
+    KeepSamples,
+    Plan,
+    PublishEntries,
+    Replan,
+    StatusPatch,
+)
 from .times import fmt_time
 
 #: Where results came from (in the results ConfigMap and the Event).
@@ -42,6 +53,8 @@ class Inputs:
     """What a publishing decision needs, read before it."""
 
     summary: ResultsSummary | None = None  # from the runner (or the evaluation index)
+    samples: SamplesReport | None = None  # the logged samples, from the runner
+    samples_failed: str | None = None  # why the samples' ConfigMaps were not made
     image: str | None = None  # the runner image's digest
     source: str = FROM_RUNNER
     termination: str | None = None  # the runner's termination message
@@ -56,6 +69,14 @@ class Inputs:
     pod_summaries: Mapping[str, tuple[ResultsSummary | None, str | None]] = field(
         default_factory=dict
     )
+
+    def after(self, facts: Replan) -> Inputs:
+        """These inputs with what the applier found (a publish given up, samples not kept)."""
+        return dataclasses.replace(
+            self,
+            publish_failed=facts.publish_failed,
+            samples_failed=facts.samples_failed or self.samples_failed,
+        )
 
 
 def may_reuse(spec: EvalRunSpec, source: str) -> bool:
@@ -156,6 +177,11 @@ def decide(
         plan.status["resultsLocation"] = found.location
     if found.fresh is not None and found.source != FROM_INDEX:
         plan.index += _index_entries(run, spec, status, found.fresh, kept, inputs, now)
+    if spec.evaluation.log_samples:
+        logged = _samples(run, spec, status, inputs, found.location)
+        plan.samples = logged.samples
+        plan.status.update(logged.status)
+        events += logged.events
     message = (
         f"results of {len(found.primaries)} task(s) in ConfigMap {name} (from the {found.source})"
     )
@@ -170,6 +196,49 @@ def decide(
             )
         )
     return plan
+
+
+def _samples(
+    run: Mapping[str, Any],
+    spec: EvalRunSpec,
+    status: Mapping[str, Any],
+    inputs: Inputs,
+    location: str | None,
+) -> Plan:
+    """The logged samples' ConfigMaps (all or none) and ``status.samples``; when they
+    could not be made, or the runner's samples were not read, the pointer says where the
+    full files are (the object store, the cache volume), and a Warning says why."""
+    job_name = str(status.get("jobName") or run["metadata"]["name"])
+    claim = spec.cache.persistent_volume_claim if spec.cache is not None else None
+    if inputs.samples is None:
+        where = f" (the output at {location} holds them)" if location else ""
+        message = "the logged samples were not read from the runner" + where
+        pointer: dict[str, Any] = {"tasks": []}
+        if location:
+            pointer["location"] = location
+        return Plan(
+            status=StatusPatch(samples=pointer),
+            events=[Event("Warning", R.SAMPLES_NOT_KEPT, message)],
+        )
+    maps, pointer = sample_maps.keep(job_name, inputs.samples, location, claim)
+    if inputs.samples_failed is not None or not maps:
+        for task in pointer["tasks"]:
+            task.update(kept=0, configMaps=[], truncated=True)
+        why = inputs.samples_failed or "no records to keep"
+        message = f"the logged samples were not kept in ConfigMaps: {why}"[:1024]
+        return Plan(
+            status=StatusPatch(samples=pointer),
+            events=[Event("Warning", R.SAMPLES_NOT_KEPT, message)],
+        )
+    labels = sample_maps.labels(run)
+    objs = tuple(owned_config_map(run, n, labels, data) for n, data in maps.items())
+    records = sum(t["kept"] for t in pointer["tasks"])
+    message = f"{records} logged sample(s) of {len(pointer['tasks'])} task(s) in " + ", ".join(maps)
+    return Plan(
+        status=StatusPatch(samples=pointer),
+        samples=KeepSamples(objs),
+        events=[Event("Normal", R.SAMPLES_KEPT, message)],
+    )
 
 
 def _leaderboard(

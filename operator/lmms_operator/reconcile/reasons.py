@@ -98,6 +98,8 @@ RESULTS_COLLECTED = "ResultsCollected"
 RESULTS_NOT_IN_OBJECT_STORE = "ResultsNotInObjectStore"
 PUBLISH_FAILED = "PublishFailed"
 RESULTS_NOT_UPLOADED = "ResultsNotUploaded"
+SAMPLES_KEPT = "SamplesKept"
+SAMPLES_NOT_KEPT = "SamplesNotKept"
 LEADERBOARD_STORE_FAILED = "ObjectStoreWriteFailed"
 LEADERBOARD_STORE_WRITTEN = "Written"
 # RunnerReachable: condition reasons, and the Events when it changes.

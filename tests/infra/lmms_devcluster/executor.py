@@ -522,6 +522,9 @@ class PodRunner:
             "LMMS_CODE_CACHE": str(HOST_CODE_CACHE),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
+            # A worktree's tests put its code first on the path: its pods run that code,
+            # not the editable install's.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         }
 
     def _environment(self, container: client.V1Container, base: dict[str, str]) -> dict[str, str]:
