@@ -41,8 +41,8 @@ UTS namespace) and an ``/etc/hosts`` that names every such pod of the subdomain 
 cluster's DNS would (``<hostname>.<subdomain>``, and ``.<namespace>.svc.cluster.local``),
 so torchrun's rendezvous finds node 0. Every other pod's ``/etc/hosts`` names the ready
 Services of its namespace (``servicenames``: ``<service>.<namespace>.svc`` at a ready
-endpoint's pod address; no kube-proxy, so a Service's port must equal its targetPort). HTTP and TCP startup, readiness and liveness
-probes run as a kubelet runs them: readiness sets the pod's Ready condition, a failed
+endpoint's pod address; no kube-proxy, so a Service's port must equal its targetPort).
+HTTP and TCP startup, readiness and liveness probes run as a kubelet runs them: readiness sets the pod's Ready condition, a failed
 startup or liveness probe restarts the container. The pod's status follows the processes,
 with a status per container (``initContainerStatuses``, ``containerStatuses``: state,
 ``lastState.terminated`` with the exit code and termination message of the run before a
