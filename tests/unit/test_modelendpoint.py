@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 from typing import Any
 
 import pytest
@@ -278,6 +279,12 @@ def test_a_ready_endpoint_gets_a_job_with_its_url_and_no_gpu() -> None:
     assert env["LMMS_MODEL_URL"] == url and env["LMMS_MODEL_WAIT_SECONDS"] == "600"
     assert "nvidia.com/gpu" not in runner["resources"]["requests"]
     assert "nvidia.com/gpu" not in runner["resources"]["limits"]
+    # One lmms-eval process, whatever resources.gpus (2) says: no accelerate launch.
+    from lmms_runner import command, config
+
+    doc = json.loads(plan.evaluation.before_job[-1]["data"]["config.json"])
+    dist = command.Distributed.from_env(config.from_document(doc), env)
+    assert command.launcher(dist, "python") == ["python", "-m", "lmms_runner.lmms_eval_main"]
 
 
 def test_the_judge_reaches_lmms_eval_through_its_variables_and_its_key_by_reference() -> None:

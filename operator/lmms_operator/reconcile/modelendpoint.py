@@ -269,7 +269,8 @@ def adapt(job: dict[str, Any], spec: EvalRunSpec, ready: Mapping[str, Readiness]
 
 
 def env(spec: EvalRunSpec, urls: Mapping[str, str]) -> list[dict[str, Any]]:
-    """LMMS_MODEL_URL and LMMS_MODEL_WAIT_SECONDS for the runner (the served model);
+    """LMMS_MODEL_URL, LMMS_MODEL_WAIT_SECONDS and one process for the runner (the served
+    model);
     lmms-eval's judge variables (docs/judge.md), the key by secretKeyRef only
     (spec.model.apiKey's OPENAI_API_KEY is the same key: ``problems``)."""
     found: list[dict[str, Any]] = []
@@ -278,6 +279,9 @@ def env(spec: EvalRunSpec, urls: Mapping[str, str]) -> list[dict[str, Any]]:
         found += [
             {"name": "LMMS_MODEL_URL", "value": urls[MODEL_FIELD]},
             {"name": "LMMS_MODEL_WAIT_SECONDS", "value": str(endpoint.wait_seconds)},
+            # One lmms-eval process: the pod has no GPU to spread over (resources.gpus
+            # would start one accelerate process per GPU).
+            {"name": "LMMS_NPROC_PER_NODE", "value": "1"},
         ]
     judge = spec.judge
     if judge is not None and urls.get(JUDGE_FIELD):
