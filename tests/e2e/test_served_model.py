@@ -117,7 +117,7 @@ def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
         customTasks=[{"configMap": LOCAL_TASKS, "tasks": ["colors", "judged"]}],
         env=[{"name": "HF_HUB_OFFLINE", "value": "1"}],
         judge={"service": {"name": "model", "port": PORT}, "model": "local"},
-        resources={"gpus": 1},
+        resources={"gpus": 2},  # ignored: the pod requests none, one process runs
     )
     created = er.create(api, namespace, body)
     # No pod behind the Service yet: the run waits, holding nothing.
@@ -129,7 +129,7 @@ def test_a_service_backed_model_is_evaluated_by_reference_with_a_judge(
     url = f"http://model.{namespace}.svc:{PORT}/v1"
     (job,) = er.jobs_of(api, namespace, created)
     (runner,) = job.spec.template.spec.containers
-    assert "nvidia.com/gpu" not in (runner.resources.requests or {})  # resources.gpus: 1
+    assert "nvidia.com/gpu" not in (runner.resources.requests or {})  # resources.gpus: 2
     env = {e.name: e.value for e in runner.env if e.value is not None}
     assert env["LMMS_MODEL_URL"] == url and env["OPENAI_API_URL"] == url
     assert env["MODEL_VERSION"] == "local" and env["API_TYPE"] == "openai"
