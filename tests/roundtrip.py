@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lmms_operator import presets
+from lmms_operator import concurrency, presets
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
 from lmms_operator.reconcile import admission, modelendpoint, shards
@@ -230,6 +230,11 @@ def _check_argv(spec: Any, argv: list[str]) -> list[str]:
     if spec.model.revision:
         wanted["revision"] = spec.model.revision
     wanted.update(args)
+    # What the runner adds: device_map=auto for model parallel (unless args set one), and
+    # the requests in flight (spec.model.concurrency).
+    if spec.model.multi_gpu == "ModelParallel" and "device_map" not in args:
+        wanted["device_map"] = "auto"
+    wanted.update(concurrency.model_args(spec.model.type, spec.model.concurrency))
     expected = {k: handle_arg_string(v) for k, v in wanted.items()}
     parsed = simple_parse_args_string(ns.model_args)
     differ = {
