@@ -62,6 +62,13 @@ CEL: dict[str, Callable[[Any], bool]] = {
         not s.get("endpoint") or "credentialsSecret" in s
     ),
     "has(self.key) && size(self.key) > 0": lambda t: bool(t.get("key")),
+    "[has(self.service), has(self.inferenceService), has(self.url)].filter(x, x).size() == 1": (
+        lambda e: sum(k in e for k in ("service", "inferenceService", "url")) == 1
+    ),
+    "!has(self.endpoint) || self.type == 'openai'": lambda m: (
+        "endpoint" not in m or m.get("type") == "openai"
+    ),
+    "!has(self.endpoint) || !has(self.engine)": lambda m: "endpoint" not in m or "engine" not in m,
     "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''": (
         lambda t: t.get("operator") != "Exists" or not t.get("value")
     ),

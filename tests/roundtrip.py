@@ -29,7 +29,7 @@ from typing import Any
 from lmms_operator import concurrency, presets
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
-from lmms_operator.reconcile import admission, shards
+from lmms_operator.reconcile import admission, modelendpoint, shards
 from lmms_operator.reconcile import job as jobs
 from lmms_operator.reconcile.validate import FEATURES, Policy, validate
 from lmms_runner import command, config
@@ -113,7 +113,8 @@ def _plan(
     raw: Mapping[str, Any], spec: Any, policy: Policy
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The Job and the runner's configuration document, from admission's whole plan
-    with every referenced object present (None: the spec cancels the run, as asked)."""
+    with every referenced object present (None: the spec cancels the run, as asked; a
+    suspended run's, once resumed)."""
     secrets: dict[str, Mapping[str, bytes] | None] = {
         name: {k: b"x" for k in keys} for _, name, keys in admission.secret_refs(spec)
     }
@@ -131,6 +132,11 @@ def _plan(
         new_token="t0ken",
         references=refs,
         custom=tuple({"data": {}} for _ in spec.custom_tasks),
+        # A named endpoint or judge, ready: what its API objects would show.
+        endpoints={
+            field: modelendpoint.Readiness(True, "http://model.team-a.svc:8000/v1")
+            for field, _ in modelendpoint.references(spec)
+        },
     )
     settings = Settings()
     rules = admission.Rules(policy, settings.runner, settings.timeouts)

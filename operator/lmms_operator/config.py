@@ -33,6 +33,7 @@
 | LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY | false                       | pod affinity terms on other namespaces|
 | LMMS_OBJECT_STORE_ALLOWED_CIDRS | (none)                          | non-public networks stores may be on  |
 | LMMS_ALLOWED_MODEL_ARGS        | (none)                           | further model args (BACKEND:KEY, globs)|
+| LMMS_ALLOWED_MODEL_URLS        | (none)                           | URLs model/judge endpoints may name   |
 | LMMS_RUNNER_IMAGE_PULL_SECRETS | (none)                           | JSON list: Secret names for every pod |
 | LMMS_RUNNER_TOLERATIONS        | (none)                           | JSON list: core/v1 Tolerations        |
 | LMMS_RUNNER_NODE_SELECTOR      | (none)                           | JSON map: nodeSelector runs can't change|
@@ -93,6 +94,10 @@ operator may reach a tenant's object store (``netguard``: every other loopback,
 link-local, private or reserved address is refused, in every spelling, after resolving
 the name). LMMS_ALLOWED_MODEL_ARGS adds ``BACKEND:KEY`` patterns to the model args the
 catalogue lists for each backend (the keyword arguments of its class hierarchy).
+LMMS_ALLOWED_MODEL_URLS lists the URLs ``spec.model.endpoint.url`` and ``spec.judge.url``
+may name (``reconcile.modelurls``: URL prefixes ``https://host[:port][/path]`` and host
+patterns ``host[:port]``, ``*.domain``; commas or spaces between them): none by default,
+so runs name a Service or an InferenceService. The operator never connects to them.
 
 Leader election (``LeaderElection``) is set by flags of ``lmms-operator run``, not by
 the environment (docs/operations.md, "High availability"):
@@ -119,7 +124,7 @@ import socket
 from dataclasses import dataclass, field
 
 from .objectstore import StorePolicy
-from .reconcile import inference, multigpu, poddefaults
+from .reconcile import inference, modelurls, multigpu, poddefaults
 from .reconcile.job import RunnerDefaults
 from .reconcile.lease import Timing
 from .reconcile.netpol import PrometheusScrapers, prometheus_peer
@@ -211,6 +216,8 @@ class Settings:
     #: Networks beyond public addresses where object stores may be (netguard).
     object_store_allowed_cidrs: tuple[str, ...] = ()
     allowed_model_args: tuple[str, ...] = ()
+    #: URLs model and judge endpoints may name (``reconcile.modelurls``).
+    allowed_model_urls: str = ""
 
     @property
     def store_policy(self) -> StorePolicy:
@@ -232,6 +239,7 @@ class Settings:
             placement=self.placement,
             gpu_memory=self.gpu_memory,
             engines=frozenset(name for name, _ in self.engine_images),
+            model_urls=modelurls.parse_rules(self.allowed_model_urls),
         )
 
     @property
@@ -289,6 +297,7 @@ class Settings:
             allow_cross_namespace_affinity=_bool("LMMS_ALLOW_CROSS_NAMESPACE_AFFINITY", False),
             object_store_allowed_cidrs=_list("LMMS_OBJECT_STORE_ALLOWED_CIDRS"),
             allowed_model_args=_model_args(_list("LMMS_ALLOWED_MODEL_ARGS")),
+            allowed_model_urls=os.environ.get("LMMS_ALLOWED_MODEL_URLS", ""),
             prometheus_namespace_selector=os.environ.get("LMMS_PROMETHEUS_NAMESPACE_SELECTOR")
             or None,
             prometheus_pod_selector=os.environ.get("LMMS_PROMETHEUS_POD_SELECTOR") or None,
@@ -300,6 +309,7 @@ class Settings:
     def check(self) -> Settings:
         """Fails at start-up on a setting that cannot be used (a CIDR that is none)."""
         _ = self.store_policy
+        _ = self.policy  # an allowed model URL that is none fails here, named
         _ = prometheus_peer(self.runner)  # a selector that is none fails here, named
         return self
 

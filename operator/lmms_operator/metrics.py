@@ -393,10 +393,15 @@ def gpu_seconds(
     run: Mapping[str, Any], pods: list[dict[str, Any]], now: dt.datetime | None = None
 ) -> float:
     """GPU-seconds the run's pods held: for each pod that started, from its start to the
-    end of its container (or its deletion, or now), times the GPUs per pod."""
+    end of its container (or its deletion, or now), times the GPUs per pod (none for a
+    model served at spec.model.endpoint: its pod requests none)."""
     now = now or dt.datetime.now(dt.UTC)
-    res = (run.get("spec") or {}).get("resources") or {}
-    gpus = int(res.get("gpus", 1))
+    spec = run.get("spec") or {}
+    gpus = (
+        0
+        if (spec.get("model") or {}).get("endpoint")
+        else int((spec.get("resources") or {}).get("gpus", 1))
+    )
     total = 0.0
     for pod in pods:
         status = pod.get("status") or {}

@@ -19,7 +19,7 @@ from typing import Any
 from . import errors, evaluation_index, k8s, objectstore
 from .api import EvalRunSpec, S3Output
 from .api.runner import ResultsSummary, SamplesReport, results_prefix
-from .reconcile import admission, fanout, kueue, reuse
+from .reconcile import admission, fanout, kueue, modelendpoint, reuse
 from .reconcile import job as jobs
 from .reconcile import pods as pods_
 from .reconcile import publishing as pub
@@ -41,6 +41,38 @@ def references(api: k8s.Api, spec: EvalRunSpec, namespace: str) -> admission.Ref
     if spec.cache is not None and api.pvc_exists(namespace, spec.cache.persistent_volume_claim):
         pvcs.add(spec.cache.persistent_volume_claim)
     return admission.References(frozenset(config_maps), frozenset(pvcs), secrets_)
+
+
+def endpoint_readiness(
+    api: k8s.Api, spec: EvalRunSpec, namespace: str
+) -> dict[str, modelendpoint.Readiness]:
+    """The readiness of the endpoints a spec names (``reconcile.modelendpoint``), from
+    their API objects in the run's namespace, each read by name (a Service's
+    EndpointSlices by its label): never a list of the cluster, never the server itself."""
+    found: dict[str, modelendpoint.Readiness] = {}
+    for field_, ref in modelendpoint.references(spec):
+        seen = modelendpoint.Observed()
+        if ref.service is not None:
+            try:
+                service = api.get_service(namespace, ref.service.name)
+                slices: list[dict[str, Any]] = []
+                if service is not None:
+                    label = f"{modelendpoint.SERVICE_NAME_LABEL}={ref.service.name}"
+                    slices = api.list_objects("EndpointSlice", namespace, label)
+            except errors.Forbidden:
+                denied = (
+                    "the operator may not read Services or EndpointSlices (the chart grants it)"
+                )
+                found[field_] = modelendpoint.Readiness(
+                    False, None, denied, ref.wait_seconds, ".service.name"
+                )
+                continue
+            seen = modelendpoint.Observed(service=service, slices=tuple(slices))
+        elif ref.inference_service is not None:
+            isvc, why = api.get_inference_service(namespace, ref.inference_service.name)
+            seen = modelendpoint.Observed(inference_service=isvc, unreadable=why)
+        found[field_] = modelendpoint.readiness(ref, namespace, seen)
+    return found
 
 
 def admission_snapshot(
@@ -105,6 +137,7 @@ def admission_snapshot(
         lookup=evaluation_index.lookup(spec, namespace, custom, store, api),
         policy_known=policy_known,
         token_exists=token_exists,
+        endpoints=endpoint_readiness(api, spec, namespace),
     )
 
 

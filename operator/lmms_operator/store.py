@@ -383,11 +383,11 @@ def _meta_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def needs_spec(run: Mapping[str, Any]) -> bool:
     """Whether the status does not reflect the spec yet (new, edited, or waiting for a
-    referenced object)."""
+    referenced object or a served model)."""
     pending = _pending_spec(run)
     if pending is not None:
         return pending
-    return (run.get("status") or {}).get("reason") == R.WAITING_FOR_REFERENCES
+    return (run.get("status") or {}).get("reason") in R.ADMISSION_WAITS
 
 
 class BoardSink:

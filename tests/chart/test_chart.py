@@ -213,6 +213,14 @@ def test_rbac_is_least_privilege(name: str) -> None:
     assert secret_verbs == {"get", "create", "delete"}  # never list or watch
     evalrun_verbs = {v for r in rules if "evalruns" in r["resources"] for v in r["verbs"]}
     assert evalrun_verbs == {"get", "list", "watch"}  # the spec belongs to its users
+    # A served model's readiness: read-only, by label (EndpointSlices) or by name (KServe).
+    for resource, group, verbs in (
+        ("endpointslices", "discovery.k8s.io", {"list"}),
+        ("inferenceservices", "serving.kserve.io", {"get"}),
+    ):
+        granted = [r for r in rules if resource in r["resources"]]
+        assert granted and all(r["apiGroups"] == [group] for r in granted), granted
+        assert {v for r in granted for v in r["verbs"]} == verbs
     for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject == {

@@ -78,6 +78,9 @@ def test_gpu_seconds_come_from_each_pods_own_start_and_end() -> None:
     ]
     seconds = m.gpu_seconds(run, pods, now)
     assert seconds == 2 * (30 + 20 + 5 + 1) * 60
+    # A model served by reference: its runner pods request no GPU, whatever gpus says.
+    served = {"spec": {"model": {"endpoint": {"url": "x"}}, "resources": {"gpus": 2}}}
+    assert m.gpu_seconds(served, pods, now) == 0
 
 
 def test_standard_errors_are_exported_with_their_scores_and_go_with_them() -> None:

@@ -71,8 +71,132 @@ class SecretSource(ApiModel):
     secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the value.")
 
 
+#: A URL path under a server: segments of unreserved characters, no "." or ".." segment.
+URL_PATH = r"^(/[A-Za-z0-9_~\-][A-Za-z0-9._~\-]*)*/?$"
+#: An http(s) URL a run may name (the admin's allow-list decides which: see ``endpoint``).
+ENDPOINT_URL = r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?$"
+
+
+class ServiceEndpoint(ApiModel):
+    """A Service in the run's namespace that serves an OpenAI-compatible API."""
+
+    name: str = Field(
+        description="Service name (in the run's namespace).", max_length=63, pattern=DNS_LABEL
+    )
+    port: int = Field(ge=1, le=65535, description="The Service's port.")
+    path: str = Field(
+        default="/v1",
+        description="The API's base path on the server (the runner adds /models, "
+        "/chat/completions).",
+        max_length=256,
+        pattern=URL_PATH,
+    )
+
+
+class InferenceServiceRef(ApiModel):
+    """A KServe InferenceService (serving.kserve.io/v1beta1) in the run's namespace."""
+
+    name: str = Field(
+        description="InferenceService name (in the run's namespace).",
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+    path: str = Field(
+        default="/openai/v1",
+        description="The OpenAI-compatible API's base path under the InferenceService's "
+        "address: /openai/v1 for KServe's Hugging Face runtime (its default "
+        "KSERVE_OPENAI_ROUTE_PREFIX), /v1 for a runtime serving vLLM's routes unprefixed.",
+        max_length=256,
+        pattern=URL_PATH,
+    )
+
+
+class EndpointRef(ApiModel):
+    """Where an OpenAI-compatible server is: exactly one of service, inferenceService
+    and url. The operator reads readiness from the API objects only; it never connects
+    to the server (the runner does)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.service), has(self.inferenceService), has(self.url)]"
+                    ".filter(x, x).size() == 1",
+                    "message": "name exactly one of service, inferenceService and url",
+                }
+            ]
+        }
+    )
+
+    service: ServiceEndpoint | None = Field(
+        default=None,
+        description="A Service in the run's namespace: ready once one of its EndpointSlices "
+        "has a ready endpoint. The runner reaches http://<name>.<namespace>.svc:<port><path>.",
+    )
+    inference_service: InferenceServiceRef | None = Field(
+        default=None,
+        description="A KServe InferenceService in the run's namespace: ready once its Ready "
+        "condition is True. The runner reaches its status.address.url (else status.url) "
+        "followed by its path.",
+    )
+    url: str | None = Field(
+        default=None,
+        description="The server's base URL (http or https, ending where /models is found, "
+        "e.g. .../v1). Only URLs the operator's allow-list admits "
+        "(settings.allowedModelUrls); none are by default. Ready at once: the operator "
+        "never contacts it.",
+        max_length=1024,
+        pattern=ENDPOINT_URL,
+    )
+    wait_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86_400,
+        description="How long the run waits (Pending, reason WaitingForModel, no Job and no "
+        "GPU held) for the endpoint to be ready before it fails (reason ModelNotReady); "
+        "the runner then waits as long for the server's /models to answer.",
+    )
+
+
+class JudgeSpec(EndpointRef):
+    """The LLM judge of judged tasks (lmms-eval's API_TYPE, OPENAI_API_URL,
+    OPENAI_API_KEY, MODEL_VERSION...; docs/judge.md lists the tasks)."""
+
+    model: str = Field(
+        description="The judge model's id on its server (MODEL_VERSION and the other "
+        "judge-model variables of lmms-eval's tasks).",
+        min_length=1,
+        max_length=256,
+        pattern=MODEL_ID,
+    )
+    api_key: SecretSource | None = Field(
+        default=None,
+        description="The judge server's API key (OPENAI_API_KEY), from a Secret labelled "
+        "eval.lmms.dev/usable-by-evalruns=true. lmms-eval 0.7.3 reads one OPENAI_API_KEY "
+        "for the model and the judge: with an API model, it must be spec.model.apiKey's.",
+    )
+
+
 class ModelSpec(ApiModel):
     """The model to evaluate."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.endpoint) || self.type == 'openai'",
+                    "message": "a model served at an endpoint is evaluated with type openai",
+                    "fieldPath": ".type",
+                },
+                {
+                    "rule": "!has(self.endpoint) || !has(self.engine)",
+                    "message": "a model served at an endpoint needs no engine: name one or the "
+                    "other",
+                    "fieldPath": ".engine",
+                },
+            ]
+        }
+    )
 
     type: str = Field(
         description="lmms-eval model backend (--model), e.g. qwen2_vl, llava_onevision, "
@@ -153,6 +277,15 @@ class ModelSpec(ApiModel):
         description="API key of a model server (openai, litellm and other API backends), "
         "given to the runner as OPENAI_API_KEY. Keys never belong in args, which are stored "
         "in a ConfigMap.",
+    )
+    endpoint: EndpointRef | None = Field(
+        default=None,
+        description="A model already served in the cluster (a Service or a KServe "
+        "InferenceService in the run's namespace) or at a URL the admin allows, evaluated "
+        "over its OpenAI-compatible API: type must be openai. The run waits (no Job, no GPU) "
+        "until the endpoint is ready; its pod requests no GPU (resources.gpus is ignored). "
+        "The served model's id, read from /v1/models, and the endpoint name the model on "
+        "Leaderboards.",
     )
     multi_gpu: Literal["DataParallel", "ModelParallel"] | None = Field(
         default=None,
@@ -443,6 +576,12 @@ class EvalRunSpec(ApiModel):
         le=366 * 86_400,
         description="Delete the finished Job (not the EvalRun) after this many seconds (at "
         "most a year).",
+    )
+    judge: JudgeSpec | None = Field(
+        default=None,
+        description="The LLM judge of judged tasks (an OpenAI-compatible server, in the same "
+        "forms as model.endpoint). Its model and endpoint are part of the run's provenance "
+        "and of its Leaderboard entries: a score judged by another model is another entry.",
     )
     output: OutputSpec | None = Field(default=None, description="Extra result destinations.")
     leaderboard: str | None = Field(

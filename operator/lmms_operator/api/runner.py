@@ -97,6 +97,11 @@ class Provenance(ApiModel):
         description="The commit the Hub resolved the revision to, from the runner's cache.",
     )
     seed: int | None = None
+    judge: str | None = Field(
+        default=None,
+        description="The judge of judged tasks, <model>@<endpoint> (spec.judge).",
+        max_length=1400,
+    )
     lock_sha256: str | None = Field(
         default=None, description="The sha256 of the lock file the runner was installed from."
     )

@@ -136,6 +136,11 @@ _PLURALS = {
     "EvalRun": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "evalruns"),
     "Leaderboard": (f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{{plural}}", "leaderboards"),
     "Workload": ("/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/{plural}", "workloads"),
+    "EndpointSlice": ("/apis/discovery.k8s.io/v1/namespaces/{ns}/{plural}", "endpointslices"),
+    "InferenceService": (
+        "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/{plural}",
+        "inferenceservices",
+    ),
 }
 
 #: The label Kueue puts on the Workload of a Job: the Job's uid.
@@ -344,6 +349,27 @@ class Api:
         except (errors.NotFound, errors.Forbidden):
             return None
         return next((item for item in items if owned(item)), None)
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(path("Service", namespace, name))
+
+    def get_inference_service(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """A KServe InferenceService, or None with why it cannot be read: its API is not
+        installed (the API server knows no such resource), or the operator may not read
+        it (403: the chart grants it). None, None: it does not exist (yet)."""
+        try:
+            return self.call("GET", path("InferenceService", namespace, name)), None
+        except errors.Forbidden:
+            return None, "the operator may not read InferenceServices (see the chart's ClusterRole)"
+        except errors.NotFound:
+            pass
+        try:  # a missing object, or a missing API: the group's discovery document tells
+            release(self.request("GET", "/apis/serving.kserve.io/v1beta1"))
+        except errors.NotFound:
+            return None, "the InferenceService API (serving.kserve.io/v1beta1) is not installed"
+        return None, None
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(path("ConfigMap", namespace, name))

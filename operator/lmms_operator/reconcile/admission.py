@@ -17,7 +17,7 @@ from typing import Any
 
 from ..api import EvalRunSpec
 from ..errors import Problem
-from . import columns, kueue, publishing, reuse
+from . import columns, kueue, modelendpoint, modelwait, publishing, reuse
 from . import job as jobs
 from . import reasons as R
 from . import shards as shard_plan
@@ -82,6 +82,7 @@ class Snapshot:
     publish_failures: int = 0  # Leaderboard publishes of reused results that failed so far
     publish_failed: str | None = None  # the last one, when it will not be retried
     workload: kueue.Workload | None = None  # a queued run's Kueue Workload (of ``job``)
+    endpoints: Mapping[str, modelendpoint.Readiness] = field(default_factory=dict)  # by field
 
 
 def run_selector(uid: str) -> str:
@@ -133,13 +134,8 @@ def _decide(snap: Snapshot, rules: Rules) -> Plan:
     if not is_fresh(run):
         plan.delete.append(f"{run_selector(uid)},{jobs.LABEL_SPEC_HASH}!={hash_}")
         if snap.stale_jobs:
-            plan.events.append(
-                Event(
-                    "Normal",
-                    R.JOB_REPLACED,
-                    "the spec changed: the previous evaluation's Job was deleted",
-                )
-            )
+            message = "the spec changed: the previous evaluation's Job was deleted"
+            plan.events.append(Event("Normal", R.JOB_REPLACED, message))
     same_evaluation = status.get("specHash") == hash_
     if same_evaluation and status.get("phase") in st.TERMINAL:
         # Finished: never start it again (its Job may be gone after ttlSecondsAfterFinished).
@@ -179,6 +175,8 @@ def _decide(snap: Snapshot, rules: Rules) -> Plan:
         plan.create += [Create(cm, best_effort=True) for cm in (lookup.restore if lookup else ())]
         if lookup is not None and lookup.entries and not lookup.missing:
             return plan.then(_reused(snap, status, hash_, desired_name, lookup))
+        if (held := modelwait.plan(run, snap.endpoints, snap.waited, now)) is not None:
+            return plan.then(held)
         evaluate = lookup.missing if lookup is not None and lookup.entries else None
         shards = _shard_plan(spec, snap.custom, evaluate)
         plan.evaluation = _evaluation(snap, rules, desired_name, hash_, shards, evaluate)
@@ -262,6 +260,7 @@ def _evaluation(
     key = lookup.key if lookup is not None else None
     token = snap.token or snap.new_token
     desired = jobs.build(run, snap.spec, rules.runner, token, shards, evaluate, key)
+    modelendpoint.adapt(desired.job, snap.spec, snap.endpoints)
     before: list[Mapping[str, Any]] = []
     if lookup is not None and lookup.entries:
         before.append(reuse.kept_config_map(run, name, hash_, lookup.key, lookup.entries))
@@ -371,6 +370,7 @@ def secret_refs(spec: EvalRunSpec) -> list[tuple[str, str, tuple[str, ...]]]:
     if spec.model.api_key is not None:
         ref = spec.model.api_key.secret_key_ref
         refs.append(("spec.model.apiKey.secretKeyRef", ref.name, (ref.key,)))
+    refs += modelendpoint.secret_refs(spec)
     if spec.hugging_face_token is not None:
         ref = spec.hugging_face_token.secret_key_ref
         refs.append(("spec.huggingFaceToken.secretKeyRef", ref.name, (ref.key,)))

@@ -55,10 +55,11 @@ def headline_score(results: Iterable[Mapping[str, Any]], tasks: Sequence[str] = 
     return str(first.get("task"))[: COLUMN - len(value)] + value  # within the schema's bound
 
 
-def model(spec: Mapping[str, Any], commit: str | None = None) -> str:
+def model(spec: Mapping[str, Any], commit: str | None = None, served: str | None = None) -> str:
     """``status.model``: the identity Leaderboards name the model by (``commit``: the
-    one the runner resolved), within the schema's bound."""
-    return identity.model_identity(spec, commit)[:COLUMN]
+    one the runner resolved; ``served``: the id a served model answered), within the
+    schema's bound."""
+    return identity.model_identity(spec, commit, served)[:COLUMN]
 
 
 def missing_columns(

@@ -30,6 +30,9 @@ RESERVED_ENV = frozenset(
         "TMPDIR",
         "PATH",
     }
+    # lmms-eval's judge settings: the operator sets them from spec.judge.
+    | {"API_TYPE", "OPENAI_API_URL", "OPENAI_API_KEY", "MODEL_VERSION", "GPT_EVAL_MODEL_NAME"}
+    | {"JUDGE_MODEL_VERSION", "OPENAI_JUDGE_MODEL"}
 )
 RESERVED_ENV_PREFIXES = ("LMMS_", "AWS_")
 

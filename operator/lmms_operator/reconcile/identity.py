@@ -10,8 +10,12 @@ two values, is refused: ``naming_problems``), with ``@host`` of the endpoint whe
 names one (``base_url``): two models served over an OpenAI-compatible API, or one name
 on two servers, never share a Leaderboard row, a score series or GPU-seconds.
 
-**Settings.** ``limit``, ``numFewshot``, the generation settings and the lmms-eval
-version change what a score means: they are part of a Leaderboard entry, so a
+A model served by reference (``spec.model.endpoint``) is the id its server serves (read
+by the runner from /v1/models, unless the args name it) ``@`` the endpoint
+(``svc/<name>:<port><path>``, ``isvc/<name><path>``, or the URL's host and path).
+
+**Settings.** ``limit``, ``numFewshot``, the generation settings, the judge
+(``judge=<model>@<endpoint>``) and the lmms-eval version change what a score means: they are part of a Leaderboard entry, so a
 ``limit: 10`` run never replaces a full run's row.
 """
 
@@ -23,6 +27,7 @@ from urllib.parse import urlsplit
 
 from .. import presets
 from ..errors import Problem
+from . import modelendpoint
 
 #: ``model.args`` keys that name the model of a backend without a checkpoint, in the
 #: order lmms-eval prefers them (its openai, gemini and async_openai backends take
@@ -32,12 +37,20 @@ API_MODEL_KEYS = ("model", "model_version", "model_name", "model_id", "model_id_
 ENDPOINT_KEYS = ("base_url", "api_base", "endpoint", "azure_endpoint")
 
 
-def model_identity(spec: Mapping[str, Any], commit: str | None = None) -> str:
+def model_identity(
+    spec: Mapping[str, Any], commit: str | None = None, served: str | None = None
+) -> str:
     """The model a run evaluates, as Leaderboards, metrics and the CLI name it;
-    ``commit``: the resolved commit of a checkpoint, when the runner reported it."""
+    ``commit``: the resolved commit of a checkpoint, when the runner reported it;
+    ``served``: the id a served model's /v1/models gave the runner. A model served at
+    ``spec.model.endpoint`` is ``<id>@<endpoint>`` (``modelendpoint.identity``): the id
+    the args name, else the one served, else ``openai`` until the runner reports it."""
     model = spec.get("model") or {}
     mtype = str(model.get("type") or "")
     args = {str(k): str(v) for k, v in (model.get("args") or {}).items()}
+    if model.get("endpoint"):
+        named = next((args[k] for k in API_MODEL_KEYS if args.get(k)), None)
+        return f"{named or served or mtype}@{modelendpoint.identity(model['endpoint'])}"
     pretrained, resolved = presets.resolve(mtype, model.get("pretrained"), args)
     if not pretrained:  # no checkpoint: the model the backend's args name
         name = next((resolved[k] for k in API_MODEL_KEYS if resolved.get(k)), mtype)
@@ -78,6 +91,9 @@ def settings_label(spec: Mapping[str, Any], lmms_eval_version: str | None) -> st
     for key, value in sorted((ev.get("generation") or {}).items()):
         if value is not None:
             parts.append(f"{key}={value}")
+    judge = modelendpoint.judge_identity(spec)
+    if judge:  # a score judged by another model is another entry
+        parts.append(f"judge={judge}")
     if lmms_eval_version:
         parts.append(f"lmms-eval={lmms_eval_version}")
     if (spec.get("model") or {}).get("engine"):  # another inference stack, another score

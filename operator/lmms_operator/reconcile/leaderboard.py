@@ -178,6 +178,7 @@ def entries_for_run(
     finished_at: str,
     lmms_eval_version: str | None = None,
     commit: str | None = None,
+    served: str | None = None,
 ) -> list[dict[str, Any]]:
     """Leaderboard entries of a finished run (its primary metric per task): the model's
     identity and the settings that change a score are part of each entry; the run's uid
@@ -188,7 +189,7 @@ def entries_for_run(
     settings = identity.settings_label(spec, lmms_eval_version)
     return [
         {
-            "model": identity.model_identity(spec, commit),
+            "model": identity.model_identity(spec, commit, served),
             "revision": model.get("revision"),
             "settings": settings,
             "runUid": run["metadata"].get("uid"),

@@ -162,8 +162,9 @@ def decide(
         score=columns.headline_score(found.primaries, shard_plan.units(spec)),
     )
     commit = found.summary.provenance.commit if found.summary is not None else None
-    if commit:  # the model as its Leaderboard entries name it
-        plan.status["model"] = columns.model(run.get("spec") or {}, commit)
+    served = found.summary.provenance.served_model if found.summary is not None else None
+    if commit or served:  # the model as its Leaderboard entries name it
+        plan.status["model"] = columns.model(run.get("spec") or {}, commit, served)
     if kept and not status.get("reused"):
         plan.status["reused"] = reuse.reused_status(kept, meta["namespace"])
     events = list(found.events)
@@ -276,6 +277,7 @@ def _leaderboard(
         fmt_time(now),
         version or catalogue.load().lmms_eval_version,
         summary.provenance.commit if summary is not None else None,
+        summary.provenance.served_model if summary is not None else None,
     )
     step = PublishEntries(
         meta["namespace"], board, tuple(entries), meta["uid"], attempt=inputs.publish_failures + 1

@@ -56,6 +56,10 @@ UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_BACKOFF = "ImagePullBackOff"
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 WAITING_FOR_REFERENCES = "WaitingForReferences"
+#: The run's spec.model.endpoint or spec.judge is not ready yet: no Job, no GPU held.
+WAITING_FOR_MODEL = "WaitingForModel"
+#: Pending reasons of a spec pass that is retried (admission waits for something).
+ADMISSION_WAITS = frozenset({WAITING_FOR_REFERENCES, WAITING_FOR_MODEL})
 SCHEDULED = "Scheduled"
 #: An engine run whose runner waits for the engine to serve the model.
 MODEL_LOADING = "ModelLoading"
@@ -65,6 +69,8 @@ REUSED = "Reused"
 INVALID_SPEC = "InvalidSpec"
 INVALID_SECRET = "InvalidSecret"
 REFERENCES_NOT_FOUND = "ReferencesNotFound"
+#: The endpoint was not ready within its waitSeconds.
+MODEL_NOT_READY = "ModelNotReady"
 IMAGE_PULL_ERROR = "ImagePullError"
 OOM_KILLED = "OOMKilled"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
@@ -110,6 +116,7 @@ FAILURE_REASONS = (
     INVALID_SPEC,
     INVALID_SECRET,
     REFERENCES_NOT_FOUND,
+    MODEL_NOT_READY,
     UNSCHEDULABLE,
     IMAGE_PULL_ERROR,
     CONTAINER_CONFIG_ERROR,

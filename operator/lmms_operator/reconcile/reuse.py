@@ -16,7 +16,10 @@ and the index entries that map an identity to its results. Pure functions.
   built-in name, and a change to any file of them is a new definition);
 - **the settings that change scores**: ``limit``, ``numFewshot``, ``batchSize``,
   ``seed`` and the generation settings (the chat template is part of the model args);
-- **the lmms-eval version** the runner reported.
+- **the lmms-eval version** the runner reported;
+- **the endpoint and the judge**, where the run names them (``modelendpoint.identity``):
+  a model served by reference counts as pinned only when its args name the served id
+  (``model_version``) and ``spec.model.version`` declares its version.
 
 ``reuse_key`` is everything but the task; an index entry is a ConfigMap in the run's
 namespace, labelled with the hash of the ``reuse_key`` (one list finds a run's
@@ -37,7 +40,8 @@ from .. import presets
 from ..api import EvalRunSpec, ReusedResult
 from ..api.base import ApiModel
 from ..api.runner import ResultsSummary, TaskResult, results_prefix
-from .identity import model_identity
+from . import modelendpoint
+from .identity import API_MODEL_KEYS, model_identity
 from .job import (
     LABEL_MANAGED_BY,
     LABEL_PREFIX,
@@ -60,6 +64,12 @@ MAX_ENTRY_TASKS = 256
 
 def not_pinned(spec: EvalRunSpec) -> str | None:
     """Why the run's model cannot be reused (None when it is pinned)."""
+    if spec.model.endpoint is not None and not any(spec.model.args.get(k) for k in API_MODEL_KEYS):
+        return (
+            "the served model's id is not named (spec.model.args.model_version): the "
+            "operator never asks the endpoint what it serves, so it cannot know it is the "
+            "same model"
+        )
     if spec.model.version:
         return None
     if spec.model.revision and COMMIT.match(spec.model.revision):
@@ -103,7 +113,21 @@ def reuse_key(spec: EvalRunSpec, lmms_eval_version: str, definitions: str | None
         "customTaskDefinitions": definitions,
         # (Only where set: the keys of runs without an engine stay what they were.)
         **({"engine": spec.model.engine} if spec.model.engine else {}),
+        **_served_key(wire),
     }
+
+
+def _served_key(wire: Mapping[str, Any]) -> dict[str, Any]:
+    """The endpoint and the judge (only where the run names them: the keys of earlier
+    entries stay as they were)."""
+    key: dict[str, Any] = {}
+    endpoint = (wire.get("model") or {}).get("endpoint")
+    if endpoint:
+        key["endpoint"] = modelendpoint.identity(endpoint)
+    judge = modelendpoint.judge_identity(wire)
+    if judge:
+        key["judge"] = judge
+    return key
 
 
 def _digest(value: Any) -> str:

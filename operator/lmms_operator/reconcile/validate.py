@@ -15,7 +15,7 @@ from .. import catalogue, concurrency, presets
 from ..api import EvalRunSpec
 from ..api.parse import parse_spec
 from ..errors import InvalidSpec, Problem
-from . import identity, inference, multigpu, placement
+from . import identity, inference, modelendpoint, multigpu, placement
 from .cmdline import check_command_line
 from .endpoints import Network, check_store_endpoint, runner_url_problems
 from .envvars import (
@@ -28,6 +28,7 @@ from .envvars import (
 )
 from .grammar import text_problem
 from .modelargs import OPERATOR_ARGS, SECRET_ARG, check_model_args, remote_code_requested
+from .modelurls import UrlRule
 from .placement import PlacementPolicy
 
 __all__ = [
@@ -297,6 +298,8 @@ class Policy:
     gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)
     #: Engines (spec.model.engine) this operator has an image for.
     engines: frozenset[str] = frozenset()
+    #: URLs a run's model or judge endpoint may name (``modelurls``; none by default).
+    model_urls: tuple[UrlRule, ...] = ()
 
     def env_allowed(self, name: str) -> bool:
         return name in SAFE_ENV or any(fnmatch.fnmatchcase(name, p) for p in self.env)
@@ -410,6 +413,7 @@ def check_endpoints(spec: EvalRunSpec, policy: Policy) -> list[Problem]:
     if s3 is not None and s3.endpoint:
         found = check_store_endpoint("spec.output.s3.endpoint", s3.endpoint, policy.store_cidrs)
         problems += [found] if found else []
+    problems += modelendpoint.problems(spec, policy.model_urls)
     problems += runner_url_problems("spec.model.args", spec.model.args)
     for i, var in enumerate(spec.env):
         problems += runner_url_problems(f"spec.env[{i}]", {"value": var.value})

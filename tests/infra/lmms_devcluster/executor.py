@@ -39,8 +39,10 @@ at their mount paths through bind mounts in a private mount namespace (``unshare
 (the pods of an Indexed Job behind a headless Service) gets its ``hostname`` (a private
 UTS namespace) and an ``/etc/hosts`` that names every such pod of the subdomain as a
 cluster's DNS would (``<hostname>.<subdomain>``, and ``.<namespace>.svc.cluster.local``),
-so torchrun's rendezvous finds node 0. HTTP and TCP startup, readiness and liveness
-probes run as a kubelet runs them: readiness sets the pod's Ready condition, a failed
+so torchrun's rendezvous finds node 0. Every other pod's ``/etc/hosts`` names the ready
+Services of its namespace (``servicenames``: ``<service>.<namespace>.svc`` at a ready
+endpoint's pod address; no kube-proxy, so a Service's port must equal its targetPort).
+HTTP and TCP startup, readiness and liveness probes run as a kubelet runs them: readiness sets the pod's Ready condition, a failed
 startup or liveness probe restarts the container. The pod's status follows the processes,
 with a status per container (``initContainerStatuses``, ``containerStatuses``: state,
 ``lastState.terminated`` with the exit code and termination message of the run before a
@@ -83,7 +85,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from lmms_devcluster import podnet
+from lmms_devcluster import podnet, servicenames
 from lmms_devcluster.imagestore import (
     HOST_IMAGE,
     Image,
@@ -411,6 +413,11 @@ class PodRunner:
         if hosts is None and image is not None:
             hosts = self.dir / "hosts"
             hosts.write_text(f"127.0.0.1\tlocalhost\n{self.pod_ip}\t{self.name}\n")
+        if self.hosts_file is None:  # the namespace's Services by name (servicenames)
+            api = self.ex.core.api_client
+            hosts = servicenames.hosts_file(
+                api, self.namespace, self.dir, hosts, self.name, self.pod_ip
+            )
         if hosts is not None:
             mounts.append({"source": str(hosts), "target": "/etc/hosts", "readOnly": True})
         argv = [_expand(a, env) for a in argv]
