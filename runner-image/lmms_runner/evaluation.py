@@ -56,6 +56,10 @@ class Runner:
         #: The model server (LMMS_MODEL_URL) and, once it answered, the model it serves.
         self.model_server = served.ModelServer.from_env(env)
         self.served_model: str | None = None
+        if self.model_server is not None:
+            # The server holds the model (and the pod's GPUs, for an engine): one client
+            # process asks it, however many GPUs the run has.
+            self.dist = command.Distributed()
 
     def argv(self, tasks: list[str] | None = None, output: Path | None = None) -> list[str]:
         cache = str(self.state / "response-cache") if self.state else None

@@ -9,8 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lmms_operator.api import endpointid
 from lmms_operator.api.runner import Harness, Provenance
-from lmms_operator.reconcile import modelendpoint
 
 from . import versionguard
 from .config import RunConfig
@@ -79,7 +79,7 @@ def provenance(
         revision=cfg.spec.model.revision,
         commit=resolved_commit(env.get("HF_HOME"), cfg.pretrained, cfg.spec.model.revision),
         seed=cfg.spec.evaluation.seed,
-        judge=modelendpoint.judge_identity(cfg.spec.to_wire()),
+        judge=endpointid.judge_identity(cfg.spec.to_wire()),
         **locked_packages(env.get("LMMS_LOCK_FILE")),
         config_hash=cfg.config_hash,
         argv=[redact(a) for a in argv],

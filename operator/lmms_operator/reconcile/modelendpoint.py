@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import EndpointRef, EvalRunSpec
+from ..api.endpointid import identity as identity
+from ..api.endpointid import judge_identity as judge_identity
 from ..errors import Problem
-from .modelurls import UrlRule, url_problem, without_credentials
+from .modelurls import UrlRule, url_problem
 
 MODEL_FIELD = "spec.model.endpoint"
 JUDGE_FIELD = "spec.judge"
@@ -122,28 +124,6 @@ def _slice_ready(endpoint_slice: Mapping[str, Any]) -> bool:
         if (ep.get("conditions") or {}).get("ready") is not False:
             return True
     return False
-
-
-def identity(ref: Mapping[str, Any]) -> str:
-    """How Leaderboards, the evaluation index and provenance name an endpoint (a wire
-    ``EndpointRef``; the run's namespace is the Leaderboard's, so it is left out):
-    ``svc/<name>:<port><path>``, ``isvc/<name><path>``, or the URL's host and path."""
-    if ref.get("service"):
-        svc = ref["service"]
-        return f"svc/{svc.get('name')}:{svc.get('port')}{svc.get('path', '/v1')}"
-    if ref.get("inferenceService"):
-        isvc = ref["inferenceService"]
-        return f"isvc/{isvc.get('name')}{isvc.get('path', '/openai/v1')}"
-    url = without_credentials(str(ref.get("url") or ""))
-    return url.partition("://")[2] or url
-
-
-def judge_identity(spec: Mapping[str, Any]) -> str | None:
-    """``<judge model>@<endpoint>``, or None without a judge."""
-    judge = spec.get("judge")
-    if not judge:
-        return None
-    return f"{judge.get('model')}@{identity(judge)}"
 
 
 #: Backends that send OPENAI_API_KEY to the model's server when their args name no key.

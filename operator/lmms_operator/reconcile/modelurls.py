@@ -27,6 +27,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from ..api.endpointid import without_credentials as without_credentials
 from ..errors import Problem
 from .endpoints import _runner_host, _split_authority, parse_host
 
@@ -152,15 +153,3 @@ def url_problem(field: str, url: str, rules: tuple[UrlRule, ...]) -> Problem | N
         f"{parsed.scheme}://{parsed.host}:{parsed.port}{parsed.path} is not in the URLs "
         f"this operator admits ({SETTING}: {len(rules)} entr{'y' if len(rules) == 1 else 'ies'})",
     )
-
-
-def without_credentials(url: str) -> str:
-    """The URL as provenance shows it: no user information, query or fragment."""
-    scheme, sep, after = url.partition("://")
-    if not sep:
-        return url.split("?")[0].split("#")[0]
-    end = min((i for i in (after.find(c) for c in "/?#") if i >= 0), default=len(after))
-    authority, rest = after[:end], after[end:]
-    authority = authority.rpartition("@")[2]
-    rest = rest.split("?")[0].split("#")[0]
-    return f"{scheme}://{authority}{rest}"
