@@ -405,7 +405,8 @@ class Paths:
             from lmms_runner.config import from_document
 
             cfg = from_document(doc)
-            check(command.build(cfg, str(self.work / "mp"), dist=command.Distributed(gpus=2)))
+            dist = command.Distributed.from_env(cfg, {})  # 2 GPUs declared, as in a pod
+            check(command.build(cfg, str(self.work / "mp"), dist=dist))
             raise Skip(
                 "needs CUDA (lmms-eval 0.7.3's qwen2_vl moves its inputs to cuda under "
                 "device_map=auto); the runner's command was checked: one process, device_map=auto"
@@ -428,7 +429,8 @@ class Paths:
         desired = job.build(
             job.RunRef(meta["name"], meta["namespace"], meta["uid"]),
             parse_spec(doc["spec"]),
-            job.RunnerDefaults(),
+            # The engine container's image is the admin's; here a stand-in serves instead.
+            job.RunnerDefaults(engine_images=(("vllm", "lmms-engine-vllm:stand-in"),)),
             token="local",
         )
         pod = desired.job["spec"]["template"]["spec"]

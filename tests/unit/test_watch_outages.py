@@ -61,7 +61,9 @@ def test_each_outage_backs_off_from_the_start() -> None:
     stop.set()
     informer.join(5)
     first, second = stop.waits[:6], stop.waits[6:9]
-    # Within one outage the waits grow (1, 2, 4, ... each with +-50% jitter)...
-    assert all(0.5 * 2**i <= w <= 1.5 * 2**i for i, w in enumerate(first)), first
-    # ...and the next outage starts over from BACKOFF_MIN, not from the 32 s reached.
-    assert all(0.5 * 2**i <= w <= 1.5 * 2**i for i, w in enumerate(second)), second
+    # Within one outage the waits grow (1, 2, 4, ... up to BACKOFF_MAX, each with +-50%
+    # jitter)...
+    base = [min(2.0**i, informer.BACKOFF_MAX) for i in range(6)]
+    assert all(0.5 * b <= w <= 1.5 * b for b, w in zip(base, first, strict=False)), first
+    # ...and the next outage starts over from BACKOFF_MIN, not from the 30 s reached.
+    assert all(0.5 * b <= w <= 1.5 * b for b, w in zip(base, second, strict=False)), second
