@@ -1,0 +1,310 @@
+"""Attacks from the review of issue 32 (the engine sidecar, served models, logged samples
+and the paired comparison, concurrency, multiGPU): a hostile tenant controls its runner's
+answers (``/results``, ``/samples``), the engine's log text, and every ConfigMap of its
+namespace. Each test shows what a platform or another tenant relies on.
+
+Tests marked ``DEFECT`` fail on the code they were written against and name the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import tracemalloc
+import unicodedata
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from lmms_operator.api.runner import SamplesReport, SampleRecord, TaskSamples
+from lmms_operator.cli import samples as cli_samples
+from lmms_operator.config import Settings
+from lmms_operator.errors import InvalidSpec
+from lmms_operator.reconcile import inference
+from lmms_operator.reconcile import job as jobs
+from lmms_operator.reconcile import samples as sample_maps
+from lmms_operator.reconcile.credentials import masked
+from lmms_operator.reconcile.grammar import hidden
+from lmms_operator.reconcile.validate import Policy, validate
+from lmms_runner import served
+
+RUN = jobs.RunRef("big-model", "team-a", "0b8e6f5c-1111-2222-3333-444455556666")
+IMAGES = (("vllm", "registry.example/vllm:1"), ("sglang", "registry.example/sglang:1"))
+POLICY = Policy(engines=frozenset({"vllm", "sglang"}))
+RUNNER = dataclasses.replace(Settings().runner, engine_images=IMAGES)
+NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+#: The Kubernetes limit on a ConfigMap's data (keys and values together).
+CONFIG_MAP_LIMIT = 1024 * 1024
+#: The chart's memory limit of the operator (helm values: resources.limits.memory).
+OPERATOR_MEMORY = 256 * 1024 * 1024
+
+
+def engine_raw(**model: Any) -> dict[str, Any]:
+    base = {"type": "openai", "pretrained": "Qwen/Qwen2-VL-72B-Instruct", "engine": "vllm"}
+    return {
+        "model": {**base, **model},
+        "tasks": ["mme"],
+        "resources": {"gpus": 4, "memory": "200Gi", "cpu": "16"},
+        "huggingFaceToken": {"secretKeyRef": {"name": "hf", "key": "token"}},
+        "output": {"s3": {"bucket": "evals", "credentialsSecret": "s3"}},
+    }
+
+
+def pod_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    desired = jobs.build(RUN, validate(spec, POLICY), RUNNER, token="t0ken")
+    return dict(desired.job["spec"]["template"]["spec"])
+
+
+def report(tasks: list[TaskSamples]) -> SamplesReport:
+    return SamplesReport(tasks=tasks)
+
+
+def map_size(data: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+
+
+# --- the engine sidecar ---------------------------------------------------------------------
+
+
+def test_the_engine_gets_the_runners_lockdown_and_none_of_its_secrets() -> None:
+    """Held: the engine runs locked down like the runner, in a pod without a service
+    account token, and only with the secrets it needs (the Hub token): not the runner's
+    token, not the object store's keys."""
+    pod = pod_spec(engine_raw())
+    [engine] = pod["initContainers"]
+    [runner] = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    assert engine["securityContext"] == runner["securityContext"]
+    assert engine["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert engine["securityContext"]["allowPrivilegeEscalation"] is False
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in engine["env"]
+        if "secretKeyRef" in (e.get("valueFrom") or {})
+    }
+    assert secrets == {"HF_TOKEN": "hf"}
+    assert not any(m["name"] in ("run-config", "output") for m in engine["volumeMounts"])
+
+
+def test_the_pods_gpus_are_requested_once_by_the_engine() -> None:
+    """Held: a sidecar's requests add to the regular containers'; the pod asks for the
+    run's GPUs once, all of them the engine's."""
+    pod = pod_spec(engine_raw())
+    [engine] = pod["initContainers"]
+    [runner] = pod["containers"]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert "nvidia.com/gpu" not in json.dumps(runner["resources"])
+
+
+def test_an_engine_command_cannot_take_an_option_from_the_checkpoint_name() -> None:
+    """Held: pretrained and revision cannot start with "-" (the schema's patterns), so
+    ``vllm serve <pretrained>`` never reads the tenant's text as an option such as
+    --trust-remote-code."""
+    for field in ("pretrained", "revision"):
+        with pytest.raises(InvalidSpec):
+            validate(engine_raw(**{field: "--trust-remote-code"}), POLICY)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hs.text(max_size=6000))
+def test_an_engines_last_lines_are_bounded_and_show_nothing_hidden(text: str) -> None:
+    """Held: whatever the engine printed (the termination message is tenant-influenced
+    log text), the status shows at most MAX_LINES lines of MAX_CHARS characters, with no
+    control, bidi or invisible character but the line breaks it keeps."""
+    shown = inference.redact(text)
+    assert len(shown) <= inference.MAX_CHARS
+    assert len(shown.splitlines()) <= inference.MAX_LINES
+    assert not any(hidden(c) for c in shown if c != "\n")
+    message = inference.failure_message("vllm", "p", {"exitCode": 1, "message": text})
+    assert not any(hidden(c) for c in message if c != "\n")
+
+
+def test_an_engines_last_lines_mask_credentials_hidden_behind_escapes() -> None:
+    """Held: an ANSI colour code or a bidi override around a Hub token does not keep it
+    from being masked, and URL user-info is masked."""
+    token = "hf_" + "A" * 34
+    text = f"\x1b[31mError: token {token}\x1b[0m\nproxy https://user:pw@proxy.example/\u202e"
+    shown = inference.redact(text)
+    assert token not in shown and "user:pw" not in shown
+    assert "\x1b" not in shown and "\u202e" not in shown
+
+
+# --- the served model's id ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.text(min_size=1, max_size=600))
+def test_a_served_model_id_that_model_args_cannot_carry_is_refused(model_id: str) -> None:
+    """Held: the id a model server lists goes into --model_args (model_version=<id>) only
+    when lmms-eval's splitter keeps it whole: no , = quotes brackets spaces or controls."""
+    try:
+        kept = served.checked_id(model_id)
+    except served.ServedError:
+        return
+    assert kept == model_id and len(kept) <= 512
+    assert not set(kept) & set(",=\"'[]{}() \t\n")
+    assert all(unicodedata.category(c)[0] in "LNP" or c in "+" for c in kept)
+
+
+# --- logged samples: what the runner serves, what the operator keeps -------------------------
+
+
+def test_a_runners_samples_answer_of_tiny_records_fits_the_operators_memory() -> None:
+    """DEFECT (high: one tenant can crash-loop the operator every tenant shares).
+
+    The scraper bounds a runner's answer at 4 MiB (MAX_RESPONSE), but not the number of
+    records in it: ``{"id":0}`` is 9 bytes, and 466,000 such records become 466,000
+    dicts, then 466,000 pydantic models (SampleRecord, with its scores dict), held while
+    the run's plan is made. Measured: a 347 MB peak and 257 MB held for one answer, over
+    the chart's 256 MiB limit of the operator; the operator restarts, scrapes the same
+    runner again (it still holds its results) and is killed again.
+
+    Fix: bound the records of a SamplesReport by count as well as by bytes (e.g. a
+    ``max_length`` on ``TaskSamples.records`` and ``SamplesReport.tasks``, checked with
+    ``model_validate_json`` on the raw bytes so that pydantic-core stops at the bound
+    without building the dicts), or have the runner serve the ConfigMaps' JSON lines and
+    keep them as text (checking each line), never one object per record; and a lower
+    bound on the ``/samples`` answer than on ``/results``."""
+    n = (4 * 1024 * 1024 - 100) // 9
+    body = '{"tasks":[{"task":"t","count":0,"records":[' + ",".join(['{"id":0}'] * n) + "]}]}"
+    raw = body.encode()
+    del body
+    tracemalloc.start()
+    try:
+        answer = json.loads(raw)  # (what Scraper.request returns)
+        kept = SamplesReport.model_validate(answer)
+        del answer
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept.tasks
+    assert peak < OPERATOR_MEMORY // 4, f"{peak / 2**20:.0f} MiB to read one /samples answer"
+
+
+def test_status_samples_stays_small_whatever_the_runner_serves() -> None:
+    """DEFECT (medium: a tenant's runner makes its own run's status unwritable; the pass
+    fails on every scrape until the runner's hold timeout).
+
+    ``status.samples`` has an entry per task (up to MAX_TASKS = 256) with the task's name
+    (253 characters) and note (1024 characters) after escaping, each character up to 4
+    bytes of UTF-8 (12 as a JSON \\u escape pair): 1.3 MB of UTF-8, 3.9 MB as ASCII JSON,
+    from a runner that serves 256 tasks of one record each. The EvalRun object would pass
+    etcd's 1.5 MiB request limit with the results beside it, and the patch passes the API
+    server's 3 MiB body limit as ASCII JSON: the status patch is refused.
+
+    Fix: bound the pointer as a whole (e.g. 64 KiB): notes cut to ~200 characters and
+    dropped first, then the task entries past the bound summed into one "n more tasks"
+    entry."""
+    name = "\U0001f600" * 300
+    tasks = [
+        TaskSamples(
+            task=f"{name}{i}",
+            count=1,
+            note="\U0001f600" * 2000,
+            records=[SampleRecord(id=i, scores={"acc": 1.0})],
+        )
+        for i in range(256)
+    ]
+    _, pointer = sample_maps.keep("job-abc", report(tasks))
+    size = len(json.dumps(pointer, ensure_ascii=False).encode())
+    assert size <= 256 * 1024, f"status.samples is {size} bytes"
+
+
+def test_samples_of_another_run_never_share_config_maps() -> None:
+    """Held: the samples' ConfigMaps are named after the Job, whose name hashes the run's
+    uid: two runs of one name (in two namespaces, or one deleted and made again) and two
+    runs whose names share their first 52 characters never write each other's samples."""
+    spec = validate({"model": {"type": "dummy", "pretrained": "x"}, "tasks": ["mme"]}, Policy())
+    h = jobs.spec_hash(spec)
+    a = jobs.job_name("r" * 60 + "a", "uid-1", h)
+    b = jobs.job_name("r" * 60 + "b", "uid-2", h)
+    c = jobs.job_name("r" * 60 + "a", "uid-3", h)
+    assert len({a, b, c}) == 3
+    rec = [SampleRecord(id=1, scores={"acc": 1.0})]
+    names = [
+        set(sample_maps.keep(j, report([TaskSamples(task="t", count=1, records=rec)]))[0])
+        for j in (a, b, c)
+    ]
+    assert not names[0] & names[1] and not names[0] & names[2]
+    assert all(len(n) <= 253 for ns in names for n in ns)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.text(max_size=3000))
+def test_compare_reads_only_records_from_a_tenants_config_map(text: str) -> None:
+    """Held: compare's parser takes anything a tenant wrote in a samples ConfigMap and
+    keeps only records with a bounded id and finite float scores; a doc id seen twice is
+    left out (which line counts is not knowable)."""
+    docs = cli_samples.parse_lines(text)
+    for doc, scores in docs.items():
+        assert isinstance(doc, int | str) and not isinstance(doc, bool)
+        assert all(
+            isinstance(v, float) and v == v and abs(v) != float("inf") for v in scores.values()
+        )
+
+
+def test_compare_ignores_a_doc_id_written_twice() -> None:
+    lines = "\n".join(
+        json.dumps(r)
+        for r in (
+            {"id": 1, "scores": {"acc": 1}},
+            {"id": 1, "scores": {"acc": 0}},
+            {"id": 2, "scores": {"acc": float("nan")}},
+            {"id": True, "scores": {"acc": 1}},
+            {"id": 3, "scores": {"acc": 1e400}},
+        )
+    )
+    assert cli_samples.parse_lines(lines) == {2: {}, 3: {}}
+
+
+# --- the CRD's bounds on the new fields ------------------------------------------------------
+
+
+def _crd_model() -> dict[str, Any]:
+    with open("crds/eval.lmms.dev_evalruns.yaml") as fh:
+        crd = yaml.safe_load(fh)
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return dict(spec["properties"])
+
+
+def test_the_crd_bounds_the_new_fields() -> None:
+    """Held: the API server itself refuses an unknown engine, a concurrency outside
+    1..256, a multiGPU mode or a verbosity it does not know."""
+    props = _crd_model()
+    model = props["model"]["properties"]
+    assert model["engine"]["enum"] == ["vllm", "sglang"]
+    assert (model["concurrency"]["minimum"], model["concurrency"]["maximum"]) == (1, 256)
+    assert sorted(model["multiGPU"]["enum"]) == ["DataParallel", "ModelParallel"]
+    evaluation = props["evaluation"]["properties"]
+    assert sorted(evaluation["verbosity"]["enum"]) == ["DEBUG", "ERROR", "INFO", "WARNING"]
+    assert evaluation["logSamples"]["type"] == "boolean"
+
+
+def test_masked_catches_the_credential_shapes_an_engine_could_print() -> None:
+    """Held: the shapes the engine's last lines are masked by."""
+    for secret in ("hf_" + "a1" * 17, "sk-" + "x" * 40, "AKIA" + "A" * 16):
+        assert secret not in masked(f"key={secret} done")
+
+
+def test_the_runner_beside_an_engine_has_limits_of_its_own() -> None:
+    """DEFECT (medium: engine runs cannot start in a namespace whose ResourceQuota counts
+    limits, and elsewhere the runner's memory is unbounded on a shared GPU node).
+
+    ``inference.attach`` moves the run's resources to the engine and leaves the runner
+    ``resources: {}``. A ResourceQuota on ``limits.memory``/``limits.cpu`` (the usual
+    multi-tenant setup) makes the API server refuse every pod with a container without
+    limits ("must specify limits.cpu for: runner") unless a LimitRange gives defaults:
+    the Job never gets a pod. Without a quota the runner (lmms-eval, the dataset, the
+    images it decodes) may take the node's memory without limit and be counted nowhere.
+
+    Fix: the runner keeps a small fixed request = limit of its own (an operator setting,
+    e.g. 1 CPU and 4Gi), taken out of what the spec gives the engine (or added to it,
+    and documented), so that the pod is Guaranteed and counted once."""
+    pod = pod_spec(engine_raw())
+    [runner] = pod["containers"]
+    limits = (runner.get("resources") or {}).get("limits") or {}
+    assert "memory" in limits and "cpu" in limits
