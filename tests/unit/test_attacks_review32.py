@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from lmms_operator.api.runner import SamplesReport, SampleRecord, TaskSamples
+from lmms_operator.api.runner import SampleRecord, SamplesReport, TaskSamples
 from lmms_operator.cli import samples as cli_samples
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
