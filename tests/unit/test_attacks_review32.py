@@ -308,3 +308,40 @@ def test_the_runner_beside_an_engine_has_limits_of_its_own() -> None:
     [runner] = pod["containers"]
     limits = (runner.get("resources") or {}).get("limits") or {}
     assert "memory" in limits and "cpu" in limits
+
+
+# --- GPUs for a container that requests none --------------------------------------------------
+
+
+def _env(container: dict[str, Any]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_a_runner_that_requests_no_gpu_sees_none() -> None:
+    """DEFECT, fixed (high on a node with NVIDIA's container runtime in its default
+    configuration: the runner, which requests no GPU beside an engine, saw every GPU of
+    the node, those of other tenants' pods included).
+
+    The runner image's base (nvidia/cuda) sets ``NVIDIA_VISIBLE_DEVICES=all``; the
+    runtime honours the variable in unprivileged containers unless the admin turned
+    ``accept-nvidia-visible-devices-envvar-when-unprivileged`` off. A container that
+    requests no GPU gets ``NVIDIA_VISIBLE_DEVICES=void`` (the runtime acts as runc); a
+    container that requests GPUs gets the device plugin's list, as before."""
+    pod = pod_spec(engine_raw())
+    [engine] = pod["initContainers"]
+    [runner] = pod["containers"]
+    assert _env(runner)["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "NVIDIA_VISIBLE_DEVICES" not in _env(engine)
+    served_run = {"model": {"type": "openai", "args": {"base_url": "http://m:8000/v1"}}}
+    cpu_raw = {**served_run, "tasks": ["mme"], "resources": {"gpus": 0}}
+    cpu = jobs.build(RUN, validate(cpu_raw, POLICY), RUNNER, token="t")
+    [cpu_runner] = cpu.job["spec"]["template"]["spec"]["containers"]
+    assert _env(cpu_runner)["NVIDIA_VISIBLE_DEVICES"] == "void"
+    gpu = jobs.build(
+        RUN,
+        validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"], "resources": {"gpus": 1}}),
+        RUNNER,
+        token="t",
+    )
+    [gpu_runner] = gpu.job["spec"]["template"]["spec"]["containers"]
+    assert "NVIDIA_VISIBLE_DEVICES" not in _env(gpu_runner)

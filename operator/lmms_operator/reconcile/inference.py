@@ -49,6 +49,12 @@ STOPPED = frozenset({0, 137, 143})
 _PULL_FATAL = st.IMAGE_PULL_FATAL
 _PULL_RETRYING = st.IMAGE_PULL_RETRYING
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
+#: A container that requests no GPU sees none: the runner image's CUDA base sets
+#: NVIDIA_VISIBLE_DEVICES=all, and NVIDIA's container runtime (its default configuration
+#: accepts the variable from unprivileged containers) would give such a container every
+#: GPU of the node, other pods' included. "void": the runtime acts as runc (no GPU, no
+#: driver). A container that requests GPUs gets the device plugin's value instead.
+NO_GPUS = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
 
 
 def images(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
@@ -151,9 +157,11 @@ def attach(
         {"name": "LMMS_MODEL_URL", "value": URL},
         {"name": "LMMS_MODEL_WAIT_SECONDS", "value": str(wait)},
         {"name": "OPENAI_API_KEY", "valueFrom": token},
+        dict(NO_GPUS),  # the engine holds the pod's GPUs; the runner requests none
     ]
     shared = {"hf-home", "tmp", "dshm"}
     carried = {"HF_HOME", "HOME", "TMPDIR", "HF_TOKEN"} | {v.name for v in spec.env}
+    carried.discard(NO_GPUS["name"])  # the device plugin's, for the engine's GPUs
     engine = {
         "name": CONTAINER,
         "image": image,

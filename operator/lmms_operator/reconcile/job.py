@@ -232,6 +232,8 @@ def _env(name: str, spec: EvalRunSpec, runner: RunnerDefaults, shards: int) -> l
         {"name": "TMPDIR", "value": "/tmp"},
     ]
     env += [{"name": v.name, "value": v.value} for v in spec.env]
+    if not spec.resources.gpus:
+        env.append(dict(inference.NO_GPUS))
     if spec.cache is not None:
         # Resume state (finished results, lmms-eval's response cache) lives on the volume.
         env.append({"name": "LMMS_STATE_DIR", "value": f"{HF_HOME}/lmms-runner"})
