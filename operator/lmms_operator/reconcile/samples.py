@@ -72,8 +72,10 @@ def keep(
     ``status.samples``. ``location``: where the runner uploaded its full output (the
     samples files are in it); ``volume_claim``: the cache volume the runner copied them
     to (``report.path``)."""
-    maps: list[dict[str, str]] = [{}]
-    sizes = [0]
+    # Lines by key in each map (joined at the end: one string grown line by line is
+    # copied whole at each line), and each map's bytes: its lines and its index entries.
+    maps: list[dict[str, list[str]]] = [{}]
+    sizes = [2]  # "{}"
     tasks: list[dict[str, Any]] = []
     for i, task in enumerate(report.tasks[:MAX_TASKS]):
         key = f"{i}.jsonl"
@@ -86,18 +88,22 @@ def keep(
         }
         if task.note:
             entry["note"] = escape_hidden(task.note)[:1024]
+        # What the key costs a map it is new to: its name, and its entry in index.json.
+        indexed = len(key) + 2 + len(json.dumps({key: entry["task"]}).encode())
         for record in task.records:
             line = _line(record) + "\n"
             size = len(line.encode())
-            if sizes[-1] + size > CONFIG_MAP_BUDGET - 64 * 1024:  # room for index.json
-                if len(maps) >= MAX_CONFIG_MAPS or size > CONFIG_MAP_BUDGET // 2:
+            new = 0 if key in maps[-1] else indexed
+            if sizes[-1] + size + new > CONFIG_MAP_BUDGET - len(INDEX_KEY):
+                if len(maps) >= MAX_CONFIG_MAPS or size + indexed > CONFIG_MAP_BUDGET // 2:
                     entry["truncated"] = True
                     continue
                 maps.append({})
-                sizes.append(0)
+                sizes.append(2)
+                new = indexed
             n = len(maps) - 1
-            maps[n][key] = maps[n].get(key, "") + line
-            sizes[n] += size
+            maps[n].setdefault(key, []).append(line)
+            sizes[n] += size + new
             entry["kept"] += 1
             name = f"{job_name}-samples-{n}"
             if name not in entry["configMaps"]:
@@ -114,7 +120,8 @@ def keep(
     if not any(t["kept"] for t in tasks):
         return {}, status
     config_maps = {}
-    for n, data in enumerate(maps):
+    for n, lines in enumerate(maps):
+        data = {key: "".join(part) for key, part in lines.items()}
         index = {f"{i}.jsonl": t["task"] for i, t in enumerate(tasks) if f"{i}.jsonl" in data}
         config_maps[f"{job_name}-samples-{n}"] = {INDEX_KEY: json.dumps(index), **data}
     return config_maps, status
