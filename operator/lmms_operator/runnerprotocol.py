@@ -121,7 +121,8 @@ class Scraper:
                             )
                         chunks.append(chunk)
                     return json.loads(b"".join(chunks))
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as exc:
+                # RecursionError: JSON nested deeper than the interpreter's limit.
                 raise errors.ScrapeError(f"{method} {url}: {type(exc).__name__} {exc}") from None
 
     async def close(self) -> None:

@@ -7,11 +7,14 @@ Tests marked ``DEFECT`` fail on the code they were written against and name the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
+import threading
 import tracemalloc
 import unicodedata
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
+from lmms_operator import errors
 from lmms_operator.api.runner import SampleRecord, SamplesReport, TaskSamples
 from lmms_operator.cli import samples as cli_samples
 from lmms_operator.config import Settings
@@ -29,6 +33,7 @@ from lmms_operator.reconcile import samples as sample_maps
 from lmms_operator.reconcile.credentials import masked
 from lmms_operator.reconcile.grammar import hidden
 from lmms_operator.reconcile.validate import Policy, validate
+from lmms_operator.runnerprotocol import Scraper
 from lmms_runner import served
 
 RUN = jobs.RunRef("big-model", "team-a", "0b8e6f5c-1111-2222-3333-444455556666")
@@ -413,3 +418,42 @@ def test_samples_config_maps_stay_within_their_bounds(tasks: list[tuple[str, lis
                 assert not any(hidden(c) for c in record.get("target", ""))
     for entry in pointer["tasks"]:
         assert not any(hidden(c) for c in entry["task"])
+
+
+# --- a runner's answer nested too deep --------------------------------------------------------
+
+
+class _Deep(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"[" * 200_000  # 200 KB: well within MAX_RESPONSE
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_answer_nested_too_deep_is_a_scrape_error() -> None:
+    """DEFECT, fixed (low: a tenant's runner kept its own run from recording its
+    results, on every scrape until its hold timeout; a CPU cost on each).
+
+    ``json.loads`` raises RecursionError, not ValueError, for JSON nested deeper than the
+    interpreter's recursion limit. The scraper turned only ValueError into ScrapeError,
+    so ``/samples`` answering ``[[[[…`` escaped ``samples()`` ("a failure costs the
+    samples") and the scrape of the run stopped before its results were kept."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Deep)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    async def main() -> None:
+        scraper = Scraper(Settings(scrape_timeout=10))
+        try:
+            with pytest.raises(errors.ScrapeError, match="RecursionError"):
+                await scraper.request("GET", f"http://127.0.0.1:{httpd.server_address[1]}/samples")
+        finally:
+            await scraper.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        httpd.shutdown()
