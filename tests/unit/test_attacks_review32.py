@@ -29,6 +29,8 @@ from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
 from lmms_operator.reconcile import inference
 from lmms_operator.reconcile import job as jobs
+from lmms_operator.reconcile import pods as pod_facts
+from lmms_operator.reconcile import results as run_results
 from lmms_operator.reconcile import samples as sample_maps
 from lmms_operator.reconcile.credentials import masked
 from lmms_operator.reconcile.grammar import hidden
@@ -457,3 +459,12 @@ def test_an_answer_nested_too_deep_is_a_scrape_error() -> None:
         asyncio.run(main())
     finally:
         httpd.shutdown()
+
+
+def test_a_termination_message_nested_too_deep_is_not_a_document() -> None:
+    """DEFECT, fixed (low, older than issue 32: a tenant's runner turned its own run's
+    end into InternalError). The runner's termination message (4096 bytes, whatever the
+    container wrote) is read as JSON for its results and for the failures it names; 4096
+    ``[`` raised RecursionError through the pass."""
+    assert pod_facts.runner_failure("[" * 4096) is None
+    assert run_results._termination_doc("[" * 4096) is None
