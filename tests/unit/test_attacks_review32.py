@@ -468,3 +468,72 @@ def test_a_termination_message_nested_too_deep_is_not_a_document() -> None:
     ``[`` raised RecursionError through the pass."""
     assert pod_facts.runner_failure("[" * 4096) is None
     assert run_results._termination_doc("[" * 4096) is None
+
+
+# --- a ConfigMap of the samples' name made before them ---------------------------------------
+
+
+class _Cluster:
+    """The writes and reads ``Applier._samples`` makes, over a dict of ConfigMaps."""
+
+    def __init__(self, existing: dict[str, dict[str, Any]], refuse: set[str]) -> None:
+        self.maps, self.refuse, self.deleted = dict(existing), refuse, []  # type: ignore[var-annotated]
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        name = obj["metadata"]["name"]
+        if name in self.refuse:
+            raise errors.Invalid(f"ConfigMap {name} is too long")
+        if name in self.maps:
+            return False
+        self.maps[name] = obj
+        return True
+
+    def read_config_map(self, _namespace: str, name: str) -> dict[str, Any] | None:
+        return self.maps.get(name)
+
+    def delete_config_map(self, _namespace: str, name: str) -> None:
+        self.deleted.append(name)
+        self.maps.pop(name, None)
+
+
+def _keep(cluster: _Cluster, names: list[str]) -> Any:
+    from lmms_operator.applier import Applier
+    from lmms_operator.reconcile.plan import KeepSamples
+    from lmms_operator.reconcile.publishing import owned_config_map
+
+    run = {"metadata": {"name": "r", "namespace": "team-a", "uid": "run-uid"}}
+    step = KeepSamples(tuple(owned_config_map(run, n, {}, {"0.jsonl": "{}"}) for n in names))
+    applier = Applier.__new__(Applier)
+    applier.writes, applier.api = cluster, cluster  # type: ignore[assignment]
+    return applier._samples("team-a", step)
+
+
+def test_a_tenants_config_map_of_the_samples_name_is_never_deleted_nor_taken() -> None:
+    """DEFECT, fixed (low: within the tenant's own namespace). The samples' ConfigMaps
+    have names anyone can compute (``<job>-samples-<n>``, the Job's name is in the run's
+    status). One made before them by someone else was (1) counted as kept: status.samples
+    pointed at it and the run said SamplesKept, and compare, which reads only the run's
+    own, silently fell back to the unpaired test; (2) deleted when a later one was
+    refused ("all or none" deleted every name, not only those it made). Now the applier
+    reads an existing one, keeps only the run's own, and deletes only what it made."""
+    foreign = {"metadata": {"name": "j-samples-0", "namespace": "team-a"}, "data": {}}
+    cluster = _Cluster({"j-samples-0": foreign}, refuse=set())
+    replan = _keep(cluster, ["j-samples-0", "j-samples-1"])
+    assert replan is not None and "j-samples-0 exists and is not the run's" in str(
+        replan.samples_failed
+    )
+    assert cluster.maps["j-samples-0"] is foreign and cluster.deleted == []
+
+    cluster = _Cluster({"j-samples-0": foreign}, refuse={"j-samples-1"})
+    replan = _keep(cluster, ["j-samples-2", "j-samples-1"])
+    assert replan is not None and cluster.deleted == ["j-samples-2"]
+    assert cluster.maps["j-samples-0"] is foreign
+
+
+def test_the_runs_own_config_maps_made_by_an_earlier_pass_count_as_kept() -> None:
+    """Held: a pass that made the maps and failed before the status patch is repeated;
+    the maps it finds are the run's own, and they are kept."""
+    cluster = _Cluster({}, refuse=set())
+    assert _keep(cluster, ["j-samples-0"]) is None
+    assert _keep(cluster, ["j-samples-0", "j-samples-1"]) is None
+    assert set(cluster.maps) == {"j-samples-0", "j-samples-1"} and cluster.deleted == []
