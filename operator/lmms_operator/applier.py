@@ -62,13 +62,6 @@ def backoff(attempt: int, sleep: Callable[[float], None] = time.sleep) -> float:
     return pause
 
 
-def _same_owner(found: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
-    """Whether an existing object has the owner the operator meant to give it."""
-    refs = ((found or {}).get("metadata") or {}).get("ownerReferences") or []
-    uids = {r.get("uid") for r in refs if isinstance(r, Mapping)}
-    return any(r["uid"] in uids for r in wanted["metadata"].get("ownerReferences") or [])
-
-
 class Applier:
     """Carries out Plans for one operator process. ``locks``: one writer per Leaderboard
     in this process (a fixed set, hashed by name: it never grows with the leaderboards
@@ -150,33 +143,23 @@ class Applier:
         return None
 
     def _samples(self, namespace: str, step: KeepSamples) -> Replan | None:
-        """The samples' ConfigMaps, all or none: one the API server refuses (too large,
-        over a quota, forbidden), or one of that name that exists and is not the run's
-        (made by someone else before it), deletes those this call made, and the pass
-        plans again without them (the scores do not wait for the samples). An API server
-        that does not answer fails the pass (it is retried)."""
-        made: list[str] = []
-        why: str | None = None
+        """The samples' ConfigMaps, all or none: one refused (too large, over a quota,
+        forbidden, someone else's of that name) deletes the run's made before it, and the
+        pass plans again without them. An API server that does not answer fails the pass."""
+        made = 0
         try:
-            for obj in step.config_maps:
-                name = obj["metadata"]["name"]
-                if self.writes.create(obj):
-                    made.append(name)
-                elif not _same_owner(self.api.read_config_map(namespace, name), obj):
-                    why = f"ConfigMap {name} exists and is not the run's: delete or rename it"
-                    break
+            for made, obj in enumerate(step.config_maps):  # noqa: B007 (read below)
+                self.writes.create_owned(obj)
         except errors.Unavailable:
             raise
         except errors.ApiError as exc:
-            why = str(exc)
-        if why is None:
-            return None
-        for name in made:  # never one this call did not make
-            try:
-                self.writes.delete_config_map(namespace, name)
-            except errors.ApiError as again:  # owned by the run: collected with it
-                log.warning("%s not deleted: %s", name, again)
-        return Replan(samples_failed=why[:1000])
+            for obj in step.config_maps[:made]:  # the run's own, never someone else's
+                try:
+                    self.writes.delete_config_map(namespace, obj["metadata"]["name"])
+                except errors.ApiError as again:  # owned by the run: collected with it
+                    log.warning("%s not deleted: %s", obj["metadata"]["name"], again)
+            return Replan(samples_failed=str(exc)[:1000])
+        return None
 
     def _publish(self, step: PublishEntries) -> Replan | None:
         try:

@@ -27,6 +27,7 @@ from lmms_operator.api.runner import SampleRecord, SamplesReport, TaskSamples
 from lmms_operator.cli import samples as cli_samples
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
+from lmms_operator.k8s.writes import Writer
 from lmms_operator.reconcile import inference
 from lmms_operator.reconcile import job as jobs
 from lmms_operator.reconcile import pods as pod_facts
@@ -491,6 +492,12 @@ class _Cluster:
         self.maps[name] = obj
         return True
 
+    create_owned = Writer.create_owned  # the check under test, over this fake
+
+    @property
+    def api(self) -> _Cluster:
+        return self
+
     def read_config_map(self, _namespace: str, name: str) -> dict[str, Any] | None:
         return self.maps.get(name)
 
@@ -507,7 +514,7 @@ def _keep(cluster: _Cluster, names: list[str]) -> Any:
     run = {"metadata": {"name": "r", "namespace": "team-a", "uid": "run-uid"}}
     step = KeepSamples(tuple(owned_config_map(run, n, {}, {"0.jsonl": "{}"}) for n in names))
     applier = Applier.__new__(Applier)
-    applier.writes, applier.api = cluster, cluster  # type: ignore[assignment]
+    applier.writes = cluster  # type: ignore[assignment]
     return applier._samples("team-a", step)
 
 
@@ -517,8 +524,8 @@ def test_a_tenants_config_map_of_the_samples_name_is_never_deleted_nor_taken() -
     status). One made before them by someone else was (1) counted as kept: status.samples
     pointed at it and the run said SamplesKept, and compare, which reads only the run's
     own, silently fell back to the unpaired test; (2) deleted when a later one was
-    refused ("all or none" deleted every name, not only those it made). Now the applier
-    reads an existing one, keeps only the run's own, and deletes only what it made."""
+    refused ("all or none" deleted every name, not only the run's). Now the writer
+    reads an existing one and takes only the run's own; a refusal deletes only those."""
     foreign = {"metadata": {"name": "j-samples-0", "namespace": "team-a"}, "data": {}}
     cluster = _Cluster({"j-samples-0": foreign}, refuse=set())
     replan = _keep(cluster, ["j-samples-0", "j-samples-1"])
@@ -528,7 +535,7 @@ def test_a_tenants_config_map_of_the_samples_name_is_never_deleted_nor_taken() -
     assert cluster.maps["j-samples-0"] is foreign and cluster.deleted == []
 
     cluster = _Cluster({"j-samples-0": foreign}, refuse={"j-samples-1"})
-    replan = _keep(cluster, ["j-samples-2", "j-samples-1"])
+    replan = _keep(cluster, ["j-samples-2", "j-samples-1", "j-samples-0"])
     assert replan is not None and cluster.deleted == ["j-samples-2"]
     assert cluster.maps["j-samples-0"] is foreign
 

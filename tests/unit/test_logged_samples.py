@@ -323,6 +323,8 @@ class Writes:
         self.made.append(obj["metadata"]["name"])
         return True
 
+    create_owned = create  # (none exists before: each is made or refused)
+
     def delete_config_map(self, namespace: str, name: str) -> None:
         self.deleted.append(name)
 

@@ -232,8 +232,7 @@ def _env(name: str, spec: EvalRunSpec, runner: RunnerDefaults, shards: int) -> l
         {"name": "TMPDIR", "value": "/tmp"},
     ]
     env += [{"name": v.name, "value": v.value} for v in spec.env]
-    if not spec.resources.gpus:
-        env.append(dict(inference.NO_GPUS))
+    env += [] if spec.resources.gpus else [dict(inference.NO_GPUS)]  # (see NO_GPUS)
     if spec.cache is not None:
         # Resume state (finished results, lmms-eval's response cache) lives on the volume.
         env.append({"name": "LMMS_STATE_DIR", "value": f"{HF_HOME}/lmms-runner"})
@@ -312,8 +311,7 @@ def _container(
     env: list[dict[str, Any]],
     mounts: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The runner container: requests equal to limits, and locked down (non-root,
-    read-only root filesystem, no capabilities)."""
+    """The runner container: requests = limits; non-root, read-only root, no capabilities."""
     res = spec.resources
     quantities: dict[str, str] = {}
     if res.gpus:
