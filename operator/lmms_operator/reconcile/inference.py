@@ -9,8 +9,10 @@ as a native sidecar of the run's pod, and what its container's status tells. Pur
   parallel size = the pod's GPUs. The engine requests the run's GPUs, CPU and memory;
   the runner requests none (a sidecar's requests add to the regular containers', so the
   pod's effective request is exactly the run's). The runner gets ``LMMS_MODEL_URL`` and
-  ``LMMS_MODEL_WAIT_SECONDS`` and waits for the server itself (its OpenAI client's key,
-  which the engine does not check, is the runner's own token);
+  ``LMMS_MODEL_WAIT_SECONDS`` and waits for the server itself; it gets no
+  ``OPENAI_API_KEY`` (the engine checks none, and the runner gives its client the
+  placeholder ``EMPTY``): its own bearer token never goes to the engine, whose log lines
+  may end in the run's status;
 - ``observed``: a run whose engine exited while the runner had not finished ends Failed
   with reason ``EngineFailed`` and the engine's last log lines (its termination message,
   ``FallbackToLogsOnError``), redacted and bounded; an engine image that cannot be
@@ -149,14 +151,10 @@ def attach(
     resources = runner["resources"]
     runner["resources"] = {}
     wait = min(WAIT_SECONDS, spec.timeout_seconds)
-    # The OpenAI client needs a key, and the engine checks none: the runner's own token
-    # (a secretKeyRef, masked in everything the runner writes) serves, never a plain value.
-    token = next(e["valueFrom"] for e in runner["env"] if e["name"] == "LMMS_RUNNER_TOKEN")
     runner["env"] = [
         *runner["env"],
         {"name": "LMMS_MODEL_URL", "value": URL},
         {"name": "LMMS_MODEL_WAIT_SECONDS", "value": str(wait)},
-        {"name": "OPENAI_API_KEY", "valueFrom": token},
         dict(NO_GPUS),  # the engine holds the pod's GPUs; the runner requests none
     ]
     shared = {"hf-home", "tmp", "dshm"}
