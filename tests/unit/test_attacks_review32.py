@@ -23,7 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from lmms_operator import errors
-from lmms_operator.api.runner import SampleRecord, SamplesReport, TaskSamples
+from lmms_operator.api.runner import (
+    SAMPLES_MAX_RECORDS,
+    SAMPLES_MAX_RESPONSE,
+    SampleRecord,
+    SamplesReport,
+    TaskSamples,
+)
 from lmms_operator.cli import samples as cli_samples
 from lmms_operator.config import Settings
 from lmms_operator.errors import InvalidSpec
@@ -164,36 +170,75 @@ def test_a_served_model_id_that_model_args_cannot_carry_is_refused(model_id: str
 # --- logged samples: what the runner serves, what the operator keeps -------------------------
 
 
-def test_a_runners_samples_answer_of_tiny_records_fits_the_operators_memory() -> None:
-    """DEFECT (high: one tenant can crash-loop the operator every tenant shares).
+class _Samples(BaseHTTPRequestHandler):
+    body = b""
 
-    The scraper bounds a runner's answer at 4 MiB (MAX_RESPONSE), but not the number of
-    records in it: ``{"id":0}`` is 9 bytes, and 466,000 such records become 466,000
-    dicts, then 466,000 pydantic models (SampleRecord, with its scores dict), held while
-    the run's plan is made. Measured: a 347 MB peak and 257 MB held for one answer, over
-    the chart's 256 MiB limit of the operator; the operator restarts, scrapes the same
-    runner again (it still holds its results) and is killed again.
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(self.body)
 
-    Fix: bound the records of a SamplesReport by count as well as by bytes (e.g. a
-    ``max_length`` on ``TaskSamples.records`` and ``SamplesReport.tasks``, checked with
-    ``model_validate_json`` on the raw bytes so that pydantic-core stops at the bound
-    without building the dicts), or have the runner serve the ConfigMaps' JSON lines and
-    keep them as text (checking each line), never one object per record; and a lower
-    bound on the ``/samples`` answer than on ``/results``."""
-    n = (4 * 1024 * 1024 - 100) // 9
-    body = '{"tasks":[{"task":"t","count":0,"records":[' + ",".join(['{"id":0}'] * n) + "]}]}"
-    raw = body.encode()
-    del body
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _read_samples(body: bytes) -> tuple[Any, int]:
+    """What the operator makes of a runner's /samples answer (the scraper's fetch and
+    read, then the ConfigMaps and the pointer), and the peak of the memory it took."""
+    _Samples.body = body
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Samples)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    async def main() -> Any:
+        scraper = Scraper(Settings(scrape_timeout=30))
+        try:
+            return await scraper.samples(f"http://127.0.0.1:{httpd.server_address[1]}/", "t")
+        finally:
+            await scraper.close()
+
     tracemalloc.start()
     try:
-        answer = json.loads(raw)  # (what Scraper.request returns)
-        kept = SamplesReport.model_validate(answer)
-        del answer
+        logged = asyncio.run(main())
+        kept = sample_maps.keep("job-abc", logged)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert kept.tasks
-    assert peak < OPERATOR_MEMORY // 4, f"{peak / 2**20:.0f} MiB to read one /samples answer"
+        httpd.shutdown()
+    return (logged, kept), peak
+
+
+def test_a_runners_samples_answer_of_tiny_records_fits_the_operators_memory() -> None:
+    """DEFECT, fixed (high: one tenant could crash-loop the operator every tenant shares).
+
+    The scraper bounded a runner's answer at 4 MiB (MAX_RESPONSE), but not the number of
+    records in it: ``{"id":0}`` is 9 bytes, and 466,000 such records became 466,000
+    dicts, then 466,000 pydantic models (SampleRecord, with its scores dict), held while
+    the run's plan was made. Measured: a 347 MB peak and 257 MB held for one answer, over
+    the chart's 256 MiB limit of the operator; the operator restarted, scraped the same
+    runner again (it still held its results) and was killed again.
+
+    Now the runner serves JSON Lines (``SamplesReport.jsonl``), and the operator reads
+    at most SAMPLES_MAX_RESPONSE bytes (below MAX_RESPONSE) a line at a time, keeping each
+    record as its ConfigMap line (text), at most SAMPLES_MAX_RECORDS of them (the rest
+    counted, not parsed), never one object per record; a line longer than
+    SAMPLES_MAX_LINE (the old one-document answer) is not parsed. What the bound left out
+    is said: the task's note, and ``left_out`` (the SamplesKept Event)."""
+    n = (SAMPLES_MAX_RESPONSE - 100) // 9
+    body = b'{"task":"t","count":0}\n' + b'{"id":0}\n' * n
+    (logged, (maps, pointer)), peak = _read_samples(body)
+    assert peak < OPERATOR_MEMORY // 8, f"{peak / 2**20:.0f} MiB to read one /samples answer"
+    [task] = logged.tasks
+    assert len(task.lines) == SAMPLES_MAX_RECORDS and task.lines[0] == '{"id":0}\n'
+    assert logged.left_out and str(n - SAMPLES_MAX_RECORDS) in logged.left_out
+    [entry] = pointer["tasks"]
+    assert entry["truncated"] and "over the operator's bound" in entry["note"]
+    assert 0 < entry["kept"] <= SAMPLES_MAX_RECORDS
+    # The answer as one JSON document (what the runner served before): one line over
+    # SAMPLES_MAX_LINE, not parsed, nothing kept.
+    doc = b'{"tasks":[{"task":"t","count":0,"records":[' + b",".join([b'{"id":0}'] * n) + b"]}]}"
+    (logged, (maps, _)), peak = _read_samples(doc[: SAMPLES_MAX_RESPONSE - 1])
+    assert peak < OPERATOR_MEMORY // 8, f"{peak / 2**20:.0f} MiB to read one /samples answer"
+    assert logged.tasks == () and maps == {}
 
 
 def test_status_samples_stays_small_whatever_the_runner_serves() -> None:

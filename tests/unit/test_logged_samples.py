@@ -190,7 +190,7 @@ def test_the_runner_serves_its_samples_with_the_token_only() -> None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=10) as resp:
-                return int(resp.status), json.load(resp)
+                return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, None
 
@@ -204,7 +204,14 @@ def test_the_runner_serves_its_samples_with_the_token_only() -> None:
         assert get(None)[0] == 401 and get("wrong")[0] == 401
         code, body = get("t0ken")
         assert code == 200
-        assert SamplesReport.model_validate(body).tasks[0].records[0].scores == {"acc": 1.0}
+        # JSON Lines, which the operator reads a line at a time.
+        assert body == b'{"task":"colors","count":1}\n{"id":0,"scores":{"acc":1.0}}\n'
+        [task] = keeping.read(body).tasks
+        assert (task.task, task.count, task.lines) == (
+            "colors",
+            1,
+            ('{"id":0,"scores":{"acc":1.0}}\n',),
+        )
     finally:
         server.stop()
 
@@ -230,7 +237,11 @@ def report(n: int, text: str = "red", tasks: tuple[str, ...] = ("colors",)) -> S
 
 def test_the_samples_go_to_config_maps_owned_by_the_run_and_the_status_points_at_them() -> None:
     plan = publishing.decide(
-        RUN, SPEC, STATUS, publishing.Inputs(summary=SUMMARY, samples=report(10)), NOW
+        RUN,
+        SPEC,
+        STATUS,
+        publishing.Inputs(summary=SUMMARY, samples=keeping.from_report(report(10))),
+        NOW,
     )
     assert isinstance(plan.samples, KeepSamples)
     (cm,) = plan.samples.config_maps
@@ -267,7 +278,7 @@ def test_the_status_names_the_cache_volume_and_the_output_that_hold_the_full_fil
     run = {**RUN, "spec": {**RUN["spec"], "cache": {"persistentVolumeClaim": "hf-cache"}}}
     full = report(3).model_copy(update={"path": "lmms-runner/abc/samples"})
     summary = SUMMARY.model_copy(update={"s3_location": "s3://evals/team-a/r/abc/"})
-    inputs = publishing.Inputs(summary=summary, samples=full)
+    inputs = publishing.Inputs(summary=summary, samples=keeping.from_report(full))
     plan = publishing.decide(run, EvalRunSpec.model_validate(run["spec"]), STATUS, inputs, NOW)
     pointer = plan.status.get("samples") or {}
     assert pointer["persistentVolumeClaim"] == "hf-cache"
@@ -277,7 +288,8 @@ def test_the_status_names_the_cache_volume_and_the_output_that_hold_the_full_fil
 
 
 def test_samples_not_kept_cost_the_samples_never_the_scores() -> None:
-    inputs = publishing.Inputs(summary=SUMMARY, samples=report(10), samples_failed="exceeded quota")
+    logged = keeping.from_report(report(10))
+    inputs = publishing.Inputs(summary=SUMMARY, samples=logged, samples_failed="exceeded quota")
     plan = publishing.decide(RUN, SPEC, STATUS, inputs, NOW)
     assert plan.samples is None and plan.status["results"][0]["value"] == 0.5
     assert plan.status["resultsConfigMap"] == "r-abc-results"
