@@ -242,8 +242,8 @@ def test_a_runners_samples_answer_of_tiny_records_fits_the_operators_memory() ->
 
 
 def test_status_samples_stays_small_whatever_the_runner_serves() -> None:
-    """DEFECT (medium: a tenant's runner makes its own run's status unwritable; the pass
-    fails on every scrape until the runner's hold timeout).
+    """DEFECT, fixed (medium: a tenant's runner made its own run's status unwritable; the
+    pass failed on every scrape until the runner's hold timeout).
 
     ``status.samples`` has an entry per task (up to MAX_TASKS = 256) with the task's name
     (253 characters) and note (1024 characters) after escaping, each character up to 4
@@ -268,6 +268,13 @@ def test_status_samples_stays_small_whatever_the_runner_serves() -> None:
     _, pointer = sample_maps.keep("job-abc", report(tasks))
     size = len(json.dumps(pointer, ensure_ascii=False).encode())
     assert size <= 256 * 1024, f"status.samples is {size} bytes"
+    # (fixed: at most MAX_POINTER; the tasks past it are one entry that counts them, and
+    # names no ConfigMap, so that compare never reads another task's key under its name)
+    assert size <= sample_maps.MAX_POINTER
+    folded = pointer["tasks"][-1]
+    assert folded["configMaps"] == [] and "more task(s)" in folded["note"]
+    assert sum(t["kept"] for t in pointer["tasks"]) == 256
+    assert all(len(t.get("note", "")) <= sample_maps.MAX_NOTE for t in pointer["tasks"][:-1])
 
 
 def test_samples_of_another_run_never_share_config_maps() -> None:

@@ -11,7 +11,9 @@ The answer is JSON Lines (``SamplesReport.jsonl``), read a line at a time (``rea
 the lines of the ConfigMaps, never into one object per record: at most
 ``SAMPLES_MAX_RESPONSE`` bytes, ``SAMPLES_MAX_RECORDS`` records and ``MAX_TASKS`` tasks, a
 line over ``SAMPLES_MAX_LINE`` bytes unparsed; what the bounds leave out, each task's
-note and the ``SamplesKept`` Event say.
+note and the ``SamplesKept`` Event say. ``status.samples`` is bounded as a whole
+(``MAX_POINTER`` bytes): notes cut to ``MAX_NOTE`` characters, the tasks past the bound
+folded into one entry that says how many.
 
 One ConfigMap holds the records of one or more tasks: a key ``<i>.jsonl`` per task (``i``
 its place in ``status.samples.tasks``; one JSON object a line: ``id``, ``target``,
@@ -46,8 +48,10 @@ SAMPLES_OF = f"{jobs.LABEL_PREFIX}/samples-of"
 INDEX_KEY = "index.json"
 #: A text field after escaping: escapes may lengthen it, never past this.
 MAX_TEXT = 4 * SAMPLE_TEXT_LIMIT
-#: The most characters of a task's note.
-MAX_NOTE = 1024
+#: The most bytes of ``status.samples`` (UTF-8 JSON, as the API server stores it), and
+#: the most characters of a task's note in it.
+MAX_POINTER = 64 * 1024
+MAX_NOTE = 200
 
 
 def _name(text: str) -> str:
@@ -174,6 +178,32 @@ def from_report(report: SamplesReport) -> LoggedSamples:
     return read(report.jsonl().encode())
 
 
+def _bounded(tasks: list[dict[str, Any]], rest: int) -> list[dict[str, Any]]:
+    """The tasks' entries within MAX_POINTER bytes (``rest``: the pointer's other
+    fields); those past the bound folded into one entry that says how many (their
+    records stay in the ConfigMaps, under the keys each index.json names)."""
+    size = rest + 1024  # 1024: room for the folded entry
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(tasks):
+        size += len(json.dumps(entry, ensure_ascii=False).encode()) + 1
+        if size > MAX_POINTER:
+            left = tasks[i:]
+            note = f"{len(left)} more task(s) left out of this list (status.samples' size bound)"
+            if any(t["kept"] for t in left):
+                note += "; each ConfigMap's index.json names their keys"
+            folded = {
+                "task": f"({len(left)} more tasks)",
+                "count": sum(t["count"] for t in left),
+                "kept": sum(t["kept"] for t in left),
+                "truncated": True,
+                "configMaps": [],  # none: this entry's <i>.jsonl is another task's
+                "note": note,
+            }
+            return [*out, folded]
+        out.append(entry)
+    return out
+
+
 def labels(run: Mapping[str, Any]) -> dict[str, str]:
     """The labels of a run's samples' ConfigMaps (with the managed-by label)."""
     meta = run["metadata"]
@@ -238,7 +268,7 @@ def keep(
         status["persistentVolumeClaim"] = volume_claim
         status["path"] = escape_hidden(report.path)[:1024]
     index = {f"{i}.jsonl": t["task"] for i, t in enumerate(tasks)}
-    status = {"tasks": tasks, **status}
+    status = {"tasks": _bounded(tasks, len(json.dumps(status).encode())), **status}
     if not any(t["kept"] for t in tasks):
         return {}, status
     config_maps = {}
