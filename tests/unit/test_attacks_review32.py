@@ -354,8 +354,10 @@ def test_masked_catches_the_credential_shapes_an_engine_could_print() -> None:
 
 
 def test_the_runner_beside_an_engine_has_limits_of_its_own() -> None:
-    """DEFECT (medium: engine runs cannot start in a namespace whose ResourceQuota counts
-    limits, and elsewhere the runner's memory is unbounded on a shared GPU node).
+    """DEFECT, fixed (medium: engine runs could not start in a namespace whose
+    ResourceQuota counts limits, and elsewhere the runner's memory was unbounded on a
+    shared GPU node). Now the runner has a request = limit of its own, added to the
+    engine's (LMMS_ENGINE_RUNNER_CPU, LMMS_ENGINE_RUNNER_MEMORY: 1 CPU, 4Gi).
 
     ``inference.attach`` moves the run's resources to the engine and leaves the runner
     ``resources: {}``. A ResourceQuota on ``limits.memory``/``limits.cpu`` (the usual
@@ -653,7 +655,7 @@ def test_gpu_modes_that_cannot_work_are_refused(
 
 
 def test_the_runner_never_sends_its_own_token_to_the_engine() -> None:
-    """DEFECT (low, defence in depth): the runner's OpenAI client key in an engine pod is
+    """DEFECT, fixed (low, defence in depth): the runner's OpenAI client key in an engine pod was
     the runner's own token (``OPENAI_API_KEY`` from the token Secret), so every request
     to the engine carries the bearer token that opens the runner's ``/results``,
     ``/samples`` and ``POST /ack``. The engine checks no key; whatever it logs about a

@@ -35,7 +35,7 @@ from lmms_operator.objectstore import ObjectStore, StorePolicy
 from lmms_operator.reconcile import publishing
 from lmms_operator.reconcile import samples as keeping
 from lmms_operator.reconcile.plan import KeepSamples
-from lmms_operator.reconcile.results import CONFIG_MAP_BUDGET
+from lmms_operator.reconcile.results import CONFIG_MAP_BUDGET, MAX_TASKS
 from lmms_runner import samples
 from lmms_runner.progress import Tracker
 from lmms_runner.server import RunnerServer
@@ -353,3 +353,35 @@ def test_the_samples_config_maps_are_made_all_or_none() -> None:
     applier.writes = Writes(errors.Unavailable("no answer"))  # type: ignore[assignment]
     with pytest.raises(errors.Unavailable):
         applier._samples("team-a", KeepSamples(maps))
+
+
+def test_the_operator_reads_a_samples_answer_within_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator reads the runner's JSON Lines a line at a time: lines that are no
+    record (not JSON, too long, no id) are counted in the task's note; tasks past
+    MAX_TASKS and records past SAMPLES_MAX_RECORDS are counted in ``left_out`` (the
+    SamplesKept Event), and the runner serves no more records than the operator reads."""
+    lines = [
+        b'{"path":"lmms-runner/abc/samples"}',
+        b'{"task":"colors","count":3,"note":"text cut"}',
+        b'{"id":0,"scores":{"acc":1.0}}',
+        b"not json",
+        b'{"id":1,"target":"' + b"x" * 40_000 + b'"}',
+        b'{"target":"no id"}',
+        *(b'{"task":"t%d","count":0}' % i for i in range(300)),
+    ]
+    logged = keeping.read(b"\n".join(lines))
+    assert logged.path == "lmms-runner/abc/samples" and len(logged.tasks) == MAX_TASKS
+    colors = logged.tasks[0]
+    assert colors.lines == ('{"id":0,"scores":{"acc":1.0}}\n',) and colors.truncated
+    assert colors.note == "3 line(s) not records; text cut"
+    assert logged.left_out == "45 task(s) over the operator's bound of 256"
+    monkeypatch.setattr(keeping, "SAMPLES_MAX_RECORDS", 2)
+    logged = keeping.read(b'{"task":"a","count":5}\n' + b'{"id":0}\n' * 5)
+    assert len(logged.tasks[0].lines) == 2 and "3 record(s) over" in str(logged.left_out)
+    monkeypatch.setattr(samples, "SAMPLES_MAX_RECORDS", 4)
+    recs = [SampleRecord(id=i) for i in range(5)]
+    served = samples.compact([("a", recs, 0), ("b", recs, 0)])
+    assert [len(t.records) for t in served] == [2, 2]
+    assert all("3 record(s) dropped" in str(t.note) for t in served)
