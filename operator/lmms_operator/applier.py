@@ -143,17 +143,17 @@ class Applier:
         return None
 
     def _samples(self, namespace: str, step: KeepSamples) -> Replan | None:
-        """The samples' ConfigMaps, all or none: one the API server refuses (too large,
-        over a quota, forbidden) deletes those made, and the pass plans again without
-        them (the scores do not wait for the samples). An API server that does not answer
-        fails the pass (it is retried)."""
+        """The samples' ConfigMaps, all or none: one refused (too large, over a quota,
+        forbidden, someone else's of that name) deletes the run's made before it, and the
+        pass plans again without them. An API server that does not answer fails the pass."""
+        made = 0
         try:
-            for obj in step.config_maps:
-                self.writes.create(obj)
+            for made, obj in enumerate(step.config_maps):  # noqa: B007 (read below)
+                self.writes.create_owned(obj)
         except errors.Unavailable:
             raise
         except errors.ApiError as exc:
-            for obj in step.config_maps:
+            for obj in step.config_maps[:made]:  # the run's own, never someone else's
                 try:
                     self.writes.delete_config_map(namespace, obj["metadata"]["name"])
                 except errors.ApiError as again:  # owned by the run: collected with it

@@ -44,6 +44,8 @@
 | LMMS_GPU_MEMORY                | (none)                           | memory of one GPU per resource name   |
 | LMMS_ENGINE_IMAGE_VLLM         | (none)                           | image of spec.model.engine: vllm      |
 | LMMS_ENGINE_IMAGE_SGLANG       | (none)                           | image of spec.model.engine: sglang    |
+| LMMS_ENGINE_RUNNER_CPU         | 1                                | cpu of the runner beside an engine    |
+| LMMS_ENGINE_RUNNER_MEMORY      | 4Gi                              | memory of the runner beside an engine |
 
 LMMS_ALLOWED_FEATURES names the optional features EvalRuns may use: imageOverride
 (spec.image), multiNode (resources.nodes > 1), customTasks, s3Output (output.s3),
@@ -55,7 +57,9 @@ variables a run may set (docs/security.md lists the default ones).
 LMMS_ENGINE_IMAGE_VLLM and LMMS_ENGINE_IMAGE_SGLANG name the images of the inference
 engines (``reconcile.inference``); a run naming an engine without one ends Failed
 (InvalidSpec, naming spec.model.engine). A value that is not an image reference stops
-the operator at start-up.
+the operator at start-up. LMMS_ENGINE_RUNNER_CPU and LMMS_ENGINE_RUNNER_MEMORY are the
+request and limit of the runner container beside an engine, added to the engine's share
+(spec.resources); a value that is not a positive quantity stops the operator at start-up.
 
 LMMS_PROMETHEUS_NAMESPACE_SELECTOR and LMMS_PROMETHEUS_POD_SELECTOR (label selectors in
 kubectl's ``-l`` syntax, e.g. ``kubernetes.io/metadata.name=monitoring`` and
@@ -191,6 +195,8 @@ class Settings:
     gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)
     #: (engine, image) for spec.model.engine; an engine not listed has no image.
     engine_images: tuple[tuple[str, str], ...] = ()
+    #: The runner's own (resource, quantity) request = limit beside an engine.
+    engine_runner: tuple[tuple[str, str], ...] = inference.RUNNER_RESOURCES
 
     @property
     def runner(self) -> RunnerDefaults:
@@ -211,6 +217,7 @@ class Settings:
             pod=self.runner_pod_defaults,
             gpu_memory=self.gpu_memory,
             engine_images=self.engine_images,
+            engine_runner=self.engine_runner,
         )
 
     #: Networks beyond public addresses where object stores may be (netguard).
@@ -304,6 +311,7 @@ class Settings:
             runner_pod_defaults=poddefaults.parse(os.environ),
             gpu_memory=multigpu.parse_gpu_memory(os.environ.get(multigpu.SETTING, "")),
             engine_images=_engine_images(),
+            engine_runner=inference.runner_resources(os.environ),
         )
 
     def check(self) -> Settings:

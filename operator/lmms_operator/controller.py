@@ -30,7 +30,7 @@ from typing import Any
 
 from . import errors, k8s, reads
 from .api import EvalRunSpec
-from .api.runner import ResultsSummary, RunnerProgress, SamplesReport
+from .api.runner import LoggedSamples, ResultsSummary, RunnerProgress
 from .applier import Applier
 from .clock import Clock
 from .config import Settings
@@ -413,7 +413,7 @@ class Controller:
         self._update(uid, act)
 
     def results(
-        self, uid: str, summary: ResultsSummary, image: str | None, samples: SamplesReport | None
+        self, uid: str, summary: ResultsSummary, image: str | None, samples: LoggedSamples | None
     ) -> None:
         def act(run: dict[str, Any]) -> None:
             spec = EvalRunSpec.model_validate(run.get("spec") or {})

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import errors, evaluation_index, k8s, objectstore
 from .api import EvalRunSpec, S3Output
-from .api.runner import ResultsSummary, SamplesReport, results_prefix
+from .api.runner import LoggedSamples, ResultsSummary, results_prefix
 from .reconcile import admission, fanout, kueue, modelendpoint, reuse
 from .reconcile import job as jobs
 from .reconcile import pods as pods_
@@ -171,7 +171,7 @@ def results(
     needs: Needs | None = None,
     summary: ResultsSummary | None = None,
     image: str | None = None,
-    samples: SamplesReport | None = None,
+    samples: LoggedSamples | None = None,
     pods: Sequence[Mapping[str, Any]] = (),
     publish_failures: int = 0,
     publish_failed: str | None = None,

@@ -6,8 +6,9 @@ no Kubernetes credentials. It pulls, like Prometheus:
 - ``GET /results`` with the run's bearer token once a runner is done, or as a long poll
   (``?wait=``) while it is about to be, answered the moment its results are ready;
 - ``GET /samples`` with the same token, right after the results, for a run that logs its
-  samples (``spec.evaluation.logSamples``): compact, bounded; a failure costs the samples,
-  never the results;
+  samples (``spec.evaluation.logSamples``): JSON Lines, read a line at a time within
+  bounds of bytes, records and tasks (``reconcile.samples.read``); a failure costs the
+  samples, never the results;
 - ``POST /ack`` once the results are kept, so that the runner exits and frees its GPUs;
 - a fan-out's shards: each runner is scraped, each shard's results are kept as they come
   and acknowledged, and the last one publishes the merged set.
@@ -30,19 +31,20 @@ from typing import Any, Protocol
 import aiohttp
 
 from . import errors, k8s
-from .api.runner import ResultsSummary, RunnerProgress, SamplesReport
+from .api.runner import SAMPLES_MAX_RESPONSE, LoggedSamples, ResultsSummary, RunnerProgress
 from .clock import Clock
 from .config import Settings
 from .metrics import Metrics
 from .reconcile import pods as pod_facts
 from .reconcile import progress as prog
 from .reconcile import reasons as R
+from .reconcile import samples as sample_maps
 from .store import Store
 
 log = logging.getLogger("lmms.runnerprotocol")
 
 #: The most a runner's answer (/progress, /results) may hold: results over the 1 MiB
-#: ConfigMap limit go to the object store anyway.
+#: ConfigMap limit go to the object store anyway (/samples: SAMPLES_MAX_RESPONSE).
 MAX_RESPONSE = 4 * 1024 * 1024
 
 
@@ -57,7 +59,7 @@ class Runs(Protocol):
     def unanswered(self, uid: str, message: str) -> None: ...
 
     def results(
-        self, uid: str, summary: ResultsSummary, image: str | None, samples: SamplesReport | None
+        self, uid: str, summary: ResultsSummary, image: str | None, samples: LoggedSamples | None
     ) -> None: ...
 
     def shard_results(
@@ -88,10 +90,25 @@ class Scraper:
     async def request(
         self, method: str, url: str, token: str | None = None, wait: float = 0.0
     ) -> Any:
-        """The runner's JSON answer. An answer over ``MAX_RESPONSE`` bytes is refused
-        without being read whole. ``wait`` > 0: a long poll (``?wait=``, held by the runner
-        up to that many seconds) in a waiting slot, or a plain request when every waiting
-        slot is taken."""
+        """The runner's JSON answer (``fetch``)."""
+        body = await self.fetch(method, url, token, wait)
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the interpreter's limit.
+            raise errors.ScrapeError(f"{method} {url}: {type(exc).__name__} {exc}") from None
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        token: str | None = None,
+        wait: float = 0.0,
+        limit: int = MAX_RESPONSE,
+    ) -> bytes:
+        """The runner's answer. One over ``limit`` bytes is refused without being read
+        whole. ``wait`` > 0: a long poll (``?wait=``, held by the runner up to that many
+        seconds) in a waiting slot, or a plain request when every waiting slot is taken."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         timeout = aiohttp.ClientTimeout(total=self.settings.scrape_timeout)
         if wait > 0 and not self._waiting.locked():
@@ -107,22 +124,25 @@ class Scraper:
                 ) as resp:
                     if resp.status >= 400:
                         raise errors.ScrapeError(f"{method} {url}: HTTP {resp.status}")
-                    if (resp.content_length or 0) > MAX_RESPONSE:
-                        raise errors.ScrapeError(
-                            f"{method} {url}: answer over {MAX_RESPONSE} bytes"
-                        )
+                    if (resp.content_length or 0) > limit:
+                        raise errors.ScrapeError(f"{method} {url}: answer over {limit} bytes")
                     chunks: list[bytes] = []
                     size = 0
                     async for chunk in resp.content.iter_chunked(64 * 1024):
                         size += len(chunk)
-                        if size > MAX_RESPONSE:
-                            raise errors.ScrapeError(
-                                f"{method} {url}: answer over {MAX_RESPONSE} bytes"
-                            )
+                        if size > limit:
+                            raise errors.ScrapeError(f"{method} {url}: answer over {limit} bytes")
                         chunks.append(chunk)
-                    return json.loads(b"".join(chunks))
+                    return b"".join(chunks)
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise errors.ScrapeError(f"{method} {url}: {type(exc).__name__} {exc}") from None
+
+    async def samples(self, url: str, token: str) -> LoggedSamples:
+        """A runner's logged samples (``GET /samples``, JSON Lines): at most
+        ``SAMPLES_MAX_RESPONSE`` bytes, read a line at a time within the bounds of
+        ``reconcile.samples.read`` (on a thread: up to SAMPLES_MAX_RECORDS records)."""
+        body = await self.fetch("GET", url, token=token, limit=SAMPLES_MAX_RESPONSE)
+        return await asyncio.get_running_loop().run_in_executor(None, sample_maps.read, body)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -354,19 +374,19 @@ class RunnerProtocol:
                 )
                 return i, None
 
-        async def samples(i: int) -> SamplesReport | None:
+        async def samples(i: int) -> LoggedSamples | None:
             """The runner's logged samples, when the run logs them (a single-pod run)."""
             spec = (self.store.get(uid) or {}).get("spec") or {}
             if shards or not (spec.get("evaluation") or {}).get("logSamples"):
                 return None
             try:
-                answer = await self.scraper.request(
-                    "GET", f"{self._base(pods[i])}/samples", token=token
-                )
-                return SamplesReport.model_validate(answer)
-            except (errors.ScrapeError, ValueError) as exc:
+                logged = await self.scraper.samples(f"{self._base(pods[i])}/samples", token)
+            except errors.ScrapeError as exc:
                 log.warning("logged samples of %s not fetched: %s", job_name, str(exc)[:300])
                 return None
+            if logged.left_out:
+                log.warning("logged samples of %s: %s left out", job_name, logged.left_out)
+            return logged
 
         async def ack(i: int) -> None:
             try:

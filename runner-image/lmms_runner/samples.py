@@ -7,7 +7,9 @@ response, and the per-sample metric values lmms-eval wrote beside them (numbers;
 with a numeric ``score`` counts as that score, as lmms-eval's own baseline comparison
 reads it). Everything is bounded: text fields are cut to ``SAMPLE_TEXT_LIMIT``
 characters, and when the records of the run exceed ``SAMPLES_BYTES_LIMIT``, the text is
-dropped (the scores kept), then records are dropped; each task says what was left out.
+dropped (the scores kept), then records are dropped (also past ``SAMPLES_MAX_RECORDS``
+in all, the most the operator reads); each task says what was left out. Served as JSON
+Lines (``SamplesReport.jsonl``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from lmms_operator.api.runner import (
     SAMPLE_SCORES_LIMIT,
     SAMPLE_TEXT_LIMIT,
     SAMPLES_BYTES_LIMIT,
+    SAMPLES_MAX_RECORDS,
     SampleRecord,
     SamplesReport,
     TaskSamples,
@@ -174,17 +177,18 @@ def compact(
             notes[task].append("text dropped to fit (scores kept)")
         sizes = {task: [_size(r) for r in records] for task, records, _ in parts}
     out: list[TaskSamples] = []
-    left = limit
+    left, left_records = limit, SAMPLES_MAX_RECORDS
     for i, (task, records, _) in enumerate(parts):
-        # An equal share of what is left for each task still to come; unused share
-        # passes on to the next.
+        # An equal share of what is left (bytes and records) for each task still to
+        # come; unused share passes on to the next.
         share = left // (len(parts) - i)
+        count_share = left_records // (len(parts) - i)
         kept, used = 0, 0
         for size in sizes[task]:
-            if used + size > share:
+            if used + size > share or kept >= count_share:
                 break
             kept, used = kept + 1, used + size
-        left -= used
+        left, left_records = left - used, left_records - kept
         if kept < len(records):
             notes[task].append(f"{len(records) - kept} record(s) dropped to fit")
         out.append(

@@ -144,7 +144,7 @@ class ModelServer:
 
 def checked_id(model_id: str) -> str:
     """A served model id --model_args can carry with one meaning, or ServedError."""
-    if not MODEL_ID.match(model_id):
+    if not MODEL_ID.fullmatch(model_id):  # (match: "$" also matches before a final "\n")
         shown = json.dumps(model_id[:80])
         raise ServedError(
             "EvaluationFailed",

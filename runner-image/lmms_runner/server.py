@@ -4,8 +4,9 @@ GET  /healthz    liveness
 GET  /progress   RunnerProgress (JSON)
 GET  /metrics    Prometheus text
 GET  /results    ResultsSummary (JSON)              bearer token
-GET  /samples    SamplesReport (JSON): the logged samples, compact, once the results are
-                 ready (404 when the run logs none)  bearer token
+GET  /samples    SamplesReport as JSON Lines (``SamplesReport.jsonl``): the logged
+                 samples, compact, once the results are ready (404 when the run logs
+                 none)  bearer token
                  ``?wait=S``: answer once the results are ready (or the run failed), or
                  after S seconds (at most ``MAX_WAIT``): the operator asks a runner near
                  its end, to collect its results, and free its pod, at once
@@ -183,8 +184,7 @@ class RunnerServer:
                 elif server.samples is None:
                     self._json(404, {"error": "no logged samples", "phase": server.tracker.phase})
                 else:
-                    body = server.samples.model_dump_json(by_alias=True, exclude_defaults=True)
-                    self._send(200, body.encode())
+                    self._send(200, server.samples.jsonl().encode(), "application/jsonl")
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

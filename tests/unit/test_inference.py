@@ -59,8 +59,10 @@ def test_the_engine_is_a_native_sidecar_with_the_pods_gpus_and_the_runner_reques
     ]
     wanted = {"nvidia.com/gpu": "4", "memory": "200Gi", "cpu": "16"}
     assert engine["resources"] == {"requests": wanted, "limits": wanted}
-    # A sidecar's requests add to the regular containers': the pod asks for 4 GPUs once.
-    assert runner["resources"] == {}
+    # A sidecar's requests add to the regular containers': the pod asks for 4 GPUs once;
+    # the runner has a small request = limit of its own (a quota on limits admits it).
+    own = {"cpu": "1", "memory": "4Gi"}
+    assert runner["resources"] == {"requests": own, "limits": own}
     assert engine["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert engine["securityContext"] == runner["securityContext"]
     assert engine["securityContext"]["runAsNonRoot"] is True
@@ -73,10 +75,9 @@ def test_the_engine_is_a_native_sidecar_with_the_pods_gpus_and_the_runner_reques
     runner_env = {e["name"]: e.get("value") for e in runner["env"]}
     assert runner_env["LMMS_MODEL_URL"] == "http://127.0.0.1:8000/v1"
     assert runner_env["LMMS_MODEL_WAIT_SECONDS"] == "3600"
-    # The OpenAI client's key: the runner's own token, never a plain value.
-    key = next(e for e in runner["env"] if e["name"] == "OPENAI_API_KEY")
-    token = next(e for e in runner["env"] if e["name"] == "LMMS_RUNNER_TOKEN")
-    assert "value" not in key and key["valueFrom"] == token["valueFrom"]
+    # No key: the engine checks none (the runner's client sends the placeholder EMPTY),
+    # and the runner's own token never goes to the engine.
+    assert "OPENAI_API_KEY" not in runner_env
 
 
 def test_sglang_and_a_revision() -> None:
@@ -247,3 +248,23 @@ def test_an_engine_is_part_of_the_leaderboard_entry_and_the_evaluation_identity(
     assert reuse.reuse_key(SPEC, "0.7.3", None) != reuse.reuse_key(sglang, "0.7.3", None)
     plain = validate({"model": {"type": "qwen2_vl"}, "tasks": ["mme"]})
     assert "engine" not in reuse.reuse_key(plain, "0.7.3", None)
+
+
+def test_the_runner_beside_an_engine_takes_the_operators_resources(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LMMS_ENGINE_RUNNER_CPU and LMMS_ENGINE_RUNNER_MEMORY set the runner's request and
+    limit beside an engine; a value that is not a positive quantity stops the operator,
+    naming the variable."""
+    monkeypatch.setenv("LMMS_ENGINE_RUNNER_CPU", "500m")
+    monkeypatch.setenv("LMMS_ENGINE_RUNNER_MEMORY", "2Gi")
+    runner_defaults = dataclasses.replace(Settings.from_env().runner, engine_images=IMAGES)
+    desired = jobs.build(RUN, validate(raw(), POLICY), runner_defaults, token="t0ken")
+    [runner] = desired.job["spec"]["template"]["spec"]["containers"]
+    own = {"cpu": "500m", "memory": "2Gi"}
+    assert runner["resources"] == {"requests": own, "limits": own}
+    for name, bad in (("LMMS_ENGINE_RUNNER_CPU", "0"), ("LMMS_ENGINE_RUNNER_MEMORY", "lots")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env()
+        monkeypatch.delenv(name)

@@ -35,7 +35,7 @@ from lmms_operator.objectstore import ObjectStore, StorePolicy
 from lmms_operator.reconcile import publishing
 from lmms_operator.reconcile import samples as keeping
 from lmms_operator.reconcile.plan import KeepSamples
-from lmms_operator.reconcile.results import CONFIG_MAP_BUDGET
+from lmms_operator.reconcile.results import CONFIG_MAP_BUDGET, MAX_TASKS
 from lmms_runner import samples
 from lmms_runner.progress import Tracker
 from lmms_runner.server import RunnerServer
@@ -190,7 +190,7 @@ def test_the_runner_serves_its_samples_with_the_token_only() -> None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=10) as resp:
-                return int(resp.status), json.load(resp)
+                return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, None
 
@@ -204,7 +204,14 @@ def test_the_runner_serves_its_samples_with_the_token_only() -> None:
         assert get(None)[0] == 401 and get("wrong")[0] == 401
         code, body = get("t0ken")
         assert code == 200
-        assert SamplesReport.model_validate(body).tasks[0].records[0].scores == {"acc": 1.0}
+        # JSON Lines, which the operator reads a line at a time.
+        assert body == b'{"task":"colors","count":1}\n{"id":0,"scores":{"acc":1.0}}\n'
+        [task] = keeping.read(body).tasks
+        assert (task.task, task.count, task.lines) == (
+            "colors",
+            1,
+            ('{"id":0,"scores":{"acc":1.0}}\n',),
+        )
     finally:
         server.stop()
 
@@ -230,7 +237,11 @@ def report(n: int, text: str = "red", tasks: tuple[str, ...] = ("colors",)) -> S
 
 def test_the_samples_go_to_config_maps_owned_by_the_run_and_the_status_points_at_them() -> None:
     plan = publishing.decide(
-        RUN, SPEC, STATUS, publishing.Inputs(summary=SUMMARY, samples=report(10)), NOW
+        RUN,
+        SPEC,
+        STATUS,
+        publishing.Inputs(summary=SUMMARY, samples=keeping.from_report(report(10))),
+        NOW,
     )
     assert isinstance(plan.samples, KeepSamples)
     (cm,) = plan.samples.config_maps
@@ -267,7 +278,7 @@ def test_the_status_names_the_cache_volume_and_the_output_that_hold_the_full_fil
     run = {**RUN, "spec": {**RUN["spec"], "cache": {"persistentVolumeClaim": "hf-cache"}}}
     full = report(3).model_copy(update={"path": "lmms-runner/abc/samples"})
     summary = SUMMARY.model_copy(update={"s3_location": "s3://evals/team-a/r/abc/"})
-    inputs = publishing.Inputs(summary=summary, samples=full)
+    inputs = publishing.Inputs(summary=summary, samples=keeping.from_report(full))
     plan = publishing.decide(run, EvalRunSpec.model_validate(run["spec"]), STATUS, inputs, NOW)
     pointer = plan.status.get("samples") or {}
     assert pointer["persistentVolumeClaim"] == "hf-cache"
@@ -277,7 +288,8 @@ def test_the_status_names_the_cache_volume_and_the_output_that_hold_the_full_fil
 
 
 def test_samples_not_kept_cost_the_samples_never_the_scores() -> None:
-    inputs = publishing.Inputs(summary=SUMMARY, samples=report(10), samples_failed="exceeded quota")
+    logged = keeping.from_report(report(10))
+    inputs = publishing.Inputs(summary=SUMMARY, samples=logged, samples_failed="exceeded quota")
     plan = publishing.decide(RUN, SPEC, STATUS, inputs, NOW)
     assert plan.samples is None and plan.status["results"][0]["value"] == 0.5
     assert plan.status["resultsConfigMap"] == "r-abc-results"
@@ -323,6 +335,8 @@ class Writes:
         self.made.append(obj["metadata"]["name"])
         return True
 
+    create_owned = create  # (none exists before: each is made or refused)
+
     def delete_config_map(self, namespace: str, name: str) -> None:
         self.deleted.append(name)
 
@@ -333,8 +347,41 @@ def test_the_samples_config_maps_are_made_all_or_none() -> None:
     applier.writes = Writes(errors.Invalid("too large"))  # type: ignore[assignment]
     replan = applier._samples("team-a", KeepSamples(maps))
     assert replan is not None and replan.samples_failed == "too large"
-    assert applier.writes.deleted == ["s-0", "s-1", "s-2"]  # type: ignore[attr-defined]
+    # Only those it made: never a ConfigMap of that name someone else made before.
+    assert applier.writes.deleted == ["s-0"]  # type: ignore[attr-defined]
     # An API server that does not answer fails the pass: it is retried, not given up.
     applier.writes = Writes(errors.Unavailable("no answer"))  # type: ignore[assignment]
     with pytest.raises(errors.Unavailable):
         applier._samples("team-a", KeepSamples(maps))
+
+
+def test_the_operator_reads_a_samples_answer_within_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator reads the runner's JSON Lines a line at a time: lines that are no
+    record (not JSON, too long, no id) are counted in the task's note; tasks past
+    MAX_TASKS and records past SAMPLES_MAX_RECORDS are counted in ``left_out`` (the
+    SamplesKept Event), and the runner serves no more records than the operator reads."""
+    lines = [
+        b'{"path":"lmms-runner/abc/samples"}',
+        b'{"task":"colors","count":3,"note":"text cut"}',
+        b'{"id":0,"scores":{"acc":1.0}}',
+        b"not json",
+        b'{"id":1,"target":"' + b"x" * 40_000 + b'"}',
+        b'{"target":"no id"}',
+        *(b'{"task":"t%d","count":0}' % i for i in range(300)),
+    ]
+    logged = keeping.read(b"\n".join(lines))
+    assert logged.path == "lmms-runner/abc/samples" and len(logged.tasks) == MAX_TASKS
+    colors = logged.tasks[0]
+    assert colors.lines == ('{"id":0,"scores":{"acc":1.0}}\n',) and colors.truncated
+    assert colors.note == "3 line(s) not records; text cut"
+    assert logged.left_out == "45 task(s) over the operator's bound of 256"
+    monkeypatch.setattr(keeping, "SAMPLES_MAX_RECORDS", 2)
+    logged = keeping.read(b'{"task":"a","count":5}\n' + b'{"id":0}\n' * 5)
+    assert len(logged.tasks[0].lines) == 2 and "3 record(s) over" in str(logged.left_out)
+    monkeypatch.setattr(samples, "SAMPLES_MAX_RECORDS", 4)
+    recs = [SampleRecord(id=i) for i in range(5)]
+    served = samples.compact([("a", recs, 0), ("b", recs, 0)])
+    assert [len(t.records) for t in served] == [2, 2]
+    assert all("3 record(s) dropped" in str(t.note) for t in served)

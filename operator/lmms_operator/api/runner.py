@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
@@ -153,6 +155,17 @@ SAMPLE_SCORES_LIMIT = 16
 #: The most bytes of samples a runner serves (``GET /samples``), in all: under the
 #: operator's bound on an answer, and the most the run's sample ConfigMaps hold.
 SAMPLES_BYTES_LIMIT = 3 * 1024 * 1024
+#: The most records a runner serves and the operator reads from one ``GET /samples``
+#: answer (the operator counts the rest as left out): what SAMPLES_BYTES_LIMIT holds of
+#: records with scores and no text. A bound on the operator's memory, which holds each
+#: record it keeps as one line of text, whatever the answer's records look like.
+SAMPLES_MAX_RECORDS = 100_000
+#: The most bytes the operator reads of a ``GET /samples`` answer (the records and a line
+#: per task), below its bound on the other answers (``runnerprotocol.MAX_RESPONSE``).
+SAMPLES_MAX_RESPONSE = SAMPLES_BYTES_LIMIT + 512 * 1024
+#: The longest line of a ``GET /samples`` answer the operator reads (a record's bounded
+#: fields take far less); a longer one is not parsed.
+SAMPLES_MAX_LINE = 32 * 1024
 
 
 class SampleRecord(ApiModel):
@@ -180,10 +193,46 @@ class TaskSamples(ApiModel):
 
 
 class SamplesReport(ApiModel):
-    """``GET /samples``: the logged samples of every task, compact, within
-    ``SAMPLES_BYTES_LIMIT``."""
+    """The runner's logged samples of every task, compact, within ``SAMPLES_BYTES_LIMIT``;
+    served as JSON Lines (``jsonl``)."""
 
     tasks: list[TaskSamples] = Field(default_factory=list)
     path: str | None = Field(
         default=None, description="Where the full samples files were copied (the cache volume)."
     )
+
+    def jsonl(self) -> str:
+        """``GET /samples`` as served: JSON Lines, never one document, so that the operator
+        reads it a line at a time within its bounds: ``{"path": ...}`` first (when there is
+        one), then per task a line ``{"task": ..., "count": ...}`` (``truncated``, ``note``)
+        followed by its records, one a line (``{"id": ...}``)."""
+        parts = [json.dumps({"path": self.path})] if self.path else []
+        for task in self.tasks:
+            dump = task.model_dump_json(by_alias=True, exclude_defaults=True, exclude={"records"})
+            parts.append(dump)
+            parts.extend(
+                r.model_dump_json(by_alias=True, exclude_defaults=True) for r in task.records
+            )
+        return "".join(f"{part}\n" for part in parts)
+
+
+@dataclass(frozen=True)
+class LoggedTask:
+    """One task's logged samples as the operator holds them: its records as the lines of
+    its ConfigMaps' key (escaped and bounded), never one object per record."""
+
+    task: str
+    count: int
+    truncated: bool = False
+    note: str | None = None
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggedSamples:
+    """A ``GET /samples`` answer as the operator read it (``reconcile.samples.read``);
+    ``left_out``: what the operator's own bounds left out (None: nothing)."""
+
+    tasks: tuple[LoggedTask, ...] = ()
+    path: str | None = None
+    left_out: str | None = None

@@ -95,6 +95,21 @@ class Writer:
             raise ValueError(f"cannot create {kind}")
         return self._create(path(kind, obj["metadata"]["namespace"]), obj)
 
+    def create_owned(self, obj: Mapping[str, Any]) -> bool:
+        """``create``, where one that exists must have the owner ``obj`` names (made by an
+        earlier pass): ``errors.Conflict`` when it is someone else's. True: made now."""
+        if self.create(obj):
+            return True
+        meta = obj["metadata"]
+        found = self.api.read_config_map(meta["namespace"], meta["name"]) or {}
+        refs = (found.get("metadata") or {}).get("ownerReferences") or []
+        uids = {r.get("uid") for r in refs if isinstance(r, Mapping)}
+        if not any(r["uid"] in uids for r in meta.get("ownerReferences") or []):
+            raise errors.Conflict(
+                f"ConfigMap {meta['name']} exists and is not the run's: delete or rename it"
+            )
+        return False
+
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self._send(
             "PATCH",

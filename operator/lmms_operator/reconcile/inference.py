@@ -7,10 +7,15 @@ as a native sidecar of the run's pod, and what its container's status tells. Pur
   ``restartPolicy: Always``: started before the runner, stopped once the runner exits,
   so the pod completes with it), listening on the pod's loopback only, with tensor
   parallel size = the pod's GPUs. The engine requests the run's GPUs, CPU and memory;
-  the runner requests none (a sidecar's requests add to the regular containers', so the
-  pod's effective request is exactly the run's). The runner gets ``LMMS_MODEL_URL`` and
-  ``LMMS_MODEL_WAIT_SECONDS`` and waits for the server itself (its OpenAI client's key,
-  which the engine does not check, is the runner's own token);
+  the runner a small request = limit of its own (``RUNNER_RESOURCES``, the operator's
+  LMMS_ENGINE_RUNNER_CPU and LMMS_ENGINE_RUNNER_MEMORY), added to the engine's (a
+  sidecar's requests add to the regular containers'): every container has limits (a
+  ResourceQuota on limits admits the pod) and the pod asks for the GPUs once. The runner
+  gets ``LMMS_MODEL_URL`` and
+  ``LMMS_MODEL_WAIT_SECONDS`` and waits for the server itself; it gets no
+  ``OPENAI_API_KEY`` (the engine checks none, and the runner gives its client the
+  placeholder ``EMPTY``): its own bearer token never goes to the engine, whose log lines
+  may end in the run's status;
 - ``observed``: a run whose engine exited while the runner had not finished ends Failed
   with reason ``EngineFailed`` and the engine's last log lines (its termination message,
   ``FallbackToLogsOnError``), redacted and bounded; an engine image that cannot be
@@ -49,6 +54,34 @@ STOPPED = frozenset({0, 137, 143})
 _PULL_FATAL = st.IMAGE_PULL_FATAL
 _PULL_RETRYING = st.IMAGE_PULL_RETRYING
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
+#: The runner's own request = limit beside an engine (the operator's defaults).
+RUNNER_RESOURCES: tuple[tuple[str, str], ...] = (("cpu", "1"), ("memory", "4Gi"))
+#: Positive CPU and memory quantities (``500m``, ``2``; ``512Mi``, ``4Gi``, ``4G``).
+_QUANTITIES = {
+    "cpu": re.compile(r"(?=.*[1-9])[0-9]{1,6}(\.[0-9]{1,3})?m?"),
+    "memory": re.compile(r"(?=.*[1-9])[0-9]{1,12}(\.[0-9]{1,3})?([KMGT]i?|k)?"),
+}
+
+
+def runner_resources(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """LMMS_ENGINE_RUNNER_CPU and LMMS_ENGINE_RUNNER_MEMORY (unset or empty: the
+    defaults); a value that is not a positive quantity is a ValueError naming it."""
+    out = []
+    for resource, default in RUNNER_RESOURCES:
+        name = f"LMMS_ENGINE_RUNNER_{resource.upper()}"
+        raw = environ.get(name, "").strip() or default
+        if not _QUANTITIES[resource].fullmatch(raw):
+            raise ValueError(f"{name} must be a positive quantity such as {default}, got {raw!r}")
+        out.append((resource, raw))
+    return tuple(out)
+
+
+#: A container that requests no GPU sees none: the runner image's CUDA base sets
+#: NVIDIA_VISIBLE_DEVICES=all, and NVIDIA's container runtime (its default configuration
+#: accepts the variable from unprivileged containers) would give such a container every
+#: GPU of the node, other pods' included. "void": the runtime acts as runc (no GPU, no
+#: driver). A container that requests GPUs gets the device plugin's value instead.
+NO_GPUS = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
 
 
 def images(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
@@ -129,10 +162,14 @@ def command(spec: EvalRunSpec) -> list[str]:
 
 
 def attach(
-    pod_spec: dict[str, Any], spec: EvalRunSpec, configured: Sequence[tuple[str, str]]
+    pod_spec: dict[str, Any],
+    spec: EvalRunSpec,
+    configured: Sequence[tuple[str, str]],
+    runner_resources: Sequence[tuple[str, str]] = RUNNER_RESOURCES,
 ) -> dict[str, Any]:
     """The pod template's spec with the engine sidecar, when the spec names an engine
-    (``configured``: the operator's (engine, image) pairs)."""
+    (``configured``: the operator's (engine, image) pairs; ``runner_resources``: the
+    runner's own cpu and memory, its request and limit)."""
     if spec.model.engine is None:
         return pod_spec
     found = problems(spec, images(configured))
@@ -141,19 +178,18 @@ def attach(
     image = images(configured)[spec.model.engine]
     runner = next(c for c in pod_spec["containers"] if c["name"] == "runner")
     resources = runner["resources"]
-    runner["resources"] = {}
+    own = dict(runner_resources)
+    runner["resources"] = {"requests": dict(own), "limits": dict(own)}
     wait = min(WAIT_SECONDS, spec.timeout_seconds)
-    # The OpenAI client needs a key, and the engine checks none: the runner's own token
-    # (a secretKeyRef, masked in everything the runner writes) serves, never a plain value.
-    token = next(e["valueFrom"] for e in runner["env"] if e["name"] == "LMMS_RUNNER_TOKEN")
     runner["env"] = [
         *runner["env"],
         {"name": "LMMS_MODEL_URL", "value": URL},
         {"name": "LMMS_MODEL_WAIT_SECONDS", "value": str(wait)},
-        {"name": "OPENAI_API_KEY", "valueFrom": token},
+        dict(NO_GPUS),  # the engine holds the pod's GPUs; the runner requests none
     ]
     shared = {"hf-home", "tmp", "dshm"}
     carried = {"HF_HOME", "HOME", "TMPDIR", "HF_TOKEN"} | {v.name for v in spec.env}
+    carried.discard(NO_GPUS["name"])  # the device plugin's, for the engine's GPUs
     engine = {
         "name": CONTAINER,
         "image": image,

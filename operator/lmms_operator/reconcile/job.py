@@ -58,14 +58,14 @@ class RunnerDefaults:
     default_shm: str = "8Gi"
     uid: int = 1000
     hold_timeout: float = 600.0
-    # NetworkPolicies (netpol): who reaches runners (the operator; ``prometheus``'s pods).
-    network_policy: bool = True
+    network_policy: bool = True  # NetworkPolicies: the operator, ``prometheus`` reach runners
     operator_namespace: str = ""
     operator_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "lmms-operator"),)
     prometheus: netpol.PrometheusScrapers | None = None
     pod: poddefaults.PodDefaults = field(default_factory=poddefaults.PodDefaults)
     gpu_memory: multigpu.GpuMemory = field(default_factory=multigpu.GpuMemory)  # per resource
     engine_images: tuple[tuple[str, str], ...] = ()  # (engine, image): ``inference``
+    engine_runner: tuple[tuple[str, str], ...] = inference.RUNNER_RESOURCES  # beside an engine
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def build(
     volumes, mounts = _volumes(name, spec, runner)
     container = _container(spec, runner, _env(name, spec, runner, len(shards)), mounts)
     pod_spec = _pod_spec(name, spec, runner, container, volumes)
-    inference.attach(pod_spec, spec, runner.engine_images)  # an engine's server, if any
+    inference.attach(pod_spec, spec, runner.engine_images, runner.engine_runner)  # an engine
     service: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
     if spec.resources.nodes > 1:
@@ -226,6 +226,7 @@ def _env(name: str, spec: EvalRunSpec, runner: RunnerDefaults, shards: int) -> l
         {"name": "TMPDIR", "value": "/tmp"},
     ]
     env += [{"name": v.name, "value": v.value} for v in spec.env]
+    env += [] if spec.resources.gpus else [dict(inference.NO_GPUS)]  # (see NO_GPUS)
     if spec.cache is not None:
         # Resume state (finished results, lmms-eval's response cache) lives on the volume.
         env.append({"name": "LMMS_STATE_DIR", "value": f"{HF_HOME}/lmms-runner"})
@@ -304,8 +305,7 @@ def _container(
     env: list[dict[str, Any]],
     mounts: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The runner container: requests equal to limits, and locked down (non-root,
-    read-only root filesystem, no capabilities)."""
+    """The runner container: requests = limits; non-root, read-only root, no capabilities."""
     res = spec.resources
     quantities: dict[str, str] = {}
     if res.gpus:

@@ -54,7 +54,7 @@ def runner_failure(message: str) -> tuple[str, str] | None:
     message (``DriverTooOld``, ``NoGPU``); None for any other message."""
     try:
         doc = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the decoder recurses
         return None
     if not isinstance(doc, dict) or doc.get("ok") is not False:
         return None

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import catalogue
 from ..api import EvalRunSpec, MetricResult
-from ..api.runner import ResultsSummary, SamplesReport
+from ..api.runner import LoggedSamples, ResultsSummary
 from . import columns, reuse
 from . import conditions as C
 from . import job as jobs
@@ -53,7 +53,7 @@ class Inputs:
     """What a publishing decision needs, read before it."""
 
     summary: ResultsSummary | None = None  # from the runner (or the evaluation index)
-    samples: SamplesReport | None = None  # the logged samples, from the runner
+    samples: LoggedSamples | None = None  # the logged samples, from the runner
     samples_failed: str | None = None  # why the samples' ConfigMaps were not made
     image: str | None = None  # the runner image's digest
     source: str = FROM_RUNNER
@@ -221,11 +221,13 @@ def _samples(
             events=[Event("Warning", R.SAMPLES_NOT_KEPT, message)],
         )
     maps, pointer = sample_maps.keep(job_name, inputs.samples, location, claim)
+    # What the operator's bounds on the runner's answer left out (records, tasks).
+    left = f"; left out: {inputs.samples.left_out}" if inputs.samples.left_out else ""
     if inputs.samples_failed is not None or not maps:
         for task in pointer["tasks"]:
             task.update(kept=0, configMaps=[], truncated=True)
         why = inputs.samples_failed or "no records to keep"
-        message = f"the logged samples were not kept in ConfigMaps: {why}"[:1024]
+        message = f"the logged samples were not kept in ConfigMaps: {why}{left}"[:1024]
         return Plan(
             status=StatusPatch(samples=pointer),
             events=[Event("Warning", R.SAMPLES_NOT_KEPT, message)],
@@ -234,6 +236,7 @@ def _samples(
     objs = tuple(owned_config_map(run, n, labels, data) for n, data in maps.items())
     records = sum(t["kept"] for t in pointer["tasks"])
     message = f"{records} logged sample(s) of {len(pointer['tasks'])} task(s) in " + ", ".join(maps)
+    message = (message + left)[:1024]
     return Plan(
         status=StatusPatch(samples=pointer),
         samples=KeepSamples(objs),

@@ -53,7 +53,7 @@ def _termination_doc(message: str | None) -> dict[str, Any] | None:
         return None
     try:
         doc = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the decoder recurses
         return None
     if not isinstance(doc, dict) or doc.get("ok") is not True:
         return None
