@@ -27,6 +27,7 @@ from ..api import EndpointRef, EvalRunSpec
 from ..api.endpointid import identity as identity
 from ..api.endpointid import judge_identity as judge_identity
 from ..errors import Problem
+from .endpoints import check_runner_url
 from .modelurls import UrlRule, url_problem
 
 MODEL_FIELD = "spec.model.endpoint"
@@ -84,6 +85,14 @@ def readiness(ref: EndpointRef, namespace: str, seen: Observed) -> Readiness:
         svc, where = ref.service, ".service.name"
         if seen.service is None:
             return Readiness(False, None, f"Service {svc.name!r} not found", wait, where)
+        if (seen.service.get("spec") or {}).get("type") == "ExternalName":
+            # Its name resolves (CNAME) to a host outside the namespace, wherever the
+            # tenant says: not a Service in the run's namespace.
+            why = (
+                f"Service {svc.name!r} is an ExternalName Service: name one with endpoints "
+                "in the run's namespace (or a url the admin admits)"
+            )
+            return Readiness(False, None, why, wait, where)
         if not any(_slice_ready(s) for s in seen.slices):
             why = f"Service {svc.name!r} has no ready endpoint"
             return Readiness(False, None, why, wait, where)
@@ -113,7 +122,23 @@ def readiness(ref: EndpointRef, namespace: str, seen: Observed) -> Readiness:
     if not base.startswith(("http://", "https://")):
         why = f"InferenceService {name!r} has no address yet"
         return Readiness(False, None, why, wait, where)
+    refused = _address_problem(base)
+    if refused is not None:  # its status is the tenant's to write
+        why = f"InferenceService {name!r}: its address cannot be used: {refused}"[:400]
+        return Readiness(False, None, why, wait, where)
     return Readiness(True, base.rstrip("/") + ref.inference_service.path, "", wait)
+
+
+def _address_problem(base: str) -> str | None:
+    """Why an InferenceService's address may not reach the runner (None: it may): the
+    rule of every URL the runner is given (no link-local, metadata or unspecified host,
+    no user information), and no query or fragment (the path is appended to it)."""
+    problem = check_runner_url("", base)
+    if problem is not None:
+        return problem.message
+    if any(c in base for c in "?#"):
+        return "a query (?) or fragment (#)"
+    return None
 
 
 def _slice_ready(endpoint_slice: Mapping[str, Any]) -> bool:
@@ -146,6 +171,10 @@ def problems(spec: EvalRunSpec, rules: tuple[UrlRule, ...]) -> list[Problem]:
     """What the schema cannot check about a run's endpoints and judge."""
     found: list[Problem] = []
     for field, ref in references(spec):
+        named = (ref.service, ref.inference_service, ref.url)
+        if sum(x is not None for x in named) != 1:  # the CRD's CEL rule, checked here too
+            found.append(Problem(field, "name exactly one of service, inferenceService and url"))
+            continue
         if ref.url is not None:
             problem = url_problem(f"{field}.url", ref.url, rules)
             found += [problem] if problem else []
