@@ -299,7 +299,7 @@ def test_an_identity_has_one_at_sign_boundary_that_no_endpoint_can_move() -> Non
     assert forged.rpartition("@")[2] == "svc/fake:80/v1"
 
 
-@pytest.mark.parametrize("served", ["x | y", "a\nb", "x" * 600, "m\u202e", "a,b=c"])
+@pytest.mark.parametrize("served", ["x | y", "a\nb", "m\n", "x" * 600, "m\u202e", "a,b=c"])
 def test_a_served_id_the_runner_would_refuse_never_names_a_leaderboard_entry(served: str) -> None:
     # DEFECT (fixed in this branch): the operator took provenance.servedModel as given
     # (a results summary read back from the tenant's bucket, or a runner of the tenant's

@@ -3,8 +3,14 @@ and a judge (pure: the runner and the operator share it)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
+
+#: A served model id (from a server's /v1/models) that lmms-eval's --model_args splitter
+#: keeps whole and a Leaderboard table shows as it is: the runner refuses any other, and
+#: the operator names no model by one (a results summary is the tenant's data).
+SERVED_ID = re.compile(r"^[A-Za-z0-9_./:@+\-]{1,512}$")
 
 
 def without_credentials(url: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import presets
+from ..api.endpointid import SERVED_ID
 from ..errors import Problem
 from . import modelendpoint
 
@@ -50,6 +51,7 @@ def model_identity(
     args = {str(k): str(v) for k, v in (model.get("args") or {}).items()}
     if model.get("endpoint"):
         named = next((args[k] for k in API_MODEL_KEYS if args.get(k)), None)
+        served = served if served and SERVED_ID.fullmatch(served) else None
         return f"{named or served or mtype}@{modelendpoint.identity(model['endpoint'])}"
     pretrained, resolved = presets.resolve(mtype, model.get("pretrained"), args)
     if not pretrained:  # no checkpoint: the model the backend's args name
