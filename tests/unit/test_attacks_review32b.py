@@ -277,11 +277,11 @@ def test_the_crd_bounds_the_endpoint_fields() -> None:
 
 
 def test_a_url_never_has_the_identity_of_an_inference_service_or_a_service() -> None:
-    # DEFECT (open, low): a URL's identity is its host and path without the scheme, so
-    # url http://isvc/m/openai/v1 (a host "isvc" the admin admits) is named
-    # "isvc/m/openai/v1", as InferenceService m is; http:// and https:// on one host are
-    # one entry too. Proposed fix: keep the scheme in a URL's identity
-    # ("https://llm.example.com/v1"), which no other form can spell.
+    # DEFECT (fixed in this branch, low): a URL's identity was its host and path without
+    # the scheme, so url http://isvc/m/openai/v1 (a host "isvc" the admin admits) was
+    # named "isvc/m/openai/v1", as InferenceService m is; http:// and https:// on one host
+    # were one entry too. A URL's identity now keeps its scheme, which no other form
+    # can spell.
     url = modelendpoint.identity({"url": "http://isvc/m/openai/v1"})
     assert url != modelendpoint.identity({"inferenceService": {"name": "m"}})
     assert modelendpoint.identity({"url": "http://h.example.com/v1"}) != modelendpoint.identity(

@@ -382,7 +382,7 @@ def test_the_served_id_and_the_endpoint_name_the_model_and_the_judge_is_a_settin
     named = _spec(args={"model_version": "qwen-7b"})
     assert identity.model_identity(named, served="other") == "qwen-7b@svc/qwen:8000/v1"
     url = _spec(endpoint={"url": "https://u:p@llm.example.com/v1"})
-    assert identity.model_identity(url, served="m") == "m@llm.example.com/v1"
+    assert identity.model_identity(url, served="m") == "m@https://llm.example.com/v1"
     judged = {**spec, "judge": {"inferenceService": {"name": "j"}, "model": "J"}}
     assert identity.settings_label(judged, "0.7.3") == "judge=J@isvc/j/openai/v1 lmms-eval=0.7.3"
 
@@ -433,7 +433,7 @@ def test_the_runner_records_the_judge_in_the_provenance() -> None:
     doc["metadata"] = {"name": "r", "namespace": "team-a", "uid": "u"}
     cfg = config.from_document(doc)
     found = provenance.provenance(cfg, {}, ["lmms-eval"], Redactor())
-    assert found.judge == "J@j.example.com/v1"
+    assert found.judge == "J@https://j.example.com/v1"
 
 
 class _Reads:

@@ -12,7 +12,7 @@ on two servers, never share a Leaderboard row, a score series or GPU-seconds.
 
 A model served by reference (``spec.model.endpoint``) is the id its server serves (read
 by the runner from /v1/models, unless the args name it) ``@`` the endpoint
-(``svc/<name>:<port><path>``, ``isvc/<name><path>``, or the URL's host and path).
+(``svc/<name>:<port><path>``, ``isvc/<name><path>``, or the URL, its scheme kept).
 
 **Settings.** ``limit``, ``numFewshot``, the generation settings, the judge
 (``judge=<model>@<endpoint>``) and the lmms-eval version change what a score means: they are part of a Leaderboard entry, so a
