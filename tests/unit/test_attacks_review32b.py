@@ -427,3 +427,42 @@ def test_a_redirect_never_carries_the_key_elsewhere(
         server.model_ids(timeout=5)
     assert redirecting.seen == ["Bearer sk-secret"] and elsewhere.seen == []
     assert "sk-secret" not in str(caught.value)
+
+
+# --- the wait: what one look costs the operator ------------------------------------------
+
+
+class _ManySlices:
+    """A namespace where the tenant wrote thousands of EndpointSlices with the Service's
+    label (none ready): the API server would answer ``limit`` of them."""
+
+    def __init__(self) -> None:
+        self.limits: list[int | None] = []
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any]:
+        return {"spec": {"type": "ClusterIP"}}
+
+    def list_objects(
+        self, kind: str, namespace: str, selector: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        self.limits.append(limit)
+        unready = {"endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": False}}]}
+        return [unready] * min(limit or 10_000, 10_000)
+
+
+def test_a_waiting_run_reads_a_bounded_number_of_endpoint_slices() -> None:
+    # DEFECT (fixed in this branch, low): every look (each 5 s per waiting run) listed
+    # every EndpointSlice carrying the Service's label, unpaged: a tenant who writes
+    # thousands of them makes the shared operator read them all, again and again.
+    from lmms_operator import reads
+
+    spec = validate(
+        {
+            "model": {"type": "openai", "endpoint": {"service": {"name": "q", "port": 80}}},
+            "tasks": ["mme"],
+        }
+    )
+    api = _ManySlices()
+    found = reads.endpoint_readiness(api, spec, NS)  # type: ignore[arg-type]
+    assert api.limits == [modelendpoint.MAX_SLICES] and modelendpoint.MAX_SLICES <= 100
+    assert not found["spec.model.endpoint"].ready

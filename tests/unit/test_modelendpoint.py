@@ -449,8 +449,11 @@ class _Reads:
             raise errors.api_error(403, "forbidden", "Forbidden")
         return {"metadata": {"name": name}}
 
-    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_objects(
+        self, kind: str, namespace: str, selector: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         self.calls.append(("list", kind, namespace, selector))
+        assert limit == modelendpoint.MAX_SLICES  # a bounded read, however many there are
         return [{"endpoints": [{"addresses": ["10.0.0.9"]}]}]
 
     def get_inference_service(

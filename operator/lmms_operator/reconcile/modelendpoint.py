@@ -34,6 +34,9 @@ MODEL_FIELD = "spec.model.endpoint"
 JUDGE_FIELD = "spec.judge"
 #: Seconds between two reads of an endpoint that is not ready yet.
 RETRY = 5.0
+#: The most EndpointSlices of one Service read per look (anyone who may write them in the
+#: namespace may add more, with the label, and a waiting run looks every few seconds).
+MAX_SLICES = 50
 #: The label that ties an EndpointSlice to its Service.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ISVC_API = "serving.kserve.io/v1beta1"
