@@ -6,6 +6,7 @@ comment, with whether it is fixed in this branch)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import http.server
 import ipaddress
 import json
@@ -19,11 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmms_operator import errors
+from lmms_operator import errors, reads
 from lmms_operator.api import EndpointRef
-from lmms_operator.reconcile import identity, modelendpoint
+from lmms_operator.reconcile import identity, modelendpoint, modelwait
 from lmms_operator.reconcile.envvars import RESERVED_ENV
-from lmms_operator.reconcile.modelendpoint import Observed
+from lmms_operator.reconcile.modelendpoint import Observed, Readiness
 from lmms_operator.reconcile.modelurls import parse_rules, url_problem
 from lmms_operator.reconcile.validate import Policy, validate
 from lmms_runner.config import ConfigError
@@ -454,7 +455,6 @@ def test_a_waiting_run_reads_a_bounded_number_of_endpoint_slices() -> None:
     # DEFECT (fixed in this branch, low): every look (each 5 s per waiting run) listed
     # every EndpointSlice carrying the Service's label, unpaged: a tenant who writes
     # thousands of them makes the shared operator read them all, again and again.
-    from lmms_operator import reads
 
     spec = validate(
         {
@@ -466,3 +466,55 @@ def test_a_waiting_run_reads_a_bounded_number_of_endpoint_slices() -> None:
     found = reads.endpoint_readiness(api, spec, NS)  # type: ignore[arg-type]
     assert api.limits == [modelendpoint.MAX_SLICES] and modelendpoint.MAX_SLICES <= 100
     assert not found["spec.model.endpoint"].ready
+
+
+def test_a_long_wait_is_looked_at_as_often_as_a_short_one() -> None:
+    # DEFECT (open, low-medium): a run waits up to waitSeconds (86400 allowed) and is
+    # looked at every 5 s throughout: one spec pass (a Job list, its references, the
+    # Service get and the EndpointSlice list, or the InferenceService get and a discovery
+    # read) on the shared pool of LMMS_WORKERS (16) that also admits every tenant's new
+    # runs. A tenant with a thousand runs waiting for a Service that never comes keeps
+    # that pool busy. Proposed fix: back off (5 s doubling to 60 s, reset by an edit),
+    # or wake waiting runs from a watch of Services/EndpointSlices/InferenceServices
+    # instead of polling; optionally a per-namespace bound on runs in WaitingForModel.
+
+    run = {"metadata": {"name": "r", "namespace": NS, "uid": "u", "generation": 1}}
+    unready = {"spec.model.endpoint": Readiness(False, None, "Service 'q' not found", 86_400)}
+
+    now = dt.datetime(2026, 12, 8, tzinfo=dt.UTC)
+    early = modelwait.plan(run, unready, 10, now)
+    late = modelwait.plan(run, unready, 20_000, now)
+    assert early is not None and late is not None
+    assert late.retry_after is not None and early.retry_after is not None
+    assert late.retry_after >= 30 > early.retry_after
+
+
+def test_a_service_in_another_namespace_cannot_be_named() -> None:
+    for name in ("db.team-b", "db.team-b.svc", "DB", "a/b"):
+        raw = {"model": {"type": "openai", "endpoint": {"service": {"name": name, "port": 80}}}}
+        with pytest.raises(errors.InvalidSpec) as caught:
+            validate({**raw, "tasks": ["mme"]})
+        assert any(p.field.startswith("spec.model.endpoint") for p in caught.value.problems)
+
+
+def test_the_url_allow_list_is_not_bypassed_by_a_base_url_in_the_args() -> None:
+    # DEFECT (open, medium; a design gap): the admin's allow-list governs only
+    # spec.model.endpoint.url and spec.judge.url. A run of type openai without an
+    # endpoint names any URL that is not link-local in spec.model.args.base_url (an
+    # allowed arg by default), so "the admin decides which URLs runs reach"
+    # (docs/security.md, chart settings.allowedModelUrls) is not what happens: the list
+    # is no egress control, and the runner's NetworkPolicy allows all but metadata.
+    # Proposed fix: where the admin sets the list, check URLs in model args against it
+    # too (runner_url_problems gets the rules), and say in docs/security.md that with no
+    # list, args URLs are only kept off link-local and metadata addresses.
+    policy = Policy(model_urls=parse_rules("https://llm.example.com/v1"))
+    raw = {
+        "model": {
+            "type": "openai",
+            "args": {"base_url": "https://elsewhere.example.net/v1", "model_version": "m"},
+        },
+        "tasks": ["mme"],
+    }
+    with pytest.raises(errors.InvalidSpec) as caught:
+        validate(raw, policy, NS)
+    assert "spec.model.args.base_url" in {p.field for p in caught.value.problems}
