@@ -32,8 +32,11 @@ from .modelurls import UrlRule, url_problem
 
 MODEL_FIELD = "spec.model.endpoint"
 JUDGE_FIELD = "spec.judge"
-#: Seconds between two reads of an endpoint that is not ready yet.
+#: Seconds between two reads of an endpoint that is not ready yet, at first; a run that
+#: has waited longer is looked at every tenth of its wait so far, at most every
+#: ``MAX_RETRY`` s (a thousand runs waiting a day do not keep the operator's workers busy).
 RETRY = 5.0
+MAX_RETRY = 60.0
 #: The most EndpointSlices of one Service read per look (anyone who may write them in the
 #: namespace may add more, with the label, and a waiting run looks every few seconds).
 MAX_SLICES = 50
