@@ -520,3 +520,38 @@ def test_the_url_allow_list_is_not_bypassed_by_a_base_url_in_the_args() -> None:
     with pytest.raises(errors.InvalidSpec) as caught:
         validate(raw, policy, NS)
     assert "spec.model.args.base_url" in {p.field for p in caught.value.problems}
+
+
+_NAME = st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+_PATH = st.lists(
+    st.from_regex(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,5}", fullmatch=True), max_size=3
+).map(lambda parts: "".join("/" + p for p in parts))
+_REF = st.one_of(
+    st.builds(
+        lambda n, p, path: {"service": {"name": n, "port": p, "path": path}},
+        _NAME,
+        st.integers(1, 65535),
+        _PATH,
+    ),
+    st.builds(lambda n, path: {"inferenceService": {"name": n, "path": path}}, _NAME, _PATH),
+    st.builds(
+        lambda s, h, path: {"url": f"{s}://{h}{path}"},
+        st.sampled_from(["http", "https"]),
+        st.one_of(_NAME, st.builds(lambda a, b: f"{a}.{b}", _NAME, _NAME)),
+        _PATH,
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(a=_REF, b=_REF)
+def test_two_endpoints_never_share_an_identity(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Whatever a tenant names (in the forms the CRD admits), one Leaderboard entry, score
+    series and reuse key never stands for two endpoints, and no ``@`` moves the boundary
+    between the served id and its endpoint."""
+    parsed_a = EndpointRef.model_validate(a).to_wire()
+    parsed_b = EndpointRef.model_validate(b).to_wire()
+    ida, idb = modelendpoint.identity(parsed_a), modelendpoint.identity(parsed_b)
+    assert "@" not in ida
+    if parsed_a != parsed_b:
+        assert ida != idb, (parsed_a, parsed_b)
