@@ -555,3 +555,34 @@ def test_two_endpoints_never_share_an_identity(a: dict[str, Any], b: dict[str, A
     assert "@" not in ida
     if parsed_a != parsed_b:
         assert ida != idb, (parsed_a, parsed_b)
+
+
+@pytest.mark.parametrize(
+    ("mtype", "args"),
+    [
+        ("litellm", {"model": "anthropic/claude-3-5-sonnet"}),
+        ("litellm_chat", {"model": "m"}),
+        ("litellm_compatible", {"model": "m"}),
+        ("whisper_tt", {}),
+    ],
+)
+def test_the_judge_key_never_reaches_a_model_backend_that_reads_openai_api_key(
+    mtype: str, args: dict[str, str]
+) -> None:
+    # DEFECT (fixed in this branch): lmms-eval 0.7.3's litellm backend (and its aliases)
+    # takes ``api_key or os.getenv("OPENAI_API_KEY")`` and hands it to whatever provider
+    # the model names; whisper_tt sends OPENAI_API_KEY as its bearer token. Neither was
+    # in OPENAI_KEY_BACKENDS, so a judge's key (spec.judge.apiKey) with no model key was
+    # sent to the model's provider. It is refused as for the openai backend.
+    raw = {
+        "model": {"type": mtype, "args": args},
+        "tasks": ["mme"],
+        "judge": {
+            "service": {"name": "judge", "port": 80},
+            "model": "J",
+            "apiKey": {"secretKeyRef": {"name": "judge-key", "key": "token"}},
+        },
+    }
+    with pytest.raises(errors.InvalidSpec) as caught:
+        validate(raw)
+    assert "spec.model.apiKey" in {p.field for p in caught.value.problems}

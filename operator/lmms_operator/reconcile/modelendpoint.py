@@ -169,6 +169,11 @@ OPENAI_KEY_BACKENDS = frozenset(
         "gpt4v",
         "batch_gpt4",
         "gpt4o_audio",
+        # api_key or OPENAI_API_KEY, to whatever provider the model names (LiteLLM)
+        "litellm",
+        "litellm_chat",
+        "litellm_compatible",
+        "whisper_tt",  # OPENAI_API_KEY as its bearer token
     }
 )
 
