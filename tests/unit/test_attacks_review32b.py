@@ -349,6 +349,9 @@ def test_the_judge_key_is_sent_nowhere_but_the_judge(tmp_path: Path) -> None:
     # openai_math, step2_audio_paralinguistic, videomme (convert_mcq_oe), live_bench,
     # megabench, WISE, seephys, unig2u, charxiv. With spec.judge.apiKey (or spec.model.apiKey
     # of an in-cluster server) such a task sends that key to a third party.
+    # The same holds without a judge: spec.model.apiKey (an in-cluster server's key) is
+    # OPENAI_API_KEY, and a judged task (mmbench, videochatgpt, ...) run without
+    # spec.judge posts it to its default https://api.openai.com/v1/chat/completions.
     # docs/judge.md lists them as readers of OPENAI_API_KEY without saying so. Proposed
     # fix: set OPENAI_BASE_URL (and OPENAI_API_BASE) to the judge's base URL as well
     # (reserved, like the other judge variables), or document the tasks whose key goes to
