@@ -589,3 +589,40 @@ def test_the_judge_key_never_reaches_a_model_backend_that_reads_openai_api_key(
     with pytest.raises(errors.InvalidSpec) as caught:
         validate(raw)
     assert "spec.model.apiKey" in {p.field for p in caught.value.problems}
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"model": {"type": "openai", "engine": "tgi", "pretrained": "x"}}, "spec.model.engine"),
+        (
+            {"model": {"type": "openai", "endpoint": {"url": "https://evil.example.net/v1"}}},
+            "spec.model.endpoint.url",
+        ),
+        (
+            {
+                "model": {"type": "qwen2_vl"},
+                "judge": {"url": "https://evil.example.net/v1", "model": "j"},
+            },
+            "spec.judge.url",
+        ),
+        (
+            {"model": {"type": "openai", "endpoint": {"service": {"name": "q", "port": 0}}}},
+            "spec.model.endpoint.service.port",
+        ),
+        (
+            {
+                "model": {
+                    "type": "openai",
+                    "endpoint": {"service": {"name": "q", "port": 80}, "waitSeconds": 86_401},
+                }
+            },
+            "spec.model.endpoint.waitSeconds",
+        ),
+    ],
+)
+def test_bad_input_names_its_field(raw: dict[str, Any], field: str) -> None:
+    policy = Policy(model_urls=parse_rules("https://llm.example.com/v1"))
+    with pytest.raises(errors.InvalidSpec) as caught:
+        validate({**raw, "tasks": ["mme"]}, policy)
+    assert field in {p.field for p in caught.value.problems}
