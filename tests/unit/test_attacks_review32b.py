@@ -111,6 +111,9 @@ def test_link_local_is_refused_in_every_spelling_even_when_the_admin_lists_it(lo
         "http://metadata/v1",
         "http://instance-data.ec2.internal/v1",
         "http://[fd00:ec2::254]/v1",
+        "http://[fd20:ce::254]/v1",  # Google Cloud over IPv6 (fixed in this branch)
+        "http://[fd00:ec2::23]/v1",  # AWS's EKS Pod Identity agent over IPv6 (fixed)
+        "http://[fd00:42::42]/v1",  # Scaleway over IPv6 (fixed)
         "http://100.100.100.200/v1",
         "http://[fe80::a9fe:a9fe]/v1",
         "http://[fe80::1%25eth0]/v1",  # a zone id
@@ -120,7 +123,8 @@ def test_link_local_is_refused_in_every_spelling_even_when_the_admin_lists_it(lo
 )
 def test_metadata_services_are_refused_whatever_the_list_says(url: str) -> None:
     rules = parse_rules(
-        "*.internal metadata 0.0.0.0 [fd00:ec2::254] 100.100.100.200 [fe80::a9fe:a9fe] [::]"
+        "*.internal metadata 0.0.0.0 [fd00:ec2::254] 100.100.100.200 [fe80::a9fe:a9fe] [::] "
+        "[fd20:ce::254] [fd00:ec2::23] [fd00:42::42]"
     )
     assert url_problem("spec.model.endpoint.url", url, rules) is not None
 
