@@ -303,6 +303,8 @@ def test_the_judge_reaches_lmms_eval_through_its_variables_and_its_key_by_refere
     (runner,) = plan.evaluation.job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in runner["env"]}
     assert env["API_TYPE"]["value"] == "openai" and env["OPENAI_API_URL"]["value"] == url
+    # Tasks that use the OpenAI SDK's default address reach the judge, not api.openai.com.
+    assert env["OPENAI_BASE_URL"]["value"] == env["OPENAI_API_BASE"]["value"] == url
     for name in modelendpoint.JUDGE_MODEL_ENV:
         assert env[name]["value"] == "Qwen/Qwen2.5-72B"
     assert env["OPENAI_API_KEY"] == {

@@ -189,6 +189,13 @@ def problems(spec: EvalRunSpec, rules: tuple[UrlRule, ...]) -> list[Problem]:
         if ref.url is not None:
             problem = url_problem(f"{field}.url", ref.url, rules)
             found += [problem] if problem else []
+    if rules:
+        # Where the admin lists the URLs runs may reach, a URL in the model's args (an
+        # openai run's base_url) is held to the same list as an endpoint's.
+        for key, value in spec.model.args.items():
+            if "://" in value:
+                problem = url_problem(f"spec.model.args.{key}", value, rules)
+                found += [problem] if problem else []
     endpoint = spec.model.endpoint
     if endpoint is not None:
         if spec.model.type != "openai":
@@ -262,8 +269,14 @@ JUDGE_MODEL_ENV = (
     "JUDGE_MODEL_VERSION",
     "OPENAI_JUDGE_MODEL",
 )
+#: The OpenAI SDK's base URL (and the older SDK's): tasks that build ``openai.OpenAI()``
+#: without a base URL of their own send OPENAI_API_KEY there, api.openai.com by default.
+#: With a judge they point at the judge, so its key stays with it.
+SDK_BASE_ENV = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
 #: Every variable the operator sets for a judge (refused in spec.env).
-JUDGE_ENV = frozenset({"API_TYPE", "OPENAI_API_URL", "OPENAI_API_KEY", *JUDGE_MODEL_ENV})
+JUDGE_ENV = frozenset(
+    {"API_TYPE", "OPENAI_API_URL", "OPENAI_API_KEY", *JUDGE_MODEL_ENV, *SDK_BASE_ENV}
+)
 #: The key lmms-eval's judge sends where no Secret gives one: its judge refuses an empty
 #: key (``is_available``), and a server without authentication ignores it.
 NO_KEY = "EMPTY"
@@ -309,6 +322,8 @@ def env(spec: EvalRunSpec, urls: Mapping[str, str]) -> list[dict[str, Any]]:
             {"name": "API_TYPE", "value": "openai"},
             {"name": "OPENAI_API_URL", "value": urls[JUDGE_FIELD]},
         ]
+        base = urls[JUDGE_FIELD].removesuffix("/chat/completions")
+        found += [{"name": n, "value": base} for n in SDK_BASE_ENV]
         found += [{"name": n, "value": judge.model} for n in JUDGE_MODEL_ENV]
         if spec.model.api_key is None and judge.api_key is not None:
             ref = {
