@@ -58,7 +58,9 @@ def endpoint_readiness(
                 slices: list[dict[str, Any]] = []
                 if service is not None:
                     label = f"{modelendpoint.SERVICE_NAME_LABEL}={ref.service.name}"
-                    slices = api.list_objects("EndpointSlice", namespace, label)
+                    slices = api.list_objects(
+                        "EndpointSlice", namespace, label, limit=modelendpoint.MAX_SLICES
+                    )
             except errors.Forbidden:
                 denied = (
                     "the operator may not read Services or EndpointSlices (the chart grants it)"

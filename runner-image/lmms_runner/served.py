@@ -16,7 +16,6 @@ control characters) is refused.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import urllib.error
@@ -25,14 +24,16 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from lmms_operator.api.endpointid import SERVED_ID
 from lmms_operator.api.runner import MODEL_NOT_READY
 
 from .config import ConfigError
 
 #: The longest answer of ``/models`` the runner reads.
 MAX_ANSWER = 1 << 20
-#: A served model id that lmms-eval's --model_args splitter keeps whole.
-MODEL_ID = re.compile(r"^[A-Za-z0-9_./:@+\-]{1,512}$")
+#: A served model id that lmms-eval's --model_args splitter keeps whole (the operator's
+#: rule too: it names no model by another).
+MODEL_ID = SERVED_ID
 DEFAULT_WAIT_SECONDS = 600.0
 #: Seconds between two readiness checks, and the limit of one.
 POLL_SECONDS = 2.0

@@ -303,6 +303,8 @@ def test_the_judge_reaches_lmms_eval_through_its_variables_and_its_key_by_refere
     (runner,) = plan.evaluation.job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in runner["env"]}
     assert env["API_TYPE"]["value"] == "openai" and env["OPENAI_API_URL"]["value"] == url
+    # Tasks that use the OpenAI SDK's default address reach the judge, not api.openai.com.
+    assert env["OPENAI_BASE_URL"]["value"] == env["OPENAI_API_BASE"]["value"] == url
     for name in modelendpoint.JUDGE_MODEL_ENV:
         assert env[name]["value"] == "Qwen/Qwen2.5-72B"
     assert env["OPENAI_API_KEY"] == {
@@ -382,7 +384,7 @@ def test_the_served_id_and_the_endpoint_name_the_model_and_the_judge_is_a_settin
     named = _spec(args={"model_version": "qwen-7b"})
     assert identity.model_identity(named, served="other") == "qwen-7b@svc/qwen:8000/v1"
     url = _spec(endpoint={"url": "https://u:p@llm.example.com/v1"})
-    assert identity.model_identity(url, served="m") == "m@llm.example.com/v1"
+    assert identity.model_identity(url, served="m") == "m@https://llm.example.com/v1"
     judged = {**spec, "judge": {"inferenceService": {"name": "j"}, "model": "J"}}
     assert identity.settings_label(judged, "0.7.3") == "judge=J@isvc/j/openai/v1 lmms-eval=0.7.3"
 
@@ -433,7 +435,7 @@ def test_the_runner_records_the_judge_in_the_provenance() -> None:
     doc["metadata"] = {"name": "r", "namespace": "team-a", "uid": "u"}
     cfg = config.from_document(doc)
     found = provenance.provenance(cfg, {}, ["lmms-eval"], Redactor())
-    assert found.judge == "J@j.example.com/v1"
+    assert found.judge == "J@https://j.example.com/v1"
 
 
 class _Reads:
@@ -449,8 +451,11 @@ class _Reads:
             raise errors.api_error(403, "forbidden", "Forbidden")
         return {"metadata": {"name": name}}
 
-    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_objects(
+        self, kind: str, namespace: str, selector: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         self.calls.append(("list", kind, namespace, selector))
+        assert limit == modelendpoint.MAX_SLICES  # a bounded read, however many there are
         return [{"endpoints": [{"addresses": ["10.0.0.9"]}]}]
 
     def get_inference_service(

@@ -58,6 +58,8 @@ def _policies() -> list[dict[str, Any]]:
         ("169.254.170.2", 80),  # ECS task metadata
         ("100.100.100.200", 80),  # Alibaba Cloud
         ("fd00:ec2::254", 80),  # AWS over IPv6
+        ("fd20:ce::254", 80),  # Google Cloud over IPv6
+        ("fd00:ec2::23", 80),  # AWS's EKS Pod Identity agent over IPv6
         ("fe80::1", 443),
     ],
 )

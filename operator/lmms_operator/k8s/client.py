@@ -314,12 +314,12 @@ class Api:
         except errors.NotFound:
             return None
 
-    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return list(
-            self.call("GET", path(kind, namespace), query={"labelSelector": selector}).get(
-                "items", []
-            )
-        )
+    def list_objects(
+        self, kind: str, namespace: str, selector: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The objects the selector finds (the first ``limit`` of them, where given)."""
+        query = {"labelSelector": selector, "limit": limit}
+        return list(self.call("GET", path(kind, namespace), query=query).get("items", []))
 
     def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return self.list_objects("Job", namespace, selector)

@@ -36,9 +36,11 @@ _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 #: IPv6 documentation ranges this Python's tables may call global (RFC 3849, RFC 9637).
 _DOCUMENTATION = (ipaddress.IPv6Network("2001:db8::/32"), ipaddress.IPv6Network("3fff::/20"))
-#: Cloud metadata services outside the link-local ranges (AWS over IPv6, Alibaba Cloud).
+#: Cloud metadata services outside the link-local ranges: AWS over IPv6 (and its EKS Pod
+#: Identity agent), Google Cloud over IPv6, Scaleway over IPv6, Alibaba Cloud.
 METADATA_ADDRESSES = frozenset(
-    {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+    ipaddress.ip_address(a)
+    for a in ("fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254", "fd00:42::42", "100.100.100.200")
 )
 #: First labels of the metadata services' host names (``metadata``,
 #: ``metadata.google.internal``, ``instance-data``, ``instance-data.ec2.internal``).

@@ -32,7 +32,7 @@ RESERVED_ENV = frozenset(
     }
     # lmms-eval's judge settings: the operator sets them from spec.judge.
     | {"API_TYPE", "OPENAI_API_URL", "OPENAI_API_KEY", "MODEL_VERSION", "GPT_EVAL_MODEL_NAME"}
-    | {"JUDGE_MODEL_VERSION", "OPENAI_JUDGE_MODEL"}
+    | {"JUDGE_MODEL_VERSION", "OPENAI_JUDGE_MODEL", "OPENAI_BASE_URL", "OPENAI_API_BASE"}
 )
 RESERVED_ENV_PREFIXES = ("LMMS_", "AWS_")
 

@@ -12,7 +12,7 @@ on two servers, never share a Leaderboard row, a score series or GPU-seconds.
 
 A model served by reference (``spec.model.endpoint``) is the id its server serves (read
 by the runner from /v1/models, unless the args name it) ``@`` the endpoint
-(``svc/<name>:<port><path>``, ``isvc/<name><path>``, or the URL's host and path).
+(``svc/<name>:<port><path>``, ``isvc/<name><path>``, or the URL, its scheme kept).
 
 **Settings.** ``limit``, ``numFewshot``, the generation settings, the judge
 (``judge=<model>@<endpoint>``) and the lmms-eval version change what a score means: they are part of a Leaderboard entry, so a
@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import presets
+from ..api.endpointid import SERVED_ID
 from ..errors import Problem
 from . import modelendpoint
 
@@ -50,6 +51,7 @@ def model_identity(
     args = {str(k): str(v) for k, v in (model.get("args") or {}).items()}
     if model.get("endpoint"):
         named = next((args[k] for k in API_MODEL_KEYS if args.get(k)), None)
+        served = served if served and SERVED_ID.fullmatch(served) else None
         return f"{named or served or mtype}@{modelendpoint.identity(model['endpoint'])}"
     pretrained, resolved = presets.resolve(mtype, model.get("pretrained"), args)
     if not pretrained:  # no checkpoint: the model the backend's args name

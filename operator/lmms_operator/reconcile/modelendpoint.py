@@ -27,12 +27,19 @@ from ..api import EndpointRef, EvalRunSpec
 from ..api.endpointid import identity as identity
 from ..api.endpointid import judge_identity as judge_identity
 from ..errors import Problem
+from .endpoints import check_runner_url
 from .modelurls import UrlRule, url_problem
 
 MODEL_FIELD = "spec.model.endpoint"
 JUDGE_FIELD = "spec.judge"
-#: Seconds between two reads of an endpoint that is not ready yet.
+#: Seconds between two reads of an endpoint that is not ready yet, at first; a run that
+#: has waited longer is looked at every tenth of its wait so far, at most every
+#: ``MAX_RETRY`` s (a thousand runs waiting a day do not keep the operator's workers busy).
 RETRY = 5.0
+MAX_RETRY = 60.0
+#: The most EndpointSlices of one Service read per look (anyone who may write them in the
+#: namespace may add more, with the label, and a waiting run looks every few seconds).
+MAX_SLICES = 50
 #: The label that ties an EndpointSlice to its Service.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ISVC_API = "serving.kserve.io/v1beta1"
@@ -84,6 +91,14 @@ def readiness(ref: EndpointRef, namespace: str, seen: Observed) -> Readiness:
         svc, where = ref.service, ".service.name"
         if seen.service is None:
             return Readiness(False, None, f"Service {svc.name!r} not found", wait, where)
+        if (seen.service.get("spec") or {}).get("type") == "ExternalName":
+            # Its name resolves (CNAME) to a host outside the namespace, wherever the
+            # tenant says: not a Service in the run's namespace.
+            why = (
+                f"Service {svc.name!r} is an ExternalName Service: name one with endpoints "
+                "in the run's namespace (or a url the admin admits)"
+            )
+            return Readiness(False, None, why, wait, where)
         if not any(_slice_ready(s) for s in seen.slices):
             why = f"Service {svc.name!r} has no ready endpoint"
             return Readiness(False, None, why, wait, where)
@@ -113,7 +128,23 @@ def readiness(ref: EndpointRef, namespace: str, seen: Observed) -> Readiness:
     if not base.startswith(("http://", "https://")):
         why = f"InferenceService {name!r} has no address yet"
         return Readiness(False, None, why, wait, where)
+    refused = _address_problem(base)
+    if refused is not None:  # its status is the tenant's to write
+        why = f"InferenceService {name!r}: its address cannot be used: {refused}"[:400]
+        return Readiness(False, None, why, wait, where)
     return Readiness(True, base.rstrip("/") + ref.inference_service.path, "", wait)
+
+
+def _address_problem(base: str) -> str | None:
+    """Why an InferenceService's address may not reach the runner (None: it may): the
+    rule of every URL the runner is given (no link-local, metadata or unspecified host,
+    no user information), and no query or fragment (the path is appended to it)."""
+    problem = check_runner_url("", base)
+    if problem is not None:
+        return problem.message
+    if any(c in base for c in "?#"):
+        return "a query (?) or fragment (#)"
+    return None
 
 
 def _slice_ready(endpoint_slice: Mapping[str, Any]) -> bool:
@@ -138,6 +169,11 @@ OPENAI_KEY_BACKENDS = frozenset(
         "gpt4v",
         "batch_gpt4",
         "gpt4o_audio",
+        # api_key or OPENAI_API_KEY, to whatever provider the model names (LiteLLM)
+        "litellm",
+        "litellm_chat",
+        "litellm_compatible",
+        "whisper_tt",  # OPENAI_API_KEY as its bearer token
     }
 )
 
@@ -146,9 +182,20 @@ def problems(spec: EvalRunSpec, rules: tuple[UrlRule, ...]) -> list[Problem]:
     """What the schema cannot check about a run's endpoints and judge."""
     found: list[Problem] = []
     for field, ref in references(spec):
+        named = (ref.service, ref.inference_service, ref.url)
+        if sum(x is not None for x in named) != 1:  # the CRD's CEL rule, checked here too
+            found.append(Problem(field, "name exactly one of service, inferenceService and url"))
+            continue
         if ref.url is not None:
             problem = url_problem(f"{field}.url", ref.url, rules)
             found += [problem] if problem else []
+    if rules:
+        # Where the admin lists the URLs runs may reach, a URL in the model's args (an
+        # openai run's base_url) is held to the same list as an endpoint's.
+        for key, value in spec.model.args.items():
+            if "://" in value:
+                problem = url_problem(f"spec.model.args.{key}", value, rules)
+                found += [problem] if problem else []
     endpoint = spec.model.endpoint
     if endpoint is not None:
         if spec.model.type != "openai":
@@ -222,8 +269,14 @@ JUDGE_MODEL_ENV = (
     "JUDGE_MODEL_VERSION",
     "OPENAI_JUDGE_MODEL",
 )
+#: The OpenAI SDK's base URL (and the older SDK's): tasks that build ``openai.OpenAI()``
+#: without a base URL of their own send OPENAI_API_KEY there, api.openai.com by default.
+#: With a judge they point at the judge, so its key stays with it.
+SDK_BASE_ENV = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
 #: Every variable the operator sets for a judge (refused in spec.env).
-JUDGE_ENV = frozenset({"API_TYPE", "OPENAI_API_URL", "OPENAI_API_KEY", *JUDGE_MODEL_ENV})
+JUDGE_ENV = frozenset(
+    {"API_TYPE", "OPENAI_API_URL", "OPENAI_API_KEY", *JUDGE_MODEL_ENV, *SDK_BASE_ENV}
+)
 #: The key lmms-eval's judge sends where no Secret gives one: its judge refuses an empty
 #: key (``is_available``), and a server without authentication ignores it.
 NO_KEY = "EMPTY"
@@ -269,6 +322,8 @@ def env(spec: EvalRunSpec, urls: Mapping[str, str]) -> list[dict[str, Any]]:
             {"name": "API_TYPE", "value": "openai"},
             {"name": "OPENAI_API_URL", "value": urls[JUDGE_FIELD]},
         ]
+        base = urls[JUDGE_FIELD].removesuffix("/chat/completions")
+        found += [{"name": n, "value": base} for n in SDK_BASE_ENV]
         found += [{"name": n, "value": judge.model} for n in JUDGE_MODEL_ENV]
         if spec.model.api_key is None and judge.api_key is not None:
             ref = {

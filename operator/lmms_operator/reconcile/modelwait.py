@@ -1,5 +1,6 @@
 """A run whose served model or judge is not ready yet (``modelendpoint``): Pending with
-reason WaitingForModel, no Job and so no GPU held, looked at again every few seconds;
+reason WaitingForModel, no Job and so no GPU held, looked at again every few seconds (less
+often the longer it waits);
 Failed with reason ModelNotReady, naming the field, once an endpoint waited past its
 waitSeconds. Pure.
 """
@@ -13,7 +14,7 @@ from typing import Any
 from . import reasons as R
 from . import status as st
 from .job import LABEL_RUN_UID
-from .modelendpoint import RETRY, Readiness
+from .modelendpoint import MAX_RETRY, RETRY, Readiness
 from .plan import Plan
 from .times import fmt_time
 
@@ -47,5 +48,6 @@ def plan(
         status, ob, generation, status.get("specHash"), status.get("jobName"), now
     )
     left = min(r.wait_seconds - waited for r in unready.values())
-    waiting.retry_after = max(0.5, min(RETRY, left))
+    pace = min(MAX_RETRY, max(RETRY, waited / 10))
+    waiting.retry_after = max(0.5, min(pace, left))
     return waiting

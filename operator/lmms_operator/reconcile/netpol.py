@@ -9,7 +9,8 @@ never other runs' pods. Policies add up, so one policy per namespace admits the 
 and a multi-node run adds one of its own.
 
 A runner reaches anything but the node's link-local range and the cloud metadata
-addresses (``169.254.0.0/16``, ``fe80::/10``, AWS's ``fd00:ec2::254``, Alibaba's
+addresses (``169.254.0.0/16``, ``fe80::/10``, AWS's ``fd00:ec2::254`` and ``::23``, Google's
+``fd20:ce::254``, Scaleway's ``fd00:42::42``, Alibaba's
 ``100.100.100.200``): a tenant's model args cannot make a runner the way to the node's
 metadata service and its credentials. DNS (port 53) stays open to every address, for
 node-local DNS caches that listen on a link-local address. The namespace's policy
@@ -34,7 +35,13 @@ if TYPE_CHECKING:
 NAMESPACE_POLICY = "lmms-runner"
 #: What runners may not reach: link-local ranges and the metadata services outside them.
 NO_EGRESS_V4 = ("169.254.0.0/16", "100.100.100.200/32")
-NO_EGRESS_V6 = ("fe80::/10", "fd00:ec2::254/128")
+NO_EGRESS_V6 = (
+    "fe80::/10",
+    "fd00:ec2::254/128",
+    "fd00:ec2::23/128",
+    "fd20:ce::254/128",
+    "fd00:42::42/128",
+)
 
 
 def egress_rules() -> list[dict[str, Any]]:
