@@ -215,7 +215,6 @@ def test_an_explicit_false_is_not_remote_code(value: str) -> None:
         "REQUESTS_CA_BUNDLE",
         "SSL_CERT_FILE",
         "CURL_CA_BUNDLE",
-        "OPENAI_API_BASE",
         "HF_DATASETS_TRUST_REMOTE_CODE",
         "NCCL_NET_PLUGIN",
         "VLLM_PLUGINS",
@@ -230,6 +229,21 @@ def test_env_that_could_change_code_or_endpoints_is_refused(name: str) -> None:
     # An admin can open a name, or a prefix.
     assert validate(bad, Policy(env=(name,))).env[1].name == name
     assert validate(bad, Policy(env=(name[:3] + "*",))).env[1].name == name
+
+
+@pytest.mark.parametrize(
+    "name", ["OPENAI_API_BASE", "OPENAI_BASE_URL", "OPENAI_API_URL", "API_TYPE", "MODEL_VERSION"]
+)
+def test_the_judges_settings_are_the_operators_even_where_the_admin_opens_them(name: str) -> None:
+    """The judge's address and key are set from spec.judge: a tenant's value would send the
+    key elsewhere, so no admin policy lets spec.env override them."""
+    bad = spec(env=[{"name": name, "value": "http://elsewhere.example/v1"}])
+    for policy in (Policy(), Policy(env=(name,)), Policy(env=("OPENAI_*", "API_*", "MODEL_*"))):
+        with pytest.raises(InvalidSpec) as exc:
+            validate(bad, policy)
+        found = [str(p) for p in exc.value.problems]
+        assert [p.split(":")[0] for p in found] == ["spec.env[0].name"], found
+        assert "set by the operator" in found[0]
 
 
 @pytest.mark.parametrize(
