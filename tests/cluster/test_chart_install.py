@@ -98,6 +98,13 @@ def test_the_chart_installs_and_its_service_account_runs_evalruns(
         assert not _can_i(cluster, sa, "create", "pods", "--subresource=exec", "-n", evals)
         assert not _can_i(cluster, sa, "patch", "evalruns.eval.lmms.dev", "-n", evals)
         assert not _can_i(cluster, sa, "delete", "nodes")
+        # Served models and judges: readiness read from the API, read-only.
+        assert _can_i(cluster, sa, "list", "endpointslices.discovery.k8s.io", "-n", evals)
+        assert _can_i(cluster, sa, "get", "inferenceservices.serving.kserve.io", "-n", evals)
+        for verb in ("watch", "create", "delete"):
+            assert not _can_i(cluster, sa, verb, "endpointslices.discovery.k8s.io", "-n", evals)
+        for verb in ("list", "watch", "patch"):
+            assert not _can_i(cluster, sa, verb, "inferenceservices.serving.kserve.io", "-n", evals)
         # Leader election: the Lease in the release namespace, by name; nowhere else.
         lease = "leases.coordination.k8s.io/lmms-lmms-operator"
         assert _can_i(cluster, sa, "create", "leases.coordination.k8s.io", "-n", system)
