@@ -144,12 +144,14 @@ def test_an_engine_run_waits_for_its_server_and_succeeds_with_the_scores(
     run = er.get(api, namespace, "engine-ok")
     pod = pod_of(api, namespace, run)
     # One pod, two containers: the engine (a native sidecar, with the pod's GPUs) and the
-    # runner (none), each with its status.
+    # runner (no GPU; a request = limit of its own, LMMS_ENGINE_RUNNER_*), each with its
+    # status.
     (engine,) = pod.spec.init_containers
     (runner,) = pod.spec.containers
     assert engine.name == "engine" and engine.restart_policy == "Always"
     assert engine.resources.limits == {"nvidia.com/gpu": "2"}
-    assert not (runner.resources.limits or runner.resources.requests)
+    runner_share = {"cpu": "1", "memory": "4Gi"}
+    assert runner.resources.limits == runner.resources.requests == runner_share
     assert "--tensor-parallel-size" in engine.command and "2" in engine.command
     assert pod.status.phase == "Succeeded"
     (engine_status,) = pod.status.init_container_statuses
