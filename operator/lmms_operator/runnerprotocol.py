@@ -7,8 +7,8 @@ no Kubernetes credentials. It pulls, like Prometheus:
   (``?wait=``) while it is about to be, answered the moment its results are ready;
 - ``GET /samples`` with the same token, right after the results, for a run that logs its
   samples (``spec.evaluation.logSamples``): JSON Lines, read a line at a time within
-  bounds of bytes, records and tasks (``reconcile.samples.read``); a failure costs the
-  samples, never the results;
+  bounds of bytes, records and tasks (``reconcile.samples.read``), by SAMPLES_SLOTS runs
+  at a time (fetched, read and kept); a failure costs the samples, never the results;
 - ``POST /ack`` once the results are kept, so that the runner exits and frees its GPUs;
 - a fan-out's shards: each runner is scraped, each shard's results are kept as they come
   and acknowledged, and the last one publishes the merged set.
@@ -23,6 +23,7 @@ decided by ``reconcile.progress`` and ``reconcile.publishing`` through ``Runs``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,9 @@ log = logging.getLogger("lmms.runnerprotocol")
 #: The most a runner's answer (/progress, /results) may hold: results over the 1 MiB
 #: ConfigMap limit go to the object store anyway (/samples: SAMPLES_MAX_RESPONSE).
 MAX_RESPONSE = 4 * 1024 * 1024
+#: The most runs whose logged samples are held at once, from the fetch of /samples until
+#: they are kept (one holds up to ~15 MiB at its peak: the answer, its lines, the maps).
+SAMPLES_SLOTS = 2
 
 
 class Runs(Protocol):
@@ -165,6 +169,7 @@ class RunnerProtocol:
         self.metrics, self.api = metrics, api
         self.scraper = Scraper(settings)
         self._scraping: dict[str, asyncio.Task[None]] = {}  # runs with a scrape in flight
+        self._samples_slots = asyncio.Semaphore(SAMPLES_SLOTS)
 
     @property
     def tick(self) -> float:
@@ -407,8 +412,11 @@ class RunnerProtocol:
                 if shards:
                     await self._in_thread(self.runs.shard_results, uid, i, summary, image)
                 else:
-                    kept = await samples(i)
-                    await self._in_thread(self.runs.results, uid, summary, image, kept)
+                    spec = (self.store.get(uid) or {}).get("spec") or {}
+                    logs = (spec.get("evaluation") or {}).get("logSamples")
+                    async with self._samples_slots if logs else contextlib.nullcontext():
+                        kept = await samples(i)
+                        await self._in_thread(self.runs.results, uid, summary, image, kept)
                 acks.append(asyncio.ensure_future(ack(i)))
         finally:
             for pending in fetches:

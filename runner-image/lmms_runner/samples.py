@@ -85,13 +85,15 @@ def score(value: Any) -> float | None:
     return number
 
 
-def _text(value: Any) -> tuple[str | None, bool]:
-    """A field as text, cut to SAMPLE_TEXT_LIMIT characters; whether it was cut."""
+def _text(value: Any, redact: Callable[[str], str]) -> tuple[str | None, bool]:
+    """A field as text, redacted, then cut to SAMPLE_TEXT_LIMIT characters (redacted
+    first: a secret the cut splits would no longer be found); whether it was cut."""
     if value is None:
         return None, False
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = redact(text)
     if len(text) > SAMPLE_TEXT_LIMIT:
         return text[:SAMPLE_TEXT_LIMIT], True
     return text, False
@@ -107,8 +109,8 @@ def record(
         return None
     if isinstance(doc_id, str):
         doc_id = doc_id[:MAX_KEY]
-    target, cut_target = _text(sample.get("target"))
-    response, cut_response = _text(sample.get("filtered_resps"))
+    target, cut_target = _text(sample.get("target"), redact)
+    response, cut_response = _text(sample.get("filtered_resps"), redact)
     scores: dict[str, float] = {}
     for key, value in sample.items():
         if key in NOT_SCORES or not isinstance(key, str) or len(scores) >= SAMPLE_SCORES_LIMIT:
@@ -118,8 +120,8 @@ def record(
             scores[key[:MAX_KEY]] = number
     return SampleRecord(
         id=doc_id,
-        target=None if target is None else redact(target),
-        response=None if response is None else redact(response),
+        target=target,
+        response=response,
         scores=scores,
         cut=cut_target or cut_response,
     )

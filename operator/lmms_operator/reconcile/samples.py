@@ -54,17 +54,23 @@ MAX_POINTER = 64 * 1024
 MAX_NOTE = 200
 
 
+def _cut(text: str, limit: int) -> str:
+    """``text`` escaped and cut to ``limit`` characters: cut first (an escape is never
+    shorter than its character), so that a long text costs no more than a short one."""
+    return escape_hidden(text[:limit])[:limit]
+
+
 def _name(text: str) -> str:
-    return escape_hidden(text)[:MAX_NAME]
+    return _cut(text, MAX_NAME)
 
 
 def _line(record: SampleRecord) -> str:
     """One record as a line of its ConfigMap: tenant text escaped and bounded."""
     doc: dict[str, Any] = {"id": record.id if isinstance(record.id, int) else _name(record.id)}
     if record.target is not None:
-        doc["target"] = escape_hidden(record.target)[:MAX_TEXT]
+        doc["target"] = _cut(record.target, MAX_TEXT)
     if record.response is not None:
-        doc["response"] = escape_hidden(record.response)[:MAX_TEXT]
+        doc["response"] = _cut(record.response, MAX_TEXT)
     scores = {
         _name(k): v
         for k, v in list(record.scores.items())[:SAMPLE_SCORES_LIMIT]
@@ -85,7 +91,7 @@ class _Task:
         self.task = _name(task if isinstance(task, str) else "")
         self.count = count if isinstance(count, int) and not isinstance(count, bool) else 0
         note = header.get("note")
-        self.note = escape_hidden(note)[:MAX_NOTE] if isinstance(note, str) else None
+        self.note = _cut(note, MAX_NOTE) if isinstance(note, str) else None
         self.truncated = header.get("truncated") is True
         self.lines: list[str] = []
         self.skipped = 0  # lines that are no record
@@ -266,7 +272,7 @@ def keep(
         status["location"] = location
     if report.path and volume_claim:
         status["persistentVolumeClaim"] = volume_claim
-        status["path"] = escape_hidden(report.path)[:1024]
+        status["path"] = _cut(report.path, 1024)
     index = {f"{i}.jsonl": t["task"] for i, t in enumerate(tasks)}
     status = {"tasks": _bounded(tasks, len(json.dumps(status).encode())), **status}
     if not any(t["kept"] for t in tasks):
