@@ -1,25 +1,25 @@
 """The API types of ``eval.lmms.dev/v1alpha1``: the single source of truth."""
 
 from .base import API_VERSION, GROUP, VERSION, ApiModel
-from .evalrun import (
-    CacheSpec,
-    CustomTaskSource,
+from .endpoint import (
     EndpointRef,
+    InferenceServiceRef,
+    JudgeSpec,
+    SecretKeyRef,
+    SecretSource,
+    ServiceEndpoint,
+)
+from .evalrun import (
+    CustomTaskSource,
     EnvVar,
     EvalRun,
     EvalRunSpec,
     EvaluationSpec,
     GenerationSpec,
-    InferenceServiceRef,
-    JudgeSpec,
     ModelSpec,
-    OutputSpec,
-    S3Output,
-    SecretKeyRef,
-    SecretSource,
-    ServiceEndpoint,
 )
 from .leaderboard import Leaderboard, LeaderboardEntry, LeaderboardSpec, LeaderboardStatus
+from .output import CacheSpec, OutputSpec, S3Output
 from .parse import parse_spec
 from .resources import ResourcesSpec, SchedulingSpec
 from .status import (

@@ -1,180 +1,33 @@
 """The EvalRun API (``eval.lmms.dev/v1alpha1``): the single source of truth.
 
-The CRD in ``crds/`` is generated from these models (``python -m lmms_operator.api.crdgen``)
+The CRD in ``crds/`` is built from these models (``python -m lmms_operator.api.crdgen``)
 and the runner reads its configuration with the same types. The spec's compute and
-placement are in ``resources``, the status in ``status``.
+placement are in ``resources``, the status in ``status``, the servers and Secrets it
+names in ``endpoint``, its string grammars in ``grammar``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field
 
 from .base import DNS_LABEL, DNS_SUBDOMAIN, ApiModel
+from .endpoint import EndpointRef, JudgeSpec, SecretSource
+from .grammar import (
+    _TASK_ITEMS,
+    ARG_KEY,
+    ARG_VALUE,
+    MODEL_ID,
+    REVISION,
+    SAFE_TEXT,
+    ArgKey,
+    ArgValue,
+    TaskName,
+)
+from .output import CacheSpec, OutputSpec
 from .resources import ResourcesSpec, SchedulingSpec
 from .status import EvalRunStatus
-
-# The grammars below keep every value that reaches lmms-eval's command line to one
-# meaning: lmms-eval splits --model_args on "," and "=" (and groups on quotes and
-# brackets), and --tasks on ",". Patterns are RE2 (the API server) and Rust regex
-# (pydantic) alike: no look-arounds, Unicode classes by general category
-# (reconcile/grammar.py checks the same and more: NFKC, round trips, credentials).
-
-#: Controls (Cc), format and bidi controls (Cf), private use (Co), line and paragraph
-#: separators (Zl, Zp), and Unicode's Default_Ignorable_Code_Point ranges outside Cf
-#: (Hangul fillers, variation selectors, ...; reconcile/grammar.py has the table) and the
-#: blank U+2800. Neither engine can hold a surrogate (Cs), so it needs no class.
-UNSAFE_CLASS = (
-    r"\p{Cc}\p{Cf}\p{Co}\p{Zl}\p{Zp}"
-    r"\x{034F}\x{115F}\x{1160}\x{17B4}\x{17B5}\x{180B}-\x{180F}\x{2800}\x{3164}"
-    r"\x{FE00}-\x{FE0F}\x{FFA0}\x{FFF0}-\x{FFF8}\x{1BCA0}-\x{1BCA3}\x{1D173}-\x{1D17A}"
-    r"\x{E0000}-\x{E0FFF}"
-)
-#: What lmms-eval's --model_args splitter gives a meaning: , = quotes and brackets.
-_SPECIAL = r",=\"'\[\]{}()"
-_NOT_ARG = _SPECIAL + UNSAFE_CLASS
-#: A model id on the Hugging Face Hub, an API model name, or a path in the image.
-MODEL_ID = r"^[A-Za-z0-9_./][A-Za-z0-9_./:@+\-]*$"
-#: A git branch, tag or commit (no ",", "=", spaces or ".." segments checked by CEL).
-REVISION = r"^[A-Za-z0-9_][A-Za-z0-9_./+\-]*$"
-#: A --model_args key: an identifier.
-ARG_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
-#: A --model_args value: none of , = quotes brackets, no unsafe character, no space at
-#: either end.
-ARG_VALUE = rf"^([^{_NOT_ARG}\p{{Z}}]([^{_NOT_ARG}]*[^{_NOT_ARG}\p{{Z}}])?)?$"
-#: Free text that reaches the runner's environment: no unsafe character.
-SAFE_TEXT = rf"^[^{UNSAFE_CLASS}]*$"
-#: An lmms-eval task, group or tag name: no globs, commas, spaces or path segments.
-TASK_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_+\-]*(\.[A-Za-z0-9_+\-]+)*$"
-_TASK_ITEMS: dict[str, Any] = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 200,
-    "pattern": TASK_NAME,
-}
-TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=TASK_NAME)]
-ArgValue = Annotated[str, StringConstraints(max_length=4096, pattern=ARG_VALUE)]
-ArgKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=ARG_KEY)]
-
-
-class SecretKeyRef(ApiModel):
-    """A key of a Secret in the run's namespace."""
-
-    name: str = Field(description="Secret name.", max_length=253, pattern=DNS_SUBDOMAIN)
-    key: str = Field(description="Key in the Secret.", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
-
-
-class SecretSource(ApiModel):
-    """Where a secret value comes from. It reaches the pod only through secretKeyRef."""
-
-    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the value.")
-
-
-#: A URL path under a server: segments of unreserved characters, no "." or ".." segment.
-URL_PATH = r"^(/[A-Za-z0-9_~\-][A-Za-z0-9._~\-]*)*/?$"
-#: An http(s) URL a run may name (the admin's allow-list decides which: see ``endpoint``).
-ENDPOINT_URL = r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?$"
-
-
-class ServiceEndpoint(ApiModel):
-    """A Service in the run's namespace that serves an OpenAI-compatible API."""
-
-    name: str = Field(
-        description="Service name (in the run's namespace).", max_length=63, pattern=DNS_LABEL
-    )
-    port: int = Field(ge=1, le=65535, description="The Service's port.")
-    path: str = Field(
-        default="/v1",
-        description="The API's base path on the server (the runner adds /models, "
-        "/chat/completions).",
-        max_length=256,
-        pattern=URL_PATH,
-    )
-
-
-class InferenceServiceRef(ApiModel):
-    """A KServe InferenceService (serving.kserve.io/v1beta1) in the run's namespace."""
-
-    name: str = Field(
-        description="InferenceService name (in the run's namespace).",
-        max_length=63,
-        pattern=DNS_LABEL,
-    )
-    path: str = Field(
-        default="/openai/v1",
-        description="The OpenAI-compatible API's base path under the InferenceService's "
-        "address: /openai/v1 for KServe's Hugging Face runtime (its default "
-        "KSERVE_OPENAI_ROUTE_PREFIX), /v1 for a runtime serving vLLM's routes unprefixed.",
-        max_length=256,
-        pattern=URL_PATH,
-    )
-
-
-class EndpointRef(ApiModel):
-    """Where an OpenAI-compatible server is: exactly one of service, inferenceService
-    and url. The operator reads readiness from the API objects only; it never connects
-    to the server (the runner does)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "[has(self.service), has(self.inferenceService), has(self.url)]"
-                    ".filter(x, x).size() == 1",
-                    "message": "name exactly one of service, inferenceService and url",
-                }
-            ]
-        }
-    )
-
-    service: ServiceEndpoint | None = Field(
-        default=None,
-        description="A Service in the run's namespace: ready once one of its EndpointSlices "
-        "has a ready endpoint. The runner reaches http://<name>.<namespace>.svc:<port><path>.",
-    )
-    inference_service: InferenceServiceRef | None = Field(
-        default=None,
-        description="A KServe InferenceService in the run's namespace: ready once its Ready "
-        "condition is True. The runner reaches its status.address.url (else status.url) "
-        "followed by its path.",
-    )
-    url: str | None = Field(
-        default=None,
-        description="The server's base URL (http or https, ending where /models is found, "
-        "e.g. .../v1). Only URLs the operator's allow-list admits "
-        "(settings.allowedModelUrls); none are by default. Ready at once: the operator "
-        "never contacts it.",
-        max_length=1024,
-        pattern=ENDPOINT_URL,
-    )
-    wait_seconds: int = Field(
-        default=600,
-        ge=0,
-        le=86_400,
-        description="How long the run waits (Pending, reason WaitingForModel, no Job and no "
-        "GPU held) for the endpoint to be ready before it fails (reason ModelNotReady); "
-        "the runner then waits as long for the server's /models to answer.",
-    )
-
-
-class JudgeSpec(EndpointRef):
-    """The LLM judge of judged tasks (lmms-eval's API_TYPE, OPENAI_API_URL,
-    OPENAI_API_KEY, MODEL_VERSION...; docs/judge.md lists the tasks)."""
-
-    model: str = Field(
-        description="The judge model's id on its server (MODEL_VERSION and the other "
-        "judge-model variables of lmms-eval's tasks).",
-        min_length=1,
-        max_length=256,
-        pattern=MODEL_ID,
-    )
-    api_key: SecretSource | None = Field(
-        default=None,
-        description="The judge server's API key (OPENAI_API_KEY), from a Secret labelled "
-        "eval.lmms.dev/usable-by-evalruns=true. lmms-eval 0.7.3 reads one OPENAI_API_KEY "
-        "for the model and the judge: with an API model, it must be spec.model.apiKey's.",
-    )
 
 
 class ModelSpec(ApiModel):
@@ -383,73 +236,6 @@ class EvaluationSpec(ApiModel):
         "status.progress.tasks shows no per-task counts while the run goes.",
     )
     generation: GenerationSpec | None = Field(default=None, description="Generation settings.")
-
-
-class CacheSpec(ApiModel):
-    """A volume for the Hugging Face cache (HF_HOME) and the runner's resume state."""
-
-    persistent_volume_claim: str = Field(
-        description="Name of a PersistentVolumeClaim in the run's namespace.",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
-    )
-
-
-class S3Output(ApiModel):
-    """An S3-compatible object store for the full output."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.endpoint) || self.endpoint == '' || "
-                    "has(self.credentialsSecret)",
-                    "message": "an endpoint needs credentialsSecret: the operator never takes "
-                    "its own identity to a store a resource names",
-                    "fieldPath": ".credentialsSecret",
-                }
-            ]
-        }
-    )
-
-    bucket: str = Field(
-        description="Bucket name.",
-        min_length=3,
-        max_length=63,
-        pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$",
-    )
-    prefix: str = Field(
-        default="",
-        description="Key prefix, e.g. runs/.",
-        max_length=512,
-        pattern=r"^[A-Za-z0-9!_.*'()/\-]*$",
-    )
-    endpoint: str = Field(
-        default="",
-        description="Endpoint URL of an S3-compatible store; empty means AWS S3. A store "
-        "other than AWS S3 needs credentialsSecret: the operator never takes its own "
-        "identity to an endpoint a run names.",
-        max_length=1024,
-        pattern=r"^(https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?)?$",
-    )
-    region: str = Field(
-        default="", description="Region name.", max_length=64, pattern=r"^[a-z0-9\-]*$"
-    )
-    credentials_secret: str | None = Field(
-        default=None,
-        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally "
-        "AWS_SESSION_TOKEN), labelled eval.lmms.dev/usable-by-evalruns=true. Empty: the "
-        "pod's own identity (IRSA, workload identity); the operator then reads the results "
-        "only from buckets the platform lists (settings.objectStore.ownIdentityBuckets).",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
-    )
-
-
-class OutputSpec(ApiModel):
-    """Where results go besides the run's status and results ConfigMap."""
-
-    s3: S3Output | None = Field(default=None, description="Upload the full output to S3.")
 
 
 class EnvVar(ApiModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, StringConstraints
 
 from .base import DNS_SUBDOMAIN, ApiModel, cap
-from .evalrun import S3Output
+from .output import S3Output
 from .status import MAX_CONDITIONS, Condition, Count, Name, Real, Time
 
 #: A task and a metric name in rankBy (metric names hold commas: exact_match,none).
