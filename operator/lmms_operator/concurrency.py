@@ -33,6 +33,8 @@ CONCURRENCY_ARGS = {
     "async_openai_compatible": "num_cpus",
     "async_openai_compatible_chat": "num_cpus",
 }
+#: lmms-eval 0.7.3's OpenAI-compatible backends (the model's server speaks OpenAI's API).
+OPENAI_COMPATIBLE = frozenset(CONCURRENCY_ARGS)
 #: The other bound of both backends' requests in flight, and lmms-eval 0.7.3's default.
 ADAPTIVE_MAX = "adaptive_max_concurrency"
 ADAPTIVE_MAX_DEFAULT = 128

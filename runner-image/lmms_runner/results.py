@@ -30,7 +30,8 @@ def find_results_file(output_dir: Path) -> Path | None:
     return files[-1] if files else None
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """A JSON value as a finite float (a bool counts as 0 or 1), else None."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float) and math.isfinite(value):
@@ -80,9 +81,9 @@ def parse(data: dict[str, Any], provenance: Provenance) -> ResultsSummary:
             metric, _, filt = key.partition(",")
             if "_stderr" in metric:
                 continue
-            stderr = _number(values.get(f"{metric}_stderr,{filt}"))
+            stderr = finite_number(values.get(f"{metric}_stderr,{filt}"))
             for leaf, leaf_value in _flatten(metric, value):
-                number = _number(leaf_value)
+                number = finite_number(leaf_value)
                 metrics.append(
                     Metric(
                         name=leaf if filt in ("none", "") else f"{leaf},{filt}",
@@ -113,7 +114,7 @@ def parse(data: dict[str, Any], provenance: Provenance) -> ResultsSummary:
     return ResultsSummary(
         tasks=tasks,
         provenance=provenance,
-        evaluation_seconds=_number(data.get("total_evaluation_time_seconds")),
+        evaluation_seconds=finite_number(data.get("total_evaluation_time_seconds")),
     )
 
 

@@ -15,7 +15,6 @@ Lines (``SamplesReport.jsonl``).
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +30,8 @@ from lmms_operator.api.runner import (
     SamplesReport,
     TaskSamples,
 )
+
+from .results import finite_number
 
 #: lmms-eval's file name: ``<%Y%m%d_%H%M%S>_samples_<task>.jsonl``.
 FILE_NAME = re.compile(r"^(?:\d{8}_\d{6}_)?samples_(.+)\.jsonl$")
@@ -68,20 +69,12 @@ def sample_files(output: Path) -> dict[str, Path]:
     return found
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def score(value: Any) -> float | None:
     """A per-sample metric value as a number: the number itself, or a dict's numeric
     ``score`` (lmms-eval's MME-style records), else None."""
-    number = _number(value)
+    number = finite_number(value)
     if number is None and isinstance(value, Mapping):
-        number = _number(value.get("score"))
+        number = finite_number(value.get("score"))
     return number
 
 

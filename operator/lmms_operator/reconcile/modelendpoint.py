@@ -26,6 +26,7 @@ from typing import Any
 from ..api import EndpointRef, EvalRunSpec
 from ..api.endpointid import identity as identity
 from ..api.endpointid import judge_identity as judge_identity
+from ..concurrency import OPENAI_COMPATIBLE
 from ..errors import Problem
 from .endpoints import check_runner_url
 from .modelurls import UrlRule, url_problem
@@ -158,14 +159,8 @@ def _slice_ready(endpoint_slice: Mapping[str, Any]) -> bool:
 
 
 #: Backends that send OPENAI_API_KEY to the model's server when their args name no key.
-OPENAI_KEY_BACKENDS = frozenset(
+OPENAI_KEY_BACKENDS = OPENAI_COMPATIBLE | frozenset(
     {
-        "openai",
-        "openai_compatible",
-        "openai_compatible_chat",
-        "async_openai",
-        "async_openai_compatible",
-        "async_openai_compatible_chat",
         "gpt4v",
         "batch_gpt4",
         "gpt4o_audio",

@@ -182,16 +182,10 @@ def _check_combinations(spec: EvalRunSpec) -> list[Problem]:
 
 
 #: Backends that talk to a server or need no checkpoint.
-NO_PRETRAINED = frozenset(
+NO_PRETRAINED = concurrency.OPENAI_COMPATIBLE | frozenset(
     {
         "dummy",
         "dummy_video_reader",
-        "openai",
-        "openai_compatible",
-        "openai_compatible_chat",
-        "async_openai",
-        "async_openai_compatible",
-        "async_openai_compatible_chat",
         "litellm",
         "litellm_chat",
         "litellm_compatible",
